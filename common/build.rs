@@ -1,0 +1,16 @@
+//! Compiles the `.proto` files under `proto/` with the `protoc` shipped in the
+//! `protoc-bin-vendored` crate, so a fresh machine needs no system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // prost-build reads PROTOC; a build script is single-threaded, so setting it here is sound.
+    std::env::set_var("PROTOC", protoc);
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/rayd/common/v1/task.proto",
+            "proto/rayd/objectmanager/v1/object_manager.proto",
+        ],
+        &["proto"],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! The one configuration model of every rayd binary.
+//!
+//! Sources, weakest first: built-in defaults (the `Default` impl below, mirrored in
+//! `configs/rayd.toml`) < a TOML file (`--config`, else `/etc/rayd/rayd.toml` when it
+//! exists) < `RAYD_<KEY>` environment variables < command-line flags. Keys are flat and
+//! named as in `ray.init` / `ray start` (`redis_port`, `num_redis_shards`, ...). An unknown
+//! key or a bad value is an error that names the key; binaries exit with [`EXIT_CONFIG`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Exit code of a binary whose configuration or usage is invalid (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/rayd/rayd.toml";
+
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "RAYD_";
+
+/// Environment variables with the prefix that are not configuration keys.
+const ENV_NOT_KEYS: &[&str] = &["RAYD_CONFIG"];
+
+/// Most Redis shards a head may run; beyond this the head's ports and memory run out first.
+const MAX_REDIS_SHARDS: u16 = 256;
+
+/// Every setting of a rayd node. Each daemon reads the keys it needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaydConfig {
+    /// Address of this node that other nodes reach it at; Redis binds to it on the head.
+    pub node_ip_address: String,
+    /// Directory for sockets, logs and session state of processes started by hand.
+    pub temp_dir: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// `host:port` of the head's primary Redis, for processes that join a cluster.
+    pub redis_address: Option<String>,
+    /// Port of the primary Redis on the head.
+    pub redis_port: u16,
+    /// Number of Redis shards besides the primary.
+    pub num_redis_shards: u16,
+    /// Ports of the shards; empty means the ports right after `redis_port`.
+    pub redis_shard_ports: Vec<u16>,
+    /// Password every Redis server requires (`requirepass`); none when unset.
+    pub redis_password: Option<String>,
+    /// `maxclients` of every Redis server; Redis' own default when unset.
+    pub redis_max_clients: Option<u32>,
+    /// Append-only persistence for every Redis server, so metadata survives a restart.
+    pub redis_persistence: bool,
+    /// Directory of the Redis servers' data and config files; `<temp_dir>/redis` when unset.
+    pub redis_data_dir: Option<PathBuf>,
+    /// The `redis-server` executable (a path, or a name looked up in `PATH`).
+    pub redis_server_path: PathBuf,
+    /// Milliseconds between health checks of supervised processes.
+    pub health_check_interval_ms: u64,
+    /// Milliseconds a process gets to stop after SIGTERM before it is killed.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for RaydConfig {
+    fn default() -> Self {
+        Self {
+            node_ip_address: "127.0.0.1".into(),
+            temp_dir: PathBuf::from("/tmp/rayd"),
+            log_level: "info".into(),
+            redis_address: None,
+            redis_port: 6379,
+            num_redis_shards: 1,
+            redis_shard_ports: Vec::new(),
+            redis_password: None,
+            redis_max_clients: None,
+            redis_persistence: false,
+            redis_data_dir: None,
+            redis_server_path: PathBuf::from("redis-server"),
+            health_check_interval_ms: 500,
+            shutdown_grace_ms: 5000,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(#[from] config::ConfigError),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl RaydConfig {
+    /// The ports of the shards (besides the primary), explicit or derived.
+    pub fn shard_ports(&self) -> Vec<u16> {
+        if self.redis_shard_ports.is_empty() {
+            (1..=self.num_redis_shards)
+                .map(|i| self.redis_port.wrapping_add(i))
+                .collect()
+        } else {
+            self.redis_shard_ports.clone()
+        }
+    }
+
+    /// Where the Redis servers keep their files.
+    pub fn redis_data_dir(&self) -> PathBuf {
+        self.redis_data_dir
+            .clone()
+            .unwrap_or_else(|| self.temp_dir.join("redis"))
+    }
+
+    /// Checks what types alone cannot: ranges, formats and consistency between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.node_ip_address.parse::<IpAddr>().is_err() {
+            return invalid(
+                "node_ip_address",
+                format!("`{}` is not an IP address", self.node_ip_address),
+            );
+        }
+        if log_level_filter(&self.log_level).is_none() {
+            return invalid(
+                "log_level",
+                format!(
+                    "`{}` is not one of error, warn, info, debug, trace",
+                    self.log_level
+                ),
+            );
+        }
+        if let Some(address) = &self.redis_address {
+            if let Err(reason) = parse_host_port(address) {
+                return invalid("redis_address", reason);
+            }
+        }
+        if self.redis_port == 0 {
+            return invalid("redis_port", "must be a port between 1 and 65535".into());
+        }
+        if self.num_redis_shards == 0 || self.num_redis_shards > MAX_REDIS_SHARDS {
+            return invalid(
+                "num_redis_shards",
+                format!(
+                    "{} is outside 1..={MAX_REDIS_SHARDS}",
+                    self.num_redis_shards
+                ),
+            );
+        }
+        if !self.redis_shard_ports.is_empty()
+            && self.redis_shard_ports.len() != usize::from(self.num_redis_shards)
+        {
+            return invalid(
+                "redis_shard_ports",
+                format!(
+                    "lists {} ports but num_redis_shards is {}",
+                    self.redis_shard_ports.len(),
+                    self.num_redis_shards
+                ),
+            );
+        }
+        let mut ports = self.shard_ports();
+        if u32::from(self.redis_port) + u32::from(self.num_redis_shards) > 65535
+            && self.redis_shard_ports.is_empty()
+        {
+            return invalid(
+                "redis_port",
+                format!(
+                    "{} leaves no room for {} shard ports after it",
+                    self.redis_port, self.num_redis_shards
+                ),
+            );
+        }
+        ports.push(self.redis_port);
+        ports.sort_unstable();
+        if ports.contains(&0) {
+            return invalid("redis_shard_ports", "port 0 is not a port".into());
+        }
+        if ports.windows(2).any(|w| w[0] == w[1]) {
+            return invalid(
+                "redis_shard_ports",
+                "every Redis server needs its own port (a port repeats, or equals redis_port)"
+                    .into(),
+            );
+        }
+        if self.redis_password.as_deref().is_some_and(|p| {
+            p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
+            return invalid(
+                "redis_password",
+                "must be non-empty, without whitespace or control characters".into(),
+            );
+        }
+        if self.redis_max_clients == Some(0) {
+            return invalid("redis_max_clients", "must be at least 1".into());
+        }
+        if self.health_check_interval_ms == 0 {
+            return invalid("health_check_interval_ms", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// The `log` level filter for a `log_level` value.
+pub fn log_level_filter(level: &str) -> Option<log::LevelFilter> {
+    match level {
+        "error" => Some(log::LevelFilter::Error),
+        "warn" => Some(log::LevelFilter::Warn),
+        "info" => Some(log::LevelFilter::Info),
+        "debug" => Some(log::LevelFilter::Debug),
+        "trace" => Some(log::LevelFilter::Trace),
+        _ => None,
+    }
+}
+
+/// Splits `host:port`, with a message saying what is wrong when it is not one.
+pub fn parse_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{address}` is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{address}` has no valid port"))?;
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{address}` is not host:port"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// Values given on the command line, the strongest source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides(Vec<(String, config::Value)>);
+
+impl Overrides {
+    /// Sets `key` to `value` when a flag gave one.
+    pub fn set(&mut self, key: &str, value: Option<impl Into<config::Value>>) -> &mut Self {
+        if let Some(value) = value {
+            self.0.push((key.to_string(), value.into()));
+        }
+        self
+    }
+}
+
+/// The flags every rayd binary takes to find and check its configuration.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML); /etc/rayd/rayd.toml is read when it exists and this is not given.
+    #[arg(long, value_name = "FILE", env = "RAYD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Load and check the configuration, print "configuration ok" and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Loads the configuration from explicit sources; the process-independent core of
+/// [`load_for_process`], used directly by tests.
+pub fn load(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    overrides: &Overrides,
+) -> Result<RaydConfig, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        // Read the file ourselves so that a missing file is reported with its path and the
+        // OS error, not as a generic "not found" from the config crate.
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        builder = builder.add_source(
+            config::File::from_str(&text, config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    let env: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix("RAYD")
+            .prefix_separator("_")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("redis_shard_ports")
+            .source(Some(env)),
+    );
+    for (key, value) in &overrides.0 {
+        builder = builder.set_override(key.as_str(), value.clone())?;
+    }
+    let loaded: RaydConfig = builder.build()?.try_deserialize().map_err(|e| {
+        // The config crate reports the file as "origin"; say which file.
+        match file {
+            Some(path) => ConfigError::Parse(config::ConfigError::Message(format!(
+                "{e} (in {})",
+                path.display()
+            ))),
+            None => ConfigError::Parse(e),
+        }
+    })?;
+    loaded.validate()?;
+    Ok(loaded)
+}
+
+/// Loads the configuration of this process: `--config` (or the default file when it
+/// exists), the process environment, and the flags' overrides.
+pub fn load_for_process(
+    args: &ConfigArgs,
+    overrides: &Overrides,
+) -> Result<RaydConfig, ConfigError> {
+    let default = Path::new(DEFAULT_CONFIG_FILE);
+    let file = match &args.config {
+        Some(path) => Some(path.as_path()),
+        None if default.exists() => Some(default),
+        None => None,
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    load(file, &env, overrides)
+}
+
+/// What a binary does after loading its configuration.
+#[derive(Debug)]
+pub enum Startup {
+    /// Run with this configuration.
+    Run(Box<RaydConfig>),
+    /// Exit now with this code (`--check-config`, `--print-config`, or an invalid config,
+    /// already reported on stderr).
+    Exit(i32),
+}
+
+/// Loads the configuration for the binary `program` and handles `--check-config` and
+/// `--print-config`; reports an invalid configuration on stderr.
+pub fn startup(program: &str, args: &ConfigArgs, overrides: &Overrides) -> Startup {
+    match load_for_process(args, overrides) {
+        Err(e) => {
+            eprintln!("{program}: invalid configuration: {e}");
+            Startup::Exit(EXIT_CONFIG)
+        }
+        Ok(config) if args.print_config => {
+            print!("{}", config.to_toml());
+            Startup::Exit(0)
+        }
+        Ok(_) if args.check_config => {
+            println!("configuration ok");
+            Startup::Exit(0)
+        }
+        Ok(config) => Startup::Run(Box::new(config)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("rayd.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_apply_without_any_source() {
+        let config = load(None, &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config, RaydConfig::default());
+        assert_eq!(config.shard_ports(), vec![6380]);
+    }
+
+    #[test]
+    fn precedence_is_default_file_env_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "redis_port = 7000\nnum_redis_shards = 3\nlog_level = \"warn\"\n");
+        let config = load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!((config.redis_port, config.num_redis_shards), (7000, 3));
+        assert_eq!(config.shard_ports(), vec![7001, 7002, 7003]);
+
+        let vars = env(&[("RAYD_REDIS_PORT", "7100"), ("RAYD_LOG_LEVEL", "debug")]);
+        let config = load(Some(&file), &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.redis_port, 7100);
+        assert_eq!(config.log_level, "debug");
+        assert_eq!(config.num_redis_shards, 3, "file value kept where env is silent");
+
+        let mut flags = Overrides::default();
+        flags.set("redis_port", Some(7200)).set("log_level", None::<String>);
+        let config = load(Some(&file), &vars, &flags).unwrap();
+        assert_eq!(config.redis_port, 7200);
+        assert_eq!(config.log_level, "debug", "an absent flag overrides nothing");
+    }
+
+    #[test]
+    fn lists_and_options_come_from_env() {
+        let vars = env(&[
+            ("RAYD_NUM_REDIS_SHARDS", "2"),
+            ("RAYD_REDIS_SHARD_PORTS", "7001,7005"),
+            ("RAYD_REDIS_PASSWORD", "s3cret"),
+            ("RAYD_CONFIG", "/not/a/key"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let config = load(None, &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.shard_ports(), vec![7001, 7005]);
+        assert_eq!(config.redis_password.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "redis_port = \"many\"\n");
+        let err = load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("redis_port"), "{err}");
+
+        let err = load(None, &env(&[("RAYD_NUM_REDIS_SHARDS", "0")]), &Overrides::default())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `num_redis_shards`: 0 is outside 1..=256"
+        );
+
+        let err = load(None, &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere")]), &Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("`node_ip_address`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(&dir, "redis_prot = 7000\n");
+        let err = load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("unknown field `redis_prot`"), "{err}");
+        let err = load(None, &env(&[("RAYD_BOGUS", "1")]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("`bogus`"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let err = load(
+            Some(Path::new("/nonexistent/rayd.toml")),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/rayd.toml"), "{err}");
+    }
+
+    #[test]
+    fn repeated_ports_are_refused() {
+        let mut flags = Overrides::default();
+        flags
+            .set("num_redis_shards", Some(2))
+            .set("redis_shard_ports", Some(vec![6379, 7000]));
+        let err = load(None, &env(&[]), &flags).unwrap_err();
+        assert!(err.to_string().contains("`redis_shard_ports`"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_config_documents_exactly_the_defaults() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rayd.toml");
+        let config = load(Some(&shipped), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(config, RaydConfig::default());
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        let printed = RaydConfig::default().to_toml();
+        for line in printed.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(text.contains(&format!("{key} =")), "configs/rayd.toml lacks `{key}`");
+        }
+        for key in ["redis_address", "redis_password", "redis_max_clients", "redis_data_dir"] {
+            assert!(text.contains(&format!("# {key} =")), "configs/rayd.toml lacks `{key}`");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Message and service types generated at build time from `common/proto/`.
+
+/// Types shared by every process (task specs).
+pub mod common {
+    /// Version 1 of the shared messages.
+    pub mod v1 {
+        tonic::include_proto!("rayd.common.v1");
+    }
+}
+
+/// The object manager service through which plasma stores pull objects from each other.
+pub mod objectmanager {
+    /// Version 1 of the object manager service.
+    pub mod v1 {
+        tonic::include_proto!("rayd.objectmanager.v1");
+    }
+}
