@@ -51,6 +51,8 @@ pub struct RaydConfig {
     pub redis_max_clients: Option<u32>,
     /// Append-only persistence for every Redis server, so metadata survives a restart.
     pub redis_persistence: bool,
+    /// When persistent Redis servers fsync their append-only file: always, everysec or no.
+    pub redis_appendfsync: String,
     /// Directory of the Redis servers' data and config files; `<temp_dir>/redis` when unset.
     pub redis_data_dir: Option<PathBuf>,
     /// The `redis-server` executable (a path, or a name looked up in `PATH`).
@@ -74,6 +76,7 @@ impl Default for RaydConfig {
             redis_password: None,
             redis_max_clients: None,
             redis_persistence: false,
+            redis_appendfsync: "everysec".into(),
             redis_data_dir: None,
             redis_server_path: PathBuf::from("redis-server"),
             health_check_interval_ms: 500,
@@ -119,11 +122,20 @@ impl RaydConfig {
     /// Checks what types alone cannot: ranges, formats and consistency between keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
-        if self.node_ip_address.parse::<IpAddr>().is_err() {
-            return invalid(
-                "node_ip_address",
-                format!("`{}` is not an IP address", self.node_ip_address),
-            );
+        match self.node_ip_address.parse::<IpAddr>() {
+            Err(_) => {
+                return invalid(
+                    "node_ip_address",
+                    format!("`{}` is not an IP address", self.node_ip_address),
+                )
+            }
+            Ok(ip) if ip.is_unspecified() => {
+                return invalid(
+                    "node_ip_address",
+                    format!("`{ip}` is not an address other nodes can reach"),
+                )
+            }
+            Ok(_) => {}
         }
         if log_level_filter(&self.log_level).is_none() {
             return invalid(
@@ -187,9 +199,11 @@ impl RaydConfig {
                     .into(),
             );
         }
-        if self.redis_password.as_deref().is_some_and(|p| {
-            p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control())
-        }) {
+        if self
+            .redis_password
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
             return invalid(
                 "redis_password",
                 "must be non-empty, without whitespace or control characters".into(),
@@ -197,6 +211,15 @@ impl RaydConfig {
         }
         if self.redis_max_clients == Some(0) {
             return invalid("redis_max_clients", "must be at least 1".into());
+        }
+        if !["always", "everysec", "no"].contains(&self.redis_appendfsync.as_str()) {
+            return invalid(
+                "redis_appendfsync",
+                format!(
+                    "`{}` is not one of always, everysec, no",
+                    self.redis_appendfsync
+                ),
+            );
         }
         if self.health_check_interval_ms == 0 {
             return invalid("health_check_interval_ms", "must be at least 1".into());
@@ -279,10 +302,8 @@ pub fn load(
             path: path.to_path_buf(),
             source,
         })?;
-        builder = builder.add_source(
-            config::File::from_str(&text, config::FileFormat::Toml)
-                .required(true),
-        );
+        builder = builder
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml).required(true));
     }
     let env: config::Map<String, String> = env
         .iter()
@@ -387,7 +408,10 @@ mod tests {
     #[test]
     fn precedence_is_default_file_env_flag() {
         let dir = tempfile::tempdir().unwrap();
-        let file = write(&dir, "redis_port = 7000\nnum_redis_shards = 3\nlog_level = \"warn\"\n");
+        let file = write(
+            &dir,
+            "redis_port = 7000\nnum_redis_shards = 3\nlog_level = \"warn\"\n",
+        );
         let config = load(Some(&file), &env(&[]), &Overrides::default()).unwrap();
         assert_eq!((config.redis_port, config.num_redis_shards), (7000, 3));
         assert_eq!(config.shard_ports(), vec![7001, 7002, 7003]);
@@ -396,13 +420,21 @@ mod tests {
         let config = load(Some(&file), &vars, &Overrides::default()).unwrap();
         assert_eq!(config.redis_port, 7100);
         assert_eq!(config.log_level, "debug");
-        assert_eq!(config.num_redis_shards, 3, "file value kept where env is silent");
+        assert_eq!(
+            config.num_redis_shards, 3,
+            "file value kept where env is silent"
+        );
 
         let mut flags = Overrides::default();
-        flags.set("redis_port", Some(7200)).set("log_level", None::<String>);
+        flags
+            .set("redis_port", Some(7200))
+            .set("log_level", None::<String>);
         let config = load(Some(&file), &vars, &flags).unwrap();
         assert_eq!(config.redis_port, 7200);
-        assert_eq!(config.log_level, "debug", "an absent flag overrides nothing");
+        assert_eq!(
+            config.log_level, "debug",
+            "an absent flag overrides nothing"
+        );
     }
 
     #[test]
@@ -426,15 +458,23 @@ mod tests {
         let err = load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("redis_port"), "{err}");
 
-        let err = load(None, &env(&[("RAYD_NUM_REDIS_SHARDS", "0")]), &Overrides::default())
-            .unwrap_err();
+        let err = load(
+            None,
+            &env(&[("RAYD_NUM_REDIS_SHARDS", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid value for `num_redis_shards`: 0 is outside 1..=256"
         );
 
-        let err = load(None, &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere")]), &Overrides::default())
-            .unwrap_err();
+        let err = load(
+            None,
+            &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("`node_ip_address`"), "{err}");
     }
 
@@ -443,7 +483,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = write(&dir, "redis_prot = 7000\n");
         let err = load(Some(&file), &env(&[]), &Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("unknown field `redis_prot`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `redis_prot`"),
+            "{err}"
+        );
         let err = load(None, &env(&[("RAYD_BOGUS", "1")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("`bogus`"), "{err}");
     }
@@ -478,10 +521,21 @@ mod tests {
         let printed = RaydConfig::default().to_toml();
         for line in printed.lines() {
             let key = line.split(" = ").next().unwrap();
-            assert!(text.contains(&format!("{key} =")), "configs/rayd.toml lacks `{key}`");
+            assert!(
+                text.contains(&format!("{key} =")),
+                "configs/rayd.toml lacks `{key}`"
+            );
         }
-        for key in ["redis_address", "redis_password", "redis_max_clients", "redis_data_dir"] {
-            assert!(text.contains(&format!("# {key} =")), "configs/rayd.toml lacks `{key}`");
+        for key in [
+            "redis_address",
+            "redis_password",
+            "redis_max_clients",
+            "redis_data_dir",
+        ] {
+            assert!(
+                text.contains(&format!("# {key} =")),
+                "configs/rayd.toml lacks `{key}`"
+            );
         }
     }
 }

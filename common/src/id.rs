@@ -216,7 +216,10 @@ impl ObjectId {
     /// When `index` is 0 or does not fit below the put flag: a task with that many
     /// return values is rejected long before it gets here.
     pub fn for_return(task: TaskId, index: u32) -> Self {
-        assert!(index > 0 && index < PUT_FLAG, "return index {index} out of range");
+        assert!(
+            index > 0 && index < PUT_FLAG,
+            "return index {index} out of range"
+        );
         Self::derive(task, index)
     }
 
@@ -225,7 +228,10 @@ impl ObjectId {
     /// # Panics
     /// When `index` is 0 or too large, as for [`Self::for_return`].
     pub fn for_put(task: TaskId, index: u32) -> Self {
-        assert!(index > 0 && index < PUT_FLAG, "put index {index} out of range");
+        assert!(
+            index > 0 && index < PUT_FLAG,
+            "put index {index} out of range"
+        );
         Self::derive(task, index | PUT_FLAG)
     }
 
@@ -271,12 +277,19 @@ mod tests {
     #[test]
     fn bad_text_and_lengths_are_refused_with_the_kind_named() {
         let err = "abc".parse::<ObjectId>().unwrap_err();
-        assert!(err.to_string().starts_with("ObjectId must be 40 hex digits"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("ObjectId must be 40 hex digits"),
+            "{err}"
+        );
         let err = "zz".repeat(20).parse::<TaskId>().unwrap_err();
         assert!(matches!(err, IdError::Hex { kind: "TaskId", .. }));
         assert_eq!(
             ObjectId::from_slice(&[1, 2, 3]),
-            Err(IdError::Length { kind: "ObjectId", len: 3 })
+            Err(IdError::Length {
+                kind: "ObjectId",
+                len: 3
+            })
         );
     }
 

@@ -6,6 +6,7 @@
 //! processes) and [`gcs`] (the global control store on sharded Redis).
 
 pub mod config;
+pub mod daemon;
 pub mod gcs;
 pub mod id;
 pub mod logging;

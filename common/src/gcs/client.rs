@@ -85,7 +85,7 @@ fn builder(address: &str, password: Option<&str>) -> Result<Builder, GcsError> {
 }
 
 /// Connects one client to the Redis server at `address` (`host:port`).
-pub(crate) async fn connect_server(address: &str, password: Option<&str>) -> Result<Client, GcsError> {
+pub async fn connect_server(address: &str, password: Option<&str>) -> Result<Client, GcsError> {
     let client = builder(address, password)?.build()?;
     client.init().await.map_err(|source| GcsError::Connect {
         address: address.to_string(),
@@ -199,7 +199,11 @@ impl Subscription {
         loop {
             match self.rx.recv().await {
                 Ok(message) => {
-                    let payload = message.value.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
+                    let payload = message
+                        .value
+                        .as_bytes()
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default();
                     return Some(Notification {
                         channel: message.channel.to_string(),
                         payload,

@@ -17,7 +17,7 @@
 //! `rayd:error_events:<job>` on the primary, `rayd:object_events:<object>` and
 //! `rayd:actor_events:<actor>` on the ID's shard.
 
-use crate::id::{ID_LEN, JobId};
+use crate::id::{JobId, ID_LEN};
 
 /// The shard list: a Redis list of `host:port` on the primary.
 pub const SHARDS: &str = "rayd:shards";
@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn keys_are_readable() {
         let task = TaskId::from_bytes([0xab; ID_LEN]);
-        assert_eq!(key(Table::Task, &task), format!("rayd:task:{}", "ab".repeat(20)));
+        assert_eq!(
+            key(Table::Task, &task),
+            format!("rayd:task:{}", "ab".repeat(20))
+        );
         assert_eq!(
             events_channel(Table::Object, &ObjectId::NIL),
             format!("rayd:object_events:{}", "00".repeat(20))

@@ -9,5 +9,5 @@ mod client;
 pub mod keys;
 mod tables;
 
-pub use client::{GcsClient, GcsError, Notification, Subscription, Target};
+pub use client::{connect_server, GcsClient, GcsError, Notification, Subscription, Target};
 pub use tables::{ActorInfo, ErrorInfo, FunctionInfo, NodeInfo, ObjectInfo, TaskEntry};

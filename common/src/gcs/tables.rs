@@ -37,13 +37,18 @@ fn parsed<T: std::str::FromStr>(fields: &Fields, name: &'static str) -> Result<T
 where
     T::Err: std::fmt::Display,
 {
-    text(fields, name)?.parse().map_err(|e: T::Err| GcsError::Malformed {
-        what: name,
-        reason: e.to_string(),
-    })
+    text(fields, name)?
+        .parse()
+        .map_err(|e: T::Err| GcsError::Malformed {
+            what: name,
+            reason: e.to_string(),
+        })
 }
 
-fn json<T: serde::de::DeserializeOwned>(fields: &Fields, name: &'static str) -> Result<T, GcsError> {
+fn json<T: serde::de::DeserializeOwned>(
+    fields: &Fields,
+    name: &'static str,
+) -> Result<T, GcsError> {
     serde_json::from_str(&text(fields, name)?).map_err(|e| GcsError::Malformed {
         what: name,
         reason: e.to_string(),
@@ -129,7 +134,10 @@ pub struct ErrorInfo {
     pub time_ms: u64,
 }
 
-fn optional_id<T: std::str::FromStr>(fields: &Fields, name: &'static str) -> Result<Option<T>, GcsError>
+fn optional_id<T: std::str::FromStr>(
+    fields: &Fields,
+    name: &'static str,
+) -> Result<Option<T>, GcsError>
 where
     T::Err: std::fmt::Display,
 {
@@ -158,7 +166,10 @@ impl GcsClient {
                     ("node_ip_address", node.node_ip_address.clone()),
                     ("raylet_socket", node.raylet_socket.clone()),
                     ("plasma_socket", node.plasma_socket.clone()),
-                    ("object_manager_address", node.object_manager_address.clone()),
+                    (
+                        "object_manager_address",
+                        node.object_manager_address.clone(),
+                    ),
                     ("resources_total", to_json(&node.resources_total)),
                     ("resources_available", to_json(&node.resources_available)),
                     ("state", "alive".to_string()),
@@ -176,9 +187,13 @@ impl GcsClient {
 
     /// Records a node's heartbeat and publishes it.
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), GcsError> {
-        let node: NodeId = beat.node_id.parse().map_err(|e: crate::id::IdError| {
-            GcsError::Malformed { what: "heartbeat node_id", reason: e.to_string() }
-        })?;
+        let node: NodeId =
+            beat.node_id
+                .parse()
+                .map_err(|e: crate::id::IdError| GcsError::Malformed {
+                    what: "heartbeat node_id",
+                    reason: e.to_string(),
+                })?;
         let pipeline = self.primary().pipeline();
         let _: () = pipeline
             .hset(
@@ -190,7 +205,9 @@ impl GcsClient {
                 ],
             )
             .await?;
-        let _: () = pipeline.publish(keys::HEARTBEATS_CHANNEL, to_json(beat)).await?;
+        let _: () = pipeline
+            .publish(keys::HEARTBEATS_CHANNEL, to_json(beat))
+            .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
     }
@@ -210,7 +227,10 @@ impl GcsClient {
 
     /// One node, if registered.
     pub async fn node(&self, node: NodeId) -> Result<Option<NodeInfo>, GcsError> {
-        let fields: Fields = self.primary().hgetall(keys::key(Table::Node, &node)).await?;
+        let fields: Fields = self
+            .primary()
+            .hgetall(keys::key(Table::Node, &node))
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -233,10 +253,12 @@ impl GcsClient {
         ids.sort();
         let mut nodes = Vec::with_capacity(ids.len());
         for id in ids {
-            let id: NodeId = id.parse().map_err(|e: crate::id::IdError| GcsError::Malformed {
-                what: "node id",
-                reason: e.to_string(),
-            })?;
+            let id: NodeId = id
+                .parse()
+                .map_err(|e: crate::id::IdError| GcsError::Malformed {
+                    what: "node id",
+                    reason: e.to_string(),
+                })?;
             if let Some(node) = self.node(id).await? {
                 nodes.push(node);
             }
@@ -247,29 +269,47 @@ impl GcsClient {
     // ---- objects (shards) ----
 
     /// Records that `node` holds a copy of `object` of `size` bytes, and announces it.
-    pub async fn add_object_location(&self, object: ObjectId, node: NodeId, size: u64) -> Result<(), GcsError> {
+    pub async fn add_object_location(
+        &self,
+        object: ObjectId,
+        node: NodeId,
+        size: u64,
+    ) -> Result<(), GcsError> {
         let pipeline = self.shard_for(object.as_bytes()).pipeline();
         let _: () = pipeline
             .hset(
                 keys::key(Table::Object, &object),
-                [("size".to_string(), size.to_string()), (format!("node:{node}"), now_ms().to_string())],
+                [
+                    ("size".to_string(), size.to_string()),
+                    (format!("node:{node}"), now_ms().to_string()),
+                ],
             )
             .await?;
         let _: () = pipeline
-            .publish(keys::events_channel(Table::Object, &object), format!("added {node} {size}"))
+            .publish(
+                keys::events_channel(Table::Object, &object),
+                format!("added {node} {size}"),
+            )
             .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
     }
 
     /// Records that `node` no longer holds `object`, and announces it.
-    pub async fn remove_object_location(&self, object: ObjectId, node: NodeId) -> Result<(), GcsError> {
+    pub async fn remove_object_location(
+        &self,
+        object: ObjectId,
+        node: NodeId,
+    ) -> Result<(), GcsError> {
         let pipeline = self.shard_for(object.as_bytes()).pipeline();
         let _: () = pipeline
             .hdel(keys::key(Table::Object, &object), format!("node:{node}"))
             .await?;
         let _: () = pipeline
-            .publish(keys::events_channel(Table::Object, &object), format!("removed {node}"))
+            .publish(
+                keys::events_channel(Table::Object, &object),
+                format!("removed {node}"),
+            )
             .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
@@ -287,14 +327,19 @@ impl GcsClient {
         let mut locations = Vec::new();
         for name in fields.keys() {
             if let Some(hex) = name.strip_prefix("node:") {
-                locations.push(hex.parse().map_err(|e: crate::id::IdError| GcsError::Malformed {
-                    what: "object location",
-                    reason: e.to_string(),
+                locations.push(hex.parse().map_err(|e: crate::id::IdError| {
+                    GcsError::Malformed {
+                        what: "object location",
+                        reason: e.to_string(),
+                    }
                 })?);
             }
         }
         locations.sort();
-        Ok(Some(ObjectInfo { size: parsed(&fields, "size")?, locations }))
+        Ok(Some(ObjectInfo {
+            size: parsed(&fields, "size")?,
+            locations,
+        }))
     }
 
     // ---- tasks (shards) ----
@@ -317,7 +362,12 @@ impl GcsClient {
     }
 
     /// Updates a task's state and node.
-    pub async fn set_task_state(&self, task: TaskId, state: &str, node: Option<NodeId>) -> Result<(), GcsError> {
+    pub async fn set_task_state(
+        &self,
+        task: TaskId,
+        state: &str,
+        node: Option<NodeId>,
+    ) -> Result<(), GcsError> {
         let _: () = self
             .shard_for(task.as_bytes())
             .hset(
@@ -334,7 +384,10 @@ impl GcsClient {
 
     /// One task, if recorded.
     pub async fn task(&self, task: TaskId) -> Result<Option<TaskEntry>, GcsError> {
-        let fields: Fields = self.shard_for(task.as_bytes()).hgetall(keys::key(Table::Task, &task)).await?;
+        let fields: Fields = self
+            .shard_for(task.as_bytes())
+            .hgetall(keys::key(Table::Task, &task))
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -364,7 +417,10 @@ impl GcsClient {
             )
             .await?;
         let _: () = pipeline
-            .publish(keys::events_channel(Table::Actor, &actor.actor_id), actor.state.clone())
+            .publish(
+                keys::events_channel(Table::Actor, &actor.actor_id),
+                actor.state.clone(),
+            )
             .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
@@ -372,7 +428,10 @@ impl GcsClient {
 
     /// One actor, if recorded.
     pub async fn actor(&self, actor: ActorId) -> Result<Option<ActorInfo>, GcsError> {
-        let fields: Fields = self.shard_for(actor.as_bytes()).hgetall(keys::key(Table::Actor, &actor)).await?;
+        let fields: Fields = self
+            .shard_for(actor.as_bytes())
+            .hgetall(keys::key(Table::Actor, &actor))
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -400,7 +459,10 @@ impl GcsClient {
                 ],
             )
             .await?;
-        let _: () = self.primary().sadd(keys::FUNCTIONS, function.function_id.hex()).await?;
+        let _: () = self
+            .primary()
+            .sadd(keys::FUNCTIONS, function.function_id.hex())
+            .await?;
         Ok(())
     }
 
@@ -428,7 +490,9 @@ impl GcsClient {
         let record = to_json(error);
         let pipeline = self.primary().pipeline();
         let _: () = pipeline.rpush(keys::errors(job), record.clone()).await?;
-        let _: () = pipeline.publish(keys::error_events_channel(job), record).await?;
+        let _: () = pipeline
+            .publish(keys::error_events_channel(job), record)
+            .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
     }

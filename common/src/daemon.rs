@@ -1,0 +1,68 @@
+//! The life of a rayd daemon, shared by every binary's thin `main`:
+//! configuration -> `--check-config` / `--print-config` -> logging -> runtime -> run
+//! until done or signalled -> exit code (0 clean, 64 bad config or usage, 1 failure).
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::config::{self, ConfigArgs, Overrides, RaydConfig, Startup};
+use crate::shutdown::Shutdown;
+
+/// Exit code of a daemon that failed at run time.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Runs the daemon `program` whose body is `run`, and returns its exit code.
+///
+/// `run` gets the loaded configuration and the shutdown tokens; it returns when the
+/// daemon has stopped, with an error if it failed.
+pub fn main<F, Fut, E>(program: &str, args: &ConfigArgs, overrides: &Overrides, run: F) -> ExitCode
+where
+    F: FnOnce(RaydConfig, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let config = match config::startup(program, args, overrides) {
+        Startup::Run(config) => *config,
+        Startup::Exit(code) => return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE)),
+    };
+    // validate() has accepted the level, so the filter exists.
+    let level = config::log_level_filter(&config.log_level).unwrap_or(log::LevelFilter::Info);
+    if let Err(e) = crate::logging::init(program, None, level) {
+        eprintln!("{program}: cannot set up logging: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(program)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            log::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = match Shutdown::install() {
+            Ok(shutdown) => shutdown,
+            Err(e) => {
+                log::error!("cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let forced = shutdown.forced.clone();
+        tokio::select! {
+            result = run(config, shutdown) => match result {
+                Ok(()) => {
+                    log::info!("stopped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            },
+            _ = forced.cancelled() => ExitCode::from(130),
+        }
+    })
+}

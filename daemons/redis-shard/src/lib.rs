@@ -1,0 +1,265 @@
+//! `rayd-redis-shard`: the supervisor of the GCS's Redis servers on the head node.
+//!
+//! It starts one primary `redis-server` and `num_redis_shards` shards, writes the shard
+//! list (`rayd:shards`) and cluster metadata (`rayd:cluster`) into the primary, and then
+//! watches them: a server that exits is restarted at once, one that stops answering PING
+//! for a few health checks is killed and restarted. After the primary restarts, the shard
+//! list is written again (without persistence the primary comes back empty). SIGTERM stops
+//! every server. Readiness (`READY=1`) is sent only once every server answers.
+
+mod server;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fred::prelude::*;
+use rayd_common::config::RaydConfig;
+use rayd_common::gcs::{self, keys};
+use rayd_common::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use server::{RedisServer, Role};
+
+/// How long a starting redis-server may take to answer PING (loading a large append-only
+/// file takes a while).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Failed health checks in a row after which a running server is killed and restarted.
+const MAX_MISSED_PINGS: u32 = 4;
+/// Failed restarts in a row after which the supervisor gives up (and systemd takes over).
+const MAX_FAILED_RESTARTS: u32 = 5;
+
+/// Why the supervisor could not start or keep its servers.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error(
+        "redis-server executable `{0}` not found: install redis-server or set redis_server_path"
+    )]
+    RedisNotFound(PathBuf),
+    #[error("port {port} on {ip} for the redis {role} is already in use")]
+    PortInUse { ip: String, port: u16, role: Role },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redis {role} on port {port} did not start: {reason}")]
+    Start {
+        role: Role,
+        port: u16,
+        reason: String,
+    },
+    #[error("cannot write the shard list into the primary: {0}")]
+    Metadata(#[from] gcs::GcsError),
+    #[error(
+        "redis {role} on port {port} failed {MAX_FAILED_RESTARTS} restarts in a row: {reason}"
+    )]
+    GaveUp {
+        role: Role,
+        port: u16,
+        reason: String,
+    },
+}
+
+/// Finds `name` as given (a path) or in `PATH`.
+pub fn find_executable(name: &Path) -> Result<PathBuf, ShardError> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.components().count() > 1 {
+        return if is_executable(name) {
+            Ok(name.to_path_buf())
+        } else {
+            Err(ShardError::RedisNotFound(name.to_path_buf()))
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| ShardError::RedisNotFound(name.to_path_buf()))
+}
+
+fn check_port_free(ip: &str, server: &RedisServer) -> Result<(), ShardError> {
+    match TcpListener::bind((ip, server.port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ShardError::PortInUse {
+            ip: ip.to_string(),
+            port: server.port,
+            role: server.role,
+        }),
+        Err(source) => Err(ShardError::Io {
+            what: format!(
+                "cannot bind {ip}:{} for the redis {}",
+                server.port, server.role
+            ),
+            source,
+        }),
+    }
+}
+
+/// Writes the shard list and the cluster metadata into the primary, in one transaction.
+async fn write_metadata(
+    config: &RaydConfig,
+    primary: &str,
+    shards: &[String],
+) -> Result<(), ShardError> {
+    let client = gcs::connect_server(primary, config.redis_password.as_deref()).await?;
+    let mut shown = config.clone();
+    shown.redis_password = shown.redis_password.map(|_| "(set)".into());
+    let result: Result<(), fred::error::Error> = async {
+        let trx = client.multi();
+        let _: () = trx.del(keys::SHARDS).await?;
+        let _: () = trx.rpush(keys::SHARDS, shards.to_vec()).await?;
+        let _: () = trx
+            .hset(
+                keys::CLUSTER,
+                [
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("num_redis_shards", shards.len().to_string()),
+                    ("primary", primary.to_string()),
+                    ("redis_persistence", config.redis_persistence.to_string()),
+                    ("config", shown.to_toml()),
+                ],
+            )
+            .await?;
+        let _: Value = trx.exec(true).await?;
+        Ok(())
+    }
+    .await;
+    let _ = client.quit().await;
+    result.map_err(|e| ShardError::Metadata(e.into()))
+}
+
+/// A restart, reported by a server's supervising task.
+#[derive(Debug)]
+struct Restarted(Role);
+
+/// Keeps one server running until `stop` fires, then stops it.
+async fn supervise(
+    mut server: RedisServer,
+    binary: PathBuf,
+    health_interval: Duration,
+    grace: Duration,
+    stop: CancellationToken,
+    restarts: mpsc::UnboundedSender<Restarted>,
+) -> Result<(), ShardError> {
+    let mut health = tokio::time::interval(health_interval);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut missed = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                server.stop(grace).await;
+                log::info!(role:% = server.role; "redis server stopped");
+                return Ok(());
+            }
+            how = server.exited() => {
+                log::warn!(role:% = server.role, port = server.port; "redis server exited ({how}); restarting");
+                let mut failures = 0;
+                while let Err(e) = server.start(&binary, START_TIMEOUT).await {
+                    failures += 1;
+                    log::error!(role:% = server.role; "restart failed: {e}");
+                    if failures >= MAX_FAILED_RESTARTS {
+                        return Err(ShardError::GaveUp { role: server.role, port: server.port, reason: e.to_string() });
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(200 << failures)) => {}
+                    }
+                }
+                missed = 0;
+                let _ = restarts.send(Restarted(server.role));
+            }
+            _ = health.tick() => {
+                if server.ping().await {
+                    missed = 0;
+                } else {
+                    missed += 1;
+                    if missed >= MAX_MISSED_PINGS {
+                        log::warn!(role:% = server.role, missed; "redis server stopped answering; killing it");
+                        server.kill();
+                        missed = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the supervisor until `shutdown` fires or a server cannot be kept running.
+pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardError> {
+    let binary = find_executable(&config.redis_server_path)?;
+    let mut servers = vec![RedisServer::new(Role::Primary, config.redis_port, &config)];
+    for (i, port) in config.shard_ports().into_iter().enumerate() {
+        servers.push(RedisServer::new(Role::Shard(i), port, &config));
+    }
+    for server in &servers {
+        check_port_free(&config.node_ip_address, server)?;
+        server.write_config(&config)?;
+    }
+    log::info!(
+        binary:% = binary.display(), data_dir:% = config.redis_data_dir().display(),
+        shards = servers.len() - 1, persistence = config.redis_persistence;
+        "starting redis servers"
+    );
+    // An error here drops the servers started so far, which kills them (kill_on_drop).
+    for server in &mut servers {
+        server.start(&binary, START_TIMEOUT).await?;
+    }
+    let primary = servers[0].address.clone();
+    let shards: Vec<String> = servers[1..].iter().map(|s| s.address.clone()).collect();
+    write_metadata(&config, &primary, &shards).await?;
+    log::info!(primary = primary.as_str(), shards:? = shards; "gcs ready");
+    notify_ready();
+    notify_status(&format!("primary {primary}, {} shards", shards.len()));
+
+    let stop = shutdown.graceful.child_token();
+    let (restarts_tx, mut restarts) = mpsc::unbounded_channel();
+    let health = Duration::from_millis(config.health_check_interval_ms);
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let mut tasks = JoinSet::new();
+    for server in servers {
+        tasks.spawn(supervise(
+            server,
+            binary.clone(),
+            health,
+            grace,
+            stop.clone(),
+            restarts_tx.clone(),
+        ));
+    }
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(Restarted(role)) = restarts.recv() => {
+                if role == Role::Primary {
+                    // Without persistence the primary came back empty; with it, this is a no-op.
+                    if let Err(e) = write_metadata(&config, &primary, &shards).await {
+                        log::error!("{e}");
+                    }
+                }
+                log::info!(role:% = role; "redis server restarted");
+            }
+            Some(done) = tasks.join_next() => {
+                failure = Some(match done {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => continue,
+                    Err(e) => ShardError::Io { what: "a supervising task panicked".into(), source: std::io::Error::other(e.to_string()) },
+                });
+                break;
+            }
+        }
+    }
+    notify_stopping();
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    failure.map_or(Ok(()), Err)
+}
