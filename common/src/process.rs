@@ -5,6 +5,7 @@
 //! with SIGKILL does not leave them running. Stopping is SIGTERM, a grace period, then
 //! SIGKILL.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -59,4 +60,51 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> std::io::Result<Ex
             child.wait().await
         }
     }
+}
+
+/// Finds the executable `name`: as given when it is a path, else in `PATH`.
+pub fn find_executable(name: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.components().count() > 1 {
+        return is_executable(name).then(|| name.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// Finds the rayd binary `name` next to the running executable (an installed suite or a
+/// cargo target dir), else in `PATH`.
+pub fn find_rayd_binary(name: &str) -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .and_then(|candidate| find_executable(&candidate))
+        .or_else(|| find_executable(Path::new(name)))
+}
+
+/// Whether the process `pid` exists and has not exited (a zombie counts as exited).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The name of the executable of process `pid` (the file name of `argv[0]`).
+pub fn process_name(pid: u32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next()?;
+    let name = Path::new(std::str::from_utf8(argv0).ok()?).file_name()?;
+    Some(name.to_string_lossy().into_owned())
 }

@@ -44,8 +44,9 @@ impl Shutdown {
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    // A launcher that stopped listening (rayd start after READY) is no reason to worry.
     if let Err(e) = sd_notify::notify(false, state) {
-        log::warn!(error:% = e; "cannot notify the service manager");
+        log::debug!(error:% = e; "cannot notify the service manager");
     }
 }
 

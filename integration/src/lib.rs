@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+pub use rayd_common::process::process_alive;
 
 /// How long a daemon gets to stop after SIGTERM before its group is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -240,17 +241,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Whether a process with this ID exists (and is not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 /// The IDs of the live processes whose parent is `pid`.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut children = Vec::new();
@@ -302,8 +292,11 @@ pub fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<Str
     let text = String::from_utf8_lossy(&output.stdout)
         .trim_end()
         .to_string();
-    (output.status.success() && !text.starts_with("Could not connect") && !text.starts_with("ERR"))
-        .then_some(text)
+    // redis-cli exits 0 on most server errors and prints them instead.
+    let failed = ["Could not connect", "ERR", "NOAUTH", "WRONGPASS", "LOADING"]
+        .iter()
+        .any(|prefix| text.starts_with(prefix));
+    (output.status.success() && !failed).then_some(text)
 }
 
 /// Waits until the Redis server on `port` answers PING.

@@ -10,12 +10,13 @@
 mod server;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use fred::prelude::*;
 use rayd_common::config::RaydConfig;
 use rayd_common::gcs::{self, keys};
+use rayd_common::process::find_executable;
 use rayd_common::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -62,28 +63,6 @@ pub enum ShardError {
         port: u16,
         reason: String,
     },
-}
-
-/// Finds `name` as given (a path) or in `PATH`.
-pub fn find_executable(name: &Path) -> Result<PathBuf, ShardError> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if name.components().count() > 1 {
-        return if is_executable(name) {
-            Ok(name.to_path_buf())
-        } else {
-            Err(ShardError::RedisNotFound(name.to_path_buf()))
-        };
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| ShardError::RedisNotFound(name.to_path_buf()))
 }
 
 fn check_port_free(ip: &str, server: &RedisServer) -> Result<(), ShardError> {
@@ -195,7 +174,8 @@ async fn supervise(
 
 /// Runs the supervisor until `shutdown` fires or a server cannot be kept running.
 pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardError> {
-    let binary = find_executable(&config.redis_server_path)?;
+    let binary = find_executable(&config.redis_server_path)
+        .ok_or_else(|| ShardError::RedisNotFound(config.redis_server_path.clone()))?;
     let mut servers = vec![RedisServer::new(Role::Primary, config.redis_port, &config)];
     for (i, port) in config.shard_ports().into_iter().enumerate() {
         servers.push(RedisServer::new(Role::Shard(i), port, &config));

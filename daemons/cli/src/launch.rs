@@ -1,0 +1,93 @@
+//! Starting a daemon in the background and waiting until it is ready.
+//!
+//! The daemon gets its own session (it outlives `rayd start` and the terminal), its output
+//! goes to a log file, and `NOTIFY_SOCKET` points at a datagram socket of ours: the same
+//! `READY=1` that tells systemd a daemon is serving tells us.
+
+use std::fs::OpenOptions;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rayd_common::process::find_rayd_binary;
+
+/// How long a daemon may take to report READY=1.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts the rayd binary `name` with `args`, output appended to `<logs>/<name>.log`, and
+/// waits for its READY=1.
+pub fn launch(name: &str, args: &[String], session: &Path) -> anyhow::Result<Child> {
+    let binary = find_rayd_binary(name)
+        .with_context(|| format!("cannot find the `{name}` binary next to rayd or in PATH"))?;
+    let log_path = session.join("logs").join(format!("{name}.log"));
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let socket_path = session.join(format!("notify-{name}.sock"));
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = UnixDatagram::bind(&socket_path)
+        .with_context(|| format!("cannot bind {}", socket_path.display()))?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+
+    let mut command = Command::new(&binary);
+    command
+        .args(args)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        if let Ok(n) = socket.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+                break Ok(());
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!(
+                "{name} exited ({status}) before it was ready:\n{}",
+                tail(&log_path, 10)
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Err(anyhow::anyhow!(
+                "{name} was not ready within {READY_TIMEOUT:?}:\n{}",
+                tail(&log_path, 10)
+            ));
+        }
+    };
+    let _ = std::fs::remove_file(&socket_path);
+    match result {
+        Ok(()) => Ok(child),
+        Err(e) => bail!("{e}\n(full log: {})", log_path.display()),
+    }
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

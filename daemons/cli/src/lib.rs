@@ -1,0 +1,137 @@
+//! The `rayd` command line, shaped like `ray start` / `ray stop` / `ray status`.
+//!
+//! `rayd start` launches the node's daemons in the background (each in its own session,
+//! output in `<temp_dir>/session_*/logs/`), waits until each reports `READY=1` over a
+//! private `NOTIFY_SOCKET`, and records them in `<temp_dir>/node.json`; `rayd stop` stops
+//! what that file lists; `rayd status` asks the GCS.
+
+mod launch;
+mod node_state;
+mod start;
+mod status;
+mod stop;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use rayd_common::config::{self, ConfigArgs, Overrides, RaydConfig, Startup};
+
+/// Start, stop and inspect rayd nodes.
+#[derive(Debug, Parser)]
+#[command(name = "rayd", version)]
+pub struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start this machine's rayd daemons: the head's with --head, else join --redis-address.
+    Start(StartArgs),
+    /// Stop every rayd process that `rayd start` started on this machine.
+    Stop(NodeArgs),
+    /// Show the cluster's GCS shards and their health.
+    Status(StatusArgs),
+}
+
+/// Flags shared by every subcommand that finds the local node.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Directory for session state, sockets and logs.
+    #[arg(long)]
+    temp_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct StartArgs {
+    /// Start the head node (the GCS and the global scheduler).
+    #[arg(long, conflicts_with = "redis_address")]
+    head: bool,
+    /// Join the cluster whose primary Redis is at host:port.
+    #[arg(long, alias = "address")]
+    redis_address: Option<String>,
+    /// Port of the primary Redis (head only).
+    #[arg(long)]
+    redis_port: Option<u16>,
+    /// Number of Redis shards besides the primary (head only).
+    #[arg(long)]
+    num_redis_shards: Option<u16>,
+    /// Password of the cluster's Redis servers.
+    #[arg(long)]
+    redis_password: Option<String>,
+    /// Address other nodes reach this node at.
+    #[arg(long)]
+    node_ip_address: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Stay in the foreground; stop the daemons on Ctrl-C or when one of them exits.
+    #[arg(long)]
+    block: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The cluster's primary Redis (default: the node started here, else redis_address).
+    #[arg(long, alias = "address")]
+    redis_address: Option<String>,
+    /// Password of the cluster's Redis servers.
+    #[arg(long)]
+    redis_password: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+fn overrides(cli: &Cli) -> Overrides {
+    let mut overrides = Overrides::default();
+    let temp_dir = match &cli.command {
+        Command::Start(a) => &a.node.temp_dir,
+        Command::Stop(a) => &a.temp_dir,
+        Command::Status(a) => &a.node.temp_dir,
+    };
+    overrides.set("temp_dir", temp_dir.as_ref().map(|p| p.display().to_string()));
+    match &cli.command {
+        Command::Start(a) => {
+            overrides
+                .set("redis_address", a.redis_address.clone())
+                .set("redis_port", a.redis_port)
+                .set("num_redis_shards", a.num_redis_shards)
+                .set("redis_password", a.redis_password.clone())
+                .set("node_ip_address", a.node_ip_address.clone());
+        }
+        Command::Status(a) => {
+            overrides
+                .set("redis_address", a.redis_address.clone())
+                .set("redis_password", a.redis_password.clone());
+        }
+        Command::Stop(_) => {}
+    }
+    overrides
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let config: RaydConfig = match config::startup("rayd", &cli.config, &overrides(&cli)) {
+        Startup::Run(config) => *config,
+        Startup::Exit(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+    };
+    // The CLI talks to people: warnings and errors only, on stderr.
+    let _ = rayd_common::logging::init("rayd", None, log::LevelFilter::Warn);
+    let result = match cli.command {
+        Command::Start(args) => start::start(&config, &args),
+        Command::Stop(_) => stop::stop(&config),
+        Command::Status(args) => status::status(&config, args.json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rayd: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `rayd status`: the cluster as the GCS sees it: its Redis servers and their health,
+//! and the registered nodes.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fred::prelude::*;
+use rayd_common::config::RaydConfig;
+use rayd_common::gcs::{connect_server, keys, GcsClient};
+use serde::Serialize;
+
+use crate::node_state;
+
+/// How long one server may take to answer before it counts as down.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One Redis server of the GCS.
+#[derive(Debug, Serialize)]
+struct Server {
+    role: String,
+    address: String,
+    healthy: bool,
+    /// PING round trip.
+    latency_ms: Option<f64>,
+    keys: Option<u64>,
+    error: Option<String>,
+}
+
+/// One node of the node table.
+#[derive(Debug, Serialize)]
+struct Node {
+    node_id: String,
+    address: String,
+    alive: bool,
+    resources_total: std::collections::BTreeMap<String, f64>,
+    resources_available: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    redis_address: String,
+    version: Option<String>,
+    healthy: bool,
+    servers: Vec<Server>,
+    nodes: Vec<Node>,
+}
+
+async fn probe(role: String, address: String, password: Option<&str>) -> Server {
+    let result = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let client = connect_server(&address, password).await?;
+        let started = Instant::now();
+        let _: String = client.ping(None).await?;
+        let latency = started.elapsed();
+        let keys: u64 = client.dbsize().await?;
+        let _ = client.quit().await;
+        Ok::<_, anyhow::Error>((latency, keys))
+    })
+    .await;
+    let (latency_ms, keys, error) = match result {
+        Ok(Ok((latency, keys))) => (Some(latency.as_secs_f64() * 1e3), Some(keys), None),
+        Ok(Err(e)) => (None, None, Some(format!("{e:#}"))),
+        Err(_) => (None, None, Some(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+    };
+    Server { role, address, healthy: error.is_none(), latency_ms, keys, error }
+}
+
+async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status> {
+    let primary = tokio::time::timeout(ANSWER_TIMEOUT, connect_server(address, password))
+        .await
+        .with_context(|| format!("the GCS at {address} did not answer within {ANSWER_TIMEOUT:?}"))?
+        .with_context(|| format!("cannot reach the GCS at {address}"))?;
+    let shards: Vec<String> = primary.lrange(keys::SHARDS, 0, -1).await?;
+    let version: Option<String> = primary.hget(keys::CLUSTER, "version").await?;
+    let _ = primary.quit().await;
+    if shards.is_empty() {
+        anyhow::bail!("redis at {address} has no shard list at `{}`: is it a rayd head?", keys::SHARDS);
+    }
+    let mut servers = vec![probe("primary".into(), address.to_string(), password).await];
+    for (i, shard) in shards.iter().enumerate() {
+        servers.push(probe(format!("shard {i}"), shard.clone(), password).await);
+    }
+    let healthy = servers.iter().all(|s| s.healthy);
+    let mut nodes = Vec::new();
+    if healthy {
+        let gcs = GcsClient::connect(address, password).await?;
+        for node in gcs.nodes().await? {
+            nodes.push(Node {
+                node_id: node.node_id.hex(),
+                address: node.node_ip_address,
+                alive: node.alive,
+                resources_total: node.resources_total,
+                resources_available: node.resources_available,
+            });
+        }
+        gcs.quit().await;
+    }
+    Ok(Status { redis_address: address.to_string(), version, healthy, servers, nodes })
+}
+
+fn print_table(status: &Status) {
+    println!(
+        "rayd cluster at {} (version {}): {}",
+        status.redis_address,
+        status.version.as_deref().unwrap_or("unknown"),
+        if status.healthy { "healthy" } else { "UNHEALTHY" }
+    );
+    println!("\nGCS ({} Redis servers)", status.servers.len());
+    for s in &status.servers {
+        match &s.error {
+            None => println!(
+                "  {:<10} {:<22} ok    {:>7.2} ms  {} keys",
+                s.role,
+                s.address,
+                s.latency_ms.unwrap_or_default(),
+                s.keys.unwrap_or_default()
+            ),
+            Some(e) => println!("  {:<10} {:<22} DOWN  {e}", s.role, s.address),
+        }
+    }
+    println!("\nnodes ({})", status.nodes.len());
+    for n in &status.nodes {
+        let resources: Vec<String> = n
+            .resources_total
+            .iter()
+            .map(|(name, total)| {
+                let available = n.resources_available.get(name).copied().unwrap_or_default();
+                format!("{name} {available}/{total}")
+            })
+            .collect();
+        println!(
+            "  {} {:<15} {:<5} {}",
+            &n.node_id[..12],
+            n.address,
+            if n.alive { "alive" } else { "dead" },
+            resources.join(", ")
+        );
+    }
+}
+
+/// Runs `rayd status`; exits 1 when a server of the GCS is down.
+pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let address = match &config.redis_address {
+        Some(address) => address.clone(),
+        None => match node_state::read(&config.temp_dir)? {
+            Some(state) => state.redis_address,
+            None => format!("{}:{}", config.node_ip_address, config.redis_port),
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let status = runtime.block_on(gather(&address, config.redis_password.as_deref()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_table(&status);
+    }
+    Ok(if status.healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
