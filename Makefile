@@ -1,0 +1,34 @@
+# rayd: the two commands a new machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build run test lint bench clean
+
+all: build
+
+## deps: install what the build and the tests use but cargo cannot (redis-server).
+deps:
+	@bash scripts/install-deps.sh
+
+## build: every rayd binary (debug profile) into target/debug.
+build:
+	$(CARGO) build --workspace --bins
+
+## run: build, start a local head node, show its status, stop it.
+run: deps build
+	@bash scripts/run-local.sh
+
+## test: install what is missing, build, run every test.
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) build --workspace --bins --tests
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy, as CI expects them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
