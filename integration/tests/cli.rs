@@ -3,7 +3,9 @@
 use std::process::Output;
 use std::time::Duration;
 
-use rayd_integration::{binary, clean_command, free_ports, process_alive, redis_cli, wait_for, TestDir};
+use rayd_integration::{
+    binary, clean_command, free_ports, process_alive, redis_cli, wait_for, TestDir,
+};
 
 fn rayd(dir: &TestDir, args: &[&str]) -> Output {
     clean_command(&binary("rayd"))
@@ -14,7 +16,11 @@ fn rayd(dir: &TestDir, args: &[&str]) -> Output {
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Stops the node even when an assertion fails, so no daemon outlives the test.
@@ -30,12 +36,24 @@ impl Drop for Node<'_> {
 fn start_status_stop_a_head() {
     let dir = TestDir::new();
     let port = free_ports(3)[1].to_string();
-    let started = rayd(&dir, &["start", "--head", "--redis-port", &port, "--num-redis-shards", "1"]);
+    let started = rayd(
+        &dir,
+        &[
+            "start",
+            "--head",
+            "--redis-port",
+            &port,
+            "--num-redis-shards",
+            "1",
+        ],
+    );
     let _node = Node(&dir);
     assert!(started.status.success(), "{}", text(&started));
     assert!(text(&started).contains(&format!("ray.init(redis_address=\"127.0.0.1:{port}\")")));
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("node.json")).expect("node.json")).expect("json");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("node.json")).expect("node.json"),
+    )
+    .expect("json");
     let pid = state["processes"][0]["pid"].as_u64().expect("pid") as u32;
     assert!(process_alive(pid));
 
@@ -52,13 +70,26 @@ fn start_status_stop_a_head() {
     let stopped = rayd(&dir, &["stop"]);
     assert!(stopped.status.success(), "{}", text(&stopped));
     assert!(text(&stopped).contains("stopped 1 rayd processes"));
-    wait_for("the supervisor to be gone", Duration::from_secs(10), || (!process_alive(pid)).then_some(()));
+    wait_for("the supervisor to be gone", Duration::from_secs(10), || {
+        (!process_alive(pid)).then_some(())
+    });
     let port: u16 = port.parse().expect("port");
-    assert_eq!(redis_cli(port, None, &["ping"]), None, "redis still answers after rayd stop");
+    assert_eq!(
+        redis_cli(port, None, &["ping"]),
+        None,
+        "redis still answers after rayd stop"
+    );
 
-    let status = rayd(&dir, &["status", "--redis-address", &format!("127.0.0.1:{port}")]);
+    let status = rayd(
+        &dir,
+        &["status", "--redis-address", &format!("127.0.0.1:{port}")],
+    );
     assert_eq!(status.status.code(), Some(1));
-    assert!(text(&status).contains(&format!("cannot reach the GCS at 127.0.0.1:{port}")), "{}", text(&status));
+    assert!(
+        text(&status).contains(&format!("cannot reach the GCS at 127.0.0.1:{port}")),
+        "{}",
+        text(&status)
+    );
 }
 
 #[test]
@@ -82,6 +113,10 @@ fn a_head_that_cannot_start_leaves_nothing_behind() {
     let port = taken.local_addr().expect("address").port().to_string();
     let started = rayd(&dir, &["start", "--head", "--redis-port", &port]);
     assert_eq!(started.status.code(), Some(1));
-    assert!(text(&started).contains("already in use"), "{}", text(&started));
+    assert!(
+        text(&started).contains("already in use"),
+        "{}",
+        text(&started)
+    );
     assert!(!dir.path().join("node.json").exists());
 }

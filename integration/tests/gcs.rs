@@ -4,14 +4,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rayd_common::gcs::{keys, ActorInfo, ErrorInfo, FunctionInfo, GcsClient, NodeInfo, Target, TaskEntry};
+use rayd_common::gcs::{
+    keys, ActorInfo, ErrorInfo, FunctionInfo, GcsClient, NodeInfo, Target, TaskEntry,
+};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_integration::{redis_cli, Gcs, TestDir};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn connect(gcs: &Gcs) -> GcsClient {
-    GcsClient::connect(&gcs.address(), gcs.password.as_deref()).await.expect("connect to the GCS")
+    GcsClient::connect(&gcs.address(), gcs.password.as_deref())
+        .await
+        .expect("connect to the GCS")
 }
 
 #[tokio::test]
@@ -24,11 +28,16 @@ async fn keys_spread_over_every_shard_and_are_readable() {
     let task = TaskId::random_task();
     let objects: Vec<ObjectId> = (1..=300).map(|i| ObjectId::for_return(task, i)).collect();
     for object in &objects {
-        client.add_object_location(*object, node, 100).await.expect("write location");
+        client
+            .add_object_location(*object, node, 100)
+            .await
+            .expect("write location");
     }
     let mut total = 0;
     for port in &gcs.shard_ports {
-        let count: u64 = redis_cli(*port, None, &["dbsize"]).and_then(|n| n.parse().ok()).expect("dbsize");
+        let count: u64 = redis_cli(*port, None, &["dbsize"])
+            .and_then(|n| n.parse().ok())
+            .expect("dbsize");
         assert!(count > 50, "shard {port} holds only {count} of 300 keys");
         total += count;
     }
@@ -49,16 +58,36 @@ async fn a_write_is_visible_to_a_second_client() {
     let reader = connect(&gcs).await;
     let object = ObjectId::random();
     let (a, b) = (NodeId::random(), NodeId::random());
-    writer.add_object_location(object, a, 42).await.expect("write");
-    writer.add_object_location(object, b, 42).await.expect("write");
-    let info = reader.object_info(object).await.expect("read").expect("object known");
+    writer
+        .add_object_location(object, a, 42)
+        .await
+        .expect("write");
+    writer
+        .add_object_location(object, b, 42)
+        .await
+        .expect("write");
+    let info = reader
+        .object_info(object)
+        .await
+        .expect("read")
+        .expect("object known");
     let mut expected = vec![a, b];
     expected.sort();
     assert_eq!((info.size, info.locations), (42, expected));
-    writer.remove_object_location(object, a).await.expect("remove");
-    let info = reader.object_info(object).await.expect("read").expect("object known");
+    writer
+        .remove_object_location(object, a)
+        .await
+        .expect("remove");
+    let info = reader
+        .object_info(object)
+        .await
+        .expect("read")
+        .expect("object known");
     assert_eq!(info.locations, vec![b]);
-    assert_eq!(reader.object_info(ObjectId::random()).await.expect("read"), None);
+    assert_eq!(
+        reader.object_info(ObjectId::random()).await.expect("read"),
+        None
+    );
 }
 
 #[tokio::test]
@@ -73,20 +102,35 @@ async fn notifications_reach_a_subscriber() {
         .await
         .expect("subscribe");
     let node = NodeId::random();
-    client.add_object_location(object, node, 7).await.expect("write");
-    let message = tokio::time::timeout(TIMEOUT, subscription.next()).await.expect("a notification in time");
+    client
+        .add_object_location(object, node, 7)
+        .await
+        .expect("write");
+    let message = tokio::time::timeout(TIMEOUT, subscription.next())
+        .await
+        .expect("a notification in time");
     let message = message.expect("subscription open");
     assert_eq!(message.channel, channel);
-    assert_eq!(String::from_utf8_lossy(&message.payload), format!("added {node} 7"));
+    assert_eq!(
+        String::from_utf8_lossy(&message.payload),
+        format!("added {node} 7")
+    );
 
     let job = JobId::random();
     let mut errors = client
         .subscribe(Target::Primary, vec![keys::error_events_channel(job)])
         .await
         .expect("subscribe");
-    let error = ErrorInfo { kind: "worker_died".into(), message: "worker 12 died".into(), time_ms: 1 };
+    let error = ErrorInfo {
+        kind: "worker_died".into(),
+        message: "worker 12 died".into(),
+        time_ms: 1,
+    };
     client.push_error(job, &error).await.expect("push");
-    let message = tokio::time::timeout(TIMEOUT, errors.next()).await.expect("in time").expect("open");
+    let message = tokio::time::timeout(TIMEOUT, errors.next())
+        .await
+        .expect("in time")
+        .expect("open");
     assert!(String::from_utf8_lossy(&message.payload).contains("worker 12 died"));
     assert_eq!(client.errors(job).await.expect("list"), vec![error]);
 }
@@ -109,20 +153,45 @@ async fn tables_round_trip() {
         last_heartbeat_ms: 0,
     };
     client.register_node(&node).await.expect("register");
-    let mut read = client.node(node.node_id).await.expect("read").expect("registered");
+    let mut read = client
+        .node(node.node_id)
+        .await
+        .expect("read")
+        .expect("registered");
     read.last_heartbeat_ms = 0;
     assert_eq!(read, node);
-    client.mark_node_dead(node.node_id).await.expect("mark dead");
+    client
+        .mark_node_dead(node.node_id)
+        .await
+        .expect("mark dead");
     let nodes = client.nodes().await.expect("list");
     assert_eq!(nodes.len(), 1);
     assert!(!nodes[0].alive);
 
-    let task = TaskEntry { task_id: TaskId::random_task(), spec: vec![0, 1, 2, 255], state: "waiting".into(), node: None };
+    let task = TaskEntry {
+        task_id: TaskId::random_task(),
+        spec: vec![0, 1, 2, 255],
+        state: "waiting".into(),
+        node: None,
+    };
     client.put_task(&task).await.expect("put task");
-    assert_eq!(client.task(task.task_id).await.expect("read"), Some(task.clone()));
-    client.set_task_state(task.task_id, "running", Some(node.node_id)).await.expect("state");
-    let read = client.task(task.task_id).await.expect("read").expect("known");
-    assert_eq!((read.state.as_str(), read.node, read.spec), ("running", Some(node.node_id), task.spec));
+    assert_eq!(
+        client.task(task.task_id).await.expect("read"),
+        Some(task.clone())
+    );
+    client
+        .set_task_state(task.task_id, "running", Some(node.node_id))
+        .await
+        .expect("state");
+    let read = client
+        .task(task.task_id)
+        .await
+        .expect("read")
+        .expect("known");
+    assert_eq!(
+        (read.state.as_str(), read.node, read.spec),
+        ("running", Some(node.node_id), task.spec)
+    );
 
     let actor = ActorInfo {
         actor_id: ActorId::random(),
@@ -132,7 +201,10 @@ async fn tables_round_trip() {
         state: "alive".into(),
     };
     client.put_actor(&actor).await.expect("put actor");
-    assert_eq!(client.actor(actor.actor_id).await.expect("read"), Some(actor));
+    assert_eq!(
+        client.actor(actor.actor_id).await.expect("read"),
+        Some(actor)
+    );
 
     let definition = b"pickled function".to_vec();
     let function = FunctionInfo {
@@ -142,7 +214,10 @@ async fn tables_round_trip() {
         definition,
     };
     client.put_function(&function).await.expect("put function");
-    assert_eq!(client.function(function.function_id).await.expect("read"), Some(function.clone()));
+    assert_eq!(
+        client.function(function.function_id).await.expect("read"),
+        Some(function.clone())
+    );
     let index = redis_cli(gcs.port, None, &["smembers", keys::FUNCTIONS]);
     assert_eq!(index, Some(function.function_id.hex()));
 }
