@@ -59,7 +59,10 @@ pub fn launch(name: &str, args: &[String], session: &Path) -> anyhow::Result<Chi
     let mut buf = [0u8; 4096];
     let result = loop {
         if let Ok(n) = socket.recv(&mut buf) {
-            if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
                 break Ok(());
             }
         }

@@ -94,7 +94,10 @@ fn overrides(cli: &Cli) -> Overrides {
         Command::Stop(a) => &a.temp_dir,
         Command::Status(a) => &a.node.temp_dir,
     };
-    overrides.set("temp_dir", temp_dir.as_ref().map(|p| p.display().to_string()));
+    overrides.set(
+        "temp_dir",
+        temp_dir.as_ref().map(|p| p.display().to_string()),
+    );
     match &cli.command {
         Command::Start(a) => {
             overrides

@@ -49,11 +49,16 @@ fn write_session_config(session: &Path, config: &RaydConfig) -> anyhow::Result<P
 
 /// Checks that the head at `address` answers and is a rayd GCS.
 fn check_head(address: &str, password: Option<&str>) -> anyhow::Result<usize> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        let gcs = tokio::time::timeout(Duration::from_secs(10), GcsClient::connect(address, password))
-            .await
-            .with_context(|| format!("the GCS at {address} did not answer within 10 s"))??;
+        let gcs = tokio::time::timeout(
+            Duration::from_secs(10),
+            GcsClient::connect(address, password),
+        )
+        .await
+        .with_context(|| format!("the GCS at {address} did not answer within 10 s"))??;
         let shards = gcs.shard_addresses().len();
         gcs.quit().await;
         Ok(shards)
@@ -67,7 +72,8 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1)));
     }
     let temp_dir = &config.temp_dir;
-    std::fs::create_dir_all(temp_dir).with_context(|| format!("cannot create {}", temp_dir.display()))?;
+    std::fs::create_dir_all(temp_dir)
+        .with_context(|| format!("cannot create {}", temp_dir.display()))?;
     if let Some(state) = node_state::read(temp_dir)? {
         let running: Vec<String> = state
             .processes
@@ -85,7 +91,10 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     }
 
     let (redis_address, daemons) = if args.head {
-        (format!("{}:{}", config.node_ip_address, config.redis_port), HEAD_DAEMONS)
+        (
+            format!("{}:{}", config.node_ip_address, config.redis_port),
+            HEAD_DAEMONS,
+        )
     } else {
         let address = config.redis_address.clone().unwrap_or_default();
         let shards = check_head(&address, config.redis_password.as_deref())?;
@@ -98,18 +107,33 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     let config_path = write_session_config(&session, &config)?;
     let config_arg = config_path.display().to_string();
 
-    let mut state = NodeState { session_dir: session.clone(), redis_address: redis_address.clone(), head: args.head, processes: Vec::new() };
+    let mut state = NodeState {
+        session_dir: session.clone(),
+        redis_address: redis_address.clone(),
+        head: args.head,
+        processes: Vec::new(),
+    };
     let mut children: Vec<Child> = Vec::new();
     for name in daemons {
-        match crate::launch::launch(name, &["--config".to_string(), config_arg.clone()], &session) {
+        match crate::launch::launch(
+            name,
+            &["--config".to_string(), config_arg.clone()],
+            &session,
+        ) {
             Ok(child) => {
-                state.processes.push(Process { name: (*name).to_string(), pid: child.id() });
+                state.processes.push(Process {
+                    name: (*name).to_string(),
+                    pid: child.id(),
+                });
                 // Record as we go so that `rayd stop` finds a half-started node.
                 node_state::write(temp_dir, &state)?;
                 children.push(child);
             }
             Err(e) => {
-                stop_processes(&state.processes, Duration::from_millis(config.shutdown_grace_ms));
+                stop_processes(
+                    &state.processes,
+                    Duration::from_millis(config.shutdown_grace_ms),
+                );
                 node_state::remove(temp_dir)?;
                 return Err(e);
             }
@@ -143,8 +167,14 @@ fn temp_dir_flag(config: &RaydConfig) -> String {
 }
 
 /// Stays in the foreground until a signal or a daemon's exit, then stops the node.
-fn block(config: &RaydConfig, state: &NodeState, mut children: Vec<Child>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn block(
+    config: &RaydConfig,
+    state: &NodeState,
+    mut children: Vec<Child>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let exited = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut poll = tokio::time::interval(Duration::from_millis(100));
@@ -162,7 +192,10 @@ fn block(config: &RaydConfig, state: &NodeState, mut children: Vec<Child>) -> an
             }
         }
     })?;
-    stop_processes(&state.processes, Duration::from_millis(config.shutdown_grace_ms));
+    stop_processes(
+        &state.processes,
+        Duration::from_millis(config.shutdown_grace_ms),
+    );
     for child in &mut children {
         let _ = child.wait();
     }

@@ -60,9 +60,20 @@ async fn probe(role: String, address: String, password: Option<&str>) -> Server 
     let (latency_ms, keys, error) = match result {
         Ok(Ok((latency, keys))) => (Some(latency.as_secs_f64() * 1e3), Some(keys), None),
         Ok(Err(e)) => (None, None, Some(format!("{e:#}"))),
-        Err(_) => (None, None, Some(format!("no answer within {ANSWER_TIMEOUT:?}"))),
+        Err(_) => (
+            None,
+            None,
+            Some(format!("no answer within {ANSWER_TIMEOUT:?}")),
+        ),
     };
-    Server { role, address, healthy: error.is_none(), latency_ms, keys, error }
+    Server {
+        role,
+        address,
+        healthy: error.is_none(),
+        latency_ms,
+        keys,
+        error,
+    }
 }
 
 async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status> {
@@ -74,7 +85,10 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
     let version: Option<String> = primary.hget(keys::CLUSTER, "version").await?;
     let _ = primary.quit().await;
     if shards.is_empty() {
-        anyhow::bail!("redis at {address} has no shard list at `{}`: is it a rayd head?", keys::SHARDS);
+        anyhow::bail!(
+            "redis at {address} has no shard list at `{}`: is it a rayd head?",
+            keys::SHARDS
+        );
     }
     let mut servers = vec![probe("primary".into(), address.to_string(), password).await];
     for (i, shard) in shards.iter().enumerate() {
@@ -95,7 +109,13 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
         }
         gcs.quit().await;
     }
-    Ok(Status { redis_address: address.to_string(), version, healthy, servers, nodes })
+    Ok(Status {
+        redis_address: address.to_string(),
+        version,
+        healthy,
+        servers,
+        nodes,
+    })
 }
 
 fn print_table(status: &Status) {
@@ -103,7 +123,11 @@ fn print_table(status: &Status) {
         "rayd cluster at {} (version {}): {}",
         status.redis_address,
         status.version.as_deref().unwrap_or("unknown"),
-        if status.healthy { "healthy" } else { "UNHEALTHY" }
+        if status.healthy {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        }
     );
     println!("\nGCS ({} Redis servers)", status.servers.len());
     for s in &status.servers {
@@ -147,12 +171,18 @@ pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
             None => format!("{}:{}", config.node_ip_address, config.redis_port),
         },
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let status = runtime.block_on(gather(&address, config.redis_password.as_deref()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_table(&status);
     }
-    Ok(if status.healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if status.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -35,7 +35,10 @@ pub fn stop_processes(processes: &[Process], grace: Duration) -> usize {
 /// Runs `rayd stop`.
 pub fn stop(config: &RaydConfig) -> anyhow::Result<ExitCode> {
     let Some(state) = node_state::read(&config.temp_dir)? else {
-        println!("no rayd node was started from {}", config.temp_dir.display());
+        println!(
+            "no rayd node was started from {}",
+            config.temp_dir.display()
+        );
         return Ok(ExitCode::SUCCESS);
     };
     let grace = Duration::from_millis(config.shutdown_grace_ms);
