@@ -19,9 +19,8 @@ build:
 run: deps build
 	@bash scripts/run-local.sh
 
-## test: install what is missing, build, run every test.
-test: deps
-	$(CARGO) fmt --all -- --check
+## test: install what is missing, check formatting and lints, build, run every test.
+test: deps lint
 	$(CARGO) build --workspace --bins --tests
 	$(CARGO) test --workspace
 
