@@ -27,6 +27,14 @@ const ENV_NOT_KEYS: &[&str] = &["RAYD_CONFIG"];
 /// Most Redis shards a head may run; beyond this the head's ports and memory run out first.
 const MAX_REDIS_SHARDS: u16 = 256;
 
+/// Default `object_chunk_size`: large enough to amortize per-message costs, small enough
+/// to keep several transfers in memory at once.
+const DEFAULT_OBJECT_CHUNK_SIZE: u64 = 8 << 20;
+/// Bounds of `object_chunk_size`.
+const OBJECT_CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(64 << 20);
+/// Smallest explicit `object_store_memory`: room for the arena and a few objects.
+const MIN_OBJECT_STORE_MEMORY: u64 = 1 << 20;
+
 /// Every setting of a rayd node. Each daemon reads the keys it needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,6 +69,20 @@ pub struct RaydConfig {
     pub health_check_interval_ms: u64,
     /// Milliseconds a process gets to stop after SIGTERM before it is killed.
     pub shutdown_grace_ms: u64,
+    /// Hex ID of this node (40 digits); a random one per start of a daemon when unset.
+    pub node_id: Option<String>,
+    /// Bytes of shared memory the node's plasma store may use; 0 means 30% of the RAM.
+    pub object_store_memory: u64,
+    /// Unix socket of the plasma store; `<temp_dir>/sockets/plasma_store` when unset.
+    pub plasma_socket: Option<PathBuf>,
+    /// Directory whose files back plasma memory (e.g. a hugetlbfs mount) instead of memfd.
+    pub plasma_directory: Option<PathBuf>,
+    /// Back plasma memory with huge pages: `plasma_directory` must be a hugetlbfs mount.
+    pub huge_pages: bool,
+    /// TCP port of the object manager (gRPC) through which other nodes pull objects; 0 picks one.
+    pub object_manager_port: u16,
+    /// Bytes per chunk when objects move between nodes.
+    pub object_chunk_size: u64,
 }
 
 impl Default for RaydConfig {
@@ -81,6 +103,13 @@ impl Default for RaydConfig {
             redis_server_path: PathBuf::from("redis-server"),
             health_check_interval_ms: 500,
             shutdown_grace_ms: 5000,
+            node_id: None,
+            object_store_memory: 0,
+            plasma_socket: None,
+            plasma_directory: None,
+            huge_pages: false,
+            object_manager_port: 8076,
+            object_chunk_size: DEFAULT_OBJECT_CHUNK_SIZE,
         }
     }
 }
@@ -110,6 +139,13 @@ impl RaydConfig {
         } else {
             self.redis_shard_ports.clone()
         }
+    }
+
+    /// The Unix socket of the plasma store, explicit or derived from `temp_dir`.
+    pub fn plasma_socket(&self) -> PathBuf {
+        self.plasma_socket
+            .clone()
+            .unwrap_or_else(|| self.temp_dir.join("sockets").join("plasma_store"))
     }
 
     /// Where the Redis servers keep their files.
@@ -223,6 +259,37 @@ impl RaydConfig {
         }
         if self.health_check_interval_ms == 0 {
             return invalid("health_check_interval_ms", "must be at least 1".into());
+        }
+        if let Some(node_id) = &self.node_id {
+            if let Err(e) = node_id.parse::<crate::id::NodeId>() {
+                return invalid("node_id", e.to_string());
+            }
+        }
+        if self.object_store_memory != 0 && self.object_store_memory < MIN_OBJECT_STORE_MEMORY {
+            return invalid(
+                "object_store_memory",
+                format!(
+                    "{} bytes is below the minimum of {MIN_OBJECT_STORE_MEMORY} (0 means 30% of the RAM)",
+                    self.object_store_memory
+                ),
+            );
+        }
+        if self.huge_pages && self.plasma_directory.is_none() {
+            return invalid(
+                "huge_pages",
+                "needs plasma_directory set to a hugetlbfs mount".into(),
+            );
+        }
+        if !OBJECT_CHUNK_SIZE_RANGE.contains(&self.object_chunk_size) {
+            return invalid(
+                "object_chunk_size",
+                format!(
+                    "{} is outside {}..={}",
+                    self.object_chunk_size,
+                    OBJECT_CHUNK_SIZE_RANGE.start(),
+                    OBJECT_CHUNK_SIZE_RANGE.end()
+                ),
+            );
         }
         Ok(())
     }
@@ -531,6 +598,9 @@ mod tests {
             "redis_password",
             "redis_max_clients",
             "redis_data_dir",
+            "node_id",
+            "plasma_socket",
+            "plasma_directory",
         ] {
             assert!(
                 text.contains(&format!("# {key} =")),

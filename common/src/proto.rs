@@ -15,3 +15,11 @@ pub mod objectmanager {
         tonic::include_proto!("rayd.objectmanager.v1");
     }
 }
+
+/// The plasma store's local protocol (framed over its Unix socket).
+pub mod plasma {
+    /// Version 1 of the plasma protocol.
+    pub mod v1 {
+        tonic::include_proto!("rayd.plasma.v1");
+    }
+}

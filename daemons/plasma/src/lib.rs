@@ -1,0 +1,226 @@
+//! `rayd-plasma`: the node's immutable object store in shared memory, the client library
+//! that the raylet, the workers and the Python SDK use to reach it, and the object
+//! manager that moves objects between nodes.
+//!
+//! Modules, lowest first: [`memory`] (segments and mappings: the memory model),
+//! [`allocator`] (placement in the arena), [`store`] (the object table, pins and LRU
+//! eviction), [`protocol`] (framing and descriptor passing on the Unix socket),
+//! [`state`] (what the daemon's tasks share), [`connection`] and [`server`] (serving
+//! local clients), [`object_manager`] (gRPC pulls between nodes), [`gcs_report`]
+//! (object locations in the GCS), and [`client`] (the library, sync and async).
+
+pub mod allocator;
+pub mod client;
+pub mod connection;
+pub mod gcs_report;
+pub mod memory;
+pub mod object_manager;
+pub mod protocol;
+pub mod server;
+pub mod state;
+pub mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rayd_common::config::RaydConfig;
+use rayd_common::id::NodeId;
+use rayd_common::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
+use tokio_util::sync::CancellationToken;
+
+use crate::memory::{Backing, MemoryError};
+use crate::state::State;
+use crate::store::Store;
+
+/// Share of the machine's RAM the store takes when `object_store_memory` is 0.
+const DEFAULT_MEMORY_SHARE: f64 = 0.3;
+/// How often the store's figures go to the log.
+const STATS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the store could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum PlasmaError {
+    #[error("invalid value for `node_id`: {0}")]
+    NodeId(String),
+    #[error("invalid value for `object_store_memory`: {0}")]
+    Capacity(String),
+    #[error("cannot set up the object store memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Socket(#[from] server::SocketError),
+    #[error("cannot listen for the object manager on {address}: {source}")]
+    ObjectManagerBind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the object manager failed: {0}")]
+    ObjectManager(#[source] tonic::transport::Error),
+    #[error("cannot share the arena's descriptor: {0}")]
+    Arena(#[source] std::io::Error),
+    #[error("the client socket failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Total RAM of the machine, from `/proc/meminfo`.
+fn total_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The store's capacity: `object_store_memory`, or a share of the RAM when it is 0,
+/// checked against the RAM the machine has.
+pub fn capacity(config: &RaydConfig) -> Result<u64, PlasmaError> {
+    let total = total_memory();
+    match (config.object_store_memory, total) {
+        (0, Some(total)) => Ok((total as f64 * DEFAULT_MEMORY_SHARE) as u64),
+        (0, None) => Err(PlasmaError::Capacity(
+            "0 means a share of the RAM, but /proc/meminfo is unreadable: set it in bytes".into(),
+        )),
+        (wanted, Some(total)) if wanted > total => Err(PlasmaError::Capacity(format!(
+            "{wanted} bytes is more than the machine's {total} bytes of RAM"
+        ))),
+        (wanted, _) => Ok(wanted),
+    }
+}
+
+/// The node's ID: `node_id`, or a fresh random one.
+pub fn node_id(config: &RaydConfig) -> Result<NodeId, PlasmaError> {
+    match &config.node_id {
+        Some(text) => text.parse().map_err(|e| PlasmaError::NodeId(format!("{e}"))),
+        None => Ok(NodeId::random()),
+    }
+}
+
+/// Runs the store until `shutdown`: the client socket, the object manager, the GCS
+/// reporter and the periodic figures in the log.
+pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaError> {
+    let node = node_id(&config)?;
+    let capacity = capacity(&config)?;
+    let backing = match &config.plasma_directory {
+        None => Backing::Memfd,
+        Some(path) => Backing::Directory {
+            path: path.clone(),
+            huge_pages: config.huge_pages,
+        },
+    };
+    backing.check()?;
+    let store = Store::new(capacity, backing)?;
+    let layout = store.layout();
+
+    let om_address = format!("{}:{}", config.node_ip_address, config.object_manager_port);
+    let om_listener = tokio::net::TcpListener::bind(&om_address)
+        .await
+        .map_err(|source| PlasmaError::ObjectManagerBind {
+            address: om_address.clone(),
+            source,
+        })?;
+    let om_address = om_listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(om_address);
+    let socket: PathBuf = config.plasma_socket();
+    let listener = server::bind(&socket)?;
+
+    let cancel = shutdown.graceful.child_token();
+    let reporter_cancel = CancellationToken::new();
+    let (locations, reporter) = match &config.redis_address {
+        Some(address) => {
+            let (tx, task) = gcs_report::spawn(
+                address.clone(),
+                config.redis_password.clone(),
+                node,
+                reporter_cancel.clone(),
+            );
+            (Some(tx), Some(task))
+        }
+        None => {
+            log::info!("no redis_address: object locations are not reported");
+            (None, None)
+        }
+    };
+    let state = State::new(store, node, om_address.clone(), config.object_chunk_size, locations)
+        .map_err(PlasmaError::Arena)?;
+
+    let om_server = tonic::transport::Server::builder()
+        .add_service(object_manager::Service::server(state.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(om_listener),
+            cancel.clone().cancelled_owned(),
+        );
+    let mut om_task = tokio::spawn(om_server);
+    let mut serve_task = tokio::spawn(server::serve(listener, state.clone(), cancel.clone()));
+    let stats_task = tokio::spawn(log_stats(state.clone(), cancel.clone()));
+
+    log::info!(
+        node_id:% = node,
+        socket:% = socket.display(),
+        object_manager_address = om_address.as_str(),
+        capacity_bytes = layout.capacity,
+        arena_bytes = layout.arena_size,
+        small_object_max = layout.small_object_max;
+        "plasma store ready"
+    );
+    notify_status(&format!("serving on {}", socket.display()));
+    notify_ready();
+
+    let result = tokio::select! {
+        _ = cancel.cancelled() => Ok(()),
+        r = &mut om_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PlasmaError::ObjectManager(e)),
+            Err(e) => Err(PlasmaError::Serve(std::io::Error::other(e))),
+        },
+        r = &mut serve_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PlasmaError::Serve(e)),
+            Err(e) => Err(PlasmaError::Serve(std::io::Error::other(e))),
+        },
+    };
+    notify_stopping();
+    cancel.cancel();
+    let _ = std::fs::remove_file(&socket);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = serve_task.await;
+        let _ = om_task.await;
+    })
+    .await;
+    stats_task.abort();
+    // Every object goes with the store: take this node off their locations.
+    state.with_store(|s| s.clear());
+    drop(state);
+    if let Some(reporter) = reporter {
+        reporter_cancel.cancel();
+        let _ = reporter.await;
+    }
+    result
+}
+
+async fn log_stats(state: std::sync::Arc<State>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(STATS_INTERVAL);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let s = state.stats();
+        log::info!(
+            used_bytes = s.used_bytes,
+            capacity_bytes = s.capacity_bytes,
+            objects = s.objects,
+            evictions = s.evictions,
+            clients = s.clients,
+            pulls = state.pulls();
+            "store figures"
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The state every task of the daemon shares: the store behind its mutex, and the fan-out
+//! of its events to subscribers, waiting gets and the GCS reporter.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rayd_common::id::NodeId;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::memory::Mapping;
+use crate::store::{Stats, Store, StoreEvent};
+
+/// Events buffered per subscriber before it counts as lagging.
+const EVENT_BUFFER: usize = 1 << 16;
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct State {
+    store: Mutex<Store>,
+    events: broadcast::Sender<StoreEvent>,
+    locations: Option<mpsc::UnboundedSender<StoreEvent>>,
+    /// A descriptor of the arena owned here, so replies can attach it without the lock.
+    pub arena_fd: OwnedFd,
+    /// Size of the arena in bytes.
+    pub arena_size: u64,
+    /// The daemon's writable mapping of the arena (transfers read and write through it).
+    pub arena_map: Arc<Mapping>,
+    /// This node.
+    pub node_id: NodeId,
+    /// `host:port` of this node's object manager.
+    pub object_manager_address: String,
+    /// Bytes per chunk of object transfers.
+    pub chunk_size: u64,
+    pulls: AtomicU64,
+}
+
+impl State {
+    /// Wraps a store; `locations`, when set, receives every event for the GCS.
+    pub fn new(
+        store: Store,
+        node_id: NodeId,
+        object_manager_address: String,
+        chunk_size: u64,
+        locations: Option<mpsc::UnboundedSender<StoreEvent>>,
+    ) -> std::io::Result<Arc<Self>> {
+        let (arena, arena_size) = store.arena();
+        let arena_fd = arena.try_clone_to_owned()?;
+        let arena_map = store.arena_mapping();
+        Ok(Arc::new(Self {
+            store: Mutex::new(store),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            locations,
+            arena_fd,
+            arena_size,
+            arena_map,
+            node_id,
+            object_manager_address,
+            chunk_size,
+            pulls: AtomicU64::new(0),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock would have left the store half-changed, but
+        // every store method keeps its invariants before anything that can panic.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the store, then publishes the events it caused.
+    pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+        let (result, events) = {
+            let mut store = self.lock();
+            let result = f(&mut store);
+            (result, store.take_events())
+        };
+        for event in events {
+            if let Some(locations) = &self.locations {
+                let _ = locations.send(event.clone());
+            }
+            // No receivers is fine: nobody waits.
+            let _ = self.events.send(event);
+        }
+        result
+    }
+
+    /// A receiver of every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// Counts a completed pull.
+    pub fn count_pull(&self) {
+        self.pulls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completed pulls.
+    pub fn pulls(&self) -> u64 {
+        self.pulls.load(Ordering::Relaxed)
+    }
+
+    /// The store's figures.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats()
+    }
+}
