@@ -29,5 +29,17 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## bench: rayd (release build) beside the newest real Ray from PyPI, alternating, in a
+## loopback-only network namespace; prints the table and writes bench/results/ (bench/README.md).
+bench: deps
+	$(CARGO) build --release --workspace --bins
+# BENCH-TODO (issue 4): install rayd's Python SDK, built against the release daemons, into .venv
+# here once its make target exists (e.g. `$(MAKE) build-python PROFILE=release`). Until then
+# rayd's column reads "unavailable" whenever .venv does not import rayd.
+	@if [ -x .venv/bin/python ] && ! .venv/bin/python -c "import numpy, psutil" 2>/dev/null; then \
+		.venv/bin/python -m pip install --quiet numpy psutil; fi
+	@bash bench/setup_ray.sh
+	python3 bench/run.py
+
 clean:
 	$(CARGO) clean
