@@ -6,7 +6,7 @@
 //! named as in `ray.init` / `ray start` (`redis_port`, `num_redis_shards`, ...). An unknown
 //! key or a bad value is an error that names the key; binaries exit with [`EXIT_CONFIG`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,15 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/rayd/rayd.toml";
 pub const ENV_PREFIX: &str = "RAYD_";
 
 /// Environment variables with the prefix that are not configuration keys.
-const ENV_NOT_KEYS: &[&str] = &["RAYD_CONFIG"];
+const ENV_NOT_KEYS: &[&str] = &[
+    "RAYD_CONFIG",
+    // Set by the raylet and `ray.init()` for worker processes.
+    "RAYD_RAYLET_SOCKET",
+    "RAYD_WORKER_PYTHONPATH",
+    "RAYD_WORKER_LOG_LEVEL",
+    // Where the rayd binaries are, for processes that are not among them (the Python SDK).
+    "RAYD_BIN_DIR",
+];
 
 /// Most Redis shards a head may run; beyond this the head's ports and memory run out first.
 const MAX_REDIS_SHARDS: u16 = 256;
@@ -83,6 +91,20 @@ pub struct RaydConfig {
     pub object_manager_port: u16,
     /// Bytes per chunk when objects move between nodes.
     pub object_chunk_size: u64,
+    /// CPUs the raylet schedules; the machine's CPU count when unset.
+    pub num_cpus: Option<f64>,
+    /// GPUs the raylet schedules; those detected (`/proc/driver/nvidia/gpus`) when unset.
+    pub num_gpus: Option<f64>,
+    /// Custom resources of this node: name -> amount (a TOML table; `--resources` takes JSON).
+    pub resources: BTreeMap<String, f64>,
+    /// Workers the raylet starts ahead of demand; `num_cpus` when unset.
+    pub num_workers: Option<u32>,
+    /// Unix socket of the raylet; `<temp_dir>/sockets/raylet` when unset.
+    pub raylet_socket: Option<PathBuf>,
+    /// The `rayd-worker` executable; the one next to `rayd-raylet` when unset.
+    pub worker_path: Option<PathBuf>,
+    /// Milliseconds between the raylet's heartbeats to the GCS.
+    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for RaydConfig {
@@ -110,6 +132,13 @@ impl Default for RaydConfig {
             huge_pages: false,
             object_manager_port: 8076,
             object_chunk_size: DEFAULT_OBJECT_CHUNK_SIZE,
+            num_cpus: None,
+            num_gpus: None,
+            resources: BTreeMap::new(),
+            num_workers: None,
+            raylet_socket: None,
+            worker_path: None,
+            heartbeat_interval_ms: 1000,
         }
     }
 }
@@ -142,6 +171,28 @@ impl RaydConfig {
     }
 
     /// The Unix socket of the plasma store, explicit or derived from `temp_dir`.
+    pub fn raylet_socket(&self) -> PathBuf {
+        self.raylet_socket
+            .clone()
+            .unwrap_or_else(|| self.temp_dir.join("sockets").join("raylet"))
+    }
+
+    /// The resources this node offers: CPU and GPU (configured or detected) and the
+    /// custom ones.
+    pub fn node_resources(&self) -> BTreeMap<String, f64> {
+        let mut resources = self.resources.clone();
+        let cpus = self.num_cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+        });
+        resources.insert("CPU".into(), cpus);
+        let gpus = self.num_gpus.unwrap_or_else(|| detected_gpus() as f64);
+        if gpus > 0.0 {
+            resources.insert("GPU".into(), gpus);
+        }
+        resources
+    }
+
+    /// The Unix socket of the plasma store.
     pub fn plasma_socket(&self) -> PathBuf {
         self.plasma_socket
             .clone()
@@ -257,6 +308,22 @@ impl RaydConfig {
                 ),
             );
         }
+        for (key, value) in [("num_cpus", self.num_cpus), ("num_gpus", self.num_gpus)] {
+            if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                return invalid(key, "must be a number of at least 0".into());
+            }
+        }
+        if let Some((name, _)) = self.resources.iter().find(|(name, v)| {
+            !v.is_finite() || **v < 0.0 || name.is_empty() || *name == "CPU" || *name == "GPU"
+        }) {
+            return invalid(
+                "resources",
+                format!("`{name}`: amounts must be at least 0, and CPU and GPU have keys of their own (num_cpus, num_gpus)"),
+            );
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return invalid("heartbeat_interval_ms", "must be at least 1".into());
+        }
         if self.health_check_interval_ms == 0 {
             return invalid("health_check_interval_ms", "must be at least 1".into());
         }
@@ -300,6 +367,21 @@ impl RaydConfig {
     }
 }
 
+/// Parses `--resources` JSON (`{"name": amount, ...}`) into a config value.
+pub fn parse_resources_json(json: &str) -> Result<config::Map<String, config::Value>, String> {
+    let map: BTreeMap<String, f64> = serde_json::from_str(json)
+        .map_err(|e| format!("`{json}` is not a JSON object of numbers: {e}"))?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, config::Value::from(v)))
+        .collect())
+}
+
+/// The NVIDIA GPUs the kernel driver lists (none on a machine without one).
+pub fn detected_gpus() -> usize {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |dir| dir.flatten().count())
+}
+
 /// The `log` level filter for a `log_level` value.
 pub fn log_level_filter(level: &str) -> Option<log::LevelFilter> {
     match level {
@@ -325,6 +407,11 @@ pub fn parse_host_port(address: &str) -> Result<(String, u16), String> {
     }
     Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
+
+/// A value of an override (from a flag, or `ray.init()`'s arguments).
+pub type ConfigValue = config::Value;
+/// A table of override values.
+pub type ConfigMap = config::Map<String, config::Value>;
 
 /// Values given on the command line, the strongest source.
 #[derive(Debug, Default, Clone)]
@@ -586,7 +673,14 @@ mod tests {
         assert_eq!(config, RaydConfig::default());
         let text = std::fs::read_to_string(&shipped).unwrap();
         let printed = RaydConfig::default().to_toml();
-        for line in printed.lines() {
+        for line in printed.lines().filter(|l| !l.is_empty()) {
+            if line.starts_with('[') {
+                assert!(
+                    text.contains(line),
+                    "configs/rayd.toml lacks the table {line}"
+                );
+                continue;
+            }
             let key = line.split(" = ").next().unwrap();
             assert!(
                 text.contains(&format!("{key} =")),

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod framing;
 pub mod gcs;
 pub mod id;
 pub mod logging;

@@ -79,13 +79,19 @@ pub fn find_executable(name: &Path) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-/// Finds the rayd binary `name` next to the running executable (an installed suite or a
-/// cargo target dir), else in `PATH`.
+/// Finds the rayd binary `name`: in `RAYD_BIN_DIR` when set (the Python SDK points it at
+/// its environment's `bin/`), else next to the running executable (an installed suite or
+/// a cargo target dir), else in `PATH`.
 pub fn find_rayd_binary(name: &str) -> Option<PathBuf> {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
-        .and_then(|candidate| find_executable(&candidate))
+    let in_dir = |dir: PathBuf| find_executable(&dir.join(name));
+    std::env::var_os("RAYD_BIN_DIR")
+        .and_then(|dir| in_dir(PathBuf::from(dir)))
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(Path::to_path_buf))
+                .and_then(in_dir)
+        })
         .or_else(|| find_executable(Path::new(name)))
 }
 

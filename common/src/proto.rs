@@ -23,3 +23,11 @@ pub mod plasma {
         tonic::include_proto!("rayd.plasma.v1");
     }
 }
+
+/// The raylet's local protocol with drivers and workers (framed over its Unix socket).
+pub mod raylet {
+    /// Version 1 of the raylet protocol.
+    pub mod v1 {
+        tonic::include_proto!("rayd.raylet.v1");
+    }
+}

@@ -62,6 +62,11 @@ fn start_status_stop_a_head() {
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(report["healthy"], true);
     assert_eq!(report["servers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        report["nodes"].as_array().map(Vec::len),
+        Some(1),
+        "the raylet registered its node"
+    );
 
     let again = rayd(&dir, &["start", "--head", "--redis-port", &port]);
     assert!(!again.status.success());
@@ -69,7 +74,11 @@ fn start_status_stop_a_head() {
 
     let stopped = rayd(&dir, &["stop"]);
     assert!(stopped.status.success(), "{}", text(&stopped));
-    assert!(text(&stopped).contains("stopped 1 rayd processes"));
+    assert!(
+        text(&stopped).contains("stopped 3 rayd processes"),
+        "{}",
+        text(&stopped)
+    );
     wait_for("the supervisor to be gone", Duration::from_secs(10), || {
         (!process_alive(pid)).then_some(())
     });

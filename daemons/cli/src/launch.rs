@@ -18,8 +18,14 @@ use rayd_common::process::find_rayd_binary;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Starts the rayd binary `name` with `args`, output appended to `<logs>/<name>.log`, and
-/// waits for its READY=1.
-pub fn launch(name: &str, args: &[String], session: &Path) -> anyhow::Result<Child> {
+/// waits for its READY=1. An `attached` daemon gets SIGTERM when the calling thread's
+/// process exits (`ray.init()`'s node lives as long as its driver).
+pub fn launch(
+    name: &str,
+    args: &[String],
+    session: &Path,
+    attached: bool,
+) -> anyhow::Result<Child> {
     let binary = find_rayd_binary(name)
         .with_context(|| format!("cannot find the `{name}` binary next to rayd or in PATH"))?;
     let log_path = session.join("logs").join(format!("{name}.log"));
@@ -42,10 +48,15 @@ pub fn launch(name: &str, args: &[String], session: &Path) -> anyhow::Result<Chi
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
+    // SAFETY: setsid and prctl are async-signal-safe and the closure allocates nothing.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
+            // Its own session: a Ctrl-C meant for the terminal's job does not reach it.
             if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if attached && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -6,7 +6,8 @@
 //! what that file lists; `rayd status` asks the GCS.
 
 mod launch;
-mod node_state;
+pub mod node;
+pub mod node_state;
 mod start;
 mod status;
 mod stop;
@@ -65,6 +66,21 @@ struct StartArgs {
     /// Address other nodes reach this node at.
     #[arg(long)]
     node_ip_address: Option<String>,
+    /// CPUs this node schedules (default: the machine's).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// GPUs this node schedules (default: those detected).
+    #[arg(long)]
+    num_gpus: Option<f64>,
+    /// Custom resources as JSON, e.g. '{"Custom": 2}'.
+    #[arg(long)]
+    resources: Option<String>,
+    /// Bytes of shared memory for the object store (default: 30% of RAM).
+    #[arg(long)]
+    object_store_memory: Option<u64>,
+    /// Port other nodes pull objects from (0: any free port).
+    #[arg(long)]
+    object_manager_port: Option<u16>,
     #[command(flatten)]
     node: NodeArgs,
     /// Stay in the foreground; stop the daemons on Ctrl-C or when one of them exits.
@@ -105,7 +121,23 @@ fn overrides(cli: &Cli) -> Overrides {
                 .set("redis_port", a.redis_port)
                 .set("num_redis_shards", a.num_redis_shards)
                 .set("redis_password", a.redis_password.clone())
-                .set("node_ip_address", a.node_ip_address.clone());
+                .set("node_ip_address", a.node_ip_address.clone())
+                .set("num_cpus", a.num_cpus)
+                .set("num_gpus", a.num_gpus)
+                .set("object_store_memory", a.object_store_memory)
+                .set("object_manager_port", a.object_manager_port);
+            if let Some(json) = &a.resources {
+                // A bad value is reported by the config loader, naming the key.
+                overrides.set(
+                    "resources",
+                    Some(
+                        config::parse_resources_json(json).map_or_else(
+                            |e| config::ConfigValue::from(e),
+                            config::ConfigValue::from,
+                        ),
+                    ),
+                );
+            }
         }
         Command::Status(a) => {
             overrides

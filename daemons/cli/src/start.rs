@@ -1,51 +1,15 @@
 //! `rayd start`: launch this machine's daemons, as `ray start` does.
 
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode};
-use std::time::{Duration, SystemTime};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rayd_common::config::{RaydConfig, EXIT_CONFIG};
 use rayd_common::gcs::GcsClient;
 
-use crate::node_state::{self, NodeState, Process};
-use crate::stop::stop_processes;
+use crate::node::{start_node, StartedNode};
+use crate::node_state::{self, NodeState};
 use crate::StartArgs;
-
-/// The daemons of a head node, in start order.
-const HEAD_DAEMONS: &[&str] = &["rayd-redis-shard"];
-/// The daemons of a node that joins a head, in start order.
-const WORKER_DAEMONS: &[&str] = &[];
-
-/// Creates `<temp_dir>/session_<unix time>_<pid>/logs` and points `session_latest` at it.
-fn new_session(temp_dir: &Path) -> anyhow::Result<PathBuf> {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let session = temp_dir.join(format!("session_{secs}_{}", std::process::id()));
-    std::fs::create_dir_all(session.join("logs"))
-        .with_context(|| format!("cannot create {}", session.display()))?;
-    let latest = temp_dir.join("session_latest");
-    let _ = std::fs::remove_file(&latest);
-    let _ = std::os::unix::fs::symlink(&session, &latest);
-    Ok(session)
-}
-
-/// Writes the effective configuration for the daemons (mode 0600: it may hold the
-/// password), so that each reads exactly what `rayd start` resolved.
-fn write_session_config(session: &Path, config: &RaydConfig) -> anyhow::Result<PathBuf> {
-    let path = session.join("rayd.toml");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, config.to_toml().as_bytes())?;
-    Ok(path)
-}
 
 /// Checks that the head at `address` answers and is a rayd GCS.
 fn check_head(address: &str, password: Option<&str>) -> anyhow::Result<usize> {
@@ -90,56 +54,24 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
         }
     }
 
-    let (redis_address, daemons) = if args.head {
-        (
-            format!("{}:{}", config.node_ip_address, config.redis_port),
-            HEAD_DAEMONS,
-        )
-    } else {
+    if !args.head {
         let address = config.redis_address.clone().unwrap_or_default();
         let shards = check_head(&address, config.redis_password.as_deref())?;
         println!("the head's GCS at {address} answers ({shards} shards)");
-        (address, WORKER_DAEMONS)
-    };
-    let mut config = config.clone();
-    config.redis_address = Some(redis_address.clone());
-    let session = new_session(temp_dir)?;
-    let config_path = write_session_config(&session, &config)?;
-    let config_arg = config_path.display().to_string();
-
-    let mut state = NodeState {
+    }
+    let mut node = start_node(config, args.head, false)?;
+    let redis_address = node.redis_address.clone();
+    let session = node.session_dir.clone();
+    let state = NodeState {
         session_dir: session.clone(),
         redis_address: redis_address.clone(),
         head: args.head,
-        processes: Vec::new(),
+        processes: node.processes.clone(),
     };
-    let mut children: Vec<Child> = Vec::new();
-    for name in daemons {
-        match crate::launch::launch(
-            name,
-            &["--config".to_string(), config_arg.clone()],
-            &session,
-        ) {
-            Ok(child) => {
-                state.processes.push(Process {
-                    name: (*name).to_string(),
-                    pid: child.id(),
-                });
-                // Record as we go so that `rayd stop` finds a half-started node.
-                node_state::write(temp_dir, &state)?;
-                children.push(child);
-            }
-            Err(e) => {
-                stop_processes(
-                    &state.processes,
-                    Duration::from_millis(config.shutdown_grace_ms),
-                );
-                node_state::remove(temp_dir)?;
-                return Err(e);
-            }
-        }
+    if let Err(e) = node_state::write(temp_dir, &state) {
+        node.stop();
+        return Err(e);
     }
-    node_state::write(temp_dir, &state)?;
 
     let role = if args.head { "head" } else { "worker" };
     println!("started a rayd {role} node; the cluster's GCS is at {redis_address}");
@@ -153,7 +85,7 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     println!("logs:             {}", session.join("logs").display());
     println!("stop:             rayd stop{}", temp_dir_flag(&config));
     if args.block {
-        return block(&config, &state, children);
+        return block(config, &state, node);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -170,7 +102,7 @@ fn temp_dir_flag(config: &RaydConfig) -> String {
 fn block(
     config: &RaydConfig,
     state: &NodeState,
-    mut children: Vec<Child>,
+    mut node: StartedNode,
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -183,7 +115,7 @@ fn block(
                 _ = tokio::signal::ctrl_c() => return anyhow::Ok(None),
                 _ = term.recv() => return Ok(None),
                 _ = poll.tick() => {
-                    for (child, process) in children.iter_mut().zip(&state.processes) {
+                    for (child, process) in node.children().iter_mut().zip(&state.processes) {
                         if let Some(status) = child.try_wait()? {
                             return Ok(Some(format!("{} exited ({status})", process.name)));
                         }
@@ -192,13 +124,7 @@ fn block(
             }
         }
     })?;
-    stop_processes(
-        &state.processes,
-        Duration::from_millis(config.shutdown_grace_ms),
-    );
-    for child in &mut children {
-        let _ = child.wait();
-    }
+    node.stop();
     node_state::remove(&config.temp_dir)?;
     match exited {
         None => {

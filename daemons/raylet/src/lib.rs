@@ -1,0 +1,204 @@
+//! `rayd-raylet`: the local scheduler of a rayd node.
+//!
+//! It serves the node's drivers and workers on a Unix socket (framed protobuf, see
+//! `rayd.raylet.v1`), follows the plasma store's events to learn which objects are local,
+//! schedules tasks onto a pool of `rayd-worker` processes (see [`scheduler`]), registers
+//! the node in the GCS and sends heartbeats. Redis is never waited on while scheduling.
+
+mod connection;
+mod gcs;
+mod resources;
+pub mod scheduler;
+mod workers;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rayd_common::config::RaydConfig;
+use rayd_common::gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
+use rayd_common::process::{find_rayd_binary, signal_pid};
+use rayd_common::shutdown::{notify_ready, notify_stopping, Shutdown};
+use rayd_plasma::client::{ClientError, EventKind, PlasmaClient, Subscription};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+
+use scheduler::{Event, NodeSettings, Scheduler};
+
+/// Why the raylet could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RayletError {
+    #[error("no `redis_address`: the raylet needs the cluster's GCS")]
+    NoRedisAddress,
+    #[error("cannot reach the plasma store: {0}")]
+    Plasma(#[from] ClientError),
+    #[error("gcs: {0}")]
+    Gcs(#[from] GcsError),
+    #[error("cannot find the rayd-worker executable (set worker_path)")]
+    NoWorkerBinary,
+    #[error("cannot serve on {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the plasma store's event stream ended")]
+    PlasmaGone,
+}
+
+fn bind(path: &PathBuf) -> Result<UnixListener, RayletError> {
+    let io = |source| RayletError::Socket {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    UnixListener::bind(path).map_err(io)
+}
+
+/// Forwards the plasma store's events to the scheduler, from a thread of its own (the
+/// subscription is a blocking socket).
+fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Event>) -> Result<(), RayletError> {
+    let mut subscription = Subscription::connect(&socket)?;
+    std::thread::Builder::new()
+        .name("plasma-events".into())
+        .spawn(move || loop {
+            let event = match subscription.next(None) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(e) => {
+                    log::error!("plasma event stream failed: {e}");
+                    return;
+                }
+            };
+            let event = match event.kind {
+                EventKind::Sealed => Event::ObjectSealed(event.id),
+                EventKind::Deleted => Event::ObjectDeleted(event.id),
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+        })
+        .map_err(|source| RayletError::Socket {
+            path: PathBuf::from("plasma-events thread"),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Runs the raylet until `shutdown` fires.
+pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletError> {
+    let redis_address = config
+        .redis_address
+        .clone()
+        .ok_or(RayletError::NoRedisAddress)?;
+    let plasma_socket = config.plasma_socket();
+    let worker_path = config
+        .worker_path
+        .clone()
+        .or_else(|| find_rayd_binary("rayd-worker"))
+        .ok_or(RayletError::NoWorkerBinary)?;
+    let plasma_path = plasma_socket.clone();
+    let plasma = tokio::task::spawn_blocking(move || PlasmaClient::connect(&plasma_path, "raylet"))
+        .await
+        .map_err(|e| RayletError::Plasma(ClientError::Invalid(e.to_string())))??;
+    let node_id = plasma.node_id();
+    let gcs = GcsClient::connect(&redis_address, config.redis_password.as_deref()).await?;
+    let socket = config.raylet_socket();
+    let listener = bind(&socket)?;
+    let total = config.node_resources();
+    log::info!(
+        node_id:% = node_id, socket:% = socket.display(), plasma:% = plasma_socket.display(),
+        gcs = redis_address.as_str(), resources:? = total;
+        "raylet serving"
+    );
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    follow_plasma(plasma_socket.clone(), events_tx.clone())?;
+    let writes = gcs::spawn_writer(gcs.clone(), node_id);
+    let min_workers = config.num_workers.map_or_else(
+        || total.get("CPU").copied().unwrap_or(1.0).ceil() as usize,
+        |n| n as usize,
+    );
+    let settings = NodeSettings {
+        node_id,
+        node_ip_address: config.node_ip_address.clone(),
+        plasma_socket: plasma_socket.display().to_string(),
+        redis_address: redis_address.clone(),
+        redis_password: config.redis_password.clone().unwrap_or_default(),
+        raylet_socket: socket.clone(),
+        worker_path,
+        log_level: config.log_level.clone(),
+        min_workers,
+    };
+    let mut scheduler = Scheduler::new(settings, total.clone(), plasma, events_tx.clone(), writes);
+    let node = NodeInfo {
+        node_id,
+        node_ip_address: config.node_ip_address.clone(),
+        raylet_socket: socket.display().to_string(),
+        plasma_socket: plasma_socket.display().to_string(),
+        object_manager_address: format!(
+            "{}:{}",
+            config.node_ip_address, config.object_manager_port
+        ),
+        resources_total: total.clone(),
+        resources_available: total,
+        alive: true,
+        last_heartbeat_ms: 0,
+    };
+    gcs.register_node(&node).await?;
+    let cancel = shutdown.graceful.child_token();
+    tokio::spawn(connection::serve(listener, events_tx, cancel.clone()));
+    scheduler.prestart();
+    notify_ready();
+
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let result = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            event = events.recv() => match event {
+                Some(event) => scheduler.handle(event),
+                None => break Err(RayletError::PlasmaGone),
+            },
+            _ = heartbeat.tick() => {
+                scheduler.tick();
+                let snapshot = scheduler.snapshot();
+                let beat = Heartbeat {
+                    node_id: node_id.hex(),
+                    resources_available: snapshot.available,
+                    queue_length: snapshot.queued,
+                    time_ms: now_ms(),
+                };
+                let gcs = gcs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = gcs.heartbeat(&beat).await {
+                        log::warn!("heartbeat failed: {e}");
+                    }
+                });
+            }
+        }
+    };
+    notify_stopping();
+    scheduler.stop_workers();
+    for pid in scheduler.worker_pids() {
+        signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    if let Err(e) = gcs.mark_node_dead(node_id).await {
+        log::warn!("cannot mark the node dead in the GCS: {e}");
+    }
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

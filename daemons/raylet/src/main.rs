@@ -1,0 +1,78 @@
+//! `rayd-raylet`: the local scheduler and worker pool of one node.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rayd_common::config::{ConfigArgs, Overrides};
+
+/// Queues tasks until their arguments are local and resources free, and runs them on a
+/// pool of rayd-worker processes.
+#[derive(Debug, Parser)]
+#[command(name = "rayd-raylet", version)]
+struct Args {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// host:port of the cluster's primary Redis.
+    #[arg(long)]
+    redis_address: Option<String>,
+    /// Password of the cluster's Redis servers.
+    #[arg(long)]
+    redis_password: Option<String>,
+    /// CPUs to schedule (default: the machine's).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// GPUs to schedule (default: those detected).
+    #[arg(long)]
+    num_gpus: Option<f64>,
+    /// Custom resources as JSON, e.g. '{"Custom": 2}'.
+    #[arg(long)]
+    resources: Option<String>,
+    /// Workers to start ahead of demand.
+    #[arg(long)]
+    num_workers: Option<u32>,
+    /// Unix socket to serve drivers and workers on.
+    #[arg(long)]
+    raylet_socket: Option<PathBuf>,
+    /// Unix socket of the node's plasma store.
+    #[arg(long)]
+    plasma_socket: Option<PathBuf>,
+    /// Address other nodes reach this node at.
+    #[arg(long)]
+    node_ip_address: Option<String>,
+    /// Directory for sockets and logs.
+    #[arg(long)]
+    temp_dir: Option<PathBuf>,
+    /// Log level.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut overrides = Overrides::default();
+    let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
+    overrides
+        .set("redis_address", args.redis_address)
+        .set("redis_password", args.redis_password)
+        .set("num_cpus", args.num_cpus)
+        .set("num_gpus", args.num_gpus)
+        .set("num_workers", args.num_workers)
+        .set("raylet_socket", path(args.raylet_socket))
+        .set("plasma_socket", path(args.plasma_socket))
+        .set("node_ip_address", args.node_ip_address)
+        .set("temp_dir", path(args.temp_dir))
+        .set("log_level", args.log_level);
+    if let Some(json) = args.resources {
+        match rayd_common::config::parse_resources_json(&json) {
+            Ok(map) => {
+                overrides.set("resources", Some(map));
+            }
+            Err(e) => {
+                eprintln!("rayd-raylet: invalid value for `resources`: {e}");
+                return ExitCode::from(64);
+            }
+        }
+    }
+    rayd_common::daemon::main("rayd-raylet", &args.config, &overrides, rayd_raylet::run)
+}

@@ -1,0 +1,704 @@
+//! The local scheduler: one task owns all of the raylet's state and handles events in
+//! order, so no state is shared or locked.
+//!
+//! A submitted task waits until every object-ID argument is sealed in the local store
+//! (learned from the store's event stream), then until its resources are free and a
+//! worker is idle, then runs. A worker that blocks in `ray.get` lends its CPUs to others
+//! and more workers start, so nested tasks never deadlock the node. A worker that dies
+//! mid-task has its task retried (up to `max_retries`) or its results replaced by error
+//! objects, so `ray.get` never hangs on it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+
+use rayd_common::gcs::TaskEntry;
+use rayd_common::id::{FunctionId, JobId, NodeId, ObjectId, TaskId};
+use rayd_common::proto::common::v1 as common_pb;
+use rayd_common::proto::raylet::v1 as pb;
+use rayd_core::value;
+use rayd_plasma::client::PlasmaClient;
+use tokio::sync::mpsc;
+
+use crate::connection::ConnId;
+use crate::gcs::GcsWrite;
+use crate::resources::{Amounts, Held, Resources};
+use crate::workers::spawn_worker;
+
+/// Something the scheduler reacts to.
+#[derive(Debug)]
+pub enum Event {
+    Connected {
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<pb::ServerMessage>,
+    },
+    Message {
+        conn: ConnId,
+        message: pb::client_message::Kind,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+    ObjectSealed(ObjectId),
+    ObjectDeleted(ObjectId),
+    WorkerExited {
+        pid: u32,
+        status: String,
+    },
+    WorkerOutput {
+        pid: u32,
+        line: String,
+        stderr: bool,
+    },
+}
+
+/// A task known to this raylet.
+#[derive(Debug, Clone)]
+struct Task {
+    id: TaskId,
+    job: JobId,
+    function: FunctionId,
+    spec: common_pb::TaskSpec,
+    resources: Amounts,
+}
+
+impl Task {
+    fn from_spec(spec: common_pb::TaskSpec) -> Result<Self, String> {
+        let id = TaskId::from_slice(&spec.task_id).map_err(|e| e.to_string())?;
+        let job = JobId::from_slice(&spec.job_id).map_err(|e| e.to_string())?;
+        let function = FunctionId::from_slice(&spec.function_id).map_err(|e| e.to_string())?;
+        let mut resources: Amounts = spec
+            .resources
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        resources.retain(|_, v| *v > 0.0);
+        if let Some((name, amount)) = resources.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+            return Err(format!(
+                "resource {name} = {amount} is not a non-negative amount"
+            ));
+        }
+        Ok(Self {
+            id,
+            job,
+            function,
+            spec,
+            resources,
+        })
+    }
+
+    fn dependencies(&self) -> Vec<ObjectId> {
+        self.spec
+            .args
+            .iter()
+            .filter_map(|arg| match &arg.value {
+                Some(common_pb::task_arg::Value::ObjectId(bytes)) => {
+                    ObjectId::from_slice(bytes).ok()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn return_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
+        (1..=self.spec.num_returns).map(|i| ObjectId::for_return(self.id, i))
+    }
+}
+
+#[derive(Debug)]
+enum WorkerState {
+    /// Connected, waiting for a task.
+    Idle,
+    /// Running a task, holding its resources; while `blocked` in `ray.get` its CPUs are
+    /// lent to other tasks.
+    Busy {
+        task: Task,
+        held: Held,
+        blocked: bool,
+    },
+    /// Told to exit (max_calls); its process is on its way out.
+    Retiring,
+}
+
+#[derive(Debug)]
+struct Worker {
+    pid: u32,
+    state: WorkerState,
+    calls: HashMap<FunctionId, u32>,
+    /// The job of the task it runs or ran last, for its output.
+    job: Option<JobId>,
+}
+
+#[derive(Debug)]
+enum Peer {
+    Unregistered,
+    Driver(JobId),
+    Worker(Box<Worker>),
+}
+
+#[derive(Debug)]
+struct Connection {
+    tx: mpsc::UnboundedSender<pb::ServerMessage>,
+    peer: Peer,
+}
+
+/// Where the node stands, for heartbeats and `rayd status`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub available: Amounts,
+    pub queued: u64,
+    pub running: u64,
+}
+
+/// What the scheduler needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub node_id: NodeId,
+    pub node_ip_address: String,
+    pub plasma_socket: String,
+    pub redis_address: String,
+    pub redis_password: String,
+    pub raylet_socket: PathBuf,
+    pub worker_path: PathBuf,
+    pub log_level: String,
+    /// Workers kept alive even when idle.
+    pub min_workers: usize,
+}
+
+/// The raylet's state.
+#[derive(Debug)]
+pub struct Scheduler {
+    settings: NodeSettings,
+    events: mpsc::UnboundedSender<Event>,
+    gcs: mpsc::UnboundedSender<GcsWrite>,
+    plasma: PlasmaClient,
+    resources: Resources,
+    conns: HashMap<ConnId, Connection>,
+    idle: VecDeque<ConnId>,
+    /// Worker processes started and not yet registered.
+    starting: HashSet<u32>,
+    /// Worker pid -> its connection, once registered.
+    pids: HashMap<u32, ConnId>,
+    jobs: HashMap<JobId, (pb::JobConfig, ConnId)>,
+    ready: VecDeque<Task>,
+    waiting: HashMap<TaskId, (Task, usize)>,
+    waiters: HashMap<ObjectId, Vec<TaskId>>,
+    local: HashSet<ObjectId>,
+    warned: HashSet<String>,
+    retries: HashMap<TaskId, u32>,
+    /// Workers that exited before registering, in a row: a broken worker setup must not
+    /// turn into a fork loop.
+    failed_starts: u32,
+    next_start: std::time::Instant,
+}
+
+impl Scheduler {
+    pub fn new(
+        settings: NodeSettings,
+        total: Amounts,
+        plasma: PlasmaClient,
+        events: mpsc::UnboundedSender<Event>,
+        gcs: mpsc::UnboundedSender<GcsWrite>,
+    ) -> Self {
+        Self {
+            settings,
+            events,
+            gcs,
+            plasma,
+            resources: Resources::new(total),
+            conns: HashMap::new(),
+            idle: VecDeque::new(),
+            starting: HashSet::new(),
+            pids: HashMap::new(),
+            jobs: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting: HashMap::new(),
+            waiters: HashMap::new(),
+            local: HashSet::new(),
+            warned: HashSet::new(),
+            retries: HashMap::new(),
+            failed_starts: 0,
+            next_start: std::time::Instant::now(),
+        }
+    }
+
+    /// The node's figures now.
+    pub fn snapshot(&self) -> Snapshot {
+        let running = self
+            .conns
+            .values()
+            .filter(|c| matches!(&c.peer, Peer::Worker(w) if matches!(w.state, WorkerState::Busy { .. })))
+            .count() as u64;
+        Snapshot {
+            available: self.resources.available().clone(),
+            queued: (self.ready.len() + self.waiting.len()) as u64,
+            running,
+        }
+    }
+
+    /// Periodic work: retries worker starts that were backed off.
+    pub fn tick(&mut self) {
+        self.schedule();
+    }
+
+    /// Starts the workers kept ahead of demand.
+    pub fn prestart(&mut self) {
+        for _ in 0..self.settings.min_workers {
+            self.start_worker();
+        }
+    }
+
+    fn start_worker(&mut self) {
+        if std::time::Instant::now() < self.next_start {
+            return;
+        }
+        match spawn_worker(
+            &self.settings.worker_path,
+            &self.settings.raylet_socket,
+            &self.settings.log_level,
+            &self.events,
+        ) {
+            Ok(pid) => {
+                log::debug!(pid; "started a worker");
+                self.starting.insert(pid);
+            }
+            Err(e) => {
+                log::error!(path:% = self.settings.worker_path.display(); "cannot start a worker: {e}")
+            }
+        }
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Connected { conn, tx } => {
+                self.conns.insert(
+                    conn,
+                    Connection {
+                        tx,
+                        peer: Peer::Unregistered,
+                    },
+                );
+            }
+            Event::Message { conn, message } => self.on_message(conn, message),
+            Event::Disconnected { conn } => self.on_disconnect(conn),
+            Event::ObjectSealed(id) => self.on_sealed(id),
+            Event::ObjectDeleted(id) => {
+                self.local.remove(&id);
+            }
+            Event::WorkerExited { pid, status } => {
+                if self.starting.remove(&pid) {
+                    self.failed_starts += 1;
+                    let backoff =
+                        std::time::Duration::from_millis(50u64 << self.failed_starts.min(8));
+                    self.next_start = std::time::Instant::now() + backoff;
+                    log::error!(pid, status = status.as_str(), failures = self.failed_starts;
+                        "worker exited before it registered (see its output above); next start in {backoff:?}");
+                } else if let Some(conn) = self.pids.remove(&pid) {
+                    log::warn!(pid, status = status.as_str(); "worker exited");
+                    self.on_disconnect(conn);
+                } else {
+                    log::debug!(pid, status = status.as_str(); "worker process ended");
+                }
+                self.schedule();
+            }
+            Event::WorkerOutput { pid, line, stderr } => self.on_output(pid, line, stderr),
+        }
+    }
+
+    fn send(&self, conn: ConnId, kind: pb::server_message::Kind) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.tx.send(pb::ServerMessage { kind: Some(kind) });
+        }
+    }
+
+    fn on_message(&mut self, conn: ConnId, message: pb::client_message::Kind) {
+        use pb::client_message::Kind;
+        match message {
+            Kind::Register(register) => self.on_register(conn, register),
+            Kind::SubmitTask(spec) => match Task::from_spec(spec) {
+                Ok(task) => self.submit(task),
+                Err(e) => log::warn!(conn; "refusing a malformed task: {e}"),
+            },
+            Kind::TaskDone(done) => self.on_task_done(conn, &done.task_id),
+            Kind::Blocked(_) => self.on_blocked(conn, true),
+            Kind::Unblocked(_) => self.on_blocked(conn, false),
+        }
+    }
+
+    fn on_register(&mut self, conn: ConnId, register: pb::Register) {
+        let Some(connection) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if register.is_worker {
+            self.starting.remove(&register.pid);
+            self.failed_starts = 0;
+            self.pids.insert(register.pid, conn);
+            connection.peer = Peer::Worker(Box::new(Worker {
+                pid: register.pid,
+                state: WorkerState::Idle,
+                calls: HashMap::new(),
+                job: None,
+            }));
+            self.idle.push_back(conn);
+            log::debug!(pid = register.pid; "worker registered");
+        } else {
+            let job_config = register.job.unwrap_or_default();
+            let job = JobId::from_slice(&job_config.job_id).unwrap_or_else(|_| JobId::random());
+            connection.peer = Peer::Driver(job);
+            log::info!(job:% = job, pid = register.pid; "driver connected");
+            self.jobs.insert(job, (job_config, conn));
+        }
+        self.send(
+            conn,
+            pb::server_message::Kind::Registered(pb::Registered {
+                node_id: self.settings.node_id.as_bytes().to_vec(),
+                plasma_socket: self.settings.plasma_socket.clone(),
+                redis_address: self.settings.redis_address.clone(),
+                node_ip_address: self.settings.node_ip_address.clone(),
+                redis_password: self.settings.redis_password.clone(),
+            }),
+        );
+        self.schedule();
+    }
+
+    fn submit(&mut self, task: Task) {
+        let _ = self.gcs.send(GcsWrite::Task(TaskEntry {
+            task_id: task.id,
+            spec: prost::Message::encode_to_vec(&task.spec),
+            state: "waiting".into(),
+            node: Some(self.settings.node_id),
+        }));
+        let missing: Vec<ObjectId> = task
+            .dependencies()
+            .into_iter()
+            .filter(|id| !self.local.contains(id))
+            .collect();
+        if missing.is_empty() {
+            self.ready.push_back(task);
+            self.schedule();
+            return;
+        }
+        let unique: HashSet<ObjectId> = missing.into_iter().collect();
+        for id in &unique {
+            self.waiters.entry(*id).or_default().push(task.id);
+        }
+        self.waiting.insert(task.id, (task, unique.len()));
+    }
+
+    fn on_sealed(&mut self, id: ObjectId) {
+        self.local.insert(id);
+        let Some(tasks) = self.waiters.remove(&id) else {
+            return;
+        };
+        for task_id in tasks {
+            if let Some((_, missing)) = self.waiting.get_mut(&task_id) {
+                *missing -= 1;
+                if *missing == 0 {
+                    if let Some((task, _)) = self.waiting.remove(&task_id) {
+                        self.ready.push_back(task);
+                    }
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// Dispatches ready tasks to idle workers while resources allow, and starts workers
+    /// where tasks could run but none is idle.
+    fn schedule(&mut self) {
+        let mut index = 0;
+        let mut runnable_waiting = 0usize;
+        while index < self.ready.len() {
+            let task = &self.ready[index];
+            if !self.resources.feasible(&task.resources) {
+                self.warn_infeasible(index);
+                index += 1;
+                continue;
+            }
+            if !self.resources.fits(&task.resources) {
+                index += 1;
+                continue;
+            }
+            let Some(conn) = self.next_idle() else {
+                runnable_waiting += 1;
+                index += 1;
+                continue;
+            };
+            if let Some(task) = self.ready.remove(index) {
+                self.dispatch(conn, task);
+            }
+        }
+        // Start workers for tasks that could run now, up to one per CPU not lent out.
+        let active = self.active_workers();
+        let limit = self.cpu_slots();
+        let mut wanted = runnable_waiting.saturating_sub(self.starting.len());
+        while wanted > 0 && active + self.starting.len() < limit {
+            self.start_worker();
+            wanted -= 1;
+        }
+        // Keep the minimum pool.
+        let live = self.pids.len() + self.starting.len();
+        for _ in live..self.settings.min_workers {
+            self.start_worker();
+        }
+    }
+
+    /// Workers that are idle or running a task without being blocked.
+    fn active_workers(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| match &c.peer {
+                Peer::Worker(w) => match &w.state {
+                    WorkerState::Idle => true,
+                    WorkerState::Busy { blocked, .. } => !blocked,
+                    WorkerState::Retiring => false,
+                },
+                _ => false,
+            })
+            .count()
+    }
+
+    /// How many workers may be active at once: one per whole CPU, at least one.
+    fn cpu_slots(&self) -> usize {
+        (self
+            .resources
+            .total()
+            .get("CPU")
+            .copied()
+            .unwrap_or(1.0)
+            .ceil() as usize)
+            .max(1)
+    }
+
+    fn next_idle(&mut self) -> Option<ConnId> {
+        while let Some(conn) = self.idle.pop_front() {
+            if matches!(self.conns.get(&conn).map(|c| &c.peer), Some(Peer::Worker(w)) if matches!(w.state, WorkerState::Idle))
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn warn_infeasible(&mut self, index: usize) {
+        let task = &self.ready[index];
+        let key = format!("{}:{:?}", task.spec.function_name, task.resources);
+        if !self.warned.insert(key) {
+            return;
+        }
+        let message = format!(
+            "task {} ({}) needs {:?} but this node has {:?}; it stays pending until a node can run it",
+            task.spec.function_name,
+            task.id,
+            task.resources,
+            self.resources.total()
+        );
+        log::warn!("{message}");
+        if let Some((_, driver)) = self.jobs.get(&task.job) {
+            self.send(
+                *driver,
+                pb::server_message::Kind::Warning(pb::Warning { message }),
+            );
+        }
+    }
+
+    fn dispatch(&mut self, conn: ConnId, mut task: Task) {
+        let held = self.resources.acquire(&task.resources);
+        let job = self.jobs.get(&task.job).map(|(config, _)| config.clone());
+        task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
+        let assign = pb::AssignTask {
+            spec: Some(task.spec.clone()),
+            job,
+            resource_ids: held.resource_ids(),
+        };
+        let _ = self.gcs.send(GcsWrite::State(task.id, "running"));
+        if let Some(Connection {
+            peer: Peer::Worker(worker),
+            ..
+        }) = self.conns.get_mut(&conn)
+        {
+            worker.job = Some(task.job);
+            worker.state = WorkerState::Busy {
+                task,
+                held,
+                blocked: false,
+            };
+        }
+        self.send(conn, pb::server_message::Kind::AssignTask(assign));
+    }
+
+    fn on_task_done(&mut self, conn: ConnId, task_id: &[u8]) {
+        let Some(Connection {
+            peer: Peer::Worker(worker),
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            log::warn!(conn; "task done from a connection that is not a worker");
+            return;
+        };
+        let state = std::mem::replace(&mut worker.state, WorkerState::Idle);
+        let WorkerState::Busy {
+            task,
+            held,
+            blocked,
+        } = state
+        else {
+            worker.state = state;
+            log::warn!(conn; "task done from a worker that runs no task");
+            return;
+        };
+        if task.id.as_bytes().as_slice() != task_id {
+            log::warn!(conn, task:% = task.id; "task done names another task");
+        }
+        let calls = worker.calls.entry(task.function).or_insert(0);
+        *calls += 1;
+        let retire = task.spec.max_calls > 0 && *calls >= task.spec.max_calls;
+        if retire {
+            worker.state = WorkerState::Retiring;
+        }
+        self.give_back(&held, blocked);
+        self.retries.remove(&task.id);
+        let _ = self.gcs.send(GcsWrite::State(task.id, "finished"));
+        if retire {
+            self.send(
+                conn,
+                pb::server_message::Kind::Exit(pb::Exit {
+                    reason: "max_calls reached".into(),
+                }),
+            );
+        } else {
+            self.idle.push_back(conn);
+        }
+        self.schedule();
+    }
+
+    fn on_blocked(&mut self, conn: ConnId, now_blocked: bool) {
+        let Some(Connection {
+            peer: Peer::Worker(worker),
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            return;
+        };
+        let WorkerState::Busy { held, blocked, .. } = &mut worker.state else {
+            return;
+        };
+        if *blocked == now_blocked {
+            return;
+        }
+        *blocked = now_blocked;
+        let cpus = held.amounts.get("CPU").copied().unwrap_or(0.0);
+        self.resources
+            .adjust("CPU", if now_blocked { cpus } else { -cpus });
+        self.schedule();
+    }
+
+    /// Releases what a finished task held; CPUs lent out while blocked were given back
+    /// already.
+    fn give_back(&mut self, held: &Held, blocked: bool) {
+        self.resources.release(held);
+        if blocked {
+            self.resources
+                .adjust("CPU", -held.amounts.get("CPU").copied().unwrap_or(0.0));
+        }
+    }
+
+    fn on_disconnect(&mut self, conn: ConnId) {
+        let Some(connection) = self.conns.remove(&conn) else {
+            return;
+        };
+        match connection.peer {
+            Peer::Driver(job) => {
+                log::info!(job:% = job; "driver disconnected");
+                self.jobs.remove(&job);
+            }
+            Peer::Worker(worker) => {
+                self.pids.remove(&worker.pid);
+                if let WorkerState::Busy {
+                    task,
+                    held,
+                    blocked,
+                } = worker.state
+                {
+                    self.give_back(&held, blocked);
+                    self.on_worker_died(task, worker.pid);
+                }
+                self.schedule();
+            }
+            Peer::Unregistered => {}
+        }
+    }
+
+    /// A worker died running `task`: retry it, or store error objects for its results.
+    fn on_worker_died(&mut self, task: Task, pid: u32) {
+        let attempts = self.retries.entry(task.id).or_insert(0);
+        if *attempts < task.spec.max_retries {
+            *attempts += 1;
+            log::warn!(task:% = task.id, pid, attempt = *attempts; "worker died running {}; retrying", task.spec.function_name);
+            self.ready.push_front(task);
+            return;
+        }
+        self.retries.remove(&task.id);
+        let message = format!(
+            "the worker (pid {pid}) running task {} ({}) on node {} died",
+            task.spec.function_name, task.id, self.settings.node_id
+        );
+        log::warn!("{message}; its results become errors");
+        let metadata = value::error_metadata(value::ERROR_WORKER_DIED);
+        for id in task.return_ids() {
+            if let Err(e) = self.plasma.put(id, message.as_bytes(), &metadata) {
+                if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
+                    log::error!(object:% = id; "cannot store the error object: {e}");
+                }
+            }
+        }
+        let _ = self.gcs.send(GcsWrite::State(task.id, "failed"));
+    }
+
+    fn on_output(&self, pid: u32, line: String, stderr: bool) {
+        let job = self
+            .pids
+            .get(&pid)
+            .and_then(|c| match &self.conns.get(c)?.peer {
+                Peer::Worker(w) => w.job,
+                _ => None,
+            });
+        let target = job.and_then(|job| self.jobs.get(&job));
+        match target {
+            Some((config, driver)) if !config.redirect_worker_output => {
+                self.send(
+                    *driver,
+                    pb::server_message::Kind::WorkerOutput(pb::WorkerOutput { pid, line, stderr }),
+                );
+            }
+            _ => log::info!(pid, stderr; "worker: {line}"),
+        }
+    }
+
+    /// Tells every worker to exit (the node stops).
+    pub fn stop_workers(&self) {
+        for connection in self.conns.values() {
+            if matches!(connection.peer, Peer::Worker(_) | Peer::Driver(_)) {
+                let _ = connection.tx.send(pb::ServerMessage {
+                    kind: Some(pb::server_message::Kind::Exit(pb::Exit {
+                        reason: "the raylet is stopping".into(),
+                    })),
+                });
+            }
+        }
+    }
+
+    /// The worker pids, for shutdown.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pids
+            .keys()
+            .chain(self.starting.iter())
+            .copied()
+            .collect()
+    }
+
+    /// Total resources, for the node table.
+    pub fn total(&self) -> BTreeMap<String, f64> {
+        self.resources.total().clone()
+    }
+}

@@ -1,0 +1,65 @@
+//! Worker processes: starting `rayd-worker`, forwarding what it prints, noticing its end.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+use rayd_common::process::set_parent_death_signal;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::scheduler::Event;
+
+/// Starts a worker that connects to the raylet at `socket`; returns its pid.
+pub fn spawn_worker(
+    binary: &Path,
+    socket: &Path,
+    log_level: &str,
+    events: &mpsc::UnboundedSender<Event>,
+) -> std::io::Result<u32> {
+    let mut command = Command::new(binary);
+    command
+        .env("RAYD_RAYLET_SOCKET", socket)
+        .env("RAYD_WORKER_LOG_LEVEL", log_level)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // A worker never outlives its raylet.
+    set_parent_death_signal(&mut command, Signal::SIGKILL);
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward(out, pid, false, events.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward(err, pid, true, events.clone()));
+    }
+    let events = events.clone();
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("cannot wait for it: {e}"),
+        };
+        let _ = events.send(Event::WorkerExited { pid, status });
+    });
+    Ok(pid)
+}
+
+async fn forward(
+    stream: impl AsyncRead + Unpin,
+    pid: u32,
+    stderr: bool,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if events
+            .send(Event::WorkerOutput { pid, line, stderr })
+            .is_err()
+        {
+            return;
+        }
+    }
+}

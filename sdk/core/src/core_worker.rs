@@ -1,0 +1,505 @@
+//! A driver's or worker's connection to rayd: IDs, submission, objects, functions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use rayd_common::gcs::{FunctionInfo, GcsClient};
+use rayd_common::id::{FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use rayd_common::proto::common::v1 as common_pb;
+use rayd_common::proto::raylet::v1 as pb;
+use rayd_plasma::client::{ClientError, ObjectBuffer, PlasmaClient};
+
+use crate::raylet_client::RayletConnection;
+use crate::sealed::SealedObjects;
+use crate::{value, CoreError};
+
+/// How long a worker waits for a function definition to appear in the GCS (the driver
+/// exports it before submitting, so only a lagging shard makes this wait at all).
+const FUNCTION_WAIT: Duration = Duration::from_secs(30);
+
+/// How to connect.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    pub raylet_socket: PathBuf,
+    /// A worker (started by the raylet) rather than a driver.
+    pub is_worker: bool,
+    /// Drivers: deterministic IDs for the job (`object_id_seed`).
+    pub object_id_seed: Option<u64>,
+    /// Drivers: the Python environment workers need.
+    pub python_path: Vec<String>,
+    pub cwd: String,
+    pub redirect_worker_output: bool,
+    /// The cluster's Redis password.
+    pub redis_password: Option<String>,
+}
+
+/// An argument of a task: a serialized value, or an object to wait for.
+#[derive(Debug, Clone)]
+pub enum TaskArgValue {
+    Inline(Vec<u8>),
+    Object(ObjectId),
+}
+
+/// How a task runs.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    pub num_returns: u32,
+    pub resources: BTreeMap<String, f64>,
+    pub max_retries: u32,
+    pub max_calls: u32,
+}
+
+/// A task the raylet gave this worker.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub spec: common_pb::TaskSpec,
+    pub job: Option<pb::JobConfig>,
+    pub resource_ids: HashMap<String, pb::ResourceIds>,
+}
+
+/// Where the worker or driver is in its job: the task whose children and puts it numbers.
+#[derive(Debug)]
+struct Context {
+    job: JobId,
+    task: TaskId,
+    children: u64,
+    puts: u32,
+}
+
+/// One driver's or worker's view of rayd.
+#[derive(Debug)]
+pub struct CoreWorker {
+    is_worker: bool,
+    worker_id: WorkerId,
+    node_id: NodeId,
+    node_ip_address: String,
+    redis_address: String,
+    raylet: RayletConnection,
+    plasma: PlasmaClient,
+    plasma_socket: PathBuf,
+    gcs: GcsClient,
+    runtime: tokio::runtime::Runtime,
+    context: Mutex<Context>,
+    exported: Mutex<HashSet<FunctionId>>,
+    functions: Mutex<HashMap<FunctionId, Arc<FunctionInfo>>>,
+    sealed: OnceLock<SealedObjects>,
+}
+
+impl CoreWorker {
+    /// Registers with the raylet at `options.raylet_socket`, then connects to the node's
+    /// plasma store and the cluster's GCS.
+    pub fn connect(options: &ConnectOptions) -> Result<Self, CoreError> {
+        let raylet = RayletConnection::connect(&options.raylet_socket)?;
+        let worker_id = WorkerId::random();
+        let job = match options.object_id_seed {
+            Some(seed) => JobId::from_seed(seed),
+            None => JobId::random(),
+        };
+        let job_config = (!options.is_worker).then(|| pb::JobConfig {
+            job_id: job.as_bytes().to_vec(),
+            python_path: options.python_path.clone(),
+            cwd: options.cwd.clone(),
+            redirect_worker_output: options.redirect_worker_output,
+        });
+        raylet.send(pb::client_message::Kind::Register(pb::Register {
+            worker_id: worker_id.as_bytes().to_vec(),
+            is_worker: options.is_worker,
+            pid: std::process::id(),
+            job: job_config,
+        }))?;
+        let registered = match raylet.receive()? {
+            pb::server_message::Kind::Registered(r) => r,
+            other => {
+                return Err(CoreError::Unexpected {
+                    expected: "registered",
+                    got: format!("{other:?}"),
+                })
+            }
+        };
+        let node_id =
+            NodeId::from_slice(&registered.node_id).map_err(|e| CoreError::Unexpected {
+                expected: "a node id",
+                got: e.to_string(),
+            })?;
+        let name = if options.is_worker {
+            "worker"
+        } else {
+            "driver"
+        };
+        let plasma = PlasmaClient::connect(
+            &registered.plasma_socket,
+            &format!("{name} {}", std::process::id()),
+        )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rayd-core")
+            .enable_all()
+            .build()
+            .map_err(CoreError::Runtime)?;
+        let password = options
+            .redis_password
+            .clone()
+            .or_else(|| Some(registered.redis_password.clone()))
+            .filter(|p| !p.is_empty());
+        let gcs = runtime.block_on(GcsClient::connect(
+            &registered.redis_address,
+            password.as_deref(),
+        ))?;
+        let core = Self {
+            is_worker: options.is_worker,
+            worker_id,
+            node_id,
+            node_ip_address: registered.node_ip_address,
+            redis_address: registered.redis_address,
+            raylet,
+            plasma,
+            plasma_socket: PathBuf::from(registered.plasma_socket),
+            gcs,
+            runtime,
+            context: Mutex::new(Context {
+                job,
+                task: TaskId::for_driver(job),
+                children: 0,
+                puts: 0,
+            }),
+            exported: Mutex::default(),
+            functions: Mutex::default(),
+            sealed: OnceLock::new(),
+        };
+        if !options.is_worker {
+            core.print_raylet_messages();
+        }
+        Ok(core)
+    }
+
+    /// Drivers: shows the raylet's warnings and the workers' output on stderr/stdout.
+    fn print_raylet_messages(&self) {
+        let Some(mut reader) = self.raylet.take_reader() else {
+            return;
+        };
+        let _ = std::thread::Builder::new()
+            .name("rayd-raylet-messages".into())
+            .spawn(move || {
+                while let Ok(Some(message)) =
+                    rayd_common::framing::read_message::<pb::ServerMessage>(&mut reader)
+                {
+                    match message.kind {
+                        Some(pb::server_message::Kind::Warning(w)) => {
+                            eprintln!("rayd warning: {}", w.message)
+                        }
+                        Some(pb::server_message::Kind::WorkerOutput(out)) => {
+                            if out.stderr {
+                                eprintln!("(pid={}) {}", out.pid, out.line);
+                            } else {
+                                println!("(pid={}) {}", out.pid, out.line);
+                            }
+                        }
+                        Some(pb::server_message::Kind::Exit(e)) => {
+                            eprintln!("rayd: the raylet is stopping: {}", e.reason);
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+    }
+
+    fn context(&self) -> std::sync::MutexGuard<'_, Context> {
+        self.context.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker_id
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn node_ip_address(&self) -> &str {
+        &self.node_ip_address
+    }
+
+    pub fn redis_address(&self) -> &str {
+        &self.redis_address
+    }
+
+    pub fn plasma_socket(&self) -> &Path {
+        &self.plasma_socket
+    }
+
+    /// The job of the current task.
+    pub fn job_id(&self) -> JobId {
+        self.context().job
+    }
+
+    /// The task this process is running (a driver's root task for drivers).
+    pub fn current_task_id(&self) -> TaskId {
+        self.context().task
+    }
+
+    /// The GCS, and a runtime to use it from blocking code.
+    pub fn gcs(&self) -> (&GcsClient, &tokio::runtime::Runtime) {
+        (&self.gcs, &self.runtime)
+    }
+
+    /// Writes a function definition to the GCS function table, once per process.
+    pub fn export_function(
+        &self,
+        id: FunctionId,
+        name: &str,
+        definition: &[u8],
+    ) -> Result<(), CoreError> {
+        if self
+            .exported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            return Ok(());
+        }
+        let info = FunctionInfo {
+            function_id: id,
+            job_id: self.job_id(),
+            name: name.to_string(),
+            definition: definition.to_vec(),
+        };
+        self.runtime.block_on(self.gcs.put_function(&info))?;
+        self.exported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ok(())
+    }
+
+    /// A function definition, from this process's cache or the GCS.
+    pub fn function(&self, id: FunctionId) -> Result<Arc<FunctionInfo>, CoreError> {
+        if let Some(info) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(Arc::clone(info));
+        }
+        let info = self.runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + FUNCTION_WAIT;
+            loop {
+                if let Some(info) = self.gcs.function(id).await? {
+                    return Ok(info);
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(CoreError::FunctionNotFound(id));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })?;
+        let info = Arc::new(info);
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&info));
+        Ok(info)
+    }
+
+    /// Submits a task to the local raylet and returns its return objects' IDs at once.
+    pub fn submit_task(
+        &self,
+        function_id: FunctionId,
+        function_name: &str,
+        args: Vec<TaskArgValue>,
+        kwarg_names: Vec<String>,
+        options: &TaskOptions,
+    ) -> Result<Vec<ObjectId>, CoreError> {
+        let (task, job) = {
+            let mut context = self.context();
+            context.children += 1;
+            (
+                TaskId::for_child(context.task, context.children),
+                context.job,
+            )
+        };
+        let args = args
+            .into_iter()
+            .map(|arg| common_pb::TaskArg {
+                value: Some(match arg {
+                    TaskArgValue::Inline(bytes) => common_pb::task_arg::Value::Inline(bytes),
+                    TaskArgValue::Object(id) => {
+                        common_pb::task_arg::Value::ObjectId(id.as_bytes().to_vec())
+                    }
+                }),
+            })
+            .collect();
+        let spec = common_pb::TaskSpec {
+            task_id: task.as_bytes().to_vec(),
+            job_id: job.as_bytes().to_vec(),
+            parent_task_id: self.current_task_id().as_bytes().to_vec(),
+            function_id: function_id.as_bytes().to_vec(),
+            function_name: function_name.to_string(),
+            args,
+            num_returns: options.num_returns,
+            resources: options.resources.clone().into_iter().collect(),
+            max_retries: options.max_retries,
+            max_calls: options.max_calls,
+            kwarg_names,
+            ..Default::default()
+        };
+        self.raylet
+            .send(pb::client_message::Kind::SubmitTask(spec))?;
+        Ok((1..=options.num_returns)
+            .map(|i| ObjectId::for_return(task, i))
+            .collect())
+    }
+
+    /// The ID the next `ray.put` of this task gets.
+    fn next_put_id(&self) -> ObjectId {
+        let mut context = self.context();
+        context.puts += 1;
+        ObjectId::for_put(context.task, context.puts)
+    }
+
+    /// Stores a serialized value under a fresh put ID.
+    pub fn put(
+        &self,
+        metadata: &[u8],
+        pickle: &[u8],
+        buffers: &[&[u8]],
+    ) -> Result<ObjectId, CoreError> {
+        let id = self.next_put_id();
+        self.store(id, metadata, pickle, buffers)?;
+        Ok(id)
+    }
+
+    /// Stores a serialized value (or an error) as object `id`. Storing an object that
+    /// exists already succeeds: a retried task stores the same results again.
+    pub fn store(
+        &self,
+        id: ObjectId,
+        metadata: &[u8],
+        pickle: &[u8],
+        buffers: &[&[u8]],
+    ) -> Result<(), CoreError> {
+        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+        let layout = value::layout(pickle.len(), &lens);
+        let mut builder = match self
+            .plasma
+            .create(id, layout.total as u64, metadata.len() as u64)
+        {
+            Ok(builder) => builder,
+            Err(ClientError::ObjectExists(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let (data, meta) = builder.buffers_mut();
+        value::write(data, &layout, pickle, buffers);
+        meta.copy_from_slice(metadata);
+        builder.seal()?;
+        Ok(())
+    }
+
+    /// Stores raw bytes (already laid out) as object `id`.
+    pub fn store_raw(&self, id: ObjectId, metadata: &[u8], data: &[u8]) -> Result<(), CoreError> {
+        match self.plasma.put(id, data, metadata) {
+            Ok(_) | Err(ClientError::ObjectExists(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The objects `ids`, waiting up to `timeout` (forever when `None`); absent ones are
+    /// `None`. A worker that has to wait tells its raylet, which lends its CPUs to others.
+    pub fn get(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Option<ObjectBuffer>>, CoreError> {
+        let found = self.plasma.get(ids, Some(Duration::ZERO))?;
+        if found.iter().all(Option::is_some) || timeout == Some(Duration::ZERO) {
+            return Ok(found);
+        }
+        let missing: Vec<ObjectId> = ids
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if self.is_worker {
+            self.raylet
+                .send(pb::client_message::Kind::Blocked(pb::Blocked {}))?;
+        }
+        let waited = self.plasma.get(&missing, timeout);
+        if self.is_worker {
+            self.raylet
+                .send(pb::client_message::Kind::Unblocked(pb::Unblocked {}))?;
+        }
+        let mut waited = waited?.into_iter();
+        Ok(found
+            .into_iter()
+            .map(|f| f.or_else(|| waited.next().flatten()))
+            .collect())
+    }
+
+    /// Which of `ids` are sealed locally, waiting until `num_returns` are or `timeout` passes.
+    pub fn wait(
+        &self,
+        ids: &[ObjectId],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<bool>, CoreError> {
+        let sealed = match self.sealed.get() {
+            Some(sealed) => sealed,
+            None => {
+                let sealed = SealedObjects::follow(&self.plasma_socket)?;
+                self.sealed.get_or_init(|| sealed)
+            }
+        };
+        // Objects sealed before the subscription started are only known to the store.
+        for (id, found) in ids.iter().zip(self.plasma.get(ids, Some(Duration::ZERO))?) {
+            if found.is_some() {
+                sealed.insert(*id);
+            }
+        }
+        Ok(sealed.wait(ids, num_returns, timeout))
+    }
+
+    /// Workers: waits for the next task; `None` when the raylet says to exit.
+    pub fn next_task(&self) -> Result<Option<Assigned>, CoreError> {
+        loop {
+            match self.raylet.receive()? {
+                pb::server_message::Kind::AssignTask(assign) => {
+                    let spec = assign.spec.unwrap_or_default();
+                    let task =
+                        TaskId::from_slice(&spec.task_id).map_err(|e| CoreError::Unexpected {
+                            expected: "a task id",
+                            got: e.to_string(),
+                        })?;
+                    let job = JobId::from_slice(&spec.job_id).unwrap_or(JobId::NIL);
+                    *self.context() = Context {
+                        job,
+                        task,
+                        children: 0,
+                        puts: 0,
+                    };
+                    return Ok(Some(Assigned {
+                        spec,
+                        job: assign.job,
+                        resource_ids: assign.resource_ids,
+                    }));
+                }
+                pb::server_message::Kind::Exit(exit) => {
+                    log::info!(reason = exit.reason.as_str(); "raylet asked this worker to exit");
+                    return Ok(None);
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Workers: reports the current task finished (its results are sealed).
+    pub fn task_done(&self, task: TaskId) -> Result<(), CoreError> {
+        self.raylet
+            .send(pb::client_message::Kind::TaskDone(pb::TaskDone {
+                task_id: task.as_bytes().to_vec(),
+            }))
+    }
+}

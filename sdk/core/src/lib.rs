@@ -1,0 +1,48 @@
+//! The core that rayd drivers and workers share: the raylet connection, the plasma client,
+//! the GCS, task submission, and objects.
+//!
+//! Nothing here knows Python: the Python extension (`ray._raylet`) wraps a [`CoreWorker`]
+//! and hands it serialized bytes. The hot path (submit, put, get) never waits on Redis:
+//! submission is one frame to the local raylet, objects go through local shared memory.
+
+mod core_worker;
+mod raylet_client;
+mod sealed;
+pub mod value;
+
+pub use core_worker::{Assigned, ConnectOptions, CoreWorker, TaskArgValue, TaskOptions};
+pub use rayd_plasma::client::{ClientError as PlasmaError, ObjectBuffer};
+pub use raylet_client::find_local_raylet;
+
+/// Why a core operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("cannot connect to the raylet at {path}: {source}")]
+    RayletConnect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the raylet connection failed: {0}")]
+    Raylet(#[source] std::io::Error),
+    #[error("the raylet closed the connection")]
+    RayletClosed,
+    #[error("the raylet sent {got} where {expected} was expected")]
+    Unexpected { expected: &'static str, got: String },
+    #[error(transparent)]
+    Plasma(#[from] rayd_plasma::client::ClientError),
+    #[error("gcs: {0}")]
+    Gcs(#[from] rayd_common::gcs::GcsError),
+    #[error("malformed object {id}: {source}")]
+    Value {
+        id: rayd_common::id::ObjectId,
+        #[source]
+        source: value::ValueError,
+    },
+    #[error("function {0} is not in the GCS function table")]
+    FunctionNotFound(rayd_common::id::FunctionId),
+    #[error("no raylet of the cluster at {redis_address} runs on {ip}")]
+    NoLocalRaylet { redis_address: String, ip: String },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}

@@ -1,0 +1,86 @@
+//! The connection to the node's raylet: blocking frames over its Unix socket.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rayd_common::framing;
+use rayd_common::gcs::GcsClient;
+use rayd_common::proto::raylet::v1 as pb;
+
+use crate::CoreError;
+
+/// Both halves of the connection; writes may come from any thread, reads from one.
+#[derive(Debug)]
+pub(crate) struct RayletConnection {
+    writer: Mutex<BufWriter<UnixStream>>,
+    reader: Mutex<Option<BufReader<UnixStream>>>,
+}
+
+impl RayletConnection {
+    pub fn connect(path: &Path) -> Result<Self, CoreError> {
+        let stream = UnixStream::connect(path).map_err(|source| CoreError::RayletConnect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let reader = stream.try_clone().map_err(CoreError::Raylet)?;
+        Ok(Self {
+            writer: Mutex::new(BufWriter::new(stream)),
+            reader: Mutex::new(Some(BufReader::new(reader))),
+        })
+    }
+
+    /// Sends one message.
+    pub fn send(&self, kind: pb::client_message::Kind) -> Result<(), CoreError> {
+        let message = pb::ClientMessage { kind: Some(kind) };
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        framing::write_message(&mut *writer, &message).map_err(CoreError::Raylet)?;
+        writer.flush().map_err(CoreError::Raylet)
+    }
+
+    /// Waits for the next message from the raylet.
+    pub fn receive(&self) -> Result<pb::server_message::Kind, CoreError> {
+        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = guard.as_mut().ok_or(CoreError::RayletClosed)?;
+        match framing::read_message::<pb::ServerMessage>(reader).map_err(CoreError::Raylet)? {
+            Some(pb::ServerMessage { kind: Some(kind) }) => Ok(kind),
+            Some(_) => Err(CoreError::Unexpected {
+                expected: "a message",
+                got: "an empty one".into(),
+            }),
+            None => Err(CoreError::RayletClosed),
+        }
+    }
+
+    /// Hands the reading half to a thread of its own (drivers: warnings and worker output).
+    pub fn take_reader(&self) -> Option<BufReader<UnixStream>> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The raylet socket of the node on `ip` in the cluster whose GCS is at `redis_address`.
+pub fn find_local_raylet(
+    redis_address: &str,
+    password: Option<&str>,
+    ip: &str,
+) -> Result<String, CoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CoreError::Runtime)?;
+    runtime.block_on(async {
+        let gcs = GcsClient::connect(redis_address, password).await?;
+        let nodes = gcs.nodes().await?;
+        gcs.quit().await;
+        nodes
+            .into_iter()
+            .filter(|n| n.alive && n.node_ip_address == ip && Path::new(&n.raylet_socket).exists())
+            .max_by_key(|n| n.last_heartbeat_ms)
+            .map(|n| n.raylet_socket)
+            .ok_or_else(|| CoreError::NoLocalRaylet {
+                redis_address: redis_address.to_string(),
+                ip: ip.to_string(),
+            })
+    })
+}

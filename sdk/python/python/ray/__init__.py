@@ -1,0 +1,113 @@
+"""rayd's Python SDK: Ray's API (`import ray`) on the rayd daemons.
+
+    import ray
+    ray.init()
+
+    @ray.remote
+    def add2(a, b):
+        return a + b
+
+    ray.get(add2.remote(1, 2))  # 3
+"""
+
+import functools as _functools
+
+from ray import exceptions
+from ray._private.worker import (
+    LOCAL_MODE,
+    SCRIPT_MODE,
+    SILENT_MODE,
+    WORKER_MODE,
+    ObjectID,
+    get,
+    init,
+    is_initialized,
+    put,
+    shutdown,
+    wait,
+)
+from ray._private import worker as _worker
+from ray.remote_function import RemoteFunction
+
+__version__ = "0.1.0"
+
+# Current Ray's name for ObjectID.
+ObjectRef = ObjectID
+
+
+def remote(*args, **kwargs):
+    """Makes a function a remote function (or a class an actor class).
+
+    `@ray.remote` or `@ray.remote(num_returns=2, num_cpus=1, num_gpus=0, resources={...},
+    max_calls=0, max_retries=3)`; `num_return_vals` is the seed's name for `num_returns`.
+    """
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@ray.remote takes keyword arguments only, e.g. @ray.remote(num_cpus=2)")
+    return _functools.partial(_make_remote, options=kwargs)
+
+
+def _make_remote(function_or_class, options):
+    if isinstance(function_or_class, type):
+        raise NotImplementedError(
+            f"@ray.remote on the class {function_or_class.__name__}: actors are not available in "
+            "this rayd version yet")
+    return RemoteFunction(function_or_class, options)
+
+
+def method(*args, **kwargs):
+    """Annotates an actor method: `@ray.method(num_returns=2)` (or `num_return_vals`)."""
+    num_returns = kwargs.pop("num_returns", kwargs.pop("num_return_vals", None))
+    if args or kwargs:
+        raise TypeError("@ray.method takes only num_returns (or num_return_vals)")
+
+    def annotate(function):
+        function.__ray_num_returns__ = num_returns
+        return function
+
+    return annotate
+
+
+def get_gpu_ids():
+    """The GPUs reserved for the current task (also in CUDA_VISIBLE_DEVICES)."""
+    return [int(i) for i, _ in _worker.global_worker.resource_ids.get("GPU", [])]
+
+
+def get_resource_ids():
+    """Resource name -> [(id, fraction)] reserved for the current task."""
+    return {name: list(ids) for name, ids in _worker.global_worker.resource_ids.items()}
+
+
+def nodes():
+    """The cluster's nodes, as dicts."""
+    _worker.global_worker.check_connected()
+    core = _worker.global_worker.core
+    return core.nodes() if core is not None else []
+
+
+def _sum_resources(key):
+    total = {}
+    for node in nodes():
+        if node["Alive"]:
+            for name, amount in node[key].items():
+                total[name] = total.get(name, 0.0) + amount
+    return total
+
+
+def cluster_resources():
+    """Resource name -> total over the alive nodes."""
+    return _sum_resources("Resources")
+
+
+def available_resources():
+    """Resource name -> amount free over the alive nodes (as of their last heartbeat)."""
+    return _sum_resources("AvailableResources")
+
+
+__all__ = [
+    "LOCAL_MODE", "SCRIPT_MODE", "SILENT_MODE", "WORKER_MODE", "ObjectID", "ObjectRef",
+    "available_resources", "cluster_resources", "exceptions", "get", "get_gpu_ids",
+    "get_resource_ids", "init", "is_initialized", "method", "nodes", "put", "remote",
+    "shutdown", "wait",
+]

@@ -1,0 +1,1 @@
+"""rayd's internals behind the public `ray` API."""

@@ -1,0 +1,79 @@
+"""Values to bytes and back: pickle protocol 5 with out-of-band buffers.
+
+Large binary payloads (numpy arrays) travel as out-of-band buffers that the Rust core lays
+out, aligned, next to the pickle inside the object; reading the object back hands those
+buffers out as read-only views of shared memory, so the arrays are neither copied nor
+writable. Functions and values that plain pickle cannot handle (lambdas, classes defined
+in `__main__`) go through cloudpickle.
+"""
+
+import pickle
+
+import cloudpickle
+
+from ray import _raylet
+from ray import exceptions
+
+META_PICKLE5 = _raylet.META_PICKLE5
+META_ERROR_PREFIX = _raylet.META_ERROR_PREFIX
+META_ERROR_TASK = META_ERROR_PREFIX + b"TASK"
+META_ERROR_WORKER_DIED = META_ERROR_PREFIX + b"WORKER_DIED"
+
+# Types that plain pickle serializes correctly and faster than cloudpickle.
+_PLAIN_TYPES = (int, float, bool, str, bytes, type(None), complex)
+
+
+def serialize(value):
+    """`(pickle bytes, [contiguous buffers])` for a value."""
+    buffers = []
+    if type(value) in _PLAIN_TYPES:
+        data = pickle.dumps(value, protocol=5)
+    else:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return data, [buffer.raw() for buffer in buffers]
+
+
+def serialize_inline(value):
+    """One bytes object holding a value, for a small task argument."""
+    data, buffers = serialize(value)
+    return _raylet.serialize_inline(data, buffers)
+
+
+def deserialize_inline(blob):
+    """The value of an inline task argument."""
+    view = memoryview(blob)
+    (start, end), ranges = _raylet.parse_inline(blob)
+    return pickle.loads(view[start:end], buffers=[view[a:b] for a, b in ranges])
+
+
+def dumps_function(function):
+    """A function or class, pickled by value."""
+    return cloudpickle.dumps(function)
+
+
+def deserialize_object(metadata, buffer, pickle_range, buffer_ranges):
+    """The value of an object from the store, raising the error it holds if it is one."""
+    view = memoryview(buffer)
+    if metadata == META_PICKLE5:
+        start, end = pickle_range
+        return pickle.loads(view[start:end], buffers=[view[a:b] for a, b in buffer_ranges])
+    if metadata == META_ERROR_TASK:
+        start, end = pickle_range
+        error = pickle.loads(view[start:end], buffers=[view[a:b] for a, b in buffer_ranges])
+        raise error.as_instanceof_cause() if isinstance(error, exceptions.RayTaskError) else error
+    if metadata == META_ERROR_WORKER_DIED:
+        raise exceptions.RayWorkerError(bytes(view).decode("utf-8", "replace"))
+    if metadata.startswith(META_ERROR_PREFIX):
+        raise exceptions.RaySystemError(
+            f"{metadata[len(META_ERROR_PREFIX):].decode()}: {bytes(view).decode('utf-8', 'replace')}")
+    raise exceptions.RaySystemError(f"object with unknown metadata {metadata!r}")
+
+
+def task_error_value(error):
+    """`(pickle, buffers)` of a RayTaskError; a cause that cannot be pickled is dropped
+    (its text stays in the traceback)."""
+    try:
+        return serialize(error)
+    except Exception:  # noqa: BLE001 - any pickling failure of a user exception
+        plain = exceptions.RayTaskError(error.function_name, error.traceback_str, None, error.pid, error.ip)
+        return serialize(plain)

@@ -1,0 +1,89 @@
+"""The Python side of a rayd-worker process: runs each task the Rust task loop hands it."""
+
+import os
+import sys
+
+from ray import _raylet
+from ray import exceptions
+from ray._private import serialization
+from ray._private import worker as _worker
+
+
+class Executor:
+    """Loads functions (cached), resolves arguments, runs tasks, stores their results."""
+
+    def __init__(self, core):
+        self.core = core
+        self.functions = {}
+        self.jobs_seen = set()
+        self.ip = core.node_ip_address
+        self.pid = os.getpid()
+
+    def _enter_job(self, task):
+        job = task["job_id"]
+        if job in self.jobs_seen or "python_path" not in task:
+            return
+        self.jobs_seen.add(job)
+        for entry in reversed(task["python_path"]):
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+        if task.get("cwd"):
+            try:
+                os.chdir(task["cwd"])
+            except OSError:
+                pass
+
+    def _function(self, function_id):
+        function = self.functions.get(function_id)
+        if function is None:
+            _name, pickled = self.core.get_function(function_id)
+            function = serialization.cloudpickle.loads(pickled)
+            self.functions[function_id] = function
+        return function
+
+    def _argument(self, arg):
+        if isinstance(arg, _raylet.ObjectID):
+            return _worker.get(arg)
+        return serialization.deserialize_inline(arg)
+
+    def execute(self, task):
+        """Runs one task; every failure becomes the task's error results."""
+        num_returns = task["num_returns"]
+        name = task["function_name"]
+        _worker.global_worker.resource_ids = task["resource_ids"]
+        gpus = task["resource_ids"].get("GPU", [])
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in gpus)
+        try:
+            self._enter_job(task)
+            function = self._function(task["function_id"])
+            values = [self._argument(a) for a in task["args"]]
+            kwarg_names = task["kwarg_names"]
+            split = len(values) - len(kwarg_names)
+            result = function(*values[:split], **dict(zip(kwarg_names, values[split:])))
+            if num_returns == 1:
+                results = [result]
+            elif num_returns == 0:
+                results = []
+            else:
+                results = list(result)
+                if len(results) != num_returns:
+                    raise ValueError(f"{name} returned {len(results)} values, "
+                                     f"but num_returns={num_returns}")
+            for index, value in enumerate(results, start=1):
+                data, buffers = serialization.serialize(value)
+                self.core.store_return(index, serialization.META_PICKLE5, data, buffers)
+        except Exception as e:  # noqa: BLE001 - the task's failure is its result
+            error = exceptions.RayTaskError.from_exception(name, e, self.pid, self.ip)
+            data, buffers = serialization.task_error_value(error)
+            for index in range(1, num_returns + 1):
+                try:
+                    self.core.store_return(index, serialization.META_ERROR_TASK, data, buffers)
+                except exceptions.RayError as store_error:
+                    print(f"cannot store the error of {name}: {store_error}", file=sys.stderr)
+
+
+def main():
+    """Connects to the raylet named by RAYD_RAYLET_SOCKET and serves tasks until told to exit."""
+    core = _raylet.CoreWorker(os.environ["RAYD_RAYLET_SOCKET"], is_worker=True)
+    _worker.connect_worker(core)
+    core.run_task_loop(Executor(core).execute)

@@ -1,0 +1,144 @@
+"""`@ray.remote` on a function: a handle whose `.remote()` submits a task."""
+
+import weakref
+
+from ray import exceptions
+from ray._private import serialization
+from ray._private import worker as _worker
+
+DEFAULT_MAX_RETRIES = 3
+
+# Every remote function, so that ray.shutdown() can make them export again.
+_ALL = weakref.WeakSet()
+
+_OPTION_NAMES = {"num_returns", "num_return_vals", "num_cpus", "num_gpus", "resources",
+                 "max_calls", "max_retries", "memory", "name"}
+
+
+def forget_exports():
+    """After ray.shutdown(): every function is exported again on its next call."""
+    for function in list(_ALL):
+        function._exported_by = None
+
+
+def _normalize(options):
+    unknown = set(options) - _OPTION_NAMES
+    if unknown:
+        raise ValueError(f"unknown remote function options: {', '.join(sorted(unknown))}")
+    options = dict(options)
+    if "num_return_vals" in options:
+        options.setdefault("num_returns", options.pop("num_return_vals"))
+    for name in ("num_returns", "max_calls", "max_retries"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    for name in ("num_cpus", "num_gpus"):
+        value = options.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    resources = options.get("resources")
+    if resources is not None:
+        if "CPU" in resources or "GPU" in resources:
+            raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
+        for key, value in resources.items():
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"resource {key!r} must be a non-negative number, got {value!r}")
+    return options
+
+
+class RemoteFunction:
+    """A function that runs as a task: `f.remote(*args)` returns ObjectID(s) at once."""
+
+    def __init__(self, function, options):
+        self._function = function
+        self._name = f"{function.__module__}.{function.__qualname__}"
+        self._options = _normalize(options)
+        self._pickled = None
+        self._function_id = None
+        self._exported_by = None
+        self.__doc__ = function.__doc__
+        self.__name__ = function.__name__
+        _ALL.add(self)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self._name} cannot be called directly: "
+                        f"use {self.__name__}.remote(...) instead of {self.__name__}(...)")
+
+    def remote(self, *args, **kwargs):
+        """Submits a task running the function; returns its ObjectID(s)."""
+        return self._remote(args, kwargs, self._options)
+
+    def options(self, **options):
+        """A handle whose `.remote()` uses these options for this call."""
+        merged = {**self._options, **_normalize(options)}
+        parent = self
+
+        class _Options:
+            def remote(self, *args, **kwargs):
+                return parent._remote(args, kwargs, merged)
+
+        return _Options()
+
+    def _export(self, core):
+        if self._pickled is None:
+            self._pickled = serialization.dumps_function(self._function)
+            self._function_id = _worker.function_id(self._pickled)
+        if self._exported_by is not core:
+            core.export_function(self._function_id, self._name, self._pickled)
+            self._exported_by = core
+
+    def _remote(self, args, kwargs, options):
+        worker = _worker.global_worker
+        worker.check_connected()
+        num_returns = options.get("num_returns", 1)
+        if worker.mode == _worker.LOCAL_MODE:
+            return _run_locally(self._function, self._name, args, kwargs, num_returns)
+        core = worker.core
+        self._export(core)
+        values = list(args) + list(kwargs.values())
+        encoded = [_encode_argument(core, value) for value in values]
+        resources = dict(options.get("resources") or {})
+        num_cpus = options.get("num_cpus", 1)
+        if num_cpus:
+            resources["CPU"] = float(num_cpus)
+        num_gpus = options.get("num_gpus", 0)
+        if num_gpus:
+            resources["GPU"] = float(num_gpus)
+        ids = core.submit_task(
+            self._function_id, self._name, encoded, list(kwargs.keys()), num_returns, resources,
+            options.get("max_retries", DEFAULT_MAX_RETRIES), options.get("max_calls") or 0)
+        if num_returns == 1:
+            return ids[0]
+        return None if num_returns == 0 else ids
+
+
+def _encode_argument(core, value):
+    """An ObjectID stays one; a small value is inlined; a large one is put in the store."""
+    if isinstance(value, _worker.ObjectID):
+        return value
+    data, buffers = serialization.serialize(value)
+    if len(data) + sum(len(b) for b in buffers) < _worker.INLINE_ARGUMENT_MAX:
+        from ray import _raylet
+        return _raylet.serialize_inline(data, buffers)
+    return core.put(serialization.META_PICKLE5, data, buffers)
+
+
+def _run_locally(function, name, args, kwargs, num_returns):
+    """LOCAL_MODE: runs the task now, in this process, and records its results."""
+    worker = _worker.global_worker
+    resolve = lambda v: _worker._local_value(v) if isinstance(v, _worker.ObjectID) else v  # noqa: E731
+    ids = [_worker.ObjectID.from_random() for _ in range(num_returns)]
+    try:
+        result = function(*[resolve(a) for a in args], **{k: resolve(v) for k, v in kwargs.items()})
+        results = [result] if num_returns == 1 else list(result) if num_returns else []
+        if len(results) != num_returns:
+            raise ValueError(f"{name} returned {len(results)} values, expected num_returns={num_returns}")
+        for object_id, value in zip(ids, results):
+            worker.local_objects[object_id] = ("value", value)
+    except Exception as e:  # noqa: BLE001 - the task's exception becomes its result
+        error = exceptions.RayTaskError.from_exception(name, e)
+        for object_id in ids:
+            worker.local_objects[object_id] = ("error", error)
+    if num_returns == 1:
+        return ids[0]
+    return None if num_returns == 0 else ids
