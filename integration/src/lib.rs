@@ -358,3 +358,43 @@ impl Gcs {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// A `rayd-plasma` with its socket in `<dir>/<name>/` and its object manager on a free
+/// port, ready (it logged "plasma store ready").
+#[derive(Debug)]
+pub struct Plasma {
+    pub daemon: Daemon,
+    pub socket: PathBuf,
+    pub object_manager_port: u16,
+}
+
+impl Plasma {
+    /// Starts a store of `memory` bytes with extra flags, and waits until it serves.
+    pub fn start(dir: &Path, name: &str, memory: u64, extra: &[&str]) -> Self {
+        let socket = dir.join(name).join("plasma.sock");
+        let port = free_port();
+        let memory = memory.to_string();
+        let port_text = port.to_string();
+        let mut args = vec![
+            "--plasma-socket",
+            socket.to_str().expect("utf-8 temp dir"),
+            "--object-manager-port",
+            &port_text,
+            "--object-store-memory",
+            &memory,
+        ];
+        args.extend_from_slice(extra);
+        let mut daemon = Daemon::start(dir, name, &binary("rayd-plasma"), &args, &[]);
+        daemon.wait_for_log("plasma store ready", Duration::from_secs(30));
+        Self {
+            daemon,
+            socket,
+            object_manager_port: port,
+        }
+    }
+
+    /// `host:port` of its object manager.
+    pub fn object_manager_address(&self) -> String {
+        format!("127.0.0.1:{}", self.object_manager_port)
+    }
+}

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::object_manager;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError, MAX_IDS_PER_REQUEST};
 use crate::state::State;
-use crate::store::{ClientId, DeleteOutcome, ObjectView, OwnSegment, Placement, StoreError, StoreEvent, ARENA_SEGMENT};
+use crate::store::{
+    ClientId, DeleteOutcome, ObjectView, OwnSegment, Placement, StoreError, StoreEvent,
+    ARENA_SEGMENT,
+};
 
 type Code = pb::error::Code;
 
@@ -115,7 +118,9 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, cancel: CancellationTo
     };
     match result {
         Ok(()) => log::debug!(client = client, name = connection.name.as_str(); "client left"),
-        Err(e) => log::warn!(client = client, name = connection.name.as_str(), error:% = e; "closing a client connection"),
+        Err(e) => {
+            log::warn!(client = client, name = connection.name.as_str(), error:% = e; "closing a client connection")
+        }
     }
     state.with_store(|s| s.disconnect(client));
 }
@@ -224,9 +229,8 @@ impl Connection {
             }
             Kind::Create(create) => {
                 let id = protocol::object_id(&create.object_id)?;
-                let view = state.with_store(|s| {
-                    s.create(client, id, create.data_size, create.metadata_size)
-                })?;
+                let view = state
+                    .with_store(|s| s.create(client, id, create.data_size, create.metadata_size))?;
                 let mut segments = Vec::new();
                 let location = self.locate(&view, &mut segments);
                 Ok(Some(Answer {
@@ -414,6 +418,9 @@ impl Connection {
 
     async fn stream_events(&mut self) -> Result<(), ConnectionError> {
         let mut events = self.state.subscribe();
+        // The ack tells the subscriber that every event from now on will reach it.
+        self.send(Answer::plain(pb::reply::Kind::Ack(pb::Ack {})))
+            .await?;
         loop {
             tokio::select! {
                 event = events.recv() => {

@@ -37,7 +37,11 @@ pub fn spawn(
     (tx, task)
 }
 
-async fn connect(address: &str, password: Option<&str>, cancel: &CancellationToken) -> Option<GcsClient> {
+async fn connect(
+    address: &str,
+    password: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<GcsClient> {
     let mut attempt = 0;
     loop {
         match GcsClient::connect(address, password).await {
@@ -108,12 +112,19 @@ async fn write(gcs: &GcsClient, node: NodeId, batch: &mut Vec<StoreEvent>) {
                 id,
                 data_size,
                 metadata_size,
-            } => gcs.add_object_location(id, node, data_size + metadata_size).await,
+            } => {
+                gcs.add_object_location(id, node, data_size + metadata_size)
+                    .await
+            }
             StoreEvent::Removed { id, .. } => gcs.remove_object_location(id, node).await,
         };
         result
     });
-    let failures = join_all(writes).await.into_iter().filter_map(Result::err).collect::<Vec<_>>();
+    let failures = join_all(writes)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect::<Vec<_>>();
     if let Some(first) = failures.first() {
         log::warn!(failed = failures.len(), error:% = first; "cannot record object locations in the gcs");
     }

@@ -95,7 +95,9 @@ pub fn capacity(config: &RaydConfig) -> Result<u64, PlasmaError> {
 /// The node's ID: `node_id`, or a fresh random one.
 pub fn node_id(config: &RaydConfig) -> Result<NodeId, PlasmaError> {
     match &config.node_id {
-        Some(text) => text.parse().map_err(|e| PlasmaError::NodeId(format!("{e}"))),
+        Some(text) => text
+            .parse()
+            .map_err(|e| PlasmaError::NodeId(format!("{e}"))),
         None => Ok(NodeId::random()),
     }
 }
@@ -147,8 +149,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
             (None, None)
         }
     };
-    let state = State::new(store, node, om_address.clone(), config.object_chunk_size, locations)
-        .map_err(PlasmaError::Arena)?;
+    let state = State::new(
+        store,
+        node,
+        om_address.clone(),
+        config.object_chunk_size,
+        locations,
+    )
+    .map_err(PlasmaError::Arena)?;
 
     let om_server = tonic::transport::Server::builder()
         .add_service(object_manager::Service::server(state.clone()))

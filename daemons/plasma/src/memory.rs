@@ -57,7 +57,9 @@ pub enum MemoryError {
         #[source]
         source: nix::Error,
     },
-    #[error("cannot reserve {size} bytes of shared memory (is the machine out of memory?): {source}")]
+    #[error(
+        "cannot reserve {size} bytes of shared memory (is the machine out of memory?): {source}"
+    )]
     Reserve {
         size: usize,
         #[source]
@@ -314,7 +316,9 @@ impl Mapping {
         }
         // SAFETY: the range is inside the mapping (checked above); the caller guarantees
         // no concurrent writer.
-        Some(unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.as_ptr().add(offset as usize), len as usize)
+        })
     }
 
     /// The bytes at `[offset, offset + len)` to write, or `None` when outside or the
@@ -374,7 +378,10 @@ mod tests {
         unsafe {
             writer.slice_mut(100, 3).unwrap().copy_from_slice(b"abc");
             assert_eq!(reader.slice(100, 3).unwrap(), b"abc");
-            assert!(reader.slice_mut(0, 1).is_none(), "read-only view hands out no &mut");
+            assert!(
+                reader.slice_mut(0, 1).is_none(),
+                "read-only view hands out no &mut"
+            );
             assert!(reader.slice(size as u64 - 1, 2).is_none());
         }
     }
@@ -382,7 +389,10 @@ mod tests {
     #[test]
     fn a_sealed_memfd_refuses_writable_mappings() {
         let (fd, size) = Backing::Memfd.create(4096).unwrap();
-        assert!(seal_against_writes(fd.as_fd()).unwrap(), "no mapping: strict seal");
+        assert!(
+            seal_against_writes(fd.as_fd()).unwrap(),
+            "no mapping: strict seal"
+        );
         assert!(Mapping::new(fd.as_fd(), size, true, false).is_err());
         let ro = reopen_read_only(fd.as_fd()).unwrap();
         assert!(Mapping::new(ro.as_fd(), size, true, false).is_err());
@@ -407,7 +417,11 @@ mod tests {
         backing.check().unwrap();
         let (fd, size) = backing.create(5000).unwrap();
         assert!(Mapping::new(fd.as_fd(), size, true, false).is_ok());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files are unlinked");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "files are unlinked"
+        );
         let huge = Backing::Directory {
             path: dir.path().to_path_buf(),
             huge_pages: true,

@@ -98,7 +98,11 @@ impl Drop for TransferPin {
 }
 
 /// The bytes of an object as the daemon sees them.
-fn map_object(state: &State, view: &ObjectView, writable: bool) -> Result<(Arc<Mapping>, u64), MemoryError> {
+fn map_object(
+    state: &State,
+    view: &ObjectView,
+    writable: bool,
+) -> Result<(Arc<Mapping>, u64), MemoryError> {
     match &view.placement {
         Placement::Arena { offset } => Ok((state.arena_map.clone(), *offset)),
         Placement::Own(segment) => {
@@ -117,7 +121,10 @@ fn map_object(state: &State, view: &ObjectView, writable: bool) -> Result<(Arc<M
 impl ObjectManager for Service {
     type PullStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
 
-    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<Self::PullStream>, Status> {
+    async fn pull(
+        &self,
+        request: Request<PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
         let request = request.into_inner();
         let id = ObjectId::from_slice(&request.object_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -168,7 +175,9 @@ impl ObjectManager for Service {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -249,7 +258,9 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
             return Err(corrupt(format!("more than the announced {total} bytes")));
         }
         if crc32c::crc32c(&chunk.payload) != chunk.crc32c {
-            return Err(corrupt(format!("checksum mismatch in the chunk at offset {received}")));
+            return Err(corrupt(format!(
+                "checksum mismatch in the chunk at offset {received}"
+            )));
         }
         // SAFETY: this transfer created the object and is its only writer until the seal
         // below; the range lies inside the object (checked against `total` above).

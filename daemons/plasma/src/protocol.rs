@@ -123,8 +123,14 @@ impl<'a> Outgoing<'a> {
         let iov = [IoSlice::new(&rest[..len])];
         let rights = [ControlMessage::ScmRights(&batch)];
         let cmsgs: &[ControlMessage<'_>] = if batch.is_empty() { &[] } else { &rights };
-        let n = sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(io::Error::from)?;
+        let n = sendmsg::<()>(
+            socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)?;
         if n > 0 {
             self.sent += n;
             self.fds_sent += batch.len();
@@ -173,8 +179,8 @@ impl FrameReader {
         if available.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([available[0], available[1], available[2], available[3]])
-            as usize;
+        let len =
+            u32::from_le_bytes([available[0], available[1], available[2], available[3]]) as usize;
         if len > self.max_frame {
             return Err(ProtocolError::FrameTooLarge {
                 len,
@@ -251,7 +257,10 @@ impl FrameReader {
     }
 
     /// Reads until a whole frame is buffered, on a blocking socket.
-    pub fn read_frame_blocking(&mut self, socket: BorrowedFd<'_>) -> Result<Vec<u8>, ProtocolError> {
+    pub fn read_frame_blocking(
+        &mut self,
+        socket: BorrowedFd<'_>,
+    ) -> Result<Vec<u8>, ProtocolError> {
         loop {
             if let Some(frame) = self.next_frame()? {
                 return Ok(frame);
@@ -295,7 +304,10 @@ mod tests {
         assert_eq!(got, reply);
         assert_eq!(reader.take_fds(150).unwrap().len(), 150);
         let body = reader.read_frame_blocking(b.as_fd()).unwrap();
-        assert_eq!(decode::<pb::Reply>("reply", &body).unwrap(), pb::Reply::default());
+        assert_eq!(
+            decode::<pb::Reply>("reply", &body).unwrap(),
+            pb::Reply::default()
+        );
         assert!(reader.take_fds(1).is_err());
     }
 

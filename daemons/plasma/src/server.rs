@@ -46,8 +46,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
             .mode(0o700)
             .create(dir)
             .map_err(dir_error)?;
+        // The umask may have narrowed the mode further, never widened it; make it exact.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
+    } else if dir
+        .metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+    {
+        log::warn!(directory:% = dir.display(); "the socket directory is open to other users; any of them can use the store");
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(SocketError::InUse(path.to_path_buf()));
@@ -62,7 +68,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
 }
 
 /// Accepts clients until `cancel`; then waits for their connections to wind down.
-pub async fn serve(listener: UnixListener, state: Arc<State>, cancel: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    listener: UnixListener,
+    state: Arc<State>,
+    cancel: CancellationToken,
+) -> io::Result<()> {
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {
@@ -87,6 +97,13 @@ pub async fn serve(listener: UnixListener, state: Arc<State>, cancel: Cancellati
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+        )
     )
 }

@@ -446,7 +446,11 @@ impl Store {
         }
     }
 
-    fn entry_of_creator(&mut self, client: ClientId, id: ObjectId) -> Result<&mut Entry, StoreError> {
+    fn entry_of_creator(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+    ) -> Result<&mut Entry, StoreError> {
         let entry = self.objects.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         if entry.sealed {
             return Err(StoreError::AlreadySealed(id));
@@ -687,7 +691,10 @@ mod tests {
         let mut store = store();
         let (a, b) = (store.connect(), store.connect());
         store.create(a, id(1), 100, 10).unwrap();
-        assert!(store.get(b, id(1)).is_none(), "unsealed objects are invisible");
+        assert!(
+            store.get(b, id(1)).is_none(),
+            "unsealed objects are invisible"
+        );
         assert!(matches!(
             store.seal(b, id(1)),
             Err(StoreError::NotCreator(_))

@@ -16,8 +16,8 @@ use crate::memory::Mapping;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
 use crate::store::ARENA_SEGMENT;
 
-use pb::request::Kind as Req;
 use pb::reply::Kind as Rep;
+use pb::request::Kind as Req;
 
 /// A connection to the node's plasma store. Cheap to clone; clones share the
 /// connection.
@@ -230,7 +230,12 @@ impl PlasmaClient {
         io.send(&pending, Some(request))?;
         let (reply, fds) = io.receive()?;
         if !fds.is_empty() {
-            register_segments(&mut lock(&self.inner.tables), &reply.new_segments, fds, false)?;
+            register_segments(
+                &mut lock(&self.inner.tables),
+                &reply.new_segments,
+                fds,
+                false,
+            )?;
         }
         match reply.kind {
             Some(Rep::Error(e)) => Err(ClientError::from_reply(e)),
@@ -352,7 +357,12 @@ impl PlasmaClient {
     }
 
     /// Creates, fills and seals an object in one go.
-    pub fn put(&self, id: ObjectId, data: &[u8], metadata: &[u8]) -> Result<ObjectBuffer, ClientError> {
+    pub fn put(
+        &self,
+        id: ObjectId,
+        data: &[u8],
+        metadata: &[u8],
+    ) -> Result<ObjectBuffer, ClientError> {
         let mut builder = self.create(id, data.len() as u64, metadata.len() as u64)?;
         let (d, m) = builder.buffers_mut();
         d.copy_from_slice(data);
@@ -436,7 +446,11 @@ impl PlasmaClient {
     }
 
     /// One object, or `None` when it was not sealed within `timeout`.
-    pub fn get_one(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Option<ObjectBuffer>, ClientError> {
+    pub fn get_one(
+        &self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ObjectBuffer>, ClientError> {
         Ok(self.get(&[id], timeout)?.pop().flatten())
     }
 

@@ -57,10 +57,7 @@ pub enum ClientError {
     #[error("request refused: {0}")]
     Invalid(String),
     #[error("the store answered {got} where {expected} was expected")]
-    Unexpected {
-        expected: &'static str,
-        got: String,
-    },
+    Unexpected { expected: &'static str, got: String },
     #[error("cannot map object memory: {0}")]
     Memory(#[from] MemoryError),
     #[error("the store sent an object outside its segment: {0}")]
@@ -228,7 +225,13 @@ impl ObjectBuilder {
         // The writable mapping of an own segment must go before the seal: the strict
         // write seal needs it gone.
         drop(self.mapping.take());
-        client.seal_object(id, self.segment, self.offset, self.data_size, self.metadata_size)
+        client.seal_object(
+            id,
+            self.segment,
+            self.offset,
+            self.data_size,
+            self.metadata_size,
+        )
     }
 
     /// Gives the object up.

@@ -35,7 +35,12 @@ impl AsyncPlasmaClient {
     }
 
     /// See [`PlasmaClient::create`].
-    pub async fn create(&self, id: ObjectId, data_size: u64, metadata_size: u64) -> Result<ObjectBuilder, ClientError> {
+    pub async fn create(
+        &self,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<ObjectBuilder, ClientError> {
         let client = self.client.clone();
         blocking(move || client.create(id, data_size, metadata_size)).await
     }
@@ -46,13 +51,22 @@ impl AsyncPlasmaClient {
     }
 
     /// See [`PlasmaClient::put`].
-    pub async fn put(&self, id: ObjectId, data: Vec<u8>, metadata: Vec<u8>) -> Result<ObjectBuffer, ClientError> {
+    pub async fn put(
+        &self,
+        id: ObjectId,
+        data: Vec<u8>,
+        metadata: Vec<u8>,
+    ) -> Result<ObjectBuffer, ClientError> {
         let client = self.client.clone();
         blocking(move || client.put(id, &data, &metadata)).await
     }
 
     /// See [`PlasmaClient::get`].
-    pub async fn get(&self, ids: Vec<ObjectId>, timeout: Option<Duration>) -> Result<Vec<Option<ObjectBuffer>>, ClientError> {
+    pub async fn get(
+        &self,
+        ids: Vec<ObjectId>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Option<ObjectBuffer>>, ClientError> {
         let client = self.client.clone();
         blocking(move || client.get(&ids, timeout)).await
     }

@@ -50,10 +50,17 @@ impl Subscription {
         Outgoing::new(protocol::encode_frame(&request), Vec::new())
             .send_blocking(stream.as_fd())
             .map_err(ProtocolError::Io)?;
-        Ok(Self {
-            stream,
-            reader: FrameReader::new(protocol::MAX_REQUEST_FRAME),
-        })
+        let mut reader = FrameReader::new(protocol::MAX_REQUEST_FRAME);
+        let body = reader.read_frame_blocking(stream.as_fd())?;
+        let reply: pb::Reply = protocol::decode("reply", &body)?;
+        match reply.kind {
+            Some(pb::reply::Kind::Ack(_)) => Ok(Self { stream, reader }),
+            Some(pb::reply::Kind::Error(e)) => Err(ClientError::from_reply(e)),
+            other => Err(ClientError::Unexpected {
+                expected: "ack",
+                got: format!("{other:?}"),
+            }),
+        }
     }
 
     /// Waits at most `timeout` (forever when `None`) for the next event; `Ok(None)` when
@@ -65,7 +72,10 @@ impl Subscription {
         let body = match self.reader.read_frame_blocking(self.stream.as_fd()) {
             Ok(body) => body,
             Err(ProtocolError::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 return Ok(None)
             }
@@ -75,7 +85,11 @@ impl Subscription {
         let kind = match pb::event::Kind::try_from(event.kind) {
             Ok(pb::event::Kind::Sealed) => EventKind::Sealed,
             Ok(pb::event::Kind::Deleted) => EventKind::Deleted,
-            _ => return Err(ProtocolError::Invalid(format!("unknown event kind {}", event.kind)).into()),
+            _ => {
+                return Err(
+                    ProtocolError::Invalid(format!("unknown event kind {}", event.kind)).into(),
+                )
+            }
         };
         Ok(Some(Event {
             kind,

@@ -1,0 +1,511 @@
+//! The plasma store as real processes: a `rayd-plasma` daemon, clients in this test
+//! process and in child processes (this test binary re-run with a role), and for
+//! transfers two stores and a real GCS.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rayd_common::id::{NodeId, ObjectId};
+use rayd_integration::{wait_for, Gcs, Plasma, TestDir};
+use rayd_plasma::client::{ClientError, EventKind, PlasmaClient, Subscription};
+
+const MIB: u64 = 1 << 20;
+const ROLE: &str = "RAYD_PLASMA_TEST_ROLE";
+const SOCKET: &str = "RAYD_PLASMA_TEST_SOCKET";
+const OBJECTS: &str = "RAYD_PLASMA_TEST_OBJECTS";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn client(plasma: &Plasma) -> PlasmaClient {
+    PlasmaClient::connect(&plasma.socket, "test").expect("connect to plasma")
+}
+
+fn put(client: &PlasmaClient, id: ObjectId, seed: u8, len: usize) {
+    drop(client.put(id, &pattern(seed, len), b"meta").expect("put"));
+}
+
+// ---- child processes ----
+
+/// This test binary, re-run to play `role` against the store at `socket`.
+fn child(role: &str, socket: &Path, objects: &[ObjectId]) -> Child {
+    let ids: Vec<String> = objects.iter().map(ObjectId::hex).collect();
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env(SOCKET, socket)
+        .env(OBJECTS, ids.join(","))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a child process")
+}
+
+/// Reads the child's stdout until a line `CHILD:<word>`; returns the word.
+fn child_says(child: &mut Child) -> String {
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).expect("read child output") == 0 {
+            return String::new();
+        }
+        // The test harness may print its own words before ours on the same line.
+        if let Some((_, word)) = line.trim().split_once("CHILD:") {
+            return word.to_string();
+        }
+    }
+}
+
+/// Whether `ptr` lies in a mapping of a plasma memfd in this process.
+fn in_plasma_mapping(ptr: *const u8) -> bool {
+    let address = ptr as usize;
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .any(|line| {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let Some((start, end)) = range.split_once('-') else {
+                return false;
+            };
+            let start = usize::from_str_radix(start, 16).unwrap_or(usize::MAX);
+            let end = usize::from_str_radix(end, 16).unwrap_or(0);
+            (start..end).contains(&address) && line.contains("memfd:rayd-plasma")
+        })
+}
+
+/// The entry point of child processes; does nothing in a normal test run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let socket = std::env::var(SOCKET).unwrap();
+    let objects: Vec<ObjectId> = std::env::var(OBJECTS)
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let client = PlasmaClient::connect(&socket, &role).unwrap();
+    match role.as_str() {
+        // Reads every object but the last, checks the bytes come from its own mapping
+        // of the store's memory, and writes the last one.
+        "reader" => {
+            let (reply, read) = objects.split_last().unwrap();
+            for (i, id) in read.iter().enumerate() {
+                let buffer = client.get_one(*id, Some(WAIT)).unwrap().unwrap();
+                let expected = pattern(i as u8, buffer.data().len());
+                assert_eq!(buffer.data(), &expected[..], "bytes of object {i}");
+                assert_eq!(buffer.metadata(), b"meta");
+                assert!(buffer.is_read_only());
+                assert!(
+                    in_plasma_mapping(buffer.data().as_ptr()),
+                    "object {i} is not read through a plasma mapping"
+                );
+            }
+            put(&client, *reply, 99, 12345);
+            println!("CHILD:ok");
+        }
+        // Writes into a sealed object: must die of SIGSEGV.
+        "scribbler" => {
+            let buffer = client.get_one(objects[0], Some(WAIT)).unwrap().unwrap();
+            let ptr = buffer.data().as_ptr() as *mut u8;
+            println!("CHILD:writing");
+            // SAFETY: deliberately unsound: the test checks the kernel refuses the write.
+            unsafe { ptr.write_volatile(0xff) };
+            println!("CHILD:wrote");
+        }
+        // Pins objects[0], starts creating a large and a small object, then waits to be
+        // killed.
+        "creator" => {
+            let pinned = client.get_one(objects[0], Some(WAIT)).unwrap().unwrap();
+            let mut large = client.create(objects[1], 20 * MIB, 0).unwrap();
+            large.data_mut()[..4].copy_from_slice(b"half");
+            let _small = client.create(objects[2], 100, 0).unwrap();
+            println!("CHILD:ready");
+            let mut byte = [0u8];
+            let _ = std::io::stdin().read(&mut byte);
+            drop((pinned, large));
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
+
+// ---- tests ----
+
+#[test]
+fn two_client_processes_share_objects_without_copying() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 256 * MIB, &[]);
+    let client = client(&plasma);
+    let small = ObjectId::random();
+    let large = ObjectId::random();
+    let reply = ObjectId::random();
+    put(&client, small, 0, 1000);
+    put(&client, large, 1, 4 * MIB as usize);
+    let mut reader = child("reader", &plasma.socket, &[small, large, reply]);
+    assert_eq!(child_says(&mut reader), "ok");
+    assert!(reader.wait().unwrap().success());
+
+    let buffer = client.get_one(reply, Some(WAIT)).unwrap().unwrap();
+    assert_eq!(buffer.data(), &pattern(99, 12345)[..]);
+    assert!(in_plasma_mapping(buffer.data().as_ptr()));
+    let again = client.get_one(reply, None).unwrap().unwrap();
+    assert_eq!(
+        again.data().as_ptr(),
+        buffer.data().as_ptr(),
+        "a second get of a held object is the same memory"
+    );
+    drop((buffer, again));
+
+    let report = client.delete(&[small, large, reply]).unwrap();
+    assert_eq!(report.deleted.len(), 3, "{report:?}");
+    let stats = client.stats().unwrap();
+    assert_eq!((stats.objects, stats.used_bytes), (0, 0), "{stats:?}");
+    assert_eq!(stats.capacity_bytes, 256 * MIB);
+}
+
+#[test]
+fn a_reader_cannot_write_a_sealed_object() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let client = client(&plasma);
+    for (seed, size) in [(3u8, 100usize), (4, 3 * MIB as usize)] {
+        let id = ObjectId::random();
+        put(&client, id, seed, size);
+        let mut scribbler = child("scribbler", &plasma.socket, &[id]);
+        assert_eq!(child_says(&mut scribbler), "writing");
+        let status = scribbler.wait().unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGSEGV),
+            "a write into a sealed {size}-byte object must fault, got {status}"
+        );
+        let buffer = client.get_one(id, None).unwrap().unwrap();
+        assert_eq!(buffer.data(), &pattern(seed, size)[..], "object unchanged");
+    }
+}
+
+#[test]
+fn get_times_out_on_a_missing_object_and_wakes_on_seal() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let client = client(&plasma);
+    let missing = ObjectId::random();
+    let started = Instant::now();
+    let got = client
+        .get_one(missing, Some(Duration::from_millis(300)))
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(got.is_none());
+    assert!(
+        waited >= Duration::from_millis(300),
+        "returned after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "returned after {waited:?}"
+    );
+
+    let id = ObjectId::random();
+    let socket = plasma.socket.clone();
+    let waiter = std::thread::spawn(move || {
+        let other = PlasmaClient::connect(&socket, "waiter").unwrap();
+        let buffer = other.get_one(id, Some(Duration::from_secs(60))).unwrap();
+        (Instant::now(), buffer.map(|b| b.data().to_vec()))
+    });
+    // The waiter's get is in the store once its connection shows in the figures.
+    wait_for("the waiter to connect", WAIT, || {
+        (client.stats().unwrap().clients == 2).then_some(())
+    });
+    let mut builder = client.create(id, 5, 0).unwrap();
+    builder.data_mut().copy_from_slice(b"hello");
+    let sealed_at = Instant::now();
+    let _buffer = builder.seal().unwrap();
+    let (woke_at, data) = waiter.join().unwrap();
+    assert_eq!(data.as_deref(), Some(&b"hello"[..]));
+    let latency = woke_at.saturating_duration_since(sealed_at);
+    assert!(
+        latency < Duration::from_secs(10),
+        "woke {latency:?} after the seal"
+    );
+}
+
+#[test]
+fn eviction_is_lru_spares_pinned_objects_and_reports_full() {
+    let dir = TestDir::new();
+    // 64 MiB: a 16 MiB arena for small objects and 48 MiB for six 8 MiB objects.
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let client = client(&plasma);
+    // With its 4 bytes of metadata, each object takes exactly 8 MiB.
+    const OBJ: usize = 8 * MIB as usize - 4;
+    let ids: Vec<ObjectId> = (0..8).map(|_| ObjectId::random()).collect();
+    for (i, id) in ids.iter().take(6).enumerate() {
+        put(&client, *id, i as u8, OBJ);
+    }
+    // Touch 0 and pin 1: the LRU order becomes 2, 3, 4, 5, 0.
+    drop(
+        client
+            .get_one(ids[0], Some(Duration::ZERO))
+            .unwrap()
+            .unwrap(),
+    );
+    let pinned = client
+        .get_one(ids[1], Some(Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    put(&client, ids[6], 6, OBJ);
+    let present = |id: ObjectId| client.contains(id).unwrap();
+    assert!(
+        !present(ids[2]),
+        "the least recently used object goes first"
+    );
+    assert!(present(ids[0]) && present(ids[1]) && present(ids[3]));
+    assert_eq!(client.stats().unwrap().evictions, 1);
+
+    // Pin everything: a create that does not fit fails, and the store keeps serving.
+    let held: Vec<_> = [0, 3, 4, 5, 6]
+        .iter()
+        .map(|&i| {
+            client
+                .get_one(ids[i], Some(Duration::ZERO))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let err = client.create(ids[7], 8 * MIB, 0).unwrap_err();
+    assert!(err.is_store_full(), "{err}");
+    assert!(matches!(
+        client.create(ids[7], 200 * MIB, 0),
+        Err(ClientError::TooLarge(_))
+    ));
+    assert_eq!(pinned.data(), &pattern(1, OBJ)[..]);
+    drop(held);
+    put(&client, ids[7], 7, OBJ);
+    assert!(present(ids[1]), "a pinned object is never evicted");
+}
+
+#[test]
+fn a_client_killed_mid_create_leaves_nothing_behind() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let client = client(&plasma);
+    let kept = ObjectId::random();
+    put(&client, kept, 5, 1000);
+    let before = client.stats().unwrap();
+    let (large, small) = (ObjectId::random(), ObjectId::random());
+    let mut creator = child("creator", &plasma.socket, &[kept, large, small]);
+    assert_eq!(child_says(&mut creator), "ready");
+    let during = client.stats().unwrap();
+    assert_eq!(during.objects, 3, "{during:?}");
+    creator.kill().unwrap();
+    creator.wait().unwrap();
+
+    wait_for(
+        "the store to reclaim the dead client's memory",
+        WAIT,
+        || {
+            let stats = client.stats().unwrap();
+            (stats.clients == 1 && stats.objects == 1).then_some(stats)
+        },
+    );
+    let after = client.stats().unwrap();
+    assert_eq!(after.used_bytes, before.used_bytes, "{after:?}");
+    let listing = client.list().unwrap();
+    assert_eq!(listing.len(), 1);
+    assert_eq!(
+        (listing[0].id, listing[0].pins),
+        (kept, 0),
+        "the pin went with the client"
+    );
+    // The IDs are free again and the store serves as before.
+    put(&client, large, 6, 20 * MIB as usize);
+    put(&client, small, 7, 100);
+    assert!(client.contains(large).unwrap());
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Sends raw bytes and returns everything the store answers until it closes or goes
+/// quiet.
+fn raw_exchange(socket: &Path, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (answer, true),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => return (answer, false),
+        }
+    }
+}
+
+fn decode_error(answer: &[u8]) -> rayd_common::proto::plasma::v1::Error {
+    use prost::Message;
+    assert!(answer.len() >= 4, "no reply");
+    let len = u32::from_le_bytes(answer[..4].try_into().unwrap()) as usize;
+    let reply = rayd_common::proto::plasma::v1::Reply::decode(&answer[4..4 + len]).unwrap();
+    match reply.kind {
+        Some(rayd_common::proto::plasma::v1::reply::Kind::Error(e)) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_requests_get_an_error_for_that_client_only() {
+    use prost::Message;
+    use rayd_common::proto::plasma::v1 as pb;
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let good = client(&plasma);
+    let id = ObjectId::random();
+    put(&good, id, 1, 500);
+
+    // An absurd frame length: an error, then the connection closes.
+    let (answer, closed) = raw_exchange(&plasma.socket, &u32::MAX.to_le_bytes());
+    assert!(
+        decode_error(&answer).message.contains("exceeds"),
+        "{answer:?}"
+    );
+    assert!(closed);
+    // Bytes that are no protobuf: the same.
+    let (answer, closed) = raw_exchange(&plasma.socket, &frame(&[0xff; 7]));
+    assert_eq!(
+        decode_error(&answer).code,
+        pb::error::Code::InvalidRequest as i32
+    );
+    assert!(closed);
+    // A request before connect, and a malformed ID: errors, but the connection lives.
+    let create = pb::Request {
+        kind: Some(pb::request::Kind::Create(pb::Create {
+            object_id: vec![1, 2, 3],
+            data_size: 10,
+            metadata_size: 0,
+        })),
+    };
+    let (answer, closed) = raw_exchange(&plasma.socket, &frame(&create.encode_to_vec()));
+    assert!(decode_error(&answer).message.contains("connect"));
+    assert!(!closed, "a refused request does not close the connection");
+
+    // Absurd sizes and unknown IDs through the library.
+    let err = good
+        .create(ObjectId::random(), u64::MAX / 2, u64::MAX / 2)
+        .unwrap_err();
+    assert!(matches!(err, ClientError::TooLarge(_)), "{err}");
+    let err = good.create(ObjectId::random(), u64::MAX, 1).unwrap_err();
+    assert!(matches!(err, ClientError::TooLarge(_)), "{err}");
+    let unknown = ObjectId::random();
+    assert!(!good.contains(unknown).unwrap());
+    assert_eq!(good.delete(&[unknown]).unwrap().not_found, vec![unknown]);
+    assert!(good
+        .get_one(unknown, Some(Duration::ZERO))
+        .unwrap()
+        .is_none());
+    let err = good.pull(unknown, "127.0.0.1:1").unwrap_err();
+    assert!(matches!(err, ClientError::TransferFailed(_)), "{err}");
+    assert!(matches!(
+        good.create(id, 1, 0),
+        Err(ClientError::ObjectExists(_))
+    ));
+
+    // Everyone else is undisturbed.
+    let buffer = good.get_one(id, None).unwrap().unwrap();
+    assert_eq!(buffer.data(), &pattern(1, 500)[..]);
+    let stats = good.stats().unwrap();
+    assert_eq!(stats.objects, 1);
+}
+
+#[test]
+fn subscribers_hear_seals_and_deletes() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let mut events = Subscription::connect(&plasma.socket).unwrap();
+    let client = client(&plasma);
+    let id = ObjectId::random();
+    put(&client, id, 1, 10);
+    client.delete(&[id]).unwrap();
+    let sealed = events.next(Some(WAIT)).unwrap().expect("a sealed event");
+    assert_eq!(
+        (sealed.kind, sealed.id, sealed.data_size),
+        (EventKind::Sealed, id, 10)
+    );
+    let deleted = events.next(Some(WAIT)).unwrap().expect("a deleted event");
+    assert_eq!((deleted.kind, deleted.id), (EventKind::Deleted, id));
+}
+
+#[test]
+fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
+    let dir = TestDir::new();
+    let gcs = Gcs::start(dir.path(), 1, &[]);
+    let (node_a, node_b) = (NodeId::random(), NodeId::random());
+    let address = gcs.address();
+    let (hex_a, hex_b) = (node_a.hex(), node_b.hex());
+    let a = Plasma::start(
+        dir.path(),
+        "plasma-a",
+        512 * MIB,
+        &["--redis-address", &address, "--node-id", &hex_a],
+    );
+    let b = Plasma::start(
+        dir.path(),
+        "plasma-b",
+        512 * MIB,
+        &["--redis-address", &address, "--node-id", &hex_b],
+    );
+    let (client_a, client_b) = (client(&a), client(&b));
+    assert_eq!(client_a.node_id(), node_a);
+    let id = ObjectId::random();
+    let size = 200_000_000usize;
+    let data = pattern(42, size);
+    drop(client_a.put(id, &data, b"meta").unwrap());
+
+    client_b.pull(id, &a.object_manager_address()).unwrap();
+    let buffer = client_b.get_one(id, Some(Duration::ZERO)).unwrap().unwrap();
+    assert_eq!(buffer.data().len(), size);
+    assert!(buffer.data() == &data[..], "the pulled bytes differ");
+    assert_eq!(buffer.metadata(), b"meta");
+    assert_eq!(client_b.stats().unwrap().pulls, 1);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let gcs_client = runtime
+        .block_on(rayd_common::gcs::GcsClient::connect(&address, None))
+        .unwrap();
+    let mut both = vec![node_a, node_b];
+    both.sort();
+    let info = wait_for("the object table to list both nodes", WAIT, || {
+        let info = runtime.block_on(gcs_client.object_info(id)).ok()??;
+        (info.locations == both).then_some(info)
+    });
+    assert_eq!(info.size, size as u64 + 4);
+
+    // A delete on one node takes it off the table.
+    drop(buffer);
+    assert_eq!(client_b.delete(&[id]).unwrap().deleted, vec![id]);
+    wait_for("the object table to drop node b", WAIT, || {
+        let info = runtime.block_on(gcs_client.object_info(id)).ok()??;
+        (info.locations == vec![node_a]).then_some(())
+    });
+}
