@@ -3,7 +3,14 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build run test lint bench clean
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+# Debug builds for tests and `make run`; `make bench` asks for release.
+PROFILE ?= debug
+CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
+BINARIES := rayd rayd-redis-shard rayd-plasma rayd-raylet rayd-worker
+
+.PHONY: all deps build build-python run test test-rust test-python lint bench clean
 
 all: build
 
@@ -11,18 +18,35 @@ all: build
 deps:
 	@bash scripts/install-deps.sh
 
-## build: every rayd binary (debug profile) into target/debug.
-build:
-	$(CARGO) build --workspace --bins
+## build: every rayd binary, and the Python SDK with the binaries in .venv (a virtual
+## env inside the repo: `.venv/bin/python -c "import ray"`).
+build: build-python
 
-## run: build, start a local head node, show its status, stop it.
+$(VENV)/.deps: sdk/python/requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r sdk/python/requirements-dev.txt
+	touch $@
+
+build-python: $(VENV)/.deps
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --workspace --bins
+	install -m 0755 $(addprefix target/$(PROFILE)/,$(BINARIES)) $(VENV)/bin/
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --quiet $(CARGO_PROFILE_FLAG) -m sdk/python/Cargo.toml
+
+## run: build, then run every program of the seed document (examples/) on a fresh local
+## cluster, and show `rayd start` / `rayd status` / `rayd stop` on a head node.
 run: deps build
 	@bash scripts/run-local.sh
 
 ## test: install what is missing, check formatting and lints, build, run every test.
-test: deps lint
+test: deps lint build test-rust test-python
+
+test-rust:
 	$(CARGO) build --workspace --bins --tests
 	$(CARGO) test --workspace
+
+test-python:
+	$(PYTHON) -m pytest -q sdk/python/tests
 
 ## lint: formatting and clippy, as CI expects them.
 lint:
@@ -33,9 +57,7 @@ lint:
 ## loopback-only network namespace; prints the table and writes bench/results/ (bench/README.md).
 bench: deps
 	$(CARGO) build --release --workspace --bins
-# BENCH-TODO (issue 4): install rayd's Python SDK, built against the release daemons, into .venv
-# here once its make target exists (e.g. `$(MAKE) build-python PROFILE=release`). Until then
-# rayd's column reads "unavailable" whenever .venv does not import rayd.
+	$(MAKE) build-python PROFILE=release
 	@if [ -x .venv/bin/python ] && ! .venv/bin/python -c "import numpy, psutil" 2>/dev/null; then \
 		.venv/bin/python -m pip install --quiet numpy psutil; fi
 	@bash bench/setup_ray.sh

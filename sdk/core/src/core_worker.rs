@@ -196,10 +196,9 @@ impl CoreWorker {
                                 println!("(pid={}) {}", out.pid, out.line);
                             }
                         }
-                        Some(pb::server_message::Kind::Exit(e)) => {
-                            eprintln!("rayd: the raylet is stopping: {}", e.reason);
-                            return;
-                        }
+                        // The node stops (ray.shutdown() stopping it, or rayd stop): a
+                        // call made after this fails with the connection's error.
+                        Some(pb::server_message::Kind::Exit(_)) => return,
                         _ => {}
                     }
                 }

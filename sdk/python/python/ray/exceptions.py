@@ -55,7 +55,11 @@ class RayTaskError(RayError):
         """Wraps the exception a task raised, with its remote traceback."""
         if isinstance(exception, RayTaskError):
             return exception
-        text = "".join(_traceback.format_exception(type(exception), exception, exception.__traceback__))
+        # The worker's own frames (rayd's task executor) are noise to the user.
+        tb = exception.__traceback__
+        while tb is not None and "/ray/_private/" in tb.tb_frame.f_code.co_filename:
+            tb = tb.tb_next
+        text = "".join(_traceback.format_exception(type(exception), exception, tb))
         return cls(function_name, text, exception, pid, ip)
 
     def __reduce__(self):

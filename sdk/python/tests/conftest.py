@@ -1,0 +1,97 @@
+"""Fixtures that start and stop real local rayd clusters, leaving nothing running."""
+
+import os
+import time
+
+import pytest
+
+import ray
+from ray._private import worker as _worker
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout=10.0, what="a condition"):
+    """Polls `condition` until it is true; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _start(**kwargs):
+    ray.init(**kwargs)
+    node = _worker.global_worker.node
+    return node.pids() if node is not None else []
+
+
+def _stop(pids):
+    ray.shutdown()
+    wait_for(lambda: not any(_alive(p) for p in pids), 15, "every daemon of the node to exit")
+
+
+_shared = {"pids": None}
+
+
+def _stop_shared():
+    if _shared["pids"] is not None:
+        pids, _shared["pids"] = _shared["pids"], None
+        _stop(pids)
+
+
+@pytest.fixture
+def shared_cluster():
+    """A 2-CPU cluster that consecutive tests share when they don't change its state."""
+    if _shared["pids"] is None or not ray.is_initialized():
+        ray.shutdown()
+        _shared["pids"] = _start(num_cpus=2)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_at_end():
+    yield
+    _stop_shared()
+
+
+@pytest.fixture
+def ray_start():
+    """A fresh cluster for one test; the test calls it with ray.init's arguments."""
+    _stop_shared()
+    started = []
+
+    def start(**kwargs):
+        kwargs.setdefault("num_cpus", 2)
+        started.append(_start(**kwargs))
+        return _worker.global_worker
+
+    yield start
+    for pids in started:
+        _stop(pids)
+    ray.shutdown()
+
+
+@pytest.fixture
+def cleanup():
+    """For a test that calls ray.init() itself: no shared cluster before, shutdown after."""
+    _stop_shared()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_env(monkeypatch):
+    monkeypatch.delenv("RAYD_REDIS_PASSWORD", raising=False)
+    yield
+    assert os.environ.get("RAYD_CONFIG") is None
