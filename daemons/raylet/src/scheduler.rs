@@ -51,6 +51,9 @@ pub enum Event {
     },
 }
 
+/// The resources a task asks for, as a sortable key.
+type Shape = Vec<(String, u64)>;
+
 /// A task known to this raylet.
 #[derive(Debug, Clone)]
 struct Task {
@@ -84,6 +87,13 @@ impl Task {
             spec,
             resources,
         })
+    }
+
+    fn shape(&self) -> Shape {
+        self.resources
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_bits()))
+            .collect()
     }
 
     fn dependencies(&self) -> Vec<ObjectId> {
@@ -179,7 +189,9 @@ pub struct Scheduler {
     /// Worker pid -> its connection, once registered.
     pids: HashMap<u32, ConnId>,
     jobs: HashMap<JobId, (pb::JobConfig, ConnId)>,
-    ready: VecDeque<Task>,
+    /// Tasks whose arguments are local, by resource shape: the tasks of one shape either
+    /// all fit or the first does not, so scheduling looks at one task per shape.
+    ready: BTreeMap<Shape, VecDeque<Task>>,
     waiting: HashMap<TaskId, (Task, usize)>,
     waiters: HashMap<ObjectId, Vec<TaskId>>,
     local: HashSet<ObjectId>,
@@ -210,7 +222,7 @@ impl Scheduler {
             starting: HashSet::new(),
             pids: HashMap::new(),
             jobs: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: BTreeMap::new(),
             waiting: HashMap::new(),
             waiters: HashMap::new(),
             local: HashSet::new(),
@@ -230,7 +242,8 @@ impl Scheduler {
             .count() as u64;
         Snapshot {
             available: self.resources.available().clone(),
-            queued: (self.ready.len() + self.waiting.len()) as u64,
+            queued: (self.ready.values().map(VecDeque::len).sum::<usize>() + self.waiting.len())
+                as u64,
             running,
         }
     }
@@ -374,7 +387,7 @@ impl Scheduler {
             .filter(|id| !self.local.contains(id))
             .collect();
         if missing.is_empty() {
-            self.ready.push_back(task);
+            self.make_ready(task, false);
             self.schedule();
             return;
         }
@@ -395,7 +408,7 @@ impl Scheduler {
                 *missing -= 1;
                 if *missing == 0 {
                     if let Some((task, _)) = self.waiting.remove(&task_id) {
-                        self.ready.push_back(task);
+                        self.make_ready(task, false);
                     }
                 }
             }
@@ -403,29 +416,48 @@ impl Scheduler {
         self.schedule();
     }
 
+    /// Queues a task whose arguments are local (a retry goes first).
+    fn make_ready(&mut self, task: Task, first: bool) {
+        let queue = self.ready.entry(task.shape()).or_default();
+        if first {
+            queue.push_front(task);
+        } else {
+            queue.push_back(task);
+        }
+    }
+
     /// Dispatches ready tasks to idle workers while resources allow, and starts workers
     /// where tasks could run but none is idle.
     fn schedule(&mut self) {
-        let mut index = 0;
         let mut runnable_waiting = 0usize;
-        while index < self.ready.len() {
-            let task = &self.ready[index];
-            if !self.resources.feasible(&task.resources) {
-                self.warn_infeasible(index);
-                index += 1;
-                continue;
-            }
-            if !self.resources.fits(&task.resources) {
-                index += 1;
-                continue;
-            }
-            let Some(conn) = self.next_idle() else {
-                runnable_waiting += 1;
-                index += 1;
+        let shapes: Vec<Shape> = self.ready.keys().cloned().collect();
+        for shape in shapes {
+            let Some(request) = self
+                .ready
+                .get(&shape)
+                .and_then(|q| q.front())
+                .map(|t| t.resources.clone())
+            else {
+                self.ready.remove(&shape);
                 continue;
             };
-            if let Some(task) = self.ready.remove(index) {
+            if !self.resources.feasible(&request) {
+                self.warn_infeasible(&shape);
+                continue;
+            }
+            while self.resources.fits(&request) {
+                let Some(conn) = self.next_idle() else {
+                    runnable_waiting += self.ready.get(&shape).map_or(0, VecDeque::len);
+                    break;
+                };
+                let Some(task) = self.ready.get_mut(&shape).and_then(VecDeque::pop_front) else {
+                    self.idle.push_front(conn);
+                    break;
+                };
                 self.dispatch(conn, task);
+            }
+            if self.ready.get(&shape).is_some_and(VecDeque::is_empty) {
+                self.ready.remove(&shape);
             }
         }
         // Start workers for tasks that could run now, up to one per CPU not lent out.
@@ -480,8 +512,10 @@ impl Scheduler {
         None
     }
 
-    fn warn_infeasible(&mut self, index: usize) {
-        let task = &self.ready[index];
+    fn warn_infeasible(&mut self, shape: &Shape) {
+        let Some(task) = self.ready.get(shape).and_then(|q| q.front()) else {
+            return;
+        };
         let key = format!("{}:{:?}", task.spec.function_name, task.resources);
         if !self.warned.insert(key) {
             return;
@@ -635,7 +669,7 @@ impl Scheduler {
         if *attempts < task.spec.max_retries {
             *attempts += 1;
             log::warn!(task:% = task.id, pid, attempt = *attempts; "worker died running {}; retrying", task.spec.function_name);
-            self.ready.push_front(task);
+            self.make_ready(task, true);
             return;
         }
         self.retries.remove(&task.id);
