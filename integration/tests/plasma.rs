@@ -168,6 +168,16 @@ fn two_client_processes_share_objects_without_copying() {
         "a second get of a held object is the same memory"
     );
     drop((buffer, again));
+    // The same ID twice in one get: one pin per buffer, all gone with the buffers.
+    let other = PlasmaClient::connect(&plasma.socket, "other").unwrap();
+    let twice = other.get(&[large, large], Some(WAIT)).unwrap();
+    assert!(twice.iter().all(Option::is_some));
+    drop(twice);
+    other.flush().unwrap();
+    wait_for("the pins to go", WAIT, || {
+        let rows = client.list().unwrap();
+        rows.iter().all(|r| r.pins == 0).then_some(())
+    });
 
     let report = client.delete(&[small, large, reply]).unwrap();
     assert_eq!(report.deleted.len(), 3, "{report:?}");

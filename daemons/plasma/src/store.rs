@@ -465,14 +465,23 @@ impl Store {
     pub fn seal(&mut self, client: ClientId, id: ObjectId) -> Result<ObjectView, StoreError> {
         let entry = self.entry_of_creator(client, id)?;
         if let Placement::Own(segment) = &entry.placement {
-            let strict = memory::seal_against_writes(segment.fd.as_fd())
-                .map_err(|source| StoreError::Memory { id, source })?;
-            if !strict {
-                log::debug!(object:% = id; "a writable mapping remains: only new writes are sealed off");
+            // Neither step may fail the seal: the object is complete and its creator has
+            // moved on. Without them, readers still get read-only mappings.
+            match memory::seal_against_writes(segment.fd.as_fd()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    log::debug!(object:% = id; "a writable mapping remains: only new writes are sealed off")
+                }
+                Err(e) => log::warn!(object:% = id, error:% = e; "cannot seal an object's memory"),
             }
-            let read_only = memory::reopen_read_only(segment.fd.as_fd())
-                .map_err(|source| StoreError::Memory { id, source })?;
-            let _ = segment.read_only.set(read_only);
+            match memory::reopen_read_only(segment.fd.as_fd()) {
+                Ok(read_only) => {
+                    let _ = segment.read_only.set(read_only);
+                }
+                Err(e) => {
+                    log::warn!(object:% = id, error:% = e; "cannot open an object's memory read-only")
+                }
+            }
         }
         entry.sealed = true;
         let view = ObjectView {

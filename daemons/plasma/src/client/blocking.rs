@@ -1,7 +1,7 @@
 //! The blocking client: one Unix socket connection, its segment mappings and the
 //! objects this process holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -45,6 +45,8 @@ struct Inner {
 struct Io {
     stream: UnixStream,
     reader: FrameReader,
+    /// Seals of arena objects sent without waiting: their acks precede the next reply.
+    unacked_seals: usize,
 }
 
 #[derive(Default)]
@@ -156,6 +158,16 @@ impl Io {
 
     /// Reads one reply and the descriptors that came with it.
     fn receive(&mut self) -> Result<(pb::Reply, Vec<OwnedFd>), ClientError> {
+        while self.unacked_seals > 0 {
+            let body = self.reader.read_frame_blocking(self.stream.as_fd())?;
+            self.unacked_seals -= 1;
+            let reply: pb::Reply = protocol::decode("reply", &body)?;
+            // The library only seals what it created and has not sealed, so the store
+            // has no reason to refuse; should it, the object stays invisible to others.
+            if let Some(Rep::Error(e)) = reply.kind {
+                log::error!(error = e.message.as_str(); "the plasma store refused a seal");
+            }
+        }
         let body = self.reader.read_frame_blocking(self.stream.as_fd())?;
         let reply: pb::Reply = protocol::decode("reply", &body)?;
         let fds = self.reader.take_fds(reply.new_segments.len())?;
@@ -174,6 +186,7 @@ impl PlasmaClient {
         let mut io = Io {
             stream,
             reader: FrameReader::new(protocol::MAX_REPLY_FRAME),
+            unacked_seals: 0,
         };
         io.send(
             &[],
@@ -310,12 +323,22 @@ impl PlasmaClient {
                 s.writable = None;
             }
         }
-        self.call(
-            Req::Seal(pb::Seal {
-                object_id: id.as_bytes().to_vec(),
-            }),
-            "ack",
-        )?;
+        let seal = Req::Seal(pb::Seal {
+            object_id: id.as_bytes().to_vec(),
+        });
+        if segment == ARENA_SEGMENT {
+            // Small objects: the seal goes out now, its ack is read with the next reply.
+            // Requests on this connection are handled in order, so anything that follows
+            // sees the object sealed.
+            let mut io = lock(&self.inner.io);
+            let pending = std::mem::take(&mut lock(&self.inner.tables).pending_releases);
+            io.send(&pending, Some(seal))?;
+            io.unacked_seals += 1;
+        } else {
+            // An own segment is mapped read-only only after the store sealed it, so the
+            // strict write seal applies.
+            self.call(seal, "ack")?;
+        }
         let mut tables = lock(&self.inner.tables);
         let mapping = tables
             .segments
@@ -381,6 +404,7 @@ impl PlasmaClient {
         let mut io = lock(&self.inner.io);
         let mut result: Vec<Option<ObjectBuffer>> = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
+        let mut asked = HashSet::new();
         let pending = {
             let mut tables = lock(&self.inner.tables);
             for id in ids {
@@ -390,7 +414,10 @@ impl PlasmaClient {
                         result.push(Some(self.buffer(*id, held)));
                     }
                     None => {
-                        missing.push(*id);
+                        // The store pins once per ID it returns: ask once per ID.
+                        if asked.insert(*id) {
+                            missing.push(*id);
+                        }
                         result.push(None);
                     }
                 }
@@ -417,12 +444,11 @@ impl PlasmaClient {
             Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
             other => return Err(unexpected("objects", other)),
         };
-        let mut found = objects.into_iter();
-        for slot in result.iter_mut().filter(|s| s.is_none()) {
-            let Some(location) = found.next().and_then(|o| o.location) else {
-                continue;
-            };
+        for location in objects.into_iter().filter_map(|o| o.location) {
             let id = protocol::object_id(&location.object_id)?;
+            if !asked.contains(&id) {
+                return Err(ClientError::BadLocation(id));
+            }
             let segment = tables
                 .segments
                 .get_mut(&location.segment)
@@ -431,16 +457,26 @@ impl PlasmaClient {
             if !mapping.contains(location.offset, location.data_size + location.metadata_size) {
                 return Err(ClientError::BadLocation(id));
             }
-            let held = tables.objects.entry(id).or_insert(Held {
-                refs: 0,
-                segment: location.segment,
-                mapping,
-                offset: location.offset,
-                data_size: location.data_size,
-                metadata_size: location.metadata_size,
-            });
-            held.refs += 1;
-            *slot = Some(self.buffer(id, held));
+            tables.objects.insert(
+                id,
+                Held {
+                    refs: 0,
+                    segment: location.segment,
+                    mapping,
+                    offset: location.offset,
+                    data_size: location.data_size,
+                    metadata_size: location.metadata_size,
+                },
+            );
+        }
+        for (slot, id) in result.iter_mut().zip(ids) {
+            if slot.is_some() {
+                continue;
+            }
+            if let Some(held) = tables.objects.get_mut(id) {
+                held.refs += 1;
+                *slot = Some(self.buffer(*id, held));
+            }
         }
         Ok(result)
     }
