@@ -132,7 +132,7 @@ fn overrides(cli: &Cli) -> Overrides {
                     "resources",
                     Some(
                         config::parse_resources_json(json).map_or_else(
-                            |e| config::ConfigValue::from(e),
+                            config::ConfigValue::from,
                             config::ConfigValue::from,
                         ),
                     ),

@@ -83,7 +83,7 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
         println!("join another node: rayd start --redis-address {redis_address}");
     }
     println!("logs:             {}", session.join("logs").display());
-    println!("stop:             rayd stop{}", temp_dir_flag(&config));
+    println!("stop:             rayd stop{}", temp_dir_flag(config));
     if args.block {
         return block(config, &state, node);
     }

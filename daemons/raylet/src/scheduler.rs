@@ -25,6 +25,9 @@ use crate::resources::{Amounts, Held, Resources};
 use crate::workers::spawn_worker;
 
 /// Something the scheduler reacts to.
+// Events move once through a channel; boxing the task-carrying variant would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     Connected {
@@ -114,6 +117,8 @@ impl Task {
     }
 }
 
+// One per worker; the running task lives inline rather than behind another allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum WorkerState {
     /// Connected, waiting for a task.

@@ -167,11 +167,14 @@ fn as_slice(buffer: &PyBuffer<u8>) -> PyResult<&[u8]> {
     Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
 }
 
+/// A byte range `(start, end)` as Python sees it.
+type Range = (usize, usize);
+
 type GetResult<'py> = Option<(
     Bound<'py, PyBytes>,
     Py<PlasmaBuffer>,
-    Option<(usize, usize)>,
-    Vec<(usize, usize)>,
+    Option<Range>,
+    Vec<Range>,
 )>;
 
 /// A driver's or worker's connection to rayd.
@@ -650,7 +653,7 @@ fn serialize_inline<'py>(
 
 /// `(pickle range, buffer ranges)` of an inline argument.
 #[pyfunction]
-fn parse_inline(data: &[u8]) -> PyResult<((usize, usize), Vec<(usize, usize)>)> {
+fn parse_inline(data: &[u8]) -> PyResult<(Range, Vec<Range>)> {
     let layout = value::parse(data)
         .map_err(|e| PyValueError::new_err(format!("malformed inline argument: {e}")))?;
     Ok((
