@@ -131,10 +131,8 @@ fn overrides(cli: &Cli) -> Overrides {
                 overrides.set(
                     "resources",
                     Some(
-                        config::parse_resources_json(json).map_or_else(
-                            config::ConfigValue::from,
-                            config::ConfigValue::from,
-                        ),
+                        config::parse_resources_json(json)
+                            .map_or_else(config::ConfigValue::from, config::ConfigValue::from),
                     ),
                 );
             }
