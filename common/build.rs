@@ -5,7 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // prost-build reads PROTOC; a build script is single-threaded, so setting it here is sound.
     std::env::set_var("PROTOC", protoc);
-    tonic_prost_build::configure().compile_protos(
+    tonic_prost_build::configure()
+        // Object chunks reference shared memory without a copy on the sending side.
+        .bytes(".rayd.objectmanager.v1.ObjectChunk.payload")
+        .compile_protos(
         &[
             "proto/rayd/common/v1/task.proto",
             "proto/rayd/objectmanager/v1/object_manager.proto",

@@ -76,17 +76,44 @@ fn total_memory() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`), when there is one.
+fn cgroup_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let file = if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        if let Some(limit) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        {
+            return Some(limit);
+        }
+    }
+    None
+}
+
 /// The store's capacity: `object_store_memory`, or a share of the RAM when it is 0,
-/// checked against the RAM the machine has.
+/// checked against the RAM the machine (and this process's cgroup) can give.
 pub fn capacity(config: &RaydConfig) -> Result<u64, PlasmaError> {
-    let total = total_memory();
+    let total = match (total_memory(), cgroup_limit()) {
+        (Some(ram), Some(limit)) => Some(ram.min(limit)),
+        (ram, limit) => ram.or(limit),
+    };
     match (config.object_store_memory, total) {
         (0, Some(total)) => Ok((total as f64 * DEFAULT_MEMORY_SHARE) as u64),
         (0, None) => Err(PlasmaError::Capacity(
             "0 means a share of the RAM, but /proc/meminfo is unreadable: set it in bytes".into(),
         )),
         (wanted, Some(total)) if wanted > total => Err(PlasmaError::Capacity(format!(
-            "{wanted} bytes is more than the machine's {total} bytes of RAM"
+            "{wanted} bytes is more than the {total} bytes of RAM this machine (or cgroup) has"
         ))),
         (wanted, _) => Ok(wanted),
     }
@@ -230,5 +257,31 @@ async fn log_stats(state: std::sync::Arc<State>, cancel: CancellationToken) {
             pulls = state.pulls();
             "store figures"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_defaults_to_a_share_of_ram_and_refuses_too_much() {
+        let mut config = RaydConfig::default();
+        let default = capacity(&config).unwrap();
+        assert!(default > 0 && default < total_memory().unwrap());
+        config.object_store_memory = 1 << 50;
+        let err = capacity(&config).unwrap_err().to_string();
+        assert!(err.contains("`object_store_memory`"), "{err}");
+        config.object_store_memory = 64 << 20;
+        assert_eq!(capacity(&config).unwrap(), 64 << 20);
+    }
+
+    #[test]
+    fn node_id_is_parsed_or_random() {
+        let mut config = RaydConfig::default();
+        assert_ne!(node_id(&config).unwrap(), node_id(&config).unwrap());
+        let id = NodeId::random();
+        config.node_id = Some(id.hex());
+        assert_eq!(node_id(&config).unwrap(), id);
     }
 }

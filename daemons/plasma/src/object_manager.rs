@@ -85,6 +85,24 @@ impl Service {
     }
 }
 
+/// A chunk of a sealed object in shared memory, handed to the network without a copy:
+/// it keeps the mapping and the object's pin alive while any part of it is referenced.
+struct ChunkOwner {
+    mapping: Arc<Mapping>,
+    offset: u64,
+    len: u64,
+    _pin: Arc<TransferPin>,
+}
+
+impl AsRef<[u8]> for ChunkOwner {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the object is sealed and pinned by `_pin` for this value's life, so no
+        // one writes these bytes; the range was checked against the mapping when the
+        // chunk was made.
+        unsafe { self.mapping.slice(self.offset, self.len) }.unwrap_or_default()
+    }
+}
+
 /// Unpins an object and forgets an internal client when dropped.
 struct TransferPin {
     state: Arc<State>,
@@ -147,24 +165,27 @@ impl ObjectManager for Service {
         let (data_size, metadata_size) = (view.data_size, view.metadata_size);
         let total = view.total_size();
         log::debug!(object:% = id, bytes = total; "serving a pull");
+        let pin = Arc::new(pin);
         tokio::task::spawn_blocking(move || {
-            let _pin = pin;
             let mut offset = 0;
             loop {
                 let len = chunk.min(total - offset);
-                // SAFETY: the object is sealed and pinned by `_pin` until this loop ends,
-                // so nobody writes these bytes; the range is inside the mapping (the store
-                // sized the segment for the object).
-                let Some(bytes) = (unsafe { mapping.slice(base + offset, len) }) else {
+                if !mapping.contains(base + offset, len) {
                     let _ = tx.blocking_send(Err(Status::internal("object outside its segment")));
                     return;
-                };
+                }
+                let payload = prost::bytes::Bytes::from_owner(ChunkOwner {
+                    mapping: mapping.clone(),
+                    offset: base + offset,
+                    len,
+                    _pin: pin.clone(),
+                });
                 let message = ObjectChunk {
                     data_size,
                     metadata_size,
                     offset,
-                    crc32c: crc32c::crc32c(bytes),
-                    payload: bytes.to_vec(),
+                    crc32c: crc32c::crc32c(&payload),
+                    payload,
                 };
                 if tx.blocking_send(Ok(message)).is_err() {
                     return;
