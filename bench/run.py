@@ -29,7 +29,7 @@ REPO = os.path.dirname(BENCH)
 WORKLOAD = os.path.join(BENCH, "workload.py")
 PLASMA_BENCH = os.path.join(REPO, "target", "release", "rayd-plasma-bench")
 # Every process a run starts inherits this variable; leftovers are found by it afterwards.
-RUN_MARKER = "RAYD_BENCH_RUN"
+RUN_MARKER = "RAYBENCH_RUN"
 NETNS_PREFIX = ["unshare", "-n", "bash", "-c", 'ip link set lo up && exec "$@"', "netns"]
 
 
@@ -175,6 +175,37 @@ def probe(system, log_dir):
         system.unavailable = f"`import ray` in {shown(system.python)} is real Ray, not rayd"
     elif system.name == "ray" and not is_real_ray:
         system.unavailable = f"`import ray` in {shown(system.python)} is not real Ray"
+
+
+def has_overflow_checks(path, needle=b"with overflow", chunk=1 << 22):
+    """Whether a Rust binary carries the "attempt to ... with overflow" panic messages: they
+    are linked only where overflow checks are on, i.e. in a debug (dev profile) build."""
+    with open(path, "rb") as f:
+        tail_bytes = b""
+        while True:
+            block = f.read(chunk)
+            if not block:
+                return False
+            if needle in tail_bytes + block:
+                return True
+            tail_bytes = block[-len(needle):]
+
+
+def rayd_profile(python):
+    """Which cargo profile built the raylet next to rayd's interpreter: "release", "debug" or
+    "unknown" (no rayd-raylet there)."""
+    installed = os.path.join(os.path.dirname(python), "rayd-raylet")
+    if not os.path.exists(installed):
+        return "unknown"
+    return "debug" if has_overflow_checks(installed) else "release"
+
+
+def check_rayd_profile(system, allow_debug):
+    """Marks rayd unavailable when its daemons are a debug build: those figures mislead."""
+    system.info["rayd_profile"] = rayd_profile(system.python)
+    if system.info["rayd_profile"] == "debug" and not allow_debug:
+        system.unavailable = (f"{shown(os.path.dirname(system.python))} holds debug daemons "
+                              "(`make bench` installs release ones; --allow-debug runs anyway)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,6 +433,7 @@ def versions(systems):
         "rayd_python": rayd_info.get("python", "—"),
         "rayd_numpy": rayd_info.get("numpy", "—"),
         "rayd_sdk_version": rayd_info.get("ray_version", "—"),
+        "rayd_profile": rayd_info.get("rayd_profile", "—"),
         "ray_version": ray_info.get("ray_version", "—"),
         "ray_python": ray_info.get("python", "—"),
         "ray_numpy": ray_info.get("numpy", "—"),
@@ -421,7 +453,8 @@ def markdown_report(merged, raw, systems, machine, vers, args, started, elapsed)
     out.append(f"Machine: {machine['cores']} cores ({machine['cpu']}), {machine['ram_gib']} GiB "
                f"RAM, kernel {machine['kernel']}; load average at start {machine['load_at_start']}"
                f", at end {machine['load_at_end']}.")
-    out.append(f"Versions: rayd commit {vers['rayd_commit']} (SDK {vers['rayd_sdk_version']}, "
+    out.append(f"Versions: rayd commit {vers['rayd_commit']} ({vers['rayd_profile']} daemons, "
+               f"SDK {vers['rayd_sdk_version']}, "
                f"Python {vers['rayd_python']}, numpy {vers['rayd_numpy']}); Ray "
                f"{vers['ray_version']} (Python {vers['ray_python']}, numpy {vers['ray_numpy']}).")
     out.append(f"Run: {args.rounds} alternating rounds × {args.reps} repetition(s) per system, "
@@ -474,6 +507,8 @@ def parse_args(argv):
     parser.add_argument("--plasma-bench", default=PLASMA_BENCH,
                         help="the plasma micro-benchmark binary (run when it exists)")
     parser.add_argument("--no-plasma", action="store_true", help="skip rayd-plasma-bench")
+    parser.add_argument("--allow-debug", action="store_true",
+                        help="measure rayd even when its daemons are a debug build")
     parser.add_argument("--timeout", type=int, default=600,
                         help="seconds one workload process may run")
     parser.add_argument("--metric-timeout", type=int, default=180,
@@ -501,6 +536,8 @@ def main(argv=None):
             system.unavailable = f"no loopback-only network namespace: {problem}"
         else:
             probe(system, log_dir)
+            if system.name == "rayd" and not system.unavailable:
+                check_rayd_profile(system, args.allow_debug)
         note(f"{system.name}: {system.unavailable or system.info.get('ray_module')}")
 
     raw = [dict(s.info, round=-1) for s in systems if s.info]

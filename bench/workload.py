@@ -37,7 +37,7 @@ GB = 1_000_000_000
 NUM_CPUS = 2
 # Environment variable set in the driver before ray.init: processes that inherit it belong to
 # the session even when they were daemonized away from the driver's process tree.
-SESSION_MARKER = "RAYD_BENCH_SESSION"
+SESSION_MARKER = "RAYBENCH_SESSION"
 IDLE_SECONDS = 10.0
 
 
@@ -90,9 +90,9 @@ def run_experiment(i):
     return sum(ray.get(sub_results))
 
 
-@ray.remote
 class Counter:
-    """A minimal actor: each call is almost pure call overhead."""
+    """A minimal actor: each call is almost pure call overhead. Made remote on first use (see
+    ``actor_class``), so a system without actors fails only the actor metrics."""
 
     def __init__(self):
         self.n = 0
@@ -278,15 +278,16 @@ def task_chain(n=1000):
     return seconds * 1e3
 
 
-def array_task(size=40 * MB):
-    """Milliseconds for a task given a ``size``-byte array by object ID (put beforehand)."""
+def array_task(size=40 * MB, n=5):
+    """Mean milliseconds for a task given a ``size``-byte array by object ID (put beforehand),
+    one call at a time."""
     array = np.arange(size // 8, dtype=np.float64)
     ref = ray.put(array)
     ray.get(array_last.remote(ray.put(np.zeros(8))))  # warm the worker and the function
-    seconds, value = timed(lambda: ray.get(array_last.remote(ref)))
-    check(value == float(array[-1]), "wrong value from the array task")
+    seconds, values = timed(lambda: [ray.get(array_last.remote(ref)) for _ in range(n)])
+    check(values == [float(array[-1])] * n, "wrong value from the array task")
     del ref
-    return seconds * 1e3
+    return seconds / n * 1e3
 
 
 def tree_reduce():
@@ -333,21 +334,24 @@ def big_array(size=100 * MB):
     return np.arange(size // 8, dtype=np.float64)
 
 
-def memcpy_rate(size=100 * MB):
-    """GB/s of a plain 100 MB copy between two touched buffers in this process."""
+def memcpy_rate(size=100 * MB, n=5):
+    """GB/s of a plain 100 MB copy between two touched buffers in this process (mean of n)."""
     src = big_array(size)
     dst = np.empty_like(src)
     dst.fill(1.0)
-    seconds, _ = timed(lambda: np.copyto(dst, src))
-    return size / seconds / GB
+    seconds, _ = timed(lambda: [np.copyto(dst, src) for _ in range(n)])
+    return n * size / seconds / GB
 
 
-def put_rate(size=100 * MB):
-    """GB/s of ``ray.put`` of a 100 MB numpy array."""
+def put_rate(size=100 * MB, n=3):
+    """GB/s of ``ray.put`` of a 100 MB numpy array (mean of n puts, each freed after)."""
     array = big_array(size)
-    seconds, ref = timed(lambda: ray.put(array))
-    del ref
-    return size / seconds / GB
+    total = 0.0
+    for _ in range(n):
+        seconds, ref = timed(lambda: ray.put(array))
+        total += seconds
+        del ref
+    return n * size / total / GB
 
 
 def get_big(size=100 * MB, n=20):
@@ -377,32 +381,49 @@ def get_big(size=100 * MB, n=20):
 # Actors.
 
 
+_remote_counter = []
+
+
+def actor_class():
+    """``ray.remote(Counter)``, made once, when the first actor metric runs."""
+    if not _remote_counter:
+        _remote_counter.append(ray.remote(Counter))
+    return _remote_counter[0]
+
+
+def release(handle):
+    """Ends an actor with ``ray.kill`` where the system has it (else its handle just goes)."""
+    kill = getattr(ray, "kill", None)
+    if kill is not None:
+        kill(handle)
+
+
 def actor_first_call():
-    """Milliseconds from ``Counter.remote()`` to the first method result."""
+    """Milliseconds from creating a ``Counter`` actor to the first method result."""
     start = time.perf_counter()
-    handle = Counter.remote()
+    handle = actor_class().remote()
     ray.get(handle.ping.remote())
     seconds = time.perf_counter() - start
-    ray.kill(handle)
+    release(handle)
     return seconds * 1e3
 
 
 def actor_roundtrip(n=500):
     """Mean latency (µs) of ``ray.get(actor.ping.remote())``, one at a time."""
-    handle = Counter.remote()
+    handle = actor_class().remote()
     ray.get([handle.ping.remote() for _ in range(20)])
     seconds, _ = timed(lambda: [ray.get(handle.ping.remote()) for _ in range(n)])
-    ray.kill(handle)
+    release(handle)
     return seconds / n * 1e6
 
 
 def actor_async_calls(n=10_000):
     """Calls per second: submit ``n`` calls on one actor, then get them all (in order)."""
-    handle = Counter.remote()
+    handle = actor_class().remote()
     ray.get(handle.ping.remote())
     seconds, results = timed(lambda: ray.get([handle.incr.remote() for _ in range(n)]))
     check(results == list(range(1, n + 1)), "actor calls ran out of order or were lost")
-    ray.kill(handle)
+    release(handle)
     return n / seconds
 
 
@@ -541,7 +562,13 @@ def main(argv=None):
         run_lifecycle(args.system, args.reps, args.metric_timeout, wanted)
     session = [n for n in wanted if n in SESSION_METRICS]
     if session:
-        ray.init(num_cpus=NUM_CPUS)
+        try:
+            ray.init(num_cpus=NUM_CPUS)
+        except Exception as exc:  # every session metric fails with the same reason
+            for name in session:
+                emit({"system": args.system, "name": name,
+                      "error": f"ray.init: {type(exc).__name__}: {exc}"})
+            return 1
         try:
             for name in session:
                 emit(run_metric(args.system, name, args.reps, args.metric_timeout))
