@@ -3,7 +3,7 @@
 //! timer.
 
 use futures::future::join_all;
-use rayd_common::gcs::{GcsClient, TaskEntry};
+use rayd_common::gcs::{ActorInfo, GcsClient, TaskEntry};
 use rayd_common::id::TaskId;
 use tokio::sync::mpsc;
 
@@ -17,6 +17,8 @@ pub enum GcsWrite {
     Task(TaskEntry),
     /// A task's new state.
     State(TaskId, &'static str),
+    /// An actor's entry.
+    Actor(ActorInfo),
 }
 
 /// Starts the writer; it ends when every sender is dropped.
@@ -37,6 +39,7 @@ pub fn spawn_writer(
                         GcsWrite::State(task, state) => {
                             gcs.set_task_state(task, state, Some(node)).await
                         }
+                        GcsWrite::Actor(actor) => gcs.put_actor(&actor).await,
                     }
                 }
             }))

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rayd_common::gcs::{FunctionInfo, GcsClient};
-use rayd_common::id::{FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
 use rayd_plasma::client::{ClientError, ObjectBuffer, PlasmaClient};
@@ -49,6 +49,22 @@ pub struct TaskOptions {
     pub resources: BTreeMap<String, f64>,
     pub max_retries: u32,
     pub max_calls: u32,
+    /// Actor tasks: which actor, and how.
+    pub actor: Option<ActorCall>,
+}
+
+/// What makes a task an actor's.
+#[derive(Debug, Clone, Default)]
+pub struct ActorCall {
+    /// The actor (for a creation task: derived from the task ID when `None`).
+    pub actor_id: Option<ActorId>,
+    pub creation: bool,
+    pub max_restarts: u32,
+    /// Creation: the resources are held for the actor's life.
+    pub holds_resources: bool,
+    /// Method calls: the handle and its call counter (calls of a handle run in order).
+    pub handle_id: Vec<u8>,
+    pub counter: u64,
 }
 
 /// A task the raylet gave this worker.
@@ -303,7 +319,8 @@ impl CoreWorker {
         Ok(info)
     }
 
-    /// Submits a task to the local raylet and returns its return objects' IDs at once.
+    /// Submits a task to the local raylet and returns its ID and its return objects' IDs
+    /// at once.
     pub fn submit_task(
         &self,
         function_id: FunctionId,
@@ -311,7 +328,7 @@ impl CoreWorker {
         args: Vec<TaskArgValue>,
         kwarg_names: Vec<String>,
         options: &TaskOptions,
-    ) -> Result<Vec<ObjectId>, CoreError> {
+    ) -> Result<(TaskId, Vec<ObjectId>), CoreError> {
         let (task, job) = {
             let mut context = self.context();
             context.children += 1;
@@ -331,7 +348,7 @@ impl CoreWorker {
                 }),
             })
             .collect();
-        let spec = common_pb::TaskSpec {
+        let mut spec = common_pb::TaskSpec {
             task_id: task.as_bytes().to_vec(),
             job_id: job.as_bytes().to_vec(),
             parent_task_id: self.current_task_id().as_bytes().to_vec(),
@@ -345,11 +362,23 @@ impl CoreWorker {
             kwarg_names,
             ..Default::default()
         };
+        if let Some(actor) = &options.actor {
+            let id = actor
+                .actor_id
+                .unwrap_or_else(|| ActorId::from_bytes(*task.as_bytes()));
+            spec.actor_id = id.as_bytes().to_vec();
+            spec.actor_creation = actor.creation;
+            spec.max_restarts = actor.max_restarts;
+            spec.actor_holds_resources = actor.holds_resources;
+            spec.actor_handle_id = actor.handle_id.clone();
+            spec.actor_counter = actor.counter;
+        }
         self.raylet
             .send(pb::client_message::Kind::SubmitTask(spec))?;
-        Ok((1..=options.num_returns)
+        let returns = (1..=options.num_returns)
             .map(|i| ObjectId::for_return(task, i))
-            .collect())
+            .collect();
+        Ok((task, returns))
     }
 
     /// The ID the next `ray.put` of this task gets.
@@ -492,6 +521,14 @@ impl CoreWorker {
                 _ => continue,
             }
         }
+    }
+
+    /// Kills an actor of this node (`ray.kill`).
+    pub fn kill_actor(&self, actor: ActorId) -> Result<(), CoreError> {
+        self.raylet
+            .send(pb::client_message::Kind::KillActor(pb::KillActor {
+                actor_id: actor.as_bytes().to_vec(),
+            }))
     }
 
     /// Workers: reports the current task finished (its results are sealed).

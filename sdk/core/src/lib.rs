@@ -10,7 +10,7 @@ mod raylet_client;
 mod sealed;
 pub mod value;
 
-pub use core_worker::{Assigned, ConnectOptions, CoreWorker, TaskArgValue, TaskOptions};
+pub use core_worker::{ActorCall, Assigned, ConnectOptions, CoreWorker, TaskArgValue, TaskOptions};
 pub use rayd_plasma::client::{ClientError as PlasmaError, ObjectBuffer};
 pub use raylet_client::find_local_raylet;
 

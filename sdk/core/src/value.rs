@@ -24,6 +24,9 @@ pub const ERROR_TASK: &str = "TASK";
 /// Error kind: the worker running the task died; the data is a UTF-8 message.
 pub const ERROR_WORKER_DIED: &str = "WORKER_DIED";
 
+/// Error kind: the actor died or was killed; the data is a UTF-8 message.
+pub const ERROR_ACTOR_DIED: &str = "ACTOR_DIED";
+
 /// Alignment of out-of-band buffers inside the data.
 pub const BUFFER_ALIGN: usize = 64;
 

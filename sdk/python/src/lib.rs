@@ -16,8 +16,10 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use rayd_common::config::{Overrides, RaydConfig};
-use rayd_common::id::{FunctionId, ObjectId, TaskId};
-use rayd_core::{value, ConnectOptions, CoreError, ObjectBuffer, TaskArgValue, TaskOptions};
+use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
+use rayd_core::{
+    value, ActorCall, ConnectOptions, CoreError, ObjectBuffer, TaskArgValue, TaskOptions,
+};
 
 /// How long one blocking slice lasts before Ctrl-C is checked.
 const SLICE: Duration = Duration::from_millis(100);
@@ -288,29 +290,85 @@ impl CoreWorker {
         max_retries: u32,
         max_calls: u32,
     ) -> PyResult<Vec<PyObjectId>> {
-        let id = FunctionId::from_slice(function_id)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let mut values = Vec::with_capacity(args.len());
-        for arg in args.iter() {
-            if let Ok(object) = arg.cast::<PyObjectId>() {
-                values.push(TaskArgValue::Object(object.get().0));
-            } else {
-                let bytes = arg.cast::<PyBytes>().map_err(|_| {
-                    PyValueError::new_err("a task argument must be bytes or an ObjectID")
-                })?;
-                values.push(TaskArgValue::Inline(bytes.as_bytes().to_vec()));
-            }
-        }
         let options = TaskOptions {
             num_returns,
             resources,
             max_retries,
             max_calls,
+            actor: None,
         };
-        let ids = py
-            .detach(|| self.0.submit_task(id, name, values, kwarg_names, &options))
-            .map_err(to_py_err)?;
-        Ok(ids.into_iter().map(PyObjectId).collect())
+        self.submit(py, function_id, name, args, kwarg_names, options)
+            .map(|(_, ids)| ids)
+    }
+
+    /// Creates an actor of the class `class_id`; returns the actor's ID (bytes).
+    #[pyo3(signature = (class_id, name, args, kwarg_names, resources, holds_resources, max_restarts))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_actor<'py>(
+        &self,
+        py: Python<'py>,
+        class_id: &[u8],
+        name: &str,
+        args: &Bound<'_, PyList>,
+        kwarg_names: Vec<String>,
+        resources: BTreeMap<String, f64>,
+        holds_resources: bool,
+        max_restarts: u32,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let options = TaskOptions {
+            num_returns: 0,
+            resources,
+            max_retries: 0,
+            max_calls: 0,
+            actor: Some(ActorCall {
+                creation: true,
+                max_restarts,
+                holds_resources,
+                ..ActorCall::default()
+            }),
+        };
+        let (task, _) = self.submit(py, class_id, name, args, kwarg_names, options)?;
+        Ok(PyBytes::new(py, task.as_bytes()))
+    }
+
+    /// Calls `method` of an actor through the handle `handle_id` (its `counter`-th call).
+    #[pyo3(signature = (actor_id, handle_id, counter, class_id, method, args, kwarg_names, num_returns))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit_actor_task(
+        &self,
+        py: Python<'_>,
+        actor_id: &[u8],
+        handle_id: &[u8],
+        counter: u64,
+        class_id: &[u8],
+        method: &str,
+        args: &Bound<'_, PyList>,
+        kwarg_names: Vec<String>,
+        num_returns: u32,
+    ) -> PyResult<Vec<PyObjectId>> {
+        let actor =
+            ActorId::from_slice(actor_id).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let options = TaskOptions {
+            num_returns,
+            resources: BTreeMap::new(),
+            max_retries: 0,
+            max_calls: 0,
+            actor: Some(ActorCall {
+                actor_id: Some(actor),
+                handle_id: handle_id.to_vec(),
+                counter,
+                ..ActorCall::default()
+            }),
+        };
+        self.submit(py, class_id, method, args, kwarg_names, options)
+            .map(|(_, ids)| ids)
+    }
+
+    /// Kills an actor now (`ray.kill`): no restart; its pending calls fail.
+    fn kill_actor(&self, py: Python<'_>, actor_id: &[u8]) -> PyResult<()> {
+        let actor =
+            ActorId::from_slice(actor_id).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        py.detach(|| self.0.kill_actor(actor)).map_err(to_py_err)
     }
 
     /// Stores a serialized value (`ray.put`).
@@ -475,6 +533,11 @@ impl CoreWorker {
             task.set_item("kwarg_names", spec.kwarg_names.clone())?;
             task.set_item("num_returns", spec.num_returns)?;
             task.set_item("attempt", spec.attempt)?;
+            task.set_item(
+                "actor_id",
+                (!spec.actor_id.is_empty()).then(|| PyBytes::new(py, &spec.actor_id)),
+            )?;
+            task.set_item("actor_creation", spec.actor_creation)?;
             if let Some(job) = &assigned.job {
                 task.set_item("python_path", job.python_path.clone())?;
                 task.set_item("cwd", &job.cwd)?;
@@ -520,6 +583,37 @@ impl CoreWorker {
                 Ok(d)
             })
             .collect()
+    }
+}
+
+impl CoreWorker {
+    /// Converts the arguments and submits, with the GIL released while sending.
+    fn submit(
+        &self,
+        py: Python<'_>,
+        function_id: &[u8],
+        name: &str,
+        args: &Bound<'_, PyList>,
+        kwarg_names: Vec<String>,
+        options: TaskOptions,
+    ) -> PyResult<(TaskId, Vec<PyObjectId>)> {
+        let id = FunctionId::from_slice(function_id)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut values = Vec::with_capacity(args.len());
+        for arg in args.iter() {
+            if let Ok(object) = arg.cast::<PyObjectId>() {
+                values.push(TaskArgValue::Object(object.get().0));
+            } else {
+                let bytes = arg.cast::<PyBytes>().map_err(|_| {
+                    PyValueError::new_err("a task argument must be bytes or an ObjectID")
+                })?;
+                values.push(TaskArgValue::Inline(bytes.as_bytes().to_vec()));
+            }
+        }
+        let (task, ids) = py
+            .detach(|| self.0.submit_task(id, name, values, kwarg_names, &options))
+            .map_err(to_py_err)?;
+        Ok((task, ids.into_iter().map(PyObjectId).collect()))
     }
 }
 

@@ -27,6 +27,7 @@ from ray._private.worker import (
     wait,
 )
 from ray._private import worker as _worker
+from ray.actor import ActorClass, ActorHandle, kill
 from ray.remote_function import RemoteFunction
 
 __version__ = "0.1.0"
@@ -50,9 +51,7 @@ def remote(*args, **kwargs):
 
 def _make_remote(function_or_class, options):
     if isinstance(function_or_class, type):
-        raise NotImplementedError(
-            f"@ray.remote on the class {function_or_class.__name__}: actors are not available in "
-            "this rayd version yet")
+        return ActorClass(function_or_class, options)
     return RemoteFunction(function_or_class, options)
 
 
@@ -108,6 +107,6 @@ def available_resources():
 __all__ = [
     "LOCAL_MODE", "SCRIPT_MODE", "SILENT_MODE", "WORKER_MODE", "ObjectID", "ObjectRef",
     "available_resources", "cluster_resources", "exceptions", "get", "get_gpu_ids",
-    "get_resource_ids", "init", "is_initialized", "method", "nodes", "put", "remote",
+    "get_resource_ids", "init", "is_initialized", "kill", "method", "nodes", "put", "remote",
     "shutdown", "wait",
 ]

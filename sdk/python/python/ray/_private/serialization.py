@@ -18,6 +18,7 @@ META_PICKLE5 = _raylet.META_PICKLE5
 META_ERROR_PREFIX = _raylet.META_ERROR_PREFIX
 META_ERROR_TASK = META_ERROR_PREFIX + b"TASK"
 META_ERROR_WORKER_DIED = META_ERROR_PREFIX + b"WORKER_DIED"
+META_ERROR_ACTOR_DIED = META_ERROR_PREFIX + b"ACTOR_DIED"
 
 # Types that plain pickle serializes correctly and faster than cloudpickle.
 _PLAIN_TYPES = (int, float, bool, str, bytes, type(None), complex)
@@ -63,6 +64,8 @@ def deserialize_object(metadata, buffer, pickle_range, buffer_ranges):
         raise error.as_instanceof_cause() if isinstance(error, exceptions.RayTaskError) else error
     if metadata == META_ERROR_WORKER_DIED:
         raise exceptions.RayWorkerError(bytes(view).decode("utf-8", "replace"))
+    if metadata == META_ERROR_ACTOR_DIED:
+        raise exceptions.RayActorError(bytes(view).decode("utf-8", "replace"))
     if metadata.startswith(META_ERROR_PREFIX):
         raise exceptions.RaySystemError(
             f"{metadata[len(META_ERROR_PREFIX):].decode()}: {bytes(view).decode('utf-8', 'replace')}")

@@ -183,8 +183,9 @@ def shutdown():
         worker.mode = None
         worker.info = None
         worker.local_objects.clear()
-        from ray import remote_function
+        from ray import actor, remote_function
         remote_function.forget_exports()
+        actor.forget_exports()
 
 
 def is_initialized():

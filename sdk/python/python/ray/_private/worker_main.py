@@ -18,6 +18,9 @@ class Executor:
         self.jobs_seen = set()
         self.ip = core.node_ip_address
         self.pid = os.getpid()
+        # The actor this worker is dedicated to, once its creation task ran here.
+        self.actor = None
+        self.actor_error = None
 
     def _enter_job(self, task):
         job = task["job_id"]
@@ -41,6 +44,15 @@ class Executor:
             self.functions[function_id] = function
         return function
 
+    def _create_actor(self, task, args, kwargs):
+        """Runs the constructor; its exception is kept and raised by every later call."""
+        cls = self._function(task["function_id"])
+        try:
+            self.actor = cls(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the constructor's failure is the actor's
+            self.actor_error = exceptions.RayTaskError.from_exception(
+                f"{task['function_name']}.__init__", e, self.pid, self.ip)
+
     def _argument(self, arg):
         if isinstance(arg, _raylet.ObjectID):
             return _worker.get(arg)
@@ -55,11 +67,20 @@ class Executor:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in gpus)
         try:
             self._enter_job(task)
-            function = self._function(task["function_id"])
             values = [self._argument(a) for a in task["args"]]
             kwarg_names = task["kwarg_names"]
             split = len(values) - len(kwarg_names)
-            result = function(*values[:split], **dict(zip(kwarg_names, values[split:])))
+            args, kwargs = values[:split], dict(zip(kwarg_names, values[split:]))
+            if task["actor_creation"]:
+                self._create_actor(task, args, kwargs)
+                return
+            if task["actor_id"] is not None:
+                if self.actor_error is not None:
+                    raise self.actor_error
+                function = getattr(self.actor, name)
+            else:
+                function = self._function(task["function_id"])
+            result = function(*args, **kwargs)
             if num_returns == 1:
                 results = [result]
             elif num_returns == 0:

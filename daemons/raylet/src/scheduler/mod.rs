@@ -8,11 +8,13 @@
 //! mid-task has its task retried (up to `max_retries`) or its results replaced by error
 //! objects, so `ray.get` never hangs on it.
 
+mod actors;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use rayd_common::gcs::TaskEntry;
-use rayd_common::id::{FunctionId, JobId, NodeId, ObjectId, TaskId};
+use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
 use rayd_core::value;
@@ -136,7 +138,10 @@ enum WorkerState {
 
 #[derive(Debug)]
 struct Worker {
+    id: WorkerId,
     pid: u32,
+    /// The actor this worker is dedicated to, once its creation task was dispatched here.
+    actor: Option<ActorId>,
     state: WorkerState,
     calls: HashMap<FunctionId, u32>,
     /// The job of the task it runs or ran last, for its output.
@@ -202,6 +207,7 @@ pub struct Scheduler {
     local: HashSet<ObjectId>,
     warned: HashSet<String>,
     retries: HashMap<TaskId, u32>,
+    actors: HashMap<ActorId, actors::Actor>,
     /// Workers that exited before registering, in a row: a broken worker setup must not
     /// turn into a fork loop.
     failed_starts: u32,
@@ -233,6 +239,7 @@ impl Scheduler {
             local: HashSet::new(),
             warned: HashSet::new(),
             retries: HashMap::new(),
+            actors: HashMap::new(),
             failed_starts: 0,
             next_start: std::time::Instant::now(),
         }
@@ -334,12 +341,18 @@ impl Scheduler {
         match message {
             Kind::Register(register) => self.on_register(conn, register),
             Kind::SubmitTask(spec) => match Task::from_spec(spec) {
+                Ok(task) if task.spec.actor_creation => self.create_actor(task),
+                Ok(task) if !task.spec.actor_id.is_empty() => self.submit_actor_task(task),
                 Ok(task) => self.submit(task),
                 Err(e) => log::warn!(conn; "refusing a malformed task: {e}"),
             },
             Kind::TaskDone(done) => self.on_task_done(conn, &done.task_id),
             Kind::Blocked(_) => self.on_blocked(conn, true),
             Kind::Unblocked(_) => self.on_blocked(conn, false),
+            Kind::KillActor(kill) => match ActorId::from_slice(&kill.actor_id) {
+                Ok(id) => self.kill_actor(id, format!("actor {id} was killed with ray.kill")),
+                Err(e) => log::warn!(conn; "refusing to kill a malformed actor id: {e}"),
+            },
         }
     }
 
@@ -352,7 +365,10 @@ impl Scheduler {
             self.failed_starts = 0;
             self.pids.insert(register.pid, conn);
             connection.peer = Peer::Worker(Box::new(Worker {
+                id: WorkerId::from_slice(&register.worker_id)
+                    .unwrap_or_else(|_| WorkerId::random()),
                 pid: register.pid,
+                actor: None,
                 state: WorkerState::Idle,
                 calls: HashMap::new(),
                 job: None,
@@ -473,6 +489,7 @@ impl Scheduler {
             self.start_worker();
             wanted -= 1;
         }
+        self.dispatch_actor_methods();
         // Keep the minimum pool.
         let live = self.pids.len() + self.starting.len();
         for _ in live..self.settings.min_workers {
@@ -485,6 +502,8 @@ impl Scheduler {
         self.conns
             .values()
             .filter(|c| match &c.peer {
+                // An actor's worker is not in the pool (methods take their CPU when they run).
+                Peer::Worker(w) if w.actor.is_some() => false,
                 Peer::Worker(w) => match &w.state {
                     WorkerState::Idle => true,
                     WorkerState::Busy { blocked, .. } => !blocked,
@@ -542,6 +561,9 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self, conn: ConnId, mut task: Task) {
+        if task.spec.actor_creation {
+            self.bind_actor(conn, &task);
+        }
         let held = self.resources.acquire(&task.resources);
         let job = self.jobs.get(&task.job).map(|(config, _)| config.clone());
         task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
@@ -588,6 +610,12 @@ impl Scheduler {
         };
         if task.id.as_bytes().as_slice() != task_id {
             log::warn!(conn, task:% = task.id; "task done names another task");
+        }
+        if let Some(actor) = worker.actor {
+            let _ = self.gcs.send(GcsWrite::State(task.id, "finished"));
+            self.actor_task_done(actor, &task, held, blocked);
+            self.schedule();
+            return;
         }
         let calls = worker.calls.entry(task.function).or_insert(0);
         *calls += 1;
@@ -650,6 +678,25 @@ impl Scheduler {
             Peer::Driver(job) => {
                 log::info!(job:% = job; "driver disconnected");
                 self.jobs.remove(&job);
+                self.kill_job_actors(job);
+            }
+            Peer::Worker(worker) if worker.actor.is_some() => {
+                self.pids.remove(&worker.pid);
+                let running = match worker.state {
+                    WorkerState::Busy {
+                        task,
+                        held,
+                        blocked,
+                    } => {
+                        self.give_back(&held, blocked);
+                        Some(task)
+                    }
+                    _ => None,
+                };
+                if let Some(actor) = worker.actor {
+                    self.actor_worker_died(actor, running, worker.pid);
+                }
+                self.schedule();
             }
             Peer::Worker(worker) => {
                 self.pids.remove(&worker.pid);
@@ -683,7 +730,13 @@ impl Scheduler {
             task.spec.function_name, task.id, self.settings.node_id
         );
         log::warn!("{message}; its results become errors");
-        let metadata = value::error_metadata(value::ERROR_WORKER_DIED);
+        self.store_errors(&task, value::ERROR_WORKER_DIED, &message);
+    }
+
+    /// Stores error objects of `kind` in place of every result of `task`, so that
+    /// `ray.get` raises instead of waiting forever.
+    fn store_errors(&self, task: &Task, kind: &str, message: &str) {
+        let metadata = value::error_metadata(kind);
         for id in task.return_ids() {
             if let Err(e) = self.plasma.put(id, message.as_bytes(), &metadata) {
                 if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
