@@ -150,6 +150,19 @@ impl Scheduler {
         self.record_actor(id);
     }
 
+    /// The resource instances an actor holds for life, for its method calls.
+    pub(super) fn actor_resource_ids(
+        &self,
+        task: &Task,
+    ) -> Option<std::collections::HashMap<String, rayd_common::proto::raylet::v1::ResourceIds>>
+    {
+        if task.spec.actor_creation {
+            return None;
+        }
+        let actor = self.actors.get(&actor_id_of(task)?)?;
+        actor.held.as_ref().map(Held::resource_ids)
+    }
+
     /// Sends each idle actor the next call whose arguments are local and whose resources fit.
     pub(super) fn dispatch_actor_methods(&mut self) {
         let ready: Vec<ActorId> = self

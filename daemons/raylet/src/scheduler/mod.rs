@@ -56,6 +56,9 @@ pub enum Event {
     },
 }
 
+/// Workers started beyond the CPU slots for tasks that need no CPU.
+const MAX_CPU_FREE_WORKERS: usize = 32;
+
 /// The resources a task asks for, as a sortable key.
 type Shape = Vec<(String, u64)>;
 
@@ -450,7 +453,8 @@ impl Scheduler {
     /// Dispatches ready tasks to idle workers while resources allow, and starts workers
     /// where tasks could run but none is idle.
     fn schedule(&mut self) {
-        let mut runnable_waiting = 0usize;
+        // Tasks that could run now but have no idle worker: those needing CPUs, and not.
+        let (mut runnable_cpu, mut runnable_free) = (0usize, 0usize);
         let shapes: Vec<Shape> = self.ready.keys().cloned().collect();
         for shape in shapes {
             let Some(request) = self
@@ -468,7 +472,12 @@ impl Scheduler {
             }
             while self.resources.fits(&request) {
                 let Some(conn) = self.next_idle() else {
-                    runnable_waiting += self.ready.get(&shape).map_or(0, VecDeque::len);
+                    let waiting = self.ready.get(&shape).map_or(0, VecDeque::len);
+                    if request.get("CPU").is_some_and(|cpus| *cpus > 0.0) {
+                        runnable_cpu += waiting;
+                    } else {
+                        runnable_free += waiting;
+                    }
                     break;
                 };
                 let Some(task) = self.ready.get_mut(&shape).and_then(VecDeque::pop_front) else {
@@ -481,11 +490,17 @@ impl Scheduler {
                 self.ready.remove(&shape);
             }
         }
-        // Start workers for tasks that could run now, up to one per CPU not lent out.
+        // Start workers for tasks that could run now: up to one per CPU not lent out, and
+        // beyond that (bounded) for tasks and actors that take no CPU.
         let active = self.active_workers();
         let limit = self.cpu_slots();
-        let mut wanted = runnable_waiting.saturating_sub(self.starting.len());
+        let mut wanted = runnable_cpu.saturating_sub(self.starting.len());
         while wanted > 0 && active + self.starting.len() < limit {
+            self.start_worker();
+            wanted -= 1;
+        }
+        let mut wanted = runnable_free.saturating_sub(self.starting.len());
+        while wanted > 0 && active + self.starting.len() < limit + MAX_CPU_FREE_WORKERS {
             self.start_worker();
             wanted -= 1;
         }
@@ -567,10 +582,14 @@ impl Scheduler {
         let held = self.resources.acquire(&task.resources);
         let job = self.jobs.get(&task.job).map(|(config, _)| config.clone());
         task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
+        // An actor's methods run with the instances (GPUs) the actor holds for life.
+        let resource_ids = self
+            .actor_resource_ids(&task)
+            .unwrap_or_else(|| held.resource_ids());
         let assign = pb::AssignTask {
             spec: Some(task.spec.clone()),
             job,
-            resource_ids: held.resource_ids(),
+            resource_ids,
         };
         let _ = self.gcs.send(GcsWrite::State(task.id, "running"));
         if let Some(Connection {
