@@ -32,6 +32,9 @@ const ENV_NOT_KEYS: &[&str] = &[
     "RAYD_BIN_DIR",
 ];
 
+/// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// Most Redis shards a head may run; beyond this the head's ports and memory run out first.
 const MAX_REDIS_SHARDS: u16 = 256;
 
@@ -320,6 +323,20 @@ impl RaydConfig {
                 "resources",
                 format!("`{name}`: amounts must be at least 0, and CPU and GPU have keys of their own (num_cpus, num_gpus)"),
             );
+        }
+        for (key, path) in [
+            ("raylet_socket", self.raylet_socket()),
+            ("plasma_socket", self.plasma_socket()),
+        ] {
+            if path.as_os_str().len() > MAX_SOCKET_PATH {
+                return invalid(
+                    key,
+                    format!(
+                        "{} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have (set a shorter temp_dir or {key})",
+                        path.display()
+                    ),
+                );
+            }
         }
         if self.heartbeat_interval_ms == 0 {
             return invalid("heartbeat_interval_ms", "must be at least 1".into());
@@ -654,6 +671,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/rayd.toml"), "{err}");
+    }
+
+    #[test]
+    fn socket_paths_too_long_for_unix_sockets_are_refused() {
+        let deep = format!("/tmp/{}", "d".repeat(120));
+        let err = load(
+            None,
+            &env(&[("RAYD_TEMP_DIR", deep.as_str())]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid value for `raylet_socket`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -34,8 +34,13 @@ pub fn launch(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
-    let socket_path = session.join(format!("notify-{name}.sock"));
-    let _ = std::fs::remove_file(&socket_path);
+    // A private directory with a short path: socket paths are limited to 107 bytes, and a
+    // session directory can be deeper than that allows.
+    let notify_dir = tempfile::Builder::new()
+        .prefix("rayd-notify-")
+        .tempdir()
+        .context("cannot create a directory for the readiness socket")?;
+    let socket_path = notify_dir.path().join(format!("{name}.sock"));
     let socket = UnixDatagram::bind(&socket_path)
         .with_context(|| format!("cannot bind {}", socket_path.display()))?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -92,7 +97,7 @@ pub fn launch(
             ));
         }
     };
-    let _ = std::fs::remove_file(&socket_path);
+    drop(notify_dir);
     match result {
         Ok(()) => Ok(child),
         Err(e) => bail!("{e}\n(full log: {})", log_path.display()),

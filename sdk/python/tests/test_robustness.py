@@ -2,11 +2,13 @@
 cluster started with `rayd start` that a driver attaches to."""
 
 import json
+import shutil
 import os
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -72,8 +74,9 @@ def test_a_driver_that_dies_midway_hurts_nobody(shared_cluster):
     assert ray.get(ok.remote(), timeout=60) == 1
 
 
-def test_attach_to_a_node_started_with_rayd_start(cleanup, tmp_path):
-    temp_dir = str(tmp_path / "rayd")
+def test_attach_to_a_node_started_with_rayd_start(cleanup):
+    # Socket paths are limited to 107 bytes: pytest's tmp_path can be deeper than that.
+    temp_dir = tempfile.mkdtemp(prefix="rayd-attach-")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -103,3 +106,4 @@ def test_attach_to_a_node_started_with_rayd_start(cleanup, tmp_path):
     wait_for(lambda: not any(_alive(p) for p in pids), 15, "the node's daemons to exit")
     leftover = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
+    shutil.rmtree(temp_dir, ignore_errors=True)
