@@ -153,7 +153,7 @@ fn two_client_processes_share_objects_without_copying() {
     let large = ObjectId::random();
     let reply = ObjectId::random();
     put(&client, small, 0, 1000);
-    put(&client, large, 1, 4 * MIB as usize);
+    put(&client, large, 1, 6 * MIB as usize);
     let mut reader = child("reader", &plasma.socket, &[small, large, reply]);
     assert_eq!(child_says(&mut reader), "ok");
     assert!(reader.wait().unwrap().success());
@@ -191,7 +191,8 @@ fn a_reader_cannot_write_a_sealed_object() {
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
     let client = client(&plasma);
-    for (seed, size) in [(3u8, 100usize), (4, 3 * MIB as usize)] {
+    // In the arena, and in a segment of its own (above a quarter of the 16 MiB arena).
+    for (seed, size) in [(3u8, 100usize), (4, 6 * MIB as usize)] {
         let id = ObjectId::random();
         put(&client, id, seed, size);
         let mut scribbler = child("scribbler", &plasma.socket, &[id]);
@@ -255,7 +256,7 @@ fn get_times_out_on_a_missing_object_and_wakes_on_seal() {
 #[test]
 fn eviction_is_lru_spares_pinned_objects_and_reports_full() {
     let dir = TestDir::new();
-    // 64 MiB: a 16 MiB arena for small objects and 48 MiB for six 8 MiB objects.
+    // 64 MiB: a 16 MiB arena for objects up to 4 MiB, and 48 MiB for six 8 MiB objects.
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
     let client = client(&plasma);
     // With its 4 bytes of metadata, each object takes exactly 8 MiB.

@@ -27,6 +27,10 @@ use crate::store::{ClientId, ObjectView, Placement, StoreError, StoreEvent};
 
 /// Chunks in flight per transfer, between reading the object and the network.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// HTTP/2 flow-control window of a transfer stream.
+pub const WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame (the protocol's maximum is 16 MiB - 1).
+pub const MAX_FRAME: u32 = (1 << 24) - 1;
 /// Smallest chunk a puller may ask for.
 const MIN_CHUNK: u64 = 4 << 10;
 /// How long a pull waits for a connection to the source.
@@ -214,7 +218,11 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
         .map_err(|_| TransferError::Source(source.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows would stall the stream on every few frames.
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW * 2)
+        .max_frame_size(MAX_FRAME);
     let channel = endpoint
         .connect()
         .await

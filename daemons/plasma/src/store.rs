@@ -4,8 +4,10 @@
 //!
 //! Memory is two pools (see [`crate::memory`] for what a segment is):
 //! - the *arena*, a quarter of `object_store_memory` (at most 1 GiB), holds objects up to
-//!   `small_object_max` bytes, placed by [`crate::allocator`];
-//! - the rest holds larger objects, one segment each.
+//!   `small_object_max` (a quarter of the arena) bytes, placed by [`crate::allocator`].
+//!   Its pages are allocated once, at start, and every client maps it once: creating
+//!   and reading such an object costs no system call besides the request itself;
+//! - the rest holds larger objects, one segment each (sealed with memfd seals).
 //!
 //! An object is created (pinned by its creator, writable by it alone), then sealed
 //! (immutable) or aborted. Every get pins a sealed object for that client until it
@@ -30,8 +32,6 @@ pub type ClientId = u64;
 pub const ARENA_SEGMENT: u64 = 0;
 /// Largest arena.
 const MAX_ARENA: u64 = 1 << 30;
-/// Largest object placed in the arena.
-const MAX_SMALL_OBJECT: u64 = 1 << 20;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +85,7 @@ impl Layout {
         Self {
             capacity,
             arena_size,
-            small_object_max: (arena_size / 8).min(MAX_SMALL_OBJECT),
+            small_object_max: arena_size / 4,
         }
     }
 }
@@ -676,7 +676,7 @@ mod tests {
     }
 
     fn store() -> Store {
-        // 64 MiB: a 16 MiB arena (objects up to 1 MiB) and 48 MiB for large objects.
+        // 64 MiB: a 16 MiB arena (objects up to 4 MiB) and 48 MiB for large objects.
         Store::new(64 * MIB, Backing::Memfd).unwrap()
     }
 
@@ -690,7 +690,7 @@ mod tests {
     fn layout_splits_capacity() {
         let layout = Layout::for_capacity(64 * MIB, 4096);
         assert_eq!(layout.arena_size, 16 * MIB);
-        assert_eq!(layout.small_object_max, MIB);
+        assert_eq!(layout.small_object_max, 4 * MIB);
         let big = Layout::for_capacity(100 << 30, 4096);
         assert_eq!(big.arena_size, 1 << 30);
     }
@@ -793,13 +793,13 @@ mod tests {
     fn a_sealed_large_object_hands_out_read_only_descriptors() {
         let mut store = store();
         let c = store.connect();
-        let view = store.create(c, id(1), 2 * MIB, 0).unwrap();
+        let view = store.create(c, id(1), 8 * MIB, 0).unwrap();
         let Placement::Own(segment) = view.placement else {
             panic!("large objects get their own segment")
         };
         store.seal(c, id(1)).unwrap();
         let fd = segment.fd_for_client();
-        assert!(Mapping::new(fd, 2 * MIB as usize, true, false).is_err());
-        assert!(Mapping::new(fd, 2 * MIB as usize, false, false).is_ok());
+        assert!(Mapping::new(fd, 8 * MIB as usize, true, false).is_err());
+        assert!(Mapping::new(fd, 8 * MIB as usize, false, false).is_ok());
     }
 }

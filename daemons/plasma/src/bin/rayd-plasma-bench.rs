@@ -8,7 +8,8 @@
 //! - put of a 100 MB object in GB/s, beside a plain memcpy of 100 MB;
 //! - get latency of a sealed 100 MB object from another client (descriptor passing and
 //!   mapping, no copy);
-//! - transfer of an object between the two stores over loopback, in GB/s.
+//! - transfer of an object between the two stores over loopback, in GB/s;
+//! - put and get of an object too large for the arena (a memfd of its own).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -154,6 +155,34 @@ fn small_objects(client: &PlasmaClient, reader: &PlasmaClient, seconds: f64) -> 
     Ok(())
 }
 
+/// Put and get of an object above the arena's limit, in a memfd of its own.
+fn own_segment(client: &PlasmaClient, reader: &PlasmaClient) -> Result<()> {
+    let size = (client.small_object_max() as usize + 1).max(MB100 * 2);
+    let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut put = Vec::new();
+    let mut get = Vec::new();
+    for _ in 0..5 {
+        let id = ObjectId::random();
+        let started = Instant::now();
+        let mut builder = client.create(id, size as u64, 0)?;
+        builder.data_mut().copy_from_slice(&source);
+        let sealed = builder.seal()?;
+        put.push(size as f64 / started.elapsed().as_secs_f64() / 1e9);
+        let started = Instant::now();
+        let buffer = reader
+            .get_one(id, Some(Duration::ZERO))?
+            .context("the sealed object is missing")?;
+        get.push(started.elapsed().as_secs_f64() * 1e6);
+        drop((sealed, buffer));
+        reader.flush()?;
+        client.delete(&[id])?;
+    }
+    emit("plasma_put_own_segment_gb_per_s", median(put), "GB/s");
+    emit("plasma_get_own_segment_latency_us", median(get), "us");
+    emit("plasma_own_segment_object_bytes", size as f64, "bytes");
+    Ok(())
+}
+
 fn put_vs_memcpy(client: &PlasmaClient) -> Result<()> {
     let source: Vec<u8> = (0..MB100).map(|i| (i % 251) as u8).collect();
     let mut target = vec![1u8; MB100];
@@ -247,6 +276,7 @@ fn main() -> Result<()> {
     small_objects(&client, &reader, args.seconds)?;
     put_vs_memcpy(&client)?;
     get_latency(&client, &reader)?;
+    own_segment(&client, &reader)?;
     transfer(&a, &b, args.transfer_bytes)?;
     Ok(())
 }

@@ -19,6 +19,10 @@ use crate::store::ARENA_SEGMENT;
 use pb::reply::Kind as Rep;
 use pb::request::Kind as Req;
 
+/// Objects from this size on get their arena pages mapped in one system call before the
+/// creator writes them.
+const PREFAULT_MIN: u64 = 256 << 10;
+
 /// A connection to the node's plasma store. Cheap to clone; clones share the
 /// connection.
 #[derive(Clone)]
@@ -45,8 +49,6 @@ struct Inner {
 struct Io {
     stream: UnixStream,
     reader: FrameReader,
-    /// Seals of arena objects sent without waiting: their acks precede the next reply.
-    unacked_seals: usize,
 }
 
 #[derive(Default)]
@@ -158,16 +160,6 @@ impl Io {
 
     /// Reads one reply and the descriptors that came with it.
     fn receive(&mut self) -> Result<(pb::Reply, Vec<OwnedFd>), ClientError> {
-        while self.unacked_seals > 0 {
-            let body = self.reader.read_frame_blocking(self.stream.as_fd())?;
-            self.unacked_seals -= 1;
-            let reply: pb::Reply = protocol::decode("reply", &body)?;
-            // The library only seals what it created and has not sealed, so the store
-            // has no reason to refuse; should it, the object stays invisible to others.
-            if let Some(Rep::Error(e)) = reply.kind {
-                log::error!(error = e.message.as_str(); "the plasma store refused a seal");
-            }
-        }
         let body = self.reader.read_frame_blocking(self.stream.as_fd())?;
         let reply: pb::Reply = protocol::decode("reply", &body)?;
         let fds = self.reader.take_fds(reply.new_segments.len())?;
@@ -186,7 +178,6 @@ impl PlasmaClient {
         let mut io = Io {
             stream,
             reader: FrameReader::new(protocol::MAX_REPLY_FRAME),
-            unacked_seals: 0,
         };
         io.send(
             &[],
@@ -296,6 +287,9 @@ impl PlasmaClient {
         if !mapping.contains(location.offset, data_size + metadata_size) {
             return Err(ClientError::BadLocation(id));
         }
+        if location.segment == ARENA_SEGMENT && data_size + metadata_size >= PREFAULT_MIN {
+            mapping.prefault_for_write(location.offset, data_size + metadata_size);
+        }
         Ok(ObjectBuilder {
             id,
             mapping: Some(mapping),
@@ -323,22 +317,14 @@ impl PlasmaClient {
                 s.writable = None;
             }
         }
-        let seal = Req::Seal(pb::Seal {
-            object_id: id.as_bytes().to_vec(),
-        });
-        if segment == ARENA_SEGMENT {
-            // Small objects: the seal goes out now, its ack is read with the next reply.
-            // Requests on this connection are handled in order, so anything that follows
-            // sees the object sealed.
-            let mut io = lock(&self.inner.io);
-            let pending = std::mem::take(&mut lock(&self.inner.tables).pending_releases);
-            io.send(&pending, Some(seal))?;
-            io.unacked_seals += 1;
-        } else {
-            // An own segment is mapped read-only only after the store sealed it, so the
-            // strict write seal applies.
-            self.call(seal, "ack")?;
-        }
+        // Synchronous: once this returns, every client of the store sees the object
+        // sealed (the raylet and other workers rely on that).
+        self.call(
+            Req::Seal(pb::Seal {
+                object_id: id.as_bytes().to_vec(),
+            }),
+            "ack",
+        )?;
         let mut tables = lock(&self.inner.tables);
         let mapping = tables
             .segments
