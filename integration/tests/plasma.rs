@@ -519,4 +519,50 @@ fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
         let info = runtime.block_on(gcs_client.object_info(id)).ok()??;
         (info.locations == vec![node_a]).then_some(())
     });
+    // A store that stops takes itself off the table.
+    drop(client_a);
+    let mut a = a;
+    assert!(a.daemon.stop().success(), "a clean stop");
+    wait_for("the object table to drop node a", WAIT, || {
+        let info = runtime.block_on(gcs_client.object_info(id)).ok()?;
+        info.is_none_or(|i| i.locations.is_empty()).then_some(())
+    });
+}
+
+#[test]
+fn the_async_client_does_what_the_blocking_one_does() {
+    use rayd_plasma::client::AsyncPlasmaClient;
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = AsyncPlasmaClient::connect(plasma.socket.clone(), "async")
+            .await
+            .unwrap();
+        let id = ObjectId::random();
+        // A get that waits does not block the runtime: the put below runs meanwhile.
+        let waiter = {
+            let client = AsyncPlasmaClient::connect(plasma.socket.clone(), "waiter")
+                .await
+                .unwrap();
+            tokio::spawn(async move { client.get(vec![id], Some(WAIT)).await })
+        };
+        let mut builder = client.create(id, 3, 1).await.unwrap();
+        builder.data_mut().copy_from_slice(b"abc");
+        builder.metadata_mut().copy_from_slice(b"m");
+        let sealed = client.seal(builder).await.unwrap();
+        assert_eq!(sealed.data(), b"abc");
+        let got = waiter.await.unwrap().unwrap();
+        let buffer = got[0].as_ref().expect("the waiter got the object");
+        assert_eq!((buffer.data(), buffer.metadata()), (&b"abc"[..], &b"m"[..]));
+        assert!(client.contains(id).await.unwrap());
+        let stats = client.stats().await.unwrap();
+        assert_eq!((stats.objects, stats.clients), (1, 2));
+        let listing = client.list().await.unwrap();
+        assert_eq!(listing[0].pins, 2);
+    });
 }

@@ -227,9 +227,15 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     notify_stopping();
     cancel.cancel();
     let _ = std::fs::remove_file(&socket);
+    // A task that already ended was awaited by the select above (awaiting it again
+    // would panic); the others get a bounded time to drain.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = serve_task.await;
-        let _ = om_task.await;
+        if !serve_task.is_finished() {
+            let _ = serve_task.await;
+        }
+        if !om_task.is_finished() {
+            let _ = om_task.await;
+        }
     })
     .await;
     stats_task.abort();
