@@ -35,7 +35,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -370,22 +370,10 @@ impl Drop for Mapping {
     }
 }
 
-/// Wraps a raw descriptor received from the kernel (SCM_RIGHTS) into an owned one.
-///
-/// # Safety
-/// `fd` must be an open descriptor that nothing else owns.
-pub unsafe fn own_fd(fd: i32) -> OwnedFd {
-    // SAFETY: guaranteed by the caller.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-/// Borrows a descriptor for a call.
-pub fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
-    fd.as_fd()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]

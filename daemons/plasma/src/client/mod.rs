@@ -184,21 +184,21 @@ impl ObjectBuilder {
 
     /// The data bytes to fill.
     pub fn data_mut(&mut self) -> &mut [u8] {
+        let Some(m) = self.mapping.as_ref() else {
+            return &mut [];
+        };
         // SAFETY: this builder's creator is the object's only writer until the seal,
         // and `&mut self` makes this the only live slice of it.
-        self.mapping
-            .as_ref()
-            .and_then(|m| unsafe { m.slice_mut(self.offset, self.data_size) })
-            .unwrap_or_default()
+        unsafe { m.slice_mut(self.offset, self.data_size) }.unwrap_or_default()
     }
 
     /// The metadata bytes to fill.
     pub fn metadata_mut(&mut self) -> &mut [u8] {
+        let Some(m) = self.mapping.as_ref() else {
+            return &mut [];
+        };
         // SAFETY: as for `data_mut`.
-        self.mapping
-            .as_ref()
-            .and_then(|m| unsafe { m.slice_mut(self.offset + self.data_size, self.metadata_size) })
-            .unwrap_or_default()
+        unsafe { m.slice_mut(self.offset + self.data_size, self.metadata_size) }.unwrap_or_default()
     }
 
     /// Both at once: (data, metadata).
