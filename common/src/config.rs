@@ -384,14 +384,45 @@ impl RaydConfig {
     }
 }
 
-/// Parses `--resources` JSON (`{"name": amount, ...}`) into a config value.
-pub fn parse_resources_json(json: &str) -> Result<config::Map<String, config::Value>, String> {
-    let map: BTreeMap<String, f64> = serde_json::from_str(json)
-        .map_err(|e| format!("`{json}` is not a JSON object of numbers: {e}"))?;
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| (k, config::Value::from(v)))
-        .collect())
+/// The flags that set what a node offers, shared by `rayd start` and `rayd-raylet`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ResourceArgs {
+    /// CPUs this node schedules (default: the machine's).
+    #[arg(long)]
+    pub num_cpus: Option<f64>,
+    /// GPUs this node schedules (default: those detected).
+    #[arg(long)]
+    pub num_gpus: Option<f64>,
+    /// Custom resources as JSON, e.g. '{"Custom": 2}'.
+    #[arg(long)]
+    pub resources: Option<String>,
+    /// Workers the raylet starts ahead of demand (default: one per CPU).
+    #[arg(long)]
+    pub num_workers: Option<u32>,
+}
+
+impl ResourceArgs {
+    /// Adds the given flags to `overrides`. Malformed `--resources` JSON is passed on as
+    /// text, so that loading reports it as an invalid value for `resources`.
+    pub fn apply(&self, overrides: &mut Overrides) {
+        overrides
+            .set("num_cpus", self.num_cpus)
+            .set("num_gpus", self.num_gpus)
+            .set("num_workers", self.num_workers);
+        if let Some(json) = &self.resources {
+            let value = match serde_json::from_str::<BTreeMap<String, f64>>(json) {
+                Ok(map) => config::Value::from(
+                    map.into_iter()
+                        .map(|(k, v)| (k, config::Value::from(v)))
+                        .collect::<config::Map<String, config::Value>>(),
+                ),
+                Err(e) => {
+                    config::Value::from(format!("`{json}` is not a JSON object of numbers: {e}"))
+                }
+            };
+            overrides.set("resources", Some(value));
+        }
+    }
 }
 
 /// The NVIDIA GPUs the kernel driver lists (none on a machine without one).

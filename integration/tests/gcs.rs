@@ -151,6 +151,8 @@ async fn tables_round_trip() {
         resources_available: BTreeMap::from([("CPU".to_string(), 4.0)]),
         alive: true,
         last_heartbeat_ms: 0,
+        queued_tasks: 0,
+        running_tasks: 0,
     };
     client.register_node(&node).await.expect("register");
     let mut read = client

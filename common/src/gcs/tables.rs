@@ -75,6 +75,10 @@ pub struct NodeInfo {
     pub resources_available: BTreeMap<String, f64>,
     pub alive: bool,
     pub last_heartbeat_ms: u64,
+    /// Tasks queued (waiting for arguments, resources or a worker), as of the last heartbeat.
+    pub queued_tasks: u64,
+    /// Tasks running, as of the last heartbeat.
+    pub running_tasks: u64,
 }
 
 /// A node's periodic report, published on `rayd:heartbeats`.
@@ -83,6 +87,8 @@ pub struct Heartbeat {
     pub node_id: String,
     pub resources_available: BTreeMap<String, f64>,
     pub queue_length: u64,
+    #[serde(default)]
+    pub running: u64,
     pub time_ms: u64,
 }
 
@@ -201,6 +207,7 @@ impl GcsClient {
                 [
                     ("resources_available", to_json(&beat.resources_available)),
                     ("queue_length", beat.queue_length.to_string()),
+                    ("running", beat.running.to_string()),
                     ("last_heartbeat_ms", beat.time_ms.to_string()),
                 ],
             )
@@ -244,6 +251,8 @@ impl GcsClient {
             resources_available: json(&fields, "resources_available")?,
             alive: text(&fields, "state")? == "alive",
             last_heartbeat_ms: parsed(&fields, "last_heartbeat_ms")?,
+            queued_tasks: parsed(&fields, "queue_length").unwrap_or(0),
+            running_tasks: parsed(&fields, "running").unwrap_or(0),
         }))
     }
 

@@ -66,15 +66,8 @@ struct StartArgs {
     /// Address other nodes reach this node at.
     #[arg(long)]
     node_ip_address: Option<String>,
-    /// CPUs this node schedules (default: the machine's).
-    #[arg(long)]
-    num_cpus: Option<f64>,
-    /// GPUs this node schedules (default: those detected).
-    #[arg(long)]
-    num_gpus: Option<f64>,
-    /// Custom resources as JSON, e.g. '{"Custom": 2}'.
-    #[arg(long)]
-    resources: Option<String>,
+    #[command(flatten)]
+    resources: config::ResourceArgs,
     /// Bytes of shared memory for the object store (default: 30% of RAM).
     #[arg(long)]
     object_store_memory: Option<u64>,
@@ -122,20 +115,9 @@ fn overrides(cli: &Cli) -> Overrides {
                 .set("num_redis_shards", a.num_redis_shards)
                 .set("redis_password", a.redis_password.clone())
                 .set("node_ip_address", a.node_ip_address.clone())
-                .set("num_cpus", a.num_cpus)
-                .set("num_gpus", a.num_gpus)
                 .set("object_store_memory", a.object_store_memory)
                 .set("object_manager_port", a.object_manager_port);
-            if let Some(json) = &a.resources {
-                // A bad value is reported by the config loader, naming the key.
-                overrides.set(
-                    "resources",
-                    Some(
-                        config::parse_resources_json(json)
-                            .map_or_else(config::ConfigValue::from, config::ConfigValue::from),
-                    ),
-                );
-            }
+            a.resources.apply(&mut overrides);
         }
         Command::Status(a) => {
             overrides

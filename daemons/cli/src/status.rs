@@ -35,6 +35,8 @@ struct Node {
     alive: bool,
     resources_total: std::collections::BTreeMap<String, f64>,
     resources_available: std::collections::BTreeMap<String, f64>,
+    running_tasks: u64,
+    queued_tasks: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +107,8 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
                 alive: node.alive,
                 resources_total: node.resources_total,
                 resources_available: node.resources_available,
+                running_tasks: node.running_tasks,
+                queued_tasks: node.queued_tasks,
             });
         }
         gcs.quit().await;
@@ -153,10 +157,12 @@ fn print_table(status: &Status) {
             })
             .collect();
         println!(
-            "  {} {:<15} {:<5} {}",
+            "  {} {:<15} {:<5} {} running, {} queued; {}",
             &n.node_id[..12],
             n.address,
             if n.alive { "alive" } else { "dead" },
+            n.running_tasks,
+            n.queued_tasks,
             resources.join(", ")
         );
     }

@@ -151,6 +151,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         resources_available: total,
         alive: true,
         last_heartbeat_ms: 0,
+        queued_tasks: 0,
+        running_tasks: 0,
     };
     gcs.register_node(&node).await?;
     let cancel = shutdown.graceful.child_token();
@@ -174,6 +176,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
                     node_id: node_id.hex(),
                     resources_available: snapshot.available,
                     queue_length: snapshot.queued,
+                    running: snapshot.running,
                     time_ms: now_ms(),
                 };
                 let gcs = gcs.clone();

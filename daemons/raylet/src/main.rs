@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides};
+use rayd_common::config::{ConfigArgs, Overrides, ResourceArgs};
 
 /// Queues tasks until their arguments are local and resources free, and runs them on a
 /// pool of rayd-worker processes.
@@ -19,18 +19,8 @@ struct Args {
     /// Password of the cluster's Redis servers.
     #[arg(long)]
     redis_password: Option<String>,
-    /// CPUs to schedule (default: the machine's).
-    #[arg(long)]
-    num_cpus: Option<f64>,
-    /// GPUs to schedule (default: those detected).
-    #[arg(long)]
-    num_gpus: Option<f64>,
-    /// Custom resources as JSON, e.g. '{"Custom": 2}'.
-    #[arg(long)]
-    resources: Option<String>,
-    /// Workers to start ahead of demand.
-    #[arg(long)]
-    num_workers: Option<u32>,
+    #[command(flatten)]
+    resources: ResourceArgs,
     /// Unix socket to serve drivers and workers on.
     #[arg(long)]
     raylet_socket: Option<PathBuf>,
@@ -55,24 +45,11 @@ fn main() -> ExitCode {
     overrides
         .set("redis_address", args.redis_address)
         .set("redis_password", args.redis_password)
-        .set("num_cpus", args.num_cpus)
-        .set("num_gpus", args.num_gpus)
-        .set("num_workers", args.num_workers)
         .set("raylet_socket", path(args.raylet_socket))
         .set("plasma_socket", path(args.plasma_socket))
         .set("node_ip_address", args.node_ip_address)
         .set("temp_dir", path(args.temp_dir))
         .set("log_level", args.log_level);
-    if let Some(json) = args.resources {
-        match rayd_common::config::parse_resources_json(&json) {
-            Ok(map) => {
-                overrides.set("resources", Some(map));
-            }
-            Err(e) => {
-                eprintln!("rayd-raylet: invalid value for `resources`: {e}");
-                return ExitCode::from(64);
-            }
-        }
-    }
+    args.resources.apply(&mut overrides);
     rayd_common::daemon::main("rayd-raylet", &args.config, &overrides, rayd_raylet::run)
 }

@@ -12,7 +12,7 @@ import weakref
 from ray import exceptions
 from ray._private import serialization
 from ray._private import worker as _worker
-from ray.remote_function import _encode_argument
+from ray.remote_function import _encode_argument, check_resource_options
 
 _ALL = weakref.WeakSet()
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "name", "memory"}
@@ -42,10 +42,7 @@ class ActorClass:
         unknown = set(options) - _ACTOR_OPTIONS
         if unknown:
             raise ValueError(f"unknown actor options: {', '.join(sorted(unknown))}")
-        for name in ("num_cpus", "num_gpus"):
-            value = options.get(name)
-            if value is not None and (not isinstance(value, (int, float)) or value < 0):
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        check_resource_options(options)
         self._class = cls
         self._name = f"{cls.__module__}.{cls.__qualname__}"
         self._options = dict(options)

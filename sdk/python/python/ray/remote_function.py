@@ -32,6 +32,12 @@ def _normalize(options):
         value = options.get(name)
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    check_resource_options(options)
+    return options
+
+
+def check_resource_options(options):
+    """Refuses negative or non-numeric CPU, GPU and custom resource amounts."""
     for name in ("num_cpus", "num_gpus"):
         value = options.get(name)
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
@@ -43,7 +49,6 @@ def _normalize(options):
         for key, value in resources.items():
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"resource {key!r} must be a non-negative number, got {value!r}")
-    return options
 
 
 class RemoteFunction:
