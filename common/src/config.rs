@@ -39,8 +39,9 @@ const MAX_SOCKET_PATH: usize = 107;
 const MAX_REDIS_SHARDS: u16 = 256;
 
 /// Default `object_chunk_size`: large enough to amortize per-message costs, small enough
-/// to keep several transfers in memory at once.
-const DEFAULT_OBJECT_CHUNK_SIZE: u64 = 8 << 20;
+/// to stay in the CPU caches through checksum, encoding and copy (measured fastest on
+/// loopback between 512 KiB and 1 MiB).
+const DEFAULT_OBJECT_CHUNK_SIZE: u64 = 1 << 20;
 /// Bounds of `object_chunk_size`.
 const OBJECT_CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (4 << 10)..=(64 << 20);
 /// Smallest explicit `object_store_memory`: room for the arena and a few objects.
