@@ -497,6 +497,39 @@ fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
     assert_eq!(buffer.metadata(), b"meta");
     assert_eq!(client_b.stats().unwrap().pulls, 1);
 
+    // Several transfers at once: three pullers of one object share one transfer, and
+    // objects the source lacks are refused.
+    let shared = ObjectId::random();
+    put(&client_a, shared, 9, 30 * MIB as usize);
+    let pullers: Vec<_> = (0..3)
+        .map(|_| {
+            let (socket, source) = (b.socket.clone(), a.object_manager_address());
+            std::thread::spawn(move || {
+                PlasmaClient::connect(&socket, "puller")
+                    .unwrap()
+                    .pull(shared, &source)
+            })
+        })
+        .collect();
+    for puller in pullers {
+        puller.join().unwrap().unwrap();
+    }
+    let copy = client_b
+        .get_one(shared, Some(Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    assert!(copy.data() == &pattern(9, 30 * MIB as usize)[..]);
+    assert_eq!(
+        client_b.stats().unwrap().pulls,
+        2,
+        "one transfer for three pullers"
+    );
+    let err = client_b
+        .pull(ObjectId::random(), &a.object_manager_address())
+        .unwrap_err();
+    assert!(matches!(err, ClientError::TransferFailed(_)), "{err}");
+    drop(copy);
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
