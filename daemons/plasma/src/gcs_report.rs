@@ -1,7 +1,7 @@
 //! Reports object locations to the GCS object table: a sealed object adds this node to
 //! its locations, a deleted or evicted one removes it. Off the store's critical path:
-//! events queue in a channel and one task writes them in batches, all of a batch's
-//! commands in flight at once (fred pipelines them on each shard's connection).
+//! events queue in a bounded channel and one task writes them in batches, all of a
+//! batch's commands in flight at once (fred pipelines them on each shard's connection).
 
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreEvent;
 
+/// Events waiting for the GCS; beyond this (the GCS long unreachable) new ones are
+/// dropped, so an unreachable GCS cannot exhaust the daemon's memory.
+const QUEUE: usize = 1 << 20;
 /// Most events written in one batch.
 const MAX_BATCH: usize = 1024;
 /// How long a batch waits to fill once its first event is in.
@@ -28,11 +31,8 @@ pub fn spawn(
     password: Option<String>,
     node: NodeId,
     cancel: CancellationToken,
-) -> (
-    mpsc::UnboundedSender<StoreEvent>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> (mpsc::Sender<StoreEvent>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
     let task = tokio::spawn(report(redis_address, password, node, rx, cancel));
     (tx, task)
 }
@@ -68,7 +68,7 @@ async fn report(
     address: String,
     password: Option<String>,
     node: NodeId,
-    mut rx: mpsc::UnboundedReceiver<StoreEvent>,
+    mut rx: mpsc::Receiver<StoreEvent>,
     cancel: CancellationToken,
 ) {
     let Some(gcs) = connect(&address, password.as_deref(), &cancel).await else {

@@ -19,7 +19,8 @@ const EVENT_BUFFER: usize = 1 << 16;
 pub struct State {
     store: Mutex<Store>,
     events: broadcast::Sender<StoreEvent>,
-    locations: Option<mpsc::UnboundedSender<StoreEvent>>,
+    locations: Option<mpsc::Sender<StoreEvent>>,
+    dropped_locations: AtomicU64,
     /// A descriptor of the arena owned here, so replies can attach it without the lock.
     pub arena_fd: OwnedFd,
     /// Size of the arena in bytes.
@@ -42,7 +43,7 @@ impl State {
         node_id: NodeId,
         object_manager_address: String,
         chunk_size: u64,
-        locations: Option<mpsc::UnboundedSender<StoreEvent>>,
+        locations: Option<mpsc::Sender<StoreEvent>>,
     ) -> std::io::Result<Arc<Self>> {
         let (arena, arena_size) = store.arena();
         let arena_fd = arena.try_clone_to_owned()?;
@@ -51,6 +52,7 @@ impl State {
             store: Mutex::new(store),
             events: broadcast::channel(EVENT_BUFFER).0,
             locations,
+            dropped_locations: AtomicU64::new(0),
             arena_fd,
             arena_size,
             arena_map,
@@ -76,7 +78,12 @@ impl State {
         };
         for event in events {
             if let Some(locations) = &self.locations {
-                let _ = locations.send(event.clone());
+                if let Err(mpsc::error::TrySendError::Full(_)) = locations.try_send(event.clone()) {
+                    let dropped = self.dropped_locations.fetch_add(1, Ordering::Relaxed);
+                    if dropped.checked_rem(10_000) == Some(0) {
+                        log::warn!(dropped = dropped + 1; "the gcs is behind: object locations are being dropped");
+                    }
+                }
             }
             // No receivers is fine: nobody waits.
             let _ = self.events.send(event);
