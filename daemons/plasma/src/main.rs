@@ -63,5 +63,11 @@ fn main() -> ExitCode {
         .set("redis_address", args.redis_address)
         .set("redis_password", args.redis_password)
         .set("log_level", args.log_level);
-    rayd_common::daemon::main("rayd-plasma", &args.config, &overrides, rayd_plasma::run)
+    rayd_common::daemon::main(
+        "rayd-plasma",
+        &args.config,
+        &overrides,
+        rayd_common::daemon::Threads::PerCore,
+        rayd_plasma::run,
+    )
 }

@@ -121,6 +121,19 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// One request and its reply over the socket, the unit every other figure is built of.
+fn round_trip(client: &PlasmaClient) -> Result<()> {
+    let id = ObjectId::random();
+    let mut times = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let started = Instant::now();
+        client.contains(id)?;
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    emit("plasma_round_trip_us", median(times), "us");
+    Ok(())
+}
+
 fn small_objects(client: &PlasmaClient, reader: &PlasmaClient, seconds: f64) -> Result<()> {
     let run = |remote_get: bool| -> Result<f64> {
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -273,6 +286,7 @@ fn main() -> Result<()> {
     let b = start_store(&binary, dir.path(), "plasma-b", memory)?;
     let client = PlasmaClient::connect(&a.socket, "bench")?;
     let reader = PlasmaClient::connect(&a.socket, "bench-reader")?;
+    round_trip(&client)?;
     small_objects(&client, &reader, args.seconds)?;
     put_vs_memcpy(&client)?;
     get_latency(&client, &reader)?;

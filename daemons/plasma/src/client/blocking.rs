@@ -19,9 +19,10 @@ use crate::store::ARENA_SEGMENT;
 use pb::reply::Kind as Rep;
 use pb::request::Kind as Req;
 
-/// Objects from this size on get their arena pages mapped in one system call before the
-/// creator writes them.
-const PREFAULT_MIN: u64 = 256 << 10;
+/// Granule in which this client tracks which arena pages it has mapped: a granule's
+/// page tables are built in one system call the first time an object in it is created,
+/// instead of a fault per page; later creates there find them built.
+const PREFAULT_GRANULE: u64 = 2 << 20;
 
 /// A connection to the node's plasma store. Cheap to clone; clones share the
 /// connection.
@@ -58,6 +59,34 @@ struct Tables {
     /// Objects whose last buffer went while the connection was busy: their release
     /// goes out before the next request.
     pending_releases: Vec<ObjectId>,
+    /// Arena granules whose writable page tables this client has built.
+    prefaulted: Vec<bool>,
+}
+
+impl Tables {
+    /// Builds the writable page tables of the arena granules under `[offset, offset +
+    /// len)` that this client has not touched yet.
+    fn prefault_arena(&mut self, mapping: &Mapping, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (first, last) = (
+            offset / PREFAULT_GRANULE,
+            (offset + len - 1) / PREFAULT_GRANULE,
+        );
+        for granule in first..=last {
+            let index = granule as usize;
+            if index >= self.prefaulted.len() {
+                self.prefaulted.resize(index + 1, false);
+            }
+            if !self.prefaulted[index] {
+                self.prefaulted[index] = true;
+                let start = granule * PREFAULT_GRANULE;
+                let end = (start + PREFAULT_GRANULE).min(mapping.len() as u64);
+                mapping.prefault_for_write(start, end - start);
+            }
+        }
+    }
 }
 
 struct SegmentMap {
@@ -287,8 +316,8 @@ impl PlasmaClient {
         if !mapping.contains(location.offset, data_size + metadata_size) {
             return Err(ClientError::BadLocation(id));
         }
-        if location.segment == ARENA_SEGMENT && data_size + metadata_size >= PREFAULT_MIN {
-            mapping.prefault_for_write(location.offset, data_size + metadata_size);
+        if location.segment == ARENA_SEGMENT {
+            tables.prefault_arena(&mapping, location.offset, data_size + metadata_size);
         }
         Ok(ObjectBuilder {
             id,
