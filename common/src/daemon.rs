@@ -11,11 +11,27 @@ use crate::shutdown::Shutdown;
 /// Exit code of a daemon that failed at run time.
 pub const EXIT_FAILURE: u8 = 1;
 
+/// The async runtime a daemon runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One event-loop thread: the lowest latency for a daemon whose work is many small
+    /// messages (the raylet); blocking work goes to tokio's blocking pool.
+    One,
+    /// A worker thread per core: for daemons that move bulk data.
+    PerCore,
+}
+
 /// Runs the daemon `program` whose body is `run`, and returns its exit code.
 ///
 /// `run` gets the loaded configuration and the shutdown tokens; it returns when the
 /// daemon has stopped, with an error if it failed.
-pub fn main<F, Fut, E>(program: &str, args: &ConfigArgs, overrides: &Overrides, run: F) -> ExitCode
+pub fn main<F, Fut, E>(
+    program: &str,
+    args: &ConfigArgs,
+    overrides: &Overrides,
+    threads: Threads,
+    run: F,
+) -> ExitCode
 where
     F: FnOnce(RaydConfig, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -31,11 +47,11 @@ where
         eprintln!("{program}: cannot set up logging: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(program)
-        .build()
-    {
+    let mut builder = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().thread_name(program).build() {
         Ok(runtime) => runtime,
         Err(e) => {
             log::error!("cannot start the async runtime: {e}");

@@ -51,5 +51,11 @@ fn main() -> ExitCode {
         .set("temp_dir", path(args.temp_dir))
         .set("log_level", args.log_level);
     args.resources.apply(&mut overrides);
-    rayd_common::daemon::main("rayd-raylet", &args.config, &overrides, rayd_raylet::run)
+    rayd_common::daemon::main(
+        "rayd-raylet",
+        &args.config,
+        &overrides,
+        rayd_common::daemon::Threads::One,
+        rayd_raylet::run,
+    )
 }

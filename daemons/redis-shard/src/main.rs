@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         "rayd-redis-shard",
         &args.config,
         &overrides,
+        rayd_common::daemon::Threads::One,
         rayd_redis_shard::run,
     )
 }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rayd_common::gcs::{FunctionInfo, GcsClient};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
@@ -14,6 +14,9 @@ use rayd_plasma::client::{ClientError, ObjectBuffer, PlasmaClient};
 use crate::raylet_client::RayletConnection;
 use crate::sealed::SealedObjects;
 use crate::{value, CoreError};
+
+/// How long one wait lasts before the caller's `interrupted` is asked (Ctrl-C).
+const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// How long a worker waits for a function definition to appear in the GCS (the driver
 /// exports it before submitting, so only a lagging shard makes this wait at all).
@@ -434,60 +437,103 @@ impl CoreWorker {
         }
     }
 
+    /// The store's event stream, followed from the first call on.
+    fn sealed(&self) -> Result<&SealedObjects, CoreError> {
+        if let Some(sealed) = self.sealed.get() {
+            return Ok(sealed);
+        }
+        let sealed = SealedObjects::follow(&self.plasma_socket)?;
+        Ok(self.sealed.get_or_init(|| sealed))
+    }
+
     /// The objects `ids`, waiting up to `timeout` (forever when `None`); absent ones are
-    /// `None`. A worker that has to wait tells its raylet, which lends its CPUs to others.
+    /// `None`. The wait follows the store's event stream (no request per object while
+    /// waiting) in slices, between which `interrupted` may end it (Ctrl-C). A worker that
+    /// has to wait tells its raylet, which lends its CPUs to other tasks meanwhile.
     pub fn get(
         &self,
         ids: &[ObjectId],
         timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<Option<ObjectBuffer>>, CoreError> {
-        let found = self.plasma.get(ids, Some(Duration::ZERO))?;
+        // Subscribe first: whatever is sealed after the check below is then announced.
+        let sealed = self.sealed()?;
+        let mut found = self.plasma.get(ids, Some(Duration::ZERO))?;
         if found.iter().all(Option::is_some) || timeout == Some(Duration::ZERO) {
             return Ok(found);
         }
-        let missing: Vec<ObjectId> = ids
-            .iter()
-            .zip(&found)
-            .filter(|(_, f)| f.is_none())
-            .map(|(id, _)| *id)
-            .collect();
+        let deadline = timeout.map(|t| Instant::now() + t);
         if self.is_worker {
             self.raylet
                 .send(pb::client_message::Kind::Blocked(pb::Blocked {}))?;
         }
-        let waited = self.plasma.get(&missing, timeout);
+        let result = loop {
+            let missing: Vec<usize> = (0..ids.len()).filter(|i| found[*i].is_none()).collect();
+            let wanted: Vec<ObjectId> = missing.iter().map(|i| ids[*i]).collect();
+            let slice = deadline.map_or(WAIT_SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
+            });
+            let ready = sealed.wait(&wanted, wanted.len(), Some(slice));
+            let newly: Vec<usize> = missing
+                .iter()
+                .zip(&ready)
+                .filter(|(_, r)| **r)
+                .map(|(i, _)| *i)
+                .collect();
+            if !newly.is_empty() {
+                let newly_ids: Vec<ObjectId> = newly.iter().map(|i| ids[*i]).collect();
+                match self.plasma.get(&newly_ids, Some(Duration::ZERO)) {
+                    Ok(buffers) => {
+                        for (i, buffer) in newly.into_iter().zip(buffers) {
+                            found[i] = buffer;
+                        }
+                    }
+                    Err(e) => break Err(e.into()),
+                }
+            }
+            if found.iter().all(Option::is_some)
+                || deadline.is_some_and(|d| Instant::now() >= d)
+                || interrupted()
+            {
+                break Ok(());
+            }
+        };
         if self.is_worker {
             self.raylet
                 .send(pb::client_message::Kind::Unblocked(pb::Unblocked {}))?;
         }
-        let mut waited = waited?.into_iter();
-        Ok(found
-            .into_iter()
-            .map(|f| f.or_else(|| waited.next().flatten()))
-            .collect())
+        result.map(|()| found)
     }
 
-    /// Which of `ids` are sealed locally, waiting until `num_returns` are or `timeout` passes.
+    /// Which of `ids` are sealed locally, waiting until `num_returns` are or `timeout`
+    /// passes (or `interrupted` says to stop, checked between slices).
     pub fn wait(
         &self,
         ids: &[ObjectId],
         num_returns: usize,
         timeout: Option<Duration>,
+        interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<bool>, CoreError> {
-        let sealed = match self.sealed.get() {
-            Some(sealed) => sealed,
-            None => {
-                let sealed = SealedObjects::follow(&self.plasma_socket)?;
-                self.sealed.get_or_init(|| sealed)
-            }
-        };
+        let sealed = self.sealed()?;
         // Objects sealed before the subscription started are only known to the store.
         for (id, found) in ids.iter().zip(self.plasma.get(ids, Some(Duration::ZERO))?) {
             if found.is_some() {
                 sealed.insert(*id);
             }
         }
-        Ok(sealed.wait(ids, num_returns, timeout))
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = deadline.map_or(WAIT_SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
+            });
+            let ready = sealed.wait(ids, num_returns, Some(slice));
+            if ready.iter().filter(|r| **r).count() >= num_returns
+                || deadline.is_some_and(|d| Instant::now() >= d)
+                || interrupted()
+            {
+                return Ok(ready);
+            }
+        }
     }
 
     /// Workers: waits for the next task; `None` when the raylet says to exit.

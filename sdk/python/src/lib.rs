@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_int;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -21,8 +21,17 @@ use rayd_core::{
     value, ActorCall, ConnectOptions, CoreError, ObjectBuffer, TaskArgValue, TaskOptions,
 };
 
-/// How long one blocking slice lasts before Ctrl-C is checked.
-const SLICE: Duration = Duration::from_millis(100);
+/// Whether a signal handler raised (Ctrl-C) while the GIL was released; the exception is
+/// kept in `slot` to be raised once the wait ends.
+fn signalled(slot: &Mutex<Option<PyErr>>) -> bool {
+    Python::attach(|py| match py.check_signals() {
+        Ok(()) => false,
+        Err(e) => {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            true
+        }
+    })
+}
 
 /// The one mapping from core errors to `ray.exceptions`.
 fn to_py_err(error: CoreError) -> PyErr {
@@ -423,29 +432,13 @@ impl CoreWorker {
         timeout_ms: Option<i64>,
     ) -> PyResult<Vec<GetResult<'py>>> {
         let ids: Vec<ObjectId> = ids.iter().map(|i| i.get().0).collect();
-        let deadline =
-            timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms.max(0) as u64));
-        let mut found: Vec<Option<ObjectBuffer>> = vec![None; ids.len()];
-        loop {
-            let missing: Vec<usize> = (0..ids.len()).filter(|i| found[*i].is_none()).collect();
-            if missing.is_empty() {
-                break;
-            }
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
-                None => SLICE,
-            };
-            let wanted: Vec<ObjectId> = missing.iter().map(|i| ids[*i]).collect();
-            let got = py
-                .detach(|| self.0.get(&wanted, Some(slice)))
-                .map_err(to_py_err)?;
-            for (i, buffer) in missing.into_iter().zip(got) {
-                found[i] = buffer;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            py.check_signals()?;
+        let timeout = timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let interrupted = Mutex::new(None);
+        let found = py
+            .detach(|| self.0.get(&ids, timeout, &|| signalled(&interrupted)))
+            .map_err(to_py_err)?;
+        if let Some(e) = interrupted.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
         }
         found
             .into_iter()
@@ -455,9 +448,9 @@ impl CoreWorker {
                     return Ok(None);
                 };
                 let metadata = PyBytes::new(py, buffer.metadata());
-                let (pickle, buffers) = if buffer.metadata() == value::META_PICKLE5
-                    || value::error_kind(buffer.metadata()) == Some(value::ERROR_TASK)
-                {
+                let laid_out = buffer.metadata() == value::META_PICKLE5
+                    || value::error_kind(buffer.metadata()) == Some(value::ERROR_TASK);
+                let (pickle, buffers) = if laid_out {
                     let layout = value::parse(buffer.data())
                         .map_err(|source| to_py_err(CoreError::Value { id: *id, source }))?;
                     (
@@ -487,21 +480,17 @@ impl CoreWorker {
         timeout_ms: Option<i64>,
     ) -> PyResult<Vec<bool>> {
         let ids: Vec<ObjectId> = ids.iter().map(|i| i.get().0).collect();
-        let deadline =
-            timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms.max(0) as u64));
-        loop {
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
-                None => SLICE,
-            };
-            let ready = py
-                .detach(|| self.0.wait(&ids, num_returns, Some(slice)))
-                .map_err(to_py_err)?;
-            let count = ready.iter().filter(|r| **r).count();
-            if count >= num_returns || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(ready);
-            }
-            py.check_signals()?;
+        let timeout = timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+        let interrupted = Mutex::new(None);
+        let ready = py
+            .detach(|| {
+                self.0
+                    .wait(&ids, num_returns, timeout, &|| signalled(&interrupted))
+            })
+            .map_err(to_py_err)?;
+        match interrupted.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(ready),
         }
     }
 
