@@ -9,13 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Object chunks reference shared memory without a copy on the sending side.
         .bytes(".rayd.objectmanager.v1.ObjectChunk.payload")
         .compile_protos(
-        &[
-            "proto/rayd/common/v1/task.proto",
-            "proto/rayd/objectmanager/v1/object_manager.proto",
-            "proto/rayd/plasma/v1/plasma.proto",
-            "proto/rayd/raylet/v1/raylet.proto",
-        ],
-        &["proto"],
-    )?;
+            &[
+                "proto/rayd/common/v1/task.proto",
+                "proto/rayd/objectmanager/v1/object_manager.proto",
+                "proto/rayd/plasma/v1/plasma.proto",
+                "proto/rayd/raylet/v1/raylet.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }
