@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(layout.arena_size, 16 * MIB);
         assert_eq!(layout.small_object_max, 4 * MIB);
         let big = Layout::for_capacity(100 << 30, 4096);
-        assert_eq!(big.arena_size, 1 << 30);
+        assert_eq!(big.arena_size, MAX_ARENA);
     }
 
     #[test]
