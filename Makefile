@@ -10,7 +10,7 @@ PROFILE ?= debug
 CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
 BINARIES := rayd rayd-redis-shard rayd-plasma rayd-raylet rayd-worker
 
-.PHONY: all deps build build-python run test test-rust test-python lint bench clean
+.PHONY: all deps build build-python wheel run test test-rust test-python lint bench clean
 
 all: build
 
@@ -31,7 +31,17 @@ $(VENV)/.deps: sdk/python/requirements-dev.txt
 build-python: $(VENV)/.deps
 	$(CARGO) build $(CARGO_PROFILE_FLAG) --workspace --bins
 	install -m 0755 $(addprefix target/$(PROFILE)/,$(BINARIES)) $(VENV)/bin/
+	mkdir -p target/wheel-data/scripts
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --quiet $(CARGO_PROFILE_FLAG) -m sdk/python/Cargo.toml
+
+## wheel: dist/rayd-*.whl, the SDK with every rayd binary (installed into the env's bin/):
+## `pip install dist/rayd-*.whl` plus a redis-server on PATH is all a machine needs.
+wheel: $(VENV)/.deps
+	$(CARGO) build --release --workspace --bins
+	rm -rf target/wheel-data && mkdir -p target/wheel-data/scripts
+	install -m 0755 $(addprefix target/release/,$(BINARIES)) target/wheel-data/scripts/
+	$(VENV)/bin/maturin build --release -m sdk/python/Cargo.toml --out dist
+	rm -rf target/wheel-data && mkdir -p target/wheel-data/scripts
 
 ## run: build, then run every program of the seed document (examples/) on a fresh local
 ## cluster, and show `rayd start` / `rayd status` / `rayd stop` on a head node.
