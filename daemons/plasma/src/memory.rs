@@ -12,9 +12,11 @@
 //!   client maps it once, twice over: writable (to fill objects it created) and read-only
 //!   (every slice of a sealed object is handed out from this view, so a write through it
 //!   faults). A large object gets a segment of its own, sized exactly.
-//! - Pages are allocated when a segment is created (`fallocate`), never on first touch:
-//!   a store that cannot get memory fails the create with an error instead of a client
-//!   dying of SIGBUS later. A segment never grows or shrinks (memfd seals
+//! - Pages are allocated (`fallocate`) before any client may touch them, never on first
+//!   touch: a large object's segment when it is created; the arena's in granules of
+//!   [`ARENA_RESERVE_GRANULE`] the first time an object is placed in one (so a large
+//!   arena costs nothing at start). A store that cannot get memory fails the create with
+//!   an error instead of a client dying of SIGBUS later. A segment never grows or shrinks (memfd seals
 //!   `F_SEAL_GROW | F_SEAL_SHRINK`), so a mapped range always stays backed.
 //! - Sealing a large object seals its memfd against writes (`F_SEAL_WRITE`, or
 //!   `F_SEAL_FUTURE_WRITE` while its creator still has a writable mapping), and readers
@@ -35,7 +37,7 @@
 
 use std::ffi::CString;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,8 +125,9 @@ impl Backing {
     }
 
     /// Creates a segment of at least `size` bytes (rounded up to the granularity), with
-    /// all its pages allocated. Returns the descriptor and the real size.
-    pub fn create(&self, size: usize) -> Result<(OwnedFd, usize), MemoryError> {
+    /// all its pages allocated when `reserve` is set (else the caller reserves ranges with
+    /// [`reserve`] before handing them out). Returns the descriptor and the real size.
+    pub fn create(&self, size: usize, reserve: bool) -> Result<(OwnedFd, usize), MemoryError> {
         let size = round_up(size.max(1), self.granularity());
         let fd = match self {
             Backing::Memfd => {
@@ -144,8 +147,9 @@ impl Backing {
         nix::unistd::ftruncate(&fd, len).map_err(|source| MemoryError::Create { size, source })?;
         // Allocate every page now: a page that cannot be had later would be a SIGBUS in
         // whichever process touches it first.
-        nix::fcntl::fallocate(&fd, FallocateFlags::empty(), 0, len)
-            .map_err(|source| MemoryError::Reserve { size, source })?;
+        if reserve {
+            reserve_range(fd.as_fd(), 0, size)?;
+        }
         if matches!(self, Backing::Memfd) {
             fcntl(
                 &fd,
@@ -155,6 +159,21 @@ impl Backing {
         }
         Ok((fd, size))
     }
+}
+
+/// How much of the arena is reserved at once, the first time an object lands in it.
+pub const ARENA_RESERVE_GRANULE: usize = 8 << 20;
+
+/// Allocates the pages of `len` bytes at `offset` of a segment (see the module doc).
+pub fn reserve_range(fd: BorrowedFd<'_>, offset: usize, len: usize) -> Result<(), MemoryError> {
+    let too_big = |_| MemoryError::Reserve {
+        size: len,
+        source: nix::Error::EFBIG,
+    };
+    let start = i64::try_from(offset).map_err(too_big)?;
+    let count = i64::try_from(len).map_err(too_big)?;
+    nix::fcntl::fallocate(fd, FallocateFlags::empty(), start, count)
+        .map_err(|source| MemoryError::Reserve { size: len, source })
 }
 
 static FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -378,7 +397,7 @@ mod tests {
 
     #[test]
     fn a_segment_is_shared_between_mappings() {
-        let (fd, size) = Backing::Memfd.create(10_000).unwrap();
+        let (fd, size) = Backing::Memfd.create(10_000, true).unwrap();
         assert_eq!(size % page_size(), 0);
         let writer = Mapping::new(fd.as_fd(), size, true, false).unwrap();
         let reader = Mapping::new(fd.as_fd(), size, false, false).unwrap();
@@ -396,7 +415,7 @@ mod tests {
 
     #[test]
     fn a_sealed_memfd_refuses_writable_mappings() {
-        let (fd, size) = Backing::Memfd.create(4096).unwrap();
+        let (fd, size) = Backing::Memfd.create(4096, true).unwrap();
         assert!(
             seal_against_writes(fd.as_fd()).unwrap(),
             "no mapping: strict seal"
@@ -409,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_seal_with_a_live_writable_mapping_falls_back() {
-        let (fd, size) = Backing::Memfd.create(4096).unwrap();
+        let (fd, size) = Backing::Memfd.create(4096, true).unwrap();
         let _writer = Mapping::new(fd.as_fd(), size, true, false).unwrap();
         assert!(!seal_against_writes(fd.as_fd()).unwrap());
         assert!(Mapping::new(fd.as_fd(), size, true, false).is_err());
@@ -423,7 +442,7 @@ mod tests {
             huge_pages: false,
         };
         backing.check().unwrap();
-        let (fd, size) = backing.create(5000).unwrap();
+        let (fd, size) = backing.create(5000, true).unwrap();
         assert!(Mapping::new(fd.as_fd(), size, true, false).is_ok());
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),

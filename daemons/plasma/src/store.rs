@@ -30,10 +30,8 @@ pub type ClientId = u64;
 
 /// ID of the arena segment.
 pub const ARENA_SEGMENT: u64 = 0;
-/// Largest arena. Its pages are reserved when the store starts (fallocate zero-fills
-/// them): 1 GiB took ~420 ms of `ray.init()`, 128 MiB takes a few tens. Objects above a
-/// quarter of it get segments of their own.
-const MAX_ARENA: u64 = 128 << 20;
+/// Largest arena.
+const MAX_ARENA: u64 = 1 << 30;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +225,8 @@ pub struct Store {
     arena_fd: OwnedFd,
     arena_map: Arc<Mapping>,
     arena: Allocator,
+    /// Which granules of the arena have their pages allocated (see `memory`).
+    arena_reserved: Vec<bool>,
     large_capacity: u64,
     large_used: u64,
     objects: HashMap<ObjectId, Entry>,
@@ -242,10 +242,11 @@ pub struct Store {
 }
 
 impl Store {
-    /// Creates the store: the arena is allocated now, in full.
+    /// Creates the store. The arena's pages are allocated as objects first land in them:
+    /// zero-filling 1 GiB up front took ~420 ms of every `ray.init()`.
     pub fn new(capacity: u64, backing: Backing) -> Result<Self, MemoryError> {
         let layout = Layout::for_capacity(capacity, backing.granularity() as u64);
-        let (arena_fd, arena_size) = backing.create(layout.arena_size as usize)?;
+        let (arena_fd, arena_size) = backing.create(layout.arena_size as usize, false)?;
         let arena_map = Arc::new(Mapping::new(arena_fd.as_fd(), arena_size, true, false)?);
         Ok(Self {
             backing,
@@ -253,6 +254,7 @@ impl Store {
             arena_fd,
             arena_map,
             arena: Allocator::new(arena_size as u64),
+            arena_reserved: vec![false; arena_size.div_ceil(memory::ARENA_RESERVE_GRANULE)],
             large_capacity: capacity.saturating_sub(arena_size as u64),
             large_used: 0,
             objects: HashMap::new(),
@@ -354,6 +356,10 @@ impl Store {
     fn place_small(&mut self, id: ObjectId, size: u64) -> Result<u64, StoreError> {
         loop {
             if let Some(offset) = self.arena.allocate(size) {
+                if let Err(source) = self.reserve_arena(offset, size) {
+                    self.arena.free(offset, size);
+                    return Err(StoreError::Memory { id, source });
+                }
                 return Ok(offset);
             }
             if !self.evict_one(true) {
@@ -364,6 +370,27 @@ impl Store {
                 });
             }
         }
+    }
+
+    /// Allocates the pages of the arena granules that `offset..offset + size` touches and
+    /// that are not allocated yet, before any client learns of the range.
+    fn reserve_arena(&mut self, offset: u64, size: u64) -> Result<(), MemoryError> {
+        let granule = memory::ARENA_RESERVE_GRANULE;
+        let arena_size = self.arena.size() as usize;
+        let first = offset as usize / granule;
+        let last = (offset + size.max(1) - 1) as usize / granule;
+        for index in first..=last.min(self.arena_reserved.len().saturating_sub(1)) {
+            if !self.arena_reserved[index] {
+                let start = index * granule;
+                memory::reserve_range(
+                    self.arena_fd.as_fd(),
+                    start,
+                    granule.min(arena_size - start),
+                )?;
+                self.arena_reserved[index] = true;
+            }
+        }
+        Ok(())
     }
 
     fn place_large(&mut self, id: ObjectId, size: u64) -> Result<Arc<OwnSegment>, StoreError> {
@@ -394,7 +421,7 @@ impl Store {
         })?;
         let (fd, real) = self
             .backing
-            .create(len)
+            .create(len, true)
             .map_err(|source| StoreError::Memory { id, source })?;
         let segment = Arc::new(OwnSegment {
             id: self.next_segment,
@@ -686,6 +713,15 @@ mod tests {
         store.create(client, id(n), size, 0).unwrap();
         store.seal(client, id(n)).unwrap();
         store.release(client, id(n)).unwrap();
+    }
+
+    #[test]
+    fn arena_pages_are_reserved_on_first_use() {
+        let mut store = store();
+        assert!(store.arena_reserved.iter().all(|reserved| !reserved));
+        let client = store.connect();
+        store.create(client, id(1), 100, 0).unwrap();
+        assert!(store.arena_reserved[0]);
     }
 
     #[test]
