@@ -1,6 +1,5 @@
 """Fixtures that start and stop real local rayd clusters, leaving nothing running."""
 
-import os
 import time
 
 import pytest
@@ -88,10 +87,3 @@ def cleanup():
     _stop_shared()
     yield
     ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_env(monkeypatch):
-    monkeypatch.delenv("RAYD_REDIS_PASSWORD", raising=False)
-    yield
-    assert os.environ.get("RAYD_CONFIG") is None
