@@ -85,7 +85,7 @@ pub fn launch(
         if let Some(status) = child.try_wait()? {
             break Err(anyhow::anyhow!(
                 "{name} exited ({status}) before it was ready:\n{}",
-                tail(&log_path, 10)
+                rayd_common::logging::log_tail(&log_path, 10, "\n")
             ));
         }
         if Instant::now() > deadline {
@@ -93,7 +93,7 @@ pub fn launch(
             let _ = child.wait();
             break Err(anyhow::anyhow!(
                 "{name} was not ready within {READY_TIMEOUT:?}:\n{}",
-                tail(&log_path, 10)
+                rayd_common::logging::log_tail(&log_path, 10, "\n")
             ));
         }
     };
@@ -102,11 +102,4 @@ pub fn launch(
         Ok(()) => Ok(child),
         Err(e) => bail!("{e}\n(full log: {})", log_path.display()),
     }
-}
-
-/// The last `n` lines of a file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -166,14 +166,7 @@ impl RedisServer {
 
     /// The last lines of the server's log, for error messages.
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-        if tail.is_empty() {
-            "no log".into()
-        } else {
-            tail
-        }
+        rayd_common::logging::log_tail(&self.log_path(), 3, " | ")
     }
 
     /// The process ID, while running.

@@ -429,14 +429,6 @@ impl CoreWorker {
         Ok(())
     }
 
-    /// Stores raw bytes (already laid out) as object `id`.
-    pub fn store_raw(&self, id: ObjectId, metadata: &[u8], data: &[u8]) -> Result<(), CoreError> {
-        match self.plasma.put(id, data, metadata) {
-            Ok(_) | Err(ClientError::ObjectExists(_)) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The store's event stream, followed from the first call on.
     fn sealed(&self) -> Result<&SealedObjects, CoreError> {
         if let Some(sealed) = self.sealed.get() {

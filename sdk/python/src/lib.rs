@@ -267,8 +267,8 @@ impl CoreWorker {
     ) -> PyResult<()> {
         let id = FunctionId::from_slice(function_id)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let definition = definition.to_vec();
-        py.detach(|| self.0.export_function(id, name, &definition))
+        // The core exports once per process: after the first call this is a set lookup.
+        py.detach(|| self.0.export_function(id, name, definition))
             .map_err(to_py_err)
     }
 
@@ -411,13 +411,6 @@ impl CoreWorker {
         let slices = held.iter().map(as_slice).collect::<PyResult<Vec<_>>>()?;
         self.0
             .store(id, metadata, pickle, &slices)
-            .map_err(to_py_err)
-    }
-
-    /// Stores raw bytes as object `object_id` (error objects).
-    fn store_raw(&self, object_id: &[u8], metadata: &[u8], data: &[u8]) -> PyResult<()> {
-        self.0
-            .store_raw(id_from(object_id)?, metadata, data)
             .map_err(to_py_err)
     }
 
@@ -722,6 +715,12 @@ fn find_local_raylet(
     .map_err(to_py_err)
 }
 
+/// The ID of a pickled function or class definition.
+#[pyfunction]
+fn function_id<'py>(py: Python<'py>, definition: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, FunctionId::for_definition(definition).as_bytes())
+}
+
 /// The layout helpers Python needs to build inline arguments.
 #[pyfunction]
 fn serialize_inline<'py>(
@@ -754,6 +753,7 @@ fn _raylet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start_local_node, m)?)?;
     m.add_function(wrap_pyfunction!(find_local_raylet, m)?)?;
     m.add_function(wrap_pyfunction!(serialize_inline, m)?)?;
+    m.add_function(wrap_pyfunction!(function_id, m)?)?;
     m.add_function(wrap_pyfunction!(parse_inline, m)?)?;
     m.add("META_PICKLE5", PyBytes::new(m.py(), value::META_PICKLE5))?;
     m.add(

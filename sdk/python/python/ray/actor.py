@@ -7,21 +7,12 @@ tasks and other actors (each copy numbers its own calls).
 """
 
 import os
-import weakref
 
 from ray import exceptions
-from ray._private import serialization
 from ray._private import worker as _worker
-from ray.remote_function import _encode_argument, check_resource_options
+from ray.remote_function import Definition, _encode_argument, check_resource_options
 
-_ALL = weakref.WeakSet()
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "name", "memory"}
-
-
-def forget_exports():
-    """After ray.shutdown(): every actor class is exported again on its next use."""
-    for actor_class in list(_ALL):
-        actor_class._exported_by = None
 
 
 def _method_returns(cls):
@@ -47,12 +38,9 @@ class ActorClass:
         self._name = f"{cls.__module__}.{cls.__qualname__}"
         self._options = dict(options)
         self._methods = _method_returns(cls)
-        self._pickled = None
-        self._class_id = None
-        self._exported_by = None
+        self._definition = Definition(cls, self._name)
         self.__name__ = cls.__name__
         self.__doc__ = cls.__doc__
-        _ALL.add(self)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"actor class {self._name} cannot be instantiated directly: "
@@ -79,12 +67,7 @@ class ActorClass:
         if worker.mode == _worker.LOCAL_MODE:
             return _LocalActorHandle(self._class(*args, **kwargs), self._methods)
         core = worker.core
-        if self._pickled is None:
-            self._pickled = serialization.dumps_function(self._class)
-            self._class_id = _worker.function_id(self._pickled)
-        if self._exported_by is not core:
-            core.export_function(self._class_id, self._name, self._pickled)
-            self._exported_by = core
+        class_id = self._definition.export(core)
         resources = dict(options.get("resources") or {})
         if options.get("num_cpus"):
             resources["CPU"] = float(options["num_cpus"])
@@ -94,9 +77,9 @@ class ActorClass:
         # doesn't holds none, and each of its method calls takes one CPU while it runs.
         holds = any(options.get(k) is not None for k in ("num_cpus", "num_gpus", "resources"))
         encoded = [_encode_argument(core, v) for v in list(args) + list(kwargs.values())]
-        actor_id = core.create_actor(self._class_id, self._name, encoded, list(kwargs.keys()),
+        actor_id = core.create_actor(class_id, self._name, encoded, list(kwargs.keys()),
                                      resources, holds, int(options.get("max_restarts", 0)))
-        return ActorHandle(actor_id, self._class_id, self._name, self._methods)
+        return ActorHandle(actor_id, class_id, self._name, self._methods)
 
 
 class ActorHandle:

@@ -1,24 +1,33 @@
 """`@ray.remote` on a function: a handle whose `.remote()` submits a task."""
 
-import weakref
-
 from ray import exceptions
 from ray._private import serialization
 from ray._private import worker as _worker
 
 DEFAULT_MAX_RETRIES = 3
 
-# Every remote function, so that ray.shutdown() can make them export again.
-_ALL = weakref.WeakSet()
-
 _OPTION_NAMES = {"num_returns", "num_return_vals", "num_cpus", "num_gpus", "resources",
                  "max_calls", "max_retries", "memory", "name"}
 
 
-def forget_exports():
-    """After ray.shutdown(): every function is exported again on its next call."""
-    for function in list(_ALL):
-        function._exported_by = None
+class Definition:
+    """A function or actor class pickled once (by value), with its ID. `export` is cheap
+    after the first time: the core writes a definition to the GCS once per connection."""
+
+    def __init__(self, obj, name):
+        self._obj = obj
+        self.name = name
+        self._pickled = None
+        self.id = None
+
+    def export(self, core):
+        """Makes sure `core`'s cluster knows the definition; returns its ID."""
+        if self._pickled is None:
+            from ray import _raylet
+            self._pickled = serialization.dumps_function(self._obj)
+            self.id = _raylet.function_id(self._pickled)
+        core.export_function(self.id, self.name, self._pickled)
+        return self.id
 
 
 def _normalize(options):
@@ -58,12 +67,9 @@ class RemoteFunction:
         self._function = function
         self._name = f"{function.__module__}.{function.__qualname__}"
         self._options = _normalize(options)
-        self._pickled = None
-        self._function_id = None
-        self._exported_by = None
+        self._definition = Definition(function, self._name)
         self.__doc__ = function.__doc__
         self.__name__ = function.__name__
-        _ALL.add(self)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self._name} cannot be called directly: "
@@ -84,14 +90,6 @@ class RemoteFunction:
 
         return _Options()
 
-    def _export(self, core):
-        if self._pickled is None:
-            self._pickled = serialization.dumps_function(self._function)
-            self._function_id = _worker.function_id(self._pickled)
-        if self._exported_by is not core:
-            core.export_function(self._function_id, self._name, self._pickled)
-            self._exported_by = core
-
     def _remote(self, args, kwargs, options):
         worker = _worker.global_worker
         worker.check_connected()
@@ -99,7 +97,7 @@ class RemoteFunction:
         if worker.mode == _worker.LOCAL_MODE:
             return _run_locally(self._function, self._name, args, kwargs, num_returns)
         core = worker.core
-        self._export(core)
+        function_id = self._definition.export(core)
         values = list(args) + list(kwargs.values())
         encoded = [_encode_argument(core, value) for value in values]
         resources = dict(options.get("resources") or {})
@@ -110,7 +108,7 @@ class RemoteFunction:
         if num_gpus:
             resources["GPU"] = float(num_gpus)
         ids = core.submit_task(
-            self._function_id, self._name, encoded, list(kwargs.keys()), num_returns, resources,
+            function_id, self._name, encoded, list(kwargs.keys()), num_returns, resources,
             options.get("max_retries", DEFAULT_MAX_RETRIES), options.get("max_calls") or 0)
         if num_returns == 1:
             return ids[0]

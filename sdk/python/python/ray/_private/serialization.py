@@ -34,12 +34,6 @@ def serialize(value):
     return data, [buffer.raw() for buffer in buffers]
 
 
-def serialize_inline(value):
-    """One bytes object holding a value, for a small task argument."""
-    data, buffers = serialize(value)
-    return _raylet.serialize_inline(data, buffers)
-
-
 def deserialize_inline(blob):
     """The value of an inline task argument."""
     view = memoryview(blob)

@@ -2,7 +2,6 @@
 `init`, `shutdown`, `get`, `put`, `wait`."""
 
 import atexit
-import hashlib
 import json
 import os
 import sys
@@ -183,9 +182,6 @@ def shutdown():
         worker.mode = None
         worker.info = None
         worker.local_objects.clear()
-        from ray import actor, remote_function
-        remote_function.forget_exports()
-        actor.forget_exports()
 
 
 def is_initialized():
@@ -286,6 +282,3 @@ def wait(object_ids, num_returns=1, timeout=None):
         (ready if flag and len(ready) < num_returns else not_ready).append(object_id)
     return ready, not_ready
 
-
-def function_id(pickled):
-    return hashlib.sha256(b"rayd-function" + pickled).digest()[:20]
