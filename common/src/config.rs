@@ -63,7 +63,7 @@ pub struct RaydConfig {
     pub redis_port: u16,
     /// Number of Redis shards besides the primary.
     pub num_redis_shards: u16,
-    /// Ports of the shards; empty means the ports right after `redis_port`.
+    /// Ports of the shards; empty means the first free ports after `redis_port`.
     pub redis_shard_ports: Vec<u16>,
     /// Password every Redis server requires (`requirepass`); none when unset.
     pub redis_password: Option<String>,
@@ -163,7 +163,8 @@ pub enum ConfigError {
 }
 
 impl RaydConfig {
-    /// The ports of the shards (besides the primary), explicit or derived.
+    /// The ports the shards (besides the primary) would get when every port is free: the
+    /// explicit ones, or those right after `redis_port` (rayd-redis-shard skips busy ones).
     pub fn shard_ports(&self) -> Vec<u16> {
         if self.redis_shard_ports.is_empty() {
             (1..=self.num_redis_shards)

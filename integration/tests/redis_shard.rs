@@ -202,6 +202,41 @@ fn a_port_in_use_is_named() {
 }
 
 #[test]
+fn a_busy_port_next_to_the_primary_is_skipped_for_a_shard() {
+    let dir = TestDir::new();
+    // A free primary port whose next port we can hold, so the default shard port is busy.
+    let (port, _taken) = wait_for("a free port with a bindable neighbour", LONG, || {
+        let port = free_port();
+        let next = port.checked_add(1)?;
+        std::net::TcpListener::bind(("127.0.0.1", next))
+            .ok()
+            .map(|l| (port, l))
+    });
+    let data = dir.path().join("redis");
+    let port_arg = port.to_string();
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "redis-shard",
+        &binary("rayd-redis-shard"),
+        &[
+            "--redis-port",
+            &port_arg,
+            "--redis-data-dir",
+            data.to_str().unwrap_or_default(),
+        ],
+        &[],
+    );
+    daemon.wait_for_log("gcs ready", LONG);
+    let shards = redis_cli(port, None, &["lrange", "rayd:shards", "0", "-1"]).unwrap_or_default();
+    let shard: u16 = shards
+        .strip_prefix("127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("one shard in the list, got {shards:?}"));
+    assert!(shard > port + 1, "shard on {shard}, primary on {port}");
+    assert_eq!(redis_cli(shard, None, &["ping"]).as_deref(), Some("PONG"));
+}
+
+#[test]
 fn invalid_config_exits_64_naming_the_key() {
     let dir = TestDir::new();
     let (code, log) = start_failing(&dir, &["--num-redis-shards", "0"]);

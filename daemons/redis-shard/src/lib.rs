@@ -41,6 +41,8 @@ pub enum ShardError {
     RedisNotFound(PathBuf),
     #[error("port {port} on {ip} for the redis {role} is already in use")]
     PortInUse { ip: String, port: u16, role: Role },
+    #[error("no free port after {after} on {ip} for the redis shards")]
+    NoFreePort { ip: String, after: u16 },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -66,21 +68,51 @@ pub enum ShardError {
 }
 
 fn check_port_free(ip: &str, server: &RedisServer) -> Result<(), ShardError> {
-    match TcpListener::bind((ip, server.port)) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ShardError::PortInUse {
+    if port_is_free(ip, server.port)? {
+        Ok(())
+    } else {
+        Err(ShardError::PortInUse {
             ip: ip.to_string(),
             port: server.port,
             role: server.role,
-        }),
+        })
+    }
+}
+
+/// Whether `ip:port` can be bound now.
+fn port_is_free(ip: &str, port: u16) -> Result<bool, ShardError> {
+    match TcpListener::bind((ip, port)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(false),
         Err(source) => Err(ShardError::Io {
-            what: format!(
-                "cannot bind {ip}:{} for the redis {}",
-                server.port, server.role
-            ),
+            what: format!("cannot bind {ip}:{port} for a redis server"),
             source,
         }),
     }
+}
+
+/// The shards' ports: the configured ones, or else the first free ports after `redis_port`
+/// (as `ray start` does without `--redis-shard-ports`, a busy port next to the primary's
+/// must not stop the head; the shard list tells clients where the shards are).
+fn shard_ports(config: &RaydConfig) -> Result<Vec<u16>, ShardError> {
+    if !config.redis_shard_ports.is_empty() {
+        return Ok(config.redis_shard_ports.clone());
+    }
+    let ip = &config.node_ip_address;
+    let mut ports = Vec::with_capacity(usize::from(config.num_redis_shards));
+    let mut candidate = config.redis_port;
+    while ports.len() < usize::from(config.num_redis_shards) {
+        candidate = candidate
+            .checked_add(1)
+            .ok_or_else(|| ShardError::NoFreePort {
+                ip: ip.clone(),
+                after: config.redis_port,
+            })?;
+        if port_is_free(ip, candidate)? {
+            ports.push(candidate);
+        }
+    }
+    Ok(ports)
 }
 
 /// Writes the shard list and the cluster metadata into the primary, in one transaction.
@@ -177,7 +209,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
     let binary = find_executable(&config.redis_server_path)
         .ok_or_else(|| ShardError::RedisNotFound(config.redis_server_path.clone()))?;
     let mut servers = vec![RedisServer::new(Role::Primary, config.redis_port, &config)];
-    for (i, port) in config.shard_ports().into_iter().enumerate() {
+    for (i, port) in shard_ports(&config)?.into_iter().enumerate() {
         servers.push(RedisServer::new(Role::Shard(i), port, &config));
     }
     for server in &servers {
