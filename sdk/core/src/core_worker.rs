@@ -2,17 +2,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayd_common::gcs::{FunctionInfo, GcsClient};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_plasma::client::{ClientError, ObjectBuffer, PlasmaClient};
+use rayd_plasma::client::{ClientError, PlasmaClient};
 
+use crate::arrivals::Arrivals;
+use crate::object::{Object, INLINE_RESULT_MAX};
 use crate::raylet_client::RayletConnection;
-use crate::sealed::SealedObjects;
 use crate::{value, CoreError};
 
 /// How long one wait lasts before the caller's `interrupted` is asked (Ctrl-C).
@@ -103,7 +104,9 @@ pub struct CoreWorker {
     context: Mutex<Context>,
     exported: Mutex<HashSet<FunctionId>>,
     functions: Mutex<HashMap<FunctionId, Arc<FunctionInfo>>>,
-    sealed: OnceLock<SealedObjects>,
+    arrivals: Arc<Arrivals>,
+    /// Workers: the small results of the running task, sent with its `TaskDone`.
+    results: Mutex<Vec<pb::InlineObject>>,
 }
 
 impl CoreWorker {
@@ -185,7 +188,8 @@ impl CoreWorker {
             }),
             exported: Mutex::default(),
             functions: Mutex::default(),
-            sealed: OnceLock::new(),
+            arrivals: Arc::default(),
+            results: Mutex::default(),
         };
         if !options.is_worker {
             core.print_raylet_messages();
@@ -193,11 +197,13 @@ impl CoreWorker {
         Ok(core)
     }
 
-    /// Drivers: shows the raylet's warnings and the workers' output on stderr/stdout.
+    /// Drivers: follows the raylet's messages on a thread: small objects go to the
+    /// arrivals, warnings and the workers' output to stderr/stdout.
     fn print_raylet_messages(&self) {
         let Some(mut reader) = self.raylet.take_reader() else {
             return;
         };
+        let arrivals = Arc::clone(&self.arrivals);
         let _ = std::thread::Builder::new()
             .name("rayd-raylet-messages".into())
             .spawn(move || {
@@ -205,6 +211,9 @@ impl CoreWorker {
                     rayd_common::framing::read_message::<pb::ServerMessage>(&mut reader)
                 {
                     match message.kind {
+                        Some(pb::server_message::Kind::ObjectsReady(ready)) => {
+                            arrivals.insert_inline(ready.objects)
+                        }
                         Some(pb::server_message::Kind::Warning(w)) => {
                             eprintln!("rayd warning: {}", w.message)
                         }
@@ -376,11 +385,13 @@ impl CoreWorker {
             spec.actor_handle_id = actor.handle_id.clone();
             spec.actor_counter = actor.counter;
         }
-        self.raylet
-            .send(pb::client_message::Kind::SubmitTask(spec))?;
-        let returns = (1..=options.num_returns)
+        let returns: Vec<ObjectId> = (1..=options.num_returns)
             .map(|i| ObjectId::for_return(task, i))
             .collect();
+        // Before sending: the results may come back before `send` returns.
+        self.arrivals.expect(&returns);
+        self.raylet
+            .send(pb::client_message::Kind::SubmitTask(spec))?;
         Ok((task, returns))
     }
 
@@ -429,65 +440,116 @@ impl CoreWorker {
         Ok(())
     }
 
-    /// The store's event stream, followed from the first call on.
-    fn sealed(&self) -> Result<&SealedObjects, CoreError> {
-        if let Some(sealed) = self.sealed.get() {
-            return Ok(sealed);
+    /// Workers: stores a result of the running task: a small one goes with the task's
+    /// `TaskDone` (a later one for the same ID replaces it), a large one into plasma now.
+    pub fn store_return(
+        &self,
+        id: ObjectId,
+        metadata: &[u8],
+        pickle: &[u8],
+        buffers: &[&[u8]],
+    ) -> Result<(), CoreError> {
+        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+        let layout = value::layout(pickle.len(), &lens);
+        if layout.total + metadata.len() > INLINE_RESULT_MAX {
+            return self.store(id, metadata, pickle, buffers);
         }
-        let sealed = SealedObjects::follow(&self.plasma_socket)?;
-        Ok(self.sealed.get_or_init(|| sealed))
+        let mut data = vec![0; layout.total];
+        value::write(&mut data, &layout, pickle, buffers);
+        let object = pb::InlineObject {
+            object_id: id.as_bytes().to_vec(),
+            data,
+            metadata: metadata.to_vec(),
+        };
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        match results.iter_mut().find(|r| r.object_id == object.object_id) {
+            Some(earlier) => *earlier = object,
+            None => results.push(object),
+        }
+        Ok(())
+    }
+
+    /// Objects already here: small ones that arrived, then what plasma has sealed.
+    fn lookup(&self, ids: &[ObjectId], found: &mut [Option<Object>]) -> Result<(), CoreError> {
+        for (id, slot) in ids.iter().zip(found.iter_mut()) {
+            if slot.is_none() {
+                *slot = self.arrivals.inline(id).map(Object::Inline);
+            }
+        }
+        let missing: Vec<usize> = (0..ids.len())
+            .filter(|i| found[*i].is_none() && self.arrivals.in_store_maybe(&ids[*i]))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let wanted: Vec<ObjectId> = missing.iter().map(|i| ids[*i]).collect();
+        for (i, buffer) in missing
+            .into_iter()
+            .zip(self.plasma.get(&wanted, Some(Duration::ZERO))?)
+        {
+            if let Some(buffer) = buffer {
+                self.arrivals.insert_sealed(ids[i]);
+                found[i] = Some(Object::Plasma(buffer));
+            }
+        }
+        Ok(())
+    }
+
+    /// Prepares to wait for `ids`: follows the store's events (before looking, so that
+    /// nothing sealed after the look goes unnoticed) and asks the raylet for those that no
+    /// message will bring unasked.
+    fn prepare_wait(&self, ids: &[ObjectId]) -> Result<(), CoreError> {
+        self.arrivals.follow_store(&self.plasma_socket)?;
+        let fetch = self.arrivals.to_fetch(ids);
+        if !fetch.is_empty() {
+            self.raylet
+                .send(pb::client_message::Kind::Fetch(pb::Fetch {
+                    object_ids: fetch.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                }))?;
+        }
+        Ok(())
     }
 
     /// The objects `ids`, waiting up to `timeout` (forever when `None`); absent ones are
-    /// `None`. The wait follows the store's event stream (no request per object while
-    /// waiting) in slices, between which `interrupted` may end it (Ctrl-C). A worker that
-    /// has to wait tells its raylet, which lends its CPUs to other tasks meanwhile.
+    /// `None`. The wait follows the raylet's messages and the store's event stream (no
+    /// request per object while waiting) in slices, between which `interrupted` may end it
+    /// (Ctrl-C). A worker that has to wait tells its raylet, which lends its CPUs to other
+    /// tasks meanwhile.
     pub fn get(
         &self,
         ids: &[ObjectId],
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
-    ) -> Result<Vec<Option<ObjectBuffer>>, CoreError> {
-        // Subscribe first: whatever is sealed after the check below is then announced.
-        let sealed = self.sealed()?;
-        let mut found = self.plasma.get(ids, Some(Duration::ZERO))?;
+    ) -> Result<Vec<Option<Object>>, CoreError> {
+        let mut found: Vec<Option<Object>> = vec![None; ids.len()];
+        self.lookup(ids, &mut found)?;
         if found.iter().all(Option::is_some) || timeout == Some(Duration::ZERO) {
             return Ok(found);
         }
+        self.prepare_wait(ids)?;
+        self.lookup(ids, &mut found)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         if self.is_worker {
             self.raylet
                 .send(pb::client_message::Kind::Blocked(pb::Blocked {}))?;
         }
         let result = loop {
-            let missing: Vec<usize> = (0..ids.len()).filter(|i| found[*i].is_none()).collect();
-            let wanted: Vec<ObjectId> = missing.iter().map(|i| ids[*i]).collect();
-            let slice = deadline.map_or(WAIT_SLICE, |d| {
-                d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
-            });
-            let ready = sealed.wait(&wanted, wanted.len(), Some(slice));
-            let newly: Vec<usize> = missing
-                .iter()
-                .zip(&ready)
-                .filter(|(_, r)| **r)
-                .map(|(i, _)| *i)
-                .collect();
-            if !newly.is_empty() {
-                let newly_ids: Vec<ObjectId> = newly.iter().map(|i| ids[*i]).collect();
-                match self.plasma.get(&newly_ids, Some(Duration::ZERO)) {
-                    Ok(buffers) => {
-                        for (i, buffer) in newly.into_iter().zip(buffers) {
-                            found[i] = buffer;
-                        }
-                    }
-                    Err(e) => break Err(e.into()),
-                }
-            }
             if found.iter().all(Option::is_some)
                 || deadline.is_some_and(|d| Instant::now() >= d)
                 || interrupted()
             {
                 break Ok(());
+            }
+            let missing: Vec<usize> = (0..ids.len()).filter(|i| found[*i].is_none()).collect();
+            let wanted: Vec<ObjectId> = missing.iter().map(|i| ids[*i]).collect();
+            let slice = deadline.map_or(WAIT_SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
+            });
+            let ready = self.arrivals.wait(&wanted, wanted.len(), Some(slice));
+            if ready.iter().any(|r| *r) {
+                if let Err(e) = self.lookup(ids, &mut found) {
+                    break Err(e);
+                }
             }
         };
         if self.is_worker {
@@ -497,8 +559,9 @@ impl CoreWorker {
         result.map(|()| found)
     }
 
-    /// Which of `ids` are sealed locally, waiting until `num_returns` are or `timeout`
-    /// passes (or `interrupted` says to stop, checked between slices).
+    /// Which of `ids` are here (small ones that arrived, or sealed locally), waiting until
+    /// `num_returns` are or `timeout` passes (or `interrupted` says to stop, checked
+    /// between slices).
     pub fn wait(
         &self,
         ids: &[ObjectId],
@@ -506,19 +569,16 @@ impl CoreWorker {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<bool>, CoreError> {
-        let sealed = self.sealed()?;
-        // Objects sealed before the subscription started are only known to the store.
-        for (id, found) in ids.iter().zip(self.plasma.get(ids, Some(Duration::ZERO))?) {
-            if found.is_some() {
-                sealed.insert(*id);
-            }
-        }
+        self.prepare_wait(ids)?;
+        // Objects sealed before the store was followed are only known to the store.
+        let mut found: Vec<Option<Object>> = vec![None; ids.len()];
+        self.lookup(ids, &mut found)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let slice = deadline.map_or(WAIT_SLICE, |d| {
                 d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
             });
-            let ready = sealed.wait(ids, num_returns, Some(slice));
+            let ready = self.arrivals.wait(ids, num_returns, Some(slice));
             if ready.iter().filter(|r| **r).count() >= num_returns
                 || deadline.is_some_and(|d| Instant::now() >= d)
                 || interrupted()
@@ -556,6 +616,9 @@ impl CoreWorker {
                     log::info!(reason = exit.reason.as_str(); "raylet asked this worker to exit");
                     return Ok(None);
                 }
+                pb::server_message::Kind::ObjectsReady(ready) => {
+                    self.arrivals.insert_inline(ready.objects)
+                }
                 _ => continue,
             }
         }
@@ -569,11 +632,14 @@ impl CoreWorker {
             }))
     }
 
-    /// Workers: reports the current task finished (its results are sealed).
+    /// Workers: reports the current task finished, with its small results (the large
+    /// ones are sealed in plasma).
     pub fn task_done(&self, task: TaskId) -> Result<(), CoreError> {
+        let results = std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()));
         self.raylet
             .send(pb::client_message::Kind::TaskDone(pb::TaskDone {
                 task_id: task.as_bytes().to_vec(),
+                results,
             }))
     }
 }

@@ -3,14 +3,17 @@
 //!
 //! Nothing here knows Python: the Python extension (`ray._raylet`) wraps a [`CoreWorker`]
 //! and hands it serialized bytes. The hot path (submit, put, get) never waits on Redis:
-//! submission is one frame to the local raylet, objects go through local shared memory.
+//! submission is one frame to the local raylet; small results come back in the raylet's
+//! messages, large objects go through local shared memory.
 
+mod arrivals;
 mod core_worker;
+mod object;
 mod raylet_client;
-mod sealed;
 pub mod value;
 
 pub use core_worker::{ActorCall, Assigned, ConnectOptions, CoreWorker, TaskArgValue, TaskOptions};
+pub use object::{InlineCache, Object, INLINE_RESULT_MAX};
 pub use rayd_plasma::client::{ClientError as PlasmaError, ObjectBuffer};
 pub use raylet_client::find_local_raylet;
 

@@ -17,9 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use rayd_common::config::{Overrides, RaydConfig};
 use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
-use rayd_core::{
-    value, ActorCall, ConnectOptions, CoreError, ObjectBuffer, TaskArgValue, TaskOptions,
-};
+use rayd_core::{value, ActorCall, ConnectOptions, CoreError, Object, TaskArgValue, TaskOptions};
 
 /// Whether a signal handler raised (Ctrl-C) while the GIL was released; the exception is
 /// kept in `slot` to be raised once the wait ends.
@@ -118,11 +116,12 @@ impl PyObjectId {
     }
 }
 
-/// A sealed object's data, pinned in the store while this lives; Python reads it through
-/// the buffer protocol (`memoryview(buffer)`), read-only and without copying.
+/// An object's data (pinned in the store, or a small value from the raylet) while this
+/// lives; Python reads it through the buffer protocol (`memoryview(buffer)`), read-only
+/// and without copying.
 #[pyclass(module = "ray._raylet", frozen)]
 #[derive(Debug)]
-pub struct PlasmaBuffer(ObjectBuffer);
+pub struct PlasmaBuffer(Object);
 
 #[pymethods]
 impl PlasmaBuffer {
@@ -410,7 +409,7 @@ impl CoreWorker {
         let held = buffer_slices(buffers)?;
         let slices = held.iter().map(as_slice).collect::<PyResult<Vec<_>>>()?;
         self.0
-            .store(id, metadata, pickle, &slices)
+            .store_return(id, metadata, pickle, &slices)
             .map_err(to_py_err)
     }
 

@@ -72,6 +72,33 @@ def test_a_second_driver_attaches_and_shares_objects(shared_cluster):
     assert out.stdout.split("\n")[:2] == ["from the first driver", "42"]
 
 
+def test_small_results_reach_whoever_asks_for_them(shared_cluster):
+    """Small results travel in the raylet's messages, not plasma: a task given their IDs
+    inside a list, and another driver, still get them."""
+    @ray.remote
+    def small(i):
+        return i
+
+    @ray.remote
+    def total(ids):
+        return sum(ray.get(ids))
+
+    ids = [small.remote(i) for i in range(20)]
+    assert ray.get(total.remote(ids)) == sum(range(20))
+    assert ray.get(ids) == list(range(20))
+    later = small.remote(7)
+    assert ray.get(later) == 7
+    address = ray._private.worker.global_worker.info["redis_address"]
+    program = (
+        "import ray\n"
+        f"ray.init(redis_address={address!r})\n"
+        f"print(ray.get(ray.ObjectID(bytes.fromhex({later.hex()!r})), timeout=30))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "7"
+
+
 def test_local_mode_runs_tasks_in_the_driver(cleanup):
     ray.init(driver_mode=ray.LOCAL_MODE)
 

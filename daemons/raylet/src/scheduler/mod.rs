@@ -1,9 +1,15 @@
 //! The local scheduler: one task owns all of the raylet's state and handles events in
 //! order, so no state is shared or locked.
 //!
-//! A submitted task waits until every object-ID argument is sealed in the local store
-//! (learned from the store's event stream), then until its resources are free and a
-//! worker is idle, then runs. A worker that blocks in `ray.get` lends its CPUs to others
+//! A submitted task waits until every object-ID argument is local (sealed in the store,
+//! learned from its event stream, or a small result held here), then until its resources
+//! are free and a worker is idle, then runs.
+//!
+//! Small results (at most `INLINE_RESULT_MAX`) come in the worker's `TaskDone` and never
+//! touch plasma on the way to the driver that submitted the task: the raylet keeps them in
+//! memory, sends them to that driver, and inlines them into the tasks that take them as
+//! arguments. Workers that need one (nested tasks, fetches) get it put into plasma, as do
+//! the oldest when the memory they take passes `INLINE_STORE_BYTES`. A worker that blocks in `ray.get` lends its CPUs to others
 //! and more workers start, so nested tasks never deadlock the node. A worker that dies
 //! mid-task has its task retried (up to `max_retries`) or its results replaced by error
 //! objects, so `ray.get` never hangs on it.
@@ -17,8 +23,9 @@ use rayd_common::gcs::TaskEntry;
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_core::value;
+use rayd_core::{value, InlineCache};
 use rayd_plasma::client::PlasmaClient;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::connection::ConnId;
@@ -59,6 +66,9 @@ pub enum Event {
 /// Workers started beyond the CPU slots for tasks that need no CPU.
 const MAX_CPU_FREE_WORKERS: usize = 32;
 
+/// Bytes of small results kept in memory; beyond this the oldest are put into plasma.
+const INLINE_STORE_BYTES: usize = 64 << 20;
+
 /// The resources a task asks for, as a sortable key.
 type Shape = Vec<(String, u64)>;
 
@@ -70,6 +80,8 @@ struct Task {
     function: FunctionId,
     spec: common_pb::TaskSpec,
     resources: Amounts,
+    /// The connection that submitted it: where its small results go.
+    submitter: Option<ConnId>,
 }
 
 impl Task {
@@ -94,6 +106,7 @@ impl Task {
             function,
             spec,
             resources,
+            submitter: None,
         })
     }
 
@@ -208,6 +221,10 @@ pub struct Scheduler {
     waiting: HashMap<TaskId, (Task, usize)>,
     waiters: HashMap<ObjectId, Vec<TaskId>>,
     local: HashSet<ObjectId>,
+    /// Small results not in plasma.
+    memory: InlineCache,
+    /// Objects that connections fetched before they were local.
+    interest: HashMap<ObjectId, Vec<ConnId>>,
     warned: HashSet<String>,
     retries: HashMap<TaskId, u32>,
     actors: HashMap<ActorId, actors::Actor>,
@@ -240,6 +257,8 @@ impl Scheduler {
             waiting: HashMap::new(),
             waiters: HashMap::new(),
             local: HashSet::new(),
+            memory: InlineCache::new(INLINE_STORE_BYTES),
+            interest: HashMap::new(),
             warned: HashSet::new(),
             retries: HashMap::new(),
             actors: HashMap::new(),
@@ -344,12 +363,20 @@ impl Scheduler {
         match message {
             Kind::Register(register) => self.on_register(conn, register),
             Kind::SubmitTask(spec) => match Task::from_spec(spec) {
-                Ok(task) if task.spec.actor_creation => self.create_actor(task),
-                Ok(task) if !task.spec.actor_id.is_empty() => self.submit_actor_task(task),
-                Ok(task) => self.submit(task),
+                Ok(mut task) => {
+                    task.submitter = Some(conn);
+                    if task.spec.actor_creation {
+                        self.create_actor(task)
+                    } else if !task.spec.actor_id.is_empty() {
+                        self.submit_actor_task(task)
+                    } else {
+                        self.submit(task)
+                    }
+                }
                 Err(e) => log::warn!(conn; "refusing a malformed task: {e}"),
             },
-            Kind::TaskDone(done) => self.on_task_done(conn, &done.task_id),
+            Kind::TaskDone(done) => self.on_task_done(conn, done),
+            Kind::Fetch(fetch) => self.on_fetch(conn, &fetch.object_ids),
             Kind::Blocked(_) => self.on_blocked(conn, true),
             Kind::Unblocked(_) => self.on_blocked(conn, false),
             Kind::KillActor(kill) => match ActorId::from_slice(&kill.actor_id) {
@@ -423,6 +450,14 @@ impl Scheduler {
     }
 
     fn on_sealed(&mut self, id: ObjectId) {
+        // Whoever fetched it follows the store too.
+        self.interest.remove(&id);
+        self.mark_local(id);
+        self.schedule();
+    }
+
+    /// `id` is local now: the tasks that waited for it may be ready.
+    fn mark_local(&mut self, id: ObjectId) {
         self.local.insert(id);
         let Some(tasks) = self.waiters.remove(&id) else {
             return;
@@ -437,7 +472,107 @@ impl Scheduler {
                 }
             }
         }
-        self.schedule();
+    }
+
+    fn is_driver(&self, conn: ConnId) -> bool {
+        matches!(
+            self.conns.get(&conn).map(|c| &c.peer),
+            Some(Peer::Driver(_))
+        )
+    }
+
+    /// Takes the small results of the task running on `conn`: they go to the drivers
+    /// waiting for them, into plasma for the workers waiting for them, and stay in memory.
+    fn accept_results(&mut self, conn: ConnId, results: Vec<pb::InlineObject>) {
+        let running = match self.conns.get(&conn).map(|c| &c.peer) {
+            Some(Peer::Worker(worker)) => match &worker.state {
+                WorkerState::Busy { task, .. } => {
+                    Some((task.id, task.spec.num_returns, task.submitter))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((task, num_returns, submitter)) = running else {
+            log::warn!(conn; "results from a worker that runs no task; dropped");
+            return;
+        };
+        let mut to_drivers: HashMap<ConnId, Vec<pb::InlineObject>> = HashMap::new();
+        for object in results {
+            let id = match ObjectId::from_slice(&object.object_id) {
+                Ok(id) if (1..=num_returns).any(|i| ObjectId::for_return(task, i) == id) => id,
+                _ => {
+                    log::warn!(conn, task:% = task; "dropping a result that is not one of the task's");
+                    continue;
+                }
+            };
+            let mut targets = self.interest.remove(&id).unwrap_or_default();
+            targets.extend(submitter.filter(|s| !targets.contains(s)));
+            let (drivers, workers): (Vec<ConnId>, Vec<ConnId>) =
+                targets.into_iter().partition(|c| self.is_driver(*c));
+            for driver in drivers {
+                to_drivers.entry(driver).or_default().push(object.clone());
+            }
+            let object = Arc::new(object);
+            if workers.is_empty() {
+                for (old, forgotten) in self.memory.insert(id, object) {
+                    self.promote(old, &forgotten);
+                }
+            } else {
+                self.memory.remove(&id);
+                self.promote(id, &object);
+            }
+            self.mark_local(id);
+        }
+        for (driver, objects) in to_drivers {
+            self.send(
+                driver,
+                pb::server_message::Kind::ObjectsReady(pb::ObjectsReady { objects }),
+            );
+        }
+    }
+
+    /// Puts a small result into plasma, for readers that do not get it in messages.
+    fn promote(&self, id: ObjectId, object: &pb::InlineObject) {
+        if let Err(e) = self.plasma.put(id, &object.data, &object.metadata) {
+            if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
+                log::error!(object:% = id; "cannot put a small result into plasma: {e}");
+            }
+        }
+    }
+
+    /// A driver or worker waits for `ids`: small results held here go to it (a driver) or
+    /// into plasma (a worker); those not local yet follow when they arrive.
+    fn on_fetch(&mut self, conn: ConnId, ids: &[Vec<u8>]) {
+        let driver = self.is_driver(conn);
+        let mut ready = Vec::new();
+        for bytes in ids {
+            let Ok(id) = ObjectId::from_slice(bytes) else {
+                log::warn!(conn; "ignoring a fetch of a malformed object id");
+                continue;
+            };
+            if driver {
+                if let Some(object) = self.memory.get(&id) {
+                    ready.push((**object).clone());
+                    continue;
+                }
+            } else if let Some(object) = self.memory.remove(&id) {
+                self.promote(id, &object);
+                continue;
+            }
+            if !self.local.contains(&id) {
+                let waiting = self.interest.entry(id).or_default();
+                if !waiting.contains(&conn) {
+                    waiting.push(conn);
+                }
+            }
+        }
+        if !ready.is_empty() {
+            self.send(
+                conn,
+                pb::server_message::Kind::ObjectsReady(pb::ObjectsReady { objects: ready }),
+            );
+        }
     }
 
     /// Queues a task whose arguments are local (a retry goes first).
@@ -579,6 +714,7 @@ impl Scheduler {
         if task.spec.actor_creation {
             self.bind_actor(conn, &task);
         }
+        self.inline_arguments(&mut task);
         let held = self.resources.acquire(&task.resources);
         let job = self.jobs.get(&task.job).map(|(config, _)| config.clone());
         task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
@@ -607,7 +743,32 @@ impl Scheduler {
         self.send(conn, pb::server_message::Kind::AssignTask(assign));
     }
 
-    fn on_task_done(&mut self, conn: ConnId, task_id: &[u8]) {
+    /// Replaces arguments that are small values held here by the values themselves; an
+    /// error object goes into plasma instead (the worker raises it from there).
+    fn inline_arguments(&mut self, task: &mut Task) {
+        for arg in &mut task.spec.args {
+            let Some(common_pb::task_arg::Value::ObjectId(bytes)) = &arg.value else {
+                continue;
+            };
+            let Ok(id) = ObjectId::from_slice(bytes) else {
+                continue;
+            };
+            let Some(object) = self.memory.get(&id) else {
+                continue;
+            };
+            if object.metadata == value::META_PICKLE5 {
+                arg.value = Some(common_pb::task_arg::Value::Inline(object.data.clone()));
+            } else if let Some(object) = self.memory.remove(&id) {
+                self.promote(id, &object);
+            }
+        }
+    }
+
+    fn on_task_done(&mut self, conn: ConnId, done: pb::TaskDone) {
+        if !done.results.is_empty() {
+            self.accept_results(conn, done.results);
+        }
+        let task_id = done.task_id.as_slice();
         let Some(Connection {
             peer: Peer::Worker(worker),
             ..
