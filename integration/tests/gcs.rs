@@ -194,6 +194,21 @@ async fn tables_round_trip() {
         (read.state.as_str(), read.node, read.spec),
         ("running", Some(node.node_id), task.spec)
     );
+    let many: Vec<TaskEntry> = (0..50u8)
+        .map(|i| TaskEntry {
+            task_id: TaskId::random_task(),
+            spec: vec![i; 3],
+            state: "finished".into(),
+            node: Some(node.node_id),
+        })
+        .collect();
+    client.put_tasks(&many).await.expect("put tasks");
+    for task in &many {
+        assert_eq!(
+            client.task(task.task_id).await.expect("read"),
+            Some(task.clone())
+        );
+    }
 
     let actor = ActorInfo {
         actor_id: ActorId::random(),

@@ -158,6 +158,15 @@ fn id_text<T: std::fmt::Display>(id: Option<T>) -> String {
     id.map(|id| id.to_string()).unwrap_or_default()
 }
 
+/// Sets the hash of each task in KEYS from four ARGV each: state, node, updated_ms, spec
+/// (an empty spec leaves the stored one).
+const PUT_TASKS_SCRIPT: &str = "for i, key in ipairs(KEYS) do \
+    local a = (i - 1) * 4 \
+    redis.call('HSET', key, 'state', ARGV[a + 1], 'node', ARGV[a + 2], 'updated_ms', ARGV[a + 3]) \
+    if ARGV[a + 4] ~= '' then redis.call('HSET', key, 'spec', ARGV[a + 4]) end \
+end \
+return #KEYS";
+
 impl GcsClient {
     // ---- nodes (primary) ----
 
@@ -355,18 +364,38 @@ impl GcsClient {
 
     /// Writes a task's spec and state.
     pub async fn put_task(&self, task: &TaskEntry) -> Result<(), GcsError> {
-        let _: () = self
-            .shard_for(task.task_id.as_bytes())
-            .hset(
-                keys::key(Table::Task, &task.task_id),
-                [
-                    ("spec", task.spec.clone()),
-                    ("state", task.state.clone().into_bytes()),
-                    ("node", id_text(task.node).into_bytes()),
-                    ("updated_ms", now_ms().to_string().into_bytes()),
-                ],
-            )
-            .await?;
+        self.put_tasks(std::slice::from_ref(task)).await
+    }
+
+    /// Writes many tasks' entries with one command per shard (a script that sets each
+    /// task's hash), since per-command overhead is what a busy raylet's lineage costs. An
+    /// entry with an empty spec updates only the state and node of a task written before.
+    pub async fn put_tasks(&self, tasks: &[TaskEntry]) -> Result<(), GcsError> {
+        let count = self.shard_addresses().len();
+        let mut by_shard: Vec<(Vec<String>, Vec<Value>)> = vec![Default::default(); count];
+        let now = Value::from(now_ms().to_string());
+        for task in tasks {
+            let (keys, args) = &mut by_shard[keys::shard_index(task.task_id.as_bytes(), count)];
+            keys.push(keys::key(Table::Task, &task.task_id));
+            args.extend([
+                Value::from(task.state.as_str()),
+                Value::from(id_text(task.node)),
+                now.clone(),
+                Value::Bytes(task.spec.clone().into()),
+            ]);
+        }
+        let writes = by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (keys, _))| !keys.is_empty())
+            .filter_map(|(index, (keys, args))| {
+                let shard = self.shard(index)?;
+                Some(async move {
+                    let _: Value = shard.eval(PUT_TASKS_SCRIPT, keys, args).await?;
+                    Ok::<(), GcsError>(())
+                })
+            });
+        futures::future::try_join_all(writes).await?;
         Ok(())
     }
 
@@ -377,18 +406,13 @@ impl GcsClient {
         state: &str,
         node: Option<NodeId>,
     ) -> Result<(), GcsError> {
-        let _: () = self
-            .shard_for(task.as_bytes())
-            .hset(
-                keys::key(Table::Task, &task),
-                [
-                    ("state", state.to_string()),
-                    ("node", id_text(node)),
-                    ("updated_ms", now_ms().to_string()),
-                ],
-            )
-            .await?;
-        Ok(())
+        self.put_tasks(&[TaskEntry {
+            task_id: task,
+            spec: Vec::new(),
+            state: state.to_string(),
+            node,
+        }])
+        .await
     }
 
     /// One task, if recorded.

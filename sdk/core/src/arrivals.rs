@@ -2,7 +2,7 @@
 //! event stream) and small objects the raylet sent in messages. `get` and `wait` block on
 //! one condition variable for both instead of polling.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use rayd_common::id::ObjectId;
 use rayd_common::proto::raylet::v1 as pb;
 use rayd_plasma::client::{EventKind, Subscription};
 
-use crate::object::InlineCache;
+use crate::object::{InlineCache, Object};
 use crate::CoreError;
 
 /// Bytes of small objects kept for later `get`s; beyond this the oldest are forgotten (the
@@ -27,6 +27,11 @@ struct Known {
     expected: HashSet<ObjectId>,
     /// The store's event stream ended.
     closed: bool,
+    /// Objects that waiters for all of their IDs block on (how many waiters each): only
+    /// their arrival wakes them, not every arrival.
+    watched: HashMap<ObjectId, usize>,
+    /// Waiters for some of their IDs: every arrival wakes them.
+    general: usize,
 }
 
 impl Default for Known {
@@ -36,6 +41,8 @@ impl Default for Known {
             inline: InlineCache::new(INLINE_CACHE_BYTES),
             expected: HashSet::new(),
             closed: false,
+            watched: HashMap::new(),
+            general: 0,
         }
     }
 }
@@ -43,6 +50,11 @@ impl Default for Known {
 impl Known {
     fn ready(&self, id: &ObjectId) -> bool {
         self.inline.contains(id) || self.sealed.contains(id)
+    }
+
+    /// Whether the arrival of `id` concerns a waiter.
+    fn awaited(&self, id: &ObjectId) -> bool {
+        self.general > 0 || self.watched.contains_key(id)
     }
 }
 
@@ -80,6 +92,9 @@ impl Arrivals {
                         Ok(Some(event)) if event.kind == EventKind::Sealed => {
                             known.expected.remove(&event.id);
                             known.sealed.insert(event.id);
+                            if known.awaited(&event.id) {
+                                changed.notify_all();
+                            }
                         }
                         Ok(Some(event)) => {
                             known.sealed.remove(&event.id);
@@ -91,7 +106,6 @@ impl Arrivals {
                             return;
                         }
                     }
-                    changed.notify_all();
                 }
             })
             .map_err(CoreError::Runtime)?;
@@ -108,14 +122,18 @@ impl Arrivals {
     /// Records small objects the raylet sent, and wakes whoever waits.
     pub fn insert_inline(&self, objects: Vec<pb::InlineObject>) {
         let mut known = self.known();
+        let mut wake = false;
         for object in objects {
             let Ok(id) = ObjectId::from_slice(&object.object_id) else {
                 continue;
             };
             known.expected.remove(&id);
+            wake |= known.awaited(&id);
             known.inline.insert(id, Arc::new(object));
         }
-        self.inner.1.notify_all();
+        if wake {
+            self.inner.1.notify_all();
+        }
     }
 
     /// Notes results the raylet will send without being asked.
@@ -123,17 +141,26 @@ impl Arrivals {
         self.known().expected.extend(ids.iter().copied());
     }
 
-    /// The small object `id`, if it arrived (and is still cached).
-    pub fn inline(&self, id: &ObjectId) -> Option<Arc<pb::InlineObject>> {
-        self.known().inline.get(id).cloned()
-    }
-
-    /// Whether the store may have `id` when it did not arrive in a message: it was seen
-    /// sealed, or it is not an expected result (those are announced when sealed, once the
-    /// store is followed).
-    pub fn in_store_maybe(&self, id: &ObjectId) -> bool {
+    /// Fills the empty slots of `found` with the small objects that arrived, and returns
+    /// the indices of the others that the store may have (see `in_store_maybe`).
+    pub fn take_inline(&self, ids: &[ObjectId], found: &mut [Option<Object>]) -> Vec<usize> {
         let known = self.known();
-        self.following.get().is_none() || known.sealed.contains(id) || !known.expected.contains(id)
+        let following = self.following.get().is_some();
+        let mut ask_store = Vec::new();
+        for (i, (id, slot)) in ids.iter().zip(found.iter_mut()).enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            match known.inline.get(id) {
+                Some(object) => *slot = Some(Object::Inline(Arc::clone(object))),
+                // An expected result is announced when sealed, once the store is followed.
+                None if !following || known.sealed.contains(id) || !known.expected.contains(id) => {
+                    ask_store.push(i)
+                }
+                None => {}
+            }
+        }
+        ask_store
     }
 
     /// Of `ids`, those that are neither here nor on their way unasked: what to fetch.
@@ -146,27 +173,55 @@ impl Arrivals {
     }
 
     /// Waits until at least `wanted` of `ids` arrived or `timeout` passes; returns which did.
+    ///
+    /// Waiting for all of them costs one pass over `ids` in all: a cursor moves past those
+    /// that arrived, and only the arrival of the one at the cursor wakes the waiter.
     pub fn wait(&self, ids: &[ObjectId], wanted: usize, timeout: Option<Duration>) -> Vec<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let (_, changed) = &*self.inner;
+        let all = wanted >= ids.len();
+        let mut cursor = 0;
         let mut guard = self.known();
         loop {
-            let ready: Vec<bool> = ids.iter().map(|id| guard.ready(id)).collect();
-            if ready.iter().filter(|r| **r).count() >= wanted || guard.closed {
-                return ready;
+            if all {
+                while cursor < ids.len() && guard.ready(&ids[cursor]) {
+                    cursor += 1;
+                }
+                if cursor == ids.len() || guard.closed {
+                    break;
+                }
+            } else if ids.iter().filter(|id| guard.ready(id)).count() >= wanted || guard.closed {
+                break;
             }
             let remaining = match deadline {
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => left,
-                    _ => return ready,
+                    _ => break,
                 },
                 None => Duration::from_secs(3600),
             };
+            let watched = all.then(|| ids[cursor]);
+            match watched {
+                Some(id) => *guard.watched.entry(id).or_insert(0) += 1,
+                None => guard.general += 1,
+            }
             guard = changed
                 .wait_timeout(guard, remaining)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            match watched {
+                Some(id) => {
+                    if let Some(count) = guard.watched.get_mut(&id) {
+                        *count -= 1;
+                        if *count == 0 {
+                            guard.watched.remove(&id);
+                        }
+                    }
+                }
+                None => guard.general -= 1,
+            }
         }
+        ids.iter().map(|id| guard.ready(id)).collect()
     }
 }
 
@@ -195,12 +250,15 @@ mod tests {
             vec![true]
         );
         thread.join().expect("sender");
-        assert_eq!(arrivals.inline(&first).map(|o| o.data.len()), Some(10));
+        let mut found = vec![None];
+        assert!(arrivals.take_inline(&[first], &mut found).is_empty());
+        assert_eq!(found[0].as_ref().map(|o| o.data().len()), Some(10));
         let big = INLINE_CACHE_BYTES / 4;
         for _ in 0..4 {
             arrivals.insert_inline(vec![object(ObjectId::random(), big)]);
         }
-        assert!(arrivals.inline(&first).is_none());
+        let mut found = vec![None];
+        assert_eq!(arrivals.take_inline(&[first], &mut found), vec![0]);
         assert_eq!(arrivals.to_fetch(&[first]), vec![first]);
     }
 

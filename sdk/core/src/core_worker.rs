@@ -471,22 +471,13 @@ impl CoreWorker {
 
     /// Objects already here: small ones that arrived, then what plasma has sealed.
     fn lookup(&self, ids: &[ObjectId], found: &mut [Option<Object>]) -> Result<(), CoreError> {
-        for (id, slot) in ids.iter().zip(found.iter_mut()) {
-            if slot.is_none() {
-                *slot = self.arrivals.inline(id).map(Object::Inline);
-            }
-        }
-        let missing: Vec<usize> = (0..ids.len())
-            .filter(|i| found[*i].is_none() && self.arrivals.in_store_maybe(&ids[*i]))
-            .collect();
-        if missing.is_empty() {
+        let ask_store = self.arrivals.take_inline(ids, found);
+        if ask_store.is_empty() {
             return Ok(());
         }
-        let wanted: Vec<ObjectId> = missing.iter().map(|i| ids[*i]).collect();
-        for (i, buffer) in missing
-            .into_iter()
-            .zip(self.plasma.get(&wanted, Some(Duration::ZERO))?)
-        {
+        let wanted: Vec<ObjectId> = ask_store.iter().map(|i| ids[*i]).collect();
+        let buffers = self.plasma.get(&wanted, Some(Duration::ZERO))?;
+        for (i, buffer) in ask_store.into_iter().zip(buffers) {
             if let Some(buffer) = buffer {
                 self.arrivals.insert_sealed(ids[i]);
                 found[i] = Some(Object::Plasma(buffer));

@@ -716,7 +716,14 @@ impl Scheduler {
         }
         self.inline_arguments(&mut task);
         let held = self.resources.acquire(&task.resources);
-        let job = self.jobs.get(&task.job).map(|(config, _)| config.clone());
+        // The worker keeps the job's environment: it needs it only when the job changes.
+        let same_job = matches!(
+            self.conns.get(&conn).map(|c| &c.peer),
+            Some(Peer::Worker(w)) if w.job == Some(task.job)
+        );
+        let job = (!same_job)
+            .then(|| self.jobs.get(&task.job).map(|(config, _)| config.clone()))
+            .flatten();
         task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
         // An actor's methods run with the instances (GPUs) the actor holds for life.
         let resource_ids = self
