@@ -144,6 +144,39 @@ def test_max_restarts_restarts_the_actor(shared_cluster):
     assert ray.get(restartable.get.remote()) == 5
 
 
+@ray.remote
+class Fragile:
+    def __init__(self):
+        self.calls = 0
+
+    def call(self, die=False):
+        if die:
+            os._exit(1)
+        self.calls += 1
+        return self.calls
+
+
+def test_calls_queued_behind_a_dying_call_run_on_the_restarted_actor(shared_cluster):
+    """Calls are sent to the actor's worker ahead of time; those that had not started when
+    its process died run, in order, on the restarted actor."""
+    fragile = Fragile.options(max_restarts=1).remote()
+    assert ray.get(fragile.call.remote()) == 1
+    dying = fragile.call.remote(die=True)
+    after = [fragile.call.remote() for _ in range(30)]
+    with pytest.raises(exceptions.RayActorError):
+        ray.get(dying, timeout=60)
+    assert ray.get(after, timeout=60) == list(range(1, 31))
+
+
+def test_calls_queued_behind_a_dying_call_fail_without_restarts(shared_cluster):
+    fragile = Fragile.remote()
+    dying = fragile.call.remote(die=True)
+    after = [fragile.call.remote() for _ in range(10)]
+    for ref in [dying] + after:
+        with pytest.raises(exceptions.RayActorError):
+            ray.get(ref, timeout=60)
+
+
 def test_an_actor_cannot_be_instantiated_directly(shared_cluster):
     with pytest.raises(TypeError, match="Counter.remote"):
         Counter()

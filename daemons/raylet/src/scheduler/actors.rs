@@ -1,6 +1,9 @@
 //! Actors on this node: each is bound to a worker of its own, runs its methods one at a
 //! time in submission order, and holds resources for life when it asked for them
-//! (otherwise each method call takes one CPU while it runs). A dead actor's worker is
+//! (otherwise each method call takes one CPU while it runs). Up to [`PIPELINE_DEPTH`]
+//! calls whose arguments are local are sent to the actor's worker ahead of time, so the
+//! worker goes from one call to the next without waiting for the raylet; the resources of
+//! a call are taken when it starts (when the one before it is done). A dead actor's worker is
 //! replaced and the constructor run again while `max_restarts` allows; after that, and
 //! after `ray.kill`, pending and later calls fail with actor-died errors.
 
@@ -10,9 +13,12 @@ use rayd_common::gcs::ActorInfo;
 use rayd_common::id::{ActorId, JobId};
 use rayd_core::value;
 
-use super::{ConnId, Connection, Peer, Scheduler, Task};
+use super::{ConnId, Connection, Peer, Scheduler, Task, WorkerState};
 use crate::gcs::GcsWrite;
 use crate::resources::{Amounts, Held};
+
+/// Method calls sent to an actor's worker beyond the one it runs.
+const PIPELINE_DEPTH: usize = 16;
 
 /// Where an actor stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +53,8 @@ pub(super) struct Actor {
     queue: VecDeque<Task>,
     /// A method (or the constructor) runs on its worker now.
     running: bool,
+    /// Calls sent to the worker to run after the running one, in order.
+    inflight: VecDeque<Task>,
     restarts_left: u32,
 }
 
@@ -95,6 +103,7 @@ impl Scheduler {
                 held: None,
                 queue: VecDeque::new(),
                 running: false,
+                inflight: VecDeque::new(),
                 restarts_left: task.spec.max_restarts,
             },
         );
@@ -163,28 +172,65 @@ impl Scheduler {
         actor.held.as_ref().map(Held::resource_ids)
     }
 
-    /// Sends each idle actor the next call whose arguments are local and whose resources fit.
+    /// Sends each idle actor the next call whose arguments are local and whose resources
+    /// fit, and each busy one (past its constructor) calls to run next, up to the depth.
     pub(super) fn dispatch_actor_methods(&mut self) {
-        let ready: Vec<ActorId> = self
+        let ready: Vec<(ActorId, bool)> = self
             .actors
             .iter()
-            .filter(|(_, a)| a.state == ActorState::Alive && !a.running)
+            .filter(|(_, a)| a.state == ActorState::Alive)
             .filter_map(|(id, a)| {
                 let head = a.queue.front()?;
-                let local = head.dependencies().iter().all(|d| self.local.contains(d));
-                (local && self.resources.fits(&head.resources)).then_some(*id)
+                if !head.dependencies().iter().all(|d| self.local.contains(d)) {
+                    return None;
+                }
+                if a.running {
+                    let pipelining =
+                        a.inflight.len() < PIPELINE_DEPTH && !self.runs_constructor(a.worker?);
+                    pipelining.then_some((*id, true))
+                } else {
+                    self.resources.fits(&head.resources).then_some((*id, false))
+                }
             })
             .collect();
-        for id in ready {
+        for (id, ahead) in ready {
             let Some(actor) = self.actors.get_mut(&id) else {
                 continue;
             };
             let (Some(conn), Some(task)) = (actor.worker, actor.queue.pop_front()) else {
                 continue;
             };
-            actor.running = true;
-            self.dispatch(conn, task);
+            if ahead {
+                self.send_ahead(id, conn, task);
+            } else {
+                actor.running = true;
+                self.dispatch(conn, task);
+            }
         }
+    }
+
+    fn runs_constructor(&self, conn: ConnId) -> bool {
+        matches!(
+            self.conns.get(&conn).map(|c| &c.peer),
+            Some(Peer::Worker(w)) if matches!(&w.state, WorkerState::Busy { task, .. } if task.spec.actor_creation)
+        )
+    }
+
+    /// Sends a call to the actor's busy worker, to run after what it runs now.
+    fn send_ahead(&mut self, id: ActorId, conn: ConnId, mut task: Task) {
+        self.inline_arguments(&mut task);
+        let assign = rayd_common::proto::raylet::v1::AssignTask {
+            spec: Some(task.spec.clone()),
+            job: None,
+            resource_ids: self.actor_resource_ids(&task).unwrap_or_default(),
+        };
+        if let Some(actor) = self.actors.get_mut(&id) {
+            actor.inflight.push_back(task);
+        }
+        self.send(
+            conn,
+            rayd_common::proto::raylet::v1::server_message::Kind::AssignTask(assign),
+        );
     }
 
     /// The actor's worker finished its constructor or a method.
@@ -204,6 +250,26 @@ impl Scheduler {
         } else {
             self.give_back(&held, blocked);
         }
+        // The worker starts the next call it was sent: it takes what the last one gave back.
+        let Some(actor) = self.actors.get_mut(&id) else {
+            return;
+        };
+        let (Some(conn), Some(next)) = (actor.worker, actor.inflight.pop_front()) else {
+            return;
+        };
+        actor.running = true;
+        let held = self.resources.acquire(&next.resources);
+        if let Some(Connection {
+            peer: Peer::Worker(worker),
+            ..
+        }) = self.conns.get_mut(&conn)
+        {
+            worker.state = WorkerState::Busy {
+                task: next,
+                held,
+                blocked: false,
+            };
+        }
     }
 
     /// The actor's worker went away, maybe in the middle of `running`.
@@ -214,6 +280,10 @@ impl Scheduler {
         };
         actor.worker = None;
         actor.running = false;
+        // Calls sent ahead never started: they run on the restarted actor, or fail with it.
+        while let Some(task) = actor.inflight.pop_back() {
+            actor.queue.push_front(task);
+        }
         if let Some(held) = actor.held.take() {
             self.resources.release(&held);
         }
