@@ -1,6 +1,6 @@
 //! A driver's or worker's connection to rayd: IDs, submission, objects, functions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,6 +107,9 @@ pub struct CoreWorker {
     arrivals: Arc<Arrivals>,
     /// Workers: the small results of the running task, sent with its `TaskDone`.
     results: Mutex<Vec<pb::InlineObject>>,
+    /// Workers: tasks received ahead of time, in order, and how many `Blocked` messages
+    /// the raylet has not answered yet (its answer may take some of them back).
+    ahead: Mutex<(VecDeque<Assigned>, u32)>,
 }
 
 impl CoreWorker {
@@ -190,6 +193,7 @@ impl CoreWorker {
             functions: Mutex::default(),
             arrivals: Arc::default(),
             results: Mutex::default(),
+            ahead: Mutex::default(),
         };
         if !options.is_worker {
             core.print_raylet_messages();
@@ -521,8 +525,7 @@ impl CoreWorker {
         self.lookup(ids, &mut found)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         if self.is_worker {
-            self.raylet
-                .send(pb::client_message::Kind::Blocked(pb::Blocked {}))?;
+            self.block()?;
         }
         let result = loop {
             if found.iter().all(Option::is_some)
@@ -544,10 +547,22 @@ impl CoreWorker {
             }
         };
         if self.is_worker {
-            self.raylet
-                .send(pb::client_message::Kind::Unblocked(pb::Unblocked {}))?;
+            self.unblock()?;
         }
         result.map(|()| found)
+    }
+
+    /// Workers: tells the raylet this worker waits (its CPUs are lent meanwhile); the
+    /// answer comes before the next task starts (see `next_task`).
+    fn block(&self) -> Result<(), CoreError> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).1 += 1;
+        self.raylet
+            .send(pb::client_message::Kind::Blocked(pb::Blocked {}))
+    }
+
+    fn unblock(&self) -> Result<(), CoreError> {
+        self.raylet
+            .send(pb::client_message::Kind::Unblocked(pb::Unblocked {}))
     }
 
     /// Which of `ids` are here (small ones that arrived, or sealed locally), waiting until
@@ -564,44 +579,61 @@ impl CoreWorker {
         // Objects sealed before the store was followed are only known to the store.
         let mut found: Vec<Option<Object>> = vec![None; ids.len()];
         self.lookup(ids, &mut found)?;
+        let enough = |ready: &[bool]| ready.iter().filter(|r| **r).count() >= num_returns;
+        let ready = self.arrivals.wait(ids, num_returns, Some(Duration::ZERO));
+        if enough(&ready) || timeout == Some(Duration::ZERO) {
+            return Ok(ready);
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
+        // A worker that waits gives its CPUs back, as in `get`.
+        if self.is_worker {
+            self.block()?;
+        }
+        let ready = loop {
             let slice = deadline.map_or(WAIT_SLICE, |d| {
                 d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
             });
             let ready = self.arrivals.wait(ids, num_returns, Some(slice));
-            if ready.iter().filter(|r| **r).count() >= num_returns
-                || deadline.is_some_and(|d| Instant::now() >= d)
-                || interrupted()
-            {
-                return Ok(ready);
+            if enough(&ready) || deadline.is_some_and(|d| Instant::now() >= d) || interrupted() {
+                break ready;
             }
+        };
+        if self.is_worker {
+            self.unblock()?;
         }
+        Ok(ready)
     }
 
-    /// Workers: waits for the next task; `None` when the raylet says to exit.
+    /// Workers: waits for the next task; `None` when the raylet says to exit. Tasks sent
+    /// ahead wait here until every `Blocked` is answered, since an answer may cancel them.
     pub fn next_task(&self) -> Result<Option<Assigned>, CoreError> {
         loop {
+            {
+                let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+                if ahead.1 == 0 {
+                    if let Some(assigned) = ahead.0.pop_front() {
+                        drop(ahead);
+                        return self.start(assigned).map(Some);
+                    }
+                }
+            }
             match self.raylet.receive()? {
                 pb::server_message::Kind::AssignTask(assign) => {
-                    let spec = assign.spec.unwrap_or_default();
-                    let task =
-                        TaskId::from_slice(&spec.task_id).map_err(|e| CoreError::Unexpected {
-                            expected: "a task id",
-                            got: e.to_string(),
-                        })?;
-                    let job = JobId::from_slice(&spec.job_id).unwrap_or(JobId::NIL);
-                    *self.context() = Context {
-                        job,
-                        task,
-                        children: 0,
-                        puts: 0,
-                    };
-                    return Ok(Some(Assigned {
-                        spec,
+                    let assigned = Assigned {
+                        spec: assign.spec.unwrap_or_default(),
                         job: assign.job,
                         resource_ids: assign.resource_ids,
-                    }));
+                    };
+                    self.ahead
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                        .push_back(assigned);
+                }
+                pb::server_message::Kind::BlockedAck(ack) => {
+                    let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+                    ahead.1 = ahead.1.saturating_sub(1);
+                    ahead.0.retain(|a| !ack.canceled.contains(&a.spec.task_id));
                 }
                 pb::server_message::Kind::Exit(exit) => {
                     log::info!(reason = exit.reason.as_str(); "raylet asked this worker to exit");
@@ -613,6 +645,23 @@ impl CoreWorker {
                 _ => continue,
             }
         }
+    }
+
+    /// Makes `assigned` the current task: its children and puts are numbered from it.
+    fn start(&self, assigned: Assigned) -> Result<Assigned, CoreError> {
+        let task =
+            TaskId::from_slice(&assigned.spec.task_id).map_err(|e| CoreError::Unexpected {
+                expected: "a task id",
+                got: e.to_string(),
+            })?;
+        let job = JobId::from_slice(&assigned.spec.job_id).unwrap_or(JobId::NIL);
+        *self.context() = Context {
+            job,
+            task,
+            children: 0,
+            puts: 0,
+        };
+        Ok(assigned)
     }
 
     /// Kills an actor of this node (`ray.kill`).

@@ -176,6 +176,27 @@ def test_nested_tasks_deeper_than_the_cpus_finish(shared_cluster):
     assert ray.get(depth.remote(6), timeout=120) == 6
 
 
+def test_a_task_sent_ahead_never_waits_behind_a_blocked_one(shared_cluster):
+    """Busy workers get the next task of the same shape ahead of time; a worker whose task
+    blocks in ray.get gives it back, else a parent could wait for a child queued behind it."""
+    @ray.remote
+    def child(i):
+        return i
+
+    @ray.remote
+    def parent(i):
+        return ray.get(child.remote(i)) + 1
+
+    assert ray.get([parent.remote(i) for i in range(60)], timeout=120) == list(range(1, 61))
+
+    @ray.remote
+    def waiting_parent(i):
+        ready, _ = ray.wait([child.remote(i)], num_returns=1)
+        return ray.get(ready[0]) + 1
+
+    assert ray.get([waiting_parent.remote(i) for i in range(60)], timeout=120) == list(range(1, 61))
+
+
 def test_ten_thousand_tasks_complete(shared_cluster):
     @ray.remote
     def inc(x):

@@ -201,7 +201,7 @@ impl Scheduler {
                 continue;
             };
             if ahead {
-                self.send_ahead(id, conn, task);
+                self.send_call_ahead(id, conn, task);
             } else {
                 actor.running = true;
                 self.dispatch(conn, task);
@@ -217,7 +217,7 @@ impl Scheduler {
     }
 
     /// Sends a call to the actor's busy worker, to run after what it runs now.
-    fn send_ahead(&mut self, id: ActorId, conn: ConnId, mut task: Task) {
+    fn send_call_ahead(&mut self, id: ActorId, conn: ConnId, mut task: Task) {
         self.inline_arguments(&mut task);
         let assign = rayd_common::proto::raylet::v1::AssignTask {
             spec: Some(task.spec.clone()),

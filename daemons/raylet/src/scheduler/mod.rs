@@ -66,6 +66,9 @@ pub enum Event {
 /// Workers started beyond the CPU slots for tasks that need no CPU.
 const MAX_CPU_FREE_WORKERS: usize = 32;
 
+/// Tasks are sent ahead only behind tasks shorter than this (see `send_tasks_ahead`).
+const AHEAD_BEHIND_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Bytes of small results kept in memory; beyond this the oldest are put into plasma.
 const INLINE_STORE_BYTES: usize = 64 << 20;
 
@@ -162,6 +165,11 @@ struct Worker {
     calls: HashMap<FunctionId, u32>,
     /// The job of the task it runs or ran last, for its output.
     job: Option<JobId>,
+    /// A task sent to run after the current one (same resources, which it takes over);
+    /// taken back when the worker blocks, so it never waits behind a blocked task.
+    ahead: Option<Task>,
+    /// When the current task started.
+    started: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -223,6 +231,8 @@ pub struct Scheduler {
     local: HashSet<ObjectId>,
     /// Small results not in plasma.
     memory: InlineCache,
+    /// How long each function's tasks typically run (a moving average).
+    durations: HashMap<FunctionId, std::time::Duration>,
     /// Objects that connections fetched before they were local.
     interest: HashMap<ObjectId, Vec<ConnId>>,
     warned: HashSet<String>,
@@ -258,6 +268,7 @@ impl Scheduler {
             waiters: HashMap::new(),
             local: HashSet::new(),
             memory: InlineCache::new(INLINE_STORE_BYTES),
+            durations: HashMap::new(),
             interest: HashMap::new(),
             warned: HashSet::new(),
             retries: HashMap::new(),
@@ -402,6 +413,8 @@ impl Scheduler {
                 state: WorkerState::Idle,
                 calls: HashMap::new(),
                 job: None,
+                ahead: None,
+                started: std::time::Instant::now(),
             }));
             self.idle.push_back(conn);
             log::debug!(pid = register.pid; "worker registered");
@@ -625,6 +638,7 @@ impl Scheduler {
                 self.ready.remove(&shape);
             }
         }
+        self.send_tasks_ahead();
         // Start workers for tasks that could run now: up to one per CPU not lent out, and
         // beyond that (bounded) for tasks and actors that take no CPU.
         let active = self.active_workers();
@@ -645,6 +659,80 @@ impl Scheduler {
         for _ in live..self.settings.min_workers {
             self.start_worker();
         }
+    }
+
+    /// Gives each busy pool worker whose running task has the shape of a queued one that
+    /// task to run next: it goes on without waiting for the raylet in between. Only behind
+    /// short tasks (of a function that typically runs under [`AHEAD_BEHIND_MAX`], running
+    /// for less than that): a task must not wait behind a long one while a worker frees up.
+    fn send_tasks_ahead(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let durations = &self.durations;
+        let short = |task: &Task, started: std::time::Instant| {
+            started.elapsed() < AHEAD_BEHIND_MAX
+                && durations
+                    .get(&task.function)
+                    .is_some_and(|d| *d < AHEAD_BEHIND_MAX)
+        };
+        let candidates: Vec<(ConnId, Shape, JobId)> = self
+            .conns
+            .iter()
+            .filter_map(|(conn, c)| match &c.peer {
+                Peer::Worker(w) if w.actor.is_none() && w.ahead.is_none() => match &w.state {
+                    WorkerState::Busy {
+                        task,
+                        blocked: false,
+                        ..
+                    } if task.spec.max_calls == 0
+                        && !task.spec.actor_creation
+                        && short(task, w.started) =>
+                    {
+                        Some((*conn, task.shape(), task.job))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        for (conn, shape, job) in candidates {
+            let Some(next) = self.ready.get_mut(&shape).and_then(VecDeque::pop_front) else {
+                continue;
+            };
+            // Same job: the worker's output goes to the driver of the task it runs.
+            if next.spec.actor_creation || next.spec.max_calls > 0 || next.job != job {
+                self.make_ready(next, true);
+                continue;
+            }
+            self.send_ahead(conn, next);
+        }
+        self.ready.retain(|_, queue| !queue.is_empty());
+    }
+
+    /// Sends `task` to the busy worker on `conn`, to run after its current task.
+    fn send_ahead(&mut self, conn: ConnId, mut task: Task) {
+        self.inline_arguments(&mut task);
+        task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
+        let Some(Connection {
+            peer: Peer::Worker(worker),
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            self.make_ready(task, true);
+            return;
+        };
+        let WorkerState::Busy { held, .. } = &worker.state else {
+            self.make_ready(task, true);
+            return;
+        };
+        let assign = pb::AssignTask {
+            spec: Some(task.spec.clone()),
+            job: None,
+            resource_ids: held.resource_ids(),
+        };
+        worker.ahead = Some(task);
+        self.send(conn, pb::server_message::Kind::AssignTask(assign));
     }
 
     /// Workers that are idle or running a task without being blocked.
@@ -741,6 +829,7 @@ impl Scheduler {
         }) = self.conns.get_mut(&conn)
         {
             worker.job = Some(task.job);
+            worker.started = std::time::Instant::now();
             worker.state = WorkerState::Busy {
                 task,
                 held,
@@ -806,13 +895,46 @@ impl Scheduler {
         }
         let calls = worker.calls.entry(task.function).or_insert(0);
         *calls += 1;
+        let took = worker.started.elapsed();
+        let typical = self.durations.entry(task.function).or_insert(took);
+        *typical = (*typical * 7 + took) / 8;
         let retire = task.spec.max_calls > 0 && *calls >= task.spec.max_calls;
-        if retire {
-            worker.state = WorkerState::Retiring;
-        }
-        self.give_back(&held, blocked);
+        let ahead = worker.ahead.take();
         self.retries.remove(&task.id);
         let _ = self.gcs.send(GcsWrite::State(task.id, "finished"));
+        // Tasks go ahead only to workers that do not retire (max_calls is 0 for both),
+        // and are taken back when the worker blocks: the worker runs this one now, in the
+        // resources of the finished task.
+        if let Some(next) = ahead {
+            if blocked {
+                self.resources
+                    .adjust("CPU", -held.amounts.get("CPU").copied().unwrap_or(0.0));
+            }
+            if let Some(Connection {
+                peer: Peer::Worker(worker),
+                ..
+            }) = self.conns.get_mut(&conn)
+            {
+                worker.started = std::time::Instant::now();
+                worker.state = WorkerState::Busy {
+                    task: next,
+                    held,
+                    blocked: false,
+                };
+            }
+            self.schedule();
+            return;
+        }
+        if retire {
+            if let Some(Connection {
+                peer: Peer::Worker(worker),
+                ..
+            }) = self.conns.get_mut(&conn)
+            {
+                worker.state = WorkerState::Retiring;
+            }
+        }
+        self.give_back(&held, blocked);
         if retire {
             self.send(
                 conn,
@@ -827,6 +949,29 @@ impl Scheduler {
     }
 
     fn on_blocked(&mut self, conn: ConnId, now_blocked: bool) {
+        let Some(Connection {
+            peer: Peer::Worker(worker),
+            ..
+        }) = self.conns.get_mut(&conn)
+        else {
+            return;
+        };
+        if now_blocked {
+            // The task sent ahead could be what the blocked task waits for: it goes back.
+            let ahead = worker.ahead.take();
+            let canceled = ahead
+                .as_ref()
+                .map(|t| t.id.as_bytes().to_vec())
+                .into_iter()
+                .collect();
+            self.send(
+                conn,
+                pb::server_message::Kind::BlockedAck(pb::BlockedAck { canceled }),
+            );
+            if let Some(task) = ahead {
+                self.make_ready(task, true);
+            }
+        }
         let Some(Connection {
             peer: Peer::Worker(worker),
             ..
@@ -887,6 +1032,10 @@ impl Scheduler {
             }
             Peer::Worker(worker) => {
                 self.pids.remove(&worker.pid);
+                if let Some(task) = worker.ahead {
+                    // Sent ahead, never started.
+                    self.make_ready(task, true);
+                }
                 if let WorkerState::Busy {
                     task,
                     held,
