@@ -97,7 +97,8 @@ pub struct RaydConfig {
     pub object_chunk_size: u64,
     /// CPUs the raylet schedules; the machine's CPU count when unset.
     pub num_cpus: Option<f64>,
-    /// GPUs the raylet schedules; those detected (`/proc/driver/nvidia/gpus`) when unset.
+    /// GPUs the raylet schedules; when unset, those detected (`CUDA_VISIBLE_DEVICES`, the
+    /// NVIDIA driver, `nvidia-smi`).
     pub num_gpus: Option<f64>,
     /// Custom resources of this node: name -> amount (a TOML table; `--resources` takes JSON).
     pub resources: BTreeMap<String, f64>,
@@ -427,9 +428,72 @@ impl ResourceArgs {
     }
 }
 
-/// The NVIDIA GPUs the kernel driver lists (none on a machine without one).
+/// The GPUs this machine gives the node when `num_gpus` is not set: as many as
+/// `CUDA_VISIBLE_DEVICES` names when it is set (as Ray does), else those the NVIDIA kernel
+/// driver lists in `/proc/driver/nvidia/gpus`, else those `nvidia-smi` lists (containers
+/// often lack the former); none on a machine without.
 pub fn detected_gpus() -> usize {
-    std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |dir| dir.flatten().count())
+    detect_gpus(
+        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        Path::new("/proc/driver/nvidia/gpus"),
+        crate::process::find_executable(Path::new("nvidia-smi")).as_deref(),
+    )
+}
+
+/// How long `nvidia-smi` may take before it counts as no answer (a wedged driver makes it
+/// hang).
+const NVIDIA_SMI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn detect_gpus(cuda_visible: Option<&str>, proc_dir: &Path, nvidia_smi: Option<&Path>) -> usize {
+    if let Some(visible) = cuda_visible {
+        return visible.split(',').filter(|d| !d.trim().is_empty()).count();
+    }
+    let listed = std::fs::read_dir(proc_dir).map_or(0, |dir| dir.flatten().count());
+    if listed > 0 {
+        return listed;
+    }
+    nvidia_smi.map_or(0, |binary| {
+        run_with_timeout(
+            std::process::Command::new(binary).args(["--query-gpu=index", "--format=csv,noheader"]),
+            NVIDIA_SMI_TIMEOUT,
+        )
+        .map_or(0, |out| {
+            out.lines()
+                .filter(|l| l.trim().parse::<u32>().is_ok())
+                .count()
+        })
+    })
+}
+
+/// The standard output of `command` if it succeeds within `timeout`; it is killed after.
+fn run_with_timeout(
+    command: &mut std::process::Command,
+    timeout: std::time::Duration,
+) -> Option<String> {
+    use std::io::Read;
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            // A child process gives no readiness event to wait on without a runtime.
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    let mut out = String::new();
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    Some(out)
 }
 
 /// The `log` level filter for a `log_level` value.
@@ -588,6 +652,35 @@ pub fn startup(program: &str, args: &ConfigArgs, overrides: &Overrides) -> Start
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpus_come_from_cuda_visible_devices_the_driver_or_nvidia_smi() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let proc_dir = dir.path().join("gpus");
+        assert_eq!(detect_gpus(Some("0,2"), &proc_dir, None), 2);
+        assert_eq!(detect_gpus(Some(""), &proc_dir, None), 0);
+        assert_eq!(detect_gpus(None, &proc_dir, None), 0);
+        std::fs::create_dir_all(proc_dir.join("0000:01:00.0")).expect("fake gpu");
+        assert_eq!(detect_gpus(None, &proc_dir, None), 1);
+        let smi = dir.path().join("nvidia-smi");
+        std::fs::write(&smi, "#!/bin/sh\nprintf '0\\n1\\n2\\n'\n").expect("script");
+        std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let none = dir.path().join("none");
+        assert_eq!(detect_gpus(None, &none, Some(&smi)), 3);
+        let failing = dir.path().join("failing-smi");
+        std::fs::write(
+            &failing,
+            "#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n",
+        )
+        .expect("script");
+        std::fs::set_permissions(
+            &failing,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        assert_eq!(detect_gpus(None, &none, Some(&failing)), 0);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

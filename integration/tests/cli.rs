@@ -67,6 +67,28 @@ fn start_status_stop_a_head() {
         Some(1),
         "the raylet registered its node"
     );
+    // The node's plasma reports its store's figures every few seconds.
+    let store = wait_for(
+        "the object store's figures in rayd status",
+        Duration::from_secs(30),
+        || {
+            let status = rayd(&dir, &["status", "--json"]);
+            let report: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
+            let store = report["nodes"][0]["object_store"].clone();
+            (!store.is_null()).then_some(store)
+        },
+    );
+    assert!(
+        store["capacity_bytes"].as_u64().is_some_and(|c| c > 0),
+        "{store}"
+    );
+    assert_eq!(store["objects"], 0);
+    let table = rayd(&dir, &["status"]);
+    assert!(
+        text(&table).contains("object store: 0.0 MiB of"),
+        "{}",
+        text(&table)
+    );
 
     let again = rayd(&dir, &["start", "--head", "--redis-port", &port]);
     assert!(!again.status.success());

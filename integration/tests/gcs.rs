@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rayd_common::gcs::{
-    keys, ActorInfo, ErrorInfo, FunctionInfo, GcsClient, NodeInfo, Target, TaskEntry,
+    keys, ActorInfo, ErrorInfo, FunctionInfo, GcsClient, NodeInfo, StoreFigures, Target, TaskEntry,
 };
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_integration::{redis_cli, Gcs, TestDir};
@@ -153,6 +153,7 @@ async fn tables_round_trip() {
         last_heartbeat_ms: 0,
         queued_tasks: 0,
         running_tasks: 0,
+        store: None,
     };
     client.register_node(&node).await.expect("register");
     let mut read = client
@@ -162,6 +163,22 @@ async fn tables_round_trip() {
         .expect("registered");
     read.last_heartbeat_ms = 0;
     assert_eq!(read, node);
+    let figures = StoreFigures {
+        used_bytes: 10,
+        capacity_bytes: 100,
+        objects: 1,
+        evictions: 2,
+    };
+    client
+        .put_store_figures(node.node_id, &figures)
+        .await
+        .expect("store figures");
+    let read = client
+        .node(node.node_id)
+        .await
+        .expect("read")
+        .expect("known");
+    assert_eq!(read.store, Some(figures));
     client
         .mark_node_dead(node.node_id)
         .await

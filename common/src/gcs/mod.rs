@@ -10,4 +10,6 @@ pub mod keys;
 mod tables;
 
 pub use client::{connect_server, GcsClient, GcsError, Notification, Subscription, Target};
-pub use tables::{ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeInfo, ObjectInfo, TaskEntry};
+pub use tables::{
+    ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeInfo, ObjectInfo, StoreFigures, TaskEntry,
+};

@@ -79,6 +79,17 @@ pub struct NodeInfo {
     pub queued_tasks: u64,
     /// Tasks running, as of the last heartbeat.
     pub running_tasks: u64,
+    /// The node's object store, as its plasma last reported.
+    pub store: Option<StoreFigures>,
+}
+
+/// A plasma store's figures, reported to the node table every few seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreFigures {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub objects: u64,
+    pub evictions: u64,
 }
 
 /// A node's periodic report, published on `rayd:heartbeats`.
@@ -241,6 +252,19 @@ impl GcsClient {
         Ok(())
     }
 
+    /// Records the figures of `node`'s object store in its node entry.
+    pub async fn put_store_figures(
+        &self,
+        node: NodeId,
+        figures: &StoreFigures,
+    ) -> Result<(), GcsError> {
+        let _: () = self
+            .primary()
+            .hset(keys::key(Table::Node, &node), [("store", to_json(figures))])
+            .await?;
+        Ok(())
+    }
+
     /// One node, if registered.
     pub async fn node(&self, node: NodeId) -> Result<Option<NodeInfo>, GcsError> {
         let fields: Fields = self
@@ -262,6 +286,10 @@ impl GcsClient {
             last_heartbeat_ms: parsed(&fields, "last_heartbeat_ms")?,
             queued_tasks: parsed(&fields, "queue_length").unwrap_or(0),
             running_tasks: parsed(&fields, "running").unwrap_or(0),
+            store: fields
+                .contains_key("store")
+                .then(|| json(&fields, "store"))
+                .transpose()?,
         }))
     }
 

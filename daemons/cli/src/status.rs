@@ -37,6 +37,8 @@ struct Node {
     resources_available: std::collections::BTreeMap<String, f64>,
     running_tasks: u64,
     queued_tasks: u64,
+    /// The node's object store, as its plasma last reported.
+    object_store: Option<rayd_common::gcs::StoreFigures>,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +111,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
                 resources_available: node.resources_available,
                 running_tasks: node.running_tasks,
                 queued_tasks: node.queued_tasks,
+                object_store: node.store,
             });
         }
         gcs.quit().await;
@@ -165,7 +168,21 @@ fn print_table(status: &Status) {
             n.queued_tasks,
             resources.join(", ")
         );
+        if let Some(store) = &n.object_store {
+            println!(
+                "  {:12} object store: {} of {} used, {} objects, {} evictions",
+                "",
+                mib(store.used_bytes),
+                mib(store.capacity_bytes),
+                store.objects,
+                store.evictions
+            );
+        }
     }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// Runs `rayd status`; exits 1 when a server of the GCS is down.

@@ -1,14 +1,15 @@
-//! Reports object locations to the GCS object table: a sealed object adds this node to
-//! its locations, a deleted or evicted one removes it. Off the store's critical path:
+//! Reports object locations to the GCS object table (a sealed object adds this node to
+//! its locations, a deleted or evicted one removes it) and the store's figures to the
+//! node table (for `rayd status`). Off the store's critical path:
 //! events queue in a bounded channel and one task writes them in batches, all of a
 //! batch's commands in flight at once (fred pipelines them on each shard's connection).
 
 use std::time::Duration;
 
 use futures::future::join_all;
-use rayd_common::gcs::{GcsClient, GcsError};
+use rayd_common::gcs::{GcsClient, GcsError, StoreFigures};
 use rayd_common::id::NodeId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreEvent;
@@ -25,15 +26,17 @@ const RETRY: [u64; 6] = [100, 200, 400, 800, 1600, 3200];
 /// How long the last events may take to go out at shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Starts the reporter; returns the queue to feed it and its task.
+/// Starts the reporter; returns the queue to feed it and its task. The latest figures
+/// sent on `figures` are written as they change.
 pub fn spawn(
     redis_address: String,
     password: Option<String>,
     node: NodeId,
+    figures: watch::Receiver<StoreFigures>,
     cancel: CancellationToken,
 ) -> (mpsc::Sender<StoreEvent>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(report(redis_address, password, node, rx, cancel));
+    let task = tokio::spawn(report(redis_address, password, node, rx, figures, cancel));
     (tx, task)
 }
 
@@ -69,6 +72,7 @@ async fn report(
     password: Option<String>,
     node: NodeId,
     mut rx: mpsc::Receiver<StoreEvent>,
+    mut figures: watch::Receiver<StoreFigures>,
     cancel: CancellationToken,
 ) {
     let Some(gcs) = connect(&address, password.as_deref(), &cancel).await else {
@@ -78,6 +82,13 @@ async fn report(
     loop {
         let first = tokio::select! {
             event = rx.recv() => event,
+            Ok(()) = figures.changed() => {
+                let current = figures.borrow_and_update().clone();
+                if let Err(e) = gcs.put_store_figures(node, &current).await {
+                    log::warn!(error:% = e; "cannot record the store's figures in the gcs");
+                }
+                continue;
+            }
             _ = cancel.cancelled() => break,
         };
         let Some(first) = first else { break };

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rayd_common::config::RaydConfig;
+use rayd_common::gcs::StoreFigures;
 use rayd_common::id::NodeId;
 use rayd_common::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ use crate::store::Store;
 const DEFAULT_MEMORY_SHARE: f64 = 0.3;
 /// How often the store's figures go to the log.
 const STATS_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the store's figures go to the GCS node table (when they changed).
+const FIGURES_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the store could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -161,12 +164,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
 
     let cancel = shutdown.graceful.child_token();
     let reporter_cancel = CancellationToken::new();
+    let (figures_tx, figures_rx) = tokio::sync::watch::channel(StoreFigures::default());
     let (locations, reporter) = match &config.redis_address {
         Some(address) => {
             let (tx, task) = gcs_report::spawn(
                 address.clone(),
                 config.redis_password.clone(),
                 node,
+                figures_rx,
                 reporter_cancel.clone(),
             );
             (Some(tx), Some(task))
@@ -197,7 +202,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         );
     let mut om_task = tokio::spawn(om_server);
     let mut serve_task = tokio::spawn(server::serve(listener, state.clone(), cancel.clone()));
-    let stats_task = tokio::spawn(log_stats(state.clone(), cancel.clone()));
+    let stats_task = tokio::spawn(figures(state.clone(), figures_tx, cancel.clone()));
 
     log::info!(
         node_id:% = node,
@@ -249,15 +254,36 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     result
 }
 
-async fn log_stats(state: std::sync::Arc<State>, cancel: CancellationToken) {
-    let mut interval = tokio::time::interval(STATS_INTERVAL);
-    interval.tick().await;
+/// Sends the store's figures to the GCS reporter every [`FIGURES_INTERVAL`] (when they
+/// changed) and logs them every [`STATS_INTERVAL`].
+async fn figures(
+    state: std::sync::Arc<State>,
+    report: tokio::sync::watch::Sender<StoreFigures>,
+    cancel: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(FIGURES_INTERVAL);
+    let mut last_log = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = cancel.cancelled() => return,
         }
         let s = state.stats();
+        report.send_if_modified(|current| {
+            let now = StoreFigures {
+                used_bytes: s.used_bytes,
+                capacity_bytes: s.capacity_bytes,
+                objects: s.objects,
+                evictions: s.evictions,
+            };
+            let changed = *current != now;
+            *current = now;
+            changed
+        });
+        if last_log.elapsed() < STATS_INTERVAL {
+            continue;
+        }
+        last_log = tokio::time::Instant::now();
         log::info!(
             used_bytes = s.used_bytes,
             capacity_bytes = s.capacity_bytes,

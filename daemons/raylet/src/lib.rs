@@ -153,6 +153,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         last_heartbeat_ms: 0,
         queued_tasks: 0,
         running_tasks: 0,
+        store: None,
     };
     gcs.register_node(&node).await?;
     let cancel = shutdown.graceful.child_token();

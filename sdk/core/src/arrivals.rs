@@ -71,14 +71,15 @@ impl Arrivals {
     }
 
     /// Subscribes to the store at `socket` (once) and follows its events on a thread, so
-    /// that whatever is sealed from now on is known here.
-    pub fn follow_store(&self, socket: &Path) -> Result<(), CoreError> {
+    /// that whatever is sealed from now on is known here. True when this call started it:
+    /// objects sealed before are known to the store only.
+    pub fn follow_store(&self, socket: &Path) -> Result<bool, CoreError> {
         if self.following.get().is_some() {
-            return Ok(());
+            return Ok(false);
         }
         let mut subscription = Subscription::connect(socket)?;
         if self.following.set(()).is_err() {
-            return Ok(());
+            return Ok(false);
         }
         let shared = Arc::clone(&self.inner);
         std::thread::Builder::new()
@@ -109,7 +110,7 @@ impl Arrivals {
                 }
             })
             .map_err(CoreError::Runtime)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Marks an object found sealed by asking the store directly (sealed before following).
@@ -142,10 +143,15 @@ impl Arrivals {
     }
 
     /// Fills the empty slots of `found` with the small objects that arrived, and returns
-    /// the indices of the others that the store may have (see `in_store_maybe`).
-    pub fn take_inline(&self, ids: &[ObjectId], found: &mut [Option<Object>]) -> Vec<usize> {
+    /// the indices of the others that the store may have: all of them when `ask_all`.
+    pub fn take_inline(
+        &self,
+        ids: &[ObjectId],
+        found: &mut [Option<Object>],
+        ask_all: bool,
+    ) -> Vec<usize> {
         let known = self.known();
-        let following = self.following.get().is_some();
+        let following = self.following.get().is_some() && !ask_all;
         let mut ask_store = Vec::new();
         for (i, (id, slot)) in ids.iter().zip(found.iter_mut()).enumerate() {
             if slot.is_some() {
@@ -251,14 +257,14 @@ mod tests {
         );
         thread.join().expect("sender");
         let mut found = vec![None];
-        assert!(arrivals.take_inline(&[first], &mut found).is_empty());
+        assert!(arrivals.take_inline(&[first], &mut found, false).is_empty());
         assert_eq!(found[0].as_ref().map(|o| o.data().len()), Some(10));
         let big = INLINE_CACHE_BYTES / 4;
         for _ in 0..4 {
             arrivals.insert_inline(vec![object(ObjectId::random(), big)]);
         }
         let mut found = vec![None];
-        assert_eq!(arrivals.take_inline(&[first], &mut found), vec![0]);
+        assert_eq!(arrivals.take_inline(&[first], &mut found, false), vec![0]);
         assert_eq!(arrivals.to_fetch(&[first]), vec![first]);
     }
 

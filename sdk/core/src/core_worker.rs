@@ -473,9 +473,15 @@ impl CoreWorker {
         Ok(())
     }
 
-    /// Objects already here: small ones that arrived, then what plasma has sealed.
-    fn lookup(&self, ids: &[ObjectId], found: &mut [Option<Object>]) -> Result<(), CoreError> {
-        let ask_store = self.arrivals.take_inline(ids, found);
+    /// Objects already here: small ones that arrived, then what plasma has sealed (asking it
+    /// about expected results only when `ask_all`: once followed, their seals are seen).
+    fn lookup(
+        &self,
+        ids: &[ObjectId],
+        found: &mut [Option<Object>],
+        ask_all: bool,
+    ) -> Result<(), CoreError> {
+        let ask_store = self.arrivals.take_inline(ids, found, ask_all);
         if ask_store.is_empty() {
             return Ok(());
         }
@@ -492,9 +498,10 @@ impl CoreWorker {
 
     /// Prepares to wait for `ids`: follows the store's events (before looking, so that
     /// nothing sealed after the look goes unnoticed) and asks the raylet for those that no
-    /// message will bring unasked.
-    fn prepare_wait(&self, ids: &[ObjectId]) -> Result<(), CoreError> {
-        self.arrivals.follow_store(&self.plasma_socket)?;
+    /// message will bring unasked. True when following started now: the next look must ask
+    /// the store about everything, as seals before it went unseen.
+    fn prepare_wait(&self, ids: &[ObjectId]) -> Result<bool, CoreError> {
+        let started = self.arrivals.follow_store(&self.plasma_socket)?;
         let fetch = self.arrivals.to_fetch(ids);
         if !fetch.is_empty() {
             self.raylet
@@ -502,7 +509,7 @@ impl CoreWorker {
                     object_ids: fetch.iter().map(|id| id.as_bytes().to_vec()).collect(),
                 }))?;
         }
-        Ok(())
+        Ok(started)
     }
 
     /// The objects `ids`, waiting up to `timeout` (forever when `None`); absent ones are
@@ -517,12 +524,12 @@ impl CoreWorker {
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<Option<Object>>, CoreError> {
         let mut found: Vec<Option<Object>> = vec![None; ids.len()];
-        self.lookup(ids, &mut found)?;
+        self.lookup(ids, &mut found, false)?;
         if found.iter().all(Option::is_some) || timeout == Some(Duration::ZERO) {
             return Ok(found);
         }
-        self.prepare_wait(ids)?;
-        self.lookup(ids, &mut found)?;
+        let started = self.prepare_wait(ids)?;
+        self.lookup(ids, &mut found, started)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         if self.is_worker {
             self.block()?;
@@ -541,7 +548,7 @@ impl CoreWorker {
             });
             let ready = self.arrivals.wait(&wanted, wanted.len(), Some(slice));
             if ready.iter().any(|r| *r) {
-                if let Err(e) = self.lookup(ids, &mut found) {
+                if let Err(e) = self.lookup(ids, &mut found, false) {
                     break Err(e);
                 }
             }
@@ -575,10 +582,10 @@ impl CoreWorker {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<bool>, CoreError> {
-        self.prepare_wait(ids)?;
+        let started = self.prepare_wait(ids)?;
         // Objects sealed before the store was followed are only known to the store.
         let mut found: Vec<Option<Object>> = vec![None; ids.len()];
-        self.lookup(ids, &mut found)?;
+        self.lookup(ids, &mut found, started)?;
         let enough = |ready: &[bool]| ready.iter().filter(|r| **r).count() >= num_returns;
         let ready = self.arrivals.wait(ids, num_returns, Some(Duration::ZERO));
         if enough(&ready) || timeout == Some(Duration::ZERO) {

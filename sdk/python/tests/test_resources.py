@@ -91,6 +91,23 @@ def test_fractional_gpus_get_ids_and_cuda_visible_devices(ray_start):
     assert ray.cluster_resources()["GPU"] == 2
 
 
+def test_cuda_visible_devices_of_the_node_are_its_gpus(ray_start, monkeypatch):
+    """A node started where CUDA_VISIBLE_DEVICES names GPUs has those, and hands them out
+    by their device numbers."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    ray_start(num_cpus=2)
+    assert ray.cluster_resources().get("GPU") == 2
+
+    @ray.remote(num_gpus=1)
+    def one():
+        time.sleep(0.3)
+        return ray.get_gpu_ids(), os.environ["CUDA_VISIBLE_DEVICES"]
+
+    got = ray.get([one.remote() for _ in range(2)])
+    assert sorted(ids[0] for ids, _ in got) == [3, 5]
+    assert all(visible == str(ids[0]) for ids, visible in got)
+
+
 def test_an_infeasible_task_warns_and_stays_pending_while_others_run(ray_start):
     worker = ray_start(num_cpus=2)
     address = worker.info["redis_address"]

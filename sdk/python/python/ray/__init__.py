@@ -70,7 +70,7 @@ def method(*args, **kwargs):
 
 def get_gpu_ids():
     """The GPUs reserved for the current task (also in CUDA_VISIBLE_DEVICES)."""
-    return [int(i) for i, _ in _worker.global_worker.resource_ids.get("GPU", [])]
+    return [i for i, _ in _worker.global_worker.resource_ids.get("GPU", [])]
 
 
 def get_resource_ids():

@@ -9,6 +9,23 @@ from ray._private import serialization
 from ray._private import worker as _worker
 
 
+def _visible_devices(value):
+    """The GPUs the node was given by CUDA_VISIBLE_DEVICES (None: all of the machine's)."""
+    if value is None:
+        return None
+    return [d.strip() for d in value.split(",") if d.strip()]
+
+
+def _physical_gpus(assigned, visible):
+    """The node's GPU instances (0, 1, ...) as the machine's devices: the node's instance i
+    is the i-th of CUDA_VISIBLE_DEVICES when the node was started with it."""
+    gpus = []
+    for index, fraction in assigned:
+        name = visible[index] if visible is not None and index < len(visible) else str(index)
+        gpus.append((int(name) if name.isdigit() else name, fraction))
+    return gpus
+
+
 class Executor:
     """Loads functions (cached), resolves arguments, runs tasks, stores their results."""
 
@@ -18,6 +35,7 @@ class Executor:
         self.jobs_seen = set()
         self.ip = core.node_ip_address
         self.pid = os.getpid()
+        self.node_gpus = _visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
         # The actor this worker is dedicated to, once its creation task ran here.
         self.actor = None
         self.actor_error = None
@@ -62,8 +80,11 @@ class Executor:
         """Runs one task; every failure becomes the task's error results."""
         num_returns = task["num_returns"]
         name = task["function_name"]
-        _worker.global_worker.resource_ids = task["resource_ids"]
-        gpus = task["resource_ids"].get("GPU", [])
+        resource_ids = task["resource_ids"]
+        gpus = _physical_gpus(resource_ids.get("GPU", []), self.node_gpus)
+        if gpus:
+            resource_ids = dict(resource_ids, GPU=gpus)
+        _worker.global_worker.resource_ids = resource_ids
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in gpus)
         try:
             self._enter_job(task)
