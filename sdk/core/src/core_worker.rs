@@ -427,8 +427,18 @@ impl CoreWorker {
         pickle: &[u8],
         buffers: &[&[u8]],
     ) -> Result<(), CoreError> {
-        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
-        let layout = value::layout(pickle.len(), &lens);
+        let layout = layout_of(pickle, buffers);
+        self.store_laid_out(id, &layout, metadata, pickle, buffers)
+    }
+
+    fn store_laid_out(
+        &self,
+        id: ObjectId,
+        layout: &value::Layout,
+        metadata: &[u8],
+        pickle: &[u8],
+        buffers: &[&[u8]],
+    ) -> Result<(), CoreError> {
         let mut builder = match self
             .plasma
             .create(id, layout.total as u64, metadata.len() as u64)
@@ -438,7 +448,7 @@ impl CoreWorker {
             Err(e) => return Err(e.into()),
         };
         let (data, meta) = builder.buffers_mut();
-        value::write(data, &layout, pickle, buffers);
+        value::write(data, layout, pickle, buffers);
         meta.copy_from_slice(metadata);
         builder.seal()?;
         Ok(())
@@ -453,10 +463,9 @@ impl CoreWorker {
         pickle: &[u8],
         buffers: &[&[u8]],
     ) -> Result<(), CoreError> {
-        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
-        let layout = value::layout(pickle.len(), &lens);
+        let layout = layout_of(pickle, buffers);
         if layout.total + metadata.len() > INLINE_RESULT_MAX {
-            return self.store(id, metadata, pickle, buffers);
+            return self.store_laid_out(id, &layout, metadata, pickle, buffers);
         }
         let mut data = vec![0; layout.total];
         value::write(&mut data, &layout, pickle, buffers);
@@ -689,4 +698,10 @@ impl CoreWorker {
                 results,
             }))
     }
+}
+
+/// Where a pickle and its out-of-band buffers go in an object's data.
+fn layout_of(pickle: &[u8], buffers: &[&[u8]]) -> value::Layout {
+    let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+    value::layout(pickle.len(), &lens)
 }
