@@ -99,6 +99,26 @@ def test_small_results_reach_whoever_asks_for_them(shared_cluster):
     assert out.stdout.split("\n")[0] == "7"
 
 
+def test_small_results_beyond_the_raylets_memory_go_to_plasma(shared_cluster):
+    """The raylet keeps 64 MiB of small results and the driver caches 64 MiB: past that the
+    oldest are in plasma, and every one of them can still be read."""
+    @ray.remote
+    def blob(i):
+        return bytes([i % 256]) * 90_000
+
+    ids = [blob.remote(i) for i in range(900)]
+    ray.wait(ids, num_returns=len(ids), timeout=120)
+    for i, value in enumerate(ray.get(ids, timeout=120)):
+        assert len(value) == 90_000 and value[0] == i % 256
+
+    @ray.remote
+    def first_byte(value):
+        return value[0]
+
+    # The oldest, now in plasma, as a dependency of a task.
+    assert ray.get(first_byte.remote(ids[0]), timeout=60) == 0
+
+
 def test_local_mode_runs_tasks_in_the_driver(cleanup):
     ray.init(driver_mode=ray.LOCAL_MODE)
 
