@@ -104,6 +104,9 @@ pub struct RaydConfig {
     pub resources: BTreeMap<String, f64>,
     /// Workers the raylet starts ahead of demand; `num_cpus` when unset.
     pub num_workers: Option<u32>,
+    /// A busy worker gets its next task ahead of time only behind tasks of a function that
+    /// typically runs shorter than this many milliseconds (and has run less); 0: never.
+    pub task_ahead_max_ms: u64,
     /// Unix socket of the raylet; `<temp_dir>/sockets/raylet` when unset.
     pub raylet_socket: Option<PathBuf>,
     /// The `rayd-worker` executable; the one next to `rayd-raylet` when unset.
@@ -141,6 +144,7 @@ impl Default for RaydConfig {
             num_gpus: None,
             resources: BTreeMap::new(),
             num_workers: None,
+            task_ahead_max_ms: 2,
             raylet_socket: None,
             worker_path: None,
             heartbeat_interval_ms: 1000,

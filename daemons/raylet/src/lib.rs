@@ -136,6 +136,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         worker_path,
         log_level: config.log_level.clone(),
         min_workers,
+        task_ahead_max: std::time::Duration::from_millis(config.task_ahead_max_ms),
     };
     let mut scheduler = Scheduler::new(settings, total.clone(), plasma, events_tx.clone(), writes);
     let node = NodeInfo {

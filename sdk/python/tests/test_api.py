@@ -196,25 +196,36 @@ def test_nested_tasks_deeper_than_the_cpus_finish(shared_cluster):
     assert ray.get(depth.remote(6), timeout=120) == 6
 
 
-def test_a_task_sent_ahead_never_waits_behind_a_blocked_one(shared_cluster):
-    """Busy workers get the next task of the same shape ahead of time; a worker whose task
-    blocks in ray.get gives it back, else a parent could wait for a child queued behind it."""
+def test_a_task_sent_ahead_never_waits_behind_a_blocked_one(ray_start, monkeypatch):
+    """A busy worker running a short task gets the next queued task of its shape ahead of
+    time. Here that is the child its parent then waits for (the other CPU is taken, so the
+    child cannot run elsewhere): the worker must give it back when the parent blocks."""
+    # Every task counts as short, whatever this machine's speed: the child always goes ahead.
+    monkeypatch.setenv("RAYD_TASK_AHEAD_MAX_MS", "600000")
+    ray_start(num_cpus=2)
     @ray.remote
-    def child(i):
-        return i
-
-    @ray.remote
-    def parent(i):
-        return ray.get(child.remote(i)) + 1
-
-    assert ray.get([parent.remote(i) for i in range(60)], timeout=120) == list(range(1, 61))
+    def child():
+        return 1
 
     @ray.remote
-    def waiting_parent(i):
-        ready, _ = ray.wait([child.remote(i)], num_returns=1)
-        return ray.get(ready[0]) + 1
+    def parent(how):
+        if how == "get":
+            return ray.get(child.remote()) + 1
+        if how == "wait":
+            ready, _ = ray.wait([child.remote()], num_returns=1)
+            return ray.get(ready[0]) + 1
+        return 0
 
-    assert ray.get([waiting_parent.remote(i) for i in range(60)], timeout=120) == list(range(1, 61))
+    @ray.remote
+    def long():
+        time.sleep(2)
+
+    # The raylet learns that `parent` is short, so it sends tasks ahead behind it.
+    ray.get([parent.remote(None) for _ in range(20)])
+    for how in ("get", "wait"):
+        busy = long.remote()
+        assert ray.get(parent.remote(how), timeout=30) == 2
+        ray.get(busy)
 
 
 def test_ten_thousand_tasks_complete(shared_cluster):

@@ -66,9 +66,6 @@ pub enum Event {
 /// Workers started beyond the CPU slots for tasks that need no CPU.
 const MAX_CPU_FREE_WORKERS: usize = 32;
 
-/// Tasks are sent ahead only behind tasks shorter than this (see `send_tasks_ahead`).
-const AHEAD_BEHIND_MAX: std::time::Duration = std::time::Duration::from_millis(2);
-
 /// Bytes of small results kept in memory; beyond this the oldest are put into plasma.
 const INLINE_STORE_BYTES: usize = 64 << 20;
 
@@ -206,6 +203,8 @@ pub struct NodeSettings {
     pub log_level: String,
     /// Workers kept alive even when idle.
     pub min_workers: usize,
+    /// Tasks are sent ahead only behind tasks shorter than this (see `send_tasks_ahead`).
+    pub task_ahead_max: std::time::Duration,
 }
 
 /// The raylet's state.
@@ -663,18 +662,16 @@ impl Scheduler {
 
     /// Gives each busy pool worker whose running task has the shape of a queued one that
     /// task to run next: it goes on without waiting for the raylet in between. Only behind
-    /// short tasks (of a function that typically runs under [`AHEAD_BEHIND_MAX`], running
-    /// for less than that): a task must not wait behind a long one while a worker frees up.
+    /// short tasks (of a function that typically runs under `task_ahead_max`, running for
+    /// less than that): a task must not wait behind a long one while a worker frees up.
     fn send_tasks_ahead(&mut self) {
         if self.ready.is_empty() {
             return;
         }
         let durations = &self.durations;
+        let max = self.settings.task_ahead_max;
         let short = |task: &Task, started: std::time::Instant| {
-            started.elapsed() < AHEAD_BEHIND_MAX
-                && durations
-                    .get(&task.function)
-                    .is_some_and(|d| *d < AHEAD_BEHIND_MAX)
+            started.elapsed() < max && durations.get(&task.function).is_some_and(|d| *d < max)
         };
         let candidates: Vec<(ConnId, Shape, JobId)> = self
             .conns
