@@ -414,24 +414,14 @@ impl CoreWorker {
         buffers: &[&[u8]],
     ) -> Result<ObjectId, CoreError> {
         let id = self.next_put_id();
-        self.store(id, metadata, pickle, buffers)?;
+        self.store(id, &layout_of(pickle, buffers), metadata, pickle, buffers)?;
         Ok(id)
     }
 
-    /// Stores a serialized value (or an error) as object `id`. Storing an object that
-    /// exists already succeeds: a retried task stores the same results again.
-    pub fn store(
-        &self,
-        id: ObjectId,
-        metadata: &[u8],
-        pickle: &[u8],
-        buffers: &[&[u8]],
-    ) -> Result<(), CoreError> {
-        let layout = layout_of(pickle, buffers);
-        self.store_laid_out(id, &layout, metadata, pickle, buffers)
-    }
-
-    fn store_laid_out(
+    /// Stores a serialized value (or an error) laid out as `layout` in plasma as object
+    /// `id`. Storing an object that exists already succeeds: a retried task stores the
+    /// same results again.
+    fn store(
         &self,
         id: ObjectId,
         layout: &value::Layout,
@@ -465,7 +455,7 @@ impl CoreWorker {
     ) -> Result<(), CoreError> {
         let layout = layout_of(pickle, buffers);
         if layout.total + metadata.len() > INLINE_RESULT_MAX {
-            return self.store_laid_out(id, &layout, metadata, pickle, buffers);
+            return self.store(id, &layout, metadata, pickle, buffers);
         }
         let mut data = vec![0; layout.total];
         value::write(&mut data, &layout, pickle, buffers);
@@ -505,11 +495,15 @@ impl CoreWorker {
         Ok(())
     }
 
-    /// Prepares to wait for `ids`: follows the store's events (before looking, so that
-    /// nothing sealed after the look goes unnoticed) and asks the raylet for those that no
-    /// message will bring unasked. True when following started now: the next look must ask
-    /// the store about everything, as seals before it went unseen.
-    fn prepare_wait(&self, ids: &[ObjectId]) -> Result<bool, CoreError> {
+    /// Prepares to wait for `ids`: follows the store's events, asks the raylet for those
+    /// that no message will bring unasked, then looks for them (after following, so that
+    /// nothing sealed after the look goes unnoticed; when following started just now, the
+    /// look asks the store about everything, as seals before it went unseen).
+    fn prepare_wait(
+        &self,
+        ids: &[ObjectId],
+        found: &mut [Option<Object>],
+    ) -> Result<(), CoreError> {
         let started = self.arrivals.follow_store(&self.plasma_socket)?;
         let fetch = self.arrivals.to_fetch(ids);
         if !fetch.is_empty() {
@@ -518,7 +512,7 @@ impl CoreWorker {
                     object_ids: fetch.iter().map(|id| id.as_bytes().to_vec()).collect(),
                 }))?;
         }
-        Ok(started)
+        self.lookup(ids, found, started)
     }
 
     /// The objects `ids`, waiting up to `timeout` (forever when `None`); absent ones are
@@ -537,8 +531,7 @@ impl CoreWorker {
         if found.iter().all(Option::is_some) || timeout == Some(Duration::ZERO) {
             return Ok(found);
         }
-        let started = self.prepare_wait(ids)?;
-        self.lookup(ids, &mut found, started)?;
+        self.prepare_wait(ids, &mut found)?;
         let deadline = timeout.map(|t| Instant::now() + t);
         if self.is_worker {
             self.block()?;
@@ -591,10 +584,9 @@ impl CoreWorker {
         timeout: Option<Duration>,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Vec<bool>, CoreError> {
-        let started = self.prepare_wait(ids)?;
         // Objects sealed before the store was followed are only known to the store.
         let mut found: Vec<Option<Object>> = vec![None; ids.len()];
-        self.lookup(ids, &mut found, started)?;
+        self.prepare_wait(ids, &mut found)?;
         let enough = |ready: &[bool]| ready.iter().filter(|r| **r).count() >= num_returns;
         let ready = self.arrivals.wait(ids, num_returns, Some(Duration::ZERO));
         if enough(&ready) || timeout == Some(Duration::ZERO) {

@@ -218,12 +218,8 @@ impl Scheduler {
 
     /// Sends a call to the actor's busy worker, to run after what it runs now.
     fn send_call_ahead(&mut self, id: ActorId, conn: ConnId, mut task: Task) {
-        self.inline_arguments(&mut task);
-        let assign = rayd_common::proto::raylet::v1::AssignTask {
-            spec: Some(task.spec.clone()),
-            job: None,
-            resource_ids: self.actor_resource_ids(&task).unwrap_or_default(),
-        };
+        let resource_ids = self.actor_resource_ids(&task).unwrap_or_default();
+        let assign = self.assignment(conn, &mut task, resource_ids);
         if let Some(actor) = self.actors.get_mut(&id) {
             actor.inflight.push_back(task);
         }

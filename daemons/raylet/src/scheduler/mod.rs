@@ -709,26 +709,26 @@ impl Scheduler {
 
     /// Sends `task` to the busy worker on `conn`, to run after its current task.
     fn send_ahead(&mut self, conn: ConnId, mut task: Task) {
-        self.inline_arguments(&mut task);
-        task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
-        let Some(Connection {
+        // It will run in the resources of the running task.
+        let held = match self.conns.get(&conn).map(|c| &c.peer) {
+            Some(Peer::Worker(w)) => match &w.state {
+                WorkerState::Busy { held, .. } => Some(held.resource_ids()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(resource_ids) = held else {
+            self.make_ready(task, true);
+            return;
+        };
+        let assign = self.assignment(conn, &mut task, resource_ids);
+        if let Some(Connection {
             peer: Peer::Worker(worker),
             ..
         }) = self.conns.get_mut(&conn)
-        else {
-            self.make_ready(task, true);
-            return;
-        };
-        let WorkerState::Busy { held, .. } = &worker.state else {
-            self.make_ready(task, true);
-            return;
-        };
-        let assign = pb::AssignTask {
-            spec: Some(task.spec.clone()),
-            job: None,
-            resource_ids: held.resource_ids(),
-        };
-        worker.ahead = Some(task);
+        {
+            worker.ahead = Some(task);
+        }
         self.send(conn, pb::server_message::Kind::AssignTask(assign));
     }
 
@@ -799,26 +799,12 @@ impl Scheduler {
         if task.spec.actor_creation {
             self.bind_actor(conn, &task);
         }
-        self.inline_arguments(&mut task);
         let held = self.resources.acquire(&task.resources);
-        // The worker keeps the job's environment: it needs it only when the job changes.
-        let same_job = matches!(
-            self.conns.get(&conn).map(|c| &c.peer),
-            Some(Peer::Worker(w)) if w.job == Some(task.job)
-        );
-        let job = (!same_job)
-            .then(|| self.jobs.get(&task.job).map(|(config, _)| config.clone()))
-            .flatten();
-        task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
         // An actor's methods run with the instances (GPUs) the actor holds for life.
         let resource_ids = self
             .actor_resource_ids(&task)
             .unwrap_or_else(|| held.resource_ids());
-        let assign = pb::AssignTask {
-            spec: Some(task.spec.clone()),
-            job,
-            resource_ids,
-        };
+        let assign = self.assignment(conn, &mut task, resource_ids);
         let _ = self.gcs.send(GcsWrite::State(task.id, "running"));
         if let Some(Connection {
             peer: Peer::Worker(worker),
@@ -834,6 +820,31 @@ impl Scheduler {
             };
         }
         self.send(conn, pb::server_message::Kind::AssignTask(assign));
+    }
+
+    /// The message that gives `task` to the worker on `conn`: with the arguments held here
+    /// inlined, its attempt number, and the job's environment when the worker changes job
+    /// (a worker keeps the environment of the job it ran last).
+    fn assignment(
+        &mut self,
+        conn: ConnId,
+        task: &mut Task,
+        resource_ids: HashMap<String, pb::ResourceIds>,
+    ) -> pb::AssignTask {
+        self.inline_arguments(task);
+        task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
+        let same_job = matches!(
+            self.conns.get(&conn).map(|c| &c.peer),
+            Some(Peer::Worker(w)) if w.job == Some(task.job)
+        );
+        let job = (!same_job)
+            .then(|| self.jobs.get(&task.job).map(|(config, _)| config.clone()))
+            .flatten();
+        pb::AssignTask {
+            spec: Some(task.spec.clone()),
+            job,
+            resource_ids,
+        }
     }
 
     /// Replaces arguments that are small values held here by the values themselves; an

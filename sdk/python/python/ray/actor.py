@@ -10,7 +10,7 @@ import os
 
 from ray import exceptions
 from ray._private import worker as _worker
-from ray.remote_function import Definition, _encode_argument, check_resource_options
+from ray.remote_function import _Remote, _encode_argument, check_resource_options
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "name", "memory"}
 
@@ -26,40 +26,23 @@ def _method_returns(cls):
     return returns
 
 
-class ActorClass:
+class ActorClass(_Remote):
     """A class whose instances live in workers: `Cls.remote(...)` makes one."""
 
+    _kind = "actor class"
+    _direct = "instantiated"
+
     def __init__(self, cls, options):
+        self._class = cls
+        self._methods = _method_returns(cls)
+        super().__init__(cls, options)
+
+    def _check_options(self, options):
         unknown = set(options) - _ACTOR_OPTIONS
         if unknown:
             raise ValueError(f"unknown actor options: {', '.join(sorted(unknown))}")
         check_resource_options(options)
-        self._class = cls
-        self._name = f"{cls.__module__}.{cls.__qualname__}"
-        self._options = dict(options)
-        self._methods = _method_returns(cls)
-        self._definition = Definition(cls, self._name)
-        self.__name__ = cls.__name__
-        self.__doc__ = cls.__doc__
-
-    def __call__(self, *args, **kwargs):
-        raise TypeError(f"actor class {self._name} cannot be instantiated directly: "
-                        f"use {self.__name__}.remote(...) instead of {self.__name__}(...)")
-
-    def remote(self, *args, **kwargs):
-        """Creates an actor; returns its handle at once."""
-        return self._remote(args, kwargs, self._options)
-
-    def options(self, **options):
-        """A handle whose `.remote()` creates the actor with these options."""
-        merged = {**self._options, **options}
-        parent = self
-
-        class _Options:
-            def remote(self, *args, **kwargs):
-                return parent._remote(args, kwargs, merged)
-
-        return _Options()
+        return dict(options)
 
     def _remote(self, args, kwargs, options):
         worker = _worker.global_worker

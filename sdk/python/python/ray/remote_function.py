@@ -60,28 +60,35 @@ def check_resource_options(options):
                 raise ValueError(f"resource {key!r} must be a non-negative number, got {value!r}")
 
 
-class RemoteFunction:
-    """A function that runs as a task: `f.remote(*args)` returns ObjectID(s) at once."""
+class _Remote:
+    """What remote functions and actor classes share: `.remote(...)`, `.options(...)`, and
+    refusing a direct call. A subclass checks options (`_check_options`) and submits
+    (`_remote`)."""
 
-    def __init__(self, function, options):
-        self._function = function
-        self._name = f"{function.__module__}.{function.__qualname__}"
-        self._options = _normalize(options)
-        self._definition = Definition(function, self._name)
-        self.__doc__ = function.__doc__
-        self.__name__ = function.__name__
+    _kind = "remote function"
+    _direct = "called"
+
+    def __init__(self, target, options):
+        self._name = f"{target.__module__}.{target.__qualname__}"
+        self._options = self._check_options(options)
+        self._definition = Definition(target, self._name)
+        self.__doc__ = target.__doc__
+        self.__name__ = target.__name__
+
+    def _check_options(self, options):
+        raise NotImplementedError
 
     def __call__(self, *args, **kwargs):
-        raise TypeError(f"remote function {self._name} cannot be called directly: "
+        raise TypeError(f"{self._kind} {self._name} cannot be {self._direct} directly: "
                         f"use {self.__name__}.remote(...) instead of {self.__name__}(...)")
 
     def remote(self, *args, **kwargs):
-        """Submits a task running the function; returns its ObjectID(s)."""
+        """Submits with the decorator's options; returns ObjectID(s) or a handle at once."""
         return self._remote(args, kwargs, self._options)
 
     def options(self, **options):
-        """A handle whose `.remote()` uses these options for this call."""
-        merged = {**self._options, **_normalize(options)}
+        """A handle whose `.remote()` uses these options (over the decorator's)."""
+        merged = {**self._options, **self._check_options(options)}
         parent = self
 
         class _Options:
@@ -89,6 +96,17 @@ class RemoteFunction:
                 return parent._remote(args, kwargs, merged)
 
         return _Options()
+
+
+class RemoteFunction(_Remote):
+    """A function that runs as a task: `f.remote(*args)` returns ObjectID(s) at once."""
+
+    def __init__(self, function, options):
+        self._function = function
+        super().__init__(function, options)
+
+    def _check_options(self, options):
+        return _normalize(options)
 
     def _remote(self, args, kwargs, options):
         worker = _worker.global_worker
