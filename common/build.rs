@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Object chunks reference shared memory without a copy on the sending side.
         .bytes(".rayd.objectmanager.v1.ObjectChunk.payload")
+        // A small result is kept by the raylet and sent on to drivers: copies share bytes.
+        .bytes(".rayd.raylet.v1.InlineObject")
         .compile_protos(
             &[
                 "proto/rayd/common/v1/task.proto",

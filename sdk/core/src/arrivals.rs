@@ -237,9 +237,9 @@ mod tests {
 
     fn object(id: ObjectId, len: usize) -> pb::InlineObject {
         pb::InlineObject {
-            object_id: id.as_bytes().to_vec(),
-            data: vec![1; len],
-            metadata: b"PICKLE5".to_vec(),
+            object_id: id.as_bytes().to_vec().into(),
+            data: vec![1; len].into(),
+            metadata: b"PICKLE5".to_vec().into(),
         }
     }
 

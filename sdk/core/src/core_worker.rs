@@ -460,9 +460,9 @@ impl CoreWorker {
         let mut data = vec![0; layout.total];
         value::write(&mut data, &layout, pickle, buffers);
         let object = pb::InlineObject {
-            object_id: id.as_bytes().to_vec(),
-            data,
-            metadata: metadata.to_vec(),
+            object_id: id.as_bytes().to_vec().into(),
+            data: data.into(),
+            metadata: metadata.to_vec().into(),
         };
         let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
         match results.iter_mut().find(|r| r.object_id == object.object_id) {

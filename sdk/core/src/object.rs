@@ -110,7 +110,7 @@ mod tests {
 
     fn object(len: usize) -> Arc<pb::InlineObject> {
         Arc::new(pb::InlineObject {
-            data: vec![0; len],
+            data: vec![0; len].into(),
             ..Default::default()
         })
     }

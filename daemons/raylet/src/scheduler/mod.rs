@@ -861,7 +861,7 @@ impl Scheduler {
                 continue;
             };
             if object.metadata == value::META_PICKLE5 {
-                arg.value = Some(common_pb::task_arg::Value::Inline(object.data.clone()));
+                arg.value = Some(common_pb::task_arg::Value::Inline(object.data.to_vec()));
             } else if let Some(object) = self.memory.remove(&id) {
                 self.promote(id, &object);
             }
@@ -1014,6 +1014,11 @@ impl Scheduler {
         let Some(connection) = self.conns.remove(&conn) else {
             return;
         };
+        // What it fetched and never got is nobody's business any more.
+        self.interest.retain(|_, waiting| {
+            waiting.retain(|c| *c != conn);
+            !waiting.is_empty()
+        });
         match connection.peer {
             Peer::Driver(job) => {
                 log::info!(job:% = job; "driver disconnected");
