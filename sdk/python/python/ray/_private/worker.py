@@ -21,12 +21,6 @@ ObjectID = _raylet.ObjectID
 # Arguments whose serialized size is below this travel inside the task spec.
 INLINE_ARGUMENT_MAX = 100 * 1024
 
-# `ray.init` settings that describe the node to start; meaningless when attaching.
-_NODE_SETTINGS = (
-    "num_cpus", "num_gpus", "resources", "object_store_memory", "num_workers",
-    "num_redis_shards", "redis_max_clients", "plasma_directory", "huge_pages",
-)
-
 
 class Worker:
     """This process's connection to rayd (a driver's, or a worker's)."""
@@ -52,10 +46,6 @@ class Worker:
 
 
 global_worker = Worker()
-
-
-def _settings_given(kwargs):
-    return [name for name in _NODE_SETTINGS if kwargs.get(name) not in (None, False)]
 
 
 def _auto_address():
@@ -104,12 +94,15 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
             redirect_worker_output=bool(redirect_worker_output),
             redis_password=redis_password,
         )
+        # The settings that describe the node to start; meaningless when attaching.
+        node_settings = {
+            "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
+            "object_store_memory": object_store_memory, "num_workers": num_workers,
+            "num_redis_shards": num_redis_shards, "redis_max_clients": redis_max_clients,
+            "plasma_directory": plasma_directory, "huge_pages": huge_pages or None,
+        }
         if address:
-            given = _settings_given(dict(
-                num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
-                object_store_memory=object_store_memory, num_workers=num_workers,
-                num_redis_shards=num_redis_shards, redis_max_clients=redis_max_clients,
-                plasma_directory=plasma_directory, huge_pages=huge_pages))
+            given = [name for name, value in node_settings.items() if value is not None]
             if given:
                 raise ValueError(
                     f"ray.init(address={address!r}) attaches to a running cluster, whose nodes are "
@@ -121,10 +114,7 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
             if resources is not None and ("CPU" in resources or "GPU" in resources):
                 raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
             settings = {
-                "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
-                "object_store_memory": object_store_memory, "num_workers": num_workers,
-                "num_redis_shards": num_redis_shards, "redis_max_clients": redis_max_clients,
-                "plasma_directory": plasma_directory, "huge_pages": huge_pages or None,
+                **node_settings,
                 "node_ip_address": node_ip_address, "redis_password": redis_password,
                 "temp_dir": _temp_dir or _session_temp_dir(),
             }
