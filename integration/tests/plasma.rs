@@ -133,6 +133,9 @@ fn child_entry() {
             let mut large = client.create(objects[1], 20 * MIB, 0).unwrap();
             large.data_mut()[..4].copy_from_slice(b"half");
             let _small = client.create(objects[2], 100, 0).unwrap();
+            // The small object is in this client's lease: the store learns of it with
+            // the next write.
+            client.flush().unwrap();
             println!("CHILD:ready");
             let mut byte = [0u8];
             let _ = std::io::stdin().read(&mut byte);
@@ -333,6 +336,10 @@ fn a_client_killed_mid_create_leaves_nothing_behind() {
     );
     let after = client.stats().unwrap();
     assert_eq!(after.used_bytes, before.used_bytes, "{after:?}");
+    assert_eq!(
+        after.arena_used_bytes, before.arena_used_bytes,
+        "the dead client's lease went back to the arena: {after:?}"
+    );
     let listing = client.list().unwrap();
     assert_eq!(listing.len(), 1);
     assert_eq!(
@@ -369,6 +376,17 @@ fn raw_exchange(socket: &Path, bytes: &[u8]) -> (Vec<u8>, bool) {
             Err(_) => return (answer, false),
         }
     }
+}
+
+fn decode_replies(mut answer: &[u8]) -> Vec<rayd_common::proto::plasma::v1::Reply> {
+    use prost::Message;
+    let mut replies = Vec::new();
+    while answer.len() >= 4 {
+        let len = u32::from_le_bytes(answer[..4].try_into().unwrap()) as usize;
+        replies.push(rayd_common::proto::plasma::v1::Reply::decode(&answer[4..4 + len]).unwrap());
+        answer = &answer[4 + len..];
+    }
+    replies
 }
 
 fn decode_error(answer: &[u8]) -> rayd_common::proto::plasma::v1::Error {
@@ -418,6 +436,46 @@ fn bad_requests_get_an_error_for_that_client_only() {
     assert!(decode_error(&answer).message.contains("connect"));
     assert!(!closed, "a refused request does not close the connection");
 
+    // Requests that get no reply (a lease's create and seal) are refused in the log
+    // only: the reply that follows belongs to the next request.
+    let connect = pb::Request {
+        kind: Some(pb::request::Kind::Connect(pb::Connect {
+            client_name: "raw".into(),
+        })),
+    };
+    let outside = pb::Request {
+        kind: Some(pb::request::Kind::CreateLeased(pb::CreateLeased {
+            object_id: id.as_bytes().to_vec(),
+            offset: 0,
+            data_size: 100,
+            metadata_size: 0,
+        })),
+    };
+    let seal = pb::Request {
+        kind: Some(pb::request::Kind::Seal(pb::Seal {
+            object_id: ObjectId::random().as_bytes().to_vec(),
+            one_way: true,
+        })),
+    };
+    let contains = pb::Request {
+        kind: Some(pb::request::Kind::Contains(pb::Contains {
+            object_id: id.as_bytes().to_vec(),
+        })),
+    };
+    let mut bytes = Vec::new();
+    for request in [connect, outside, seal, contains] {
+        bytes.extend(frame(&request.encode_to_vec()));
+    }
+    let (answer, _) = raw_exchange(&plasma.socket, &bytes);
+    let replies = decode_replies(&answer);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(matches!(
+        replies[1].kind,
+        Some(pb::reply::Kind::Contains(pb::ContainsReply {
+            sealed: true
+        }))
+    ));
+
     // Absurd sizes and unknown IDs through the library.
     let err = good
         .create(ObjectId::random(), u64::MAX / 2, u64::MAX / 2)
@@ -434,10 +492,18 @@ fn bad_requests_get_an_error_for_that_client_only() {
         .is_none());
     let err = good.pull(unknown, "127.0.0.1:1").unwrap_err();
     assert!(matches!(err, ClientError::TransferFailed(_)), "{err}");
-    assert!(matches!(
-        good.create(id, 1, 0),
-        Err(ClientError::ObjectExists(_))
-    ));
+    let err = good.create(id, 1 << 20, 0).unwrap_err();
+    assert!(matches!(err, ClientError::ObjectExists(_)), "{err}");
+    // A small object goes into the client's lease without asking the store: the copy of
+    // an existing ID stays the client's own, and everyone else keeps seeing the original.
+    let mut copy = good.create(id, 500, 0).unwrap();
+    copy.data_mut().fill(0xee);
+    let copy = copy.seal().unwrap();
+    assert_eq!(copy.data(), &[0xee; 500][..]);
+    let other = client(&plasma);
+    let original = other.get_one(id, None).unwrap().unwrap();
+    assert_eq!(original.data(), &pattern(1, 500)[..]);
+    drop((copy, original));
 
     // Everyone else is undisturbed.
     let buffer = good.get_one(id, None).unwrap().unwrap();

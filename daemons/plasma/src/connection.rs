@@ -49,7 +49,9 @@ impl From<StoreError> for Failure {
             StoreError::NotFound(_) => Code::ObjectNotFound,
             StoreError::Full { .. } => Code::StoreFull,
             StoreError::TooLarge { .. } => Code::TooLarge,
-            StoreError::Memory { .. } => Code::OutOfMemory,
+            StoreError::Memory { .. } | StoreError::LeaseMemory(_) => Code::OutOfMemory,
+            StoreError::NoRoomForLease { .. } => Code::StoreFull,
+            StoreError::NoLeases | StoreError::OutsideLease { .. } => Code::InvalidRequest,
             StoreError::AlreadySealed(_)
             | StoreError::NotSealed(_)
             | StoreError::NotCreator(_)
@@ -160,10 +162,14 @@ impl Connection {
             if let pb::request::Kind::Subscribe(_) = kind {
                 return self.stream_events().await;
             }
-            let reply = self.handle(kind).await;
-            match reply {
+            let one_way = is_one_way(&kind);
+            match self.handle(kind).await {
                 Ok(Some(answer)) => self.send(answer).await?,
                 Ok(None) => {}
+                // The client waits for no reply: its mistake can only be logged.
+                Err(failure) if one_way => {
+                    log::warn!(client = self.client, name = self.name.as_str(), error = failure.message.as_str(); "bad request without a reply")
+                }
                 Err(failure) => self.send_error(failure).await?,
             }
         }
@@ -223,6 +229,8 @@ impl Connection {
                         node_id: state.node_id.as_bytes().to_vec(),
                         capacity_bytes: layout.capacity,
                         small_object_max: layout.small_object_max,
+                        lease_size: layout.lease_size,
+                        leased_object_max: layout.leased_object_max,
                     }),
                     segments: vec![SegmentToSend::Arena],
                 }))
@@ -240,6 +248,11 @@ impl Connection {
                     segments,
                 }))
             }
+            Kind::Seal(seal) if seal.one_way => {
+                let id = protocol::object_id(&seal.object_id)?;
+                state.with_store(|s| s.seal_leased(client, id))?;
+                Ok(None)
+            }
             Kind::Seal(seal) => {
                 let id = protocol::object_id(&seal.object_id)?;
                 state.with_store(|s| s.seal(client, id))?;
@@ -251,12 +264,30 @@ impl Connection {
                 self.forget(id);
                 Ok(Some(Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
             }
+            Kind::Lease(_) => {
+                let (offset, size) = state.with_store(|s| s.lease(client))?;
+                Ok(Some(Answer::plain(pb::reply::Kind::Leased(pb::Leased {
+                    offset,
+                    size,
+                }))))
+            }
+            Kind::CreateLeased(create) => {
+                let id = protocol::object_id(&create.object_id)?;
+                state.with_store(|s| {
+                    s.create_leased(
+                        client,
+                        id,
+                        create.offset,
+                        create.data_size,
+                        create.metadata_size,
+                    )
+                })?;
+                Ok(None)
+            }
             Kind::Release(release) => {
                 let id = protocol::object_id(&release.object_id)?;
-                match state.with_store(|s| s.release(client, id)) {
-                    Ok(0) => self.forget(id),
-                    Ok(_) => {}
-                    Err(e) => log::warn!(client = client, error:% = e; "bad release"),
+                if state.with_store(|s| s.release(client, id))? == 0 {
+                    self.forget(id);
                 }
                 Ok(None)
             }
@@ -509,6 +540,17 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether the client expects no reply to `kind`.
+fn is_one_way(kind: &pb::request::Kind) -> bool {
+    use pb::request::Kind;
+    match kind {
+        Kind::Release(_) | Kind::CreateLeased(_) => true,
+        Kind::Seal(seal) => seal.one_way,
+        Kind::Abort(abort) => abort.one_way,
+        _ => false,
     }
 }
 

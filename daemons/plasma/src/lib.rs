@@ -13,6 +13,7 @@ pub mod allocator;
 pub mod client;
 pub mod connection;
 pub mod gcs_report;
+pub mod lease;
 pub mod memory;
 pub mod object_manager;
 pub mod protocol;

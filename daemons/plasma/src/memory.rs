@@ -23,6 +23,9 @@
 //!   get a read-only descriptor of it: no reader can write a sealed object's own segment.
 //!   Arena objects are protected from readers by their read-only mapping; a client that
 //!   creates objects can write the arena and is trusted not to scribble.
+//! - A client may hold a *lease*: a range of the arena in which it places its own small
+//!   objects (see [`crate::lease`]). The range stays allocated to the lease until the
+//!   client has moved on from it and no object in it remains.
 //! - A segment's memory goes back to the system when the store and every client have
 //!   closed its descriptor and unmapped it. Arena ranges are reused by the allocator once
 //!   their object is deleted or evicted; an object is only ever deleted or evicted when no

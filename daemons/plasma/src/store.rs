@@ -22,7 +22,8 @@ use std::sync::{Arc, OnceLock};
 
 use rayd_common::id::ObjectId;
 
-use crate::allocator::Allocator;
+use crate::allocator::{Allocator, ALIGN};
+use crate::lease::{self, Freed, Leases};
 use crate::memory::{self, Backing, Mapping, MemoryError};
 
 /// Identifies one connection to the store (or an internal user such as a transfer).
@@ -32,6 +33,8 @@ pub type ClientId = u64;
 pub const ARENA_SEGMENT: u64 = 0;
 /// Largest arena.
 const MAX_ARENA: u64 = 1 << 30;
+/// Smallest lease worth granting.
+const MIN_LEASE: u64 = 4 << 10;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,20 @@ pub enum StoreError {
         size: u64,
         pool: &'static str,
     },
+    #[error(
+        "no room for a lease of {size} bytes: every object in the arena is pinned or unsealed"
+    )]
+    NoRoomForLease { size: u64 },
+    #[error("this store grants no leases (its arena is too small)")]
+    NoLeases,
+    #[error("a lease: {0}")]
+    LeaseMemory(#[source] MemoryError),
+    #[error("object {id} at arena offset {offset} ({size} bytes) is outside the client's leases")]
+    OutsideLease {
+        id: ObjectId,
+        offset: u64,
+        size: u64,
+    },
     #[error("object {id}: {source}")]
     Memory {
         id: ObjectId,
@@ -75,6 +92,10 @@ pub struct Layout {
     pub capacity: u64,
     pub arena_size: u64,
     pub small_object_max: u64,
+    /// Bytes of one lease (see [`crate::lease`]); 0 when the arena is too small to lend.
+    pub lease_size: u64,
+    /// The largest object a client places in its lease itself.
+    pub leased_object_max: u64,
 }
 
 impl Layout {
@@ -82,10 +103,20 @@ impl Layout {
     pub fn for_capacity(capacity: u64, granularity: u64) -> Self {
         let arena = (capacity / 4).min(MAX_ARENA);
         let arena_size = (arena - arena % granularity).max(granularity).min(capacity);
+        // A lease takes at most 1/64 of the arena, so that leases held by many clients
+        // leave most of it to the allocator.
+        let lease = (arena_size / 64).min(lease::MAX_LEASE);
+        let lease_size = if lease >= MIN_LEASE {
+            lease - lease % ALIGN
+        } else {
+            0
+        };
         Self {
             capacity,
             arena_size,
             small_object_max: arena_size / 4,
+            lease_size,
+            leased_object_max: lease_size / lease::OBJECT_SHARE,
         }
     }
 }
@@ -200,6 +231,8 @@ struct Entry {
     /// Position in its pool's LRU list while sealed and unpinned.
     lru_tick: Option<u64>,
     delete_pending: bool,
+    /// The lease block it was placed in by its creator (arena objects only).
+    lease: Option<u64>,
 }
 
 impl Entry {
@@ -239,6 +272,7 @@ pub struct Store {
     evictions: u64,
     evicted_bytes: u64,
     events: Vec<StoreEvent>,
+    leases: Leases,
 }
 
 impl Store {
@@ -267,6 +301,7 @@ impl Store {
             evictions: 0,
             evicted_bytes: 0,
             events: Vec::new(),
+            leases: Leases::default(),
         })
     }
 
@@ -336,15 +371,10 @@ impl Store {
                 pins: 1,
                 lru_tick: None,
                 delete_pending: false,
+                lease: None,
             },
         );
-        *self
-            .clients
-            .entry(client)
-            .or_default()
-            .pins
-            .entry(id)
-            .or_default() += 1;
+        self.pin_for(client, id);
         Ok(ObjectView {
             id,
             placement,
@@ -353,22 +383,108 @@ impl Store {
         })
     }
 
+    fn pin_for(&mut self, client: ClientId, id: ObjectId) {
+        *self
+            .clients
+            .entry(client)
+            .or_default()
+            .pins
+            .entry(id)
+            .or_default() += 1;
+    }
+
     fn place_small(&mut self, id: ObjectId, size: u64) -> Result<u64, StoreError> {
+        match self.allocate_small(size) {
+            Ok(Some(offset)) => Ok(offset),
+            Ok(None) => Err(StoreError::Full {
+                id,
+                size,
+                pool: "arena",
+            }),
+            Err(source) => Err(StoreError::Memory { id, source }),
+        }
+    }
+
+    /// Places `size` bytes in the arena, evicting unpinned objects until they fit; `None`
+    /// when nothing is left to evict.
+    fn allocate_small(&mut self, size: u64) -> Result<Option<u64>, MemoryError> {
         loop {
             if let Some(offset) = self.arena.allocate(size) {
-                if let Err(source) = self.reserve_arena(offset, size) {
+                if let Err(e) = self.reserve_arena(offset, size) {
                     self.arena.free(offset, size);
-                    return Err(StoreError::Memory { id, source });
+                    return Err(e);
                 }
-                return Ok(offset);
+                return Ok(Some(offset));
             }
             if !self.evict_one(true) {
-                return Err(StoreError::Full {
-                    id,
-                    size,
-                    pool: "arena",
-                });
+                return Ok(None);
             }
+        }
+    }
+
+    /// Grants `client` a new lease (retiring its current one): the arena range it places
+    /// objects of up to `leased_object_max` bytes in itself.
+    pub fn lease(&mut self, client: ClientId) -> Result<(u64, u64), StoreError> {
+        let size = self.layout.lease_size;
+        if size == 0 {
+            return Err(StoreError::NoLeases);
+        }
+        let freed = self.leases.retire(client);
+        self.free_ranges(freed);
+        let offset = self
+            .allocate_small(size)
+            .map_err(StoreError::LeaseMemory)?
+            .ok_or(StoreError::NoRoomForLease { size })?;
+        let freed = self.leases.grant(client, offset, size);
+        self.free_ranges(freed);
+        Ok((offset, size))
+    }
+
+    /// Registers an unsealed object `client` placed at `offset` in one of its leases, as
+    /// [`Self::create`] would have. An ID that exists already makes the client's bytes a
+    /// shadow (see [`crate::lease`]).
+    pub fn create_leased(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        offset: u64,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<(), StoreError> {
+        let size = data_size.saturating_add(metadata_size);
+        let block = self
+            .leases
+            .block_of(client, offset, Allocator::rounded(size))
+            .filter(|_| offset.is_multiple_of(ALIGN))
+            .ok_or(StoreError::OutsideLease { id, offset, size })?;
+        if self.objects.contains_key(&id) {
+            log::debug!(object:% = id, client = client; "a leased object exists already: the client keeps a private copy");
+            self.leases
+                .add_shadow(client, id, block, Allocator::rounded(size));
+            return Ok(());
+        }
+        self.leases.add(block, Allocator::rounded(size));
+        self.objects.insert(
+            id,
+            Entry {
+                placement: Placement::Arena { offset },
+                data_size,
+                metadata_size,
+                sealed: false,
+                creator: client,
+                pins: 1,
+                lru_tick: None,
+                delete_pending: false,
+                lease: Some(block),
+            },
+        );
+        self.pin_for(client, id);
+        Ok(())
+    }
+
+    fn free_ranges(&mut self, ranges: impl IntoIterator<Item = Freed>) {
+        for (offset, len) in ranges {
+            self.arena.free(offset, len);
         }
     }
 
@@ -466,9 +582,13 @@ impl Store {
                 self.lru_large.remove(&tick);
             }
         }
-        match &entry.placement {
-            Placement::Arena { offset } => self.arena.free(*offset, entry.total()),
-            Placement::Own(segment) => self.large_used -= segment.size,
+        match (&entry.placement, entry.lease) {
+            (Placement::Arena { .. }, Some(block)) => {
+                let freed = self.leases.remove(block, Allocator::rounded(entry.total()));
+                self.free_ranges(freed);
+            }
+            (Placement::Arena { offset }, None) => self.arena.free(*offset, entry.total()),
+            (Placement::Own(segment), _) => self.large_used -= segment.size,
         }
         if entry.sealed {
             self.events.push(StoreEvent::Removed { id, evicted });
@@ -527,8 +647,30 @@ impl Store {
         Ok(view)
     }
 
+    /// Seals an object placed in a lease; a shadow (see [`crate::lease`]) stays as it is.
+    pub fn seal_leased(&mut self, client: ClientId, id: ObjectId) -> Result<(), StoreError> {
+        if self.leases.has_shadow(client, id) {
+            return Ok(());
+        }
+        self.seal(client, id).map(|_| ())
+    }
+
+    /// Drops the client's shadow of `id`; false when it has none.
+    fn drop_shadow(&mut self, client: ClientId, id: ObjectId) -> bool {
+        match self.leases.remove_shadow(client, id) {
+            Some(freed) => {
+                self.free_ranges(freed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Drops an unsealed object its creator gives up on.
     pub fn abort(&mut self, client: ClientId, id: ObjectId) -> Result<(), StoreError> {
+        if self.drop_shadow(client, id) {
+            return Ok(());
+        }
         self.entry_of_creator(client, id)?;
         if let Some(state) = self.clients.get_mut(&client) {
             state.pins.remove(&id);
@@ -568,6 +710,9 @@ impl Store {
 
     /// Drops one pin of `client` on `id`. Returns how many pins the client still holds.
     pub fn release(&mut self, client: ClientId, id: ObjectId) -> Result<u32, StoreError> {
+        if self.drop_shadow(client, id) {
+            return Ok(0);
+        }
         let pins = self
             .clients
             .get_mut(&client)
@@ -651,6 +796,8 @@ impl Store {
                 self.unpin(id, count);
             }
         }
+        let freed = self.leases.disconnect(client);
+        self.free_ranges(freed);
     }
 
     /// Removes every object, pinned or not: the store is stopping.
@@ -682,7 +829,9 @@ impl Store {
     pub fn stats(&self) -> Stats {
         Stats {
             capacity_bytes: self.layout.capacity,
-            used_bytes: self.arena.used() + self.large_used,
+            // Leased room that holds no object yet counts as free here (arena_used_bytes
+            // has it).
+            used_bytes: self.arena.used() - self.leases.idle_bytes() + self.large_used,
             objects: self.objects.len() as u64,
             sealed_objects: self.objects.values().filter(|e| e.sealed).count() as u64,
             evictions: self.evictions,
@@ -731,6 +880,65 @@ mod tests {
         assert_eq!(layout.small_object_max, 4 * MIB);
         let big = Layout::for_capacity(100 << 30, 4096);
         assert_eq!(big.arena_size, MAX_ARENA);
+    }
+
+    #[test]
+    fn leased_objects_live_like_others_and_their_lease_goes_when_empty() {
+        let mut store = store();
+        let (a, b) = (store.connect(), store.connect());
+        let lease = store.layout().lease_size;
+        assert_eq!(lease, lease::MAX_LEASE);
+        let (offset, size) = store.lease(a).unwrap();
+        assert_eq!(size, lease);
+        assert_eq!(store.stats().used_bytes, 0, "an empty lease holds nothing");
+        store.create_leased(a, id(1), offset, 100, 0).unwrap();
+        assert!(store.get(b, id(1)).is_none(), "unsealed");
+        store.seal_leased(a, id(1)).unwrap();
+        assert_eq!(store.stats().used_bytes, 128);
+        let view = store.get(b, id(1)).unwrap();
+        assert!(matches!(view.placement, Placement::Arena { offset: o } if o == offset));
+        assert!(matches!(
+            store.create_leased(b, id(2), offset + 128, 10, 0),
+            Err(StoreError::OutsideLease { .. })
+        ));
+        assert!(matches!(
+            store.create_leased(a, id(2), offset + size - 64, 100, 0),
+            Err(StoreError::OutsideLease { .. })
+        ));
+        // A new lease retires the first, which stays while its object does.
+        let (second, _) = store.lease(a).unwrap();
+        assert_ne!(second, offset);
+        store.create_leased(a, id(3), second, 64, 0).unwrap();
+        store.disconnect(a);
+        assert!(!store.exists(&id(3)), "unsealed: aborted with its client");
+        assert_eq!(
+            store.stats().arena_used_bytes,
+            lease,
+            "the first lease remains"
+        );
+        store.release(b, id(1)).unwrap();
+        assert_eq!(store.delete(id(1)), DeleteOutcome::Deleted);
+        let stats = store.stats();
+        assert_eq!((stats.used_bytes, stats.arena_used_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_leased_copy_of_an_existing_object_stays_private() {
+        let mut store = store();
+        let (a, b) = (store.connect(), store.connect());
+        put(&mut store, a, 1, 100);
+        let (offset, _) = store.lease(b).unwrap();
+        store.create_leased(b, id(1), offset, 100, 0).unwrap();
+        store.seal_leased(b, id(1)).unwrap();
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(
+            store.list()[0].pins,
+            0,
+            "the original is not pinned by the copy"
+        );
+        assert_eq!(store.release(b, id(1)).unwrap(), 0);
+        store.disconnect(b);
+        assert_eq!(store.stats().arena_used_bytes, 128, "the original alone");
     }
 
     #[test]

@@ -145,8 +145,10 @@ fn small_objects(client: &PlasmaClient, reader: &PlasmaClient, seconds: f64) -> 
                 let mut builder = client.create(id, 100, 0)?;
                 builder.data_mut().fill(7);
                 let sealed = builder.seal()?;
+                // The seal of an object in the creator's lease needs no reply: another
+                // client's get waits until the store has read it.
                 let got = if remote_get {
-                    reader.get_one(id, Some(Duration::ZERO))?
+                    reader.get_one(id, Some(Duration::from_secs(10)))?
                 } else {
                     client.get_one(id, Some(Duration::ZERO))?
                 };

@@ -12,6 +12,7 @@ use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::proto::plasma::v1 as pb;
 
 use super::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry};
+use crate::allocator::{Allocator, ALIGN};
 use crate::memory::Mapping;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
 use crate::store::ARENA_SEGMENT;
@@ -45,6 +46,8 @@ struct Inner {
     node_id: NodeId,
     capacity: u64,
     small_object_max: u64,
+    /// Objects up to this size go into this client's lease (0: the store lends none).
+    leased_object_max: u64,
 }
 
 struct Io {
@@ -56,9 +59,11 @@ struct Io {
 struct Tables {
     segments: HashMap<u64, SegmentMap>,
     objects: HashMap<ObjectId, Held>,
-    /// Objects whose last buffer went while the connection was busy: their release
-    /// goes out before the next request.
-    pending_releases: Vec<ObjectId>,
+    /// Frames that need no reply, queued for the next write in this order: releases
+    /// whose last buffer went while the connection was busy, objects created in the lease.
+    pending: Vec<u8>,
+    /// The unused part of this client's current lease.
+    lease: Option<LeaseRange>,
     /// Arena granules whose writable page tables this client has built.
     prefaulted: Vec<bool>,
 }
@@ -86,6 +91,23 @@ impl Tables {
                 mapping.prefault_for_write(start, end - start);
             }
         }
+    }
+}
+
+/// The unused part of a lease: `[next, end)` of the arena.
+struct LeaseRange {
+    next: u64,
+    end: u64,
+}
+
+impl LeaseRange {
+    /// Takes `len` bytes (a multiple of the allocator's alignment) off the front.
+    fn take(&mut self, len: u64) -> Option<u64> {
+        let offset = self.next;
+        (self.end - offset >= len).then(|| {
+            self.next += len;
+            offset
+        })
     }
 }
 
@@ -148,34 +170,38 @@ impl Releaser {
                 // The store forgets that we hold this segment when it sees the release.
                 tables.segments.remove(&segment);
             }
-            tables.pending_releases.push(id);
+            queue(
+                &mut tables,
+                Req::Release(pb::Release {
+                    object_id: id.as_bytes().to_vec(),
+                }),
+            );
         }
-        // A busy connection sends the release before its next request instead.
-        if let Ok(mut io) = self.0.io.try_lock() {
-            let pending = std::mem::take(&mut lock(&self.0.tables).pending_releases);
-            if let Err(e) = io.send(&pending, None) {
-                log::debug!(error:% = e; "cannot send a release to the plasma store");
-            }
-        }
+        flush_if_idle(&self.0, "a release");
     }
 }
 
-fn release_frames(ids: &[ObjectId]) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for id in ids {
-        bytes.extend(protocol::encode_frame(&pb::Request {
-            kind: Some(Req::Release(pb::Release {
-                object_id: id.as_bytes().to_vec(),
-            })),
-        }));
+/// Queues a request that needs no reply for the next write.
+fn queue(tables: &mut Tables, request: Req) {
+    tables.pending.extend(protocol::encode_frame(&pb::Request {
+        kind: Some(request),
+    }));
+}
+
+/// Writes the queued frames now unless another thread uses the connection: it sends
+/// them before its next request instead.
+fn flush_if_idle(inner: &Inner, what: &str) {
+    if let Ok(mut io) = inner.io.try_lock() {
+        let pending = std::mem::take(&mut lock(&inner.tables).pending);
+        if let Err(e) = io.send(pending, None) {
+            log::debug!(error:% = e; "cannot send {what} to the plasma store");
+        }
     }
-    bytes
 }
 
 impl Io {
-    /// Writes queued releases and, if given, one request.
-    fn send(&mut self, releases: &[ObjectId], request: Option<Req>) -> Result<(), ClientError> {
-        let mut bytes = release_frames(releases);
+    /// Writes the queued frames and, if given, one request.
+    fn send(&mut self, mut bytes: Vec<u8>, request: Option<Req>) -> Result<(), ClientError> {
         if let Some(kind) = request {
             bytes.extend(protocol::encode_frame(&pb::Request { kind: Some(kind) }));
         }
@@ -209,7 +235,7 @@ impl PlasmaClient {
             reader: FrameReader::new(protocol::MAX_REPLY_FRAME),
         };
         io.send(
-            &[],
+            Vec::new(),
             Some(Req::Connect(pb::Connect {
                 client_name: name.to_string(),
             })),
@@ -237,6 +263,7 @@ impl PlasmaClient {
                 node_id,
                 capacity: connected.capacity_bytes,
                 small_object_max: connected.small_object_max,
+                leased_object_max: connected.leased_object_max.min(connected.lease_size / 2),
             }),
         })
     }
@@ -259,8 +286,8 @@ impl PlasmaClient {
     /// One request and its reply, after the queued releases.
     fn call(&self, request: Req, expected: &'static str) -> Result<Rep, ClientError> {
         let mut io = lock(&self.inner.io);
-        let pending = std::mem::take(&mut lock(&self.inner.tables).pending_releases);
-        io.send(&pending, Some(request))?;
+        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        io.send(pending, Some(request))?;
         let (reply, fds) = io.receive()?;
         if !fds.is_empty() {
             register_segments(
@@ -279,16 +306,24 @@ impl PlasmaClient {
 
     /// Creates an object of `data_size` + `metadata_size` bytes to fill in place.
     /// Fails with [`ClientError::StoreFull`] when nothing can be evicted to make room.
+    ///
+    /// A small object goes into this client's lease of the arena without a round trip;
+    /// the store learns of it with the next write (at the latest its seal).
     pub fn create(
         &self,
         id: ObjectId,
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectBuilder, ClientError> {
+        if data_size.saturating_add(metadata_size) <= self.inner.leased_object_max {
+            if let Some(builder) = self.create_leased(id, data_size, metadata_size)? {
+                return Ok(builder);
+            }
+        }
         let mut io = lock(&self.inner.io);
-        let pending = std::mem::take(&mut lock(&self.inner.tables).pending_releases);
+        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
         io.send(
-            &pending,
+            pending,
             Some(Req::Create(pb::Create {
                 object_id: id.as_bytes().to_vec(),
                 data_size,
@@ -327,7 +362,109 @@ impl PlasmaClient {
             data_size,
             metadata_size,
             client: Some(self.clone()),
+            leased: false,
         })
+    }
+
+    /// Places an object in this client's lease; `None` when the store lends no room now
+    /// (the caller then creates it the usual way, which evicts or says the store is full).
+    fn create_leased(
+        &self,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<Option<ObjectBuilder>, ClientError> {
+        let len = Allocator::rounded(data_size + metadata_size);
+        let mut tables = lock(&self.inner.tables);
+        if tables.objects.contains_key(&id) {
+            return Err(ClientError::ObjectExists(format!(
+                "object {id} is held by this client"
+            )));
+        }
+        let offset = match tables.lease.as_mut().and_then(|l| l.take(len)) {
+            Some(offset) => offset,
+            None => {
+                drop(tables);
+                if !self.renew_lease(len)? {
+                    return Ok(None);
+                }
+                tables = lock(&self.inner.tables);
+                match tables.lease.as_mut().and_then(|l| l.take(len)) {
+                    Some(offset) => offset,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mapping = tables
+            .segments
+            .get(&ARENA_SEGMENT)
+            .and_then(|s| s.writable.clone())
+            .ok_or(ClientError::BadLocation(id))?;
+        queue(
+            &mut tables,
+            Req::CreateLeased(pb::CreateLeased {
+                object_id: id.as_bytes().to_vec(),
+                offset,
+                data_size,
+                metadata_size,
+            }),
+        );
+        Ok(Some(ObjectBuilder {
+            id,
+            mapping: Some(mapping),
+            segment: ARENA_SEGMENT,
+            offset,
+            data_size,
+            metadata_size,
+            client: Some(self.clone()),
+            leased: true,
+        }))
+    }
+
+    /// Asks the store for a new lease unless another thread got one with room for `len`
+    /// bytes meanwhile; false when the store has no room to lend.
+    fn renew_lease(&self, len: u64) -> Result<bool, ClientError> {
+        let mut io = lock(&self.inner.io);
+        let pending = {
+            let mut tables = lock(&self.inner.tables);
+            if tables.lease.as_ref().is_some_and(|l| l.end - l.next >= len) {
+                return Ok(true);
+            }
+            // Nothing is placed in the old lease from here on, and what was goes out
+            // before the request that retires it.
+            tables.lease = None;
+            std::mem::take(&mut tables.pending)
+        };
+        io.send(pending, Some(Req::Lease(pb::Lease {})))?;
+        let (reply, fds) = io.receive()?;
+        drop(fds);
+        let leased = match reply.kind {
+            Some(Rep::Leased(leased)) => leased,
+            Some(Rep::Error(e)) => {
+                let error = ClientError::from_reply(e);
+                log::debug!(error:% = error; "no lease: creating objects one by one");
+                return Ok(false);
+            }
+            other => return Err(unexpected("leased", other)),
+        };
+        let mut tables = lock(&self.inner.tables);
+        let mapping = tables
+            .segments
+            .get(&ARENA_SEGMENT)
+            .and_then(|s| s.writable.clone())
+            .ok_or(ClientError::Invalid("the arena is not mapped".into()))?;
+        if !leased.offset.is_multiple_of(ALIGN) || !mapping.contains(leased.offset, leased.size) {
+            return Err(ClientError::Invalid(format!(
+                "the store lent a range outside the arena: {} bytes at {}",
+                leased.size, leased.offset
+            )));
+        }
+        tables.prefault_arena(&mapping, leased.offset, leased.size);
+        tables.lease = Some(LeaseRange {
+            next: leased.offset,
+            end: leased.offset + leased.size,
+        });
+        Ok(true)
     }
 
     /// Seals an object whose builder has let go of its writable mapping.
@@ -338,6 +475,7 @@ impl PlasmaClient {
         offset: u64,
         data_size: u64,
         metadata_size: u64,
+        leased: bool,
     ) -> Result<ObjectBuffer, ClientError> {
         if segment != ARENA_SEGMENT {
             // The writable mapping of an own segment goes before the seal request, so the
@@ -346,14 +484,25 @@ impl PlasmaClient {
                 s.writable = None;
             }
         }
-        // Synchronous: once this returns, every client of the store sees the object
-        // sealed (the raylet and other workers rely on that).
-        self.call(
-            Req::Seal(pb::Seal {
-                object_id: id.as_bytes().to_vec(),
-            }),
-            "ack",
-        )?;
+        let seal = Req::Seal(pb::Seal {
+            object_id: id.as_bytes().to_vec(),
+            one_way: leased,
+        });
+        if leased {
+            // Ordered after everything this client sent before; others see the object
+            // sealed once the store has read it (a get of theirs waits for it).
+            let mut io = lock(&self.inner.io);
+            let pending = {
+                let mut tables = lock(&self.inner.tables);
+                queue(&mut tables, seal);
+                std::mem::take(&mut tables.pending)
+            };
+            io.send(pending, None)?;
+        } else {
+            // Synchronous: once this returns, every client of the store sees the object
+            // sealed.
+            self.call(seal, "ack")?;
+        }
         let mut tables = lock(&self.inner.tables);
         let mapping = tables
             .segments
@@ -381,17 +530,25 @@ impl PlasmaClient {
         })
     }
 
-    pub(super) fn abort_object(&self, id: ObjectId, segment: u64) -> Result<(), ClientError> {
+    pub(super) fn abort_object(
+        &self,
+        id: ObjectId,
+        segment: u64,
+        leased: bool,
+    ) -> Result<(), ClientError> {
+        let abort = Req::Abort(pb::Abort {
+            object_id: id.as_bytes().to_vec(),
+            one_way: leased,
+        });
+        if leased {
+            queue(&mut lock(&self.inner.tables), abort);
+            flush_if_idle(&self.inner, "an abort");
+            return Ok(());
+        }
         if segment != ARENA_SEGMENT {
             lock(&self.inner.tables).segments.remove(&segment);
         }
-        self.call(
-            Req::Abort(pb::Abort {
-                object_id: id.as_bytes().to_vec(),
-            }),
-            "ack",
-        )
-        .map(|_| ())
+        self.call(abort, "ack").map(|_| ())
     }
 
     /// Creates, fills and seals an object in one go.
@@ -437,15 +594,15 @@ impl PlasmaClient {
                     }
                 }
             }
-            std::mem::take(&mut tables.pending_releases)
+            std::mem::take(&mut tables.pending)
         };
         if missing.is_empty() {
-            io.send(&pending, None)?;
+            io.send(pending, None)?;
             return Ok(result);
         }
         let timeout_ms = timeout.map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
         io.send(
-            &pending,
+            pending,
             Some(Req::Get(pb::Get {
                 object_ids: missing.iter().map(|id| id.as_bytes().to_vec()).collect(),
                 timeout_ms,
@@ -597,8 +754,8 @@ impl PlasmaClient {
     /// Sends any releases still queued (they also go with the next request).
     pub fn flush(&self) -> Result<(), ClientError> {
         let mut io = lock(&self.inner.io);
-        let pending = std::mem::take(&mut lock(&self.inner.tables).pending_releases);
-        io.send(&pending, None)
+        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        io.send(pending, None)
     }
 }
 

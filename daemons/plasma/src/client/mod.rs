@@ -4,7 +4,10 @@
 //! - [`PlasmaClient`] (blocking) and [`AsyncPlasmaClient`] (the same, for tokio) connect
 //!   to the store's socket, receive its memory descriptors and map each segment once.
 //! - [`ObjectBuilder`] is an unsealed object its creator fills in place;
-//!   [`ObjectBuilder::seal`] makes it an [`ObjectBuffer`].
+//!   [`ObjectBuilder::seal`] makes it an [`ObjectBuffer`]. Small objects are placed in
+//!   this client's lease of the arena (see [`crate::lease`]) without a round trip: the
+//!   store learns of them with the next write, and their seal needs no reply, so other
+//!   clients see them once the store has read it (their gets wait for that).
 //! - [`ObjectBuffer`] is a pinned, sealed object: `data()` and `metadata()` are zero-copy
 //!   slices of the shared memory, read-only (writing through them faults). Clones share
 //!   one pin; the last drop releases it. A get of an object this client already holds
@@ -164,6 +167,8 @@ pub struct ObjectBuilder {
     data_size: u64,
     metadata_size: u64,
     client: Option<PlasmaClient>,
+    /// Placed in the client's lease (sealed and aborted without a reply).
+    leased: bool,
 }
 
 impl std::fmt::Debug for ObjectBuilder {
@@ -231,13 +236,14 @@ impl ObjectBuilder {
             self.offset,
             self.data_size,
             self.metadata_size,
+            self.leased,
         )
     }
 
     /// Gives the object up.
     pub fn abort(mut self) -> Result<(), ClientError> {
         match self.client.take() {
-            Some(client) => client.abort_object(self.id, self.segment),
+            Some(client) => client.abort_object(self.id, self.segment, self.leased),
             None => Ok(()),
         }
     }
@@ -246,7 +252,7 @@ impl ObjectBuilder {
 impl Drop for ObjectBuilder {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if let Err(e) = client.abort_object(self.id, self.segment) {
+            if let Err(e) = client.abort_object(self.id, self.segment, self.leased) {
                 log::debug!(object:% = self.id, error:% = e; "cannot abort a dropped unsealed object");
             }
         }

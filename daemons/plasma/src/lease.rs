@@ -1,0 +1,188 @@
+//! Arena leases: ranges of the arena handed to one client, which places its small
+//! objects there itself, so that creating one costs the client no round trip (it tells
+//! the store with a message that needs no answer).
+//!
+//! A lease is a *block* of the arena. Its client has at most one current block; asking
+//! for a new one retires the old. The objects in a block count as its *live* ones until
+//! they are removed (deleted, evicted, aborted); a block's range goes back to the arena
+//! allocator once it is retired and has no live object left. A client that leaves has
+//! its current block retired.
+//!
+//! A client may place an object whose ID exists already (a duplicate put): its bytes
+//! then stay a *shadow*, private to that client, which counts as live in its block until
+//! the client releases it. Pure bookkeeping over offsets, like [`crate::allocator`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use rayd_common::id::ObjectId;
+
+use crate::store::ClientId;
+
+/// Largest lease.
+pub const MAX_LEASE: u64 = 256 << 10;
+/// A client places objects up to this share of a lease itself.
+pub const OBJECT_SHARE: u64 = 16;
+
+/// One lease.
+#[derive(Debug)]
+struct Block {
+    owner: ClientId,
+    size: u64,
+    live: u32,
+    /// Bytes of the live objects, alignment included.
+    occupied: u64,
+    retired: bool,
+}
+
+/// A range of the arena to give back to the allocator: (offset, length).
+pub type Freed = (u64, u64);
+
+/// Every lease of a store, keyed by the block's arena offset.
+#[derive(Debug, Default)]
+pub struct Leases {
+    blocks: BTreeMap<u64, Block>,
+    current: HashMap<ClientId, u64>,
+    /// Shadows: their block and length.
+    shadows: HashMap<(ClientId, ObjectId), (u64, u64)>,
+}
+
+impl Leases {
+    /// Records `[offset, offset + size)` as `client`'s current lease, retiring the one
+    /// before.
+    pub fn grant(&mut self, client: ClientId, offset: u64, size: u64) -> Option<Freed> {
+        let freed = self.retire(client);
+        self.blocks.insert(
+            offset,
+            Block {
+                owner: client,
+                size,
+                live: 0,
+                occupied: 0,
+                retired: false,
+            },
+        );
+        self.current.insert(client, offset);
+        freed
+    }
+
+    /// Retires `client`'s current lease, if any.
+    pub fn retire(&mut self, client: ClientId) -> Option<Freed> {
+        let block = self.current.remove(&client)?;
+        let entry = self.blocks.get_mut(&block)?;
+        entry.retired = true;
+        self.free_if_done(block)
+    }
+
+    /// The lease of `client` that holds `[offset, offset + len)`.
+    pub fn block_of(&self, client: ClientId, offset: u64, len: u64) -> Option<u64> {
+        let (&start, block) = self.blocks.range(..=offset).next_back()?;
+        let inside = offset
+            .checked_add(len)
+            .is_some_and(|end| end <= start + block.size);
+        (block.owner == client && inside).then_some(start)
+    }
+
+    /// Counts one more live object of `len` bytes in `block`.
+    pub fn add(&mut self, block: u64, len: u64) {
+        if let Some(entry) = self.blocks.get_mut(&block) {
+            entry.live += 1;
+            entry.occupied += len;
+        }
+    }
+
+    /// Counts a live object of `len` bytes in `block` gone.
+    pub fn remove(&mut self, block: u64, len: u64) -> Option<Freed> {
+        let entry = self.blocks.get_mut(&block)?;
+        entry.live = entry.live.saturating_sub(1);
+        entry.occupied = entry.occupied.saturating_sub(len);
+        self.free_if_done(block)
+    }
+
+    /// Records that `client`'s copy of `id` (`len` bytes in `block`) is a shadow.
+    pub fn add_shadow(&mut self, client: ClientId, id: ObjectId, block: u64, len: u64) {
+        if self.shadows.insert((client, id), (block, len)).is_none() {
+            self.add(block, len);
+        }
+    }
+
+    /// Whether `client`'s copy of `id` is a shadow.
+    pub fn has_shadow(&self, client: ClientId, id: ObjectId) -> bool {
+        self.shadows.contains_key(&(client, id))
+    }
+
+    /// Drops `client`'s shadow of `id`; `None` when it has none, else what to free.
+    pub fn remove_shadow(&mut self, client: ClientId, id: ObjectId) -> Option<Option<Freed>> {
+        let (block, len) = self.shadows.remove(&(client, id))?;
+        Some(self.remove(block, len))
+    }
+
+    /// Everything `client` holds goes: its shadows and its current lease.
+    pub fn disconnect(&mut self, client: ClientId) -> Vec<Freed> {
+        let shadows: Vec<ObjectId> = self
+            .shadows
+            .keys()
+            .filter(|(owner, _)| *owner == client)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut freed: Vec<Freed> = shadows
+            .into_iter()
+            .filter_map(|id| self.remove_shadow(client, id).flatten())
+            .collect();
+        freed.extend(self.retire(client));
+        freed
+    }
+
+    /// Bytes of leases that hold no object.
+    pub fn idle_bytes(&self) -> u64 {
+        self.blocks.values().map(|b| b.size - b.occupied).sum()
+    }
+
+    fn free_if_done(&mut self, block: u64) -> Option<Freed> {
+        let entry = self.blocks.get(&block)?;
+        if !entry.retired || entry.live > 0 {
+            return None;
+        }
+        let size = entry.size;
+        self.blocks.remove(&block);
+        Some((block, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_freed_once_retired_and_empty() {
+        let mut leases = Leases::default();
+        assert_eq!(leases.grant(1, 0, 1024), None);
+        let block = leases.block_of(1, 64, 128).unwrap();
+        assert_eq!(leases.block_of(2, 64, 128), None, "another client's lease");
+        assert_eq!(leases.block_of(1, 1000, 64), None, "past the end");
+        leases.add(block, 128);
+        assert_eq!(leases.idle_bytes(), 1024 - 128);
+        assert_eq!(leases.retire(1), None, "an object lives in it");
+        assert_eq!(leases.remove(block, 128), Some((0, 1024)));
+        assert_eq!(leases.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn shadows_keep_their_block_until_released_or_the_client_leaves() {
+        let mut leases = Leases::default();
+        let id = ObjectId::from_bytes([1; 20]);
+        leases.grant(1, 4096, 1024);
+        leases.add_shadow(1, id, 4096, 64);
+        assert_eq!(
+            leases.grant(1, 8192, 1024),
+            None,
+            "the shadow keeps the first"
+        );
+        assert_eq!(
+            leases.retire(1),
+            Some((8192, 1024)),
+            "the new lease is empty"
+        );
+        assert_eq!(leases.remove_shadow(2, id), None, "not that client's");
+        assert_eq!(leases.disconnect(1), vec![(4096, 1024)]);
+    }
+}
