@@ -133,6 +133,27 @@ pub fn node_id(config: &RaydConfig) -> Result<NodeId, PlasmaError> {
     }
 }
 
+/// Keeps freed heap memory in the process instead of handing it back to the system at
+/// once. A transfer allocates and frees a buffer per chunk (HTTP/2 frames, gRPC
+/// messages); with glibc's defaults the heap top was trimmed and faulted back in (pages
+/// zeroed anew) for every chunk, which cost a third of the transfer rate (100 MB over
+/// loopback: 0.6-0.95 GB/s before, 1.0-1.4 GB/s after). Called once, before any thread
+/// starts.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // Retained at most: what one busy moment of transfers needed.
+        const TRIM_THRESHOLD: libc::c_int = 256 << 20;
+        const TOP_PAD: libc::c_int = 64 << 20;
+        // SAFETY: mallopt only changes allocator parameters; it is called before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+            libc::mallopt(libc::M_TOP_PAD, TOP_PAD);
+        }
+    }
+}
+
 /// Runs the store until `shutdown`: the client socket, the object manager, the GCS
 /// reporter and the periodic figures in the log.
 pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaError> {

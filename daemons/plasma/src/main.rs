@@ -48,6 +48,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    rayd_plasma::tune_allocator();
     let args = Args::parse();
     let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
     let mut overrides = Overrides::default();

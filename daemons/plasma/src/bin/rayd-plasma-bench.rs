@@ -33,6 +33,9 @@ struct Args {
     /// Bytes of the object moved between the stores.
     #[arg(long, default_value_t = 500_000_000)]
     transfer_bytes: u64,
+    /// Runs the transfers only (for profiling them).
+    #[arg(long)]
+    transfers_only: bool,
 }
 
 const MB100: usize = 100_000_000;
@@ -288,11 +291,13 @@ fn main() -> Result<()> {
     let b = start_store(&binary, dir.path(), "plasma-b", memory)?;
     let client = PlasmaClient::connect(&a.socket, "bench")?;
     let reader = PlasmaClient::connect(&a.socket, "bench-reader")?;
-    round_trip(&client)?;
-    small_objects(&client, &reader, args.seconds)?;
-    put_vs_memcpy(&client)?;
-    get_latency(&client, &reader)?;
-    own_segment(&client, &reader)?;
+    if !args.transfers_only {
+        round_trip(&client)?;
+        small_objects(&client, &reader, args.seconds)?;
+        put_vs_memcpy(&client)?;
+        get_latency(&client, &reader)?;
+        own_segment(&client, &reader)?;
+    }
     // 100 MB lands in the arena; the large object gets a segment of its own (allocated
     // when the transfer starts) on both stores.
     transfer(
