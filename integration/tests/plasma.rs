@@ -600,6 +600,43 @@ fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
         .enable_all()
         .build()
         .unwrap();
+    // Ranges, as a puller that spreads a large object over several streams asks for
+    // them: absolute offsets, the range alone, an offset past the end refused.
+    use rayd_common::proto::objectmanager::v1 as om;
+    let range = |offset: u64, length: u64| {
+        runtime.block_on(async {
+            let address = format!("http://{}", a.object_manager_address());
+            let mut client = om::object_manager_client::ObjectManagerClient::connect(address)
+                .await
+                .unwrap()
+                .max_decoding_message_size(64 << 20);
+            let request = om::PullRequest {
+                object_id: shared.as_bytes().to_vec(),
+                chunk_size: 1 << 20,
+                offset,
+                length,
+            };
+            let mut stream = client.pull(request).await?.into_inner();
+            let mut chunks = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                chunks.push((chunk.offset, chunk.payload.len()));
+            }
+            Ok::<_, tonic::Status>(chunks)
+        })
+    };
+    let total = 30 * MIB + 4;
+    assert_eq!(
+        range(5 * MIB + 1, MIB + 10).unwrap(),
+        vec![(5 * MIB + 1, MIB as usize), (6 * MIB + 1, 10)]
+    );
+    assert_eq!(
+        range(total - 3, 100).unwrap(),
+        vec![(total - 3, 3)],
+        "a range past the end stops at it"
+    );
+    let err = range(total + 1, 0).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+
     let gcs_client = runtime
         .block_on(rayd_common::gcs::GcsClient::connect(&address, None))
         .unwrap();

@@ -92,6 +92,17 @@ pub enum Backing {
 }
 
 impl Backing {
+    /// Whether its files take `write`/`pwrite` (hugetlbfs files are only mapped).
+    pub fn takes_writes(&self) -> bool {
+        !matches!(
+            self,
+            Backing::Directory {
+                huge_pages: true,
+                ..
+            }
+        )
+    }
+
     /// Checks that the backing can be used, and says why not in terms of the config keys.
     pub fn check(&self) -> Result<(), MemoryError> {
         let Backing::Directory { path, huge_pages } = self else {

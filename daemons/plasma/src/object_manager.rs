@@ -5,8 +5,11 @@
 //! Pulling side: [`pull`] creates the object locally from the sizes in the first chunk,
 //! writes each chunk straight into the new object's shared memory after checking its
 //! offset and checksum, and seals it once every byte has arrived; any failure aborts the
-//! local object. Each transfer is its own stream, so several run at once.
+//! local object. Each transfer is its own stream, so several run at once; a large object
+//! comes as ranges over [`STREAMS`] connections at once, which keeps both ends' cores
+//! busy (one stream left a third of them idle, waiting on the other end).
 
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::{ClientId, ObjectView, Placement, StoreError, StoreEvent};
+use crate::store::{ClientId, ObjectView, OwnSegment, Placement, StoreError, StoreEvent};
 
 /// Chunks in flight per transfer, between reading the object and the network.
 const CHUNKS_IN_FLIGHT: usize = 4;
@@ -35,6 +38,11 @@ pub const MAX_FRAME: u32 = (1 << 24) - 1;
 const MIN_CHUNK: u64 = 4 << 10;
 /// How long a pull waits for a connection to the source.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections a large object's ranges travel over at once.
+pub const STREAMS: u64 = 3;
+/// The first range of every pull (it brings the sizes); the rest is split among the
+/// streams.
+const FIRST_RANGE_CHUNKS: u64 = 4;
 /// How long a pull waits for a concurrent pull (or create) of the same object to finish.
 const CONCURRENT_WAIT: Duration = Duration::from_secs(300);
 
@@ -68,6 +76,12 @@ pub enum TransferError {
         id: ObjectId,
         #[source]
         source: MemoryError,
+    },
+    #[error("cannot write pulled object {id}: {error}")]
+    Write {
+        id: ObjectId,
+        #[source]
+        error: std::io::Error,
     },
     #[error("object {0} did not appear while another transfer of it was under way")]
     Concurrent(ObjectId),
@@ -119,23 +133,73 @@ impl Drop for TransferPin {
     }
 }
 
-/// The bytes of an object as the daemon sees them.
-fn map_object(
-    state: &State,
-    view: &ObjectView,
-    writable: bool,
-) -> Result<(Arc<Mapping>, u64), MemoryError> {
+/// The bytes of a sealed object, mapped read-only, and their offset in the mapping.
+fn map_object(state: &State, view: &ObjectView) -> Result<(Arc<Mapping>, u64), MemoryError> {
     match &view.placement {
         Placement::Arena { offset } => Ok((state.arena_map.clone(), *offset)),
         Placement::Own(segment) => {
-            let fd = if writable {
-                std::os::fd::AsFd::as_fd(&segment.fd)
-            } else {
-                segment.fd_for_client()
-            };
             let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-            Ok((Arc::new(Mapping::new(fd, len, writable, writable)?), 0))
+            Ok((
+                Arc::new(Mapping::new(segment.fd_for_client(), len, false, false)?),
+                0,
+            ))
         }
+    }
+}
+
+/// The segment a pull writes into: the daemon's mapping of the arena, or the descriptor
+/// of a large object's own segment. Those are written with `pwrite`, not through a
+/// mapping: building the page tables of a fresh 500 MB segment took longer than the copy,
+/// and the writes allocate its pages as they go (see
+/// [`crate::store::Store::create_pulled`]).
+#[derive(Clone)]
+enum Destination {
+    Mapped(Arc<Mapping>),
+    Own(Arc<OwnSegment>),
+}
+
+impl Destination {
+    fn new(state: &State, view: &ObjectView) -> Result<(Self, u64), MemoryError> {
+        Ok(match &view.placement {
+            Placement::Arena { offset } => (Self::Mapped(state.arena_map.clone()), *offset),
+            Placement::Own(segment) if segment.takes_writes => (Self::Own(segment.clone()), 0),
+            // hugetlbfs: its pages were reserved at create.
+            Placement::Own(segment) => {
+                let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
+                let mapping = Mapping::new(segment.fd.as_fd(), len, true, true)?;
+                (Self::Mapped(Arc::new(mapping)), 0)
+            }
+        })
+    }
+
+    /// Writes all of `bytes` at `offset` of the segment.
+    fn write_at(&self, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+        let fd = match self {
+            Self::Mapped(mapping) => {
+                let len = bytes.len() as u64;
+                // SAFETY: the pull that created the object is its only writer until it
+                // seals it, each of its ranges has one writer, and the caller checked the
+                // range against the object.
+                let target = unsafe { mapping.slice_mut(offset, len) }
+                    .ok_or(std::io::ErrorKind::InvalidInput)?;
+                target.copy_from_slice(bytes);
+                return Ok(());
+            }
+            Self::Own(segment) => segment.fd.as_fd(),
+        };
+        while !bytes.is_empty() {
+            let at = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+            match nix::sys::uio::pwrite(fd, bytes, at) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    offset += n as u64;
+                }
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -163,17 +227,28 @@ impl ObjectManager for Service {
         let view = state
             .with_store(|s| s.get(client, id))
             .ok_or_else(|| Status::not_found(format!("object {id} is not sealed in this store")))?;
-        let (mapping, base) = map_object(&state, &view, false)
+        let total = view.total_size();
+        if request.offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of object {id} of {total} bytes",
+                request.offset
+            )));
+        }
+        let end = match request.length {
+            0 => total,
+            n => request.offset.saturating_add(n).min(total),
+        };
+        let (mapping, base) = map_object(&state, &view)
             .map_err(|e| Status::internal(format!("cannot map object {id}: {e}")))?;
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let (data_size, metadata_size) = (view.data_size, view.metadata_size);
-        let total = view.total_size();
-        log::debug!(object:% = id, bytes = total; "serving a pull");
+        log::debug!(object:% = id, bytes = end - request.offset; "serving a pull");
         let pin = Arc::new(pin);
+        let mut offset = request.offset;
         tokio::task::spawn_blocking(move || {
-            let mut offset = 0;
+            // An empty range (an empty object) still sends one chunk: it carries the sizes.
             loop {
-                let len = chunk.min(total - offset);
+                let len = chunk.min(end - offset);
                 if !mapping.contains(base + offset, len) {
                     let _ = tx.blocking_send(Err(Status::internal("object outside its segment")));
                     return;
@@ -195,7 +270,7 @@ impl ObjectManager for Service {
                     return;
                 }
                 offset += len;
-                if offset >= total {
+                if offset >= end {
                     return;
                 }
             }
@@ -212,102 +287,226 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
     if state.with_store(|s| s.contains(&id)) {
         return Ok(());
     }
-    if source.is_empty() || source.contains('/') {
-        return Err(TransferError::Source(source.to_string()));
-    }
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{source}"))
-        .map_err(|_| TransferError::Source(source.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        // HTTP/2's default 64 KiB windows would stall the stream on every few frames.
-        .initial_stream_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW * 2)
-        .max_frame_size(MAX_FRAME);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| TransferError::Connect {
-            source_address: source.to_string(),
-            error,
-        })?;
-    let limit = usize::try_from(state.chunk_size).unwrap_or(usize::MAX) + (1 << 20);
-    let mut client = ObjectManagerClient::new(channel).max_decoding_message_size(limit);
-    let refused = |status| TransferError::Refused {
-        source_address: source.to_string(),
-        id,
-        status,
+    let from = Source::new(state, id, source)?;
+    let chunk = state.chunk_size.max(MIN_CHUNK);
+    let mut stream = from.open(0, FIRST_RANGE_CHUNKS * chunk).await?;
+    let Some(first) = stream.message().await.map_err(|s| from.refused(s))? else {
+        return Err(from.corrupt("the stream ended before the first chunk".into()));
     };
-    let mut stream = client
-        .pull(PullRequest {
-            object_id: id.as_bytes().to_vec(),
-            chunk_size: state.chunk_size,
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
-    let corrupt = |reason: String| TransferError::Corrupt {
-        source_address: source.to_string(),
-        id,
-        reason,
-    };
-    let Some(first) = stream.message().await.map_err(refused)? else {
-        return Err(corrupt("the stream ended before the first chunk".into()));
-    };
-    let (data_size, metadata_size) = (first.data_size, first.metadata_size);
-    let total = data_size
-        .checked_add(metadata_size)
-        .ok_or_else(|| corrupt("sizes overflow".into()))?;
+    let sizes = (first.data_size, first.metadata_size);
+    let total = sizes
+        .0
+        .checked_add(sizes.1)
+        .ok_or_else(|| from.corrupt("sizes overflow".into()))?;
     let client_id = state.with_store(|s| s.connect());
     // Whatever happens below, the internal client goes: an unsealed object is aborted.
     let _pin = TransferPin {
         state: state.clone(),
         client: client_id,
     };
-    let view = match state.with_store(|s| s.create(client_id, id, data_size, metadata_size)) {
+    let view = match state.with_store(|s| s.create_pulled(client_id, id, sizes.0, sizes.1)) {
         Ok(view) => view,
         Err(StoreError::Exists(_)) => return wait_until_sealed(state, id).await,
         Err(e) => return Err(e.into()),
     };
-    let (mapping, base) =
-        map_object(state, &view, true).map_err(|source| TransferError::Memory { id, source })?;
-    let mut received = 0u64;
-    let mut next = Some(first);
-    while let Some(chunk) = next {
-        if (chunk.data_size, chunk.metadata_size) != (data_size, metadata_size) {
-            return Err(corrupt("the sizes changed between chunks".into()));
+    let (destination, base) =
+        Destination::new(state, &view).map_err(|source| TransferError::Memory { id, source })?;
+    let target = Target {
+        destination,
+        base,
+        sizes,
+        from,
+    };
+    let first_end = (FIRST_RANGE_CHUNKS * chunk).min(total);
+    let others: Vec<_> = split(first_end, total, chunk)
+        .map(|(start, end)| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let stream = target.from.open(start, end - start).await?;
+                target.receive(stream, None, start, end).await
+            })
+        })
+        .collect();
+    let mut result = target.receive(stream, Some(first), 0, first_end).await;
+    for other in &others {
+        if result.is_err() {
+            other.abort();
         }
-        if chunk.offset != received {
-            return Err(corrupt(format!(
-                "chunk at offset {} where {received} was expected",
-                chunk.offset
-            )));
-        }
-        let len = chunk.payload.len() as u64;
-        if received + len > total {
-            return Err(corrupt(format!("more than the announced {total} bytes")));
-        }
-        if crc32c::crc32c(&chunk.payload) != chunk.crc32c {
-            return Err(corrupt(format!(
-                "checksum mismatch in the chunk at offset {received}"
-            )));
-        }
-        // SAFETY: this transfer created the object and is its only writer until the seal
-        // below; the range lies inside the object (checked against `total` above).
-        let target = unsafe { mapping.slice_mut(base + received, len) }
-            .ok_or_else(|| corrupt("chunk outside the object".into()))?;
-        target.copy_from_slice(&chunk.payload);
-        received += len;
-        next = stream.message().await.map_err(refused)?;
     }
-    if received != total {
-        return Err(corrupt(format!("{received} of {total} bytes arrived")));
+    for other in others {
+        let outcome = other
+            .await
+            .unwrap_or_else(|e| Err(target.from.corrupt(format!("a range ended early: {e}"))));
+        if result.is_ok() {
+            result = outcome;
+        }
     }
-    // Unmap before sealing, so the segment can take the strict write seal.
-    drop(mapping);
+    result?;
+    // A mapping of the segment goes before the seal, so it can take the strict write seal.
+    drop(target);
     state.with_store(|s| s.seal(client_id, id))?;
     state.count_pull();
     log::debug!(object:% = id, bytes = total, source = source; "pulled an object");
     Ok(())
+}
+
+/// `[start, total)` in up to `STREAMS - 1` ranges of whole chunks.
+fn split(start: u64, total: u64, chunk: u64) -> impl Iterator<Item = (u64, u64)> {
+    let rest = total - start;
+    let parts = (STREAMS - 1).min(rest.div_ceil(chunk)).max(1);
+    let per = rest.div_ceil(parts).div_ceil(chunk) * chunk;
+    (0..parts)
+        .map(move |i| (start + i * per, (start + (i + 1) * per).min(total)))
+        .filter(|(start, end)| start < end)
+}
+
+/// Where a pull comes from.
+#[derive(Debug, Clone)]
+struct Source {
+    address: String,
+    endpoint: tonic::transport::Endpoint,
+    id: ObjectId,
+    chunk: u64,
+    limit: usize,
+}
+
+impl Source {
+    fn new(state: &State, id: ObjectId, address: &str) -> Result<Self, TransferError> {
+        if address.is_empty() || address.contains('/') {
+            return Err(TransferError::Source(address.to_string()));
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|_| TransferError::Source(address.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            // HTTP/2's default 64 KiB windows would stall the stream on every few frames.
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW * 2)
+            .max_frame_size(MAX_FRAME);
+        Ok(Self {
+            address: address.to_string(),
+            endpoint,
+            id,
+            chunk: state.chunk_size,
+            limit: usize::try_from(state.chunk_size).unwrap_or(usize::MAX) + (1 << 20),
+        })
+    }
+
+    /// A stream of the object's bytes from `offset` on (`length` of them, or up to the
+    /// end), over a connection of its own.
+    async fn open(
+        &self,
+        offset: u64,
+        length: u64,
+    ) -> Result<tonic::Streaming<ObjectChunk>, TransferError> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|error| TransferError::Connect {
+                source_address: self.address.clone(),
+                error,
+            })?;
+        let mut client = ObjectManagerClient::new(channel).max_decoding_message_size(self.limit);
+        Ok(client
+            .pull(PullRequest {
+                object_id: self.id.as_bytes().to_vec(),
+                chunk_size: self.chunk,
+                offset,
+                length,
+            })
+            .await
+            .map_err(|s| self.refused(s))?
+            .into_inner())
+    }
+
+    fn refused(&self, status: Status) -> TransferError {
+        TransferError::Refused {
+            source_address: self.address.clone(),
+            id: self.id,
+            status,
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> TransferError {
+        TransferError::Corrupt {
+            source_address: self.address.clone(),
+            id: self.id,
+            reason,
+        }
+    }
+}
+
+/// The local object a pull fills.
+#[derive(Clone)]
+struct Target {
+    destination: Destination,
+    /// The object's offset in its segment.
+    base: u64,
+    /// Data and metadata sizes, as the first chunk announced them.
+    sizes: (u64, u64),
+    from: Source,
+}
+
+impl Target {
+    /// Writes the chunks of `stream` (after `first`, if given) into `[start, end)` of the
+    /// object, checking that each continues the last, stays in the range and matches its
+    /// checksum, and that the range arrives whole.
+    async fn receive(
+        &self,
+        mut stream: tonic::Streaming<ObjectChunk>,
+        first: Option<ObjectChunk>,
+        start: u64,
+        end: u64,
+    ) -> Result<(), TransferError> {
+        let refused = |s| self.from.refused(s);
+        let mut next = match first {
+            Some(chunk) => Some(chunk),
+            None => stream.message().await.map_err(refused)?,
+        };
+        let mut received = start;
+        while let Some(chunk) = next {
+            if (chunk.data_size, chunk.metadata_size) != self.sizes {
+                return Err(self.from.corrupt("the sizes changed between chunks".into()));
+            }
+            if chunk.offset != received {
+                return Err(self.from.corrupt(format!(
+                    "chunk at offset {} where {received} was expected",
+                    chunk.offset
+                )));
+            }
+            let len = chunk.payload.len() as u64;
+            if received + len > end {
+                return Err(self.from.corrupt(format!(
+                    "more than the {} bytes asked for at {start}",
+                    end - start
+                )));
+            }
+            if crc32c::crc32c(&chunk.payload) != chunk.crc32c {
+                return Err(self.from.corrupt(format!(
+                    "checksum mismatch in the chunk at offset {received}"
+                )));
+            }
+            // The range lies inside the object (checked against `end` above), and this
+            // transfer is the object's only writer until it seals it.
+            self.destination
+                .write_at(&chunk.payload, self.base + received)
+                .map_err(|error| TransferError::Write {
+                    id: self.from.id,
+                    error,
+                })?;
+            received += len;
+            next = stream.message().await.map_err(refused)?;
+        }
+        if received != end {
+            return Err(self.from.corrupt(format!(
+                "{} of the {} bytes at {start} arrived",
+                received - start,
+                end - start
+            )));
+        }
+        Ok(())
+    }
 }
 
 async fn wait_until_sealed(state: &Arc<State>, id: ObjectId) -> Result<(), TransferError> {

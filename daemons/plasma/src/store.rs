@@ -130,6 +130,8 @@ pub struct OwnSegment {
     pub fd: OwnedFd,
     /// Bytes, rounded up to the backing's granularity.
     pub size: u64,
+    /// Whether it may be written with `pwrite` (else only through a mapping).
+    pub takes_writes: bool,
     read_only: OnceLock<OwnedFd>,
 }
 
@@ -342,6 +344,31 @@ impl Store {
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectView, StoreError> {
+        self.create_object(client, id, data_size, metadata_size, true)
+    }
+
+    /// [`Self::create`] for an object the store fills itself with `pwrite` (a pull): a
+    /// large one's own segment gets no pages up front (unless its backing takes no
+    /// writes); the writes allocate them, in parallel, and fail with an error where memory
+    /// runs out (no mapping, no SIGBUS).
+    pub fn create_pulled(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<ObjectView, StoreError> {
+        self.create_object(client, id, data_size, metadata_size, false)
+    }
+
+    fn create_object(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+        reserve_pages: bool,
+    ) -> Result<ObjectView, StoreError> {
         if self.objects.contains_key(&id) {
             return Err(StoreError::Exists(id));
         }
@@ -358,7 +385,7 @@ impl Store {
                 offset: self.place_small(id, size)?,
             }
         } else {
-            Placement::Own(self.place_large(id, size)?)
+            Placement::Own(self.place_large(id, size, reserve_pages)?)
         };
         self.objects.insert(
             id,
@@ -509,7 +536,12 @@ impl Store {
         Ok(())
     }
 
-    fn place_large(&mut self, id: ObjectId, size: u64) -> Result<Arc<OwnSegment>, StoreError> {
+    fn place_large(
+        &mut self,
+        id: ObjectId,
+        size: u64,
+        reserve_pages: bool,
+    ) -> Result<Arc<OwnSegment>, StoreError> {
         let granularity = self.backing.granularity() as u64;
         let rounded = size.div_ceil(granularity).saturating_mul(granularity);
         if rounded > self.large_capacity {
@@ -535,14 +567,16 @@ impl Store {
             pool: "address space",
             capacity: usize::MAX as u64,
         })?;
+        let takes_writes = self.backing.takes_writes();
         let (fd, real) = self
             .backing
-            .create(len, true)
+            .create(len, reserve_pages || !takes_writes)
             .map_err(|source| StoreError::Memory { id, source })?;
         let segment = Arc::new(OwnSegment {
             id: self.next_segment,
             fd,
             size: real as u64,
+            takes_writes,
             read_only: OnceLock::new(),
         });
         self.next_segment += 1;
