@@ -665,6 +665,28 @@ fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
     });
 }
 
+/// Run by hand (as root): `mkdir /tmp/hp; echo 256 > /proc/sys/vm/nr_hugepages; mount -t
+/// hugetlbfs none /tmp/hp; RAYD_TEST_HUGETLBFS=/tmp/hp cargo test --test plasma -- --ignored`.
+#[test]
+#[ignore = "needs a hugetlbfs mount named by RAYD_TEST_HUGETLBFS"]
+fn a_pull_lands_in_huge_pages() {
+    let mount = std::env::var("RAYD_TEST_HUGETLBFS").expect("RAYD_TEST_HUGETLBFS");
+    let dir = TestDir::new();
+    let huge = ["--plasma-directory", mount.as_str(), "--huge-pages"];
+    let a = Plasma::start(dir.path(), "plasma-a", 256 * MIB, &huge);
+    let b = Plasma::start(dir.path(), "plasma-b", 256 * MIB, &huge);
+    let (client_a, client_b) = (client(&a), client(&b));
+    // One object in the arena, one in a segment of its own.
+    for size in [10 * MIB as usize, 100 * MIB as usize] {
+        let id = ObjectId::random();
+        let data = pattern(7, size);
+        drop(client_a.put(id, &data, b"meta").unwrap());
+        client_b.pull(id, &a.object_manager_address()).unwrap();
+        let copy = client_b.get_one(id, None).unwrap().unwrap();
+        assert!(copy.data() == &data[..], "the pulled bytes differ");
+    }
+}
+
 #[test]
 fn the_async_client_does_what_the_blocking_one_does() {
     use rayd_plasma::client::AsyncPlasmaClient;
