@@ -5,6 +5,8 @@
 //! helpers here). A frame longer than [`MAX_FRAME`] is refused before it is read.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 
 use prost::Message;
 
@@ -46,6 +48,46 @@ pub fn read_message<M: Message + Default>(reader: &mut impl Read) -> io::Result<
     M::decode(body.as_slice())
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+}
+
+/// The reading side of a Unix stream for a thread that blocks until input comes: it
+/// sleeps in `poll` for input rather than in `recv`. A thread asleep in `recv` is woken
+/// each time the peer reads what this side wrote (the kernel announces the freed send
+/// space on the same wait queue), only to find nothing and sleep again: on a stream of
+/// requests and replies that doubled the wakeups of both sides.
+#[derive(Debug)]
+pub struct InputWaiter(UnixStream);
+
+impl InputWaiter {
+    pub fn new(stream: UnixStream) -> Self {
+        Self(stream)
+    }
+}
+
+impl Read for InputWaiter {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{recv, MsgFlags};
+        let fd = self.0.as_fd();
+        loop {
+            match recv(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                buf,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => return Ok(n),
+                Err(nix::Error::EAGAIN) => {
+                    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                    match poll(&mut fds, PollTimeout::NONE) {
+                        Ok(_) | Err(nix::Error::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// The codec settings matching [`encode`], for tokio's `LengthDelimitedCodec`.

@@ -3,14 +3,25 @@
 //!
 //! A frame that is too long or does not decode closes that connection (logged); the
 //! scheduler sees it as a disconnect and nobody else is affected.
+//!
+//! A socket is watched for input only, never for room to write (only while a write waits
+//! for it): the kernel announces freed send space every time the peer reads, which woke
+//! the raylet once per message it sent, for nothing.
 
-use futures::{SinkExt, StreamExt};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures::StreamExt;
 use prost::Message;
 use rayd_common::framing;
 use rayd_common::proto::raylet::v1 as pb;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, Interest, ReadBuf};
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::Event;
@@ -37,45 +48,112 @@ pub async fn serve(
             },
         };
         next += 1;
+        let stream = match stream.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::warn!("cannot set up a connection: {e}");
+                continue;
+            }
+        };
         tokio::spawn(handle(stream, next, events.clone(), cancel.clone()));
     }
 }
 
-async fn handle(
+/// The reading side of a connection, registered for input alone.
+struct Input(AsyncFd<UnixStream>);
+
+impl AsyncRead for Input {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
+                Ok(Ok(len)) => {
+                    buf.advance(len);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Registers `stream` with the runtime for `interest` alone.
+fn watch(
     stream: UnixStream,
+    interest: Interest,
+) -> Result<AsyncFd<UnixStream>, (UnixStream, io::Error)> {
+    // SAFETY: the stream owns its descriptor, which stays open and unchanged while the
+    // AsyncFd holds the stream (it is only ever taken back with `into_inner`).
+    unsafe { AsyncFd::register_with_interest(stream, interest) }.map_err(|e| e.into_parts())
+}
+
+/// Writes all of `bytes` to the non-blocking `stream`, waiting for room (registered for
+/// it only meanwhile) when its buffer is full.
+async fn write_all(stream: &mut Option<UnixStream>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let Some(writer) = stream.as_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        match writer.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let Some(writer) = stream.take() else {
+                    return Err(io::ErrorKind::NotConnected.into());
+                };
+                let waiting = match watch(writer, Interest::WRITABLE) {
+                    Ok(fd) => fd,
+                    Err((writer, e)) => {
+                        *stream = Some(writer);
+                        return Err(e);
+                    }
+                };
+                let result = waiting.writable().await.map(|mut g| g.clear_ready());
+                *stream = Some(waiting.into_inner());
+                result?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn handle(
+    (read, write): (UnixStream, UnixStream),
     conn: ConnId,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) {
-    let (read, write) = stream.into_split();
+    let read = match watch(read, Interest::READABLE) {
+        Ok(fd) => Input(fd),
+        Err((_, e)) => {
+            log::warn!(conn; "cannot watch a connection: {e}");
+            return;
+        }
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<pb::ServerMessage>();
     if events.send(Event::Connected { conn, tx }).is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
-        let mut sink = FramedWrite::new(write, framing::codec());
+        let mut write = Some(write);
+        let mut batch = Vec::new();
         while let Some(message) = rx.recv().await {
-            if sink
-                .feed(prost::bytes::Bytes::from(message.encode_to_vec()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // Batch what is queued into one write.
+            // Everything queued goes in one write.
+            batch.clear();
+            batch.extend(framing::encode(&message));
             while let Ok(message) = rx.try_recv() {
-                if sink
-                    .feed(prost::bytes::Bytes::from(message.encode_to_vec()))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                batch.extend(framing::encode(&message));
             }
-            if SinkExt::<prost::bytes::Bytes>::flush(&mut sink)
-                .await
-                .is_err()
-            {
+            if let Err(e) = write_all(&mut write, &batch).await {
+                log::debug!(conn; "cannot write to a connection: {e}");
                 return;
             }
         }

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rayd_common::framing;
+use rayd_common::framing::{self, InputWaiter};
 use rayd_common::gcs::GcsClient;
 use rayd_common::proto::raylet::v1 as pb;
 
@@ -15,7 +15,7 @@ use crate::CoreError;
 #[derive(Debug)]
 pub(crate) struct RayletConnection {
     writer: Mutex<BufWriter<UnixStream>>,
-    reader: Mutex<Option<BufReader<UnixStream>>>,
+    reader: Mutex<Option<BufReader<InputWaiter>>>,
 }
 
 impl RayletConnection {
@@ -27,7 +27,7 @@ impl RayletConnection {
         let reader = stream.try_clone().map_err(CoreError::Raylet)?;
         Ok(Self {
             writer: Mutex::new(BufWriter::new(stream)),
-            reader: Mutex::new(Some(BufReader::new(reader))),
+            reader: Mutex::new(Some(BufReader::new(InputWaiter::new(reader)))),
         })
     }
 
@@ -54,7 +54,7 @@ impl RayletConnection {
     }
 
     /// Hands the reading half to a thread of its own (drivers: warnings and worker output).
-    pub fn take_reader(&self) -> Option<BufReader<UnixStream>> {
+    pub fn take_reader(&self) -> Option<BufReader<InputWaiter>> {
         self.reader.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

@@ -19,6 +19,11 @@ use rayd_common::config::{Overrides, RaydConfig};
 use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
 use rayd_core::{value, ActorCall, ConnectOptions, CoreError, Object, TaskArgValue, TaskOptions};
 
+/// Submitting a task or reading a result allocates a few small buffers; glibc's malloc
+/// was a large share of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Whether a signal handler raised (Ctrl-C) while the GIL was released; the exception is
 /// kept in `slot` to be raised once the wait ends.
 fn signalled(slot: &Mutex<Option<PyErr>>) -> bool {

@@ -36,6 +36,8 @@ class Executor:
         self.ip = core.node_ip_address
         self.pid = os.getpid()
         self.node_gpus = _visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        # What CUDA_VISIBLE_DEVICES is set to for the running task (set only on changes).
+        self.cuda_visible = None
         # The actor this worker is dedicated to, once its creation task ran here.
         self.actor = None
         self.actor_error = None
@@ -85,7 +87,9 @@ class Executor:
         if gpus:
             resource_ids = dict(resource_ids, GPU=gpus)
         _worker.global_worker.resource_ids = resource_ids
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i, _ in gpus)
+        visible = ",".join(str(i) for i, _ in gpus)
+        if visible != self.cuda_visible:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible = visible
         try:
             self._enter_job(task)
             values = [self._argument(a) for a in task["args"]]
@@ -135,6 +139,9 @@ def _warm_imports():
 
 def main():
     """Connects to the raylet named by RAYD_RAYLET_SOCKET and serves tasks until told to exit."""
+    # As Ray does: a task's numeric libraries use one thread unless the user says
+    # otherwise (a pool of spinning BLAS threads per worker competes with the tasks).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     core = _raylet.CoreWorker(os.environ["RAYD_RAYLET_SOCKET"], is_worker=True)
     _warm_imports()
     _worker.connect_worker(core)
