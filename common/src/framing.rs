@@ -62,6 +62,11 @@ impl InputWaiter {
     pub fn new(stream: UnixStream) -> Self {
         Self(stream)
     }
+
+    /// The stream read from.
+    pub fn socket(&self) -> &UnixStream {
+        &self.0
+    }
 }
 
 impl Read for InputWaiter {

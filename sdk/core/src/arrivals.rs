@@ -11,8 +11,12 @@ use rayd_common::id::ObjectId;
 use rayd_common::proto::raylet::v1 as pb;
 use rayd_plasma::client::{EventKind, Subscription};
 
+use crate::inbox::Inbox;
 use crate::object::{InlineCache, Object};
 use crate::CoreError;
+
+/// The longest a waiter reads the raylet's socket before looking at its objects again.
+const READ_SLICE: Duration = Duration::from_millis(100);
 
 /// Bytes of small objects kept for later `get`s; beyond this the oldest are forgotten (the
 /// raylet still has them, or has put them into plasma).
@@ -63,11 +67,24 @@ impl Known {
 pub(crate) struct Arrivals {
     inner: Arc<(Mutex<Known>, Condvar)>,
     following: OnceLock<()>,
+    /// Drivers: the raylet's messages, read by the waiting thread itself.
+    inbox: OnceLock<Arc<Inbox>>,
 }
 
 impl Arrivals {
     fn known(&self) -> MutexGuard<'_, Known> {
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drivers: waits read the raylet's messages from `inbox` themselves.
+    pub fn set_inbox(&self, inbox: Arc<Inbox>) {
+        let _ = self.inbox.set(inbox);
+    }
+
+    /// Wakes every waiter to look again (the inbox's reader changed or closed).
+    pub fn wake_all(&self) {
+        let _guard = self.known();
+        self.inner.1.notify_all();
     }
 
     /// Subscribes to the store at `socket` (once) and follows its events on a thread, so
@@ -206,6 +223,18 @@ impl Arrivals {
                 },
                 None => Duration::from_secs(3600),
             };
+            if let Some(inbox) = self.inbox.get() {
+                drop(guard);
+                let read = inbox.read_as_waiter(remaining.min(READ_SLICE));
+                guard = self.known();
+                if read {
+                    // Others that wait may take over reading now.
+                    if guard.general > 0 || !guard.watched.is_empty() {
+                        changed.notify_all();
+                    }
+                    continue;
+                }
+            }
             let watched = all.then(|| ids[cursor]);
             match watched {
                 Some(id) => *guard.watched.entry(id).or_insert(0) += 1,

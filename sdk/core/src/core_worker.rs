@@ -12,6 +12,7 @@ use rayd_common::proto::raylet::v1 as pb;
 use rayd_plasma::client::{ClientError, PlasmaClient};
 
 use crate::arrivals::Arrivals;
+use crate::inbox::Inbox;
 use crate::object::{Object, INLINE_RESULT_MAX};
 use crate::raylet_client::RayletConnection;
 use crate::{value, CoreError};
@@ -196,45 +197,19 @@ impl CoreWorker {
             ahead: Mutex::default(),
         };
         if !options.is_worker {
-            core.print_raylet_messages();
+            core.print_raylet_messages()?;
         }
         Ok(core)
     }
 
-    /// Drivers: follows the raylet's messages on a thread: small objects go to the
-    /// arrivals, warnings and the workers' output to stderr/stdout.
-    fn print_raylet_messages(&self) {
-        let Some(mut reader) = self.raylet.take_reader() else {
-            return;
+    /// Drivers: the raylet's messages are read by waiting threads, or by a background
+    /// thread while none waits (see [`crate::inbox`]).
+    fn print_raylet_messages(&self) -> Result<(), CoreError> {
+        let Some((reader, socket)) = self.raylet.take_reader() else {
+            return Ok(());
         };
-        let arrivals = Arc::clone(&self.arrivals);
-        let _ = std::thread::Builder::new()
-            .name("rayd-raylet-messages".into())
-            .spawn(move || {
-                while let Ok(Some(message)) =
-                    rayd_common::framing::read_message::<pb::ServerMessage>(&mut reader)
-                {
-                    match message.kind {
-                        Some(pb::server_message::Kind::ObjectsReady(ready)) => {
-                            arrivals.insert_inline(ready.objects)
-                        }
-                        Some(pb::server_message::Kind::Warning(w)) => {
-                            eprintln!("rayd warning: {}", w.message)
-                        }
-                        Some(pb::server_message::Kind::WorkerOutput(out)) => {
-                            if out.stderr {
-                                eprintln!("(pid={}) {}", out.pid, out.line);
-                            } else {
-                                println!("(pid={}) {}", out.pid, out.line);
-                            }
-                        }
-                        // The node stops (ray.shutdown() stopping it, or rayd stop): a
-                        // call made after this fails with the connection's error.
-                        Some(pb::server_message::Kind::Exit(_)) => return,
-                        _ => {}
-                    }
-                }
-            });
+        Inbox::start(reader, socket, Arc::clone(&self.arrivals)).map_err(CoreError::Runtime)?;
+        Ok(())
     }
 
     fn context(&self) -> std::sync::MutexGuard<'_, Context> {

@@ -8,6 +8,7 @@
 
 mod arrivals;
 mod core_worker;
+mod inbox;
 mod object;
 mod raylet_client;
 pub mod value;

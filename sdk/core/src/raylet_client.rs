@@ -53,9 +53,25 @@ impl RayletConnection {
         }
     }
 
-    /// Hands the reading half to a thread of its own (drivers: warnings and worker output).
-    pub fn take_reader(&self) -> Option<BufReader<InputWaiter>> {
-        self.reader.lock().unwrap_or_else(|p| p.into_inner()).take()
+    /// Hands the reading half over (drivers: see [`crate::inbox`]), with a clone of the
+    /// socket to wait on.
+    pub fn take_reader(&self) -> Option<(BufReader<InputWaiter>, UnixStream)> {
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        let socket = reader.get_ref().socket().try_clone().ok()?;
+        Some((reader, socket))
+    }
+}
+
+impl Drop for RayletConnection {
+    /// Ends the connection for the raylet too, even while the reading half (a clone of
+    /// the socket) lives on in the driver's inbox.
+    fn drop(&mut self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writer.get_ref().shutdown(std::net::Shutdown::Both);
     }
 }
 

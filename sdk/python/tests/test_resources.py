@@ -130,6 +130,27 @@ def test_an_infeasible_task_warns_and_stays_pending_while_others_run(ray_start):
     assert "huge" in out.stderr and "CPU" in out.stderr and "pending" in out.stderr
 
 
+def test_worker_output_reaches_a_driver_that_is_not_waiting(ray_start):
+    worker = ray_start(num_cpus=1)
+    address = worker.info["redis_address"]
+    # The driver submits and then only sleeps: no wait of its own reads the raylet's
+    # messages, so the line must come through the background reader, before the marker.
+    program = (
+        "import ray, time\n"
+        f"ray.init(redis_address={address!r})\n"
+        "@ray.remote\n"
+        "def speak():\n    print('hello from a task', flush=True)\n"
+        "speak.remote()\n"
+        "time.sleep(2)\n"
+        "print('after the sleep', flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    spoken = [i for i, line in enumerate(lines) if "hello from a task" in line]
+    assert spoken and spoken[0] < lines.index("after the sleep"), out.stdout
+
+
 def test_nodes_and_resource_views(shared_cluster):
     nodes = ray.nodes()
     assert len(nodes) == 1 and nodes[0]["Alive"]

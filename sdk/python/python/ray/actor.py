@@ -80,7 +80,9 @@ class ActorHandle:
         methods = self.__dict__.get("_methods", {})
         if name not in methods:
             raise AttributeError(f"actor {self.__dict__.get('_class_name')} has no method {name!r}")
-        return ActorMethod(self, name, methods[name])
+        # Kept, so that the next `handle.name` is a plain attribute lookup.
+        method = self.__dict__[name] = ActorMethod(self, name, methods[name])
+        return method
 
     def __repr__(self):
         return f"ActorHandle({self._class_name}, {self._actor_id.hex()})"
@@ -93,7 +95,8 @@ class ActorHandle:
         worker = _worker.global_worker
         worker.check_connected()
         core = worker.core
-        encoded = [_encode_argument(core, v) for v in list(args) + list(kwargs.values())]
+        values = list(args) + list(kwargs.values()) if kwargs else args
+        encoded = [_encode_argument(core, v) for v in values]
         self._counter += 1
         ids = core.submit_actor_task(self._actor_id, self._handle_id, self._counter, self._class_id,
                                      method, encoded, list(kwargs.keys()), num_returns)

@@ -83,19 +83,22 @@ class Executor:
         num_returns = task["num_returns"]
         name = task["function_name"]
         resource_ids = task["resource_ids"]
-        gpus = _physical_gpus(resource_ids.get("GPU", []), self.node_gpus)
-        if gpus:
+        visible = ""
+        if resource_ids.get("GPU"):
+            gpus = _physical_gpus(resource_ids["GPU"], self.node_gpus)
             resource_ids = dict(resource_ids, GPU=gpus)
+            visible = ",".join(str(i) for i, _ in gpus)
         _worker.global_worker.resource_ids = resource_ids
-        visible = ",".join(str(i) for i, _ in gpus)
         if visible != self.cuda_visible:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible = visible
         try:
             self._enter_job(task)
-            values = [self._argument(a) for a in task["args"]]
-            kwarg_names = task["kwarg_names"]
-            split = len(values) - len(kwarg_names)
-            args, kwargs = values[:split], dict(zip(kwarg_names, values[split:]))
+            args, kwargs = (), {}
+            if task["args"]:
+                values = [self._argument(a) for a in task["args"]]
+                kwarg_names = task["kwarg_names"]
+                split = len(values) - len(kwarg_names)
+                args, kwargs = values[:split], dict(zip(kwarg_names, values[split:]))
             if task["actor_creation"]:
                 self._create_actor(task, args, kwargs)
                 return

@@ -1,0 +1,208 @@
+//! A driver's messages from its raylet (small results, warnings, the workers' output),
+//! read by whichever thread needs them.
+//!
+//! A thread that waits for objects reads the socket itself: the result wakes it directly,
+//! instead of waking a reader thread that then wakes it (on a small VM each wakeup costs
+//! tens of microseconds, a tenth of a call's round trip). While no thread has waited for
+//! [`IDLE`], a background thread reads instead, so that warnings and output appear while
+//! the driver does something else; a waiter that finds it reading pokes it to step aside.
+
+use std::io::BufReader;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rayd_common::framing::{self, InputWaiter};
+use rayd_common::proto::raylet::v1 as pb;
+
+use crate::arrivals::Arrivals;
+
+/// How long after the last waiter's read the background thread takes over.
+pub const IDLE: Duration = Duration::from_millis(20);
+
+/// The reading side of a driver's raylet connection.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    reader: Mutex<BufReader<InputWaiter>>,
+    socket: UnixStream,
+    /// Written by a waiter to make the background thread let go of the reader.
+    poke: (UnixStream, UnixStream),
+    /// Whether the background thread holds the reader.
+    background_reads: AtomicBool,
+    /// When a waiter last read (milliseconds since `started`).
+    last_waiter_read: AtomicU64,
+    started: Instant,
+    closed: AtomicBool,
+    arrivals: OnceLock<Arc<Arrivals>>,
+}
+
+/// What a message from the raylet asks of the driver.
+fn dispatch(arrivals: &Arrivals, message: pb::ServerMessage) -> bool {
+    match message.kind {
+        Some(pb::server_message::Kind::ObjectsReady(ready)) => {
+            arrivals.insert_inline(ready.objects)
+        }
+        Some(pb::server_message::Kind::Warning(w)) => eprintln!("rayd warning: {}", w.message),
+        Some(pb::server_message::Kind::WorkerOutput(out)) => {
+            if out.stderr {
+                eprintln!("(pid={}) {}", out.pid, out.line);
+            } else {
+                println!("(pid={}) {}", out.pid, out.line);
+            }
+        }
+        // The node stops (ray.shutdown() stopping it, or rayd stop): a call made after
+        // this fails with the connection's error.
+        Some(pb::server_message::Kind::Exit(_)) => return false,
+        _ => {}
+    }
+    true
+}
+
+fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(millis)), Ok(n) if n > 0)
+}
+
+impl Inbox {
+    /// Takes over `reader` (a clone of `socket`'s connection); `arrivals` receives the
+    /// small results.
+    pub fn start(
+        reader: BufReader<InputWaiter>,
+        socket: UnixStream,
+        arrivals: Arc<Arrivals>,
+    ) -> std::io::Result<Arc<Self>> {
+        let poke = UnixStream::pair()?;
+        poke.0.set_nonblocking(true)?;
+        poke.1.set_nonblocking(true)?;
+        let inbox = Arc::new(Self {
+            reader: Mutex::new(reader),
+            socket,
+            poke,
+            background_reads: AtomicBool::new(false),
+            last_waiter_read: AtomicU64::new(0),
+            started: Instant::now(),
+            closed: AtomicBool::new(false),
+            arrivals: OnceLock::new(),
+        });
+        let _ = inbox.arrivals.set(Arc::clone(&arrivals));
+        arrivals.set_inbox(Arc::clone(&inbox));
+        let background = Arc::clone(&inbox);
+        std::thread::Builder::new()
+            .name("rayd-raylet-messages".into())
+            .spawn(move || background.read_in_background())?;
+        Ok(inbox)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether the raylet connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Reads and dispatches what is there, waiting up to `timeout` for the first message.
+    /// False when another thread reads (then its dispatches wake the caller's wait).
+    pub fn read_as_waiter(&self, timeout: Duration) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let Ok(mut reader) = self.reader.try_lock() else {
+            if self.background_reads.load(Ordering::Acquire) {
+                // One byte is enough (a full pipe already holds one): the background
+                // thread only checks that it came.
+                let _ = std::io::Write::write(&mut &self.poke.0, &[1]);
+            }
+            return false;
+        };
+        self.last_waiter_read
+            .store(self.now_ms(), Ordering::Release);
+        self.read_available(&mut reader, timeout);
+        true
+    }
+
+    /// Reads every message already there (after waiting up to `timeout` for one).
+    fn read_available(&self, reader: &mut BufReader<InputWaiter>, timeout: Duration) {
+        let Some(arrivals) = self.arrivals.get() else {
+            return;
+        };
+        if reader.buffer().is_empty() && !readable(self.socket.as_fd(), timeout) {
+            return;
+        }
+        loop {
+            match framing::read_message::<pb::ServerMessage>(reader) {
+                Ok(Some(message)) => {
+                    if !dispatch(arrivals, message) {
+                        self.close(arrivals);
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    self.close(arrivals);
+                    return;
+                }
+            }
+            if reader.buffer().is_empty() && !readable(self.socket.as_fd(), Duration::ZERO) {
+                return;
+            }
+        }
+    }
+
+    fn close(&self, arrivals: &Arrivals) {
+        self.closed.store(true, Ordering::Release);
+        arrivals.wake_all();
+    }
+
+    /// The background reader: reads while no waiter has for [`IDLE`], and steps aside
+    /// when poked.
+    fn read_in_background(&self) {
+        while !self.is_closed() {
+            std::thread::sleep(IDLE);
+            let idle = self
+                .now_ms()
+                .saturating_sub(self.last_waiter_read.load(Ordering::Acquire));
+            if idle < IDLE.as_millis() as u64 {
+                continue;
+            }
+            let Ok(mut reader) = self.reader.try_lock() else {
+                continue;
+            };
+            self.background_reads.store(true, Ordering::Release);
+            while !self.is_closed() {
+                if !reader.buffer().is_empty() {
+                    self.read_available(&mut reader, Duration::ZERO);
+                    continue;
+                }
+                let mut fds = [
+                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.poke.1.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::NONE).is_err() {
+                    continue;
+                }
+                let poked = fds[1].revents().is_some_and(|r| !r.is_empty());
+                if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                    self.read_available(&mut reader, Duration::ZERO);
+                }
+                if poked {
+                    let mut drain = [0u8; 64];
+                    while std::io::Read::read(&mut &self.poke.1, &mut drain).is_ok_and(|n| n > 0) {}
+                    // Counts as a waiter's read: the waiter takes over now.
+                    self.last_waiter_read
+                        .store(self.now_ms(), Ordering::Release);
+                    break;
+                }
+            }
+            self.background_reads.store(false, Ordering::Release);
+            drop(reader);
+            if let Some(arrivals) = self.arrivals.get() {
+                arrivals.wake_all();
+            }
+        }
+    }
+}
