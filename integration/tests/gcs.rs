@@ -189,7 +189,7 @@ async fn tables_round_trip() {
 
     let task = TaskEntry {
         task_id: TaskId::random_task(),
-        spec: vec![0, 1, 2, 255],
+        spec: vec![0, 1, 2, 255].into(),
         state: "waiting".into(),
         node: None,
     };
@@ -214,7 +214,7 @@ async fn tables_round_trip() {
     let many: Vec<TaskEntry> = (0..50u8)
         .map(|i| TaskEntry {
             task_id: TaskId::random_task(),
-            spec: vec![i; 3],
+            spec: vec![i; 3].into(),
             state: "finished".into(),
             node: Some(node.node_id),
         })

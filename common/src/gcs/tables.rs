@@ -114,8 +114,8 @@ pub struct ObjectInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskEntry {
     pub task_id: TaskId,
-    /// The encoded `rayd.common.v1.TaskSpec`.
-    pub spec: Vec<u8>,
+    /// The encoded `rayd.common.v1.TaskSpec` (shared, not copied, on its way to Redis).
+    pub spec: prost::bytes::Bytes,
     /// `waiting`, `scheduled`, `running`, `finished`, `failed`, ...
     pub state: String,
     pub node: Option<NodeId>,
@@ -171,10 +171,16 @@ fn id_text<T: std::fmt::Display>(id: Option<T>) -> String {
 
 /// Sets the hash of each task in KEYS from four ARGV each: state, node, updated_ms, spec
 /// (an empty spec leaves the stored one).
-const PUT_TASKS_SCRIPT: &str = "for i, key in ipairs(KEYS) do \
-    local a = (i - 1) * 4 \
-    redis.call('HSET', key, 'state', ARGV[a + 1], 'node', ARGV[a + 2], 'updated_ms', ARGV[a + 3]) \
-    if ARGV[a + 4] ~= '' then redis.call('HSET', key, 'spec', ARGV[a + 4]) end \
+/// ARGV: the time, then state, node and spec (empty: keep the one written) per key.
+const PUT_TASKS_SCRIPT: &str = "local now = ARGV[1] \
+for i, key in ipairs(KEYS) do \
+    local a = 1 + (i - 1) * 3 \
+    if ARGV[a + 3] == '' then \
+        redis.call('HSET', key, 'state', ARGV[a + 1], 'node', ARGV[a + 2], 'updated_ms', now) \
+    else \
+        redis.call('HSET', key, 'state', ARGV[a + 1], 'node', ARGV[a + 2], 'updated_ms', now, \
+            'spec', ARGV[a + 3]) \
+    end \
 end \
 return #KEYS";
 
@@ -400,16 +406,24 @@ impl GcsClient {
     /// entry with an empty spec updates only the state and node of a task written before.
     pub async fn put_tasks(&self, tasks: &[TaskEntry]) -> Result<(), GcsError> {
         let count = self.shard_addresses().len();
-        let mut by_shard: Vec<(Vec<String>, Vec<Value>)> = vec![Default::default(); count];
         let now = Value::from(now_ms().to_string());
+        let mut by_shard: Vec<(Vec<String>, Vec<Value>)> = vec![(Vec::new(), vec![now]); count];
+        // A batch repeats a few states and (usually) one node: each is made once.
+        let mut states: HashMap<&str, Value> = HashMap::new();
+        let mut nodes: HashMap<Option<NodeId>, Value> = HashMap::new();
         for task in tasks {
             let (keys, args) = &mut by_shard[keys::shard_index(task.task_id.as_bytes(), count)];
             keys.push(keys::key(Table::Task, &task.task_id));
             args.extend([
-                Value::from(task.state.as_str()),
-                Value::from(id_text(task.node)),
-                now.clone(),
-                Value::Bytes(task.spec.clone().into()),
+                states
+                    .entry(task.state.as_str())
+                    .or_insert_with(|| Value::from(task.state.as_str()))
+                    .clone(),
+                nodes
+                    .entry(task.node)
+                    .or_insert_with(|| Value::from(id_text(task.node)))
+                    .clone(),
+                Value::Bytes(task.spec.clone()),
             ]);
         }
         let writes = by_shard
@@ -436,7 +450,7 @@ impl GcsClient {
     ) -> Result<(), GcsError> {
         self.put_tasks(&[TaskEntry {
             task_id: task,
-            spec: Vec::new(),
+            spec: Default::default(),
             state: state.to_string(),
             node,
         }])
@@ -454,7 +468,7 @@ impl GcsClient {
         }
         Ok(Some(TaskEntry {
             task_id: task,
-            spec: fields.get("spec").cloned().unwrap_or_default(),
+            spec: fields.get("spec").cloned().unwrap_or_default().into(),
             state: text(&fields, "state")?,
             node: optional_id(&fields, "node")?,
         }))

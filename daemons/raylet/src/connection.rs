@@ -138,19 +138,19 @@ async fn handle(
             return;
         }
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<pb::ServerMessage>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     if events.send(Event::Connected { conn, tx }).is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
         let mut write = Some(write);
         let mut batch = Vec::new();
-        while let Some(message) = rx.recv().await {
+        while let Some(frame) = rx.recv().await {
             // Everything queued goes in one write.
             batch.clear();
-            batch.extend(framing::encode(&message));
-            while let Ok(message) = rx.try_recv() {
-                batch.extend(framing::encode(&message));
+            batch.extend(frame);
+            while let Ok(frame) = rx.try_recv() {
+                batch.extend(frame);
             }
             if let Err(e) = write_all(&mut write, &batch).await {
                 log::debug!(conn; "cannot write to a connection: {e}");

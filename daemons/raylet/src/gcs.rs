@@ -32,7 +32,7 @@ pub enum GcsWrite {
 /// What one flush writes for one task.
 #[derive(Debug, Default)]
 struct Pending {
-    spec: Option<Vec<u8>>,
+    spec: Option<prost::bytes::Bytes>,
     state: Option<String>,
 }
 

@@ -223,10 +223,7 @@ impl Scheduler {
         if let Some(actor) = self.actors.get_mut(&id) {
             actor.inflight.push_back(task);
         }
-        self.send(
-            conn,
-            rayd_common::proto::raylet::v1::server_message::Kind::AssignTask(assign),
-        );
+        self.send_frame(conn, assign);
     }
 
     /// The actor's worker finished its constructor or a method.

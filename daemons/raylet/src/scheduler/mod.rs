@@ -19,6 +19,7 @@ mod actors;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
+use rayd_common::framing;
 use rayd_common::gcs::TaskEntry;
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
@@ -41,7 +42,7 @@ use crate::workers::spawn_worker;
 pub enum Event {
     Connected {
         conn: ConnId,
-        tx: mpsc::UnboundedSender<pb::ServerMessage>,
+        tx: mpsc::UnboundedSender<Vec<u8>>,
     },
     Message {
         conn: ConnId,
@@ -178,7 +179,7 @@ enum Peer {
 
 #[derive(Debug)]
 struct Connection {
-    tx: mpsc::UnboundedSender<pb::ServerMessage>,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
     peer: Peer,
 }
 
@@ -363,8 +364,16 @@ impl Scheduler {
     }
 
     fn send(&self, conn: ConnId, kind: pb::server_message::Kind) {
+        self.send_frame(
+            conn,
+            framing::encode(&pb::ServerMessage { kind: Some(kind) }),
+        );
+    }
+
+    /// Sends a message encoded as a frame already.
+    fn send_frame(&self, conn: ConnId, frame: Vec<u8>) {
         if let Some(c) = self.conns.get(&conn) {
-            let _ = c.tx.send(pb::ServerMessage { kind: Some(kind) });
+            let _ = c.tx.send(frame);
         }
     }
 
@@ -440,7 +449,7 @@ impl Scheduler {
     fn submit(&mut self, task: Task) {
         let _ = self.gcs.send(GcsWrite::Task(TaskEntry {
             task_id: task.id,
-            spec: prost::Message::encode_to_vec(&task.spec),
+            spec: prost::Message::encode_to_vec(&task.spec).into(),
             state: "waiting".into(),
             node: Some(self.settings.node_id),
         }));
@@ -729,7 +738,7 @@ impl Scheduler {
         {
             worker.ahead = Some(task);
         }
-        self.send(conn, pb::server_message::Kind::AssignTask(assign));
+        self.send_frame(conn, assign);
     }
 
     /// Workers that are idle or running a task without being blocked.
@@ -819,18 +828,18 @@ impl Scheduler {
                 blocked: false,
             };
         }
-        self.send(conn, pb::server_message::Kind::AssignTask(assign));
+        self.send_frame(conn, assign);
     }
 
-    /// The message that gives `task` to the worker on `conn`: with the arguments held here
-    /// inlined, its attempt number, and the job's environment when the worker changes job
-    /// (a worker keeps the environment of the job it ran last).
+    /// The message (a frame, encoded) that gives `task` to the worker on `conn`: with the
+    /// arguments held here inlined, its attempt number, and the job's environment when the
+    /// worker changes job (a worker keeps the environment of the job it ran last).
     fn assignment(
         &mut self,
         conn: ConnId,
         task: &mut Task,
         resource_ids: HashMap<String, pb::ResourceIds>,
-    ) -> pb::AssignTask {
+    ) -> Vec<u8> {
         self.inline_arguments(task);
         task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
         let same_job = matches!(
@@ -840,11 +849,19 @@ impl Scheduler {
         let job = (!same_job)
             .then(|| self.jobs.get(&task.job).map(|(config, _)| config.clone()))
             .flatten();
-        pb::AssignTask {
-            spec: Some(task.spec.clone()),
-            job,
-            resource_ids,
+        // The spec is lent to the message for encoding, not copied.
+        let mut message = pb::ServerMessage {
+            kind: Some(pb::server_message::Kind::AssignTask(pb::AssignTask {
+                spec: Some(std::mem::take(&mut task.spec)),
+                job,
+                resource_ids,
+            })),
+        };
+        let frame = framing::encode(&message);
+        if let Some(pb::server_message::Kind::AssignTask(assign)) = message.kind.take() {
+            task.spec = assign.spec.unwrap_or_default();
         }
+        frame
     }
 
     /// Replaces arguments that are small values held here by the values themselves; an
@@ -1118,13 +1135,14 @@ impl Scheduler {
 
     /// Tells every worker to exit (the node stops).
     pub fn stop_workers(&self) {
+        let exit = framing::encode(&pb::ServerMessage {
+            kind: Some(pb::server_message::Kind::Exit(pb::Exit {
+                reason: "the raylet is stopping".into(),
+            })),
+        });
         for connection in self.conns.values() {
             if matches!(connection.peer, Peer::Worker(_) | Peer::Driver(_)) {
-                let _ = connection.tx.send(pb::ServerMessage {
-                    kind: Some(pb::server_message::Kind::Exit(pb::Exit {
-                        reason: "the raylet is stopping".into(),
-                    })),
-                });
+                let _ = connection.tx.send(exit.clone());
             }
         }
     }
