@@ -11,6 +11,11 @@
 """
 
 import functools as _functools
+import os as _os
+
+# Before the extension loads: its allocator (mimalloc) would otherwise commit its first
+# arena whole, 8 MiB of resident memory in every driver and worker.
+_os.environ.setdefault("MIMALLOC_ARENA_EAGER_COMMIT", "0")
 
 from ray import exceptions
 from ray._private.worker import (
