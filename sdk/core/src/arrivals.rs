@@ -68,7 +68,7 @@ pub(crate) struct Arrivals {
     inner: Arc<(Mutex<Known>, Condvar)>,
     following: OnceLock<()>,
     /// Drivers: the raylet's messages, read by the waiting thread itself.
-    inbox: OnceLock<Arc<Inbox>>,
+    inbox: Arc<OnceLock<Arc<Inbox>>>,
 }
 
 impl Arrivals {
@@ -99,6 +99,14 @@ impl Arrivals {
             return Ok(false);
         }
         let shared = Arc::clone(&self.inner);
+        let inbox = Arc::clone(&self.inbox);
+        // A waiter may be reading the raylet's socket rather than waiting on the condvar.
+        let wake = move |changed: &Condvar| {
+            changed.notify_all();
+            if let Some(inbox) = inbox.get() {
+                inbox.wake_reader();
+            }
+        };
         std::thread::Builder::new()
             .name("rayd-sealed".into())
             .spawn(move || {
@@ -111,7 +119,7 @@ impl Arrivals {
                             known.expected.remove(&event.id);
                             known.sealed.insert(event.id);
                             if known.awaited(&event.id) {
-                                changed.notify_all();
+                                wake(changed);
                             }
                         }
                         Ok(Some(event)) => {
@@ -120,7 +128,7 @@ impl Arrivals {
                         Ok(None) => continue,
                         Err(_) => {
                             known.closed = true;
-                            changed.notify_all();
+                            wake(changed);
                             return;
                         }
                     }
@@ -223,27 +231,23 @@ impl Arrivals {
                 },
                 None => Duration::from_secs(3600),
             };
-            if let Some(inbox) = self.inbox.get() {
-                drop(guard);
-                let read = inbox.read_as_waiter(remaining.min(READ_SLICE));
-                guard = self.known();
-                if read {
-                    // Others that wait may take over reading now.
-                    if guard.general > 0 || !guard.watched.is_empty() {
-                        changed.notify_all();
-                    }
-                    continue;
-                }
-            }
             let watched = all.then(|| ids[cursor]);
             match watched {
                 Some(id) => *guard.watched.entry(id).or_insert(0) += 1,
                 None => guard.general += 1,
             }
-            guard = changed
-                .wait_timeout(guard, remaining)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            let mut read = false;
+            if let Some(inbox) = self.inbox.get() {
+                drop(guard);
+                read = inbox.read_as_waiter(remaining.min(READ_SLICE));
+                guard = self.known();
+            }
+            if !read {
+                guard = changed
+                    .wait_timeout(guard, remaining)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
             match watched {
                 Some(id) => {
                     if let Some(count) = guard.watched.get_mut(&id) {
@@ -254,6 +258,10 @@ impl Arrivals {
                     }
                 }
                 None => guard.general -= 1,
+            }
+            // Others that wait may take over reading the socket now.
+            if read && (guard.general > 0 || !guard.watched.is_empty()) {
+                changed.notify_all();
             }
         }
         ids.iter().map(|id| guard.ready(id)).collect()

@@ -30,6 +30,9 @@ pub(crate) struct Inbox {
     socket: UnixStream,
     /// Written by a waiter to make the background thread let go of the reader.
     poke: (UnixStream, UnixStream),
+    /// Written when an object a waiter wants arrives by another way (sealed in the
+    /// store), so that a waiter reading the socket looks again.
+    reader_poke: (UnixStream, UnixStream),
     /// Whether the background thread holds the reader.
     background_reads: AtomicBool,
     /// When a waiter last read (milliseconds since `started`).
@@ -61,6 +64,20 @@ fn dispatch(arrivals: &Arrivals, message: pb::ServerMessage) -> bool {
     true
 }
 
+/// A non-blocking pair of connected sockets, used as a doorbell.
+fn pipe() -> std::io::Result<(UnixStream, UnixStream)> {
+    let pair = UnixStream::pair()?;
+    pair.0.set_nonblocking(true)?;
+    pair.1.set_nonblocking(true)?;
+    Ok(pair)
+}
+
+/// Empties a doorbell.
+fn drain(mut bell: &UnixStream) {
+    let mut bytes = [0u8; 64];
+    while std::io::Read::read(&mut bell, &mut bytes).is_ok_and(|n| n > 0) {}
+}
+
 fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -75,13 +92,12 @@ impl Inbox {
         socket: UnixStream,
         arrivals: Arc<Arrivals>,
     ) -> std::io::Result<Arc<Self>> {
-        let poke = UnixStream::pair()?;
-        poke.0.set_nonblocking(true)?;
-        poke.1.set_nonblocking(true)?;
+        let (poke, reader_poke) = (pipe()?, pipe()?);
         let inbox = Arc::new(Self {
             reader: Mutex::new(reader),
             socket,
             poke,
+            reader_poke,
             background_reads: AtomicBool::new(false),
             last_waiter_read: AtomicU64::new(0),
             started: Instant::now(),
@@ -106,8 +122,14 @@ impl Inbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Reads and dispatches what is there, waiting up to `timeout` for the first message.
-    /// False when another thread reads (then its dispatches wake the caller's wait).
+    /// Makes a waiter that reads the socket look at its objects again.
+    pub fn wake_reader(&self) {
+        let _ = std::io::Write::write(&mut &self.reader_poke.0, &[1]);
+    }
+
+    /// Reads and dispatches what is there, waiting up to `timeout` for the first message
+    /// (or for [`Self::wake_reader`]). False when another thread reads (then its
+    /// dispatches wake the caller's wait).
     pub fn read_as_waiter(&self, timeout: Duration) -> bool {
         if self.is_closed() {
             return false;
@@ -122,7 +144,23 @@ impl Inbox {
         };
         self.last_waiter_read
             .store(self.now_ms(), Ordering::Release);
-        self.read_available(&mut reader, timeout);
+        if reader.buffer().is_empty() {
+            let mut fds = [
+                PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.reader_poke.1.as_fd(), PollFlags::POLLIN),
+            ];
+            let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            if poll(&mut fds, PollTimeout::from(millis)).is_err() {
+                return true;
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                drain(&self.reader_poke.1);
+            }
+            if fds[0].revents().is_none_or(|r| r.is_empty()) {
+                return true;
+            }
+        }
+        self.read_available(&mut reader, Duration::ZERO);
         true
     }
 
@@ -190,8 +228,7 @@ impl Inbox {
                     self.read_available(&mut reader, Duration::ZERO);
                 }
                 if poked {
-                    let mut drain = [0u8; 64];
-                    while std::io::Read::read(&mut &self.poke.1, &mut drain).is_ok_and(|n| n > 0) {}
+                    drain(&self.poke.1);
                     // Counts as a waiter's read: the waiter takes over now.
                     self.last_waiter_read
                         .store(self.now_ms(), Ordering::Release);
