@@ -513,6 +513,26 @@ fn bad_requests_get_an_error_for_that_client_only() {
 }
 
 #[test]
+fn small_objects_in_a_lease_keep_the_connection_in_step() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let client = client(&plasma);
+    let id = ObjectId::random();
+    let builder = client.create(id, 100, 0).unwrap();
+    let err = client.create(id, 100, 0).unwrap_err();
+    assert!(matches!(err, ClientError::ObjectExists(_)), "{err}");
+    // Dropped unsealed: an abort that gets no reply. The calls after it get their own.
+    drop(builder);
+    assert!(!client.contains(id).unwrap());
+    let kept = ObjectId::random();
+    put(&client, kept, 3, 100);
+    assert!(client.contains(kept).unwrap(), "ordered after its seal");
+    let listing = client.list().unwrap();
+    assert_eq!(listing.len(), 1, "{listing:?}");
+    assert_eq!((listing[0].id, listing[0].pins), (kept, 0));
+}
+
+#[test]
 fn subscribers_hear_seals_and_deletes() {
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);

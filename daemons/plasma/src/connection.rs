@@ -262,7 +262,9 @@ impl Connection {
                 let id = protocol::object_id(&abort.object_id)?;
                 state.with_store(|s| s.abort(client, id))?;
                 self.forget(id);
-                Ok(Some(Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
+                // A one-way abort waits for no answer: an Ack would be taken for the
+                // reply to the client's next request.
+                Ok((!abort.one_way).then(|| Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
             }
             Kind::Lease(_) => {
                 let (offset, size) = state.with_store(|s| s.lease(client))?;

@@ -98,7 +98,8 @@ impl Leases {
         self.free_if_done(block)
     }
 
-    /// Records that `client`'s copy of `id` (`len` bytes in `block`) is a shadow.
+    /// Records that `client`'s copy of `id` (`len` bytes in `block`) is a shadow (the
+    /// caller makes sure it has none yet).
     pub fn add_shadow(&mut self, client: ClientId, id: ObjectId, block: u64, len: u64) {
         if self.shadows.insert((client, id), (block, len)).is_none() {
             self.add(block, len);
@@ -134,7 +135,15 @@ impl Leases {
 
     /// Bytes of leases that hold no object.
     pub fn idle_bytes(&self) -> u64 {
-        self.blocks.values().map(|b| b.size - b.occupied).sum()
+        self.blocks
+            .values()
+            .map(|b| b.size.saturating_sub(b.occupied))
+            .sum()
+    }
+
+    /// Bytes of all leases.
+    pub fn total_bytes(&self) -> u64 {
+        self.blocks.values().map(|b| b.size).sum()
     }
 
     fn free_if_done(&mut self, block: u64) -> Option<Freed> {

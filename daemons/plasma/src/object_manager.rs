@@ -299,11 +299,12 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
         .checked_add(sizes.1)
         .ok_or_else(|| from.corrupt("sizes overflow".into()))?;
     let client_id = state.with_store(|s| s.connect());
-    // Whatever happens below, the internal client goes: an unsealed object is aborted.
-    let _pin = TransferPin {
+    // Whatever happens below, the internal client goes: an unsealed object is aborted,
+    // once the last range task (which holds a clone) has stopped writing.
+    let pin = Arc::new(TransferPin {
         state: state.clone(),
         client: client_id,
-    };
+    });
     let view = match state.with_store(|s| s.create_pulled(client_id, id, sizes.0, sizes.1)) {
         Ok(view) => view,
         Err(StoreError::Exists(_)) => return wait_until_sealed(state, id).await,
@@ -318,27 +319,24 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
         from,
     };
     let first_end = (FIRST_RANGE_CHUNKS * chunk).min(total);
-    let others: Vec<_> = split(first_end, total, chunk)
-        .map(|(start, end)| {
-            let target = target.clone();
-            tokio::spawn(async move {
-                let stream = target.from.open(start, end - start).await?;
-                target.receive(stream, None, start, end).await
-            })
-        })
-        .collect();
-    let mut result = target.receive(stream, Some(first), 0, first_end).await;
-    for other in &others {
-        if result.is_err() {
-            other.abort();
-        }
+    // Dropped (the pull given up), the set aborts its tasks.
+    let mut others = tokio::task::JoinSet::new();
+    for (start, end) in split(first_end, total, chunk) {
+        let (target, pin) = (target.clone(), Arc::clone(&pin));
+        others.spawn(async move {
+            let _pin = pin;
+            let stream = target.from.open(start, end - start).await?;
+            target.receive(stream, None, start, end).await
+        });
     }
-    for other in others {
-        let outcome = other
-            .await
-            .unwrap_or_else(|e| Err(target.from.corrupt(format!("a range ended early: {e}"))));
+    let mut result = target.receive(stream, Some(first), 0, first_end).await;
+    while let Some(joined) = others.join_next().await {
         if result.is_ok() {
-            result = outcome;
+            result = joined
+                .unwrap_or_else(|e| Err(target.from.corrupt(format!("a range ended early: {e}"))));
+        }
+        if result.is_err() {
+            others.abort_all();
         }
     }
     result?;

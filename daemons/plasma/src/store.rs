@@ -458,10 +458,19 @@ impl Store {
         }
         let freed = self.leases.retire(client);
         self.free_ranges(freed);
+        // Leases take free room only, never evicted room, and a quarter of the arena at
+        // most: evicting an object in a lease frees nothing until its lease empties.
+        if self.leases.total_bytes() + size > self.arena.size() / 4 {
+            return Err(StoreError::NoRoomForLease { size });
+        }
         let offset = self
-            .allocate_small(size)
-            .map_err(StoreError::LeaseMemory)?
+            .arena
+            .allocate(size)
             .ok_or(StoreError::NoRoomForLease { size })?;
+        if let Err(e) = self.reserve_arena(offset, size) {
+            self.arena.free(offset, size);
+            return Err(StoreError::LeaseMemory(e));
+        }
         let freed = self.leases.grant(client, offset, size);
         self.free_ranges(freed);
         Ok((offset, size))
@@ -484,7 +493,14 @@ impl Store {
             .block_of(client, offset, Allocator::rounded(size))
             .filter(|_| offset.is_multiple_of(ALIGN))
             .ok_or(StoreError::OutsideLease { id, offset, size })?;
-        if self.objects.contains_key(&id) {
+        if let Some(existing) = self.objects.get(&id) {
+            // The same client creating an ID twice (or a copy twice) is its own mistake;
+            // a copy of another's object is a duplicate put.
+            if (existing.creator == client && !existing.sealed)
+                || self.leases.has_shadow(client, id)
+            {
+                return Err(StoreError::Exists(id));
+            }
             log::debug!(object:% = id, client = client; "a leased object exists already: the client keeps a private copy");
             self.leases
                 .add_shadow(client, id, block, Allocator::rounded(size));
@@ -865,7 +881,8 @@ impl Store {
             capacity_bytes: self.layout.capacity,
             // Leased room that holds no object yet counts as free here (arena_used_bytes
             // has it).
-            used_bytes: self.arena.used() - self.leases.idle_bytes() + self.large_used,
+            used_bytes: self.arena.used().saturating_sub(self.leases.idle_bytes())
+                + self.large_used,
             objects: self.objects.len() as u64,
             sealed_objects: self.objects.values().filter(|e| e.sealed).count() as u64,
             evictions: self.evictions,

@@ -36,6 +36,9 @@ struct Known {
     watched: HashMap<ObjectId, usize>,
     /// Waiters for some of their IDs: every arrival wakes them.
     general: usize,
+    /// Counts the wakeups: a waiter that let go of the lock sees whether one came
+    /// meanwhile (it would otherwise sleep through it).
+    wakeups: u64,
 }
 
 impl Default for Known {
@@ -47,6 +50,7 @@ impl Default for Known {
             closed: false,
             watched: HashMap::new(),
             general: 0,
+            wakeups: 0,
         }
     }
 }
@@ -83,7 +87,7 @@ impl Arrivals {
 
     /// Wakes every waiter to look again (the inbox's reader changed or closed).
     pub fn wake_all(&self) {
-        let _guard = self.known();
+        self.known().wakeups += 1;
         self.inner.1.notify_all();
     }
 
@@ -119,6 +123,7 @@ impl Arrivals {
                             known.expected.remove(&event.id);
                             known.sealed.insert(event.id);
                             if known.awaited(&event.id) {
+                                known.wakeups += 1;
                                 wake(changed);
                             }
                         }
@@ -128,6 +133,7 @@ impl Arrivals {
                         Ok(None) => continue,
                         Err(_) => {
                             known.closed = true;
+                            known.wakeups += 1;
                             wake(changed);
                             return;
                         }
@@ -158,6 +164,7 @@ impl Arrivals {
             known.inline.insert(id, Arc::new(object));
         }
         if wake {
+            known.wakeups += 1;
             self.inner.1.notify_all();
         }
     }
@@ -237,12 +244,15 @@ impl Arrivals {
                 None => guard.general += 1,
             }
             let mut read = false;
+            let mut woken = false;
             if let Some(inbox) = self.inbox.get() {
+                let wakeups = guard.wakeups;
                 drop(guard);
                 read = inbox.read_as_waiter(remaining.min(READ_SLICE));
                 guard = self.known();
+                woken = guard.wakeups != wakeups;
             }
-            if !read {
+            if !read && !woken {
                 guard = changed
                     .wait_timeout(guard, remaining)
                     .unwrap_or_else(|p| p.into_inner())
@@ -261,6 +271,7 @@ impl Arrivals {
             }
             // Others that wait may take over reading the socket now.
             if read && (guard.general > 0 || !guard.watched.is_empty()) {
+                guard.wakeups += 1;
                 changed.notify_all();
             }
         }

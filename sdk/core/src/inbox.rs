@@ -11,7 +11,7 @@ use std::io::BufReader;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -19,6 +19,9 @@ use rayd_common::framing::{self, InputWaiter};
 use rayd_common::proto::raylet::v1 as pb;
 
 use crate::arrivals::Arrivals;
+
+/// Messages read in one go, before the reader looks at its own business again.
+const BATCH: usize = 256;
 
 /// How long after the last waiter's read the background thread takes over.
 pub const IDLE: Duration = Duration::from_millis(20);
@@ -39,7 +42,8 @@ pub(crate) struct Inbox {
     last_waiter_read: AtomicU64,
     started: Instant,
     closed: AtomicBool,
-    arrivals: OnceLock<Arc<Arrivals>>,
+    /// Weak: the arrivals hold the inbox.
+    arrivals: OnceLock<Weak<Arrivals>>,
 }
 
 /// What a message from the raylet asks of the driver.
@@ -104,7 +108,7 @@ impl Inbox {
             closed: AtomicBool::new(false),
             arrivals: OnceLock::new(),
         });
-        let _ = inbox.arrivals.set(Arc::clone(&arrivals));
+        let _ = inbox.arrivals.set(Arc::downgrade(&arrivals));
         arrivals.set_inbox(Arc::clone(&inbox));
         let background = Arc::clone(&inbox);
         std::thread::Builder::new()
@@ -166,22 +170,24 @@ impl Inbox {
 
     /// Reads every message already there (after waiting up to `timeout` for one).
     fn read_available(&self, reader: &mut BufReader<InputWaiter>, timeout: Duration) {
-        let Some(arrivals) = self.arrivals.get() else {
+        let Some(arrivals) = self.arrivals.get().and_then(Weak::upgrade) else {
+            self.closed.store(true, Ordering::Release);
             return;
         };
         if reader.buffer().is_empty() && !readable(self.socket.as_fd(), timeout) {
             return;
         }
-        loop {
+        // A stream of messages (workers' output) must not keep a waiter from its objects.
+        for _ in 0..BATCH {
             match framing::read_message::<pb::ServerMessage>(reader) {
                 Ok(Some(message)) => {
-                    if !dispatch(arrivals, message) {
-                        self.close(arrivals);
+                    if !dispatch(&arrivals, message) {
+                        self.close(&arrivals);
                         return;
                     }
                 }
                 Ok(None) | Err(_) => {
-                    self.close(arrivals);
+                    self.close(&arrivals);
                     return;
                 }
             }
@@ -237,7 +243,7 @@ impl Inbox {
             }
             self.background_reads.store(false, Ordering::Release);
             drop(reader);
-            if let Some(arrivals) = self.arrivals.get() {
+            if let Some(arrivals) = self.arrivals.get().and_then(Weak::upgrade) {
                 arrivals.wake_all();
             }
         }

@@ -64,6 +64,8 @@ struct Tables {
     pending: Vec<u8>,
     /// The unused part of this client's current lease.
     lease: Option<LeaseRange>,
+    /// Objects this client placed in a lease and has not sealed or aborted yet.
+    unsealed: HashSet<ObjectId>,
     /// Arena granules whose writable page tables this client has built.
     prefaulted: Vec<bool>,
 }
@@ -376,7 +378,7 @@ impl PlasmaClient {
     ) -> Result<Option<ObjectBuilder>, ClientError> {
         let len = Allocator::rounded(data_size + metadata_size);
         let mut tables = lock(&self.inner.tables);
-        if tables.objects.contains_key(&id) {
+        if tables.objects.contains_key(&id) || tables.unsealed.contains(&id) {
             return Err(ClientError::ObjectExists(format!(
                 "object {id} is held by this client"
             )));
@@ -400,6 +402,7 @@ impl PlasmaClient {
             .get(&ARENA_SEGMENT)
             .and_then(|s| s.writable.clone())
             .ok_or(ClientError::BadLocation(id))?;
+        tables.unsealed.insert(id);
         queue(
             &mut tables,
             Req::CreateLeased(pb::CreateLeased {
@@ -494,6 +497,7 @@ impl PlasmaClient {
             let mut io = lock(&self.inner.io);
             let pending = {
                 let mut tables = lock(&self.inner.tables);
+                tables.unsealed.remove(&id);
                 queue(&mut tables, seal);
                 std::mem::take(&mut tables.pending)
             };
@@ -541,7 +545,11 @@ impl PlasmaClient {
             one_way: leased,
         });
         if leased {
-            queue(&mut lock(&self.inner.tables), abort);
+            {
+                let mut tables = lock(&self.inner.tables);
+                tables.unsealed.remove(&id);
+                queue(&mut tables, abort);
+            }
             flush_if_idle(&self.inner, "an abort");
             return Ok(());
         }
