@@ -533,6 +533,32 @@ fn small_objects_in_a_lease_keep_the_connection_in_step() {
 }
 
 #[test]
+fn clients_beyond_the_leases_create_small_objects_the_usual_way() {
+    let dir = TestDir::new();
+    // A 16 MiB arena: leases of 256 KiB, a quarter of the arena at most (16 of them).
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let clients: Vec<PlasmaClient> = (0..20).map(|_| client(&plasma)).collect();
+    let ids: Vec<ObjectId> = (0..20).map(|_| ObjectId::random()).collect();
+    let held: Vec<_> = clients
+        .iter()
+        .zip(&ids)
+        .enumerate()
+        .map(|(i, (c, id))| c.put(*id, &pattern(i as u8, 100), b"").unwrap())
+        .collect();
+    let stats = clients[0].stats().unwrap();
+    assert!(
+        stats.arena_used_bytes <= stats.arena_bytes / 4 + 4 * 128,
+        "leases stay within a quarter of the arena: {stats:?}"
+    );
+    let reader = client(&plasma);
+    for (i, id) in ids.iter().enumerate() {
+        let buffer = reader.get_one(*id, None).unwrap().unwrap();
+        assert_eq!(buffer.data(), &pattern(i as u8, 100)[..]);
+    }
+    drop(held);
+}
+
+#[test]
 fn subscribers_hear_seals_and_deletes() {
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);

@@ -387,10 +387,34 @@ impl Store {
         } else {
             Placement::Own(self.place_large(id, size, reserve_pages)?)
         };
+        self.insert_unsealed(
+            client,
+            id,
+            placement.clone(),
+            (data_size, metadata_size),
+            None,
+        );
+        Ok(ObjectView {
+            id,
+            placement,
+            data_size,
+            metadata_size,
+        })
+    }
+
+    /// Enters a new unsealed object, pinned by its creator.
+    fn insert_unsealed(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        placement: Placement,
+        (data_size, metadata_size): (u64, u64),
+        lease: Option<u64>,
+    ) {
         self.objects.insert(
             id,
             Entry {
-                placement: placement.clone(),
+                placement,
                 data_size,
                 metadata_size,
                 sealed: false,
@@ -398,16 +422,10 @@ impl Store {
                 pins: 1,
                 lru_tick: None,
                 delete_pending: false,
-                lease: None,
+                lease,
             },
         );
         self.pin_for(client, id);
-        Ok(ObjectView {
-            id,
-            placement,
-            data_size,
-            metadata_size,
-        })
     }
 
     fn pin_for(&mut self, client: ClientId, id: ObjectId) {
@@ -436,17 +454,26 @@ impl Store {
     /// when nothing is left to evict.
     fn allocate_small(&mut self, size: u64) -> Result<Option<u64>, MemoryError> {
         loop {
-            if let Some(offset) = self.arena.allocate(size) {
-                if let Err(e) = self.reserve_arena(offset, size) {
-                    self.arena.free(offset, size);
-                    return Err(e);
-                }
+            if let Some(offset) = self.allocate_free(size)? {
                 return Ok(Some(offset));
             }
             if !self.evict_one(true) {
                 return Ok(None);
             }
         }
+    }
+
+    /// Places `size` bytes in free arena room, its pages allocated; `None` when no free
+    /// range is large enough.
+    fn allocate_free(&mut self, size: u64) -> Result<Option<u64>, MemoryError> {
+        let Some(offset) = self.arena.allocate(size) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.reserve_arena(offset, size) {
+            self.arena.free(offset, size);
+            return Err(e);
+        }
+        Ok(Some(offset))
     }
 
     /// Grants `client` a new lease (retiring its current one): the arena range it places
@@ -464,13 +491,9 @@ impl Store {
             return Err(StoreError::NoRoomForLease { size });
         }
         let offset = self
-            .arena
-            .allocate(size)
+            .allocate_free(size)
+            .map_err(StoreError::LeaseMemory)?
             .ok_or(StoreError::NoRoomForLease { size })?;
-        if let Err(e) = self.reserve_arena(offset, size) {
-            self.arena.free(offset, size);
-            return Err(StoreError::LeaseMemory(e));
-        }
         let freed = self.leases.grant(client, offset, size);
         self.free_ranges(freed);
         Ok((offset, size))
@@ -507,21 +530,13 @@ impl Store {
             return Ok(());
         }
         self.leases.add(block, Allocator::rounded(size));
-        self.objects.insert(
+        self.insert_unsealed(
+            client,
             id,
-            Entry {
-                placement: Placement::Arena { offset },
-                data_size,
-                metadata_size,
-                sealed: false,
-                creator: client,
-                pins: 1,
-                lru_tick: None,
-                delete_pending: false,
-                lease: Some(block),
-            },
+            Placement::Arena { offset },
+            (data_size, metadata_size),
+            Some(block),
         );
-        self.pin_for(client, id);
         Ok(())
     }
 

@@ -25,6 +25,9 @@ use pb::request::Kind as Req;
 /// instead of a fault per page; later creates there find them built.
 const PREFAULT_GRANULE: u64 = 2 << 20;
 
+/// Small creates made the usual way after a refused lease, before asking for one again.
+const LEASE_RETRY_AFTER: u32 = 64;
+
 /// A connection to the node's plasma store. Cheap to clone; clones share the
 /// connection.
 #[derive(Clone)]
@@ -66,11 +69,21 @@ struct Tables {
     lease: Option<LeaseRange>,
     /// Objects this client placed in a lease and has not sealed or aborted yet.
     unsealed: HashSet<ObjectId>,
+    /// After the store refused a lease: small creates made the usual way before asking
+    /// again (each ask is a round trip).
+    creates_before_asking: u32,
     /// Arena granules whose writable page tables this client has built.
     prefaulted: Vec<bool>,
 }
 
 impl Tables {
+    /// This client's writable mapping of the arena.
+    fn arena_writable(&self) -> Option<Arc<Mapping>> {
+        self.segments
+            .get(&ARENA_SEGMENT)
+            .and_then(|s| s.writable.clone())
+    }
+
     /// Builds the writable page tables of the arena granules under `[offset, offset +
     /// len)` that this client has not touched yet.
     fn prefault_arena(&mut self, mapping: &Mapping, offset: u64, len: u64) {
@@ -385,6 +398,10 @@ impl PlasmaClient {
         }
         let offset = match tables.lease.as_mut().and_then(|l| l.take(len)) {
             Some(offset) => offset,
+            None if tables.creates_before_asking > 0 => {
+                tables.creates_before_asking -= 1;
+                return Ok(None);
+            }
             None => {
                 drop(tables);
                 if !self.renew_lease(len)? {
@@ -398,9 +415,7 @@ impl PlasmaClient {
             }
         };
         let mapping = tables
-            .segments
-            .get(&ARENA_SEGMENT)
-            .and_then(|s| s.writable.clone())
+            .arena_writable()
             .ok_or(ClientError::BadLocation(id))?;
         tables.unsealed.insert(id);
         queue(
@@ -446,15 +461,14 @@ impl PlasmaClient {
             Some(Rep::Error(e)) => {
                 let error = ClientError::from_reply(e);
                 log::debug!(error:% = error; "no lease: creating objects one by one");
+                lock(&self.inner.tables).creates_before_asking = LEASE_RETRY_AFTER;
                 return Ok(false);
             }
             other => return Err(unexpected("leased", other)),
         };
         let mut tables = lock(&self.inner.tables);
         let mapping = tables
-            .segments
-            .get(&ARENA_SEGMENT)
-            .and_then(|s| s.writable.clone())
+            .arena_writable()
             .ok_or(ClientError::Invalid("the arena is not mapped".into()))?;
         if !leased.offset.is_multiple_of(ALIGN) || !mapping.contains(leased.offset, leased.size) {
             return Err(ClientError::Invalid(format!(
