@@ -164,19 +164,17 @@ impl Inbox {
                 return true;
             }
         }
-        self.read_available(&mut reader, Duration::ZERO);
+        self.read_available(&mut reader);
         true
     }
 
-    /// Reads every message already there (after waiting up to `timeout` for one).
-    fn read_available(&self, reader: &mut BufReader<InputWaiter>, timeout: Duration) {
+    /// Reads the messages that are there; the caller saw the socket readable (or bytes
+    /// buffered), so the first read does not wait.
+    fn read_available(&self, reader: &mut BufReader<InputWaiter>) {
         let Some(arrivals) = self.arrivals.get().and_then(Weak::upgrade) else {
             self.closed.store(true, Ordering::Release);
             return;
         };
-        if reader.buffer().is_empty() && !readable(self.socket.as_fd(), timeout) {
-            return;
-        }
         // A stream of messages (workers' output) must not keep a waiter from its objects.
         for _ in 0..BATCH {
             match framing::read_message::<pb::ServerMessage>(reader) {
@@ -219,7 +217,7 @@ impl Inbox {
             self.background_reads.store(true, Ordering::Release);
             while !self.is_closed() {
                 if !reader.buffer().is_empty() {
-                    self.read_available(&mut reader, Duration::ZERO);
+                    self.read_available(&mut reader);
                     continue;
                 }
                 let mut fds = [
@@ -231,7 +229,7 @@ impl Inbox {
                 }
                 let poked = fds[1].revents().is_some_and(|r| !r.is_empty());
                 if fds[0].revents().is_some_and(|r| !r.is_empty()) {
-                    self.read_available(&mut reader, Duration::ZERO);
+                    self.read_available(&mut reader);
                 }
                 if poked {
                     drain(&self.poke.1);

@@ -1,5 +1,7 @@
 """Fixtures that start and stop real local rayd clusters, leaving nothing running."""
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -27,6 +29,14 @@ def wait_for(condition, timeout=10.0, what="a condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def run_driver(address, body):
+    """Runs `body` as another driver attached to the cluster at `address` (with os, ray,
+    sys and time imported); returns the finished process."""
+    program = f"import os, ray, sys, time\nray.init(redis_address={address!r})\n" + body
+    return subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
 
 
 def _start(**kwargs):

@@ -3,8 +3,6 @@
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import ray
 from ray import exceptions
 
-from conftest import wait_for
+from conftest import run_driver, wait_for
 
 
 # ---- start and attach ----
@@ -59,15 +57,12 @@ def test_attaching_with_node_settings_is_an_error(cleanup):
 def test_a_second_driver_attaches_and_shares_objects(shared_cluster):
     address = ray._private.worker.global_worker.info["redis_address"]
     object_id = ray.put("from the first driver")
-    program = (
-        "import ray, sys\n"
-        f"ray.init(redis_address={address!r})\n"
+    out = run_driver(address, (
         "@ray.remote\n"
         "def f(x):\n    return x * 2\n"
         f"print(ray.get(ray.ObjectID(bytes.fromhex({object_id.hex()!r}))))\n"
         "print(ray.get(f.remote(21)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["from the first driver", "42"]
 
@@ -89,12 +84,8 @@ def test_small_results_reach_whoever_asks_for_them(shared_cluster):
     later = small.remote(7)
     assert ray.get(later) == 7
     address = ray._private.worker.global_worker.info["redis_address"]
-    program = (
-        "import ray\n"
-        f"ray.init(redis_address={address!r})\n"
-        f"print(ray.get(ray.ObjectID(bytes.fromhex({later.hex()!r})), timeout=30))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    out = run_driver(
+        address, f"print(ray.get(ray.ObjectID(bytes.fromhex({later.hex()!r})), timeout=30))\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "7"
 

@@ -2,13 +2,13 @@
 cluster views."""
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 import ray
+
+from conftest import run_driver
 
 
 def _intervals_overlap_at_most(intervals, limit):
@@ -111,9 +111,7 @@ def test_cuda_visible_devices_of_the_node_are_its_gpus(ray_start, monkeypatch):
 def test_an_infeasible_task_warns_and_stays_pending_while_others_run(ray_start):
     worker = ray_start(num_cpus=2)
     address = worker.info["redis_address"]
-    program = (
-        "import ray, time\n"
-        f"ray.init(redis_address={address!r})\n"
+    out = run_driver(address, (
         "@ray.remote(num_cpus=64)\n"
         "def huge():\n    return 1\n"
         "@ray.remote\n"
@@ -123,8 +121,7 @@ def test_an_infeasible_task_warns_and_stays_pending_while_others_run(ray_start):
         "ready, _ = ray.wait([pending], timeout=0.5)\n"
         "print('pending' if not ready else 'ran')\n"
         "time.sleep(0.5)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "pending"]
     assert "huge" in out.stderr and "CPU" in out.stderr and "pending" in out.stderr
@@ -135,16 +132,13 @@ def test_worker_output_reaches_a_driver_that_is_not_waiting(ray_start):
     address = worker.info["redis_address"]
     # The driver submits and then only sleeps: no wait of its own reads the raylet's
     # messages, so the line must come through the background reader, before the marker.
-    program = (
-        "import ray, time\n"
-        f"ray.init(redis_address={address!r})\n"
+    out = run_driver(address, (
         "@ray.remote\n"
         "def speak():\n    print('hello from a task', flush=True)\n"
         "speak.remote()\n"
         "time.sleep(2)\n"
         "print('after the sleep', flush=True)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    ))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     spoken = [i for i, line in enumerate(lines) if "hello from a task" in line]

@@ -15,7 +15,7 @@ import pytest
 import ray
 from ray._private import worker as _worker
 
-from conftest import _alive, wait_for
+from conftest import _alive, run_driver, wait_for
 
 RAYD = os.path.join(os.path.dirname(sys.executable), "rayd")
 
@@ -55,16 +55,13 @@ def test_a_malformed_frame_drops_only_that_connection(shared_cluster, frame):
 
 def test_a_driver_that_dies_midway_hurts_nobody(shared_cluster):
     address = _worker.global_worker.info["redis_address"]
-    program = (
-        "import os, ray\n"
-        f"ray.init(redis_address={address!r})\n"
+    out = run_driver(address, (
         "@ray.remote\n"
         "def slow():\n    import time; time.sleep(30)\n"
         "ids = [slow.remote() for _ in range(4)]\n"
         "print('submitted', flush=True)\n"
         "os._exit(1)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    ))
     assert "submitted" in out.stdout, out.stderr
 
     @ray.remote(num_cpus=0)
