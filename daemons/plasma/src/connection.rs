@@ -162,11 +162,12 @@ impl Connection {
             if let pb::request::Kind::Subscribe(_) = kind {
                 return self.stream_events().await;
             }
+            // The client waits for no reply to a one-way request: an answer would be taken
+            // for the reply to its next request, and a mistake can only be logged.
             let one_way = is_one_way(&kind);
             match self.handle(kind).await {
-                Ok(Some(answer)) => self.send(answer).await?,
-                Ok(None) => {}
-                // The client waits for no reply: its mistake can only be logged.
+                Ok(Some(answer)) if !one_way => self.send(answer).await?,
+                Ok(_) => {}
                 Err(failure) if one_way => {
                     log::warn!(client = self.client, name = self.name.as_str(), error = failure.message.as_str(); "bad request without a reply")
                 }
@@ -262,9 +263,7 @@ impl Connection {
                 let id = protocol::object_id(&abort.object_id)?;
                 state.with_store(|s| s.abort(client, id))?;
                 self.forget(id);
-                // A one-way abort waits for no answer: an Ack would be taken for the
-                // reply to the client's next request.
-                Ok((!abort.one_way).then(|| Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
+                Ok(Some(Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
             }
             Kind::Lease(_) => {
                 let (offset, size) = state.with_store(|s| s.lease(client))?;
