@@ -6,7 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // prost-build reads PROTOC; a build script is single-threaded, so setting it here is sound.
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure()
-        // Object chunks reference shared memory without a copy on the sending side.
+        // The daemon encodes and decodes object chunks itself; generated clients and
+        // servers (tests) then share a chunk's bytes instead of copying them.
         .bytes(".rayd.objectmanager.v1.ObjectChunk.payload")
         // A small result is kept by the raylet and sent on to drivers: copies share bytes.
         .bytes(".rayd.raylet.v1.InlineObject")

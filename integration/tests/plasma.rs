@@ -711,6 +711,133 @@ fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
     });
 }
 
+/// An object manager serving made-up chunks, through tonic's own encoder (which puts the
+/// payload before the CRC, unlike the daemon's): what a pull does with what it gets.
+mod fake_source {
+    use std::collections::HashMap;
+    use std::pin::Pin;
+
+    use rayd_common::proto::objectmanager::v1 as om;
+    use tonic::{Request, Response, Status};
+
+    pub type Reply = Vec<Result<om::ObjectChunk, Status>>;
+
+    pub struct Fake(pub HashMap<Vec<u8>, Reply>);
+
+    #[tonic::async_trait]
+    impl om::object_manager_server::ObjectManager for Fake {
+        type PullStream =
+            Pin<Box<dyn futures::Stream<Item = Result<om::ObjectChunk, Status>> + Send>>;
+
+        async fn pull(
+            &self,
+            request: Request<om::PullRequest>,
+        ) -> Result<Response<Self::PullStream>, Status> {
+            let reply = self
+                .0
+                .get(&request.into_inner().object_id)
+                .cloned()
+                .ok_or_else(|| Status::not_found("no such object"))?;
+            Ok(Response::new(Box::pin(tokio_stream::iter(reply))))
+        }
+    }
+
+    pub fn chunk(sizes: (u64, u64), offset: u64, payload: &[u8]) -> om::ObjectChunk {
+        om::ObjectChunk {
+            data_size: sizes.0,
+            metadata_size: sizes.1,
+            offset,
+            payload: payload.to_vec().into(),
+            crc32c: crc32c::crc32c(payload),
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
+    use fake_source::{chunk, Fake};
+    let dir = TestDir::new();
+    let b = Plasma::start(dir.path(), "plasma-b", 64 * MIB, &[]);
+    let client_b = client(&b);
+    let bytes = pattern(3, 20);
+    let mut bad_crc = chunk((20, 0), 0, &bytes);
+    bad_crc.crc32c ^= 1;
+    let cases: Vec<(ObjectId, fake_source::Reply, &str)> = vec![
+        (ObjectId::random(), vec![Ok(bad_crc)], "checksum mismatch"),
+        (
+            ObjectId::random(),
+            vec![Ok(chunk((20, 0), 0, &bytes[..10]))],
+            "10 of the 20 bytes",
+        ),
+        (
+            ObjectId::random(),
+            vec![
+                Ok(chunk((20, 0), 0, &bytes[..10])),
+                Err(tonic::Status::data_loss("the disk is on fire")),
+            ],
+            "the disk is on fire",
+        ),
+        (
+            ObjectId::random(),
+            vec![Ok(chunk((20, 0), 5, &bytes[5..]))],
+            "chunk at offset 5 where 0 was expected",
+        ),
+        (
+            ObjectId::random(),
+            vec![
+                Ok(chunk((20, 0), 0, &bytes[..10])),
+                Ok(chunk((30, 0), 10, &bytes[10..])),
+            ],
+            "the sizes changed",
+        ),
+    ];
+    let good = ObjectId::random();
+    let mut replies: std::collections::HashMap<_, _> = cases
+        .iter()
+        .map(|(id, reply, _)| (id.as_bytes().to_vec(), reply.clone()))
+        .collect();
+    replies.insert(
+        good.as_bytes().to_vec(),
+        vec![
+            Ok(chunk((16, 4), 0, &bytes[..12])),
+            Ok(chunk((16, 4), 12, &bytes[12..])),
+        ],
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let source = listener.local_addr().unwrap().to_string();
+    let server = runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(rayd_common::proto::objectmanager::v1::object_manager_server::ObjectManagerServer::new(Fake(replies)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    for (id, _, reason) in &cases {
+        let err = client_b.pull(*id, &source).unwrap_err();
+        match &err {
+            ClientError::TransferFailed(message) => {
+                assert!(message.contains(reason), "{message:?} lacks {reason:?}")
+            }
+            other => panic!("{other}"),
+        }
+        assert!(!client_b.contains(*id).unwrap(), "{id} was left behind");
+    }
+    client_b.pull(good, &source).unwrap();
+    let object = client_b
+        .get_one(good, Some(Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (object.data(), object.metadata()),
+        (&bytes[..16], &bytes[16..])
+    );
+    assert_eq!(client_b.stats().unwrap().pulls, 1);
+    server.abort();
+}
+
 /// Run by hand (as root): `mkdir /tmp/hp; echo 256 > /proc/sys/vm/nr_hugepages; mount -t
 /// hugetlbfs none /tmp/hp; RAYD_TEST_HUGETLBFS=/tmp/hp cargo test --test plasma -- --ignored`.
 #[test]

@@ -217,7 +217,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         .initial_stream_window_size(object_manager::WINDOW)
         .initial_connection_window_size(object_manager::WINDOW * 2)
         .max_frame_size(object_manager::MAX_FRAME)
-        .add_service(object_manager::Service::server(state.clone()))
+        .add_service(object_manager::Service::new(state.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(om_listener),
             cancel.clone().cancelled_owned(),

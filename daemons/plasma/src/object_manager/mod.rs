@@ -1,33 +1,40 @@
 //! The object manager: moves sealed objects between the plasma stores of two nodes.
 //!
-//! Serving side: the gRPC `Pull` streams a sealed object, pinned for the transfer, in
-//! chunks of `object_chunk_size` (or less, if the puller asks), each with its CRC-32C.
-//! Pulling side: [`pull`] creates the object locally from the sizes in the first chunk,
-//! writes each chunk straight into the new object's shared memory after checking its
-//! offset and checksum, and seals it once every byte has arrived; any failure aborts the
-//! local object. Each transfer is its own stream, so several run at once; a large object
-//! comes as ranges over [`STREAMS`] connections at once, which keeps both ends' cores
-//! busy (one stream left a third of them idle, waiting on the other end).
+//! Serving side ([`Service`]): the gRPC `Pull` streams a sealed object, pinned for the
+//! transfer, in chunks of `object_chunk_size` (or less, if the puller asks), each with
+//! its CRC-32C. Pulling side: [`pull`] creates the object locally from the sizes in the
+//! first chunk, writes each piece of a chunk straight into the new object's shared memory
+//! as it arrives, checks the chunk's offset and checksum, and seals the object once every
+//! byte has arrived; any failure aborts the local object. Each transfer is its own
+//! stream, so several run at once; a large object comes as ranges over [`STREAMS`]
+//! connections at once, which keeps both ends' cores busy (one stream left a third of
+//! them idle, waiting on the other end). Both ends encode and decode the stream's
+//! messages themselves ([`wire`]), so that no chunk is copied in user space.
+
+mod serve;
+pub mod wire;
 
 use std::os::fd::AsFd;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use http::header::{HeaderValue, CONTENT_TYPE, TE};
+use http_body_util::{BodyExt, Full};
 use rayd_common::id::ObjectId;
-use rayd_common::proto::objectmanager::v1::object_manager_client::ObjectManagerClient;
-use rayd_common::proto::objectmanager::v1::object_manager_server::{
-    ObjectManager, ObjectManagerServer,
-};
-use rayd_common::proto::objectmanager::v1::{ObjectChunk, PullRequest};
-use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
+use rayd_common::proto::objectmanager::v1::PullRequest;
+use tonic::body::Body;
+use tonic::codegen::Service as _;
+use tonic::{Code, Status};
+
+pub use serve::Service;
+use wire::{ChunkDecoder, ChunkStart, Piece};
 
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
 use crate::store::{ClientId, ObjectView, OwnSegment, Placement, StoreError, StoreEvent};
 
+/// The path of the `Pull` method.
+const PULL_PATH: &str = "/rayd.objectmanager.v1.ObjectManager/Pull";
 /// Chunks in flight per transfer, between reading the object and the network.
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// HTTP/2 flow-control window of a transfer stream.
@@ -87,40 +94,6 @@ pub enum TransferError {
     Concurrent(ObjectId),
 }
 
-/// The gRPC service of this node.
-#[derive(Debug, Clone)]
-pub struct Service {
-    state: Arc<State>,
-}
-
-impl Service {
-    /// The service, ready to add to a tonic server.
-    pub fn server(state: Arc<State>) -> ObjectManagerServer<Self> {
-        let limit = usize::try_from(state.chunk_size).unwrap_or(usize::MAX) + (1 << 20);
-        ObjectManagerServer::new(Self { state })
-            .max_encoding_message_size(limit)
-            .max_decoding_message_size(1 << 20)
-    }
-}
-
-/// A chunk of a sealed object in shared memory, handed to the network without a copy:
-/// it keeps the mapping and the object's pin alive while any part of it is referenced.
-struct ChunkOwner {
-    mapping: Arc<Mapping>,
-    offset: u64,
-    len: u64,
-    _pin: Arc<TransferPin>,
-}
-
-impl AsRef<[u8]> for ChunkOwner {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the object is sealed and pinned by `_pin` for this value's life, so no
-        // one writes these bytes; the range was checked against the mapping when the
-        // chunk was made.
-        unsafe { self.mapping.slice(self.offset, self.len) }.unwrap_or_default()
-    }
-}
-
 /// Unpins an object and forgets an internal client when dropped.
 struct TransferPin {
     state: Arc<State>,
@@ -130,20 +103,6 @@ struct TransferPin {
 impl Drop for TransferPin {
     fn drop(&mut self) {
         self.state.with_store(|s| s.disconnect(self.client));
-    }
-}
-
-/// The bytes of a sealed object, mapped read-only, and their offset in the mapping.
-fn map_object(state: &State, view: &ObjectView) -> Result<(Arc<Mapping>, u64), MemoryError> {
-    match &view.placement {
-        Placement::Arena { offset } => Ok((state.arena_map.clone(), *offset)),
-        Placement::Own(segment) => {
-            let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-            Ok((
-                Arc::new(Mapping::new(segment.fd_for_client(), len, false, false)?),
-                0,
-            ))
-        }
     }
 }
 
@@ -203,84 +162,6 @@ impl Destination {
     }
 }
 
-#[tonic::async_trait]
-impl ObjectManager for Service {
-    type PullStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
-
-    async fn pull(
-        &self,
-        request: Request<PullRequest>,
-    ) -> Result<Response<Self::PullStream>, Status> {
-        let request = request.into_inner();
-        let id = ObjectId::from_slice(&request.object_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let chunk = match request.chunk_size {
-            0 => self.state.chunk_size,
-            n => n.clamp(MIN_CHUNK, self.state.chunk_size),
-        };
-        let state = self.state.clone();
-        let client = state.with_store(|s| s.connect());
-        let pin = TransferPin {
-            state: state.clone(),
-            client,
-        };
-        let view = state
-            .with_store(|s| s.get(client, id))
-            .ok_or_else(|| Status::not_found(format!("object {id} is not sealed in this store")))?;
-        let total = view.total_size();
-        if request.offset > total {
-            return Err(Status::out_of_range(format!(
-                "offset {} is past the end of object {id} of {total} bytes",
-                request.offset
-            )));
-        }
-        let end = match request.length {
-            0 => total,
-            n => request.offset.saturating_add(n).min(total),
-        };
-        let (mapping, base) = map_object(&state, &view)
-            .map_err(|e| Status::internal(format!("cannot map object {id}: {e}")))?;
-        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let (data_size, metadata_size) = (view.data_size, view.metadata_size);
-        log::debug!(object:% = id, bytes = end - request.offset; "serving a pull");
-        let pin = Arc::new(pin);
-        let mut offset = request.offset;
-        tokio::task::spawn_blocking(move || {
-            // An empty range (an empty object) still sends one chunk: it carries the sizes.
-            loop {
-                let len = chunk.min(end - offset);
-                if !mapping.contains(base + offset, len) {
-                    let _ = tx.blocking_send(Err(Status::internal("object outside its segment")));
-                    return;
-                }
-                let payload = prost::bytes::Bytes::from_owner(ChunkOwner {
-                    mapping: mapping.clone(),
-                    offset: base + offset,
-                    len,
-                    _pin: pin.clone(),
-                });
-                let message = ObjectChunk {
-                    data_size,
-                    metadata_size,
-                    offset,
-                    crc32c: crc32c::crc32c(&payload),
-                    payload,
-                };
-                if tx.blocking_send(Ok(message)).is_err() {
-                    return;
-                }
-                offset += len;
-                if offset >= end {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-}
-
 /// Pulls object `id` from the object manager at `source` (`host:port`) into this store.
 /// Returns at once when the object is already here.
 pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), TransferError> {
@@ -290,9 +171,7 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
     let from = Source::new(state, id, source)?;
     let chunk = state.chunk_size.max(MIN_CHUNK);
     let mut stream = from.open(0, FIRST_RANGE_CHUNKS * chunk).await?;
-    let Some(first) = stream.message().await.map_err(|s| from.refused(s))? else {
-        return Err(from.corrupt("the stream ended before the first chunk".into()));
-    };
+    let first = stream.first_start(&from).await?;
     let sizes = (first.data_size, first.metadata_size);
     let total = sizes
         .0
@@ -326,10 +205,10 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
         others.spawn(async move {
             let _pin = pin;
             let stream = target.from.open(start, end - start).await?;
-            target.receive(stream, None, start, end).await
+            target.receive(stream, start, end).await
         });
     }
-    let mut result = target.receive(stream, Some(first), 0, first_end).await;
+    let mut result = target.receive(stream, 0, first_end).await;
     while let Some(joined) = others.join_next().await {
         if result.is_ok() {
             result = joined
@@ -392,30 +271,49 @@ impl Source {
 
     /// A stream of the object's bytes from `offset` on (`length` of them, or up to the
     /// end), over a connection of its own.
-    async fn open(
-        &self,
-        offset: u64,
-        length: u64,
-    ) -> Result<tonic::Streaming<ObjectChunk>, TransferError> {
-        let channel = self
-            .endpoint
-            .connect()
+    async fn open(&self, offset: u64, length: u64) -> Result<ChunkStream, TransferError> {
+        let mut channel =
+            self.endpoint
+                .connect()
+                .await
+                .map_err(|error| TransferError::Connect {
+                    source_address: self.address.clone(),
+                    error,
+                })?;
+        let message = wire::encode_message(&PullRequest {
+            object_id: self.id.as_bytes().to_vec(),
+            chunk_size: self.chunk,
+            offset,
+            length,
+        });
+        let request = http::Request::post(PULL_PATH)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+            .header(TE, HeaderValue::from_static("trailers"))
+            .body(Body::new(Full::new(message)))
+            .map_err(|e| self.refused(Status::internal(e.to_string())))?;
+        let transport = |e: tonic::transport::Error| self.refused(Status::from_error(e.into()));
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
             .await
-            .map_err(|error| TransferError::Connect {
-                source_address: self.address.clone(),
-                error,
-            })?;
-        let mut client = ObjectManagerClient::new(channel).max_decoding_message_size(self.limit);
-        Ok(client
-            .pull(PullRequest {
-                object_id: self.id.as_bytes().to_vec(),
-                chunk_size: self.chunk,
-                offset,
-                length,
-            })
-            .await
-            .map_err(|s| self.refused(s))?
-            .into_inner())
+            .map_err(transport)?;
+        let response = channel.call(request).await.map_err(transport)?;
+        if response.status() != http::StatusCode::OK {
+            return Err(self.refused(Status::unknown(format!(
+                "HTTP status {}",
+                response.status()
+            ))));
+        }
+        // A status in the headers ends the call at once ("trailers-only").
+        let ended = match Status::from_header_map(response.headers()) {
+            Some(status) if status.code() != Code::Ok => return Err(self.refused(status)),
+            Some(_) => true,
+            None => false,
+        };
+        Ok(ChunkStream {
+            body: response.into_body(),
+            decoder: ChunkDecoder::new(self.limit),
+            peeked: None,
+            ended,
+        })
     }
 
     fn refused(&self, status: Status) -> TransferError {
@@ -435,6 +333,65 @@ impl Source {
     }
 }
 
+/// The response to a `Pull`, read as [`Piece`]s.
+struct ChunkStream {
+    body: Body,
+    decoder: ChunkDecoder,
+    /// A piece read ahead, handed out again.
+    peeked: Option<Piece>,
+    /// Whether the status arrived, and was OK.
+    ended: bool,
+}
+
+impl ChunkStream {
+    /// The next piece, or `None` once the stream has ended with an OK status.
+    async fn next(&mut self, from: &Source) -> Result<Option<Piece>, TransferError> {
+        if let Some(piece) = self.peeked.take() {
+            return Ok(Some(piece));
+        }
+        loop {
+            let corrupt = |e: wire::WireError| from.corrupt(e.to_string());
+            if let Some(piece) = self.decoder.next_piece().map_err(corrupt)? {
+                return Ok(Some(piece));
+            }
+            let frame = match self.body.frame().await {
+                Some(frame) => frame.map_err(|s| from.refused(s))?,
+                None if !self.decoder.at_boundary() => {
+                    return Err(corrupt(wire::WireError::EndsInsideMessage))
+                }
+                None if self.ended => return Ok(None),
+                None => {
+                    return Err(from.refused(Status::unknown("the stream ended without a status")))
+                }
+            };
+            match frame.into_data() {
+                Ok(data) => self.decoder.feed(data),
+                Err(frame) => {
+                    let status = frame
+                        .trailers_ref()
+                        .and_then(Status::from_header_map)
+                        .unwrap_or_else(|| Status::unknown("trailers without a status"));
+                    if status.code() != Code::Ok {
+                        return Err(from.refused(status));
+                    }
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    /// The start of the first chunk (which brings the sizes), left to be read again.
+    async fn first_start(&mut self, from: &Source) -> Result<ChunkStart, TransferError> {
+        match self.next(from).await? {
+            Some(Piece::Start(start)) => {
+                self.peeked = Some(Piece::Start(start));
+                Ok(start)
+            }
+            _ => Err(from.corrupt("the stream ended before the first chunk".into())),
+        }
+    }
+}
+
 /// The local object a pull fills.
 #[derive(Clone)]
 struct Target {
@@ -447,54 +404,60 @@ struct Target {
 }
 
 impl Target {
-    /// Writes the chunks of `stream` (after `first`, if given) into `[start, end)` of the
-    /// object, checking that each continues the last, stays in the range and matches its
-    /// checksum, and that the range arrives whole.
+    /// Writes the chunks of `stream` into `[start, end)` of the object as their pieces
+    /// arrive, checking that each continues the last, stays in the range and matches its
+    /// checksum, and that the range arrives whole. (A chunk that fails its checksum has
+    /// been written by then: the pull fails, and the object is aborted unsealed.)
     async fn receive(
         &self,
-        mut stream: tonic::Streaming<ObjectChunk>,
-        first: Option<ObjectChunk>,
+        mut stream: ChunkStream,
         start: u64,
         end: u64,
     ) -> Result<(), TransferError> {
-        let refused = |s| self.from.refused(s);
-        let mut next = match first {
-            Some(chunk) => Some(chunk),
-            None => stream.message().await.map_err(refused)?,
-        };
         let mut received = start;
-        while let Some(chunk) = next {
-            if (chunk.data_size, chunk.metadata_size) != self.sizes {
-                return Err(self.from.corrupt("the sizes changed between chunks".into()));
+        // The running CRC-32C of the current chunk, and where it began.
+        let mut crc = 0;
+        let mut chunk_offset = start;
+        while let Some(piece) = stream.next(&self.from).await? {
+            match piece {
+                Piece::Start(chunk) => {
+                    if (chunk.data_size, chunk.metadata_size) != self.sizes {
+                        return Err(self.from.corrupt("the sizes changed between chunks".into()));
+                    }
+                    if chunk.offset != received {
+                        return Err(self.from.corrupt(format!(
+                            "chunk at offset {} where {received} was expected",
+                            chunk.offset
+                        )));
+                    }
+                    (crc, chunk_offset) = (0, received);
+                }
+                Piece::Payload(bytes) => {
+                    let len = bytes.len() as u64;
+                    if received + len > end {
+                        return Err(self.from.corrupt(format!(
+                            "more than the {} bytes asked for at {start}",
+                            end - start
+                        )));
+                    }
+                    crc = crc32c::crc32c_append(crc, &bytes);
+                    // The range lies inside the object (checked against `end` above), and
+                    // this transfer is the object's only writer until it seals it.
+                    self.destination
+                        .write_at(&bytes, self.base + received)
+                        .map_err(|error| TransferError::Write {
+                            id: self.from.id,
+                            error,
+                        })?;
+                    received += len;
+                }
+                Piece::End { crc32c } if crc32c != crc => {
+                    return Err(self.from.corrupt(format!(
+                        "checksum mismatch in the chunk at offset {chunk_offset}"
+                    )));
+                }
+                Piece::End { .. } => {}
             }
-            if chunk.offset != received {
-                return Err(self.from.corrupt(format!(
-                    "chunk at offset {} where {received} was expected",
-                    chunk.offset
-                )));
-            }
-            let len = chunk.payload.len() as u64;
-            if received + len > end {
-                return Err(self.from.corrupt(format!(
-                    "more than the {} bytes asked for at {start}",
-                    end - start
-                )));
-            }
-            if crc32c::crc32c(&chunk.payload) != chunk.crc32c {
-                return Err(self.from.corrupt(format!(
-                    "checksum mismatch in the chunk at offset {received}"
-                )));
-            }
-            // The range lies inside the object (checked against `end` above), and this
-            // transfer is the object's only writer until it seals it.
-            self.destination
-                .write_at(&chunk.payload, self.base + received)
-                .map_err(|error| TransferError::Write {
-                    id: self.from.id,
-                    error,
-                })?;
-            received += len;
-            next = stream.message().await.map_err(refused)?;
         }
         if received != end {
             return Err(self.from.corrupt(format!(
