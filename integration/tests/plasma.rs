@@ -762,7 +762,7 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
     let bytes = pattern(3, 20);
     let mut bad_crc = chunk((20, 0), 0, &bytes);
     bad_crc.crc32c ^= 1;
-    let cases: Vec<(ObjectId, fake_source::Reply, &str)> = vec![
+    let mut cases: Vec<(ObjectId, fake_source::Reply, &str)> = vec![
         (ObjectId::random(), vec![Ok(bad_crc)], "checksum mismatch"),
         (
             ObjectId::random(),
@@ -791,6 +791,18 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
             "the sizes changed",
         ),
     ];
+    // An object too large for the arena (a segment of its own, filled by a writer
+    // thread), corrupt in its third chunk.
+    let large = pattern(5, 8 * MIB as usize);
+    let mut large_chunks: Vec<_> = large
+        .chunks(MIB as usize)
+        .enumerate()
+        .map(|(i, piece)| Ok(chunk((8 * MIB, 0), i as u64 * MIB, piece)))
+        .collect();
+    if let Ok(third) = &mut large_chunks[2] {
+        third.crc32c ^= 1;
+    }
+    cases.push((ObjectId::random(), large_chunks, "checksum mismatch"));
     let good = ObjectId::random();
     let mut replies: std::collections::HashMap<_, _> = cases
         .iter()

@@ -14,14 +14,16 @@
 mod serve;
 pub mod wire;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use http_body_util::{BodyExt, Full};
+use prost::bytes::Bytes;
 use rayd_common::id::ObjectId;
 use rayd_common::proto::objectmanager::v1::PullRequest;
+use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codegen::Service as _;
 use tonic::{Code, Status};
@@ -106,60 +108,106 @@ impl Drop for TransferPin {
     }
 }
 
-/// The segment a pull writes into: the daemon's mapping of the arena, or the descriptor
-/// of a large object's own segment. Those are written with `pwrite`, not through a
-/// mapping: building the page tables of a fresh 500 MB segment took longer than the copy,
-/// and the writes allocate its pages as they go (see
-/// [`crate::store::Store::create_pulled`]).
+/// The segment a pull writes into: the daemon's mapping of the arena (or of a hugetlbfs
+/// segment, whose pages were reserved at create), or a large object's own segment, which
+/// one blocking thread per pull fills with `pwrite` ([`SegmentWriter`]).
 #[derive(Clone)]
 enum Destination {
     Mapped(Arc<Mapping>),
-    Own(Arc<OwnSegment>),
+    Own(mpsc::Sender<(Bytes, u64)>),
 }
 
 impl Destination {
-    fn new(state: &State, view: &ObjectView) -> Result<(Self, u64), MemoryError> {
+    /// The destination of the object `view`, and the writer thread it needs, if any.
+    fn new(
+        state: &State,
+        view: &ObjectView,
+        pin: &Arc<TransferPin>,
+    ) -> Result<(Self, u64, Option<SegmentWriter>), MemoryError> {
         Ok(match &view.placement {
-            Placement::Arena { offset } => (Self::Mapped(state.arena_map.clone()), *offset),
-            Placement::Own(segment) if segment.takes_writes => (Self::Own(segment.clone()), 0),
-            // hugetlbfs: its pages were reserved at create.
+            Placement::Arena { offset } => (Self::Mapped(state.arena_map.clone()), *offset, None),
+            Placement::Own(segment) if segment.takes_writes => {
+                let (tx, writer) = SegmentWriter::start(segment.clone(), pin.clone());
+                (Self::Own(tx), 0, Some(writer))
+            }
             Placement::Own(segment) => {
                 let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
                 let mapping = Mapping::new(segment.fd.as_fd(), len, true, true)?;
-                (Self::Mapped(Arc::new(mapping)), 0)
+                (Self::Mapped(Arc::new(mapping)), 0, None)
             }
         })
     }
 
-    /// Writes all of `bytes` at `offset` of the segment.
-    fn write_at(&self, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
-        let fd = match self {
+    /// Writes all of `bytes` at `offset` of the segment (or hands them to its writer).
+    async fn write_at(&self, bytes: Bytes, offset: u64) -> std::io::Result<()> {
+        match self {
             Self::Mapped(mapping) => {
-                let len = bytes.len() as u64;
                 // SAFETY: the pull that created the object is its only writer until it
                 // seals it, each of its ranges has one writer, and the caller checked the
                 // range against the object.
-                let target = unsafe { mapping.slice_mut(offset, len) }
+                let target = unsafe { mapping.slice_mut(offset, bytes.len() as u64) }
                     .ok_or(std::io::ErrorKind::InvalidInput)?;
-                target.copy_from_slice(bytes);
-                return Ok(());
+                target.copy_from_slice(&bytes);
+                Ok(())
             }
-            Self::Own(segment) => segment.fd.as_fd(),
-        };
-        while !bytes.is_empty() {
-            let at = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-            match nix::sys::uio::pwrite(fd, bytes, at) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    bytes = &bytes[n..];
-                    offset += n as u64;
-                }
-                Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+            Self::Own(tx) => tx
+                .send((bytes, offset))
+                .await
+                .map_err(|_| std::io::Error::other("the segment's writer stopped (see its error)")),
         }
-        Ok(())
     }
+}
+
+/// The thread that writes a pull's pieces into a large object's own segment, in the
+/// order they arrive. Written with `pwrite`, not through a mapping: building the page
+/// tables of a fresh 500 MB segment took longer than the copy, and the writes allocate
+/// its pages as they go (see [`crate::store::Store::create_pulled`]). One writer, not
+/// one per stream: writers of one file take turns at its lock (spinning for it), and a
+/// runtime worker blocked in a write reads no socket.
+struct SegmentWriter(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl SegmentWriter {
+    /// Pieces in the queue between the streams and the writer.
+    const QUEUE: usize = 16;
+
+    /// Starts the thread; it stops once every sender is gone (or a write fails), and it
+    /// keeps the object pinned until then.
+    fn start(
+        segment: Arc<OwnSegment>,
+        pin: Arc<TransferPin>,
+    ) -> (mpsc::Sender<(Bytes, u64)>, Self) {
+        let (tx, mut rx) = mpsc::channel::<(Bytes, u64)>(Self::QUEUE);
+        let thread = tokio::task::spawn_blocking(move || {
+            let _pin = pin;
+            while let Some((bytes, offset)) = rx.blocking_recv() {
+                pwrite_all(segment.fd.as_fd(), &bytes, offset)?;
+            }
+            Ok(())
+        });
+        (tx, Self(thread))
+    }
+
+    /// Waits until every queued piece is written (the senders must be gone).
+    async fn finish(self) -> std::io::Result<()> {
+        self.0.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Writes all of `bytes` at `offset` of `fd`.
+fn pwrite_all(fd: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let at = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        match nix::sys::uio::pwrite(fd, bytes, at) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                offset += n as u64;
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Pulls object `id` from the object manager at `source` (`host:port`) into this store.
@@ -189,8 +237,8 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
         Err(StoreError::Exists(_)) => return wait_until_sealed(state, id).await,
         Err(e) => return Err(e.into()),
     };
-    let (destination, base) =
-        Destination::new(state, &view).map_err(|source| TransferError::Memory { id, source })?;
+    let (destination, base, writer) = Destination::new(state, &view, &pin)
+        .map_err(|source| TransferError::Memory { id, source })?;
     let target = Target {
         destination,
         base,
@@ -218,9 +266,20 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
             others.abort_all();
         }
     }
-    result?;
-    // A mapping of the segment goes before the seal, so it can take the strict write seal.
+    // The writer stops once the last sender (in `target`) is gone; a mapping of the
+    // segment goes before the seal, so it can take the strict write seal.
     drop(target);
+    if let Some(writer) = writer {
+        let written = writer
+            .finish()
+            .await
+            .map_err(|error| TransferError::Write { id, error });
+        // The writer's own error says more than a stream's "the writer stopped".
+        if written.is_err() || result.is_ok() {
+            result = written;
+        }
+    }
+    result?;
     state.with_store(|s| s.seal(client_id, id))?;
     state.count_pull();
     log::debug!(object:% = id, bytes = total, source = source; "pulled an object");
@@ -444,7 +503,8 @@ impl Target {
                     // The range lies inside the object (checked against `end` above), and
                     // this transfer is the object's only writer until it seals it.
                     self.destination
-                        .write_at(&bytes, self.base + received)
+                        .write_at(bytes, self.base + received)
+                        .await
                         .map_err(|error| TransferError::Write {
                             id: self.from.id,
                             error,
