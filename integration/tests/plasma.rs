@@ -729,15 +729,27 @@ mod fake_source {
         type PullStream =
             Pin<Box<dyn futures::Stream<Item = Result<om::ObjectChunk, Status>> + Send>>;
 
+        /// The chunks of the object that start in the range asked for, and every error.
         async fn pull(
             &self,
             request: Request<om::PullRequest>,
         ) -> Result<Response<Self::PullStream>, Status> {
-            let reply = self
+            let request = request.into_inner();
+            let end = match request.length {
+                0 => u64::MAX,
+                n => request.offset + n,
+            };
+            let reply: Reply = self
                 .0
-                .get(&request.into_inner().object_id)
+                .get(&request.object_id)
+                .ok_or_else(|| Status::not_found("no such object"))?
+                .iter()
+                .filter(|c| {
+                    c.as_ref()
+                        .map_or(true, |c| (request.offset..end).contains(&c.offset))
+                })
                 .cloned()
-                .ok_or_else(|| Status::not_found("no such object"))?;
+                .collect();
             Ok(Response::new(Box::pin(tokio_stream::iter(reply))))
         }
     }
@@ -790,20 +802,30 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
             ],
             "the sizes changed",
         ),
+        (
+            ObjectId::random(),
+            vec![Ok(chunk((20, 0), 0, b"")), Ok(chunk((20, 0), 0, b""))],
+            "an empty chunk at offset 0",
+        ),
     ];
-    // An object too large for the arena (a segment of its own, filled by a writer
-    // thread), corrupt in its third chunk.
+    // Objects too large for the arena (a segment of its own, filled by a writer thread),
+    // in chunks of 1 MiB: the pull asks for the first 4 on one stream and for the other 4
+    // as two ranges, on streams of their own. Corrupt in the first range, or in another.
     let large = pattern(5, 8 * MIB as usize);
-    let mut large_chunks: Vec<_> = large
+    let large_chunks: Vec<_> = large
         .chunks(MIB as usize)
         .enumerate()
         .map(|(i, piece)| Ok(chunk((8 * MIB, 0), i as u64 * MIB, piece)))
         .collect();
-    if let Ok(third) = &mut large_chunks[2] {
-        third.crc32c ^= 1;
+    for corrupt in [2, 6] {
+        let mut chunks = large_chunks.clone();
+        if let Ok(chunk) = &mut chunks[corrupt] {
+            chunk.crc32c ^= 1;
+        }
+        cases.push((ObjectId::random(), chunks, "checksum mismatch"));
     }
-    cases.push((ObjectId::random(), large_chunks, "checksum mismatch"));
     let good = ObjectId::random();
+    let good_large = ObjectId::random();
     let mut replies: std::collections::HashMap<_, _> = cases
         .iter()
         .map(|(id, reply, _)| (id.as_bytes().to_vec(), reply.clone()))
@@ -815,6 +837,8 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
             Ok(chunk((16, 4), 12, &bytes[12..])),
         ],
     );
+
+    replies.insert(good_large.as_bytes().to_vec(), large_chunks);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let listener = runtime
@@ -835,7 +859,9 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
             }
             other => panic!("{other}"),
         }
-        assert!(!client_b.contains(*id).unwrap(), "{id} was left behind");
+        // The listing shows unsealed objects too.
+        let left: Vec<_> = client_b.list().unwrap().into_iter().map(|o| o.id).collect();
+        assert!(!left.contains(id), "{id} was left behind");
     }
     client_b.pull(good, &source).unwrap();
     let object = client_b
@@ -846,7 +872,16 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
         (object.data(), object.metadata()),
         (&bytes[..16], &bytes[16..])
     );
-    assert_eq!(client_b.stats().unwrap().pulls, 1);
+    client_b.pull(good_large, &source).unwrap();
+    let object = client_b
+        .get_one(good_large, Some(Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    assert!(
+        object.data() == &large[..],
+        "the large object's bytes differ"
+    );
+    assert_eq!(client_b.stats().unwrap().pulls, 2);
     server.abort();
 }
 

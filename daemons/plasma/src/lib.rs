@@ -217,6 +217,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         .initial_stream_window_size(object_manager::WINDOW)
         .initial_connection_window_size(object_manager::WINDOW * 2)
         .max_frame_size(object_manager::MAX_FRAME)
+        .http2_keepalive_interval(Some(object_manager::KEEPALIVE_INTERVAL))
+        .max_concurrent_streams(object_manager::MAX_STREAMS_PER_CONNECTION)
         .add_service(object_manager::Service::new(state.clone()))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(om_listener),

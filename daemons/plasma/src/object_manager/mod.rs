@@ -54,6 +54,14 @@ pub const STREAMS: u64 = 3;
 const FIRST_RANGE_CHUNKS: u64 = 4;
 /// How long a pull waits for a concurrent pull (or create) of the same object to finish.
 const CONCURRENT_WAIT: Duration = Duration::from_secs(300);
+/// How long either end of a transfer waits for the other to take or send a frame before
+/// it gives up on the stream.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the serving side pings a puller's connection (a dead one is closed, and the
+/// objects its streams pinned go free).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Streams one connection may hold open (a pull opens one per connection).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +122,7 @@ impl Drop for TransferPin {
 #[derive(Clone)]
 enum Destination {
     Mapped(Arc<Mapping>),
-    Own(mpsc::Sender<(Bytes, u64)>),
+    Own(WriterQueue),
 }
 
 impl Destination {
@@ -123,16 +131,19 @@ impl Destination {
         state: &State,
         view: &ObjectView,
         pin: &Arc<TransferPin>,
-    ) -> Result<(Self, u64, Option<SegmentWriter>), MemoryError> {
+    ) -> Result<(Self, u64, Option<SegmentWriter>), TransferError> {
+        let id = view.id;
         Ok(match &view.placement {
             Placement::Arena { offset } => (Self::Mapped(state.arena_map.clone()), *offset, None),
             Placement::Own(segment) if segment.takes_writes => {
-                let (tx, writer) = SegmentWriter::start(segment.clone(), pin.clone());
-                (Self::Own(tx), 0, Some(writer))
+                let (queue, writer) = SegmentWriter::start(segment.clone(), pin.clone())
+                    .map_err(|error| TransferError::Write { id, error })?;
+                (Self::Own(queue), 0, Some(writer))
             }
             Placement::Own(segment) => {
                 let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-                let mapping = Mapping::new(segment.fd.as_fd(), len, true, true)?;
+                let mapping = Mapping::new(segment.fd.as_fd(), len, true, true)
+                    .map_err(|source| TransferError::Memory { id, source })?;
                 (Self::Mapped(Arc::new(mapping)), 0, None)
             }
         })
@@ -150,10 +161,7 @@ impl Destination {
                 target.copy_from_slice(&bytes);
                 Ok(())
             }
-            Self::Own(tx) => tx
-                .send((bytes, offset))
-                .await
-                .map_err(|_| std::io::Error::other("the segment's writer stopped (see its error)")),
+            Self::Own(queue) => queue.push(bytes, offset).await,
         }
     }
 }
@@ -163,33 +171,77 @@ impl Destination {
 /// tables of a fresh 500 MB segment took longer than the copy, and the writes allocate
 /// its pages as they go (see [`crate::store::Store::create_pulled`]). One writer, not
 /// one per stream: writers of one file take turns at its lock (spinning for it), and a
-/// runtime worker blocked in a write reads no socket.
-struct SegmentWriter(tokio::task::JoinHandle<std::io::Result<()>>);
+/// runtime worker blocked in a write reads no socket. A thread of its own, not one of
+/// the runtime's blocking pool, which a busy node can have in use to the last thread.
+struct SegmentWriter(tokio::sync::oneshot::Receiver<std::io::Result<()>>);
+
+/// The queue to a [`SegmentWriter`], bounded by bytes: HTTP/2 returns flow-control credit
+/// as soon as a frame is read, so without this bound a fast source could queue any
+/// amount of memory here.
+#[derive(Clone)]
+struct WriterQueue {
+    tx: mpsc::UnboundedSender<(Bytes, u64, tokio::sync::OwnedSemaphorePermit)>,
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl WriterQueue {
+    /// Bytes queued at most.
+    const BYTES: u32 = 16 << 20;
+    /// What a piece counts for at least, so that tiny frames cannot queue without bound.
+    const MIN_PIECE: u32 = 4 << 10;
+
+    /// Queues `bytes` for `offset`, once there is room.
+    async fn push(&self, bytes: Bytes, offset: u64) -> std::io::Result<()> {
+        let stopped = || std::io::Error::other("the segment's writer stopped (see its error)");
+        let weight = u32::try_from(bytes.len())
+            .unwrap_or(u32::MAX)
+            .clamp(Self::MIN_PIECE, Self::BYTES);
+        let permit = self
+            .room
+            .clone()
+            .acquire_many_owned(weight)
+            .await
+            .map_err(|_| stopped())?;
+        self.tx.send((bytes, offset, permit)).map_err(|_| stopped())
+    }
+}
 
 impl SegmentWriter {
-    /// Pieces in the queue between the streams and the writer.
-    const QUEUE: usize = 16;
-
-    /// Starts the thread; it stops once every sender is gone (or a write fails), and it
-    /// keeps the object pinned until then.
+    /// Starts the thread; it stops once every queue handle is gone (or a write fails),
+    /// and it keeps the object pinned until then.
     fn start(
         segment: Arc<OwnSegment>,
         pin: Arc<TransferPin>,
-    ) -> (mpsc::Sender<(Bytes, u64)>, Self) {
-        let (tx, mut rx) = mpsc::channel::<(Bytes, u64)>(Self::QUEUE);
-        let thread = tokio::task::spawn_blocking(move || {
-            let _pin = pin;
-            while let Some((bytes, offset)) = rx.blocking_recv() {
-                pwrite_all(segment.fd.as_fd(), &bytes, offset)?;
-            }
-            Ok(())
-        });
-        (tx, Self(thread))
+    ) -> Result<(WriterQueue, Self), std::io::Error> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, u64, _)>();
+        let room = Arc::new(tokio::sync::Semaphore::new(WriterQueue::BYTES as usize));
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let room_left = room.clone();
+        std::thread::Builder::new()
+            .name("rayd-pull-write".into())
+            .spawn(move || {
+                let mut written = Ok(());
+                while let Some((bytes, offset, _permit)) = rx.blocking_recv() {
+                    written = pwrite_all(segment.fd.as_fd(), &bytes, offset);
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                // Senders waiting for room see the writer gone.
+                room_left.close();
+                // Unpinned before the pull hears that the writes are over: a failed
+                // pull's object is gone by the time it reports.
+                drop(pin);
+                let _ = done_tx.send(written);
+            })?;
+        Ok((WriterQueue { tx, room }, Self(done)))
     }
 
-    /// Waits until every queued piece is written (the senders must be gone).
+    /// Waits until every queued piece is written (the queue handles must be gone).
     async fn finish(self) -> std::io::Result<()> {
-        self.0.await.map_err(std::io::Error::other)?
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the segment's writer died")))
     }
 }
 
@@ -237,8 +289,7 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
         Err(StoreError::Exists(_)) => return wait_until_sealed(state, id).await,
         Err(e) => return Err(e.into()),
     };
-    let (destination, base, writer) = Destination::new(state, &view, &pin)
-        .map_err(|source| TransferError::Memory { id, source })?;
+    let (destination, base, writer) = Destination::new(state, &view, &pin)?;
     let target = Target {
         destination,
         base,
@@ -257,6 +308,9 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
         });
     }
     let mut result = target.receive(stream, 0, first_end).await;
+    if result.is_err() {
+        others.abort_all();
+    }
     while let Some(joined) = others.join_next().await {
         if result.is_ok() {
             result = joined
@@ -361,8 +415,14 @@ impl Source {
                 response.status()
             ))));
         }
+        let content_type = response.headers().get(CONTENT_TYPE);
+        if !content_type.is_some_and(|t| t.as_bytes().starts_with(b"application/grpc")) {
+            return Err(self.refused(Status::unknown(format!(
+                "not a gRPC response (content-type {content_type:?})"
+            ))));
+        }
         // A status in the headers ends the call at once ("trailers-only").
-        let ended = match Status::from_header_map(response.headers()) {
+        let ended = match grpc_status(response.headers()) {
             Some(status) if status.code() != Code::Ok => return Err(self.refused(status)),
             Some(_) => true,
             None => false,
@@ -392,6 +452,18 @@ impl Source {
     }
 }
 
+/// The status in gRPC trailers (or trailers-only headers), if any. Only the code and the
+/// message: tonic's own parser panics on binary details that are not base64.
+fn grpc_status(headers: &http::HeaderMap) -> Option<Status> {
+    let mut plain = http::HeaderMap::new();
+    for name in ["grpc-status", "grpc-message"] {
+        if let Some(value) = headers.get(name) {
+            plain.insert(name, value.clone());
+        }
+    }
+    Status::from_header_map(&plain)
+}
+
 /// The response to a `Pull`, read as [`Piece`]s.
 struct ChunkStream {
     body: Body,
@@ -413,7 +485,13 @@ impl ChunkStream {
             if let Some(piece) = self.decoder.next_piece().map_err(corrupt)? {
                 return Ok(Some(piece));
             }
-            let frame = match self.body.frame().await {
+            let Ok(frame) = tokio::time::timeout(STALL_TIMEOUT, self.body.frame()).await else {
+                return Err(from.refused(Status::deadline_exceeded(format!(
+                    "nothing arrived for {} s",
+                    STALL_TIMEOUT.as_secs()
+                ))));
+            };
+            let frame = match frame {
                 Some(frame) => frame.map_err(|s| from.refused(s))?,
                 None if !self.decoder.at_boundary() => {
                     return Err(corrupt(wire::WireError::EndsInsideMessage))
@@ -428,7 +506,7 @@ impl ChunkStream {
                 Err(frame) => {
                     let status = frame
                         .trailers_ref()
-                        .and_then(Status::from_header_map)
+                        .and_then(grpc_status)
                         .unwrap_or_else(|| Status::unknown("trailers without a status"));
                     if status.code() != Code::Ok {
                         return Err(from.refused(status));
@@ -477,6 +555,9 @@ impl Target {
         // The running CRC-32C of the current chunk, and where it began.
         let mut crc = 0;
         let mut chunk_offset = start;
+        // Only an empty range comes as an empty chunk (which still brings the sizes):
+        // a source sending empty chunks would otherwise hold the pull forever.
+        let empty_range = start == end;
         while let Some(piece) = stream.next(&self.from).await? {
             match piece {
                 Piece::Start(chunk) => {
@@ -515,6 +596,11 @@ impl Target {
                     return Err(self.from.corrupt(format!(
                         "checksum mismatch in the chunk at offset {chunk_offset}"
                     )));
+                }
+                Piece::End { .. } if received == chunk_offset && !empty_range => {
+                    return Err(self
+                        .from
+                        .corrupt(format!("an empty chunk at offset {chunk_offset}")));
                 }
                 Piece::End { .. } => {}
             }

@@ -21,7 +21,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use super::wire::{self, ChunkStart};
-use super::{TransferPin, CHUNKS_IN_FLIGHT, MIN_CHUNK, PULL_PATH};
+use super::{TransferPin, CHUNKS_IN_FLIGHT, MIN_CHUNK, PULL_PATH, STALL_TIMEOUT};
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
 use crate::store::{ObjectView, Placement};
@@ -81,8 +81,10 @@ async fn respond(
         .await
         .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?
         .to_bytes();
-    let request =
-        wire::decode_request(body).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let request = wire::decode_request(body).map_err(|e| match e {
+        wire::WireError::Compressed => Status::unimplemented(e.to_string()),
+        e => Status::invalid_argument(e.to_string()),
+    })?;
     let frames = start(state, request)?;
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(frames));
     let mut response = http::Response::new(Body::new(body));
@@ -167,9 +169,9 @@ fn start(state: Arc<State>, request: PullRequest) -> Result<mpsc::Receiver<Frame
     // Each chunk is two frames.
     let (tx, rx) = mpsc::channel(2 * CHUNKS_IN_FLIGHT);
     let offset = request.offset;
-    tokio::task::spawn_blocking(move || {
-        if let Some(status) = sender.send(&tx, offset) {
-            let _ = tx.blocking_send(Ok(Frame::trailers(trailers(&status))));
+    tokio::spawn(async move {
+        if let Some(status) = sender.send(&tx, offset).await {
+            let _ = tx.send(Ok(Frame::trailers(trailers(&status)))).await;
         }
     });
     Ok(rx)
@@ -189,8 +191,8 @@ struct Chunks {
 
 impl Chunks {
     /// Sends the chunks from `offset` on; the status to end with, or `None` when the
-    /// puller has gone.
-    fn send(&self, tx: &mpsc::Sender<FrameResult>, mut offset: u64) -> Option<Status> {
+    /// puller has gone or stopped reading (the object's pin goes with the last frame).
+    async fn send(&self, tx: &mpsc::Sender<FrameResult>, mut offset: u64) -> Option<Status> {
         // An empty range (an empty object) still sends one chunk: it carries the sizes.
         loop {
             let len = self.chunk.min(self.end - offset);
@@ -210,8 +212,17 @@ impl Chunks {
             };
             let head = wire::chunk_head(&start, crc32c::crc32c(&payload), payload.len());
             for frame in [head, payload] {
-                if tx.blocking_send(Ok(Frame::data(frame))).is_err() {
-                    return None;
+                match tokio::time::timeout(STALL_TIMEOUT, tx.send(Ok(Frame::data(frame)))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        log::warn!(
+                            offset = offset;
+                            "a puller took nothing for {} s: its stream ends here",
+                            STALL_TIMEOUT.as_secs()
+                        );
+                        return None;
+                    }
                 }
             }
             offset += len;

@@ -54,6 +54,8 @@ pub enum WireError {
     TwoPayloads,
     #[error("field {field} does not fit its 32 bits")]
     Overflow { field: u32 },
+    #[error("field number 0 is not valid protobuf")]
+    FieldZero,
     #[error("the stream ends inside a message")]
     EndsInsideMessage,
     #[error("invalid request: {0}")]
@@ -236,6 +238,9 @@ impl ChunkDecoder {
                         return Ok(None);
                     };
                     let field = u32::try_from(key >> 3).unwrap_or(u32::MAX);
+                    if field == 0 {
+                        return Err(WireError::FieldZero);
+                    }
                     self.stage = Stage::Value {
                         field,
                         wire: key & 7,
@@ -582,6 +587,11 @@ mod tests {
             0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
         ];
         assert_eq!(decode(&message(&endless_varint), 3), Err(WireError::Varint));
+
+        assert_eq!(
+            decode(&message(&[0x00, 0x01]), 100),
+            Err(WireError::FieldZero)
+        );
 
         let group = [(7 << 3) | 3];
         assert!(matches!(
