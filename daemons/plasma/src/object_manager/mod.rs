@@ -320,24 +320,32 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
             others.abort_all();
         }
     }
-    // The writer stops once the last sender (in `target`) is gone; a mapping of the
-    // segment goes before the seal, so it can take the strict write seal.
+    // The writer stops once the last queue handle (in `target`) is gone; a mapping of
+    // the segment goes before the seal, so it can take the strict write seal.
     drop(target);
-    if let Some(writer) = writer {
-        let written = writer
-            .finish()
-            .await
-            .map_err(|error| TransferError::Write { id, error });
-        // The writer's own error says more than a stream's "the writer stopped".
-        if written.is_err() || result.is_ok() {
-            result = written;
-        }
-    }
-    result?;
+    settle(result, writer, id).await?;
     state.with_store(|s| s.seal(client_id, id))?;
     state.count_pull();
     log::debug!(object:% = id, bytes = total, source = source; "pulled an object");
     Ok(())
+}
+
+/// The outcome of a pull whose streams ended with `result`, once its writer (if any) has
+/// written what they queued. The writer's own error says more than a stream's "the
+/// writer stopped", so it comes first.
+async fn settle(
+    result: Result<(), TransferError>,
+    writer: Option<SegmentWriter>,
+    id: ObjectId,
+) -> Result<(), TransferError> {
+    let Some(writer) = writer else {
+        return result;
+    };
+    let written = writer
+        .finish()
+        .await
+        .map_err(|error| TransferError::Write { id, error });
+    written.and(result)
 }
 
 /// `[start, total)` in up to `STREAMS - 1` ranges of whole chunks.
@@ -633,6 +641,178 @@ async fn wait_until_sealed(state: &Arc<State>, id: ObjectId) -> Result<(), Trans
             // Aborts make no event: look again now and then.
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = tokio::time::sleep_until(deadline) => return Err(TransferError::Concurrent(id)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::HeaderMap;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    use super::*;
+    use crate::memory::{self, Backing};
+    use crate::store::Store;
+
+    const MIB: u64 = 1 << 20;
+
+    fn state() -> Arc<State> {
+        let store = Store::new(64 * MIB, Backing::Memfd).unwrap();
+        State::new(
+            store,
+            rayd_common::id::NodeId::random(),
+            "127.0.0.1:1".into(),
+            MIB,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A response made of `frames`, as the puller reads it.
+    fn stream(frames: Vec<Frame<Bytes>>) -> ChunkStream {
+        let frames = futures::stream::iter(frames.into_iter().map(Ok::<_, Infallible>));
+        ChunkStream {
+            body: Body::new(StreamBody::new(frames)),
+            decoder: ChunkDecoder::new(2 * MIB as usize),
+            peeked: None,
+            ended: false,
+        }
+    }
+
+    /// The frames of `bytes` as chunks of `chunk` bytes from offset 0, each chunk's head
+    /// and payload cut in two more frames at odd places.
+    fn chunk_frames(bytes: &[u8], chunk: usize) -> Vec<Frame<Bytes>> {
+        let mut frames = Vec::new();
+        for (i, payload) in bytes.chunks(chunk).enumerate() {
+            let start = ChunkStart {
+                data_size: bytes.len() as u64,
+                metadata_size: 0,
+                offset: (i * chunk) as u64,
+            };
+            let mut message =
+                wire::chunk_head(&start, crc32c::crc32c(payload), payload.len()).to_vec();
+            message.extend_from_slice(payload);
+            let (a, b) = message.split_at(3);
+            let (b, c) = b.split_at(b.len() / 3);
+            frames.extend([a, b, c].map(|p| Frame::data(Bytes::copy_from_slice(p))));
+        }
+        frames
+    }
+
+    fn trailers(code: &str, message: Option<&str>, details: Option<&str>) -> Frame<Bytes> {
+        let mut map = HeaderMap::new();
+        map.insert("grpc-status", code.parse().unwrap());
+        if let Some(message) = message {
+            map.insert("grpc-message", message.parse().unwrap());
+        }
+        if let Some(details) = details {
+            map.insert("grpc-status-details-bin", details.parse().unwrap());
+        }
+        Frame::trailers(map)
+    }
+
+    /// A fresh object of `size` bytes in the store, and the target that fills it.
+    fn new_target(state: &Arc<State>, size: u64) -> (Target, Option<SegmentWriter>, ObjectView) {
+        let client = state.with_store(|s| s.connect());
+        let pin = Arc::new(TransferPin {
+            state: state.clone(),
+            client,
+        });
+        let id = ObjectId::random();
+        let view = state
+            .with_store(|s| s.create_pulled(client, id, size, 0))
+            .unwrap();
+        let (destination, base, writer) = Destination::new(state, &view, &pin).unwrap();
+        let target = Target {
+            destination,
+            base,
+            sizes: (size, 0),
+            from: Source::new(state, id, "127.0.0.1:1").unwrap(),
+        };
+        (target, writer, view)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn chunks_cut_anywhere_land_in_the_object() {
+        let state = state();
+        let bytes = pattern(100_000);
+        let (target, writer, view) = new_target(&state, bytes.len() as u64);
+        assert!(writer.is_none(), "a small object lands in the arena");
+        let mut frames = chunk_frames(&bytes, 30_000);
+        frames.push(trailers("0", None, None));
+        target
+            .receive(stream(frames), 0, bytes.len() as u64)
+            .await
+            .unwrap();
+        let Placement::Arena { offset } = view.placement else {
+            panic!("not in the arena")
+        };
+        // SAFETY: the object is written and no one else writes it.
+        let landed = unsafe { state.arena_map.slice(offset, bytes.len() as u64) }.unwrap();
+        assert!(landed == &bytes[..], "the bytes differ");
+    }
+
+    #[tokio::test]
+    async fn a_stream_must_end_with_an_ok_status() {
+        let state = state();
+        let bytes = pattern(1000);
+        let end = bytes.len() as u64;
+
+        let (target, _, _) = new_target(&state, end);
+        let err = target
+            .receive(stream(chunk_frames(&bytes, 1000)), 0, end)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("without a status"), "{err}");
+
+        // Binary details that are not base64 (tonic's own parser panics on them).
+        let (target, _, _) = new_target(&state, end);
+        let mut frames = chunk_frames(&bytes, 500);
+        frames.push(trailers("15", Some("gone%20away"), Some("!!not base64!!")));
+        match target.receive(stream(frames), 0, end).await.unwrap_err() {
+            TransferError::Refused { status, .. } => {
+                assert_eq!(status.code(), Code::DataLoss);
+                assert_eq!(status.message(), "gone away");
+            }
+            other => panic!("{other}"),
+        }
+
+        // An OK status before every byte arrived.
+        let (target, _, _) = new_target(&state, end);
+        let mut frames = chunk_frames(&bytes, 500);
+        frames.truncate(3);
+        frames.push(trailers("0", None, None));
+        let err = target.receive(stream(frames), 0, end).await.unwrap_err();
+        assert!(err.to_string().contains("500 of the 1000 bytes"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_the_error_a_pull_reports() {
+        let state = state();
+        let bytes = pattern(40 * MIB as usize);
+        let end = bytes.len() as u64;
+        let (target, writer, view) = new_target(&state, end);
+        let Placement::Own(segment) = &view.placement else {
+            panic!("a large object gets a segment of its own")
+        };
+        // Sealed against writes, the segment refuses the writer's first `pwrite`.
+        assert!(memory::seal_against_writes(segment.fd.as_fd()).unwrap());
+        let mut frames = chunk_frames(&bytes, MIB as usize);
+        frames.push(trailers("0", None, None));
+        let result = target.receive(stream(frames), 0, end).await;
+        drop(target);
+        match settle(result, writer, view.id).await.unwrap_err() {
+            TransferError::Write { error, .. } => {
+                assert_eq!(error.raw_os_error(), Some(libc::EPERM), "{error}")
+            }
+            other => panic!("{other}"),
         }
     }
 }
