@@ -76,9 +76,10 @@ async fn respond(
             request.uri().path()
         )));
     }
-    let body = Limited::new(request.into_body(), wire::MAX_REQUEST)
-        .collect()
+    let body = Limited::new(request.into_body(), wire::MAX_REQUEST).collect();
+    let body = tokio::time::timeout(STALL_TIMEOUT, body)
         .await
+        .map_err(|_| Status::deadline_exceeded("the request did not end in time"))?
         .map_err(|e| Status::invalid_argument(format!("cannot read the request: {e}")))?
         .to_bytes();
     let request = wire::decode_request(body).map_err(|e| match e {
