@@ -14,7 +14,8 @@
 mod serve;
 pub mod wire;
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,7 +137,7 @@ impl Destination {
         Ok(match &view.placement {
             Placement::Arena { offset } => (Self::Mapped(state.arena_map.clone()), *offset, None),
             Placement::Own(segment) if segment.takes_writes => {
-                let (queue, writer) = SegmentWriter::start(segment.clone(), pin.clone())
+                let (queue, writer) = SegmentWriter::start(segment, pin.clone())
                     .map_err(|error| TransferError::Write { id, error })?;
                 (Self::Own(queue), 0, Some(writer))
             }
@@ -210,19 +211,20 @@ impl SegmentWriter {
     /// Starts the thread; it stops once every queue handle is gone (or a write fails),
     /// and it keeps the object pinned until then.
     fn start(
-        segment: Arc<OwnSegment>,
+        segment: &OwnSegment,
         pin: Arc<TransferPin>,
     ) -> Result<(WriterQueue, Self), std::io::Error> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, u64, _)>();
         let room = Arc::new(tokio::sync::Semaphore::new(WriterQueue::BYTES as usize));
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let room_left = room.clone();
+        let file = std::fs::File::from(segment.fd.try_clone()?);
         std::thread::Builder::new()
             .name("rayd-pull-write".into())
             .spawn(move || {
                 let mut written = Ok(());
                 while let Some((bytes, offset, _permit)) = rx.blocking_recv() {
-                    written = pwrite_all(segment.fd.as_fd(), &bytes, offset);
+                    written = file.write_all_at(&bytes, offset);
                     if written.is_err() {
                         break;
                     }
@@ -243,23 +245,6 @@ impl SegmentWriter {
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("the segment's writer died")))
     }
-}
-
-/// Writes all of `bytes` at `offset` of `fd`.
-fn pwrite_all(fd: BorrowedFd<'_>, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        let at = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        match nix::sys::uio::pwrite(fd, bytes, at) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                bytes = &bytes[n..];
-                offset += n as u64;
-            }
-            Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Pulls object `id` from the object manager at `source` (`host:port`) into this store.
