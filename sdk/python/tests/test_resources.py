@@ -130,19 +130,25 @@ def test_an_infeasible_task_warns_and_stays_pending_while_others_run(ray_start):
 def test_worker_output_reaches_a_driver_that_is_not_waiting(ray_start):
     worker = ray_start(num_cpus=1)
     address = worker.info["redis_address"]
-    # The driver submits and then only sleeps: no wait of its own reads the raylet's
-    # messages, so the line must come through the background reader, before the marker.
+    # The driver submits and then makes no ray call: no wait of its own reads the
+    # raylet's messages, so the line must come through the background reader. The driver
+    # watches its own stdout (a file meanwhile) for the line, with a deadline.
     out = run_driver(address, (
+        "import tempfile\n"
         "@ray.remote\n"
         "def speak():\n    print('hello from a task', flush=True)\n"
+        "log = tempfile.TemporaryFile()\n"
+        "saved = os.dup(1)\n"
+        "os.dup2(log.fileno(), 1)\n"
         "speak.remote()\n"
-        "time.sleep(2)\n"
-        "print('after the sleep', flush=True)\n"
+        "def heard():\n    return b'hello from a task' in os.pread(log.fileno(), 1 << 20, 0)\n"
+        "deadline = time.time() + 30\n"
+        "while not heard() and time.time() < deadline:\n    time.sleep(0.01)\n"
+        "os.dup2(saved, 1)\n"
+        "print('heard' if heard() else 'not heard', flush=True)\n"
     ))
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    spoken = [i for i, line in enumerate(lines) if "hello from a task" in line]
-    assert spoken and spoken[0] < lines.index("after the sleep"), out.stdout
+    assert out.stdout.split() == ["heard"], out.stdout
 
 
 def test_nodes_and_resource_views(shared_cluster):
