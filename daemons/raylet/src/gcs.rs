@@ -13,6 +13,8 @@ use rayd_common::gcs::{ActorInfo, GcsClient, TaskEntry};
 use rayd_common::id::{NodeId, TaskId};
 use tokio::sync::mpsc;
 
+use crate::scheduler::TaskState;
+
 /// How long writes are gathered before they are sent.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Most tasks gathered before a flush, whatever the time.
@@ -24,7 +26,7 @@ pub enum GcsWrite {
     /// A task's spec, when it arrives.
     Task(TaskEntry),
     /// A task's new state.
-    State(TaskId, &'static str),
+    State(TaskId, TaskState),
     /// An actor's entry.
     Actor(ActorInfo),
 }
@@ -74,7 +76,7 @@ fn gather(write: GcsWrite, tasks: &mut HashMap<TaskId, Pending>, actors: &mut Ve
             pending.state.get_or_insert(entry.state);
         }
         GcsWrite::State(task, state) => {
-            tasks.entry(task).or_default().state = Some(state.to_string());
+            tasks.entry(task).or_default().state = Some(state.as_str().to_string());
         }
         GcsWrite::Actor(actor) => actors.push(actor),
     }

@@ -26,6 +26,11 @@ pub const ERROR_WORKER_DIED: &str = "WORKER_DIED";
 
 /// Error kind: the actor died or was killed; the data is a UTF-8 message.
 pub const ERROR_ACTOR_DIED: &str = "ACTOR_DIED";
+/// Error kind: the object has no copy left (`ObjectLostError`).
+pub const ERROR_OBJECT_LOST: &str = "OBJECT_LOST";
+/// Error kind: the raylet refused the task's spec (e.g. a resource amount that is not a
+/// finite, non-negative number).
+pub const ERROR_INVALID_TASK: &str = "INVALID_TASK";
 
 /// Alignment of out-of-band buffers inside the data.
 pub const BUFFER_ALIGN: usize = 64;
