@@ -13,23 +13,12 @@ use rayd_common::gcs::{ActorInfo, GcsClient, TaskEntry};
 use rayd_common::id::{NodeId, TaskId};
 use tokio::sync::mpsc;
 
-use crate::scheduler::TaskState;
+use crate::scheduler::GcsWrite;
 
 /// How long writes are gathered before they are sent.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Most tasks gathered before a flush, whatever the time.
 const MAX_PENDING: usize = 4096;
-
-/// A write for the GCS.
-#[derive(Debug)]
-pub enum GcsWrite {
-    /// A task's spec, when it arrives.
-    Task(TaskEntry),
-    /// A task's new state.
-    State(TaskId, TaskState),
-    /// An actor's entry.
-    Actor(ActorInfo),
-}
 
 /// What one flush writes for one task.
 #[derive(Debug, Default)]

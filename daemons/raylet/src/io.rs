@@ -16,8 +16,7 @@ use rayd_common::proto::raylet::v1 as pb;
 use rayd_plasma::client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
-use crate::gcs::GcsWrite;
-use crate::scheduler::{ConnId, Effect, Event, Scheduler};
+use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
 
 /// What reaches the raylet's event loop.

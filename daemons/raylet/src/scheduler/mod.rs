@@ -2,7 +2,7 @@
 //! message on a connection, an object sealed or gone, a worker process's start or end,
 //! a tick) with the current time; effects go out (send a frame, start or kill a worker,
 //! put an object, pull one, write to the GCS), carried out by the raylet's I/O layer
-//! ([`crate::io`]). So every scheduling rule is testable from scripted events, in
+//! (`io.rs`). So every scheduling rule is testable from scripted events, in
 //! microseconds (see `tests.rs`).
 //!
 //! A submitted task waits until every object-ID argument is local ([`deps`]), then in the
@@ -37,7 +37,6 @@ use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
 use rayd_core::value;
 
-use crate::gcs::GcsWrite;
 use crate::resources::{Amounts, Held, Resources};
 
 use actors::{actor_id_of, ActorState, Actors, PIPELINE_DEPTH};
@@ -116,6 +115,17 @@ pub enum Effect {
     Pull { id: ObjectId },
     /// Write to the GCS (batched by the writer).
     Gcs(GcsWrite),
+}
+
+/// A write for the GCS.
+#[derive(Debug)]
+pub enum GcsWrite {
+    /// A task's spec, when it arrives.
+    Task(TaskEntry),
+    /// A task's new state.
+    State(TaskId, TaskState),
+    /// An actor's entry.
+    Actor(ActorInfo),
 }
 
 /// Where the node stands, for heartbeats and `rayd status`.

@@ -633,3 +633,41 @@ fn resource_accounting_never_goes_negative_and_always_comes_back() {
     assert_eq!(h.available("CPU"), 3.0);
     assert_eq!(h.available("GPU"), 1.0);
 }
+
+/// The core stays free of I/O: none of its files names the async runtime, sockets,
+/// processes or the plasma client (the I/O layer, `io.rs`, owns those).
+#[test]
+fn the_core_imports_no_runtime_socket_process_or_store_client() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scheduler");
+    let forbidden = [
+        "tokio",
+        "std::net",
+        "std::os::unix::net",
+        "std::process",
+        "std::fs",
+        "std::thread",
+        "rayd_plasma",
+        "nix::",
+        "crate::io",
+        "crate::workers",
+        "crate::connection",
+        "crate::gcs",
+    ];
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for word in forbidden {
+            assert!(
+                !text.contains(word),
+                "{} names {word}: the scheduler core does no I/O",
+                path.display()
+            );
+        }
+        files += 1;
+    }
+    assert!(files >= 7, "read the core's files ({files})");
+}
