@@ -52,3 +52,29 @@ def test_a_task_whose_resource_amount_is_not_a_number_raises_at_get(shared_clust
     ref = f.options(resources={"Custom": amount}).remote()
     with pytest.raises(ray.exceptions.RaySystemError, match="not a finite, non-negative amount"):
         ray.get(ref, timeout=30)
+
+
+def test_the_tasks_of_a_driver_that_died_are_cancelled(shared_cluster):
+    """Another driver queues twenty 30 s tasks on the two CPUs and dies: its running tasks
+    are stopped and its queued ones dropped, so this driver's tasks run at once (they
+    used to wait behind all of them)."""
+    from ray._private import worker as _worker
+    from conftest import run_driver
+
+    out = run_driver(_worker.global_worker.info["redis_address"], (
+        "@ray.remote\n"
+        "def slow():\n    import time; time.sleep(30)\n"
+        "ids = [slow.remote() for _ in range(20)]\n"
+        "ray.wait(ids, num_returns=1, timeout=2.0)\n"
+        "print('submitted', flush=True)\n"
+        "os._exit(1)\n"
+    ))
+    assert "submitted" in out.stdout, out.stderr
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    start = time.monotonic()
+    assert ray.get([tiny.remote(i) for i in range(4)], timeout=20) == [0, 1, 2, 3]
+    assert time.monotonic() - start < 15

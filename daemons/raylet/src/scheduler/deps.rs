@@ -73,6 +73,17 @@ impl Dependencies {
         !self.local.contains(&id) && self.pulling.insert(id)
     }
 
+    /// Takes out the parked tasks for which `pick` holds (they will not run).
+    pub fn take_where(&mut self, pick: impl Fn(&Task) -> bool) -> Vec<Task> {
+        let ids: Vec<TaskId> = self
+            .waiting
+            .iter()
+            .filter(|(_, (task, _))| pick(task))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
     /// Takes a parked task out (it will not run).
     pub fn remove(&mut self, task: &TaskId) -> Option<Task> {
         self.waiting.remove(task).map(|(task, _)| task)

@@ -11,6 +11,8 @@ use super::ConnId;
 #[derive(Debug, Default)]
 pub struct Jobs {
     jobs: HashMap<JobId, (pb::JobConfig, ConnId)>,
+    /// Jobs whose driver left: their tasks are cancelled, and new ones refused.
+    ended: HashSet<JobId>,
     warned: HashSet<String>,
 }
 
@@ -19,8 +21,14 @@ impl Jobs {
         self.jobs.insert(job, (config, driver));
     }
 
-    pub fn remove(&mut self, job: &JobId) {
-        self.jobs.remove(job);
+    /// The driver of `job` left: the job is over.
+    pub fn end(&mut self, job: JobId) {
+        self.jobs.remove(&job);
+        self.ended.insert(job);
+    }
+
+    pub fn has_ended(&self, job: &JobId) -> bool {
+        self.ended.contains(job)
     }
 
     pub fn driver(&self, job: &JobId) -> Option<ConnId> {

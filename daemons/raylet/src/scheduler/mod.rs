@@ -53,6 +53,10 @@ pub type ConnId = u64;
 /// Workers started beyond the CPU slots for tasks that need no CPU.
 const MAX_CPU_FREE_WORKERS: usize = 32;
 
+/// How long a pool worker beyond the node's usual pool stays idle before it is told to
+/// exit.
+pub const IDLE_WORKER_EXIT: Duration = Duration::from_secs(10);
+
 /// Something the scheduler reacts to.
 // Events move once through a channel; boxing the task-carrying variant would only add an
 // allocation per message.
@@ -258,7 +262,10 @@ impl Scheduler {
                 self.schedule();
             }
             Event::WorkerOutput { pid, line, stderr } => self.on_output(pid, line, stderr),
-            Event::Tick => self.schedule(),
+            Event::Tick => {
+                self.retire_idle_workers();
+                self.schedule();
+            }
         }
     }
 
@@ -351,6 +358,10 @@ impl Scheduler {
     }
 
     fn submit(&mut self, task: Task) {
+        if self.jobs.has_ended(&task.job) {
+            log::debug!(task:% = task.id; "dropping a task of a job whose driver left");
+            return;
+        }
         let entry = TaskEntry {
             task_id: task.id,
             spec: prost::Message::encode_to_vec(&task.spec).into(),
@@ -505,8 +516,13 @@ impl Scheduler {
         }
     }
 
-    /// Queues a task whose arguments are local (a retry goes first).
+    /// Queues a task whose arguments are local (a retry goes first); one of a job that
+    /// ended is dropped.
     fn make_ready(&mut self, task: Task, first: bool) {
+        if self.jobs.has_ended(&task.job) {
+            self.set_state(task.id, TaskState::Cancelled);
+            return;
+        }
         self.ready.push(task, first);
     }
 
@@ -534,7 +550,7 @@ impl Scheduler {
                     break;
                 };
                 let Some(task) = self.ready.pop(&shape) else {
-                    self.pool.make_idle(conn, true);
+                    self.pool.make_idle(conn, true, self.now);
                     break;
                 };
                 self.dispatch(conn, task);
@@ -787,7 +803,7 @@ impl Scheduler {
                     }),
                 );
             } else {
-                self.pool.make_idle(conn, false);
+                self.pool.make_idle(conn, false, self.now);
             }
         }
         self.pool.record_duration(task.function, took);
@@ -849,10 +865,7 @@ impl Scheduler {
         match peer {
             Peer::Driver(job) => {
                 log::info!(job:% = job; "driver disconnected");
-                self.jobs.remove(&job);
-                for id in self.actors.of_job(job) {
-                    self.kill_actor(id, format!("the driver of actor {id}'s job exited"));
-                }
+                self.end_job(job);
             }
             Peer::Worker => {
                 let Some(worker) = self.pool.remove(conn) else {
@@ -884,8 +897,49 @@ impl Scheduler {
         }
     }
 
+    /// The driver of `job` left: nobody will read its results. Its actors die, its
+    /// queued and waiting tasks are dropped, the workers running its tasks are killed
+    /// (their CPUs serve other jobs), and later tasks of it are refused.
+    fn end_job(&mut self, job: JobId) {
+        self.jobs.end(job);
+        for id in self.actors.of_job(job) {
+            self.kill_actor(id, format!("the driver of actor {id}'s job exited"));
+        }
+        let mut cancelled = self.ready.take_where(|t| t.job == job);
+        cancelled.extend(self.deps.take_where(|t| t.job == job));
+        for task in &cancelled {
+            self.set_state(task.id, TaskState::Cancelled);
+        }
+        let pids = self.pool.working_for(job);
+        if !cancelled.is_empty() || !pids.is_empty() {
+            log::info!(job:% = job, cancelled = cancelled.len(), workers_killed = pids.len();
+                "cancelled the tasks of a job whose driver left");
+        }
+        for pid in pids {
+            self.effects.push(Effect::KillWorker { pid });
+        }
+    }
+
+    /// Tells idle pool workers beyond the usual pool (at least one per CPU, or
+    /// `min_workers`) to exit once idle for [`IDLE_WORKER_EXIT`].
+    fn retire_idle_workers(&mut self) {
+        let keep = self.settings.min_workers.max(self.cpu_slots());
+        for conn in self.pool.retire_idle(self.now, keep, IDLE_WORKER_EXIT) {
+            self.send(
+                conn,
+                pb::server_message::Kind::Exit(pb::Exit {
+                    reason: "idle beyond the node's pool".into(),
+                }),
+            );
+        }
+    }
+
     /// A worker died running `task`: retry it, or store error objects for its results.
     fn on_worker_died(&mut self, task: Task, pid: u32) {
+        if self.jobs.has_ended(&task.job) {
+            self.set_state(task.id, TaskState::Cancelled);
+            return;
+        }
         let attempts = self.retries.entry(task.id).or_insert(0);
         if *attempts < task.spec.max_retries {
             *attempts += 1;

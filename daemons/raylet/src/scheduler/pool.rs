@@ -50,6 +50,8 @@ pub struct Worker {
     pub ahead: Option<Task>,
     /// When the current task started.
     pub started: Instant,
+    /// When it last became idle.
+    idle_since: Instant,
 }
 
 impl Worker {
@@ -154,6 +156,7 @@ impl Pool {
                 job: None,
                 ahead: None,
                 started: now,
+                idle_since: now,
             },
         );
         self.idle.push_back(conn);
@@ -208,12 +211,58 @@ impl Pool {
     }
 
     /// Puts a worker back as idle (last, or first when it was taken for nothing).
-    pub fn make_idle(&mut self, conn: ConnId, first: bool) {
+    pub fn make_idle(&mut self, conn: ConnId, first: bool, now: Instant) {
         if first {
             self.idle.push_front(conn);
         } else {
+            if let Some(worker) = self.workers.get_mut(&conn) {
+                worker.idle_since = now;
+            }
             self.idle.push_back(conn);
         }
+    }
+
+    /// Marks as retiring the pool workers beyond `keep` that have been idle for `after`
+    /// (those idle longest first) and returns them: a burst of nested tasks must not leave
+    /// its workers behind for the node's life.
+    pub fn retire_idle(&mut self, now: Instant, keep: usize, after: Duration) -> Vec<ConnId> {
+        let pool = self
+            .workers
+            .values()
+            .filter(|w| w.actor.is_none() && !matches!(w.state, WorkerState::Retiring))
+            .count();
+        let mut idle: Vec<(Instant, ConnId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.actor.is_none()
+                    && matches!(w.state, WorkerState::Idle)
+                    && now.saturating_duration_since(w.idle_since) >= after
+            })
+            .map(|(conn, w)| (w.idle_since, *conn))
+            .collect();
+        idle.sort_unstable();
+        idle.truncate(pool.saturating_sub(keep));
+        for (_, conn) in &idle {
+            if let Some(worker) = self.workers.get_mut(conn) {
+                worker.state = WorkerState::Retiring;
+            }
+        }
+        idle.into_iter().map(|(_, conn)| conn).collect()
+    }
+
+    /// The pool workers (not an actor's) that run a task of `job`, or have one sent
+    /// ahead.
+    pub fn working_for(&self, job: JobId) -> Vec<u32> {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.actor.is_none()
+                    && (w.running().is_some_and(|t| t.job == job)
+                        || w.ahead.as_ref().is_some_and(|t| t.job == job))
+            })
+            .map(|w| w.pid)
+            .collect()
     }
 
     /// Pool workers that are idle or running without being blocked (an actor's worker is

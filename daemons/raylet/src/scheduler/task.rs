@@ -22,6 +22,8 @@ pub enum TaskState {
     Finished,
     /// Its results are error objects.
     Failed,
+    /// Its job ended (the driver left) before it ran or while it ran.
+    Cancelled,
 }
 
 impl TaskState {
@@ -33,6 +35,7 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Finished => "finished",
             TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
         }
     }
 }

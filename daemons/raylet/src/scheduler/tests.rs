@@ -671,3 +671,79 @@ fn the_core_imports_no_runtime_socket_process_or_store_client() {
     }
     assert!(files >= 7, "read the core's files ({files})");
 }
+
+#[test]
+fn a_driver_that_leaves_cancels_its_tasks_and_frees_its_workers() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (worker, pid, _) = h.worker();
+    let mut running = h.spec(&[("CPU", 1.0)]);
+    running.max_retries = 3;
+    assert_eq!(h.submit(driver, &running).assigned.len(), 1);
+    let queued = h.spec(&[("CPU", 1.0)]);
+    h.submit(driver, &queued);
+    let parked = with_object_arg(
+        h.spec(&[("CPU", 1.0)]),
+        ObjectId::for_put(TaskId::random_task(), 1),
+    );
+    h.submit(driver, &parked);
+    assert_eq!(h.s.snapshot().queued, 2);
+
+    let out = h.step(Event::Disconnected { conn: driver });
+    assert_eq!(
+        out.kills,
+        vec![pid],
+        "the worker running its task is killed"
+    );
+    assert_eq!(
+        h.s.snapshot().queued,
+        0,
+        "queued and waiting tasks are dropped"
+    );
+    for spec in [&queued, &parked] {
+        assert!(out.states.contains(&(id_of(spec), TaskState::Cancelled)));
+    }
+    // Its death retries nothing and stores no error nobody would read.
+    let out = h.step(Event::Disconnected { conn: worker });
+    assert!(out.puts.is_empty() && out.assigned.is_empty());
+    assert_eq!(out.starts, 0);
+    assert_eq!(h.available("CPU"), 1.0);
+    // A nested task of the job that arrives later (from a worker) is refused.
+    let (w2, _, _) = h.worker();
+    let late = h.spec(&[("CPU", 1.0)]);
+    assert!(h.submit(w2, &late).assigned.is_empty());
+    assert_eq!(h.s.snapshot().queued, 0);
+}
+
+#[test]
+fn idle_workers_beyond_the_pool_exit_after_a_while() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let workers: Vec<ConnId> = (0..3).map(|_| h.worker().0).collect();
+    // All three ran something (a blocked parent lends its CPU, so several ran at once).
+    h.now += Duration::from_millis(5);
+    let spec = h.spec(&[("CPU", 1.0)]);
+    assert_eq!(h.submit(driver, &spec).assigned[0].0, workers[0]);
+    h.done(workers[0], &spec);
+    assert!(
+        h.step(Event::Tick).exits().is_empty(),
+        "not idle long enough"
+    );
+    h.now += IDLE_WORKER_EXIT - Duration::from_millis(6);
+    assert!(h.step(Event::Tick).exits().is_empty());
+    h.now += Duration::from_millis(1);
+    let exits = h.step(Event::Tick).exits();
+    assert_eq!(exits.len(), 2, "one worker per CPU stays");
+    assert!(
+        !exits.contains(&workers[0]),
+        "the one that worked last stays (idle the shortest)"
+    );
+    h.now += IDLE_WORKER_EXIT * 2;
+    assert!(h.step(Event::Tick).exits().is_empty(), "told once");
+    // The one left still runs tasks.
+    let spec = h.spec(&[("CPU", 1.0)]);
+    assert_eq!(
+        h.submit(driver, &spec).assigned,
+        vec![(workers[0], spec.clone())]
+    );
+}
