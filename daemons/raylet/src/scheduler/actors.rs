@@ -9,9 +9,9 @@
 
 use std::collections::VecDeque;
 
-use rayd_common::gcs::ActorInfo;
 use rayd_common::id::{ActorId, JobId};
-use rayd_core::value;
+use rayd_common::value;
+use rayd_gcs::ActorInfo;
 
 use super::{ConnId, Connection, Peer, Scheduler, Task, WorkerState};
 use crate::gcs::GcsWrite;

@@ -20,12 +20,13 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use rayd_common::framing;
-use rayd_common::gcs::TaskEntry;
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use rayd_common::inline::InlineCache;
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_core::{value, InlineCache};
-use rayd_plasma::client::PlasmaClient;
+use rayd_common::value;
+use rayd_gcs::TaskEntry;
+use rayd_plasma_client::PlasmaClient;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -556,7 +557,7 @@ impl Scheduler {
     /// Puts a small result into plasma, for readers that do not get it in messages.
     fn promote(&self, id: ObjectId, object: &pb::InlineObject) {
         if let Err(e) = self.plasma.put(id, &object.data, &object.metadata) {
-            if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
+            if !matches!(e, rayd_plasma_client::ClientError::ObjectExists(_)) {
                 log::error!(object:% = id; "cannot put a small result into plasma: {e}");
             }
         }
@@ -1105,7 +1106,7 @@ impl Scheduler {
         let metadata = value::error_metadata(kind);
         for id in task.return_ids() {
             if let Err(e) = self.plasma.put(id, message.as_bytes(), &metadata) {
-                if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
+                if !matches!(e, rayd_plasma_client::ClientError::ObjectExists(_)) {
                     log::error!(object:% = id; "cannot store the error object: {e}");
                 }
             }
