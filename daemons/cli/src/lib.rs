@@ -3,11 +3,9 @@
 //! `rayd start` launches the node's daemons in the background (each in its own session,
 //! output in `<temp_dir>/session_*/logs/`), waits until each reports `READY=1` over a
 //! private `NOTIFY_SOCKET`, and records them in `<temp_dir>/node.json`; `rayd stop` stops
-//! what that file lists; `rayd status` asks the GCS.
+//! what that file lists; `rayd status` asks the GCS. Starting and stopping are
+//! `rayd-launcher`'s, which `ray.init()` shares.
 
-mod launch;
-pub mod node;
-pub mod node_state;
 mod start;
 mod status;
 mod stop;
@@ -16,7 +14,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use rayd_common::config::{self, ConfigArgs, Overrides, RaydConfig, Startup};
+use rayd_config::{Overrides, RaydConfig};
+use rayd_daemon::args::{ConfigArgs, ResourceArgs};
+use rayd_daemon::Startup;
 
 /// Start, stop and inspect rayd nodes.
 #[derive(Debug, Parser)]
@@ -67,7 +67,7 @@ struct StartArgs {
     #[arg(long)]
     node_ip_address: Option<String>,
     #[command(flatten)]
-    resources: config::ResourceArgs,
+    resources: ResourceArgs,
     /// Bytes of shared memory for the object store (default: 30% of RAM).
     #[arg(long)]
     object_store_memory: Option<u64>,
@@ -131,12 +131,12 @@ fn overrides(cli: &Cli) -> Overrides {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let config: RaydConfig = match config::startup("rayd", &cli.config, &overrides(&cli)) {
+    let config: RaydConfig = match rayd_daemon::startup("rayd", &cli.config, &overrides(&cli)) {
         Startup::Run(config) => *config,
         Startup::Exit(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
     };
     // The CLI talks to people: warnings and errors only, on stderr.
-    let _ = rayd_common::logging::init("rayd", None, log::LevelFilter::Warn);
+    let _ = rayd_daemon::logging::init("rayd", None, log::LevelFilter::Warn);
     let result = match cli.command {
         Command::Start(args) => start::start(&config, &args),
         Command::Stop(_) => stop::stop(&config),

@@ -4,11 +4,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rayd_common::config::{RaydConfig, EXIT_CONFIG};
-use rayd_common::gcs::GcsClient;
+use rayd_config::{RaydConfig, EXIT_CONFIG};
+use rayd_gcs::GcsClient;
+use rayd_launcher::node::{start_node, StartedNode};
+use rayd_launcher::node_state::{self, NodeState};
 
-use crate::node::{start_node, StartedNode};
-use crate::node_state::{self, NodeState};
 use crate::StartArgs;
 
 /// Checks that the head at `address` answers and is a rayd GCS.

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides};
+use rayd_config::Overrides;
+use rayd_daemon::args::ConfigArgs;
 
 /// Serves the node's object store on a Unix socket and its object manager over gRPC.
 #[derive(Debug, Parser)]
@@ -64,11 +65,11 @@ fn main() -> ExitCode {
         .set("redis_address", args.redis_address)
         .set("redis_password", args.redis_password)
         .set("log_level", args.log_level);
-    rayd_common::daemon::main(
+    rayd_daemon::main(
         "rayd-plasma",
         &args.config,
         &overrides,
-        rayd_common::daemon::Threads::PerCore,
+        rayd_daemon::Threads::PerCore,
         rayd_plasma::run,
     )
 }

@@ -26,11 +26,8 @@ use crate::allocator::{Allocator, ALIGN};
 use crate::lease::{self, Freed, Leases};
 use crate::memory::{self, Backing, Mapping, MemoryError};
 
-/// Identifies one connection to the store (or an internal user such as a transfer).
-pub type ClientId = u64;
-
-/// ID of the arena segment.
-pub const ARENA_SEGMENT: u64 = 0;
+pub use crate::lease::ClientId;
+pub use crate::protocol::ARENA_SEGMENT;
 /// Largest arena.
 const MAX_ARENA: u64 = 1 << 30;
 /// Smallest lease worth granting.

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rayd_common::gcs::{ActorInfo, GcsClient, TaskEntry};
 use rayd_common::id::{NodeId, TaskId};
+use rayd_gcs::{ActorInfo, GcsClient, TaskEntry};
 use tokio::sync::mpsc;
 
 use crate::scheduler::GcsWrite;

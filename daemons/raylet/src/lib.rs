@@ -16,11 +16,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rayd_common::config::RaydConfig;
-use rayd_common::gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
 use rayd_common::process::{find_rayd_binary, signal_pid};
-use rayd_common::shutdown::{notify_ready, notify_stopping, Shutdown};
-use rayd_plasma::client::{ClientError, EventKind, PlasmaClient, Subscription};
+use rayd_config::RaydConfig;
+use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
+use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
+use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 

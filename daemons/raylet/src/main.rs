@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides, ResourceArgs};
+use rayd_config::Overrides;
+use rayd_daemon::args::{ConfigArgs, ResourceArgs};
 
 /// The raylet allocates and frees a few small buffers per message; glibc's malloc took a
 /// fifth of its time on a stream of actor calls.
@@ -56,11 +57,11 @@ fn main() -> ExitCode {
         .set("temp_dir", path(args.temp_dir))
         .set("log_level", args.log_level);
     args.resources.apply(&mut overrides);
-    rayd_common::daemon::main(
+    rayd_daemon::main(
         "rayd-raylet",
         &args.config,
         &overrides,
-        rayd_common::daemon::Threads::One,
+        rayd_daemon::Threads::One,
         rayd_raylet::run,
     )
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides};
+use rayd_config::Overrides;
+use rayd_daemon::args::ConfigArgs;
 
 /// Starts a primary redis-server and `num_redis_shards` shards, writes the shard list
 /// into the primary, and restarts any that dies.
@@ -58,11 +59,11 @@ fn main() -> ExitCode {
         )
         .set("node_ip_address", args.node_ip_address)
         .set("log_level", args.log_level);
-    rayd_common::daemon::main(
+    rayd_daemon::main(
         "rayd-redis-shard",
         &args.config,
         &overrides,
-        rayd_common::daemon::Threads::One,
+        rayd_daemon::Threads::One,
         rayd_redis_shard::run,
     )
 }

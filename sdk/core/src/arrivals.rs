@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use rayd_common::id::ObjectId;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_plasma::client::{EventKind, Subscription};
+use rayd_plasma_client::{EventKind, Subscription};
 
 use crate::inbox::Inbox;
-use crate::object::{InlineCache, Object};
+use crate::object::Object;
 use crate::CoreError;
+use crate::InlineCache;
 
 /// The longest a waiter reads the raylet's socket before looking at its objects again.
 const READ_SLICE: Duration = Duration::from_millis(100);

@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rayd_common::gcs::{FunctionInfo, GcsClient};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_plasma::client::{ClientError, PlasmaClient};
+use rayd_gcs::{FunctionInfo, GcsClient};
+use rayd_plasma_client::{ClientError, PlasmaClient};
 
 use crate::arrivals::Arrivals;
 use crate::inbox::Inbox;
-use crate::object::{Object, INLINE_RESULT_MAX};
+use crate::object::Object;
 use crate::raylet_client::RayletConnection;
+use crate::INLINE_RESULT_MAX;
 use crate::{value, CoreError};
 
 /// How long one wait lasts before the caller's `interrupted` is asked (Ctrl-C).

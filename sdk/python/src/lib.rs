@@ -15,8 +15,8 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use rayd_common::config::{Overrides, RaydConfig};
 use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
+use rayd_config::{Overrides, RaydConfig};
 use rayd_core::{value, ActorCall, ConnectOptions, CoreError, Object, TaskArgValue, TaskOptions};
 
 /// Submitting a task or reading a result allocates a few small buffers; glibc's malloc
@@ -608,7 +608,7 @@ impl CoreWorker {
 #[pyclass(module = "ray._raylet")]
 #[derive(Debug)]
 pub struct LocalNode {
-    node: Mutex<rayd_cli::node::StartedNode>,
+    node: Mutex<rayd_launcher::node::StartedNode>,
     #[pyo3(get)]
     redis_address: String,
     #[pyo3(get)]
@@ -638,8 +638,8 @@ impl LocalNode {
     }
 }
 
-fn json_value(value: &Bound<'_, PyAny>) -> PyResult<rayd_common::config::ConfigValue> {
-    use rayd_common::config::ConfigValue;
+fn json_value(value: &Bound<'_, PyAny>) -> PyResult<rayd_config::ConfigValue> {
+    use rayd_config::ConfigValue;
     if let Ok(b) = value.extract::<bool>() {
         return Ok(ConfigValue::from(b));
     }
@@ -653,7 +653,7 @@ fn json_value(value: &Bound<'_, PyAny>) -> PyResult<rayd_common::config::ConfigV
         return Ok(ConfigValue::from(s));
     }
     if let Ok(map) = value.extract::<HashMap<String, f64>>() {
-        let map: rayd_common::config::ConfigMap = map
+        let map: rayd_config::ConfigMap = map
             .into_iter()
             .map(|(k, v)| (k, ConfigValue::from(v)))
             .collect();
@@ -677,11 +677,10 @@ fn start_local_node(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Lo
         let key: String = key.extract()?;
         overrides.set(&key, Some(json_value(&value)?));
     }
-    let mut config: RaydConfig =
-        rayd_common::config::load(None, &std::env::vars().collect(), &overrides)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let mut config: RaydConfig = rayd_config::load(None, &std::env::vars().collect(), &overrides)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     if !settings.contains("redis_port")? {
-        let ports = rayd_cli::node::free_ports(
+        let ports = rayd_launcher::node::free_ports(
             &config.node_ip_address,
             1 + usize::from(config.num_redis_shards),
         )
@@ -693,7 +692,7 @@ fn start_local_node(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Lo
         config.object_manager_port = 0;
     }
     let node = py
-        .detach(|| rayd_cli::node::start_node(&config, true, true))
+        .detach(|| rayd_launcher::node::start_node(&config, true, true))
         .map_err(anyhow_err)?;
     Ok(LocalNode {
         redis_address: node.redis_address.clone(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_core::InlineCache;
+use rayd_common::inline::InlineCache;
 
 use super::ConnId;
 

@@ -7,7 +7,7 @@ use prost::Message;
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_core::value;
+use rayd_common::value;
 
 use super::*;
 

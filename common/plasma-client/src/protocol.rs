@@ -19,6 +19,8 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use prost::Message;
 use rayd_common::id::ObjectId;
 
+/// ID of the arena segment: the one segment every client maps at connect.
+pub const ARENA_SEGMENT: u64 = 0;
 /// Largest frame a client may send: requests are small.
 pub const MAX_REQUEST_FRAME: usize = 1 << 20;
 /// Largest frame the store sends (a listing of many objects).

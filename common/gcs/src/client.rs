@@ -6,9 +6,9 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Message;
 
-use super::keys;
-use crate::config::parse_host_port;
-use crate::id::ID_LEN;
+use crate::keys;
+use rayd_common::id::ID_LEN;
+use rayd_config::parse_host_port;
 
 /// How long a connection attempt or a command may take before it fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rayd_common::id::ObjectId;
 use rayd_common::proto::plasma::v1 as pb;
 
-use super::ClientError;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
+use crate::ClientError;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

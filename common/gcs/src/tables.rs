@@ -1,4 +1,4 @@
-//! Typed reads and writes of the GCS tables (schema in [`super::keys`]).
+//! Typed reads and writes of the GCS tables (schema in [`crate::keys`]).
 //!
 //! Multi-command writes go out as one pipeline; fred additionally pipelines concurrent
 //! callers on each connection, so callers that spawn their writes never wait on Redis.
@@ -9,9 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::client::{GcsClient, GcsError};
-use super::keys::{self, Table};
-use crate::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use crate::client::{GcsClient, GcsError};
+use crate::keys::{self, Table};
+use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -219,13 +219,13 @@ impl GcsClient {
 
     /// Records a node's heartbeat and publishes it.
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), GcsError> {
-        let node: NodeId =
-            beat.node_id
-                .parse()
-                .map_err(|e: crate::id::IdError| GcsError::Malformed {
-                    what: "heartbeat node_id",
-                    reason: e.to_string(),
-                })?;
+        let node: NodeId = beat
+            .node_id
+            .parse()
+            .map_err(|e: rayd_common::id::IdError| GcsError::Malformed {
+                what: "heartbeat node_id",
+                reason: e.to_string(),
+            })?;
         let pipeline = self.primary().pipeline();
         let _: () = pipeline
             .hset(
@@ -305,12 +305,12 @@ impl GcsClient {
         ids.sort();
         let mut nodes = Vec::with_capacity(ids.len());
         for id in ids {
-            let id: NodeId = id
-                .parse()
-                .map_err(|e: crate::id::IdError| GcsError::Malformed {
-                    what: "node id",
-                    reason: e.to_string(),
-                })?;
+            let id: NodeId =
+                id.parse()
+                    .map_err(|e: rayd_common::id::IdError| GcsError::Malformed {
+                        what: "node id",
+                        reason: e.to_string(),
+                    })?;
             if let Some(node) = self.node(id).await? {
                 nodes.push(node);
             }
@@ -379,7 +379,7 @@ impl GcsClient {
         let mut locations = Vec::new();
         for name in fields.keys() {
             if let Some(hex) = name.strip_prefix("node:") {
-                locations.push(hex.parse().map_err(|e: crate::id::IdError| {
+                locations.push(hex.parse().map_err(|e: rayd_common::id::IdError| {
                     GcsError::Malformed {
                         what: "object location",
                         reason: e.to_string(),

@@ -17,7 +17,7 @@
 //! `rayd:error_events:<job>` on the primary, `rayd:object_events:<object>` and
 //! `rayd:actor_events:<actor>` on the ID's shard.
 
-use crate::id::{JobId, ID_LEN};
+use rayd_common::id::{JobId, ID_LEN};
 
 /// The shard list: a Redis list of `host:port` on the primary.
 pub const SHARDS: &str = "rayd:shards";
@@ -92,7 +92,7 @@ pub fn shard_index(id: &[u8; ID_LEN], num_shards: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::{ObjectId, TaskId};
+    use rayd_common::id::{ObjectId, TaskId};
 
     #[test]
     fn keys_are_readable() {

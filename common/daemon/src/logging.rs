@@ -57,19 +57,6 @@ pub fn init(
     Ok(sink)
 }
 
-/// The last `n` non-empty lines of a log file, joined by `separator` ("no log" when
-/// there are none): what a launcher or supervisor quotes when a process failed to start.
-pub fn log_tail(path: &std::path::Path, n: usize, separator: &str) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(n)..].join(separator);
-    if tail.is_empty() {
-        "no log".into()
-    } else {
-        tail
-    }
-}
-
 /// One line per record on stderr: `time LEVEL component[node]: message key=value ...`.
 struct StderrLogger {
     component: String,

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rayd_common::process::find_rayd_binary;
+use rayd_common::process::{find_rayd_binary, log_tail};
 
 /// How long a daemon may take to report READY=1.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,7 +93,7 @@ pub fn launch(
         if let Some(status) = child.try_wait()? {
             break Err(anyhow::anyhow!(
                 "{name} exited ({status}) before it was ready:\n{}",
-                rayd_common::logging::log_tail(&log_path, 10, "\n")
+                log_tail(&log_path, 10, "\n")
             ));
         }
         if Instant::now() > deadline {
@@ -101,7 +101,7 @@ pub fn launch(
             let _ = child.wait();
             break Err(anyhow::anyhow!(
                 "{name} was not ready within {READY_TIMEOUT:?}:\n{}",
-                rayd_common::logging::log_tail(&log_path, 10, "\n")
+                log_tail(&log_path, 10, "\n")
             ));
         }
     };

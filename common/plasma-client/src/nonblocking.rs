@@ -7,7 +7,7 @@ use std::time::Duration;
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::proto::plasma::v1 as pb;
 
-use super::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry, PlasmaClient};
+use crate::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry, PlasmaClient};
 
 /// An async connection to the node's plasma store. Cheap to clone.
 #[derive(Debug, Clone)]

@@ -4,13 +4,15 @@ use std::net::TcpListener;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use rayd_common::config::RaydConfig;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use rayd_common::process::signal_pid;
+use rayd_config::RaydConfig;
 
 use crate::node_state::Process;
-use crate::stop::stop_processes;
 
 /// The daemons of a head node, in start order.
 pub const HEAD_DAEMONS: &[&str] = &["rayd-redis-shard", "rayd-plasma", "rayd-raylet"];
@@ -45,6 +47,28 @@ impl StartedNode {
     pub fn children(&mut self) -> &mut [Child] {
         &mut self.children
     }
+}
+
+/// Stops `processes` in reverse start order: SIGTERM, up to `grace` to exit, then SIGKILL
+/// for the process and its group (the children it started). Returns how many were running.
+pub fn stop_processes(processes: &[Process], grace: Duration) -> usize {
+    let mut stopped = 0;
+    for process in processes.iter().rev() {
+        if process.is_running() {
+            stopped += 1;
+            signal_pid(process.pid, Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while process.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Each daemon leads its own process group (rayd start made it a session leader):
+        // whatever of it is left, children included, goes now.
+        if let Ok(pgid) = i32::try_from(process.pid) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+    stopped
 }
 
 /// Creates `<temp_dir>/session_<unix time>_<pid>/logs` and points `session_latest` at it.

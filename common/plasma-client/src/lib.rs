@@ -1,11 +1,14 @@
 //! The plasma client library: what the raylet, the workers and the Python SDK link to
-//! reach their node's store.
+//! reach their node's store. It depends on no part of the store: what both sides share is
+//! here, and the store (`rayd-plasma`) depends on it: [`protocol`] (the framing and
+//! descriptor passing on the store's socket), [`mapping`] (mappings of shared memory
+//! segments) and [`allocator`] (placement in the arena, which clients do in their lease).
 //!
 //! - [`PlasmaClient`] (blocking) and [`AsyncPlasmaClient`] (the same, for tokio) connect
 //!   to the store's socket, receive its memory descriptors and map each segment once.
 //! - [`ObjectBuilder`] is an unsealed object its creator fills in place;
 //!   [`ObjectBuilder::seal`] makes it an [`ObjectBuffer`]. Small objects are placed in
-//!   this client's lease of the arena (see [`crate::lease`]) without a round trip: the
+//!   this client's lease of the arena (the store's `lease` module) without a round trip: the
 //!   store learns of them with the next write, and their seal needs no reply, so other
 //!   clients see them once the store has read it (their gets wait for that).
 //! - [`ObjectBuffer`] is a pinned, sealed object: `data()` and `metadata()` are zero-copy
@@ -17,8 +20,11 @@
 //! One connection serves one request at a time: a blocking `get` holds it until its
 //! objects arrive. Threads that wait on objects concurrently each use their own client.
 
+pub mod allocator;
 mod blocking;
+pub mod mapping;
 mod nonblocking;
+pub mod protocol;
 mod subscription;
 
 use std::sync::Arc;
@@ -31,7 +37,7 @@ pub use nonblocking::AsyncPlasmaClient;
 pub use pb::StoreStats;
 pub use subscription::{Event, EventKind, Subscription};
 
-use crate::memory::{Mapping, MemoryError};
+use crate::mapping::{MapError, Mapping};
 use crate::protocol::ProtocolError;
 
 /// Why a client call failed.
@@ -62,7 +68,7 @@ pub enum ClientError {
     #[error("the store answered {got} where {expected} was expected")]
     Unexpected { expected: &'static str, got: String },
     #[error("cannot map object memory: {0}")]
-    Memory(#[from] MemoryError),
+    Memory(#[from] MapError),
     #[error("the store sent an object outside its segment: {0}")]
     BadLocation(ObjectId),
 }

@@ -1,11 +1,22 @@
-//! The life of a rayd daemon, shared by every binary's thin `main`:
-//! configuration -> `--check-config` / `--print-config` -> logging -> runtime -> run
-//! until done or signalled -> exit code (0 clean, 64 bad config or usage, 1 failure).
+//! What rayd's binaries share beyond their configuration: the life of a daemon, for
+//! every binary's thin `main` (configuration -> `--check-config` / `--print-config` ->
+//! logging -> runtime -> run until done or signalled -> exit code: 0 clean, 64 bad config
+//! or usage, 1 failure), the flags every binary takes ([`args`]), [`logging`] (journald or
+//! stderr) and [`shutdown`] (signals and `sd_notify`).
+//!
+//! Binaries only: libraries that the SDK links (`rayd-config`, `rayd-gcs`,
+//! `rayd-launcher`, `rayd-plasma-client`) stay free of clap, journald and `sd_notify`.
+
+pub mod args;
+pub mod logging;
+pub mod shutdown;
 
 use std::future::Future;
 use std::process::ExitCode;
 
-use crate::config::{self, ConfigArgs, Overrides, RaydConfig, Startup};
+use rayd_config::{Overrides, RaydConfig, EXIT_CONFIG};
+
+use crate::args::ConfigArgs;
 use crate::shutdown::Shutdown;
 
 /// Exit code of a daemon that failed at run time.
@@ -37,12 +48,12 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let config = match config::startup(program, args, overrides) {
+    let config = match startup(program, args, overrides) {
         Startup::Run(config) => *config,
         Startup::Exit(code) => return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE)),
     };
     // validate() has accepted the level, so the filter exists.
-    let level = config::log_level_filter(&config.log_level).unwrap_or(log::LevelFilter::Info);
+    let level = rayd_config::log_level_filter(&config.log_level).unwrap_or(log::LevelFilter::Info);
     if let Err(e) = crate::logging::init(program, None, level) {
         eprintln!("{program}: cannot set up logging: {e}");
         return ExitCode::from(EXIT_FAILURE);
@@ -81,4 +92,34 @@ where
             _ = forced.cancelled() => ExitCode::from(130),
         }
     })
+}
+
+/// What a binary does after loading its configuration.
+#[derive(Debug)]
+pub enum Startup {
+    /// Run with this configuration.
+    Run(Box<RaydConfig>),
+    /// Exit now with this code (`--check-config`, `--print-config`, or an invalid config,
+    /// already reported on stderr).
+    Exit(i32),
+}
+
+/// Loads the configuration for the binary `program` and handles `--check-config` and
+/// `--print-config`; reports an invalid configuration on stderr.
+pub fn startup(program: &str, args: &ConfigArgs, overrides: &Overrides) -> Startup {
+    match rayd_config::load_for_process(args.config.as_deref(), overrides) {
+        Err(e) => {
+            eprintln!("{program}: invalid configuration: {e}");
+            Startup::Exit(EXIT_CONFIG)
+        }
+        Ok(config) if args.print_config => {
+            print!("{}", config.to_toml());
+            Startup::Exit(0)
+        }
+        Ok(_) if args.check_config => {
+            println!("configuration ok");
+            Startup::Exit(0)
+        }
+        Ok(config) => Startup::Run(Box::new(config)),
+    }
 }

@@ -352,7 +352,7 @@ impl RaydConfig {
             return invalid("health_check_interval_ms", "must be at least 1".into());
         }
         if let Some(node_id) = &self.node_id {
-            if let Err(e) = node_id.parse::<crate::id::NodeId>() {
+            if let Err(e) = node_id.parse::<rayd_common::id::NodeId>() {
                 return invalid("node_id", e.to_string());
             }
         }
@@ -391,47 +391,6 @@ impl RaydConfig {
     }
 }
 
-/// The flags that set what a node offers, shared by `rayd start` and `rayd-raylet`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ResourceArgs {
-    /// CPUs this node schedules (default: the machine's).
-    #[arg(long)]
-    pub num_cpus: Option<f64>,
-    /// GPUs this node schedules (default: those detected).
-    #[arg(long)]
-    pub num_gpus: Option<f64>,
-    /// Custom resources as JSON, e.g. '{"Custom": 2}'.
-    #[arg(long)]
-    pub resources: Option<String>,
-    /// Workers the raylet starts ahead of demand (default: one per CPU).
-    #[arg(long)]
-    pub num_workers: Option<u32>,
-}
-
-impl ResourceArgs {
-    /// Adds the given flags to `overrides`. Malformed `--resources` JSON is passed on as
-    /// text, so that loading reports it as an invalid value for `resources`.
-    pub fn apply(&self, overrides: &mut Overrides) {
-        overrides
-            .set("num_cpus", self.num_cpus)
-            .set("num_gpus", self.num_gpus)
-            .set("num_workers", self.num_workers);
-        if let Some(json) = &self.resources {
-            let value = match serde_json::from_str::<BTreeMap<String, f64>>(json) {
-                Ok(map) => config::Value::from(
-                    map.into_iter()
-                        .map(|(k, v)| (k, config::Value::from(v)))
-                        .collect::<config::Map<String, config::Value>>(),
-                ),
-                Err(e) => {
-                    config::Value::from(format!("`{json}` is not a JSON object of numbers: {e}"))
-                }
-            };
-            overrides.set("resources", Some(value));
-        }
-    }
-}
-
 /// The GPUs this machine gives the node when `num_gpus` is not set: as many as
 /// `CUDA_VISIBLE_DEVICES` names when it is set (as Ray does), else those the NVIDIA kernel
 /// driver lists in `/proc/driver/nvidia/gpus`, else those `nvidia-smi` lists (containers
@@ -440,7 +399,7 @@ pub fn detected_gpus() -> usize {
     detect_gpus(
         std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
         Path::new("/proc/driver/nvidia/gpus"),
-        crate::process::find_executable(Path::new("nvidia-smi")).as_deref(),
+        rayd_common::process::find_executable(Path::new("nvidia-smi")).as_deref(),
     )
 }
 
@@ -545,20 +504,6 @@ impl Overrides {
     }
 }
 
-/// The flags every rayd binary takes to find and check its configuration.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ConfigArgs {
-    /// Configuration file (TOML); /etc/rayd/rayd.toml is read when it exists and this is not given.
-    #[arg(long, value_name = "FILE", env = "RAYD_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Load and check the configuration, print "configuration ok" and exit.
-    #[arg(long)]
-    pub check_config: bool,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    pub print_config: bool,
-}
-
 /// Loads the configuration from explicit sources; the process-independent core of
 /// [`load_for_process`], used directly by tests.
 pub fn load(
@@ -607,50 +552,20 @@ pub fn load(
     Ok(loaded)
 }
 
-/// Loads the configuration of this process: `--config` (or the default file when it
-/// exists), the process environment, and the flags' overrides.
+/// Loads the configuration of this process: `file` (else the default file when it
+/// exists), the process environment, and the overrides.
 pub fn load_for_process(
-    args: &ConfigArgs,
+    file: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<RaydConfig, ConfigError> {
     let default = Path::new(DEFAULT_CONFIG_FILE);
-    let file = match &args.config {
-        Some(path) => Some(path.as_path()),
+    let file = match file {
+        Some(path) => Some(path),
         None if default.exists() => Some(default),
         None => None,
     };
     let env: HashMap<String, String> = std::env::vars().collect();
     load(file, &env, overrides)
-}
-
-/// What a binary does after loading its configuration.
-#[derive(Debug)]
-pub enum Startup {
-    /// Run with this configuration.
-    Run(Box<RaydConfig>),
-    /// Exit now with this code (`--check-config`, `--print-config`, or an invalid config,
-    /// already reported on stderr).
-    Exit(i32),
-}
-
-/// Loads the configuration for the binary `program` and handles `--check-config` and
-/// `--print-config`; reports an invalid configuration on stderr.
-pub fn startup(program: &str, args: &ConfigArgs, overrides: &Overrides) -> Startup {
-    match load_for_process(args, overrides) {
-        Err(e) => {
-            eprintln!("{program}: invalid configuration: {e}");
-            Startup::Exit(EXIT_CONFIG)
-        }
-        Ok(config) if args.print_config => {
-            print!("{}", config.to_toml());
-            Startup::Exit(0)
-        }
-        Ok(_) if args.check_config => {
-            println!("configuration ok");
-            Startup::Exit(0)
-        }
-        Ok(config) => Startup::Run(Box::new(config)),
-    }
 }
 
 #[cfg(test)]
@@ -831,7 +746,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_documents_exactly_the_defaults() {
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rayd.toml");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/rayd.toml");
         let config = load(Some(&shipped), &env(&[]), &Overrides::default()).unwrap();
         assert_eq!(config, RaydConfig::default());
         let text = std::fs::read_to_string(&shipped).unwrap();

@@ -11,11 +11,11 @@ use std::time::Duration;
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::proto::plasma::v1 as pb;
 
-use super::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry};
 use crate::allocator::{Allocator, ALIGN};
-use crate::memory::Mapping;
+use crate::mapping::Mapping;
+use crate::protocol::ARENA_SEGMENT;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
-use crate::store::ARENA_SEGMENT;
+use crate::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry};
 
 use pb::reply::Kind as Rep;
 use pb::request::Kind as Req;
