@@ -10,7 +10,7 @@ use crate::object::{InlineCache, Object};
 
 /// Bytes of small objects kept for later `get`s; beyond this the oldest are forgotten (the
 /// raylet still has them, or has put them into plasma).
-pub(super) const INLINE_CACHE_BYTES: usize = 64 << 20;
+const INLINE_CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug)]
 pub(super) struct Known {
