@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rayd_gcs::GcsClient;
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::process::signal_pid;
 use rayd_common::proto::raylet::v1 as pb;
+use rayd_gcs::GcsClient;
 use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 

@@ -6,7 +6,6 @@
 //! submission is one frame to the local raylet; small results come back in the raylet's
 //! messages, large objects go through local shared memory.
 
-mod arrivals;
 mod core_worker;
 mod inbox;
 mod object;

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
-use rayd_common::proto::raylet::v1 as pb;
 use rayd_common::inline::InlineCache;
+use rayd_common::proto::raylet::v1 as pb;
 
 use super::ConnId;
 

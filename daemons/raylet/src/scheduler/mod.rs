@@ -31,11 +31,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayd_common::framing;
-use rayd_gcs::{ActorInfo, TaskEntry};
 use rayd_common::id::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
 use rayd_common::value;
+use rayd_gcs::{ActorInfo, TaskEntry};
 
 use crate::resources::{Amounts, Held, Resources};
 
