@@ -32,6 +32,34 @@ const ENV_NOT_KEYS: &[&str] = &[
     "RAYD_BIN_DIR",
 ];
 
+/// Whether the environment variable `name` sets a configuration key (`RAYD_<KEY>`).
+///
+/// A daemon started with a resolved configuration file must not inherit these: the
+/// environment beats the file, so a stale `RAYD_TEMP_DIR` would undo what the file says.
+pub fn is_config_env_var(name: &str) -> bool {
+    name.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&name)
+}
+
+/// The IP address of `host`: itself when it is one, else the first address it resolves
+/// to (IPv4 first), or why it cannot be resolved.
+pub fn resolve_host(host: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(host.to_string());
+    }
+    let addresses: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{host}` is not an IP address and does not resolve: {e}"))?
+        .map(|a| a.ip())
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addresses.first())
+        .map(|a| a.to_string())
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -579,7 +607,7 @@ pub fn load(
     }
     let env: config::Map<String, String> = env
         .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&k.as_str()))
+        .filter(|(k, _)| is_config_env_var(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     builder = builder.add_source(
@@ -593,7 +621,7 @@ pub fn load(
     for (key, value) in &overrides.0 {
         builder = builder.set_override(key.as_str(), value.clone())?;
     }
-    let loaded: RaydConfig = builder.build()?.try_deserialize().map_err(|e| {
+    let mut loaded: RaydConfig = builder.build()?.try_deserialize().map_err(|e| {
         // The config crate reports the file as "origin"; say which file.
         match file {
             Some(path) => ConfigError::Parse(config::ConfigError::Message(format!(
@@ -603,6 +631,15 @@ pub fn load(
             None => ConfigError::Parse(e),
         }
     })?;
+    // A host name (`localhost`) is resolved once, here: every process then uses the address.
+    if loaded.node_ip_address.parse::<IpAddr>().is_err() {
+        let ip = resolve_host(&loaded.node_ip_address).map_err(|reason| ConfigError::Invalid {
+            key: "node_ip_address",
+            reason,
+        })?;
+        log::info!(name = loaded.node_ip_address.as_str(), ip = ip.as_str(); "resolved node_ip_address");
+        loaded.node_ip_address = ip;
+    }
     loaded.validate()?;
     Ok(loaded)
 }
@@ -772,11 +809,26 @@ mod tests {
 
         let err = load(
             None,
-            &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere")]),
+            &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere.invalid")]),
             &Overrides::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("`node_ip_address`"), "{err}");
+    }
+
+    #[test]
+    fn a_host_name_is_resolved_once_to_its_address() {
+        let config = load(
+            None,
+            &env(&[("RAYD_NODE_IP_ADDRESS", "localhost")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.node_ip_address, "127.0.0.1");
+        assert_eq!(resolve_host("10.1.2.3").unwrap(), "10.1.2.3");
+        assert!(is_config_env_var("RAYD_TEMP_DIR"));
+        assert!(!is_config_env_var("RAYD_BIN_DIR"));
+        assert!(!is_config_env_var("PATH"));
     }
 
     #[test]

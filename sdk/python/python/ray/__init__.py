@@ -32,13 +32,36 @@ from ray._private.worker import (
     wait,
 )
 from ray._private import worker as _worker
+from ray._private.custom_serializers import register_custom_serializer
+from ray._private.profiling import profile
+from ray._private.state import error_info, global_state, timeline
 from ray.actor import ActorClass, ActorHandle, kill
+from ray.experimental.named_actors import get_actor
 from ray.remote_function import RemoteFunction
+from ray import experimental, internal
 
 __version__ = "0.1.0"
 
 # Current Ray's name for ObjectID.
 ObjectRef = ObjectID
+
+
+def get_webui_url():
+    """The dashboard's URL; None, as rayd has no dashboard yet."""
+    _worker.global_worker.check_connected()
+    return (_worker.global_worker.info or {}).get("webui_url")
+
+
+def connect(address_info, **kwargs):
+    """Ray 0.5's attach: connects this driver to the cluster that `address_info` (what
+    `ray.init()` returned, or a "host:port" address) describes; same as `ray.init(redis_address=...)`."""
+    address = address_info if isinstance(address_info, str) else address_info["redis_address"]
+    return init(redis_address=address, **kwargs)
+
+
+def disconnect():
+    """Ray 0.5's spelling of `ray.shutdown()`: disconnects, and stops what `ray.init()` started."""
+    shutdown()
 
 
 def remote(*args, **kwargs):
@@ -111,7 +134,9 @@ def available_resources():
 
 __all__ = [
     "LOCAL_MODE", "SCRIPT_MODE", "SILENT_MODE", "WORKER_MODE", "ObjectID", "ObjectRef",
-    "available_resources", "cluster_resources", "exceptions", "get", "get_gpu_ids",
-    "get_resource_ids", "init", "is_initialized", "kill", "method", "nodes", "put", "remote",
-    "shutdown", "wait",
+    "available_resources", "cluster_resources", "connect", "disconnect", "error_info",
+    "exceptions", "experimental", "get", "get_actor", "get_gpu_ids", "get_resource_ids",
+    "get_webui_url", "global_state", "init", "internal", "is_initialized", "kill", "method",
+    "nodes", "profile", "put", "register_custom_serializer", "remote", "shutdown", "timeline",
+    "wait",
 ]

@@ -35,6 +35,9 @@ class Worker:
         self.resource_ids = {}
         # LOCAL_MODE's object table: ObjectID -> ("value", v) or ("error", exc).
         self.local_objects = {}
+        # LOCAL_MODE as Ray 0.5 had it (`driver_mode=ray.LOCAL_MODE`): `f.remote()` returns
+        # the value itself; `local_mode=True` is today's (object IDs).
+        self.legacy_local_mode = False
 
     @property
     def connected(self):
@@ -81,6 +84,7 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
                                "or pass ignore_reinit_error=True")
         if local_mode or driver_mode == LOCAL_MODE:
             worker.mode = LOCAL_MODE
+            worker.legacy_local_mode = driver_mode == LOCAL_MODE and not local_mode
             worker.info = {"node_ip_address": "127.0.0.1", "redis_address": None, "local_mode": True}
             atexit.register(shutdown)
             return worker.info
@@ -165,11 +169,16 @@ def shutdown():
     with worker.lock:
         if worker.mode is None or worker.mode == WORKER_MODE:
             return
+        from ray import actor
+        from ray._private import profiling
+        actor._holds.forget()
+        profiling.stop()
         worker.core = None
         if worker.node is not None:
             worker.node.stop()
             worker.node = None
         worker.mode = None
+        worker.legacy_local_mode = False
         worker.info = None
         worker.local_objects.clear()
 
@@ -200,6 +209,8 @@ def get(object_ids, timeout=None):
     """
     worker = global_worker
     worker.check_connected()
+    if worker.legacy_local_mode:
+        return object_ids  # Ray 0.5's LOCAL_MODE: the "IDs" are the values
     single = isinstance(object_ids, ObjectID)
     ids = [object_ids] if single else list(object_ids)
     _check_ids(ids, "ray.get")
@@ -229,6 +240,8 @@ def put(value):
     worker.check_connected()
     if isinstance(value, ObjectID):
         raise TypeError("ray.put of an ObjectID is not allowed: pass the ObjectID itself")
+    if worker.legacy_local_mode:
+        return value
     if worker.mode == LOCAL_MODE:
         object_id = ObjectID.from_random()
         worker.local_objects[object_id] = ("value", value)
@@ -257,6 +270,10 @@ def wait(object_ids, num_returns=1, timeout=None):
     if isinstance(object_ids, ObjectID):
         raise TypeError("ray.wait takes a list of ObjectIDs, not a single one")
     ids = list(object_ids)
+    if worker.legacy_local_mode:
+        return ids[:num_returns], ids[num_returns:]
+    if not ids:
+        return [], []
     _check_ids(ids, "ray.wait")
     if len(set(ids)) != len(ids):
         raise ValueError("ray.wait: the ObjectIDs must be unique")
