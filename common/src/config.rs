@@ -60,6 +60,36 @@ pub fn resolve_host(host: &str) -> Result<String, String> {
         .ok_or_else(|| format!("`{host}` resolves to no address"))
 }
 
+/// A list of ports, also given as one port: the environment's `RAYD_REDIS_SHARD_PORTS=6380`
+/// reads as a number, not a list of one.
+fn ports_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    struct Ports;
+    impl<'de> serde::de::Visitor<'de> for Ports {
+        type Value = Vec<u16>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a port or a list of ports")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Vec<u16>, E> {
+            u16::try_from(v)
+                .map(|p| vec![p])
+                .map_err(|_| E::custom(format!("{v} is not a port")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Vec<u16>, E> {
+            u16::try_from(v)
+                .map(|p| vec![p])
+                .map_err(|_| E::custom(format!("{v} is not a port")))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u16>, A::Error> {
+            let mut ports = Vec::new();
+            while let Some(port) = seq.next_element::<u16>()? {
+                ports.push(port);
+            }
+            Ok(ports)
+        }
+    }
+    d.deserialize_any(Ports)
+}
+
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -92,6 +122,7 @@ pub struct RaydConfig {
     /// Number of Redis shards besides the primary.
     pub num_redis_shards: u16,
     /// Ports of the shards; empty means the first free ports after `redis_port`.
+    #[serde(deserialize_with = "ports_one_or_many")]
     pub redis_shard_ports: Vec<u16>,
     /// Password every Redis server requires (`requirepass`); none when unset.
     pub redis_password: Option<String>,
@@ -827,6 +858,13 @@ mod tests {
         assert_eq!(config.node_ip_address, "127.0.0.1");
         assert_eq!(resolve_host("10.1.2.3").unwrap(), "10.1.2.3");
         assert!(is_config_env_var("RAYD_TEMP_DIR"));
+        let one = load(
+            None,
+            &env(&[("RAYD_REDIS_SHARD_PORTS", "7001")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(one.redis_shard_ports, vec![7001]);
         assert!(!is_config_env_var("RAYD_BIN_DIR"));
         assert!(!is_config_env_var("PATH"));
     }

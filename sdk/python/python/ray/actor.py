@@ -338,7 +338,7 @@ def _rebuild_handle(actor_id, class_id, class_name, methods, token=None):
     return handle
 
 
-def kill(handle):
+def kill(handle: "ActorHandle") -> None:
     """Kills the actor now: no restart; its pending and later calls raise RayActorError."""
     worker = _worker.global_worker
     worker.check_connected()

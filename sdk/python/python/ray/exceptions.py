@@ -1,6 +1,7 @@
 """The errors a rayd user can catch. Every class says what happened and where."""
 
 import pickle as _pickle
+from typing import Any
 import traceback as _traceback
 
 
@@ -95,7 +96,7 @@ class RayTaskError(RayError):
                     "__module__": __name__,
                 })
                 _DUAL_CLASSES[cause_class] = dual
-            error = dual.__new__(dual)
+            error: Any = dual.__new__(dual)  # type: ignore[call-overload]
             RayTaskError.__init__(error, self.function_name, self.traceback_str, self.cause, self.pid, self.ip)
             error.args = self.cause.args if isinstance(self.cause.args, tuple) else error.args
             return error
@@ -104,7 +105,7 @@ class RayTaskError(RayError):
             return self
 
 
-_DUAL_CLASSES = {}
+_DUAL_CLASSES: "dict[type, type]" = {}
 
 
 def _rebuild_task_error(_plain, function_name, traceback_str, cause, pid, ip):

@@ -146,6 +146,9 @@ class _Remote:
     def _check_options(self, options):
         raise NotImplementedError
 
+    def _remote(self, args, kwargs, options):
+        raise NotImplementedError
+
     def __call__(self, *args, **kwargs):
         raise TypeError(f"{self._kind} {self._name} cannot be {self._direct} directly: "
                         f"use {self.__name__}.remote(...) instead of {self.__name__}(...)")

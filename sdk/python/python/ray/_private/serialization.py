@@ -11,6 +11,7 @@ import collections
 import io
 import pickle
 import types
+from typing import Any
 
 import cloudpickle
 
@@ -29,7 +30,7 @@ _PLAIN_TYPES = (int, float, bool, str, bytes, type(None), complex)
 
 # Classes with a serializer of their own (`ray.register_custom_serializer`):
 # class -> (serializer, deserializer).
-_custom = {}
+_custom: "dict[type, tuple[Any, Any]]" = {}
 
 
 def register(cls, serializer, deserializer):
@@ -82,7 +83,7 @@ def _dumps(value, buffer_callback=None):
 
 def serialize(value):
     """`(pickle bytes, [contiguous buffers])` for a value."""
-    buffers = []
+    buffers: "list[pickle.PickleBuffer]" = []
     if type(value) in _PLAIN_TYPES:
         data = pickle.dumps(value, protocol=5)
     else:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from typing import Any, Dict, List, Optional
 
 from ray._private import gcs
 from ray._private import profiling
@@ -41,7 +42,7 @@ class GlobalState:
         """task ID (hex) -> {"State", "NodeID", "UpdatedMs", and from the timeline
         "FunctionName", "SubmitTime", "StartTime", "EndTime" (seconds) when recorded}."""
         self._check()
-        times = {}
+        times: Dict[str, Dict[str, Any]] = {}
         for record in profiling.events():
             if record.get("task_id") is None:
                 continue
@@ -115,12 +116,13 @@ class GlobalState:
     def log_files(self):
         """node IP -> {file name: [lines]}: the logs of the nodes on this machine."""
         self._check()
-        logs = {}
+        logs: Dict[str, Dict[str, List[str]]] = {}
         for node in self.client_table():
             socket = node["RayletSocketName"]
             if not node["Alive"] or not os.path.exists(socket):
                 continue
-            directory = os.path.join(os.path.dirname(os.path.dirname(socket)), "logs")
+            # <temp_dir>/sockets/raylet; the logs are in <temp_dir>/session_latest/logs.
+            directory = os.path.join(os.path.dirname(os.path.dirname(socket)), "session_latest", "logs")
             files = logs.setdefault(node["NodeManagerAddress"], {})
             for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
                 path = os.path.join(directory, name)
@@ -144,12 +146,12 @@ class GlobalState:
 global_state = GlobalState()
 
 
-def timeline(filename=None):
+def timeline(filename: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
     """Today's spelling of `ray.global_state.chrome_tracing_dump`."""
     return global_state.chrome_tracing_dump(filename)
 
 
-def error_info():
+def error_info() -> List[Dict[str, Any]]:
     """The errors pushed to this driver, oldest first: dicts with "type", "message" and
     "timestamp" (seconds). Failed tasks, a function that could not be pickled or loaded,
     a function too large."""

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 from ray import _raylet
 from ray import exceptions
@@ -26,10 +27,11 @@ class Worker:
     """This process's connection to rayd (a driver's, or a worker's)."""
 
     def __init__(self):
-        self.mode = None
-        self.core = None
-        self.node = None
-        self.info = None
+        self.mode: Optional[int] = None
+        # The Rust core (`ray._raylet.CoreWorker`) while connected (not in LOCAL_MODE).
+        self.core: Any = None
+        self.node: Optional[_raylet.LocalNode] = None
+        self.info: Optional[Dict[str, Any]] = None
         self.lock = threading.RLock()
         # Task-local state of a worker: the GPU and resource IDs of the current task.
         self.resource_ids = {}
@@ -66,12 +68,17 @@ def _python_path():
     return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
-def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
-         node_ip_address=None, object_id_seed=None, num_workers=None, driver_mode=SCRIPT_MODE,
-         redirect_worker_output=False, redirect_output=True, ignore_reinit_error=False,
-         num_custom_resource=None, num_redis_shards=None, redis_max_clients=None, plasma_directory=None,
-         huge_pages=False, include_webui=True, use_raylet=None, address=None, local_mode=False,
-         redis_password=None, _temp_dir=None, **unknown):
+def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
+         num_gpus: Optional[float] = None, resources: Optional[Dict[str, float]] = None,
+         object_store_memory: Optional[int] = None, node_ip_address: Optional[str] = None,
+         object_id_seed: Optional[int] = None, num_workers: Optional[int] = None,
+         driver_mode: int = SCRIPT_MODE, redirect_worker_output: bool = False,
+         redirect_output: bool = True, ignore_reinit_error: bool = False,
+         num_custom_resource: Any = None, num_redis_shards: Optional[int] = None,
+         redis_max_clients: Optional[int] = None, plasma_directory: Optional[str] = None,
+         huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
+         address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
+         _temp_dir: Optional[str] = None, **unknown: Any) -> Optional[Dict[str, Any]]:
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
         raise TypeError(f"ray.init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -163,7 +170,7 @@ def connect_worker(core):
     global_worker.mode = WORKER_MODE
 
 
-def shutdown():
+def shutdown() -> None:
     """Disconnects, stops what `init` started, and forgets remote functions. Safe twice."""
     worker = global_worker
     with worker.lock:
@@ -183,7 +190,7 @@ def shutdown():
         worker.local_objects.clear()
 
 
-def is_initialized():
+def is_initialized() -> bool:
     return global_worker.connected
 
 
@@ -201,7 +208,15 @@ def _seconds_to_ms(timeout):
     return int(timeout * 1000)
 
 
-def get(object_ids, timeout=None):
+@overload
+def get(object_ids: ObjectID, timeout: Optional[float] = None) -> Any: ...
+
+
+@overload
+def get(object_ids: Sequence[ObjectID], timeout: Optional[float] = None) -> List[Any]: ...
+
+
+def get(object_ids: Union[ObjectID, Sequence[ObjectID]], timeout: Optional[float] = None) -> Any:
     """The value(s) of object ID(s); blocks until they exist.
 
     `timeout` is in seconds (as in current Ray); `GetTimeoutError` when it passes.
@@ -212,7 +227,7 @@ def get(object_ids, timeout=None):
     if worker.legacy_local_mode:
         return object_ids  # Ray 0.5's LOCAL_MODE: the "IDs" are the values
     single = isinstance(object_ids, ObjectID)
-    ids = [object_ids] if single else list(object_ids)
+    ids: List[Any] = [object_ids] if isinstance(object_ids, ObjectID) else list(object_ids)
     _check_ids(ids, "ray.get")
     if worker.mode == LOCAL_MODE:
         values = [_local_value(i) for i in ids]
@@ -234,7 +249,7 @@ def _local_value(object_id):
     return value
 
 
-def put(value):
+def put(value: Any) -> ObjectID:
     """Stores a value in the object store; returns its ObjectID."""
     worker = global_worker
     worker.check_connected()
@@ -262,7 +277,8 @@ def wait_timeout_ms(timeout):
     return int(timeout) if isinstance(timeout, int) else int(timeout * 1000)
 
 
-def wait(object_ids, num_returns=1, timeout=None):
+def wait(object_ids: Sequence[ObjectID], num_returns: int = 1, timeout: Union[int, float, None] = None
+         ) -> Tuple[List[ObjectID], List[ObjectID]]:
     """`(ready, not_ready)`: waits until `num_returns` objects are ready or `timeout`
     passes (int: milliseconds, float: seconds). Order is preserved; IDs must be unique."""
     worker = global_worker
@@ -284,7 +300,8 @@ def wait(object_ids, num_returns=1, timeout=None):
         flags = [True] * len(ids)
     else:
         flags = worker.core.wait(ids, num_returns, timeout_ms) if ids else []
-    ready, not_ready = [], []
+    ready: List[ObjectID] = []
+    not_ready: List[ObjectID] = []
     for object_id, flag in zip(ids, flags):
         (ready if flag and len(ready) < num_returns else not_ready).append(object_id)
     return ready, not_ready

@@ -4,6 +4,7 @@ import os
 import pickle
 import sys
 import time
+from typing import Any, Dict, Optional, Sequence
 
 from ray import _raylet
 from ray import exceptions
@@ -43,10 +44,10 @@ class Executor:
         # What CUDA_VISIBLE_DEVICES is set to for the running task (set only on changes).
         self.cuda_visible = None
         # The actor this worker is dedicated to, once its creation task ran here.
-        self.actor = None
-        self.actor_error = None
+        self.actor: Any = None
+        self.actor_error: Optional[exceptions.RayTaskError] = None
         # Checkpointing actors: every how many calls, and how many since the last one.
-        self.checkpoint_interval = None
+        self.checkpoint_interval: Optional[int] = None
         self.calls_since_checkpoint = 0
 
     def _enter_job(self, task):
@@ -107,6 +108,7 @@ class Executor:
 
     def _after_call(self, task):
         """Checkpointing actors: saves the state every `checkpoint_interval` calls."""
+        assert self.checkpoint_interval is not None
         self.calls_since_checkpoint += 1
         if self.calls_since_checkpoint < self.checkpoint_interval:
             return
@@ -142,7 +144,8 @@ class Executor:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible = visible
         try:
             self._enter_job(task)
-            args, kwargs = (), {}
+            args: Sequence[Any] = ()
+            kwargs: Dict[str, Any] = {}
             if task["args"]:
                 values = [self._argument(a) for a in task["args"]]
                 kwarg_names = task["kwarg_names"]
