@@ -169,6 +169,10 @@ def test_a_node_started_with_a_host_name_and_a_driver_attaching_by_name(cleanup)
 
         assert ray.get(f.remote(), timeout=60) == 1
         ray.shutdown()
+        # The driver's own address given as a name too.
+        ray.init(redis_address=f"localhost:{port}", node_ip_address="localhost")
+        assert ray.get(f.remote(), timeout=60) == 1
+        ray.shutdown()
 
 
 def test_ray_init_accepts_a_host_name_for_its_own_node(ray_start):

@@ -363,3 +363,64 @@ def test_ray_start_and_stop_run_a_node(cleanup):
         ray.shutdown()
     out = subprocess.run([ray_command, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "start" in out.stdout
+
+
+# Actor checkpointing (Ray 0.5's experimental API)
+
+def _restarted(actor, old_pid):
+    try:
+        return ray.get(actor.pid.remote(), timeout=30) != old_pid
+    except ray.exceptions.RayActorError:
+        return False  # a call that raced with the death
+
+def test_a_restarted_actor_comes_back_from_its_checkpoint(ray_start):
+    ray_start(num_cpus=2)
+
+    @ray.remote(max_reconstructions=1, checkpoint_interval=2)
+    class Accumulator:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, x):
+            self.total += x
+            return self.total
+
+        def pid(self):
+            return os.getpid()
+
+        def __ray_save__(self):
+            return {"total": self.total}
+
+        def __ray_restore__(self, checkpoint):
+            self.total = checkpoint["total"]
+
+    acc = Accumulator.remote()
+    assert ray.get([acc.add.remote(1), acc.add.remote(2)]) == [1, 3]  # checkpointed here
+    pid = ray.get(acc.pid.remote())
+    os.kill(pid, 9)
+    wait_for(lambda: _restarted(acc, pid), 30, "the restarted actor to answer")
+    # Restarted from the checkpoint (total 3), not from the constructor (total 0).
+    assert ray.get(acc.add.remote(10), timeout=60) == 13
+
+
+def test_an_actor_without_checkpointing_restarts_from_its_constructor(ray_start):
+    ray_start(num_cpus=2)
+
+    @ray.remote(max_restarts=1)
+    class Accumulator:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, x):
+            self.total += x
+            return self.total
+
+        def pid(self):
+            return os.getpid()
+
+    acc = Accumulator.remote()
+    assert ray.get([acc.add.remote(1), acc.add.remote(2)]) == [1, 3]
+    pid = ray.get(acc.pid.remote())
+    os.kill(pid, 9)
+    wait_for(lambda: _restarted(acc, pid), 30, "the restarted actor to answer")
+    assert ray.get(acc.add.remote(10), timeout=60) == 10

@@ -67,7 +67,8 @@ class _Holds:
     back; whoever takes the last hold kills the actor."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # Reentrant: a garbage collection inside a locked block may drop another handle.
+        self.lock = threading.RLock()
         # actor ID -> [live handles here, whether this process's hold is in the GCS]
         self.local = {}
 
@@ -116,7 +117,7 @@ class _Holds:
             self._command("INCR", holds, shard=actor_id)
         elif took and not first:
             # This process holds the actor already: the copy's hold is not needed.
-            self.release(actor_id, from_gcs_only=True)
+            self._release(actor_id)
 
     def dropped(self, actor_id):
         """A handle here was garbage collected."""
@@ -130,11 +131,12 @@ class _Holds:
             del self.local[actor_id]
             published = entry[1]
         if published:
-            self.release(actor_id, from_gcs_only=True)
+            self._release(actor_id)
         else:
             _kill_quietly(actor_id)
 
-    def release(self, actor_id, from_gcs_only):
+    def _release(self, actor_id):
+        """Takes one hold back from the GCS; the last one kills the actor."""
         holds, _ = self._keys(actor_id)
         if self._command("DECR", holds, shard=actor_id) <= 0:
             _kill_quietly(actor_id)

@@ -39,6 +39,10 @@ def command(name, *args, shard=None, core=None):
     return core.gcs_command(name, [_arg(a) for a in args], shard)
 
 
+# Appends ARGV[1] to the list KEYS[1] and announces it on the channel ARGV[2]: one round trip.
+_PUSH_ERROR = "redis.call('RPUSH', KEYS[1], ARGV[1]) return redis.call('PUBLISH', ARGV[2], ARGV[1])"
+
+
 def errors_key(job_id):
     return f"rayd:errors:{job_id.hex()}".encode()
 
@@ -46,8 +50,8 @@ def errors_key(job_id):
 def push_error(job_id, kind, message, core=None):
     """Pushes an error to the driver of `job_id` (read by `ray.error_info()`)."""
     record = json.dumps({"kind": kind, "message": message, "time_ms": int(time.time() * 1000)})
-    command("RPUSH", errors_key(job_id), record, core=core)
-    command("PUBLISH", f"rayd:error_events:{job_id.hex()}", record, core=core)
+    command("EVAL", _PUSH_ERROR, 1, errors_key(job_id), record, f"rayd:error_events:{job_id.hex()}",
+            core=core)
 
 
 def hash_to_dict(reply):

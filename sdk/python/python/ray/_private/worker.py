@@ -4,6 +4,7 @@
 import atexit
 import json
 import os
+import socket
 import sys
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
@@ -64,6 +65,29 @@ def _auto_address():
         raise ConnectionError(f"address='auto': no rayd node started on this machine ({path}: {e})") from None
 
 
+def _resolve(host):
+    """The IP address of a host name (`localhost`), resolved once."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError as e:
+        raise ValueError(f"cannot resolve the host name {host!r}: {e}") from None
+
+
+def _local_ip_towards(address):
+    """This machine's address on the way to `address` (host:port): the address its raylet
+    registered with when it runs on the same network as the head (127.0.0.1 for a local head)."""
+    host, _, port = address.rpartition(":")
+    ip = _resolve(host.strip("[]"))
+    if ip.startswith("127."):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((ip, int(port)))  # UDP: nothing is sent, only a route is chosen
+            return s.getsockname()[0]
+        except (OSError, ValueError):
+            return "127.0.0.1"
+
+
 def _python_path():
     return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
@@ -118,9 +142,9 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
                 raise ValueError(
                     f"ray.init(address={address!r}) attaches to a running cluster, whose nodes are "
                     f"already configured: remove {', '.join(given)} (set them with `rayd start` on each node)")
-            ip = node_ip_address or "127.0.0.1"
-            socket = _raylet.find_local_raylet(address, ip, redis_password)
-            worker.core = _raylet.CoreWorker(socket, **common)
+            ip = _resolve(node_ip_address) if node_ip_address else _local_ip_towards(address)
+            raylet_socket = _raylet.find_local_raylet(address, ip, redis_password)
+            worker.core = _raylet.CoreWorker(raylet_socket, **common)
         else:
             if resources is not None and ("CPU" in resources or "GPU" in resources):
                 raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
