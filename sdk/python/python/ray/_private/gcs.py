@@ -6,7 +6,7 @@ daemon reads them):
 | key | type | where | holds |
 |---|---|---|---|
 | `rayd:errors:<job>` | list | primary | JSON errors pushed to a driver (the daemons' schema) |
-| `rayd:profile` | list | primary | JSON arrays of timeline events (task spans, `ray.profile`) |
+| `rayd:profile` | list | primary | JSON batches of timeline events (task spans, `ray.profile`), one per flush |
 | `rayd:workers` | hash | primary | worker/driver hex ID -> JSON (pid, node, kind) |
 | `rayd:named_actor:<name>` | string | primary | a pickled handle of a named actor |
 | `rayd:actor_holds:<actor>` | string | actor's shard | processes and in-flight copies holding the actor |

@@ -1,7 +1,7 @@
 """The timeline: when each task was submitted, started and finished, and `ray.profile` spans.
 
 Each process buffers its events and a background thread appends them to the GCS list
-`rayd:profile` (one JSON array per flush, every `FLUSH_INTERVAL`), so recording costs a
+`rayd:profile` (one JSON document per flush, every `FLUSH_INTERVAL`), so recording costs a
 task a list append and never a Redis round trip. A process flushes what is left when it
 disconnects. `ray.timeline()` reads the list back as Chrome trace events.
 """
@@ -60,8 +60,7 @@ class _Recorder:
                     self.registered = True
                     _register_process(core)
                 if events:
-                    gcs.command("RPUSH", gcs.PROFILE, json.dumps([_as_record(e, core) for e in events]),
-                                core=core)
+                    gcs.command("RPUSH", gcs.PROFILE, _encode_batch(events, core), core=core)
             except Exception:  # noqa: BLE001 - the cluster went away: the events are lost
                 pass
 
@@ -94,18 +93,27 @@ def _register_process(core):
     gcs.command("HSET", gcs.WORKERS, core.worker_id.hex(), json.dumps(info), core=core)
 
 
-def _as_record(event, core):
-    """An event as stored: what, who, when (seconds since the epoch)."""
-    kind = event[0]
-    if kind == "submit":
-        _, when, object_id, name = event
-        return {"event_type": "task:submit", "name": name, "task_id": object_id.task_id().hex(),
-                "start": when, "end": when, "pid": os.getpid(), "node_ip_address": core.node_ip_address,
-                "component_type": _component(core), "extra_data": {}}
-    _, event_type, name, task_id, start, end, extra = event
-    return {"event_type": event_type, "name": name, "task_id": task_id, "start": start, "end": end,
-            "pid": os.getpid(), "node_ip_address": core.node_ip_address,
-            "component_type": _component(core), "extra_data": extra or {}}
+def _encode_batch(events, core):
+    """One JSON document for a flush: who recorded, then a row per event
+    `[event_type, name, task_id, start, end, extra_data]` (rows, not objects, as encoding
+    is the flush's main cost)."""
+    rows = []
+    for event in events:
+        if event[0] == "submit":
+            _, when, object_id, name = event
+            rows.append(["task:submit", name, object_id.task_id().hex(), when, when, None])
+        else:
+            rows.append(list(event[1:]))
+    return json.dumps({"pid": os.getpid(), "node_ip_address": core.node_ip_address,
+                       "component_type": _component(core), "events": rows})
+
+
+def _decode_batch(raw):
+    """The events of one flush, as dicts."""
+    batch = json.loads(raw)
+    who = {k: batch[k] for k in ("pid", "node_ip_address", "component_type")}
+    return [dict(who, event_type=e[0], name=e[1], task_id=e[2], start=e[3], end=e[4], extra_data=e[5] or {})
+            for e in batch["events"]]
 
 
 def record_submit(object_id, name):
@@ -161,7 +169,7 @@ def events():
     flush()
     records = []
     for batch in gcs.command("LRANGE", gcs.PROFILE, 0, -1) or []:
-        records.extend(json.loads(batch))
+        records.extend(_decode_batch(batch))
     return records
 
 
