@@ -45,6 +45,8 @@ class Executor:
         self.cuda_visible = None
         # The actor this worker is dedicated to, once its creation task ran here.
         self.actor: Any = None
+        # The actor's methods by name, found on its class (descriptors, bound per call).
+        self.methods: Dict[str, Any] = {}
         self.actor_error: Optional[exceptions.RayTaskError] = None
         # Checkpointing actors: every how many calls, and how many since the last one.
         self.checkpoint_interval: Optional[int] = None
@@ -158,8 +160,11 @@ class Executor:
                 if self.actor_error is not None:
                     raise self.actor_error
                 # On the class, as Ray does: an attribute of the instance may have the name.
-                from ray.actor import bound_method
-                function = bound_method(self.actor, name)
+                method = self.methods.get(name)
+                if method is None:
+                    from ray.actor import find_method
+                    method = self.methods[name] = find_method(type(self.actor), name)
+                function = method.__get__(self.actor, type(self.actor))
             else:
                 function = self._function(task["function_id"], task)
             result = function(*args, **kwargs)
