@@ -14,7 +14,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 use rayd_common::config::{Overrides, RaydConfig};
 use rayd_common::gcs::{GcsReply, Server};
 use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
@@ -131,6 +131,15 @@ impl PyObjectId {
 
     fn __repr__(&self) -> String {
         format!("ObjectID({})", self.0.hex())
+    }
+
+    /// `ObjectID[int]` in annotations (today's Ray's generic `ObjectRef[T]`): the class.
+    #[classmethod]
+    fn __class_getitem__<'py>(
+        cls: &Bound<'py, PyType>,
+        _item: &Bound<'py, PyAny>,
+    ) -> Bound<'py, PyType> {
+        cls.clone()
     }
 
     fn __reduce__<'py>(

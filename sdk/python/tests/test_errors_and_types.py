@@ -99,10 +99,17 @@ def test_the_package_is_typed_and_checks_a_users_program(tmp_path):
         "ref: ray.ObjectID = ray.put(1)\n"
         "values: List[int] = ray.get([ref])\n"
         "ready: Tuple[List[ray.ObjectID], List[ray.ObjectID]] = ray.wait([ref], timeout=1.5)\n"
-        "ray.get('not an id')\n")
+        "ray.get('not an id')\n"
+        "number: int = ray.get(ray.put(1))\n"
+        "text: str = ray.get(ray.put(2))\n"
+        "typed_ref: ray.ObjectRef[int] = ray.put(3)\n")
     out = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", str(program)],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    # Exactly the wrong call is reported.
+    # Exactly the wrong lines are reported: ray.get of a str, and an int read as a str.
     assert out.returncode == 1, out.stdout + out.stderr
     assert 'typed_program.py:6: error: Argument 1 to "get" has incompatible type "str"' in out.stdout, out.stdout
-    assert "Found 1 error" in out.stdout, out.stdout
+    assert 'typed_program.py:8: error: Incompatible types in assignment (expression has type "int", ' \
+        'variable has type "str")' in out.stdout, out.stdout
+    assert "Found 2 errors" in out.stdout, out.stdout
+    # ObjectRef[T] is also valid at run time, as in today's Ray.
+    assert ray.ObjectRef[int] is ray.ObjectRef

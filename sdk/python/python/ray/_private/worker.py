@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 from ray import _raylet
 from ray import exceptions
@@ -232,15 +232,18 @@ def _seconds_to_ms(timeout):
     return int(timeout * 1000)
 
 
-@overload
-def get(object_ids: ObjectID, timeout: Optional[float] = None) -> Any: ...
+_R = TypeVar("_R")
 
 
 @overload
-def get(object_ids: Sequence[ObjectID], timeout: Optional[float] = None) -> List[Any]: ...
+def get(object_ids: "ObjectID[_R]", timeout: Optional[float] = None) -> _R: ...
 
 
-def get(object_ids: Union[ObjectID, Sequence[ObjectID]], timeout: Optional[float] = None) -> Any:
+@overload
+def get(object_ids: "Sequence[ObjectID[Any]]", timeout: Optional[float] = None) -> List[Any]: ...
+
+
+def get(object_ids: "Union[ObjectID[Any], Sequence[ObjectID[Any]]]", timeout: Optional[float] = None) -> Any:
     """The value(s) of object ID(s); blocks until they exist.
 
     `timeout` is in seconds (as in current Ray); `GetTimeoutError` when it passes.
@@ -273,14 +276,14 @@ def _local_value(object_id):
     return value
 
 
-def put(value: Any) -> ObjectID:
+def put(value: _R) -> "ObjectID[_R]":
     """Stores a value in the object store; returns its ObjectID."""
     worker = global_worker
     worker.check_connected()
     if isinstance(value, ObjectID):
         raise TypeError("ray.put of an ObjectID is not allowed: pass the ObjectID itself")
     if worker.legacy_local_mode:
-        return value
+        return value  # type: ignore[return-value]  # Ray 0.5's LOCAL_MODE: the value is its own ID
     if worker.mode == LOCAL_MODE:
         object_id = ObjectID.from_random()
         worker.local_objects[object_id] = ("value", value)
@@ -301,8 +304,8 @@ def wait_timeout_ms(timeout):
     return int(timeout) if isinstance(timeout, int) else int(timeout * 1000)
 
 
-def wait(object_ids: Sequence[ObjectID], num_returns: int = 1, timeout: Union[int, float, None] = None
-         ) -> Tuple[List[ObjectID], List[ObjectID]]:
+def wait(object_ids: "Sequence[ObjectID[Any]]", num_returns: int = 1, timeout: Union[int, float, None] = None
+         ) -> "Tuple[List[ObjectID[Any]], List[ObjectID[Any]]]":
     """`(ready, not_ready)`: waits until `num_returns` objects are ready or `timeout`
     passes (int: milliseconds, float: seconds). Order is preserved; IDs must be unique."""
     worker = global_worker
@@ -324,8 +327,8 @@ def wait(object_ids: Sequence[ObjectID], num_returns: int = 1, timeout: Union[in
         flags = [True] * len(ids)
     else:
         flags = worker.core.wait(ids, num_returns, timeout_ms) if ids else []
-    ready: List[ObjectID] = []
-    not_ready: List[ObjectID] = []
+    ready: "List[ObjectID[Any]]" = []
+    not_ready: "List[ObjectID[Any]]" = []
     for object_id, flag in zip(ids, flags):
         (ready if flag and len(ready) < num_returns else not_ready).append(object_id)
     return ready, not_ready
