@@ -32,6 +32,64 @@ const ENV_NOT_KEYS: &[&str] = &[
     "RAYD_BIN_DIR",
 ];
 
+/// Whether the environment variable `name` sets a configuration key (`RAYD_<KEY>`).
+///
+/// A daemon started with a resolved configuration file must not inherit these: the
+/// environment beats the file, so a stale `RAYD_TEMP_DIR` would undo what the file says.
+pub fn is_config_env_var(name: &str) -> bool {
+    name.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&name)
+}
+
+/// The IP address of `host`: itself when it is one, else the first address it resolves
+/// to (IPv4 first), or why it cannot be resolved.
+pub fn resolve_host(host: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(host.to_string());
+    }
+    let addresses: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("`{host}` is not an IP address and does not resolve: {e}"))?
+        .map(|a| a.ip())
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addresses.first())
+        .map(|a| a.to_string())
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+/// A list of ports, also given as one port: the environment's `RAYD_REDIS_SHARD_PORTS=6380`
+/// reads as a number, not a list of one.
+fn ports_one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    struct Ports;
+    impl<'de> serde::de::Visitor<'de> for Ports {
+        type Value = Vec<u16>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a port or a list of ports")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Vec<u16>, E> {
+            u16::try_from(v)
+                .map(|p| vec![p])
+                .map_err(|_| E::custom(format!("{v} is not a port")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Vec<u16>, E> {
+            u16::try_from(v)
+                .map(|p| vec![p])
+                .map_err(|_| E::custom(format!("{v} is not a port")))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u16>, A::Error> {
+            let mut ports = Vec::new();
+            while let Some(port) = seq.next_element::<u16>()? {
+                ports.push(port);
+            }
+            Ok(ports)
+        }
+    }
+    d.deserialize_any(Ports)
+}
+
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -64,6 +122,7 @@ pub struct RaydConfig {
     /// Number of Redis shards besides the primary.
     pub num_redis_shards: u16,
     /// Ports of the shards; empty means the first free ports after `redis_port`.
+    #[serde(deserialize_with = "ports_one_or_many")]
     pub redis_shard_ports: Vec<u16>,
     /// Password every Redis server requires (`requirepass`); none when unset.
     pub redis_password: Option<String>,
@@ -524,7 +583,7 @@ pub fn load(
     }
     let env: config::Map<String, String> = env
         .iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_NOT_KEYS.contains(&k.as_str()))
+        .filter(|(k, _)| is_config_env_var(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     builder = builder.add_source(
@@ -538,7 +597,7 @@ pub fn load(
     for (key, value) in &overrides.0 {
         builder = builder.set_override(key.as_str(), value.clone())?;
     }
-    let loaded: RaydConfig = builder.build()?.try_deserialize().map_err(|e| {
+    let mut loaded: RaydConfig = builder.build()?.try_deserialize().map_err(|e| {
         // The config crate reports the file as "origin"; say which file.
         match file {
             Some(path) => ConfigError::Parse(config::ConfigError::Message(format!(
@@ -548,6 +607,15 @@ pub fn load(
             None => ConfigError::Parse(e),
         }
     })?;
+    // A host name (`localhost`) is resolved once, here: every process then uses the address.
+    if loaded.node_ip_address.parse::<IpAddr>().is_err() {
+        let ip = resolve_host(&loaded.node_ip_address).map_err(|reason| ConfigError::Invalid {
+            key: "node_ip_address",
+            reason,
+        })?;
+        log::info!(name = loaded.node_ip_address.as_str(), ip = ip.as_str(); "resolved node_ip_address");
+        loaded.node_ip_address = ip;
+    }
     loaded.validate()?;
     Ok(loaded)
 }
@@ -687,11 +755,33 @@ mod tests {
 
         let err = load(
             None,
-            &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere")]),
+            &env(&[("RAYD_NODE_IP_ADDRESS", "nowhere.invalid")]),
             &Overrides::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("`node_ip_address`"), "{err}");
+    }
+
+    #[test]
+    fn a_host_name_is_resolved_once_to_its_address() {
+        let config = load(
+            None,
+            &env(&[("RAYD_NODE_IP_ADDRESS", "localhost")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.node_ip_address, "127.0.0.1");
+        assert_eq!(resolve_host("10.1.2.3").unwrap(), "10.1.2.3");
+        assert!(is_config_env_var("RAYD_TEMP_DIR"));
+        let one = load(
+            None,
+            &env(&[("RAYD_REDIS_SHARD_PORTS", "7001")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(one.redis_shard_ports, vec![7001]);
+        assert!(!is_config_env_var("RAYD_BIN_DIR"));
+        assert!(!is_config_env_var("PATH"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::Message;
+use fred::types::{ClusterHash, CustomCommand, Message};
 
 use crate::keys;
 use rayd_common::id::ID_LEN;
@@ -21,7 +21,7 @@ const RECONNECT_DELAY_MS: u32 = 100;
 pub enum GcsError {
     #[error("invalid redis address: {0}")]
     Address(String),
-    #[error("cannot connect to redis at {address}: {source}")]
+    #[error("cannot connect to redis at {address}: {}", plain(source))]
     Connect {
         address: String,
         #[source]
@@ -29,10 +29,25 @@ pub enum GcsError {
     },
     #[error("redis at {0} has no shard list at `rayd:shards`: is it a rayd head?")]
     NoShards(String),
-    #[error("redis command failed: {0}")]
+    #[error("redis command failed: {}", plain(.0))]
     Redis(#[from] fred::error::Error),
     #[error("malformed {what} in the GCS: {reason}")]
     Malformed { what: &'static str, reason: String },
+}
+
+/// A fred error as a sentence: its IO errors carry the `Debug` form of the OS error
+/// (`Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`), of which
+/// the message is what a person needs.
+fn plain(error: &fred::error::Error) -> String {
+    let details = error.details();
+    let message = details
+        .split_once("message: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(message, _)| message);
+    match message {
+        Some(message) => message.to_lowercase(),
+        None => details.to_string(),
+    }
 }
 
 /// Which Redis server a subscription listens on.
@@ -42,6 +57,45 @@ pub enum Target<'a> {
     Primary,
     /// The shard that holds this ID (object and actor events).
     ShardOf(&'a [u8; ID_LEN]),
+}
+
+/// Which Redis server a raw command ([`GcsClient::command`]) goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Server<'a> {
+    Primary,
+    /// The shard that holds this ID's keys.
+    ShardOf(&'a [u8; ID_LEN]),
+    /// Shard `n` (0-based), to visit every shard.
+    Shard(usize),
+}
+
+/// The reply to a raw command: Redis's types, bulk strings as bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GcsReply {
+    Nil,
+    Int(i64),
+    Bytes(Vec<u8>),
+    Array(Vec<GcsReply>),
+}
+
+impl From<Value> for GcsReply {
+    fn from(value: Value) -> Self {
+        match value {
+            Value::Null | Value::Queued => GcsReply::Nil,
+            Value::Boolean(b) => GcsReply::Int(i64::from(b)),
+            Value::Integer(i) => GcsReply::Int(i),
+            Value::Double(f) => GcsReply::Bytes(f.to_string().into_bytes()),
+            Value::String(s) => GcsReply::Bytes(s.as_bytes().to_vec()),
+            Value::Bytes(b) => GcsReply::Bytes(b.to_vec()),
+            Value::Array(items) => GcsReply::Array(items.into_iter().map(Self::from).collect()),
+            Value::Map(map) => GcsReply::Array(
+                map.inner()
+                    .into_iter()
+                    .flat_map(|(k, v)| [GcsReply::Bytes(k.as_bytes().to_vec()), v.into()])
+                    .collect(),
+            ),
+        }
+    }
 }
 
 /// A client of the whole GCS. Cheap to clone; every clone shares the connections.
@@ -141,6 +195,27 @@ impl GcsClient {
         self.shards.get(index)
     }
 
+    /// Runs one Redis command (`name` and its arguments) on `server`: for the SDK's tables
+    /// that no daemon reads (see the SDK's key list), and for reading every table.
+    pub async fn command(
+        &self,
+        server: Server<'_>,
+        name: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<GcsReply, GcsError> {
+        let client = match server {
+            Server::Primary => &self.primary,
+            Server::ShardOf(id) => self.shard_for(id),
+            Server::Shard(index) => self.shards.get(index).ok_or_else(|| {
+                GcsError::Address(format!("shard {index} of {}", self.shards.len()))
+            })?,
+        };
+        let command = CustomCommand::new(name.to_string(), ClusterHash::FirstKey, false);
+        let args: Vec<Value> = args.into_iter().map(|a| Value::Bytes(a.into())).collect();
+        let reply: Value = client.custom(command, args).await?;
+        Ok(reply.into())
+    }
+
     /// Subscribes to `channels` on `target`; messages arrive on the returned stream.
     pub async fn subscribe(
         &self,
@@ -226,5 +301,21 @@ impl Drop for Subscription {
                 let _ = client.quit().await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_reads_as_its_message() {
+        let error = fred::error::Error::new(
+            fred::error::ErrorKind::IO,
+            "Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" }",
+        );
+        assert_eq!(plain(&error), "connection refused");
+        let other = fred::error::Error::new(fred::error::ErrorKind::Timeout, "request timed out");
+        assert_eq!(plain(&other), "request timed out");
     }
 }

@@ -9,7 +9,9 @@ mod client;
 pub mod keys;
 mod tables;
 
-pub use client::{connect_server, GcsClient, GcsError, Notification, Subscription, Target};
+pub use client::{
+    connect_server, GcsClient, GcsError, GcsReply, Notification, Server, Subscription, Target,
+};
 pub use tables::{
     ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeInfo, ObjectInfo, StoreFigures, TaskEntry,
 };

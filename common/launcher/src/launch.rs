@@ -54,6 +54,13 @@ pub fn launch(
         // arena whole: 7-8 MiB of resident memory per process at idle.
         command.env(MIMALLOC_EAGER_COMMIT, "0");
     }
+    // The daemon's configuration is the file in `args`, resolved from every source: a
+    // `RAYD_<KEY>` variable inherited from here would beat the file (and undo a flag).
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(rayd_config::is_config_env_var) {
+            command.env_remove(key);
+        }
+    }
     command
         .args(args)
         .env("NOTIFY_SOCKET", &socket_path)

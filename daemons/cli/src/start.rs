@@ -75,6 +75,16 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
 
     let role = if args.head { "head" } else { "worker" };
     println!("started a rayd {role} node; the cluster's GCS is at {redis_address}");
+    if let Some(name) = args
+        .node_ip_address
+        .as_deref()
+        .filter(|n| *n != config.node_ip_address)
+    {
+        println!(
+            "this node's address: {} (resolved from {name})",
+            config.node_ip_address
+        );
+    }
     for process in &state.processes {
         println!("  {:<20} pid {}", process.name, process.pid);
     }

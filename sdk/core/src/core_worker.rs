@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_gcs::{FunctionInfo, GcsClient};
+use rayd_gcs::{FunctionInfo, GcsClient, GcsReply, Server};
 use rayd_plasma_client::{ClientError, PlasmaClient};
 
 use crate::inbox::Inbox;
@@ -647,6 +647,25 @@ impl CoreWorker {
             puts: 0,
         };
         Ok(assigned)
+    }
+
+    /// Runs one Redis command on a GCS server (the SDK's own tables, and reading any).
+    pub fn gcs_command(
+        &self,
+        server: Server<'_>,
+        name: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<GcsReply, CoreError> {
+        Ok(self
+            .runtime
+            .block_on(self.gcs.command(server, name, args))?)
+    }
+
+    /// Drops objects from this node's store (`ray.internal.free`); returns how many were
+    /// there. An object in use stays until its last reader releases it.
+    pub fn free(&self, ids: &[ObjectId]) -> Result<usize, CoreError> {
+        let report = self.plasma.delete(ids)?;
+        Ok(report.deleted.len() + report.deferred.len())
     }
 
     /// Kills an actor of this node (`ray.kill`).
