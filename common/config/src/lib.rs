@@ -224,6 +224,8 @@ pub enum ConfigError {
     Parse(#[from] config::ConfigError),
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("cannot read the flags: {0}")]
+    Flags(String),
 }
 
 impl RaydConfig {
@@ -549,7 +551,7 @@ pub type ConfigValue = config::Value;
 /// A table of override values.
 pub type ConfigMap = config::Map<String, config::Value>;
 
-/// Values given on the command line, the strongest source.
+/// Values given on the command line (or to `ray.init()`), the strongest source.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides(Vec<(String, config::Value)>);
 
@@ -561,6 +563,75 @@ impl Overrides {
         }
         self
     }
+
+    /// A binary's flags as overrides. Each field of the flag struct sets the key of the
+    /// same name, so a key is written once: as the field's name (clap derives the flag,
+    /// `--num-redis-shards`, from it too). A field that is `None`, or a switch that is off
+    /// (`#[serde(skip_serializing_if = "rayd_config::switch_off")]`), sets nothing; fields
+    /// that are no key (`--check-config`, `--block`) are `#[serde(skip)]`.
+    pub fn from_flags(flags: &impl Serialize) -> Result<Self, ConfigError> {
+        let mut overrides = Self::default();
+        for (key, value) in flag_fields(flags)? {
+            overrides.set(&key, config_value(value));
+        }
+        Ok(overrides)
+    }
+}
+
+/// For `skip_serializing_if`: a switch that is off sets nothing (a flag that is not given
+/// leaves the weaker sources' value, even `true`).
+pub fn switch_off(on: &bool) -> bool {
+    !on
+}
+
+/// The fields of a flag struct, by name.
+fn flag_fields(
+    flags: &impl Serialize,
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    match serde_json::to_value(flags) {
+        Ok(serde_json::Value::Object(fields)) => Ok(fields),
+        Ok(other) => Err(ConfigError::Flags(format!(
+            "flags must be a struct, not {other}"
+        ))),
+        Err(e) => Err(ConfigError::Flags(e.to_string())),
+    }
+}
+
+/// The fields of `flags` that would set a key that does not exist (each binary's tests
+/// check that this is empty for its flags).
+pub fn unknown_flag_keys(flags: &impl Serialize) -> Result<Vec<String>, ConfigError> {
+    let keys = flag_fields(&RaydConfig::default())?;
+    Ok(flag_fields(flags)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| !keys.contains_key(key))
+        .collect())
+}
+
+/// A flag's value as the config crate holds it; `None` for a flag that was not given.
+fn config_value(value: serde_json::Value) -> Option<config::Value> {
+    use serde_json::Value as Json;
+    Some(match value {
+        Json::Null => return None,
+        Json::Bool(b) => b.into(),
+        Json::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => u.into(),
+            (None, Some(i), _) => i.into(),
+            (None, None, Some(f)) => f.into(),
+            (None, None, None) => return None,
+        },
+        Json::String(s) => s.into(),
+        Json::Array(items) => items
+            .into_iter()
+            .filter_map(config_value)
+            .collect::<Vec<_>>()
+            .into(),
+        Json::Object(fields) => fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, config_value(v)?)))
+            .collect::<ConfigMap>()
+            .into(),
+    })
 }
 
 /// Loads the configuration from explicit sources; the process-independent core of
@@ -719,6 +790,78 @@ mod tests {
             config.log_level, "debug",
             "an absent flag overrides nothing"
         );
+    }
+
+    /// Flags as a binary declares them: field names are the keys.
+    #[derive(Serialize)]
+    struct Flags {
+        // Not a key: skipped (else unknown_flag_keys would name it).
+        #[serde(skip)]
+        #[allow(dead_code)]
+        check_config: bool,
+        redis_port: Option<u16>,
+        log_level: Option<String>,
+        temp_dir: Option<PathBuf>,
+        redis_shard_ports: Option<Vec<u16>>,
+        num_cpus: Option<f64>,
+        #[serde(skip_serializing_if = "switch_off")]
+        redis_persistence: bool,
+        #[serde(skip_serializing_if = "switch_off")]
+        huge_pages: bool,
+    }
+
+    #[test]
+    fn flags_set_the_keys_of_their_names_and_absent_flags_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            &dir,
+            "redis_port = 7000\nlog_level = \"warn\"\nredis_persistence = true\nnum_redis_shards = 2\n",
+        );
+        let vars = env(&[("RAYD_LOG_LEVEL", "debug")]);
+        let flags = Flags {
+            check_config: true,
+            redis_port: Some(7200),
+            log_level: None,
+            temp_dir: Some(PathBuf::from("/var/tmp/r")),
+            redis_shard_ports: Some(vec![7301, 7302]),
+            num_cpus: Some(2.5),
+            redis_persistence: false,
+            huge_pages: false,
+        };
+        let overrides = Overrides::from_flags(&flags).unwrap();
+        let config = load(Some(&file), &vars, &overrides).unwrap();
+        assert_eq!(config.redis_port, 7200, "a flag beats the file");
+        assert_eq!(
+            config.log_level, "debug",
+            "an absent flag leaves the env's value"
+        );
+        assert!(
+            config.redis_persistence,
+            "a switch that is off leaves the file's value"
+        );
+        assert_eq!(config.temp_dir, PathBuf::from("/var/tmp/r"));
+        assert_eq!(config.redis_shard_ports, vec![7301, 7302]);
+        assert_eq!(config.num_cpus, Some(2.5));
+        assert_eq!(unknown_flag_keys(&flags).unwrap(), Vec::<String>::new());
+
+        #[derive(Serialize)]
+        struct Typo {
+            redis_prot: Option<u16>,
+        }
+        assert_eq!(
+            unknown_flag_keys(&Typo { redis_prot: None }).unwrap(),
+            vec!["redis_prot".to_string()]
+        );
+        let err = load(
+            None,
+            &env(&[]),
+            &Overrides::from_flags(&Typo {
+                redis_prot: Some(1),
+            })
+            .unwrap(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("redis_prot"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use rayd_config::{Overrides, RaydConfig, EXIT_CONFIG};
+use serde::Serialize;
 
 use crate::args::ConfigArgs;
 use crate::shutdown::Shutdown;
@@ -34,12 +35,13 @@ pub enum Threads {
 
 /// Runs the daemon `program` whose body is `run`, and returns its exit code.
 ///
-/// `run` gets the loaded configuration and the shutdown tokens; it returns when the
-/// daemon has stopped, with an error if it failed.
+/// `flags` are the binary's flags, which override the configuration keys of their
+/// fields' names (see [`args`]). `run` gets the loaded configuration and the shutdown
+/// tokens; it returns when the daemon has stopped, with an error if it failed.
 pub fn main<F, Fut, E>(
     program: &str,
     args: &ConfigArgs,
-    overrides: &Overrides,
+    flags: &impl Serialize,
     threads: Threads,
     run: F,
 ) -> ExitCode
@@ -48,7 +50,7 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let config = match startup(program, args, overrides) {
+    let config = match startup(program, args, flags) {
         Startup::Run(config) => *config,
         Startup::Exit(code) => return ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILURE)),
     };
@@ -104,10 +106,13 @@ pub enum Startup {
     Exit(i32),
 }
 
-/// Loads the configuration for the binary `program` and handles `--check-config` and
-/// `--print-config`; reports an invalid configuration on stderr.
-pub fn startup(program: &str, args: &ConfigArgs, overrides: &Overrides) -> Startup {
-    match rayd_config::load_for_process(args.config.as_deref(), overrides) {
+/// Loads the configuration for the binary `program`, with its `flags` as the strongest
+/// source, and handles `--check-config` and `--print-config`; reports an invalid
+/// configuration on stderr.
+pub fn startup(program: &str, args: &ConfigArgs, flags: &impl Serialize) -> Startup {
+    let loaded = Overrides::from_flags(flags)
+        .and_then(|overrides| rayd_config::load_for_process(args.config.as_deref(), &overrides));
+    match loaded {
         Err(e) => {
             eprintln!("{program}: invalid configuration: {e}");
             Startup::Exit(EXIT_CONFIG)

@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use rayd_common::process::{find_rayd_binary, log_tail};
+
+use crate::LaunchError;
 
 /// How long a daemon may take to report READY=1.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,25 +29,25 @@ pub fn launch(
     args: &[String],
     session: &Path,
     attached: bool,
-) -> anyhow::Result<Child> {
-    let binary = find_rayd_binary(name)
-        .with_context(|| format!("cannot find the `{name}` binary next to rayd or in PATH"))?;
+) -> Result<Child, LaunchError> {
+    let binary = find_rayd_binary(name).ok_or_else(|| LaunchError::BinaryNotFound(name.into()))?;
     let log_path = session.join("logs").join(format!("{name}.log"));
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+        .map_err(LaunchError::io("open", &log_path))?;
     // A private directory with a short path: socket paths are limited to 107 bytes, and a
     // session directory can be deeper than that allows.
     let notify_dir = tempfile::Builder::new()
         .prefix("rayd-notify-")
         .tempdir()
-        .context("cannot create a directory for the readiness socket")?;
+        .map_err(LaunchError::NotifyDir)?;
     let socket_path = notify_dir.path().join(format!("{name}.sock"));
-    let socket = UnixDatagram::bind(&socket_path)
-        .with_context(|| format!("cannot bind {}", socket_path.display()))?;
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let socket = UnixDatagram::bind(&socket_path).map_err(LaunchError::io("bind", &socket_path))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .map_err(LaunchError::io("set a read timeout on", &socket_path))?;
 
     let mut command = Command::new(&binary);
     if std::env::var_os(MIMALLOC_EAGER_COMMIT).is_none() {
@@ -66,7 +67,10 @@ pub fn launch(
         .env("NOTIFY_SOCKET", &socket_path)
         .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
+        .stdout(
+            log.try_clone()
+                .map_err(LaunchError::io("share", &log_path))?,
+        )
         .stderr(log);
     // SAFETY: setsid and prctl are async-signal-safe and the closure allocates nothing.
     unsafe {
@@ -82,9 +86,7 @@ pub fn launch(
             Ok(())
         });
     }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let mut child = command.spawn().map_err(LaunchError::io("start", &binary))?;
 
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut buf = [0u8; 4096];
@@ -97,24 +99,28 @@ pub fn launch(
                 break Ok(());
             }
         }
-        if let Some(status) = child.try_wait()? {
-            break Err(anyhow::anyhow!(
-                "{name} exited ({status}) before it was ready:\n{}",
-                log_tail(&log_path, 10, "\n")
-            ));
+        if let Some(status) = child
+            .try_wait()
+            .map_err(LaunchError::io("wait for", &binary))?
+        {
+            break Err(LaunchError::Exited {
+                name: name.into(),
+                status,
+                log: log_tail(&log_path, 10, "\n"),
+                path: log_path,
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            break Err(anyhow::anyhow!(
-                "{name} was not ready within {READY_TIMEOUT:?}:\n{}",
-                log_tail(&log_path, 10, "\n")
-            ));
+            break Err(LaunchError::NotReady {
+                name: name.into(),
+                timeout: READY_TIMEOUT,
+                log: log_tail(&log_path, 10, "\n"),
+                path: log_path,
+            });
         }
     };
     drop(notify_dir);
-    match result {
-        Ok(()) => Ok(child),
-        Err(e) => bail!("{e}\n(full log: {})", log_path.display()),
-    }
+    result.map(|()| child)
 }

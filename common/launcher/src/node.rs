@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Context;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rayd_common::process::signal_pid;
 use rayd_config::RaydConfig;
 
 use crate::node_state::Process;
+use crate::LaunchError;
 
 /// The daemons of a head node, in start order.
 pub const HEAD_DAEMONS: &[&str] = &["rayd-redis-shard", "rayd-plasma", "rayd-raylet"];
@@ -72,13 +72,12 @@ pub fn stop_processes(processes: &[Process], grace: Duration) -> usize {
 }
 
 /// Creates `<temp_dir>/session_<unix time>_<pid>/logs` and points `session_latest` at it.
-pub fn new_session(temp_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn new_session(temp_dir: &Path) -> Result<PathBuf, LaunchError> {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let session = temp_dir.join(format!("session_{secs}_{}", std::process::id()));
-    std::fs::create_dir_all(session.join("logs"))
-        .with_context(|| format!("cannot create {}", session.display()))?;
+    std::fs::create_dir_all(session.join("logs")).map_err(LaunchError::io("create", &session))?;
     let latest = temp_dir.join("session_latest");
     let _ = std::fs::remove_file(&latest);
     let _ = std::os::unix::fs::symlink(&session, &latest);
@@ -87,7 +86,7 @@ pub fn new_session(temp_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Writes the effective configuration for the daemons (mode 0600: it may hold the
 /// password), so that each reads exactly what the launcher resolved.
-fn write_session_config(session: &Path, config: &RaydConfig) -> anyhow::Result<PathBuf> {
+fn write_session_config(session: &Path, config: &RaydConfig) -> Result<PathBuf, LaunchError> {
     let path = session.join("rayd.toml");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -95,17 +94,21 @@ fn write_session_config(session: &Path, config: &RaydConfig) -> anyhow::Result<P
         .truncate(true)
         .mode(0o600)
         .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, config.to_toml().as_bytes())?;
+        .map_err(LaunchError::io("write", &path))?;
+    std::io::Write::write_all(&mut file, config.to_toml().as_bytes())
+        .map_err(LaunchError::io("write", &path))?;
     Ok(path)
 }
 
 /// `n` TCP ports on `ip` that were free a moment ago.
-pub fn free_ports(ip: &str, n: usize) -> anyhow::Result<Vec<u16>> {
+pub fn free_ports(ip: &str, n: usize) -> Result<Vec<u16>, LaunchError> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind((ip, 0)))
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("cannot find free ports on {ip}"))?;
+        .map_err(|source| LaunchError::FreePorts {
+            ip: ip.into(),
+            source,
+        })?;
     Ok(listeners
         .iter()
         .filter_map(|l| l.local_addr().ok().map(|a| a.port()))
@@ -115,7 +118,11 @@ pub fn free_ports(ip: &str, n: usize) -> anyhow::Result<Vec<u16>> {
 /// Starts a node's daemons, each ready before the next starts. A head runs the GCS
 /// (its `redis_address` becomes this node's primary); any other node joins
 /// `config.redis_address`. On failure, what was started is stopped again.
-pub fn start_node(config: &RaydConfig, head: bool, attached: bool) -> anyhow::Result<StartedNode> {
+pub fn start_node(
+    config: &RaydConfig,
+    head: bool,
+    attached: bool,
+) -> Result<StartedNode, LaunchError> {
     let mut config = config.clone();
     let daemons = if head {
         config.redis_address = Some(format!("{}:{}", config.node_ip_address, config.redis_port));
@@ -126,9 +133,9 @@ pub fn start_node(config: &RaydConfig, head: bool, attached: bool) -> anyhow::Re
     let redis_address = config
         .redis_address
         .clone()
-        .context("joining a cluster needs its redis_address")?;
+        .ok_or(LaunchError::NoRedisAddress)?;
     std::fs::create_dir_all(&config.temp_dir)
-        .with_context(|| format!("cannot create {}", config.temp_dir.display()))?;
+        .map_err(LaunchError::io("create", &config.temp_dir))?;
     let session = new_session(&config.temp_dir)?;
     let config_path = write_session_config(&session, &config)?;
     let args = ["--config".to_string(), config_path.display().to_string()];

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use rayd_common::process::{process_alive, process_name};
 use serde::{Deserialize, Serialize};
+
+use crate::LaunchError;
 
 /// A daemon that `rayd start` launched.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,30 +39,30 @@ fn path(temp_dir: &Path) -> PathBuf {
 }
 
 /// The recorded node, if any.
-pub fn read(temp_dir: &Path) -> anyhow::Result<Option<NodeState>> {
+pub fn read(temp_dir: &Path) -> Result<Option<NodeState>, LaunchError> {
     let path = path(temp_dir);
     match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
-            .with_context(|| format!("{} is corrupt; remove it", path.display())),
+            .map_err(|source| LaunchError::CorruptState { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => Err(LaunchError::io("read", &path)(e)),
     }
 }
 
 /// Records the node.
-pub fn write(temp_dir: &Path, state: &NodeState) -> anyhow::Result<()> {
+pub fn write(temp_dir: &Path, state: &NodeState) -> Result<(), LaunchError> {
     let path = path(temp_dir);
-    let text = serde_json::to_string_pretty(state)?;
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    let text = serde_json::to_string_pretty(state).map_err(LaunchError::EncodeState)?;
+    std::fs::write(&path, text).map_err(LaunchError::io("write", &path))
 }
 
 /// Forgets the node.
-pub fn remove(temp_dir: &Path) -> anyhow::Result<()> {
+pub fn remove(temp_dir: &Path) -> Result<(), LaunchError> {
     let path = path(temp_dir);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            Err(LaunchError::io("remove", &path)(e))
         }
         _ => Ok(()),
     }

@@ -70,7 +70,7 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     };
     if let Err(e) = node_state::write(temp_dir, &state) {
         node.stop();
-        return Err(e);
+        return Err(e.into());
     }
 
     let role = if args.head { "head" } else { "worker" };

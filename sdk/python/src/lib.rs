@@ -764,7 +764,7 @@ fn start_local_node(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Lo
             &config.node_ip_address,
             1 + usize::from(config.num_redis_shards),
         )
-        .map_err(anyhow_err)?;
+        .map_err(|e| anyhow_err(e.into()))?;
         config.redis_port = ports[0];
         config.redis_shard_ports = ports[1..].to_vec();
     }
@@ -773,7 +773,7 @@ fn start_local_node(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Lo
     }
     let node = py
         .detach(|| rayd_launcher::node::start_node(&config, true, true))
-        .map_err(anyhow_err)?;
+        .map_err(|e| anyhow_err(e.into()))?;
     Ok(LocalNode {
         redis_address: node.redis_address.clone(),
         raylet_socket: node.raylet_socket.display().to_string(),
