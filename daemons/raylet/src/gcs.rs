@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rayd_common::id::{NodeId, TaskId};
-use rayd_gcs::{ActorInfo, GcsClient, TaskEntry};
+use rayd_common::id::{JobId, NodeId, TaskId};
+use rayd_gcs::{ActorInfo, ErrorInfo, GcsClient, TaskEntry};
 use tokio::sync::mpsc;
 
 use crate::scheduler::GcsWrite;
@@ -19,6 +19,13 @@ use crate::scheduler::GcsWrite;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Most tasks gathered before a flush, whatever the time.
 const MAX_PENDING: usize = 4096;
+
+/// What one flush writes besides tasks.
+#[derive(Debug, Default)]
+struct Records {
+    actors: Vec<ActorInfo>,
+    errors: Vec<(JobId, ErrorInfo)>,
+}
 
 /// What one flush writes for one task.
 #[derive(Debug, Default)]
@@ -32,17 +39,17 @@ pub fn spawn_writer(gcs: GcsClient, node: NodeId) -> mpsc::UnboundedSender<GcsWr
     let (tx, mut rx) = mpsc::unbounded_channel::<GcsWrite>();
     tokio::spawn(async move {
         let mut tasks: HashMap<TaskId, Pending> = HashMap::new();
-        let mut actors = Vec::new();
+        let mut records = Records::default();
         let mut open = true;
         while open {
             let Some(first) = rx.recv().await else {
                 break;
             };
-            gather(first, &mut tasks, &mut actors);
+            gather(first, &mut tasks, &mut records);
             let deadline = tokio::time::Instant::now() + FLUSH_INTERVAL;
             while tasks.len() < MAX_PENDING {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(write)) => gather(write, &mut tasks, &mut actors),
+                    Ok(Some(write)) => gather(write, &mut tasks, &mut records),
                     Ok(None) => {
                         open = false;
                         break;
@@ -50,13 +57,13 @@ pub fn spawn_writer(gcs: GcsClient, node: NodeId) -> mpsc::UnboundedSender<GcsWr
                     Err(_) => break,
                 }
             }
-            flush(&gcs, node, &mut tasks, &mut actors).await;
+            flush(&gcs, node, &mut tasks, &mut records).await;
         }
     });
     tx
 }
 
-fn gather(write: GcsWrite, tasks: &mut HashMap<TaskId, Pending>, actors: &mut Vec<ActorInfo>) {
+fn gather(write: GcsWrite, tasks: &mut HashMap<TaskId, Pending>, records: &mut Records) {
     match write {
         GcsWrite::Task(entry) => {
             let pending = tasks.entry(entry.task_id).or_default();
@@ -67,7 +74,18 @@ fn gather(write: GcsWrite, tasks: &mut HashMap<TaskId, Pending>, actors: &mut Ve
         GcsWrite::State(task, state) => {
             tasks.entry(task).or_default().state = Some(state.as_str().to_string());
         }
-        GcsWrite::Actor(actor) => actors.push(actor),
+        GcsWrite::Actor(actor) => records.actors.push(actor),
+        GcsWrite::Error { job, kind, message } => {
+            let time_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let error = ErrorInfo {
+                kind: kind.to_string(),
+                message,
+                time_ms,
+            };
+            records.errors.push((job, error));
+        }
     }
 }
 
@@ -75,7 +93,7 @@ async fn flush(
     gcs: &GcsClient,
     node: NodeId,
     tasks: &mut HashMap<TaskId, Pending>,
-    actors: &mut Vec<ActorInfo>,
+    records: &mut Records,
 ) {
     let entries: Vec<TaskEntry> = tasks
         .drain()
@@ -86,16 +104,24 @@ async fn flush(
             node: Some(node),
         })
         .collect();
-    let (task_result, actor_results) = futures::join!(
+    let (task_result, actor_results, error_results) = futures::join!(
         gcs.put_tasks(&entries),
         join_all(
-            actors
+            records
+                .actors
                 .drain(..)
                 .map(|actor| async move { gcs.put_actor(&actor).await })
+        ),
+        join_all(
+            records
+                .errors
+                .drain(..)
+                .map(|(job, error)| async move { gcs.push_error(job, &error).await })
         )
     );
     if let Some(Err(e)) = std::iter::once(task_result)
         .chain(actor_results)
+        .chain(error_results)
         .find(Result::is_err)
     {
         log::warn!("cannot write task records to the GCS: {e}");

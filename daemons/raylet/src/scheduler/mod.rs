@@ -130,6 +130,13 @@ pub enum GcsWrite {
     State(TaskId, TaskState),
     /// An actor's entry.
     Actor(ActorInfo),
+    /// An error for the driver of `job` (`ray.error_info()`): `kind` is machine-readable,
+    /// e.g. `worker_died`.
+    Error {
+        job: JobId,
+        kind: &'static str,
+        message: String,
+    },
 }
 
 /// Where the node stands, for heartbeats and `rayd status`.
@@ -954,6 +961,11 @@ impl Scheduler {
         );
         log::warn!("{message}; its results become errors");
         self.store_errors(&task, value::ERROR_WORKER_DIED, &message);
+        self.gcs(GcsWrite::Error {
+            job: task.job,
+            kind: "worker_died",
+            message,
+        });
     }
 
     /// Stores error objects of `kind` in place of every result of `task`, so that
@@ -1194,6 +1206,15 @@ impl Scheduler {
             }
             Err(reason) => {
                 log::warn!(actor:% = id, pid, failed_calls = died.failed.len(); "actor died");
+                if let Some(job) = self.actors.get(&id).map(|a| a.job) {
+                    if !self.jobs.has_ended(&job) {
+                        self.gcs(GcsWrite::Error {
+                            job,
+                            kind: "actor_died",
+                            message: reason.clone(),
+                        });
+                    }
+                }
                 for task in &died.failed {
                     self.store_errors(task, value::ERROR_ACTOR_DIED, &reason);
                 }

@@ -37,6 +37,8 @@ struct Out {
     puts: Vec<(ObjectId, Vec<u8>)>,
     pulls: Vec<ObjectId>,
     states: Vec<(TaskId, TaskState)>,
+    /// Kinds of the errors pushed to drivers.
+    errors: Vec<&'static str>,
 }
 
 impl Out {
@@ -124,6 +126,7 @@ impl Harness {
                     out.states.push((entry.task_id, state));
                 }
                 Effect::Gcs(GcsWrite::Actor(_)) => {}
+                Effect::Gcs(GcsWrite::Error { kind, .. }) => out.errors.push(kind),
             }
         }
         out
@@ -331,6 +334,11 @@ fn a_worker_dying_mid_task_retries_it_then_fails_it() {
         "past max_retries its result is an error"
     );
     assert!(out.states.contains(&(id_of(&spec), TaskState::Failed)));
+    assert_eq!(
+        out.errors,
+        vec!["worker_died"],
+        "told to the driver's error_info"
+    );
     h.step(Event::WorkerExited {
         pid,
         status: "signal 9".into(),
@@ -472,7 +480,8 @@ fn an_actor_restarts_with_its_queued_calls() {
         "the calls that never started run on the new actor, in order"
     );
     // No restarts left: the next death is final and later calls fail.
-    h.step(Event::Disconnected { conn: w2 });
+    let out = h.step(Event::Disconnected { conn: w2 });
+    assert_eq!(out.errors, vec!["actor_died"]);
     assert!(!h.s.actor_alive(&actor));
     let late = call(&h);
     let out = h.submit(driver, &late);
