@@ -11,6 +11,14 @@ pub mod common {
     }
 }
 
+/// The node manager service through which raylets hand tasks to each other.
+pub mod nodemanager {
+    /// Version 1 of the node manager service.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/rayd.nodemanager.v1.rs"));
+    }
+}
+
 /// The object manager service through which plasma stores pull objects from each other.
 pub mod objectmanager {
     /// Version 1 of the object manager service.

@@ -147,6 +147,7 @@ async fn tables_round_trip() {
         raylet_socket: "/tmp/raylet.sock".into(),
         plasma_socket: "/tmp/plasma.sock".into(),
         object_manager_address: "127.0.0.1:9000".into(),
+        node_manager_address: "127.0.0.1:8077".into(),
         resources_total: BTreeMap::from([("CPU".to_string(), 4.0)]),
         resources_available: BTreeMap::from([("CPU".to_string(), 4.0)]),
         alive: true,

@@ -170,8 +170,12 @@ pub struct RaydConfig {
     pub raylet_socket: Option<PathBuf>,
     /// The `rayd-worker` executable; the one next to `rayd-raylet` when unset.
     pub worker_path: Option<PathBuf>,
-    /// Milliseconds between the raylet's heartbeats to the GCS.
+    /// Milliseconds between the raylet's heartbeats to the GCS (other raylets place
+    /// tasks from them).
     pub heartbeat_interval_ms: u64,
+    /// TCP port of the raylet's node manager (gRPC), through which other raylets forward
+    /// tasks to this node; 0 picks one.
+    pub node_manager_port: u16,
 }
 
 impl Default for RaydConfig {
@@ -206,7 +210,8 @@ impl Default for RaydConfig {
             task_ahead_max_ms: 2,
             raylet_socket: None,
             worker_path: None,
-            heartbeat_interval_ms: 1000,
+            heartbeat_interval_ms: 100,
+            node_manager_port: 0,
         }
     }
 }

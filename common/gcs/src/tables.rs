@@ -71,6 +71,9 @@ pub struct NodeInfo {
     pub plasma_socket: String,
     /// `host:port` of the node's object manager (gRPC).
     pub object_manager_address: String,
+    /// `host:port` of the node's raylet for other raylets (gRPC node manager); empty for
+    /// a node registered by an older raylet.
+    pub node_manager_address: String,
     pub resources_total: BTreeMap<String, f64>,
     pub resources_available: BTreeMap<String, f64>,
     pub alive: bool,
@@ -202,6 +205,7 @@ impl GcsClient {
                         "object_manager_address",
                         node.object_manager_address.clone(),
                     ),
+                    ("node_manager_address", node.node_manager_address.clone()),
                     ("resources_total", to_json(&node.resources_total)),
                     ("resources_available", to_json(&node.resources_available)),
                     ("state", "alive".to_string()),
@@ -286,6 +290,7 @@ impl GcsClient {
             raylet_socket: text(&fields, "raylet_socket")?,
             plasma_socket: text(&fields, "plasma_socket")?,
             object_manager_address: text(&fields, "object_manager_address")?,
+            node_manager_address: text(&fields, "node_manager_address").unwrap_or_default(),
             resources_total: json(&fields, "resources_total")?,
             resources_available: json(&fields, "resources_available")?,
             alive: text(&fields, "state")? == "alive",

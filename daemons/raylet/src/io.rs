@@ -11,11 +11,14 @@ use std::time::Instant;
 
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::process::signal_pid;
+use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_gcs::GcsClient;
+use rayd_gcs::keys::{self, Table};
+use rayd_gcs::{GcsClient, Target};
 use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
+use crate::peers::Peers;
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
 
@@ -60,6 +63,9 @@ pub struct Node {
     gcs: GcsClient,
     plasma: PlasmaClient,
     node_id: NodeId,
+    peers: Peers,
+    /// Pulls under way, to stop when their object arrives by another way.
+    pulls: HashMap<ObjectId, tokio::task::AbortHandle>,
 }
 
 impl Node {
@@ -70,6 +76,7 @@ impl Node {
         plasma: PlasmaClient,
         gcs: GcsClient,
         worker: WorkerCommand,
+        peers: Peers,
     ) -> std::io::Result<Self> {
         let node_id = plasma.node_id();
         let puts = spawn_putter(plasma.clone())?;
@@ -83,6 +90,8 @@ impl Node {
             gcs,
             plasma,
             node_id,
+            peers,
+            pulls: HashMap::new(),
         })
     }
 
@@ -97,6 +106,12 @@ impl Node {
             Input::Event(event) => {
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
+                    Event::ObjectSealed(id) | Event::ObjectLost(id) => {
+                        if let Some(pull) = self.pulls.remove(id) {
+                            pull.abort();
+                        }
+                        None
+                    }
                     _ => None,
                 };
                 self.scheduler.handle(now, event);
@@ -137,6 +152,35 @@ impl Node {
                     let _ = self.puts.send((id, object));
                 }
                 Effect::Pull { id } => self.pull(id),
+                Effect::StopPull { id } => {
+                    if let Some(pull) = self.pulls.remove(&id) {
+                        pull.abort();
+                    }
+                }
+                Effect::Forward {
+                    node,
+                    spec,
+                    home,
+                    hops,
+                    job,
+                } => self.forward(node, spec, home, hops, job),
+                Effect::ReturnResults {
+                    home,
+                    task,
+                    results,
+                } => {
+                    let peers = self.peers.clone();
+                    let request = nm::TaskFinishedRequest {
+                        task_id: task.as_bytes().to_vec(),
+                        node_id: self.node_id.as_bytes().to_vec(),
+                        results,
+                    };
+                    tokio::spawn(async move {
+                        if let Err(e) = peers.finished(home, request).await {
+                            log::warn!(task:% = task; "cannot report a finished task to its home: {e}");
+                        }
+                    });
+                }
                 Effect::Gcs(write) => {
                     let _ = self.writes.send(write);
                 }
@@ -165,41 +209,118 @@ impl Node {
         });
     }
 
-    /// Asks the node's store to pull `id` from a live node that holds it; reports it lost
-    /// when none does.
-    fn pull(&self, id: ObjectId) {
+    fn forward(
+        &self,
+        node: NodeId,
+        spec: Box<rayd_common::proto::common::v1::TaskSpec>,
+        home: NodeId,
+        hops: u32,
+        job: Option<pb::JobConfig>,
+    ) {
+        let peers = self.peers.clone();
+        let inputs = self.inputs.clone();
+        let task = rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
+        let request = nm::ForwardTaskRequest {
+            spec: Some(*spec),
+            home_node_id: home.as_bytes().to_vec(),
+            hops,
+            job,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = peers.forward(node, request).await {
+                let _ = inputs.send(
+                    Event::ForwardFailed {
+                        task,
+                        node,
+                        error: e.to_string(),
+                    }
+                    .into(),
+                );
+            }
+        });
+    }
+
+    /// Asks the node's store to pull `id` from a live node that holds it, waiting for a
+    /// first copy when none was made yet; reports it lost when copies were made and none
+    /// is left.
+    fn pull(&mut self, id: ObjectId) {
+        if self.pulls.get(&id).is_some_and(|p| !p.is_finished()) {
+            return;
+        }
         let gcs = self.gcs.clone();
         let plasma = self.plasma.clone();
         let inputs = self.inputs.clone();
         let own = self.node_id;
-        tokio::spawn(async move {
-            let locations = match gcs.object_info(id).await {
-                Ok(Some(info)) => info.locations,
-                Ok(None) => Vec::new(),
-                Err(e) => {
-                    log::warn!(object:% = id; "cannot look up the object's locations: {e}");
-                    Vec::new()
+        let task = tokio::spawn(async move {
+            if let Some(lost) = pull(gcs, plasma, own, id).await {
+                log::warn!(object:% = id; "{lost}");
+                let _ = inputs.send(Event::ObjectLost(id).into());
+            }
+        });
+        self.pulls.insert(id, task.abort_handle());
+    }
+}
+
+/// Gets `id` into this node's store; returns why it is lost when it cannot be had.
+async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -> Option<String> {
+    let mut subscription = None;
+    loop {
+        let info = match gcs.object_info(id).await {
+            Ok(info) => info,
+            Err(e) => {
+                log::warn!(object:% = id; "cannot look up the object's locations: {e}; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(info) = info else {
+            // No copy was ever made: wait for the first (subscribed first, then looked up
+            // again, so that one made in between is not missed).
+            match subscription.as_mut() {
+                None => {
+                    let channel = keys::events_channel(Table::Object, &id);
+                    match gcs
+                        .subscribe(Target::ShardOf(id.as_bytes()), vec![channel])
+                        .await
+                    {
+                        Ok(s) => subscription = Some(s),
+                        Err(e) => {
+                            log::warn!(object:% = id; "cannot follow the object's locations: {e}");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
                 }
-            };
-            for node in locations.into_iter().filter(|n| *n != own) {
-                let Ok(Some(info)) = gcs.node(node).await else {
-                    continue;
-                };
-                if !info.alive {
-                    continue;
-                }
-                let plasma = plasma.clone();
-                let source = info.object_manager_address.clone();
-                let pulled = tokio::task::spawn_blocking(move || plasma.pull(id, &source)).await;
-                match pulled {
-                    // Its seal reaches the scheduler through the store's events.
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => log::warn!(object:% = id, node:% = node; "pull failed: {e}"),
-                    Err(e) => log::warn!(object:% = id; "pull task failed: {e}"),
+                Some(s) => {
+                    if s.next().await.is_none() {
+                        subscription = None;
+                    }
                 }
             }
-            let _ = inputs.send(Event::ObjectLost(id).into());
-        });
+            continue;
+        };
+        if info.locations.contains(&own) {
+            // Here already: its seal reaches the scheduler through the store's events.
+            return None;
+        }
+        for node in info.locations {
+            let Ok(Some(entry)) = gcs.node(node).await else {
+                continue;
+            };
+            if !entry.alive {
+                continue;
+            }
+            let plasma = plasma.clone();
+            let source = entry.object_manager_address.clone();
+            match tokio::task::spawn_blocking(move || plasma.pull(id, &source)).await {
+                // Its seal reaches the scheduler through the store's events.
+                Ok(Ok(())) => return None,
+                Ok(Err(e)) => log::warn!(object:% = id, node:% = node; "pull failed: {e}"),
+                Err(e) => log::warn!(object:% = id; "pull task failed: {e}"),
+            }
+        }
+        return Some(format!(
+            "object {id} was lost: no live node holds a copy it can send"
+        ));
     }
 }
 

@@ -8,6 +8,7 @@
 mod connection;
 mod gcs;
 pub mod io;
+mod peers;
 mod resources;
 pub mod scheduler;
 mod workers;
@@ -41,6 +42,12 @@ pub enum RayletError {
     #[error("cannot serve on {path}: {source}")]
     Socket {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
         #[source]
         source: std::io::Error,
     },
@@ -117,13 +124,34 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         .await
         .map_err(|e| RayletError::Plasma(ClientError::Invalid(e.to_string())))??;
     let node_id = plasma.node_id();
+    // The store's own word for its object manager's address (its port may have been
+    // picked at start).
+    let object_manager_address = match plasma.stats() {
+        Ok(stats) if !stats.object_manager_address.is_empty() => stats.object_manager_address,
+        _ => format!("{}:{}", config.node_ip_address, config.object_manager_port),
+    };
     let gcs = GcsClient::connect(&redis_address, config.redis_password.as_deref()).await?;
     let socket = config.raylet_socket();
     let listener = bind(&socket)?;
+    let node_manager_address = format!("{}:{}", config.node_ip_address, config.node_manager_port);
+    let node_manager = tokio::net::TcpListener::bind(&node_manager_address)
+        .await
+        .map_err(|source| RayletError::Listen {
+            address: node_manager_address.clone(),
+            source,
+        })?;
+    let node_manager_address =
+        node_manager
+            .local_addr()
+            .map(|a| a.to_string())
+            .map_err(|source| RayletError::Listen {
+                address: node_manager_address,
+                source,
+            })?;
     let total = config.node_resources();
     log::info!(
         node_id:% = node_id, socket:% = socket.display(), plasma:% = plasma_socket.display(),
-        gcs = redis_address.as_str(), resources:? = total;
+        gcs = redis_address.as_str(), node_manager = node_manager_address.as_str(), resources:? = total;
         "raylet serving"
     );
 
@@ -149,6 +177,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
     };
+    let peers = peers::Peers::default();
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),
@@ -156,6 +185,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         plasma,
         gcs.clone(),
         worker,
+        peers.clone(),
     )
     .map_err(|source| RayletError::Thread {
         what: "plasma-puts",
@@ -166,10 +196,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         node_ip_address: config.node_ip_address.clone(),
         raylet_socket: socket.display().to_string(),
         plasma_socket: plasma_socket.display().to_string(),
-        object_manager_address: format!(
-            "{}:{}",
-            config.node_ip_address, config.object_manager_port
-        ),
+        object_manager_address,
+        node_manager_address,
         resources_total: total.clone(),
         resources_available: total,
         alive: true,
@@ -180,6 +208,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     };
     gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
+    peers::serve(node_manager, events_tx.clone(), cancel.clone());
+    peers::watch(
+        gcs.clone(),
+        node_id,
+        peers,
+        events_tx.clone(),
+        cancel.clone(),
+    );
     tokio::spawn(connection::serve(listener, events_tx, cancel.clone()));
     node.prestart();
     notify_ready();

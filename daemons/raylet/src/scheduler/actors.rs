@@ -204,6 +204,16 @@ impl Actors {
             .collect()
     }
 
+    /// Whether the call `task` is queued or sent ahead (not finished).
+    pub fn has_call(&self, task: &rayd_common::id::TaskId) -> bool {
+        self.actors.values().any(|a| {
+            a.queue
+                .iter()
+                .chain(a.inflight.iter())
+                .any(|t| t.id == *task)
+        })
+    }
+
     /// Whether a queued call takes `object`.
     pub fn awaits(&self, object: &ObjectId) -> bool {
         self.actors

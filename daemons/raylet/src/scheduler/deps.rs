@@ -44,10 +44,11 @@ impl Dependencies {
         self.waiting.insert(task.id, (task, missing.len()));
     }
 
-    /// `id` is local now: returns the parked tasks that have every argument.
-    pub fn arrived(&mut self, id: ObjectId) -> Vec<Task> {
+    /// `id` is local now: returns the parked tasks that have every argument, and whether
+    /// it was being pulled (the pull can stop).
+    pub fn arrived(&mut self, id: ObjectId) -> (Vec<Task>, bool) {
         self.local.insert(id);
-        self.pulling.remove(&id);
+        let pulled = self.pulling.remove(&id);
         let mut ready = Vec::new();
         for task_id in self.waiters.remove(&id).unwrap_or_default() {
             if let Some((_, missing)) = self.waiting.get_mut(&task_id) {
@@ -59,7 +60,7 @@ impl Dependencies {
                 }
             }
         }
-        ready
+        (ready, pulled)
     }
 
     /// `id` left the store; returns whether it was local.
@@ -71,6 +72,16 @@ impl Dependencies {
     /// caller then starts the pull).
     pub fn want(&mut self, id: ObjectId) -> bool {
         !self.local.contains(&id) && self.pulling.insert(id)
+    }
+
+    /// Whether a parked task waits for `id`.
+    pub fn awaited(&self, id: &ObjectId) -> bool {
+        self.waiters.contains_key(id)
+    }
+
+    /// Whether the task `id` is parked here.
+    pub fn contains(&self, id: &TaskId) -> bool {
+        self.waiting.contains_key(id)
     }
 
     /// Takes out the parked tasks for which `pick` holds (they will not run).

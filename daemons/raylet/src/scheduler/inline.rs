@@ -58,6 +58,11 @@ impl InlineResults {
         }
     }
 
+    /// Whether a connection waits for `id`.
+    pub fn has_interest(&self, id: &ObjectId) -> bool {
+        self.interest.contains_key(id)
+    }
+
     /// Who waited for `id` (they are forgotten).
     pub fn take_interest(&mut self, id: &ObjectId) -> Vec<ConnId> {
         self.interest.remove(id).unwrap_or_default()

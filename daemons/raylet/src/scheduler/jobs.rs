@@ -10,7 +10,9 @@ use super::ConnId;
 
 #[derive(Debug, Default)]
 pub struct Jobs {
-    jobs: HashMap<JobId, (pb::JobConfig, ConnId)>,
+    /// Settings of each job, with its driver's connection when the driver is on this node
+    /// (a job whose tasks were forwarded here has none).
+    jobs: HashMap<JobId, (pb::JobConfig, Option<ConnId>)>,
     /// Jobs whose driver left: their tasks are cancelled, and new ones refused.
     ended: HashSet<JobId>,
     warned: HashSet<String>,
@@ -18,7 +20,13 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn add(&mut self, job: JobId, config: pb::JobConfig, driver: ConnId) {
-        self.jobs.insert(job, (config, driver));
+        self.jobs.insert(job, (config, Some(driver)));
+    }
+
+    /// Keeps the settings of a job whose driver is on another node (its tasks were
+    /// forwarded here).
+    pub fn add_remote(&mut self, job: JobId, config: pb::JobConfig) {
+        self.jobs.entry(job).or_insert((config, None));
     }
 
     /// The driver of `job` left: the job is over.
@@ -32,7 +40,7 @@ impl Jobs {
     }
 
     pub fn driver(&self, job: &JobId) -> Option<ConnId> {
-        self.jobs.get(job).map(|(_, conn)| *conn)
+        self.jobs.get(job).and_then(|(_, conn)| *conn)
     }
 
     pub fn config(&self, job: &JobId) -> Option<&pb::JobConfig> {

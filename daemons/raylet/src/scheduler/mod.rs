@@ -17,6 +17,7 @@
 //! object, which the task then raises.
 
 pub mod actors;
+pub mod cluster;
 pub mod deps;
 pub mod inline;
 pub mod jobs;
@@ -40,6 +41,7 @@ use rayd_gcs::{ActorInfo, TaskEntry};
 use crate::resources::{Amounts, Held, Resources};
 
 use actors::{actor_id_of, ActorState, Actors, PIPELINE_DEPTH};
+use cluster::Cluster;
 use deps::Dependencies;
 use inline::InlineResults;
 use jobs::Jobs;
@@ -52,6 +54,9 @@ pub type ConnId = u64;
 
 /// Workers started beyond the CPU slots for tasks that need no CPU.
 const MAX_CPU_FREE_WORKERS: usize = 32;
+
+/// Most raylets a task is forwarded through before it stays where it is.
+const MAX_HOPS: u32 = 3;
 
 /// How long a pool worker beyond the node's usual pool stays idle before it is told to
 /// exit.
@@ -97,6 +102,40 @@ pub enum Event {
     },
     /// Periodic: retries what waits for time (worker starts backed off).
     Tick,
+    /// Another node joined (or was seen for the first time) with these resources.
+    NodeAdded {
+        node: NodeId,
+        total: Amounts,
+    },
+    /// Another node's heartbeat.
+    NodeHeartbeat {
+        node: NodeId,
+        available: Amounts,
+        queued: u64,
+    },
+    /// Another node left.
+    NodeRemoved {
+        node: NodeId,
+    },
+    /// Another raylet forwarded a task to run here; `home` gets its results.
+    TaskForwarded {
+        spec: common_pb::TaskSpec,
+        home: NodeId,
+        hops: u32,
+        job: Option<pb::JobConfig>,
+    },
+    /// A task forwarded from here could not be handed to `node`.
+    ForwardFailed {
+        task: TaskId,
+        node: NodeId,
+        error: String,
+    },
+    /// A task forwarded from here finished on `node`: its small results.
+    RemoteTaskFinished {
+        task: TaskId,
+        node: NodeId,
+        results: Vec<pb::InlineObject>,
+    },
 }
 
 /// What the scheduler asks the I/O layer to do.
@@ -115,8 +154,24 @@ pub enum Effect {
         object: Arc<pb::InlineObject>,
     },
     /// Get the object from another node's store (answered by its seal, or
-    /// `ObjectLost`).
+    /// `ObjectLost`); waits for a copy to exist when none was ever made.
     Pull { id: ObjectId },
+    /// The object became local by another way: the pull can stop.
+    StopPull { id: ObjectId },
+    /// Hand a task to another node's raylet (answered by `ForwardFailed` when it cannot).
+    Forward {
+        node: NodeId,
+        spec: Box<common_pb::TaskSpec>,
+        home: NodeId,
+        hops: u32,
+        job: Option<pb::JobConfig>,
+    },
+    /// Tell a task's home (another node) that it finished here, with its small results.
+    ReturnResults {
+        home: NodeId,
+        task: TaskId,
+        results: Vec<pb::InlineObject>,
+    },
     /// Write to the GCS (batched by the writer).
     Gcs(GcsWrite),
 }
@@ -180,6 +235,11 @@ pub struct Scheduler {
     ready: ReadyQueues,
     inline: InlineResults,
     actors: Actors,
+    /// The other nodes, from their heartbeats.
+    cluster: Cluster,
+    /// Tasks submitted here that run on another node: where, and the task (its results'
+    /// IDs and its submitter).
+    forwarded: HashMap<TaskId, (NodeId, Task)>,
     /// Attempts of tasks retried after their worker died.
     retries: HashMap<TaskId, u32>,
     effects: Vec<Effect>,
@@ -199,6 +259,8 @@ impl Scheduler {
             ready: ReadyQueues::default(),
             inline: InlineResults::new(inline::INLINE_STORE_BYTES),
             actors: Actors::default(),
+            cluster: Cluster::default(),
+            forwarded: HashMap::new(),
             retries: HashMap::new(),
             effects: Vec::new(),
             now,
@@ -273,6 +335,43 @@ impl Scheduler {
                 self.retire_idle_workers();
                 self.schedule();
             }
+            Event::NodeAdded { node, total } => {
+                log::info!(node:% = node, resources:? = total; "node joined");
+                self.cluster.add(node, total);
+                self.schedule();
+            }
+            Event::NodeHeartbeat {
+                node,
+                available,
+                queued,
+            } => {
+                if self.cluster.heartbeat(node, available, queued) && !self.ready.is_empty() {
+                    self.schedule();
+                }
+            }
+            Event::NodeRemoved { node } => {
+                log::info!(node:% = node; "node left");
+                self.cluster.remove(&node);
+            }
+            Event::TaskForwarded {
+                spec,
+                home,
+                hops,
+                job,
+            } => self.on_forwarded(spec, home, hops, job),
+            Event::ForwardFailed { task, node, error } => {
+                log::warn!(task:% = task, node:% = node; "cannot forward a task: {error}; it stays here");
+                self.cluster.refused(&node);
+                if let Some((_, task)) = self.forwarded.remove(&task) {
+                    self.make_ready(task, true);
+                    self.schedule();
+                }
+            }
+            Event::RemoteTaskFinished {
+                task,
+                node,
+                results,
+            } => self.on_remote_finished(task, node, results),
         }
     }
 
@@ -381,14 +480,99 @@ impl Scheduler {
             self.ready.push(task, false);
             self.schedule();
         } else {
+            for id in &missing {
+                self.pull_unless_made_here(*id);
+            }
             self.deps.park(task, missing);
         }
     }
 
+    /// Whether the task `id` is known here and not finished: queued, waiting, running, or
+    /// forwarded from here (its results will come back).
+    fn pending_here(&self, id: &TaskId) -> bool {
+        self.deps.contains(id)
+            || self.ready.contains(id)
+            || self.forwarded.contains_key(id)
+            || self.pool.runs(id)
+            || self.actors.has_call(id)
+    }
+
+    /// Asks for `id` from other nodes, unless a task here will make it (or bring it back).
+    fn pull_unless_made_here(&mut self, id: ObjectId) {
+        if self.deps.is_local(&id) || self.pending_here(&id.task_id()) {
+            return;
+        }
+        if self.deps.want(id) {
+            self.effects.push(Effect::Pull { id });
+        }
+    }
+
+    /// Another raylet forwarded a task: it runs here like one submitted here, and its
+    /// results are reported to its home.
+    fn on_forwarded(
+        &mut self,
+        spec: common_pb::TaskSpec,
+        home: NodeId,
+        hops: u32,
+        job: Option<pb::JobConfig>,
+    ) {
+        match Task::from_spec(spec) {
+            Ok(mut task) => {
+                task.home = (home != self.settings.node_id).then_some(home);
+                task.hops = hops;
+                if let Some(job) = job {
+                    self.jobs.add_remote(task.job, job);
+                }
+                if task.is_actor_creation() || task.is_actor_call() {
+                    log::warn!(task:% = task.id; "refusing a forwarded actor task: actors stay on their driver's node");
+                    let reason = "actor tasks are not forwarded between nodes".to_string();
+                    self.store_errors(&task, value::ERROR_INVALID_TASK, &reason);
+                    return;
+                }
+                self.submit(task);
+            }
+            Err(refused) => {
+                let (spec, e) = *refused;
+                log::warn!("refusing a forwarded task {}: {e}", spec.function_name);
+            }
+        }
+    }
+
+    /// A task forwarded from here finished on `node`: its small results are taken as if a
+    /// worker here had sent them; the others (and error objects) are in that node's store,
+    /// pulled here when someone here waits for them.
+    fn on_remote_finished(&mut self, id: TaskId, node: NodeId, results: Vec<pb::InlineObject>) {
+        let Some((_, task)) = self.forwarded.remove(&id) else {
+            log::debug!(task:% = id, node:% = node; "a task finished elsewhere that was not forwarded from here");
+            return;
+        };
+        let inline: Vec<ObjectId> = results
+            .iter()
+            .filter_map(|o| ObjectId::from_slice(&o.object_id).ok())
+            .collect();
+        self.take_results(task.id, task.spec.num_returns, task.submitter, results);
+        let to_driver = task.submitter.is_some_and(|c| self.is_driver(c));
+        for id in task.return_ids() {
+            if inline.contains(&id) || self.deps.is_local(&id) {
+                continue;
+            }
+            if (to_driver || self.deps.awaited(&id) || self.inline.has_interest(&id))
+                && self.deps.want(id)
+            {
+                self.effects.push(Effect::Pull { id });
+            }
+        }
+        self.schedule();
+    }
+
     /// `id` is local now: the tasks that waited for it may be ready.
     fn mark_local(&mut self, id: ObjectId) {
-        for task in self.deps.arrived(id) {
+        let (ready, pulled) = self.deps.arrived(id);
+        for task in ready {
             self.ready.push(task, false);
+        }
+        if pulled {
+            self.effects.push(Effect::StopPull { id });
         }
     }
 
@@ -442,12 +626,23 @@ impl Scheduler {
             log::warn!(conn; "results from a worker that runs no task; dropped");
             return;
         };
+        self.take_results(task, num_returns, submitter, results);
+    }
+
+    /// Takes the small results of `task`, made here or on another node.
+    fn take_results(
+        &mut self,
+        task: TaskId,
+        num_returns: u32,
+        submitter: Option<ConnId>,
+        results: Vec<pb::InlineObject>,
+    ) {
         let mut to_drivers: HashMap<ConnId, Vec<pb::InlineObject>> = HashMap::new();
         for object in results {
             let id = match ObjectId::from_slice(&object.object_id) {
                 Ok(id) if (1..=num_returns).any(|i| ObjectId::for_return(task, i) == id) => id,
                 _ => {
-                    log::warn!(conn, task:% = task; "dropping a result that is not one of the task's");
+                    log::warn!(task:% = task; "dropping a result that is not one of the task's");
                     continue;
                 }
             };
@@ -513,6 +708,7 @@ impl Scheduler {
             }
             if !self.deps.is_local(&id) {
                 self.inline.add_interest(id, conn);
+                self.pull_unless_made_here(id);
             }
         }
         if !ready.is_empty() {
@@ -543,7 +739,10 @@ impl Scheduler {
                 continue;
             };
             if !self.resources.feasible(&request) {
-                self.warn_infeasible(&shape);
+                // Another node may run it; else it waits for one that can.
+                if !self.spill(&shape, &request, false) {
+                    self.warn_infeasible(&shape);
+                }
                 continue;
             }
             while self.resources.fits(&request) {
@@ -561,6 +760,10 @@ impl Scheduler {
                     break;
                 };
                 self.dispatch(conn, task);
+            }
+            // What cannot start here now goes where a heartbeat showed room.
+            if !self.resources.fits(&request) {
+                self.spill(&shape, &request, true);
             }
         }
         self.send_tasks_ahead();
@@ -588,6 +791,53 @@ impl Scheduler {
         // Keep the minimum pool.
         for _ in self.pool.live()..self.settings.min_workers {
             self.start_worker();
+        }
+    }
+
+    /// Forwards the queued tasks of `shape` to other nodes: to those with room for them
+    /// (per their heartbeats, less what was forwarded since), or with `room` false to any
+    /// that could run them. Returns whether any other node could take them. Actor
+    /// creations stay (their calls are not routed between nodes yet), and so do tasks
+    /// forwarded [`MAX_HOPS`] times already.
+    fn spill(&mut self, shape: &task::Shape, request: &Amounts, room: bool) -> bool {
+        if self.cluster.is_empty() {
+            return false;
+        }
+        let mut placed = false;
+        while let Some(front) = self.ready.front(shape) {
+            if front.is_actor_creation() || front.hops >= MAX_HOPS {
+                return placed;
+            }
+            let Some(node) = self.cluster.place(request, room) else {
+                return placed;
+            };
+            let Some(task) = self.ready.pop(shape) else {
+                break;
+            };
+            self.forward(node, task);
+            placed = true;
+        }
+        placed
+    }
+
+    /// Sends `task` to run on `node`, with the small arguments held here inlined; its
+    /// home (this node, or the one it came from) hears from `node` when it is done.
+    fn forward(&mut self, node: NodeId, mut task: Task) {
+        self.cluster.charge(&node, &task.resources);
+        self.inline_arguments(&mut task);
+        self.set_state(task.id, TaskState::Forwarded);
+        log::debug!(task:% = task.id, node:% = node; "forwarding a task");
+        let job = self.jobs.config(&task.job).cloned();
+        let home = task.home.unwrap_or(self.settings.node_id);
+        self.effects.push(Effect::Forward {
+            node,
+            spec: Box::new(task.spec.clone()),
+            home,
+            hops: task.hops + 1,
+            job,
+        });
+        if task.home.is_none() {
+            self.forwarded.insert(task.id, (node, task));
         }
     }
 
@@ -750,6 +1000,19 @@ impl Scheduler {
     }
 
     fn on_task_done(&mut self, conn: ConnId, done: pb::TaskDone) {
+        // A task forwarded here reports to its home, with its small results.
+        let home = self
+            .pool
+            .get(conn)
+            .and_then(|w| w.running())
+            .and_then(|t| t.home.map(|home| (home, t.id)));
+        if let Some((home, task)) = home {
+            self.effects.push(Effect::ReturnResults {
+                home,
+                task,
+                results: done.results.clone(),
+            });
+        }
         if !done.results.is_empty() {
             self.accept_results(conn, done.results);
         }
@@ -976,6 +1239,14 @@ impl Scheduler {
             self.put_error(id, &metadata, message);
         }
         self.set_state(task.id, TaskState::Failed);
+        if let Some(home) = task.home {
+            // The error objects are in this node's store; the home pulls them.
+            self.effects.push(Effect::ReturnResults {
+                home,
+                task: task.id,
+                results: Vec::new(),
+            });
+        }
     }
 
     fn on_output(&mut self, pid: u32, line: String, stderr: bool) {

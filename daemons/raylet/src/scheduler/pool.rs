@@ -251,6 +251,14 @@ impl Pool {
         idle.into_iter().map(|(_, conn)| conn).collect()
     }
 
+    /// Whether a worker runs the task `id` or has it sent ahead.
+    pub fn runs(&self, id: &rayd_common::id::TaskId) -> bool {
+        self.workers.values().any(|w| {
+            w.running().is_some_and(|t| t.id == *id)
+                || w.ahead.as_ref().is_some_and(|t| t.id == *id)
+        })
+    }
+
     /// The pool workers (not an actor's) that run a task of `job`, or have one sent
     /// ahead.
     pub fn working_for(&self, job: JobId) -> Vec<u32> {

@@ -6,7 +6,7 @@
 //! that an object leaving the store finds the tasks to take back without a scan when none
 //! takes it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use rayd_common::id::{ObjectId, TaskId};
 
@@ -17,14 +17,15 @@ pub struct ReadyQueues {
     queues: BTreeMap<Shape, VecDeque<Task>>,
     /// Object -> how many queued tasks take it.
     args: HashMap<ObjectId, u32>,
-    len: usize,
+    /// The queued tasks.
+    ids: HashSet<TaskId>,
 }
 
 impl ReadyQueues {
     /// Queues `task` at the back, or at the front (a retry, a task taken back).
     pub fn push(&mut self, task: Task, first: bool) {
         self.count_args(&task, true);
-        self.len += 1;
+        self.ids.insert(task.id);
         let queue = self.queues.entry(task.shape()).or_default();
         if first {
             queue.push_front(task);
@@ -67,7 +68,7 @@ impl ReadyQueues {
             self.queues.remove(shape);
         }
         let task = task?;
-        self.len -= 1;
+        self.ids.remove(&task.id);
         self.count_args(&task, false);
         Some(task)
     }
@@ -83,7 +84,7 @@ impl ReadyQueues {
         }
         self.queues.retain(|_, q| !q.is_empty());
         for task in &taken {
-            self.len -= 1;
+            self.ids.remove(&task.id);
             self.count_args(task, false);
         }
         taken
@@ -99,14 +100,21 @@ impl ReadyQueues {
 
     /// Takes out the task `id`, if queued.
     pub fn remove(&mut self, id: &TaskId) -> Option<Task> {
+        if !self.ids.contains(id) {
+            return None;
+        }
         self.take_where(|t| t.id == *id).pop()
     }
 
+    pub fn contains(&self, id: &TaskId) -> bool {
+        self.ids.contains(id)
+    }
+
     pub fn len(&self) -> usize {
-        self.len
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ids.is_empty()
     }
 }

@@ -1,6 +1,6 @@
 //! A task as the scheduler holds it, and the states a task goes through.
 
-use rayd_common::id::{FunctionId, JobId, ObjectId, TaskId};
+use rayd_common::id::{FunctionId, JobId, NodeId, ObjectId, TaskId};
 use rayd_common::proto::common::v1 as common_pb;
 
 use crate::resources::Amounts;
@@ -24,6 +24,8 @@ pub enum TaskState {
     Failed,
     /// Its job ended (the driver left) before it ran or while it ran.
     Cancelled,
+    /// Sent to another node to run.
+    Forwarded,
 }
 
 impl TaskState {
@@ -36,6 +38,7 @@ impl TaskState {
             TaskState::Finished => "finished",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",
+            TaskState::Forwarded => "forwarded",
         }
     }
 }
@@ -60,6 +63,11 @@ pub struct Task {
     pub resources: Amounts,
     /// The connection that submitted it: where its small results go.
     pub submitter: Option<ConnId>,
+    /// The node it was submitted to, when that is another node (it was forwarded here):
+    /// where its results are reported.
+    pub home: Option<NodeId>,
+    /// How many raylets forwarded it.
+    pub hops: u32,
 }
 
 impl Task {
@@ -75,6 +83,8 @@ impl Task {
                 spec,
                 resources,
                 submitter: None,
+                home: None,
+                hops: 0,
             }),
             Err(e) => Err(Box::new((spec, e))),
         }

@@ -39,6 +39,11 @@ struct Out {
     states: Vec<(TaskId, TaskState)>,
     /// Kinds of the errors pushed to drivers.
     errors: Vec<&'static str>,
+    /// (node, task) of every forward.
+    forwards: Vec<(NodeId, TaskId)>,
+    /// (home, task, number of small results) of every report to a task's home.
+    returned: Vec<(NodeId, TaskId, usize)>,
+    stopped_pulls: Vec<ObjectId>,
 }
 
 impl Out {
@@ -117,6 +122,13 @@ impl Harness {
                 Effect::KillWorker { pid } => out.kills.push(pid),
                 Effect::Put { id, object } => out.puts.push((id, object.metadata.to_vec())),
                 Effect::Pull { id } => out.pulls.push(id),
+                Effect::StopPull { id } => out.stopped_pulls.push(id),
+                Effect::Forward { node, spec, .. } => out.forwards.push((node, id_of(&spec))),
+                Effect::ReturnResults {
+                    home,
+                    task,
+                    results,
+                } => out.returned.push((home, task, results.len())),
                 Effect::Gcs(GcsWrite::State(task, state)) => out.states.push((task, state)),
                 Effect::Gcs(GcsWrite::Task(entry)) => {
                     let state = match entry.state.as_str() {
@@ -755,4 +767,218 @@ fn idle_workers_beyond_the_pool_exit_after_a_while() {
         h.submit(driver, &spec).assigned,
         vec![(workers[0], spec.clone())]
     );
+}
+
+/// A harness whose node knows two other nodes with these resources.
+fn with_peers(
+    local: &[(&str, f64)],
+    b: &[(&str, f64)],
+    c: &[(&str, f64)],
+) -> (Harness, NodeId, NodeId) {
+    let mut h = Harness::new(local);
+    let (nb, nc) = (NodeId::random(), NodeId::random());
+    h.step(Event::NodeAdded {
+        node: nb,
+        total: amounts(b),
+    });
+    h.step(Event::NodeAdded {
+        node: nc,
+        total: amounts(c),
+    });
+    (h, nb, nc)
+}
+
+#[test]
+fn a_task_infeasible_here_goes_to_a_node_that_can_run_it_without_a_warning() {
+    let (mut h, _nb, nc) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("GPU", 1.0)],
+    );
+    let driver = h.driver();
+    let spec = h.spec(&[("GPU", 1.0)]);
+    let out = h.submit(driver, &spec);
+    assert_eq!(out.forwards, vec![(nc, id_of(&spec))]);
+    assert_eq!(out.warnings(), 0);
+    assert!(out.states.contains(&(id_of(&spec), TaskState::Forwarded)));
+    // Nowhere to go: warned, stays.
+    let nowhere = h.spec(&[("TPU", 1.0)]);
+    let out = h.submit(driver, &nowhere);
+    assert!(out.forwards.is_empty());
+    assert_eq!(out.warnings(), 1);
+}
+
+#[test]
+fn tasks_that_cannot_start_here_spread_to_nodes_with_room_as_heartbeats_show_it() {
+    let (mut h, nb, nc) = with_peers(&[("CPU", 1.0)], &[("CPU", 1.0)], &[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (worker, _, _) = h.worker();
+    let specs: Vec<_> = (0..6).map(|_| h.spec(&[("CPU", 1.0)])).collect();
+    let mut local = Vec::new();
+    let mut forwards = Vec::new();
+    for spec in &specs {
+        let out = h.submit(driver, spec);
+        local.extend(out.assigned_ids());
+        forwards.extend(out.forwards);
+    }
+    let order: Vec<usize> = local
+        .iter()
+        .map(|id| specs.iter().position(|s| id_of(s) == *id).unwrap())
+        .collect();
+    assert_eq!(order, vec![0], "{forwards:?}");
+    let nodes: Vec<NodeId> = forwards.iter().map(|(n, _)| *n).collect();
+    assert_eq!(nodes.len(), 2, "one to each node with room: {forwards:?}");
+    assert!(nodes.contains(&nb) && nodes.contains(&nc));
+    assert_eq!(h.s.snapshot().queued, 3);
+    // b's heartbeat shows its CPU free again: the next queued task goes there.
+    let out = h.step(Event::NodeHeartbeat {
+        node: nb,
+        available: amounts(&[("CPU", 1.0)]),
+        queued: 0,
+    });
+    assert_eq!(out.forwards, vec![(nb, id_of(&specs[3]))]);
+    // A heartbeat without room moves nothing.
+    let out = h.step(Event::NodeHeartbeat {
+        node: nc,
+        available: amounts(&[("CPU", 0.0)]),
+        queued: 1,
+    });
+    assert!(out.forwards.is_empty());
+    // The local CPU frees: the next runs here, and the last is sent ahead to the same
+    // worker (its function is short).
+    let out = h.done(worker, &specs[0]);
+    assert_eq!(out.assigned_ids(), vec![id_of(&specs[4]), id_of(&specs[5])]);
+}
+
+#[test]
+fn a_task_that_could_not_be_forwarded_waits_for_the_nodes_next_heartbeat() {
+    let (mut h, nb, _nc) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("GPU", 1.0)],
+        &[("CPU", 1.0)],
+    );
+    let driver = h.driver();
+    let gpu = h.spec(&[("GPU", 1.0)]);
+    let out = h.submit(driver, &gpu);
+    assert_eq!(out.forwards, vec![(nb, id_of(&gpu))]);
+    let out = h.step(Event::ForwardFailed {
+        task: id_of(&gpu),
+        node: nb,
+        error: "connection refused".into(),
+    });
+    assert!(
+        out.forwards.is_empty(),
+        "b shows no room until its next heartbeat"
+    );
+    assert_eq!(h.s.snapshot().queued, 1);
+    let out = h.step(Event::NodeHeartbeat {
+        node: nb,
+        available: amounts(&[("CPU", 1.0), ("GPU", 1.0)]),
+        queued: 0,
+    });
+    assert_eq!(out.forwards, vec![(nb, id_of(&gpu))], "tried again");
+}
+
+#[test]
+fn a_forwarded_task_runs_here_and_reports_to_its_home() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let home = NodeId::random();
+    let (worker, _, _) = h.worker();
+    let arg = ObjectId::for_put(TaskId::random_task(), 1);
+    let spec = with_object_arg(h.spec(&[("CPU", 1.0)]), arg);
+    let out = h.step(Event::TaskForwarded {
+        spec: spec.clone(),
+        home,
+        hops: 1,
+        job: Some(pb::JobConfig {
+            job_id: h.job.as_bytes().to_vec(),
+            ..Default::default()
+        }),
+    });
+    assert_eq!(
+        out.pulls,
+        vec![arg],
+        "its argument is pulled from where it is"
+    );
+    assert!(out.assigned.is_empty());
+    let out = h.step(Event::ObjectSealed(arg));
+    assert_eq!(out.stopped_pulls, vec![arg]);
+    assert_eq!(out.assigned_ids(), vec![id_of(&spec)]);
+    let result = pb::InlineObject {
+        object_id: ObjectId::for_return(id_of(&spec), 1)
+            .as_bytes()
+            .to_vec()
+            .into(),
+        data: b"42".to_vec().into(),
+        metadata: value::META_PICKLE5.to_vec().into(),
+    };
+    let out = h.message(
+        worker,
+        pb::client_message::Kind::TaskDone(pb::TaskDone {
+            task_id: spec.task_id.clone(),
+            results: vec![result],
+        }),
+    );
+    assert_eq!(out.returned, vec![(home, id_of(&spec), 1)]);
+    // A worker dying in a forwarded task past its retries reports too (its error
+    // objects are in this node's store).
+    let failing = h.spec(&[("CPU", 1.0)]);
+    let out = h.step(Event::TaskForwarded {
+        spec: failing.clone(),
+        home,
+        hops: 1,
+        job: None,
+    });
+    let (runner, _) = out.assigned[0].clone();
+    assert_eq!(runner, worker);
+    let out = h.step(Event::Disconnected { conn: runner });
+    assert_eq!(out.returned, vec![(home, id_of(&failing), 0)]);
+}
+
+#[test]
+fn results_of_a_task_that_ran_elsewhere_reach_the_driver_and_large_ones_are_pulled() {
+    let (mut h, nb, _) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("GPU", 1.0)],
+        &[("CPU", 1.0)],
+    );
+    let driver = h.driver();
+    let mut spec = h.spec(&[("GPU", 1.0)]);
+    spec.num_returns = 2;
+    assert_eq!(h.submit(driver, &spec).forwards.len(), 1);
+    let small = ObjectId::for_return(id_of(&spec), 1);
+    let large = ObjectId::for_return(id_of(&spec), 2);
+    let out = h.step(Event::RemoteTaskFinished {
+        task: id_of(&spec),
+        node: nb,
+        results: vec![pb::InlineObject {
+            object_id: small.as_bytes().to_vec().into(),
+            data: b"x".to_vec().into(),
+            metadata: value::META_PICKLE5.to_vec().into(),
+        }],
+    });
+    let ready: Vec<_> = out
+        .other
+        .iter()
+        .filter_map(|(c, k)| match k {
+            pb::server_message::Kind::ObjectsReady(r) => Some((*c, r.objects.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ready,
+        vec![(driver, 1)],
+        "the small result goes to the driver"
+    );
+    assert_eq!(
+        out.pulls,
+        vec![large],
+        "the large one is brought here for the driver"
+    );
+    // A task here that takes the small result runs without any pull.
+    let next = with_object_arg(h.spec(&[("CPU", 1.0)]), small);
+    let (_, _, _) = h.worker();
+    let out = h.submit(driver, &next);
+    assert!(out.pulls.is_empty());
+    assert_eq!(out.assigned_ids(), vec![id_of(&next)]);
 }
