@@ -68,7 +68,7 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
          redirect_worker_output=False, redirect_output=True, ignore_reinit_error=False,
          num_custom_resource=None, num_redis_shards=None, redis_max_clients=None, plasma_directory=None,
          huge_pages=False, include_webui=True, use_raylet=None, address=None, local_mode=False,
-         redis_password=None, _temp_dir=None, **unknown):
+         redis_password=None, _temp_dir=None, object_spilling_directory=None, **unknown):
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
         raise TypeError(f"ray.init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -100,6 +100,7 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
             "object_store_memory": object_store_memory, "num_workers": num_workers,
             "num_redis_shards": num_redis_shards, "redis_max_clients": redis_max_clients,
             "plasma_directory": plasma_directory, "huge_pages": huge_pages or None,
+            "object_spilling_directory": object_spilling_directory,
         }
         if address:
             given = [name for name, value in node_settings.items() if value is not None]
