@@ -1073,7 +1073,8 @@ fn a_pull_lands_in_huge_pages() {
     let a = Plasma::start(dir.path(), "plasma-a", 256 * MIB, &huge);
     let b = Plasma::start(dir.path(), "plasma-b", 256 * MIB, &huge);
     let (client_a, client_b) = (client(&a), client(&b));
-    // One object in the arena, one in a segment of its own.
+    // Both land in the arena (hugetlbfs takes no pwrite: the large one too is written
+    // through the daemon's mapping).
     for size in [10 * MIB as usize, 100 * MIB as usize] {
         let id = ObjectId::random();
         let data = pattern(7, size);
