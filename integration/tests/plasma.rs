@@ -267,6 +267,8 @@ fn put_id() -> ObjectId {
 fn spilling_store(dir: &TestDir, memory: u64, spill: &Path) -> Plasma {
     let socket = dir.path().join("plasma").join("plasma.sock");
     let memory = memory.to_string();
+    let port = rayd_integration::free_port();
+    let port_text = port.to_string();
     let daemon = rayd_integration::Daemon::start(
         dir.path(),
         "plasma",
@@ -275,7 +277,7 @@ fn spilling_store(dir: &TestDir, memory: u64, spill: &Path) -> Plasma {
             "--plasma-socket",
             socket.to_str().expect("utf-8 temp dir"),
             "--object-manager-port",
-            "0",
+            &port_text,
             "--object-store-memory",
             &memory,
         ],
@@ -287,7 +289,7 @@ fn spilling_store(dir: &TestDir, memory: u64, spill: &Path) -> Plasma {
     let mut plasma = Plasma {
         daemon,
         socket,
-        object_manager_port: 0,
+        object_manager_port: port,
     };
     plasma
         .daemon
@@ -375,6 +377,31 @@ fn a_full_store_spills_the_least_recently_used_and_restores_on_get() {
         let buffer = client.get_one(*id, Some(Duration::ZERO)).unwrap().unwrap();
         assert_eq!(buffer.data(), &pattern(i as u8, OBJ)[..], "object {i}");
     }
+}
+
+#[test]
+fn a_spilled_object_is_restored_for_a_pull() {
+    let dir = TestDir::new();
+    let a = spilling_store(&dir, 64 * MIB, &dir.path().join("spill"));
+    let b = Plasma::start(dir.path(), "plasma-b", 64 * MIB, &[]);
+    let (client_a, client_b) = (client(&a), client(&b));
+    const OBJ: usize = 8 * MIB as usize - 4;
+    let ids: Vec<ObjectId> = (0..9).map(|_| ObjectId::random()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        put(&client_a, *id, i as u8, OBJ);
+    }
+    assert_eq!(
+        client_a.stats().unwrap().spilled_objects,
+        1,
+        "the first spilled"
+    );
+    client_b.pull(ids[0], &a.object_manager_address()).unwrap();
+    let copy = client_b.get_one(ids[0], None).unwrap().unwrap();
+    assert!(
+        copy.data() == &pattern(0, OBJ)[..],
+        "the pulled bytes differ"
+    );
+    assert_eq!(client_a.stats().unwrap().spill_restored_bytes, 8 * MIB);
 }
 
 #[test]
