@@ -101,11 +101,13 @@ pub enum StoreError {
     },
 }
 
-/// Sizes of the store's pools, derived from its capacity.
+/// Sizes in the store, derived from its capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub capacity: u64,
     pub arena_size: u64,
+    /// The largest object (the whole arena; the name is from when large objects had
+    /// segments of their own, and clients still read it).
     pub small_object_max: u64,
     /// Bytes of one lease (see [`crate::lease`]); 0 when the arena is too small to lend.
     pub lease_size: u64,
@@ -136,7 +138,8 @@ impl Layout {
     }
 }
 
-/// The own segment of a large object.
+/// A segment of its own for one object (the protocol and clients still know them; the
+/// store no longer makes them: every object is in the arena).
 #[derive(Debug)]
 pub struct OwnSegment {
     /// Segment ID, unique for the store's life.
@@ -248,7 +251,7 @@ struct Entry {
     sealed: bool,
     creator: ClientId,
     pins: u32,
-    /// Position in its pool's LRU list while sealed and unpinned.
+    /// Position in the LRU list while sealed, unpinned and in memory.
     lru_tick: Option<u64>,
     delete_pending: bool,
     /// The lease block it was placed in by its creator (arena objects only).
@@ -329,7 +332,7 @@ impl Store {
         })
     }
 
-    /// The pool sizes.
+    /// The sizes.
     pub fn layout(&self) -> Layout {
         self.layout
     }
