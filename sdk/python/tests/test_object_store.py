@@ -51,6 +51,34 @@ def test_a_gigabyte_of_puts_spills_through_a_small_store_and_reads_back(ray_star
     assert int(match.group(1)) > 0
 
 
+def test_small_and_large_objects_share_one_budget(ray_start):
+    worker = ray_start(object_store_memory=200 * MB)
+    # 160 MiB: most of an empty 200 MB store.
+    big = ray.get(ray.put(np.ones(160 * 2**20 // 8)))
+    assert big.shape == (160 * 2**20 // 8,) and big[-1] == 1.0
+    del big
+    address = worker.info["redis_address"]
+    match = wait_for(lambda: re.search(r"(\d+) objects, (\d+) evictions; spilled: (\d+) objects",
+                                       _status(address)), 20, "the store's figures")
+    assert (match.group(2), match.group(3)) == ("0", "0"), match.group(0)
+
+
+def test_a_gigabyte_of_small_puts_stays_in_the_default_store(ray_start):
+    worker = ray_start()
+    refs = [ray.put(np.full(2**20 // 8, i, dtype=np.int64)) for i in range(1200)]
+    address = worker.info["redis_address"]
+
+    def figures():
+        match = re.search(r"(\d+) objects, (\d+) evictions; spilled: (\d+) objects",
+                          _status(address))
+        return match if match and int(match.group(1)) >= 1200 else None
+
+    match = wait_for(figures, 20, "the store's figures to count 1,200 objects")
+    assert (match.group(2), match.group(3)) == ("0", "0"), "1.2 GB of 1 MiB puts left memory"
+    for i in range(0, 1200, 97):
+        assert ray.get(refs[i])[-1] == i
+
+
 def _mount_tmpfs(path, size):
     path.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
