@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::FallocateFlags;
 
+/// Magic number of tmpfs in `statfs.f_type`.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Spilled objects start on multiples of this, so that holes free whole blocks.
 const SLOT_ALIGN: u64 = 4096;
 
@@ -99,6 +101,13 @@ impl Spill {
         if self.file.is_none() {
             std::fs::create_dir_all(&self.dir).map_err(|e| self.io_error(e))?;
             let file = tempfile::tempfile_in(&self.dir).map_err(|e| self.io_error(e))?;
+            // f_type is a long on some targets and an int on others.
+            #[allow(clippy::useless_conversion)]
+            let in_memory = nix::sys::statfs::fstatfs(file.as_fd())
+                .is_ok_and(|s| i64::from(s.filesystem_type().0) == TMPFS_MAGIC);
+            if in_memory {
+                log::warn!(directory:% = self.dir.display(); "the spill directory is a tmpfs: spilled objects still take memory (set object_spilling_directory to a directory on disk)");
+            }
             self.file = Some(file);
         }
         Ok(self.file.as_ref().expect("just set"))
