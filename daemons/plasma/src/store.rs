@@ -38,6 +38,10 @@ pub type ClientId = u64;
 
 /// ID of the arena segment.
 pub const ARENA_SEGMENT: u64 = 0;
+/// Pulled objects at least this large are written with `pwrite` (by
+/// [`crate::object_manager`]) rather than through the daemon's mapping of the arena, whose
+/// page tables cost more than the copy; their pages are not allocated up front.
+pub const PWRITE_MIN: u64 = 8 << 20;
 /// How far past the highest byte handed out so far the arena's pages are reserved ahead
 /// of demand (at least; twice the largest object seen when that is more).
 pub const PREFAULT_AHEAD: u64 = 256 << 20;
@@ -374,6 +378,32 @@ impl Store {
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectView, StoreError> {
+        self.create_object(client, id, (data_size, metadata_size), true)
+    }
+
+    /// [`Self::create`] for an object the store fills itself (a pull). One of at least
+    /// [`PWRITE_MIN`] bytes (where the backing takes writes) gets no pages up front:
+    /// the pull's `pwrite`s allocate them as they go, failing with an error where memory
+    /// runs out, and the store's lock is not held while a large range is zero-filled.
+    pub fn create_pulled(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<ObjectView, StoreError> {
+        let written =
+            data_size.saturating_add(metadata_size) >= PWRITE_MIN && self.backing.takes_writes();
+        self.create_object(client, id, (data_size, metadata_size), !written)
+    }
+
+    fn create_object(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        (data_size, metadata_size): (u64, u64),
+        reserve: bool,
+    ) -> Result<ObjectView, StoreError> {
         if self.objects.contains_key(&id) {
             return Err(StoreError::Exists(id));
         }
@@ -391,7 +421,7 @@ impl Store {
             self.prefault_wanted = true;
         }
         let placement = Placement::Arena {
-            offset: self.allocate(id, size)?,
+            offset: self.allocate(id, size, reserve)?,
         };
         self.insert_unsealed(
             client,
@@ -406,17 +436,6 @@ impl Store {
             data_size,
             metadata_size,
         })
-    }
-
-    /// [`Self::create`] for an object the store fills itself (a pull).
-    pub fn create_pulled(
-        &mut self,
-        client: ClientId,
-        id: ObjectId,
-        data_size: u64,
-        metadata_size: u64,
-    ) -> Result<ObjectView, StoreError> {
-        self.create(client, id, data_size, metadata_size)
     }
 
     /// Enters a new unsealed object, pinned by its creator.
@@ -457,11 +476,11 @@ impl Store {
     }
 
     /// Places `size` bytes in the arena, spilling or evicting unpinned objects until they
-    /// fit.
-    fn allocate(&mut self, id: ObjectId, size: u64) -> Result<u64, StoreError> {
+    /// fit; their pages are allocated when `reserve` is set.
+    fn allocate(&mut self, id: ObjectId, size: u64, reserve: bool) -> Result<u64, StoreError> {
         let mut spill_error = None;
         loop {
-            match self.allocate_free(size) {
+            match self.allocate_free(size, reserve) {
                 Ok(Some(offset)) => return Ok(offset),
                 Ok(None) => {}
                 Err(source) => return Err(StoreError::Memory { id, source }),
@@ -536,7 +555,7 @@ impl Store {
         let Some(slot) = self.objects.get(&id).and_then(|e| e.spilled) else {
             return Ok(());
         };
-        let offset = match self.allocate(id, slot.len) {
+        let offset = match self.allocate(id, slot.len, true) {
             Ok(offset) => offset,
             // The disk may be what is full: then the object swaps places with others
             // through the heap.
@@ -573,7 +592,7 @@ impl Store {
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.spilled = None;
         }
-        match self.allocate(id, slot.len) {
+        match self.allocate(id, slot.len, true) {
             Ok(offset) => {
                 // SAFETY: the range was just allocated and no client knows of it yet.
                 if let Some(target) = unsafe { self.arena_map.slice_mut(offset, slot.len) } {
@@ -622,15 +641,17 @@ impl Store {
         }
     }
 
-    /// Places `size` bytes in free arena room, its pages allocated; `None` when no free
-    /// range is large enough.
-    fn allocate_free(&mut self, size: u64) -> Result<Option<u64>, MemoryError> {
+    /// Places `size` bytes in free arena room, its pages allocated when `reserve` is set;
+    /// `None` when no free range is large enough.
+    fn allocate_free(&mut self, size: u64, reserve: bool) -> Result<Option<u64>, MemoryError> {
         let Some(offset) = self.arena.allocate(size) else {
             return Ok(None);
         };
-        if let Err(e) = self.reserve_arena(offset, size) {
-            self.arena.free(offset, size);
-            return Err(e);
+        if reserve {
+            if let Err(e) = self.reserve_arena(offset, size) {
+                self.arena.free(offset, size);
+                return Err(e);
+            }
         }
         let end = offset + Allocator::rounded(size);
         if end > self.high_water {
@@ -655,7 +676,7 @@ impl Store {
             return Err(StoreError::NoRoomForLease { size });
         }
         let offset = self
-            .allocate_free(size)
+            .allocate_free(size, true)
             .map_err(StoreError::LeaseMemory)?
             .ok_or(StoreError::NoRoomForLease { size })?;
         let freed = self.leases.grant(client, offset, size);
@@ -1089,6 +1110,19 @@ mod tests {
         let client = store.connect();
         store.create(client, id(1), 100, 0).unwrap();
         assert!(store.arena_reserved[0]);
+    }
+
+    #[test]
+    fn a_large_pulled_object_gets_no_pages_up_front() {
+        let (mut store, _dir) = store();
+        let client = store.connect();
+        store.create_pulled(client, id(1), 16 * MIB, 0).unwrap();
+        assert!(store.arena_reserved.iter().all(|reserved| !reserved));
+        store.create_pulled(client, id(2), MIB, 0).unwrap();
+        assert!(
+            store.arena_reserved[2],
+            "a small one is written through a mapping"
+        );
     }
 
     #[test]

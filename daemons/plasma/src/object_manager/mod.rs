@@ -34,7 +34,7 @@ use wire::{ChunkDecoder, ChunkStart, Piece};
 
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::{ClientId, ObjectView, Placement, StoreError, StoreEvent};
+use crate::store::{ClientId, ObjectView, Placement, StoreError, StoreEvent, PWRITE_MIN};
 
 /// The path of the `Pull` method.
 const PULL_PATH: &str = "/rayd.objectmanager.v1.ObjectManager/Pull";
@@ -46,9 +46,6 @@ pub const WINDOW: u32 = 32 << 20;
 pub const MAX_FRAME: u32 = (1 << 24) - 1;
 /// Smallest chunk a puller may ask for.
 const MIN_CHUNK: u64 = 4 << 10;
-/// Objects at least this large are written with `pwrite` rather than through the
-/// daemon's mapping of the arena, whose page tables cost more than the copy.
-const PWRITE_MIN: u64 = 8 << 20;
 /// How long a pull waits for a connection to the source.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections a large object's ranges travel over at once.
