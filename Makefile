@@ -56,6 +56,7 @@ test-rust:
 	$(CARGO) test --workspace
 
 test-python:
+	cd sdk/python && ../../$(PYTHON) -m mypy
 	$(PYTHON) -m pytest -q sdk/python/tests
 
 ## lint: formatting and clippy, as CI expects them.

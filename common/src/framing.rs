@@ -1,8 +1,8 @@
 //! Length-prefixed protobuf frames: a `u32` little-endian length, then one message.
 //!
 //! The raylet's local protocol uses this framing over its Unix socket (the raylet with
-//! tokio's `LengthDelimitedCodec` configured by [`codec`], clients with the blocking
-//! helpers here). A frame longer than [`MAX_FRAME`] is refused before it is read.
+//! tokio's `LengthDelimitedCodec` configured by `codec`, with the `tokio` feature; clients
+//! with the blocking helpers here). A frame longer than [`MAX_FRAME`] is refused before it is read.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -95,7 +95,9 @@ impl Read for InputWaiter {
     }
 }
 
-/// The codec settings matching [`encode`], for tokio's `LengthDelimitedCodec`.
+/// The codec settings matching [`encode`], for tokio's `LengthDelimitedCodec` (with the
+/// `tokio` feature).
+#[cfg(feature = "tokio")]
 pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
     tokio_util::codec::LengthDelimitedCodec::builder()
         .little_endian()

@@ -1,16 +1,18 @@
-//! The shared core of rayd: what every daemon, the CLI and the SDK agree on.
+//! The bottom of rayd: the formats every process agrees on, with no daemon and no network
+//! stack behind them.
 //!
-//! Modules are split by domain, lowest first: [`id`] (20-byte identifiers), [`proto`]
-//! (generated gRPC and message types), [`config`] (the one configuration model),
-//! [`logging`], [`shutdown`] (signals and `sd_notify`), [`process`] (supervised child
-//! processes) and [`gcs`] (the global control store on sharded Redis).
+//! Modules, lowest first: [`id`] (20-byte identifiers), [`proto`] (the message types
+//! generated from `common/proto/`; their gRPC client and server code only with the `grpc`
+//! feature), [`framing`] (length-prefixed messages on Unix sockets), [`value`] (how a
+//! serialized value is laid out in an object), [`inline`] (small objects held in memory)
+//! and [`process`] (finding, signalling and stopping child processes).
+//!
+//! Everything above depends on this crate: `rayd-config`, `rayd-gcs`, `rayd-daemon`,
+//! `rayd-launcher`, `rayd-plasma-client`, the daemons and the SDK.
 
-pub mod config;
-pub mod daemon;
 pub mod framing;
-pub mod gcs;
 pub mod id;
-pub mod logging;
+pub mod inline;
 pub mod process;
 pub mod proto;
-pub mod shutdown;
+pub mod value;

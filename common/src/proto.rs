@@ -1,10 +1,13 @@
-//! Message and service types generated at build time from `common/proto/`.
+//! Message types generated at build time from `common/proto/`, and with the `grpc`
+//! feature the services' tonic clients and servers (the same generated files then hold
+//! both). Without it no gRPC or HTTP/2 code is built: the Python extension and the local
+//! protocols need the messages only.
 
 /// Types shared by every process (task specs).
 pub mod common {
     /// Version 1 of the shared messages.
     pub mod v1 {
-        tonic::include_proto!("rayd.common.v1");
+        include!(concat!(env!("OUT_DIR"), "/rayd.common.v1.rs"));
     }
 }
 
@@ -12,7 +15,7 @@ pub mod common {
 pub mod objectmanager {
     /// Version 1 of the object manager service.
     pub mod v1 {
-        tonic::include_proto!("rayd.objectmanager.v1");
+        include!(concat!(env!("OUT_DIR"), "/rayd.objectmanager.v1.rs"));
     }
 }
 
@@ -20,7 +23,7 @@ pub mod objectmanager {
 pub mod plasma {
     /// Version 1 of the plasma protocol.
     pub mod v1 {
-        tonic::include_proto!("rayd.plasma.v1");
+        include!(concat!(env!("OUT_DIR"), "/rayd.plasma.v1.rs"));
     }
 }
 
@@ -28,6 +31,6 @@ pub mod plasma {
 pub mod raylet {
     /// Version 1 of the raylet protocol.
     pub mod v1 {
-        tonic::include_proto!("rayd.raylet.v1");
+        include!(concat!(env!("OUT_DIR"), "/rayd.raylet.v1.rs"));
     }
 }

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rayd_common::gcs::{
+use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use rayd_gcs::{
     keys, ActorInfo, ErrorInfo, FunctionInfo, GcsClient, NodeInfo, StoreFigures, Target, TaskEntry,
 };
-use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_integration::{redis_cli, Gcs, TestDir};
 
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_integration::{wait_for, Gcs, Plasma, TestDir};
-use rayd_plasma::client::{ClientError, EventKind, PlasmaClient, Subscription};
+use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 
 const MIB: u64 = 1 << 20;
 const ROLE: &str = "RAYD_PLASMA_TEST_ROLE";
@@ -888,7 +888,7 @@ fn an_object_moves_between_nodes_and_the_gcs_lists_both() {
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
 
     let gcs_client = runtime
-        .block_on(rayd_common::gcs::GcsClient::connect(&address, None))
+        .block_on(rayd_gcs::GcsClient::connect(&address, None))
         .unwrap();
     let mut both = vec![node_a, node_b];
     both.sort();
@@ -1114,7 +1114,7 @@ fn a_pull_lands_in_huge_pages() {
 
 #[test]
 fn the_async_client_does_what_the_blocking_one_does() {
-    use rayd_plasma::client::AsyncPlasmaClient;
+    use rayd_plasma_client::AsyncPlasmaClient;
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,11 +3,9 @@
 //! `rayd start` launches the node's daemons in the background (each in its own session,
 //! output in `<temp_dir>/session_*/logs/`), waits until each reports `READY=1` over a
 //! private `NOTIFY_SOCKET`, and records them in `<temp_dir>/node.json`; `rayd stop` stops
-//! what that file lists; `rayd status` asks the GCS.
+//! what that file lists; `rayd status` asks the GCS. Starting and stopping are
+//! `rayd-launcher`'s, which `ray.init()` shares.
 
-mod launch;
-pub mod node;
-pub mod node_state;
 mod start;
 mod status;
 mod stop;
@@ -16,7 +14,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use rayd_common::config::{self, ConfigArgs, Overrides, RaydConfig, Startup};
+use rayd_config::RaydConfig;
+use rayd_daemon::args::{ConfigArgs, ResourceArgs};
+use rayd_daemon::Startup;
+use serde::Serialize;
 
 /// Start, stop and inspect rayd nodes.
 #[derive(Debug, Parser)]
@@ -28,7 +29,10 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+/// A subcommand's flags; each field that is not `#[serde(skip)]` is also the config key
+/// it overrides (`rayd_config::Overrides::from_flags`).
+#[derive(Debug, Subcommand, Serialize)]
+#[serde(untagged)]
 enum Command {
     /// Start this machine's rayd daemons: the head's with --head, else join --redis-address.
     Start(StartArgs),
@@ -39,17 +43,18 @@ enum Command {
 }
 
 /// Flags shared by every subcommand that finds the local node.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 struct NodeArgs {
     /// Directory for session state, sockets and logs.
     #[arg(long)]
     temp_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 struct StartArgs {
     /// Start the head node (the GCS and the global scheduler).
     #[arg(long, conflicts_with = "redis_address")]
+    #[serde(skip)]
     head: bool,
     /// Join the cluster whose primary Redis is at host:port.
     #[arg(long, alias = "address")]
@@ -67,7 +72,8 @@ struct StartArgs {
     #[arg(long)]
     node_ip_address: Option<String>,
     #[command(flatten)]
-    resources: config::ResourceArgs,
+    #[serde(flatten)]
+    resources: ResourceArgs,
     /// Bytes of shared memory for the object store (default: 30% of RAM).
     #[arg(long)]
     object_store_memory: Option<u64>,
@@ -75,13 +81,15 @@ struct StartArgs {
     #[arg(long)]
     object_manager_port: Option<u16>,
     #[command(flatten)]
+    #[serde(flatten)]
     node: NodeArgs,
     /// Stay in the foreground; stop the daemons on Ctrl-C or when one of them exits.
     #[arg(long)]
+    #[serde(skip)]
     block: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 struct StatusArgs {
     /// The cluster's primary Redis (default: the node started here, else redis_address).
     #[arg(long, alias = "address")]
@@ -91,52 +99,21 @@ struct StatusArgs {
     redis_password: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
+    #[serde(skip)]
     json: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     node: NodeArgs,
-}
-
-fn overrides(cli: &Cli) -> Overrides {
-    let mut overrides = Overrides::default();
-    let temp_dir = match &cli.command {
-        Command::Start(a) => &a.node.temp_dir,
-        Command::Stop(a) => &a.temp_dir,
-        Command::Status(a) => &a.node.temp_dir,
-    };
-    overrides.set(
-        "temp_dir",
-        temp_dir.as_ref().map(|p| p.display().to_string()),
-    );
-    match &cli.command {
-        Command::Start(a) => {
-            overrides
-                .set("redis_address", a.redis_address.clone())
-                .set("redis_port", a.redis_port)
-                .set("num_redis_shards", a.num_redis_shards)
-                .set("redis_password", a.redis_password.clone())
-                .set("node_ip_address", a.node_ip_address.clone())
-                .set("object_store_memory", a.object_store_memory)
-                .set("object_manager_port", a.object_manager_port);
-            a.resources.apply(&mut overrides);
-        }
-        Command::Status(a) => {
-            overrides
-                .set("redis_address", a.redis_address.clone())
-                .set("redis_password", a.redis_password.clone());
-        }
-        Command::Stop(_) => {}
-    }
-    overrides
 }
 
 /// Runs the command line and returns the process's exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let config: RaydConfig = match config::startup("rayd", &cli.config, &overrides(&cli)) {
+    let config: RaydConfig = match rayd_daemon::startup("rayd", &cli.config, &cli.command) {
         Startup::Run(config) => *config,
         Startup::Exit(code) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
     };
     // The CLI talks to people: warnings and errors only, on stderr.
-    let _ = rayd_common::logging::init("rayd", None, log::LevelFilter::Warn);
+    let _ = rayd_daemon::logging::init("rayd", None, log::LevelFilter::Warn);
     let result = match cli.command {
         Command::Start(args) => start::start(&config, &args),
         Command::Stop(_) => stop::stop(&config),
@@ -147,6 +124,23 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(e) => {
             eprintln!("rayd: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_names_a_config_key() {
+        for command in ["start", "stop", "status"] {
+            let cli = Cli::parse_from(["rayd", command]);
+            assert_eq!(
+                rayd_config::unknown_flag_keys(&cli.command).unwrap(),
+                Vec::<String>::new(),
+                "rayd {command}"
+            );
         }
     }
 }

@@ -4,11 +4,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rayd_common::config::{RaydConfig, EXIT_CONFIG};
-use rayd_common::gcs::GcsClient;
+use rayd_config::{RaydConfig, EXIT_CONFIG};
+use rayd_gcs::GcsClient;
+use rayd_launcher::node::{start_node, StartedNode};
+use rayd_launcher::node_state::{self, NodeState};
 
-use crate::node::{start_node, StartedNode};
-use crate::node_state::{self, NodeState};
 use crate::StartArgs;
 
 /// Checks that the head at `address` answers and is a rayd GCS.
@@ -70,11 +70,21 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     };
     if let Err(e) = node_state::write(temp_dir, &state) {
         node.stop();
-        return Err(e);
+        return Err(e.into());
     }
 
     let role = if args.head { "head" } else { "worker" };
     println!("started a rayd {role} node; the cluster's GCS is at {redis_address}");
+    if let Some(name) = args
+        .node_ip_address
+        .as_deref()
+        .filter(|n| *n != config.node_ip_address)
+    {
+        println!(
+            "this node's address: {} (resolved from {name})",
+            config.node_ip_address
+        );
+    }
     for process in &state.processes {
         println!("  {:<20} pid {}", process.name, process.pid);
     }

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fred::prelude::*;
-use rayd_common::config::RaydConfig;
-use rayd_common::gcs::{connect_server, keys, GcsClient};
+use rayd_config::RaydConfig;
+use rayd_gcs::{connect_server, keys, GcsClient};
+use rayd_launcher::node_state;
 use serde::Serialize;
-
-use crate::node_state;
 
 /// How long one server may take to answer before it counts as down.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -38,7 +37,7 @@ struct Node {
     running_tasks: u64,
     queued_tasks: u64,
     /// The node's object store, as its plasma last reported.
-    object_store: Option<rayd_common::gcs::StoreFigures>,
+    object_store: Option<rayd_gcs::StoreFigures>,
 }
 
 #[derive(Debug, Serialize)]

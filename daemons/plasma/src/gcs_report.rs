@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rayd_common::gcs::{GcsClient, GcsError, StoreFigures};
 use rayd_common::id::NodeId;
+use rayd_gcs::{GcsClient, GcsError, StoreFigures};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use rayd_common::id::ObjectId;
 
-use crate::store::ClientId;
+/// Identifies one connection to the store (or an internal user such as a transfer): the
+/// owner of a lease.
+pub type ClientId = u64;
 
 /// Largest lease.
 pub const MAX_LEASE: u64 = 256 << 10;

@@ -1,36 +1,37 @@
-//! `rayd-plasma`: the node's immutable object store in shared memory, the client library
-//! that the raylet, the workers and the Python SDK use to reach it, and the object
-//! manager that moves objects between nodes.
+//! `rayd-plasma`: the node's immutable object store in shared memory, and the object
+//! manager that moves objects between nodes. Its clients (the raylet, the workers, the
+//! Python SDK) link `rayd-plasma-client`, which also holds what both sides share:
+//! [`protocol`] (framing and descriptor passing on the Unix socket), [`allocator`]
+//! (placement in the arena) and the segments' mappings (re-exported by [`memory`]).
 //!
-//! Modules, lowest first: [`memory`] (segments and mappings: the memory model),
-//! [`allocator`] (placement in the arena), [`spill`] (objects on disk), [`store`] (the
-//! object table, pins, spilling and eviction), [`protocol`] (framing and descriptor
-//! passing on the Unix socket), [`state`] (what the daemon's tasks share), [`prefault`]
-//! (memory prepared ahead of demand), [`connection`] and [`server`] (serving
-//! local clients), [`object_manager`] (gRPC pulls between nodes), [`gcs_report`]
-//! (object locations in the GCS), and [`client`] (the library, sync and async).
+//! Modules, lowest first: [`memory`] (segments: the memory model), [`lease`] (ranges of
+//! the arena lent to clients), [`spill`] (objects on disk), [`store`] (the object table,
+//! pins, spilling and eviction), [`state`] (what the daemon's tasks share), [`prefault`]
+//! (memory prepared ahead of demand), [`connection`] and [`server`] (serving local
+//! clients), [`object_manager`] (gRPC pulls between nodes) and [`gcs_report`] (object
+//! locations in the GCS).
 
-pub mod allocator;
-pub mod client;
 pub mod connection;
 pub mod gcs_report;
 pub mod lease;
 pub mod memory;
 pub mod object_manager;
 pub mod prefault;
-pub mod protocol;
 pub mod server;
 pub mod spill;
 pub mod state;
 pub mod store;
 
+// What the store shares with its clients is defined in the client crate, below this one.
+pub use rayd_plasma_client::{allocator, protocol};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rayd_common::config::RaydConfig;
-use rayd_common::gcs::StoreFigures;
 use rayd_common::id::NodeId;
-use rayd_common::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
+use rayd_config::RaydConfig;
+use rayd_daemon::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
+use rayd_gcs::StoreFigures;
 use tokio_util::sync::CancellationToken;
 
 use crate::memory::{Backing, MemoryError};

@@ -4,13 +4,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides};
+use rayd_config::switch_off;
+use rayd_daemon::args::ConfigArgs;
+use serde::Serialize;
 
 /// Serves the node's object store on a Unix socket and its object manager over gRPC.
-#[derive(Debug, Parser)]
+///
+/// Each field is also the config key it overrides (`rayd_config::Overrides::from_flags`).
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "rayd-plasma", version)]
 struct Args {
     #[command(flatten)]
+    #[serde(skip)]
     config: ConfigArgs,
     /// Bytes of shared memory for objects (0: 30% of the RAM).
     #[arg(long)]
@@ -23,6 +28,7 @@ struct Args {
     plasma_directory: Option<PathBuf>,
     /// Back object memory with huge pages (plasma_directory on hugetlbfs).
     #[arg(long)]
+    #[serde(skip_serializing_if = "switch_off")]
     huge_pages: bool,
     /// TCP port of the object manager (0 picks one).
     #[arg(long)]
@@ -50,25 +56,25 @@ struct Args {
 fn main() -> ExitCode {
     rayd_plasma::tune_allocator();
     let args = Args::parse();
-    let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
-    let mut overrides = Overrides::default();
-    overrides
-        .set("object_store_memory", args.object_store_memory)
-        .set("plasma_socket", path(args.plasma_socket))
-        .set("plasma_directory", path(args.plasma_directory))
-        .set("huge_pages", args.huge_pages.then_some(true))
-        .set("object_manager_port", args.object_manager_port)
-        .set("object_chunk_size", args.object_chunk_size)
-        .set("node_id", args.node_id)
-        .set("node_ip_address", args.node_ip_address)
-        .set("redis_address", args.redis_address)
-        .set("redis_password", args.redis_password)
-        .set("log_level", args.log_level);
-    rayd_common::daemon::main(
+    rayd_daemon::main(
         "rayd-plasma",
         &args.config,
-        &overrides,
-        rayd_common::daemon::Threads::PerCore,
+        &args,
+        rayd_daemon::Threads::PerCore,
         rayd_plasma::run,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn every_flag_names_a_config_key() {
+        let args = super::Args::parse_from(["rayd-plasma"]);
+        assert_eq!(
+            rayd_config::unknown_flag_keys(&args).unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

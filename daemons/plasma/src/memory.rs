@@ -42,16 +42,15 @@
 //! same bytes, and readers see complete objects.
 
 use std::ffi::CString;
-use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{fcntl, FallocateFlags, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::stat::Mode;
+// Mappings are the clients' as much as the store's: they live in the client crate.
+pub use rayd_plasma_client::mapping::{page_size, MapError, Mapping};
 
 /// Magic number of hugetlbfs in `statfs.f_type`.
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
@@ -73,12 +72,8 @@ pub enum MemoryError {
         #[source]
         source: nix::Error,
     },
-    #[error("cannot map {size} bytes of shared memory: {source}")]
-    Map {
-        size: usize,
-        #[source]
-        source: nix::Error,
-    },
+    #[error(transparent)]
+    Map(#[from] MapError),
     #[error("cannot seal a shared memory file: {0}")]
     Seal(#[source] nix::Error),
     #[error("plasma_directory {path} is unusable: {reason}")]
@@ -240,13 +235,6 @@ pub fn reopen_read_only(fd: BorrowedFd<'_>) -> Result<OwnedFd, MemoryError> {
     .map_err(|source| MemoryError::Create { size: 0, source })
 }
 
-/// The system page size.
-pub fn page_size() -> usize {
-    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
-}
-
 /// The default huge page size (2 MiB on x86-64).
 pub fn huge_page_size() -> usize {
     std::fs::read_to_string("/proc/meminfo")
@@ -262,148 +250,6 @@ pub fn huge_page_size() -> usize {
 /// `n` rounded up to a multiple of `unit` (a power of two or any positive number).
 pub fn round_up(n: usize, unit: usize) -> usize {
     n.div_ceil(unit).saturating_mul(unit)
-}
-
-/// A `MAP_SHARED` mapping of a whole segment, unmapped on drop.
-#[derive(Debug)]
-pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    writable: bool,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value; moving it between
-// threads moves nothing but the address. Concurrent access rules are those of the module
-// doc (one writer per unsealed object, readers only after the seal).
-unsafe impl Send for Mapping {}
-// SAFETY: as for Send; `&Mapping` only exposes raw pointers and read-only slices.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Maps `len` bytes of `fd` from offset 0, writable or read-only. `populate` builds
-    /// the page tables at once (cheaper than a fault per page for memory about to be
-    /// written whole).
-    pub fn new(
-        fd: BorrowedFd<'_>,
-        len: usize,
-        writable: bool,
-        populate: bool,
-    ) -> Result<Self, MemoryError> {
-        let size = NonZeroUsize::new(len).ok_or(MemoryError::Map {
-            size: len,
-            source: nix::Error::EINVAL,
-        })?;
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-        } else {
-            ProtFlags::PROT_READ
-        };
-        let mut flags = MapFlags::MAP_SHARED;
-        if populate {
-            flags |= MapFlags::MAP_POPULATE;
-        }
-        // SAFETY: a fresh mapping at an address the kernel picks aliases no Rust object;
-        // the file is never shrunk (sealed, or owned by the store that never truncates),
-        // so every mapped page stays backed for the mapping's life.
-        let ptr = unsafe { mmap(None, size, prot, flags, fd, 0) }
-            .map_err(|source| MemoryError::Map { size: len, source })?;
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-            writable,
-        })
-    }
-
-    /// The first byte.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the mapping is empty (never: mappings have at least one byte).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Whether writes through this mapping are allowed.
-    pub fn is_writable(&self) -> bool {
-        self.writable
-    }
-
-    /// Builds the page tables of `[offset, offset + len)` for writing in one system
-    /// call (instead of a fault per page); a hint, so failures are ignored.
-    pub fn prefault_for_write(&self, offset: u64, len: u64) {
-        if !self.writable || !self.contains(offset, len) || len == 0 {
-            return;
-        }
-        let page = page_size() as u64;
-        let start = offset - offset % page;
-        let end = (offset + len).min(self.len as u64);
-        // SAFETY: the range lies inside this mapping (checked above); MADV_POPULATE_WRITE
-        // only faults pages in, as writing them would, and changes no contents.
-        unsafe {
-            libc::madvise(
-                self.as_ptr().add(start as usize).cast(),
-                (end - start) as usize,
-                libc::MADV_POPULATE_WRITE,
-            );
-        }
-    }
-
-    /// Whether `[offset, offset + len)` lies inside the mapping.
-    pub fn contains(&self, offset: u64, len: u64) -> bool {
-        offset
-            .checked_add(len)
-            .is_some_and(|end| end <= self.len as u64)
-    }
-
-    /// The bytes at `[offset, offset + len)`, or `None` when outside.
-    ///
-    /// # Safety
-    /// No one may write these bytes while the slice lives: the range must be a sealed
-    /// object (or one only the caller writes), pinned for the slice's life.
-    pub unsafe fn slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        if !self.contains(offset, len) {
-            return None;
-        }
-        // SAFETY: the range is inside the mapping (checked above); the caller guarantees
-        // no concurrent writer.
-        Some(unsafe {
-            std::slice::from_raw_parts(self.as_ptr().add(offset as usize), len as usize)
-        })
-    }
-
-    /// The bytes at `[offset, offset + len)` to write, or `None` when outside or the
-    /// mapping is read-only.
-    ///
-    /// # Safety
-    /// The caller must be the only one accessing these bytes while the slice lives
-    /// (the creator of an unsealed object).
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, offset: u64, len: u64) -> Option<&mut [u8]> {
-        if !self.writable || !self.contains(offset, len) {
-            return None;
-        }
-        // SAFETY: inside a writable mapping (checked above); the caller guarantees
-        // exclusive access to the range.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(self.as_ptr().add(offset as usize), len as usize)
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned, and slices borrowed from the
-        // mapping cannot outlive it.
-        if let Err(e) = unsafe { munmap(self.ptr.cast(), self.len) } {
-            log::warn!(error:% = e; "cannot unmap shared memory");
-        }
-    }
 }
 
 #[cfg(test)]

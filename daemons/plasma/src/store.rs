@@ -33,11 +33,8 @@ use crate::lease::{self, Freed, Leases};
 use crate::memory::{self, Backing, Mapping, MemoryError};
 use crate::spill::{Slot, Spill, SpillError, SpillStats};
 
-/// Identifies one connection to the store (or an internal user such as a transfer).
-pub type ClientId = u64;
-
-/// ID of the arena segment.
-pub const ARENA_SEGMENT: u64 = 0;
+pub use crate::lease::ClientId;
+pub use crate::protocol::ARENA_SEGMENT;
 /// Pulled objects at least this large are written with `pwrite` (by
 /// [`crate::object_manager`]) rather than through the daemon's mapping of the arena, whose
 /// page tables cost more than the copy; their pages are not allocated up front.

@@ -24,15 +24,13 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::Event;
-
-/// A connection's number, unique for the raylet's life.
-pub type ConnId = u64;
+use crate::io::Input;
+use crate::scheduler::{ConnId, Event};
 
 /// Accepts connections until `cancel` fires.
 pub async fn serve(
     listener: UnixListener,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Input>,
     cancel: CancellationToken,
 ) {
     let mut next: ConnId = 0;
@@ -60,9 +58,9 @@ pub async fn serve(
 }
 
 /// The reading side of a connection, registered for input alone.
-struct Input(AsyncFd<UnixStream>);
+struct Readable(AsyncFd<UnixStream>);
 
-impl AsyncRead for Input {
+impl AsyncRead for Readable {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -128,18 +126,18 @@ async fn write_all(stream: &mut Option<UnixStream>, mut bytes: &[u8]) -> io::Res
 async fn handle(
     (read, write): (UnixStream, UnixStream),
     conn: ConnId,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Input>,
     cancel: CancellationToken,
 ) {
     let read = match watch(read, Interest::READABLE) {
-        Ok(fd) => Input(fd),
+        Ok(fd) => Readable(fd),
         Err((_, e)) => {
             log::warn!(conn; "cannot watch a connection: {e}");
             return;
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if events.send(Event::Connected { conn, tx }).is_err() {
+    if events.send(Input::Connected { conn, tx }).is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
@@ -182,10 +180,13 @@ async fn handle(
                 }
             },
         };
-        if events.send(Event::Message { conn, message }).is_err() {
+        if events
+            .send(Event::Message { conn, message }.into())
+            .is_err()
+        {
             break;
         }
     }
-    let _ = events.send(Event::Disconnected { conn });
+    let _ = events.send(Event::Disconnected { conn }.into());
     writer.abort();
 }

@@ -9,25 +9,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rayd_common::gcs::{ActorInfo, GcsClient, TaskEntry};
 use rayd_common::id::{NodeId, TaskId};
+use rayd_gcs::{ActorInfo, GcsClient, TaskEntry};
 use tokio::sync::mpsc;
+
+use crate::scheduler::GcsWrite;
 
 /// How long writes are gathered before they are sent.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Most tasks gathered before a flush, whatever the time.
 const MAX_PENDING: usize = 4096;
-
-/// A write for the GCS.
-#[derive(Debug)]
-pub enum GcsWrite {
-    /// A task's spec, when it arrives.
-    Task(TaskEntry),
-    /// A task's new state.
-    State(TaskId, &'static str),
-    /// An actor's entry.
-    Actor(ActorInfo),
-}
 
 /// What one flush writes for one task.
 #[derive(Debug, Default)]
@@ -74,7 +65,7 @@ fn gather(write: GcsWrite, tasks: &mut HashMap<TaskId, Pending>, actors: &mut Ve
             pending.state.get_or_insert(entry.state);
         }
         GcsWrite::State(task, state) => {
-            tasks.entry(task).or_default().state = Some(state.to_string());
+            tasks.entry(task).or_default().state = Some(state.as_str().to_string());
         }
         GcsWrite::Actor(actor) => actors.push(actor),
     }

@@ -7,6 +7,7 @@
 
 mod connection;
 mod gcs;
+pub mod io;
 mod resources;
 pub mod scheduler;
 mod workers;
@@ -15,14 +16,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rayd_common::config::RaydConfig;
-use rayd_common::gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
 use rayd_common::process::{find_rayd_binary, signal_pid};
-use rayd_common::shutdown::{notify_ready, notify_stopping, Shutdown};
-use rayd_plasma::client::{ClientError, EventKind, PlasmaClient, Subscription};
+use rayd_config::RaydConfig;
+use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
+use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
+use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
+use io::{Input, Node, WorkerCommand};
 use scheduler::{Event, NodeSettings, Scheduler};
 
 /// Why the raylet could not start or run.
@@ -44,6 +46,12 @@ pub enum RayletError {
     },
     #[error("the plasma store's event stream ended")]
     PlasmaGone,
+    #[error("cannot start the raylet's {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn bind(path: &PathBuf) -> Result<UnixListener, RayletError> {
@@ -64,7 +72,7 @@ fn bind(path: &PathBuf) -> Result<UnixListener, RayletError> {
 
 /// Forwards the plasma store's events to the scheduler, from a thread of its own (the
 /// subscription is a blocking socket).
-fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Event>) -> Result<(), RayletError> {
+fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Input>) -> Result<(), RayletError> {
     let mut subscription = Subscription::connect(&socket)?;
     std::thread::Builder::new()
         .name("plasma-events".into())
@@ -81,12 +89,12 @@ fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Event>) -> Resul
                 EventKind::Sealed => Event::ObjectSealed(event.id),
                 EventKind::Deleted => Event::ObjectDeleted(event.id),
             };
-            if events.send(event).is_err() {
+            if events.send(event.into()).is_err() {
                 return;
             }
         })
-        .map_err(|source| RayletError::Socket {
-            path: PathBuf::from("plasma-events thread"),
+        .map_err(|source| RayletError::Thread {
+            what: "plasma-events",
             source,
         })?;
     Ok(())
@@ -132,14 +140,28 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         plasma_socket: plasma_socket.display().to_string(),
         redis_address: redis_address.clone(),
         redis_password: config.redis_password.clone().unwrap_or_default(),
-        raylet_socket: socket.clone(),
-        worker_path,
-        log_level: config.log_level.clone(),
         min_workers,
-        task_ahead_max: std::time::Duration::from_millis(config.task_ahead_max_ms),
+        task_ahead_max: Duration::from_millis(config.task_ahead_max_ms),
     };
-    let mut scheduler = Scheduler::new(settings, total.clone(), plasma, events_tx.clone(), writes);
-    let node = NodeInfo {
+    let scheduler = Scheduler::new(settings, total.clone(), std::time::Instant::now());
+    let worker = WorkerCommand {
+        binary: worker_path,
+        raylet_socket: socket.clone(),
+        log_level: config.log_level.clone(),
+    };
+    let mut node = Node::new(
+        scheduler,
+        events_tx.clone(),
+        writes,
+        plasma,
+        gcs.clone(),
+        worker,
+    )
+    .map_err(|source| RayletError::Thread {
+        what: "plasma-puts",
+        source,
+    })?;
+    let info = NodeInfo {
         node_id,
         node_ip_address: config.node_ip_address.clone(),
         raylet_socket: socket.display().to_string(),
@@ -156,10 +178,10 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         running_tasks: 0,
         store: None,
     };
-    gcs.register_node(&node).await?;
+    gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
     tokio::spawn(connection::serve(listener, events_tx, cancel.clone()));
-    scheduler.prestart();
+    node.prestart();
     notify_ready();
 
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
@@ -168,12 +190,12 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             event = events.recv() => match event {
-                Some(event) => scheduler.handle(event),
+                Some(input) => node.handle(input),
                 None => break Err(RayletError::PlasmaGone),
             },
             _ = heartbeat.tick() => {
-                scheduler.tick();
-                let snapshot = scheduler.snapshot();
+                node.handle(Event::Tick.into());
+                let snapshot = node.scheduler.snapshot();
                 let beat = Heartbeat {
                     node_id: node_id.hex(),
                     resources_available: snapshot.available,
@@ -191,8 +213,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         }
     };
     notify_stopping();
-    scheduler.stop_workers();
-    for pid in scheduler.worker_pids() {
+    node.stop();
+    for pid in node.scheduler.worker_pids() {
         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
     }
     if let Err(e) = gcs.mark_node_dead(node_id).await {

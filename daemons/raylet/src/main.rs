@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides, ResourceArgs};
+use rayd_daemon::args::{ConfigArgs, ResourceArgs};
+use serde::Serialize;
 
 /// The raylet allocates and frees a few small buffers per message; glibc's malloc took a
 /// fifth of its time on a stream of actor calls.
@@ -13,10 +14,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Queues tasks until their arguments are local and resources free, and runs them on a
 /// pool of rayd-worker processes.
-#[derive(Debug, Parser)]
+///
+/// Each field is also the config key it overrides (`rayd_config::Overrides::from_flags`).
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "rayd-raylet", version)]
 struct Args {
     #[command(flatten)]
+    #[serde(skip)]
     config: ConfigArgs,
     /// host:port of the cluster's primary Redis.
     #[arg(long)]
@@ -25,6 +29,7 @@ struct Args {
     #[arg(long)]
     redis_password: Option<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     resources: ResourceArgs,
     /// Unix socket to serve drivers and workers on.
     #[arg(long)]
@@ -45,22 +50,25 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut overrides = Overrides::default();
-    let path = |p: Option<PathBuf>| p.map(|p| p.display().to_string());
-    overrides
-        .set("redis_address", args.redis_address)
-        .set("redis_password", args.redis_password)
-        .set("raylet_socket", path(args.raylet_socket))
-        .set("plasma_socket", path(args.plasma_socket))
-        .set("node_ip_address", args.node_ip_address)
-        .set("temp_dir", path(args.temp_dir))
-        .set("log_level", args.log_level);
-    args.resources.apply(&mut overrides);
-    rayd_common::daemon::main(
+    rayd_daemon::main(
         "rayd-raylet",
         &args.config,
-        &overrides,
-        rayd_common::daemon::Threads::One,
+        &args,
+        rayd_daemon::Threads::One,
         rayd_raylet::run,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn every_flag_names_a_config_key() {
+        let args = super::Args::parse_from(["rayd-raylet"]);
+        assert_eq!(
+            rayd_config::unknown_flag_keys(&args).unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

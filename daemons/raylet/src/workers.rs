@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::io::Input;
 use crate::scheduler::Event;
 
 /// Starts a worker that connects to the raylet at `socket`; returns its pid.
@@ -16,7 +17,7 @@ pub fn spawn_worker(
     binary: &Path,
     socket: &Path,
     log_level: &str,
-    events: &mpsc::UnboundedSender<Event>,
+    events: &mpsc::UnboundedSender<Input>,
 ) -> std::io::Result<u32> {
     let mut command = Command::new(binary);
     command
@@ -42,7 +43,7 @@ pub fn spawn_worker(
             Ok(status) => status.to_string(),
             Err(e) => format!("cannot wait for it: {e}"),
         };
-        let _ = events.send(Event::WorkerExited { pid, status });
+        let _ = events.send(Event::WorkerExited { pid, status }.into());
     });
     Ok(pid)
 }
@@ -51,12 +52,12 @@ async fn forward(
     stream: impl AsyncRead + Unpin,
     pid: u32,
     stderr: bool,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedSender<Input>,
 ) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if events
-            .send(Event::WorkerOutput { pid, line, stderr })
+            .send(Event::WorkerOutput { pid, line, stderr }.into())
             .is_err()
         {
             return;

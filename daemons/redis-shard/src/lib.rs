@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fred::prelude::*;
-use rayd_common::config::RaydConfig;
-use rayd_common::gcs::{self, keys};
 use rayd_common::process::find_executable;
-use rayd_common::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
+use rayd_config::RaydConfig;
+use rayd_daemon::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
+use rayd_gcs::keys;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ pub enum ShardError {
         reason: String,
     },
     #[error("cannot write the shard list into the primary: {0}")]
-    Metadata(#[from] gcs::GcsError),
+    Metadata(#[from] rayd_gcs::GcsError),
     #[error(
         "redis {role} on port {port} failed {MAX_FAILED_RESTARTS} restarts in a row: {reason}"
     )]
@@ -121,7 +121,7 @@ async fn write_metadata(
     primary: &str,
     shards: &[String],
 ) -> Result<(), ShardError> {
-    let client = gcs::connect_server(primary, config.redis_password.as_deref()).await?;
+    let client = rayd_gcs::connect_server(primary, config.redis_password.as_deref()).await?;
     let mut shown = config.clone();
     shown.redis_password = shown.redis_password.map(|_| "(set)".into());
     let result: Result<(), fred::error::Error> = async {

@@ -4,14 +4,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use rayd_common::config::{ConfigArgs, Overrides};
+use rayd_config::switch_off;
+use rayd_daemon::args::ConfigArgs;
+use serde::Serialize;
 
 /// Starts a primary redis-server and `num_redis_shards` shards, writes the shard list
 /// into the primary, and restarts any that dies.
-#[derive(Debug, Parser)]
+///
+/// Each field is also the config key it overrides (`rayd_config::Overrides::from_flags`).
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "rayd-redis-shard", version)]
 struct Args {
     #[command(flatten)]
+    #[serde(skip)]
     config: ConfigArgs,
     /// Port of the primary Redis.
     #[arg(long)]
@@ -30,6 +35,7 @@ struct Args {
     redis_max_clients: Option<u32>,
     /// Turn on append-only persistence.
     #[arg(long)]
+    #[serde(skip_serializing_if = "switch_off")]
     redis_persistence: bool,
     /// Directory for the servers' data and config files.
     #[arg(long)]
@@ -44,25 +50,25 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut overrides = Overrides::default();
-    overrides
-        .set("redis_port", args.redis_port)
-        .set("num_redis_shards", args.num_redis_shards)
-        .set("redis_shard_ports", args.redis_shard_ports)
-        .set("redis_password", args.redis_password)
-        .set("redis_max_clients", args.redis_max_clients)
-        .set("redis_persistence", args.redis_persistence.then_some(true))
-        .set(
-            "redis_data_dir",
-            args.redis_data_dir.map(|p| p.display().to_string()),
-        )
-        .set("node_ip_address", args.node_ip_address)
-        .set("log_level", args.log_level);
-    rayd_common::daemon::main(
+    rayd_daemon::main(
         "rayd-redis-shard",
         &args.config,
-        &overrides,
-        rayd_common::daemon::Threads::One,
+        &args,
+        rayd_daemon::Threads::One,
         rayd_redis_shard::run,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn every_flag_names_a_config_key() {
+        let args = super::Args::parse_from(["rayd-redis-shard"]);
+        assert_eq!(
+            rayd_config::unknown_flag_keys(&args).unwrap(),
+            Vec::<String>::new()
+        );
+    }
 }

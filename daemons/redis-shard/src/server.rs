@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rayd_common::config::RaydConfig;
 use rayd_common::process::{set_parent_death_signal, terminate};
+use rayd_config::RaydConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -166,7 +166,7 @@ impl RedisServer {
 
     /// The last lines of the server's log, for error messages.
     fn log_tail(&self) -> String {
-        rayd_common::logging::log_tail(&self.log_path(), 3, " | ")
+        rayd_common::process::log_tail(&self.log_path(), 3, " | ")
     }
 
     /// The process ID, while running.

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let level = std::env::var("RAYD_WORKER_LOG_LEVEL")
         .ok()
-        .and_then(|l| rayd_common::config::log_level_filter(&l))
+        .and_then(|l| rayd_config::log_level_filter(&l))
         .unwrap_or(log::LevelFilter::Warn);
-    let _ = rayd_common::logging::init("rayd-worker", None, level);
+    let _ = rayd_daemon::logging::init("rayd-worker", None, level);
     match rayd_worker::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

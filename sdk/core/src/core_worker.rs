@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rayd_common::gcs::{FunctionInfo, GcsClient};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_plasma::client::{ClientError, PlasmaClient};
+use rayd_gcs::{FunctionInfo, GcsClient, GcsReply, Server};
+use rayd_plasma_client::{ClientError, PlasmaClient};
 
-use crate::arrivals::Arrivals;
 use crate::inbox::Inbox;
-use crate::object::{Object, INLINE_RESULT_MAX};
+use crate::object::Object;
 use crate::raylet_client::RayletConnection;
+use crate::INLINE_RESULT_MAX;
 use crate::{value, CoreError};
 
 /// How long one wait lasts before the caller's `interrupted` is asked (Ctrl-C).
@@ -105,7 +105,7 @@ pub struct CoreWorker {
     context: Mutex<Context>,
     exported: Mutex<HashSet<FunctionId>>,
     functions: Mutex<HashMap<FunctionId, Arc<FunctionInfo>>>,
-    arrivals: Arc<Arrivals>,
+    inbox: Inbox,
     /// Workers: the small results of the running task, sent with its `TaskDone`.
     results: Mutex<Vec<pb::InlineObject>>,
     /// Workers: tasks received ahead of time, in order, and how many `Blocked` messages
@@ -173,6 +173,15 @@ impl CoreWorker {
             &registered.redis_address,
             password.as_deref(),
         ))?;
+        // Drivers: the raylet's messages are read by waiting threads, or by a background
+        // thread while none waits (see [`crate::inbox`]).
+        let reader = (!options.is_worker).then(|| raylet.take_reader()).flatten();
+        let inbox = match reader {
+            Some((reader, socket)) => {
+                Inbox::reading_raylet(reader, socket).map_err(CoreError::Runtime)?
+            }
+            None => Inbox::default(),
+        };
         let core = Self {
             is_worker: options.is_worker,
             worker_id,
@@ -192,24 +201,11 @@ impl CoreWorker {
             }),
             exported: Mutex::default(),
             functions: Mutex::default(),
-            arrivals: Arc::default(),
+            inbox,
             results: Mutex::default(),
             ahead: Mutex::default(),
         };
-        if !options.is_worker {
-            core.print_raylet_messages()?;
-        }
         Ok(core)
-    }
-
-    /// Drivers: the raylet's messages are read by waiting threads, or by a background
-    /// thread while none waits (see [`crate::inbox`]).
-    fn print_raylet_messages(&self) -> Result<(), CoreError> {
-        let Some((reader, socket)) = self.raylet.take_reader() else {
-            return Ok(());
-        };
-        Inbox::start(reader, socket, Arc::clone(&self.arrivals)).map_err(CoreError::Runtime)?;
-        Ok(())
     }
 
     fn context(&self) -> std::sync::MutexGuard<'_, Context> {
@@ -368,7 +364,7 @@ impl CoreWorker {
             .map(|i| ObjectId::for_return(task, i))
             .collect();
         // Before sending: the results may come back before `send` returns.
-        self.arrivals.expect(&returns);
+        self.inbox.expect(&returns);
         self.raylet
             .send(pb::client_message::Kind::SubmitTask(spec))?;
         Ok((task, returns))
@@ -455,7 +451,7 @@ impl CoreWorker {
         found: &mut [Option<Object>],
         ask_all: bool,
     ) -> Result<(), CoreError> {
-        let ask_store = self.arrivals.take_inline(ids, found, ask_all);
+        let ask_store = self.inbox.take_inline(ids, found, ask_all);
         if ask_store.is_empty() {
             return Ok(());
         }
@@ -463,7 +459,7 @@ impl CoreWorker {
         let buffers = self.plasma.get(&wanted, Some(Duration::ZERO))?;
         for (i, buffer) in ask_store.into_iter().zip(buffers) {
             if let Some(buffer) = buffer {
-                self.arrivals.insert_sealed(ids[i]);
+                self.inbox.insert_sealed(ids[i]);
                 found[i] = Some(Object::Plasma(buffer));
             }
         }
@@ -479,8 +475,8 @@ impl CoreWorker {
         ids: &[ObjectId],
         found: &mut [Option<Object>],
     ) -> Result<(), CoreError> {
-        let started = self.arrivals.follow_store(&self.plasma_socket)?;
-        let fetch = self.arrivals.to_fetch(ids);
+        let started = self.inbox.follow_store(&self.plasma_socket)?;
+        let fetch = self.inbox.to_fetch(ids);
         if !fetch.is_empty() {
             self.raylet
                 .send(pb::client_message::Kind::Fetch(pb::Fetch {
@@ -523,7 +519,10 @@ impl CoreWorker {
             let slice = deadline.map_or(WAIT_SLICE, |d| {
                 d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
             });
-            let ready = self.arrivals.wait(&wanted, wanted.len(), Some(slice));
+            let ready = match self.inbox.wait(&wanted, wanted.len(), Some(slice)) {
+                Ok(ready) => ready,
+                Err(e) => break Err(e),
+            };
             if ready.iter().any(|r| *r) {
                 if let Err(e) = self.lookup(ids, &mut found, false) {
                     break Err(e);
@@ -563,7 +562,7 @@ impl CoreWorker {
         let mut found: Vec<Option<Object>> = vec![None; ids.len()];
         self.prepare_wait(ids, &mut found)?;
         let enough = |ready: &[bool]| ready.iter().filter(|r| **r).count() >= num_returns;
-        let ready = self.arrivals.wait(ids, num_returns, Some(Duration::ZERO));
+        let ready = self.inbox.wait(ids, num_returns, Some(Duration::ZERO))?;
         if enough(&ready) || timeout == Some(Duration::ZERO) {
             return Ok(ready);
         }
@@ -576,15 +575,18 @@ impl CoreWorker {
             let slice = deadline.map_or(WAIT_SLICE, |d| {
                 d.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
             });
-            let ready = self.arrivals.wait(ids, num_returns, Some(slice));
+            let ready = match self.inbox.wait(ids, num_returns, Some(slice)) {
+                Ok(ready) => ready,
+                Err(e) => break Err(e),
+            };
             if enough(&ready) || deadline.is_some_and(|d| Instant::now() >= d) || interrupted() {
-                break ready;
+                break Ok(ready);
             }
         };
         if self.is_worker {
             self.unblock()?;
         }
-        Ok(ready)
+        ready
     }
 
     /// Workers: waits for the next task; `None` when the raylet says to exit. Tasks sent
@@ -623,7 +625,7 @@ impl CoreWorker {
                     return Ok(None);
                 }
                 pb::server_message::Kind::ObjectsReady(ready) => {
-                    self.arrivals.insert_inline(ready.objects)
+                    self.inbox.insert_inline(ready.objects)
                 }
                 _ => continue,
             }
@@ -645,6 +647,25 @@ impl CoreWorker {
             puts: 0,
         };
         Ok(assigned)
+    }
+
+    /// Runs one Redis command on a GCS server (the SDK's own tables, and reading any).
+    pub fn gcs_command(
+        &self,
+        server: Server<'_>,
+        name: &str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<GcsReply, CoreError> {
+        Ok(self
+            .runtime
+            .block_on(self.gcs.command(server, name, args))?)
+    }
+
+    /// Drops objects from this node's store (`ray.internal.free`); returns how many were
+    /// there. An object in use stays until its last reader releases it.
+    pub fn free(&self, ids: &[ObjectId]) -> Result<usize, CoreError> {
+        let report = self.plasma.delete(ids)?;
+        Ok(report.deleted.len() + report.deferred.len())
     }
 
     /// Kills an actor of this node (`ray.kill`).

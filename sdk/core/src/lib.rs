@@ -6,16 +6,17 @@
 //! submission is one frame to the local raylet; small results come back in the raylet's
 //! messages, large objects go through local shared memory.
 
-mod arrivals;
 mod core_worker;
 mod inbox;
 mod object;
 mod raylet_client;
-pub mod value;
+
+pub use rayd_common::inline::{InlineCache, INLINE_RESULT_MAX};
+pub use rayd_common::value;
 
 pub use core_worker::{ActorCall, Assigned, ConnectOptions, CoreWorker, TaskArgValue, TaskOptions};
-pub use object::{InlineCache, Object, INLINE_RESULT_MAX};
-pub use rayd_plasma::client::{ClientError as PlasmaError, ObjectBuffer};
+pub use object::Object;
+pub use rayd_plasma_client::{ClientError as PlasmaError, ObjectBuffer};
 pub use raylet_client::find_local_raylet;
 
 /// Why a core operation failed.
@@ -34,9 +35,9 @@ pub enum CoreError {
     #[error("the raylet sent {got} where {expected} was expected")]
     Unexpected { expected: &'static str, got: String },
     #[error(transparent)]
-    Plasma(#[from] rayd_plasma::client::ClientError),
+    Plasma(#[from] rayd_plasma_client::ClientError),
     #[error("gcs: {0}")]
-    Gcs(#[from] rayd_common::gcs::GcsError),
+    Gcs(#[from] rayd_gcs::GcsError),
     #[error("malformed object {id}: {source}")]
     Value {
         id: rayd_common::id::ObjectId,

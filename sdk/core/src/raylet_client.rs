@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rayd_common::framing::{self, InputWaiter};
-use rayd_common::gcs::GcsClient;
 use rayd_common::proto::raylet::v1 as pb;
+use rayd_gcs::GcsClient;
 
 use crate::CoreError;
 

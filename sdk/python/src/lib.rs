@@ -14,10 +14,11 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
-use rayd_common::config::{Overrides, RaydConfig};
+use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
+use rayd_config::{Overrides, RaydConfig};
 use rayd_core::{value, ActorCall, ConnectOptions, CoreError, Object, TaskArgValue, TaskOptions};
+use rayd_gcs::{GcsReply, Server};
 
 /// Submitting a task or reading a result allocates a few small buffers; glibc's malloc
 /// was a large share of that.
@@ -38,27 +39,49 @@ fn signalled(slot: &Mutex<Option<PyErr>>) -> bool {
 
 /// The one mapping from core errors to `ray.exceptions`.
 fn to_py_err(error: CoreError) -> PyErr {
-    Python::attach(|py| {
-        let class = match &error {
-            CoreError::Plasma(e) if e.is_store_full() => "ObjectStoreFullError",
-            CoreError::RayletConnect { .. } | CoreError::Raylet(_) | CoreError::RayletClosed => {
-                "RayletConnectionError"
-            }
-            _ => "RaySystemError",
-        };
-        let message = error.to_string();
-        match py.import("ray.exceptions").and_then(|m| m.getattr(class)) {
+    let class = match &error {
+        CoreError::Plasma(e) if e.is_store_full() => "ObjectStoreFullError",
+        CoreError::RayletConnect { .. } | CoreError::Raylet(_) | CoreError::RayletClosed => {
+            "RayletConnectionError"
+        }
+        _ => "RaySystemError",
+    };
+    system_error(class, error.to_string())
+}
+
+/// A failure of rayd itself that is not a [`CoreError`] (starting a node): a
+/// `RaySystemError` whose message is the error's chain of causes.
+fn anyhow_err(error: anyhow::Error) -> PyErr {
+    system_error("RaySystemError", format!("{error:#}"))
+}
+
+/// An instance of the `ray.exceptions` class `class` with `message`.
+fn system_error(class: &str, message: String) -> PyErr {
+    Python::attach(
+        |py| match py.import("ray.exceptions").and_then(|m| m.getattr(class)) {
             Ok(class) => match class.call1((message.clone(),)) {
                 Ok(instance) => PyErr::from_value(instance),
                 Err(e) => e,
             },
             Err(_) => PyRuntimeError::new_err(message),
-        }
-    })
+        },
+    )
 }
 
-fn anyhow_err(error: anyhow::Error) -> PyErr {
-    PyRuntimeError::new_err(format!("{error:#}"))
+/// A GCS reply as Python values: None, int, bytes, or a list of them.
+fn reply_to_py(py: Python<'_>, reply: GcsReply) -> PyResult<Py<PyAny>> {
+    Ok(match reply {
+        GcsReply::Nil => py.None(),
+        GcsReply::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        GcsReply::Bytes(b) => PyBytes::new(py, &b).into_any().unbind(),
+        GcsReply::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(reply_to_py(py, item)?)?;
+            }
+            list.into_any().unbind()
+        }
+    })
 }
 
 fn id_from(bytes: &[u8]) -> PyResult<ObjectId> {
@@ -108,6 +131,15 @@ impl PyObjectId {
 
     fn __repr__(&self) -> String {
         format!("ObjectID({})", self.0.hex())
+    }
+
+    /// `ObjectID[int]` in annotations (today's Ray's generic `ObjectRef[T]`): the class.
+    #[classmethod]
+    fn __class_getitem__<'py>(
+        cls: &Bound<'py, PyType>,
+        _item: &Bound<'py, PyAny>,
+    ) -> Bound<'py, PyType> {
+        cls.clone()
     }
 
     fn __reduce__<'py>(
@@ -377,6 +409,54 @@ impl CoreWorker {
             .map(|(_, ids)| ids)
     }
 
+    /// Runs one Redis command on the GCS: on the primary (`shard=None`), the shard of an
+    /// ID (`shard=<20 bytes>`) or shard number `shard` (an int). Returns None, int, bytes
+    /// or a list of them.
+    #[pyo3(signature = (name, args, shard=None))]
+    fn gcs_command(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        args: Vec<Vec<u8>>,
+        shard: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let (index, id): (Option<usize>, Option<[u8; 20]>) = match shard {
+            None => (None, None),
+            Some(s) if s.is_none() => (None, None),
+            Some(s) => match s.extract::<usize>() {
+                Ok(index) => (Some(index), None),
+                Err(_) => {
+                    let bytes: Vec<u8> = s.extract()?;
+                    let id = bytes.try_into().map_err(|_| {
+                        PyValueError::new_err("shard must be an int or a 20-byte ID")
+                    })?;
+                    (None, Some(id))
+                }
+            },
+        };
+        let server = match (index, &id) {
+            (Some(index), _) => Server::Shard(index),
+            (None, Some(id)) => Server::ShardOf(id),
+            (None, None) => Server::Primary,
+        };
+        let reply = py
+            .detach(|| self.0.gcs_command(server, name, args))
+            .map_err(to_py_err)?;
+        reply_to_py(py, reply)
+    }
+
+    /// The number of GCS shards.
+    #[getter]
+    fn num_gcs_shards(&self) -> usize {
+        self.0.gcs().0.shard_addresses().len()
+    }
+
+    /// Drops objects from this node's store; returns how many were there.
+    fn free(&self, py: Python<'_>, ids: Vec<Bound<'_, PyObjectId>>) -> PyResult<usize> {
+        let ids: Vec<ObjectId> = ids.iter().map(|i| i.get().0).collect();
+        py.detach(|| self.0.free(&ids)).map_err(to_py_err)
+    }
+
     /// Kills an actor now (`ray.kill`): no restart; its pending calls fail.
     fn kill_actor(&self, py: Python<'_>, actor_id: &[u8]) -> PyResult<()> {
         let actor =
@@ -608,7 +688,7 @@ impl CoreWorker {
 #[pyclass(module = "ray._raylet")]
 #[derive(Debug)]
 pub struct LocalNode {
-    node: Mutex<rayd_cli::node::StartedNode>,
+    node: Mutex<rayd_launcher::node::StartedNode>,
     #[pyo3(get)]
     redis_address: String,
     #[pyo3(get)]
@@ -638,8 +718,8 @@ impl LocalNode {
     }
 }
 
-fn json_value(value: &Bound<'_, PyAny>) -> PyResult<rayd_common::config::ConfigValue> {
-    use rayd_common::config::ConfigValue;
+fn json_value(value: &Bound<'_, PyAny>) -> PyResult<rayd_config::ConfigValue> {
+    use rayd_config::ConfigValue;
     if let Ok(b) = value.extract::<bool>() {
         return Ok(ConfigValue::from(b));
     }
@@ -653,7 +733,7 @@ fn json_value(value: &Bound<'_, PyAny>) -> PyResult<rayd_common::config::ConfigV
         return Ok(ConfigValue::from(s));
     }
     if let Ok(map) = value.extract::<HashMap<String, f64>>() {
-        let map: rayd_common::config::ConfigMap = map
+        let map: rayd_config::ConfigMap = map
             .into_iter()
             .map(|(k, v)| (k, ConfigValue::from(v)))
             .collect();
@@ -677,15 +757,14 @@ fn start_local_node(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Lo
         let key: String = key.extract()?;
         overrides.set(&key, Some(json_value(&value)?));
     }
-    let mut config: RaydConfig =
-        rayd_common::config::load(None, &std::env::vars().collect(), &overrides)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let mut config: RaydConfig = rayd_config::load(None, &std::env::vars().collect(), &overrides)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
     if !settings.contains("redis_port")? {
-        let ports = rayd_cli::node::free_ports(
+        let ports = rayd_launcher::node::free_ports(
             &config.node_ip_address,
             1 + usize::from(config.num_redis_shards),
         )
-        .map_err(anyhow_err)?;
+        .map_err(|e| anyhow_err(e.into()))?;
         config.redis_port = ports[0];
         config.redis_shard_ports = ports[1..].to_vec();
     }
@@ -693,8 +772,8 @@ fn start_local_node(py: Python<'_>, settings: &Bound<'_, PyDict>) -> PyResult<Lo
         config.object_manager_port = 0;
     }
     let node = py
-        .detach(|| rayd_cli::node::start_node(&config, true, true))
-        .map_err(anyhow_err)?;
+        .detach(|| rayd_launcher::node::start_node(&config, true, true))
+        .map_err(|e| anyhow_err(e.into()))?;
     Ok(LocalNode {
         redis_address: node.redis_address.clone(),
         raylet_socket: node.raylet_socket.display().to_string(),

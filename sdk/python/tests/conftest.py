@@ -1,7 +1,13 @@
 """Fixtures that start and stop real local rayd clusters, leaving nothing running."""
 
+import contextlib
+import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -97,3 +103,37 @@ def cleanup():
     _stop_shared()
     yield
     ray.shutdown()
+
+
+RAYD = os.path.join(os.path.dirname(sys.executable), "rayd")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rayd_node(*flags, command=(RAYD,)):
+    """A head node started with `rayd start` (or `command`), stopped and checked gone after."""
+    # Socket paths are limited to 107 bytes: pytest's tmp_path can be deeper than that.
+    temp_dir = tempfile.mkdtemp(prefix="rayd-node-")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYD_")}
+    started = subprocess.run(
+        [*command, "start", "--head", "--redis-port", str(port), "--object-manager-port", "0",
+         "--num-cpus", "1", "--temp-dir", temp_dir, *flags],
+        capture_output=True, text=True, timeout=120, env=env)
+    pids = []
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        with open(os.path.join(temp_dir, "node.json")) as f:
+            pids = [p["pid"] for p in json.load(f)["processes"]]
+        yield port, started, temp_dir
+    finally:
+        stopped = subprocess.run([*command, "stop", "--temp-dir", temp_dir], capture_output=True,
+                                 text=True, timeout=60, env=env)
+        wait_for(lambda: not any(_alive(p) for p in pids), 15, "the node's daemons to exit")
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stderr

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rayd_common::id::ObjectId;
-use rayd_plasma::client::PlasmaClient;
+use rayd_plasma_client::PlasmaClient;
 
 /// Measures the plasma store and prints JSON lines.
 #[derive(Debug, Parser)]

@@ -152,8 +152,13 @@ impl Destination {
             }
             Placement::Own(segment) => {
                 let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-                let mapping = Mapping::new(segment.fd.as_fd(), len, true, true)
-                    .map_err(|source| TransferError::Memory { id, source })?;
+                let mapping =
+                    Mapping::new(segment.fd.as_fd(), len, true, true).map_err(|source| {
+                        TransferError::Memory {
+                            id,
+                            source: source.into(),
+                        }
+                    })?;
                 (Self::Mapped(Arc::new(mapping)), 0, None)
             }
         })

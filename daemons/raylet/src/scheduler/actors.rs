@@ -1,28 +1,28 @@
-//! Actors on this node: each is bound to a worker of its own, runs its methods one at a
-//! time in submission order, and holds resources for life when it asked for them
-//! (otherwise each method call takes one CPU while it runs). Up to [`PIPELINE_DEPTH`]
-//! calls whose arguments are local are sent to the actor's worker ahead of time, so the
-//! worker goes from one call to the next without waiting for the raylet; the resources of
-//! a call are taken when it starts (when the one before it is done). A dead actor's worker is
-//! replaced and the constructor run again while `max_restarts` allows; after that, and
-//! after `ray.kill`, pending and later calls fail with actor-died errors.
+//! The actors whose creation task reached this raylet: each is bound to a worker of its
+//! own, runs its methods one at a time in submission order, and holds resources for life
+//! when it asked for them (otherwise each call takes one CPU while it runs). Up to
+//! [`PIPELINE_DEPTH`] calls whose arguments are local are sent to the actor's worker ahead
+//! of time, so it goes from one call to the next without waiting for the raylet; a call's
+//! resources are taken when it starts. A dead actor's worker is replaced and the
+//! constructor run again while `max_restarts` allows; after that, and after `ray.kill`,
+//! pending and later calls fail with actor-died errors.
+//!
+//! This module owns the actors' state; the scheduler decides when their calls run.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use rayd_common::gcs::ActorInfo;
-use rayd_common::id::{ActorId, JobId};
-use rayd_core::value;
+use rayd_common::id::{ActorId, JobId, ObjectId};
 
-use super::{ConnId, Connection, Peer, Scheduler, Task, WorkerState};
-use crate::gcs::GcsWrite;
+use super::task::Task;
+use super::ConnId;
 use crate::resources::{Amounts, Held};
 
 /// Method calls sent to an actor's worker beyond the one it runs.
-const PIPELINE_DEPTH: usize = 16;
+pub const PIPELINE_DEPTH: usize = 16;
 
 /// Where an actor stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ActorState {
+pub enum ActorState {
     /// Its creation task waits for arguments, resources or a worker (again, on restart).
     Pending,
     /// Bound to a worker (its constructor may still be running).
@@ -31,7 +31,8 @@ pub(super) enum ActorState {
 }
 
 impl ActorState {
-    fn name(&self) -> &'static str {
+    /// The name the GCS actor table stores.
+    pub fn name(&self) -> &'static str {
         match self {
             ActorState::Pending => "pending",
             ActorState::Alive => "alive",
@@ -40,95 +41,87 @@ impl ActorState {
     }
 }
 
-/// An actor whose creation task reached this raylet.
 #[derive(Debug)]
-pub(super) struct Actor {
-    job: JobId,
-    creation: Task,
-    pub(super) state: ActorState,
-    worker: Option<ConnId>,
+pub struct Actor {
+    pub job: JobId,
+    pub creation: Task,
+    pub state: ActorState,
+    pub worker: Option<ConnId>,
     /// Resources held for life (creation asked for them explicitly).
-    held: Option<Held>,
-    /// Method calls not dispatched yet, in submission order.
-    queue: VecDeque<Task>,
+    pub held: Option<Held>,
+    /// Method calls not sent to the worker yet, in submission order.
+    pub queue: VecDeque<Task>,
     /// A method (or the constructor) runs on its worker now.
-    running: bool,
+    pub running: bool,
     /// Calls sent to the worker to run after the running one, in order.
-    inflight: VecDeque<Task>,
-    restarts_left: u32,
+    pub inflight: VecDeque<Task>,
+    pub restarts_left: u32,
 }
 
-fn actor_id_of(task: &Task) -> Option<ActorId> {
+/// What a worker's death means for its actor.
+#[derive(Debug)]
+pub struct Died {
+    /// The creation task to run again (a restart), or the reason the actor is dead.
+    pub restart: Result<Task, String>,
+    /// Resources the actor held for life, to give back.
+    pub held: Option<Held>,
+    /// Calls that can no longer run (the actor is dead), to fail with the reason.
+    pub failed: Vec<Task>,
+}
+
+/// The actors of this node.
+#[derive(Debug, Default)]
+pub struct Actors {
+    actors: HashMap<ActorId, Actor>,
+}
+
+pub fn actor_id_of(task: &Task) -> Option<ActorId> {
     ActorId::from_slice(&task.spec.actor_id).ok()
 }
 
-impl Scheduler {
-    fn record_actor(&self, id: ActorId) {
-        let Some(actor) = self.actors.get(&id) else {
-            return;
-        };
-        let worker = actor
-            .worker
-            .and_then(|conn| self.conns.get(&conn))
-            .and_then(|c| match &c.peer {
-                Peer::Worker(w) => Some(w.id),
-                _ => None,
-            });
-        let _ = self.gcs.send(GcsWrite::Actor(ActorInfo {
-            actor_id: id,
-            job_id: actor.job,
-            node: Some(self.settings.node_id),
-            worker,
-            state: actor.state.name().to_string(),
-        }));
-    }
-
-    /// An actor's creation task arrived: register the actor, then schedule the task like
-    /// any other (its resources are those it holds for life, if any).
-    pub(super) fn create_actor(&mut self, mut task: Task) {
-        let Some(id) = actor_id_of(&task) else {
-            log::warn!(task:% = task.id; "refusing an actor creation without an actor id");
-            return;
-        };
-        if !task.spec.actor_holds_resources {
-            task.resources = Amounts::new();
+impl Actors {
+    /// Registers the actor that `creation` makes; returns the task to schedule (with no
+    /// resources unless the actor holds them for life).
+    pub fn create(&mut self, id: ActorId, mut creation: Task) -> Task {
+        if !creation.spec.actor_holds_resources {
+            creation.resources = Amounts::new();
         }
         self.actors.insert(
             id,
             Actor {
-                job: task.job,
-                creation: task.clone(),
+                job: creation.job,
+                creation: creation.clone(),
                 state: ActorState::Pending,
                 worker: None,
                 held: None,
                 queue: VecDeque::new(),
                 running: false,
                 inflight: VecDeque::new(),
-                restarts_left: task.spec.max_restarts,
+                restarts_left: creation.spec.max_restarts,
             },
         );
-        self.record_actor(id);
-        self.submit(task);
+        creation
     }
 
-    /// A method call arrived: queue it behind the actor's earlier calls.
-    pub(super) fn submit_actor_task(&mut self, mut task: Task) {
-        let Some(id) = actor_id_of(&task) else {
-            log::warn!(task:% = task.id; "refusing an actor task without an actor id");
-            return;
-        };
-        let reason = match self.actors.get(&id).map(|a| &a.state) {
-            None => Some(format!(
-                "actor {id} is unknown on node {}",
-                self.settings.node_id
-            )),
+    pub fn get(&self, id: &ActorId) -> Option<&Actor> {
+        self.actors.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &ActorId) -> Option<&mut Actor> {
+        self.actors.get_mut(id)
+    }
+
+    /// Why a call to `id` cannot run (the actor is unknown or dead), if it cannot.
+    pub fn refusal(&self, id: &ActorId) -> Option<String> {
+        match self.actors.get(id).map(|a| &a.state) {
+            None => Some(format!("actor {id} is unknown on this node")),
             Some(ActorState::Dead(reason)) => Some(reason.clone()),
             Some(_) => None,
-        };
-        if let Some(reason) = reason {
-            self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason);
-            return;
         }
+    }
+
+    /// Queues a method call behind the actor's earlier ones (see [`Self::refusal`]).
+    pub fn enqueue(&mut self, id: ActorId, mut task: Task) {
         let Some(actor) = self.actors.get_mut(&id) else {
             return;
         };
@@ -138,232 +131,83 @@ impl Scheduler {
             Amounts::from([("CPU".to_string(), 1.0)])
         };
         actor.queue.push_back(task);
-        self.dispatch_actor_methods();
     }
 
     /// The creation task is about to run on `conn`: the worker becomes the actor's.
-    pub(super) fn bind_actor(&mut self, conn: ConnId, task: &Task) {
-        let Some(id) = actor_id_of(task) else { return };
-        if let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
-        {
-            worker.actor = Some(id);
-        }
+    pub fn bind(&mut self, id: ActorId, conn: ConnId) {
         if let Some(actor) = self.actors.get_mut(&id) {
             actor.worker = Some(conn);
             actor.state = ActorState::Alive;
             actor.running = true;
         }
-        self.record_actor(id);
     }
 
-    /// The resource instances an actor holds for life, for its method calls.
-    pub(super) fn actor_resource_ids(
-        &self,
-        task: &Task,
-    ) -> Option<std::collections::HashMap<String, rayd_common::proto::raylet::v1::ResourceIds>>
-    {
-        if task.spec.actor_creation {
-            return None;
-        }
-        let actor = self.actors.get(&actor_id_of(task)?)?;
-        actor.held.as_ref().map(Held::resource_ids)
-    }
-
-    /// Sends each idle actor the next call whose arguments are local and whose resources
-    /// fit, and each busy one (past its constructor) calls to run next, up to the depth.
-    pub(super) fn dispatch_actor_methods(&mut self) {
-        let ready: Vec<(ActorId, bool)> = self
-            .actors
+    /// Alive actors whose next call has every argument (per `local`).
+    pub fn with_runnable_call(&self, local: impl Fn(&Task) -> bool) -> Vec<ActorId> {
+        self.actors
             .iter()
-            .filter(|(_, a)| a.state == ActorState::Alive)
-            .filter_map(|(id, a)| {
-                let head = a.queue.front()?;
-                if !head.dependencies().iter().all(|d| self.local.contains(d)) {
-                    return None;
-                }
-                if a.running {
-                    let pipelining =
-                        a.inflight.len() < PIPELINE_DEPTH && !self.runs_constructor(a.worker?);
-                    pipelining.then_some((*id, true))
-                } else {
-                    self.resources.fits(&head.resources).then_some((*id, false))
-                }
-            })
-            .collect();
-        for (id, ahead) in ready {
-            let Some(actor) = self.actors.get_mut(&id) else {
-                continue;
-            };
-            let (Some(conn), Some(task)) = (actor.worker, actor.queue.pop_front()) else {
-                continue;
-            };
-            if ahead {
-                self.send_call_ahead(id, conn, task);
-            } else {
-                actor.running = true;
-                self.dispatch(conn, task);
-            }
-        }
+            .filter(|(_, a)| a.state == ActorState::Alive && a.worker.is_some())
+            .filter(|(_, a)| a.queue.front().is_some_and(&local))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
-    fn runs_constructor(&self, conn: ConnId) -> bool {
-        matches!(
-            self.conns.get(&conn).map(|c| &c.peer),
-            Some(Peer::Worker(w)) if matches!(&w.state, WorkerState::Busy { task, .. } if task.spec.actor_creation)
-        )
-    }
-
-    /// Sends a call to the actor's busy worker, to run after what it runs now.
-    fn send_call_ahead(&mut self, id: ActorId, conn: ConnId, mut task: Task) {
-        let resource_ids = self.actor_resource_ids(&task).unwrap_or_default();
-        let assign = self.assignment(conn, &mut task, resource_ids);
-        if let Some(actor) = self.actors.get_mut(&id) {
-            actor.inflight.push_back(task);
-        }
-        self.send_frame(conn, assign);
-    }
-
-    /// The actor's worker finished its constructor or a method.
-    pub(super) fn actor_task_done(&mut self, id: ActorId, task: &Task, held: Held, blocked: bool) {
-        let Some(actor) = self.actors.get_mut(&id) else {
-            self.give_back(&held, blocked);
-            return;
-        };
-        actor.running = false;
-        if task.spec.actor_creation && actor.creation.spec.actor_holds_resources {
-            // Held for life; CPUs lent out while the constructor was blocked come back.
-            if blocked {
-                self.resources
-                    .adjust("CPU", -held.amounts.get("CPU").copied().unwrap_or(0.0));
-            }
-            actor.held = Some(held);
-        } else {
-            self.give_back(&held, blocked);
-        }
-        // The worker starts the next call it was sent: it takes what the last one gave back.
-        let Some(actor) = self.actors.get_mut(&id) else {
-            return;
-        };
-        let (Some(conn), Some(next)) = (actor.worker, actor.inflight.pop_front()) else {
-            return;
-        };
-        actor.running = true;
-        let held = self.resources.acquire(&next.resources);
-        if let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
-        {
-            worker.state = WorkerState::Busy {
-                task: next,
-                held,
-                blocked: false,
-            };
-        }
-    }
-
-    /// The actor's worker went away, maybe in the middle of `running`.
-    pub(super) fn actor_worker_died(&mut self, id: ActorId, running: Option<Task>, pid: u32) {
-        let node = self.settings.node_id;
-        let Some(actor) = self.actors.get_mut(&id) else {
-            return;
-        };
+    /// The actor's worker died (or its actor was killed and its process is gone), maybe
+    /// in the middle of `running`.
+    pub fn worker_died(&mut self, id: ActorId, reason_if_dead: String) -> Option<Died> {
+        let actor = self.actors.get_mut(&id)?;
         actor.worker = None;
         actor.running = false;
         // Calls sent ahead never started: they run on the restarted actor, or fail with it.
         while let Some(task) = actor.inflight.pop_back() {
             actor.queue.push_front(task);
         }
-        if let Some(held) = actor.held.take() {
-            self.resources.release(&held);
-        }
-        let Some(actor) = self.actors.get_mut(&id) else {
-            return;
-        };
-        let dead = match &actor.state {
-            ActorState::Dead(reason) => Some(reason.clone()),
-            _ if actor.restarts_left > 0 => None,
-            _ => Some(format!(
-                "the actor {id}'s process (pid {pid}) on node {node} died"
-            )),
-        };
-        if let Some(task) = running.filter(|t| !t.spec.actor_creation) {
-            let reason = dead.clone().unwrap_or_else(|| {
-                format!("the actor {id}'s process (pid {pid}) died during this call; the actor restarts")
-            });
-            self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason);
-        }
-        let Some(actor) = self.actors.get_mut(&id) else {
-            return;
-        };
-        match dead {
-            None => {
+        let held = actor.held.take();
+        let restart = match &actor.state {
+            ActorState::Dead(reason) => Err(reason.clone()),
+            _ if actor.restarts_left > 0 => {
                 actor.restarts_left -= 1;
                 actor.state = ActorState::Pending;
-                log::warn!(actor:% = id, pid, restarts_left = actor.restarts_left; "actor died; restarting it");
-                let creation = actor.creation.clone();
-                self.record_actor(id);
-                self.make_ready(creation, true);
+                Ok(actor.creation.clone())
             }
-            Some(reason) => {
-                actor.state = ActorState::Dead(reason.clone());
-                let queued: Vec<Task> = actor.queue.drain(..).collect();
-                log::warn!(actor:% = id, pid, failed_calls = queued.len(); "actor died");
-                for task in &queued {
-                    self.store_errors(task, value::ERROR_ACTOR_DIED, &reason);
-                }
-                self.record_actor(id);
-            }
-        }
-    }
-
-    /// `ray.kill`: the actor dies now, without restarts.
-    pub(super) fn kill_actor(&mut self, id: ActorId, reason: String) {
-        let Some(actor) = self.actors.get_mut(&id) else {
-            return;
+            _ => Err(reason_if_dead),
         };
-        actor.restarts_left = 0;
-        actor.state = ActorState::Dead(reason.clone());
-        let worker = actor.worker;
-        let queued: Vec<Task> = actor.queue.drain(..).collect();
-        for task in &queued {
-            self.store_errors(task, value::ERROR_ACTOR_DIED, &reason);
-        }
-        match worker.and_then(|c| self.conns.get(&c)) {
-            Some(Connection {
-                peer: Peer::Worker(w),
-                ..
-            }) => {
-                // Its disconnect then fails the call it was running.
-                rayd_common::process::signal_pid(w.pid, nix::sys::signal::Signal::SIGKILL);
+        let failed = match &restart {
+            Ok(_) => Vec::new(),
+            Err(reason) => {
+                actor.state = ActorState::Dead(reason.clone());
+                actor.queue.drain(..).collect()
             }
-            _ => {
-                // Not placed yet: its creation task must not run any more.
-                let creation = self.actors.get(&id).map(|a| a.creation.id);
-                if let Some(creation) = creation {
-                    for queue in self.ready.values_mut() {
-                        queue.retain(|t| t.id != creation);
-                    }
-                    self.waiting.remove(&creation);
-                }
-                self.record_actor(id);
-            }
-        }
+        };
+        Some(Died {
+            restart,
+            held,
+            failed,
+        })
     }
 
-    /// A driver went away: its actors die with it.
-    pub(super) fn kill_job_actors(&mut self, job: JobId) {
-        let ids: Vec<ActorId> = self
-            .actors
+    /// `ray.kill`, or its driver left: the actor is dead, without restarts; returns its
+    /// queued calls (to fail) and its worker, if bound.
+    pub fn kill(&mut self, id: ActorId, reason: String) -> Option<(Vec<Task>, Option<ConnId>)> {
+        let actor = self.actors.get_mut(&id)?;
+        actor.restarts_left = 0;
+        actor.state = ActorState::Dead(reason);
+        Some((actor.queue.drain(..).collect(), actor.worker))
+    }
+
+    /// The live actors of `job`.
+    pub fn of_job(&self, job: JobId) -> Vec<ActorId> {
+        self.actors
             .iter()
             .filter(|(_, a)| a.job == job && !matches!(a.state, ActorState::Dead(_)))
             .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.kill_actor(id, format!("the driver of actor {id}'s job exited"));
-        }
+            .collect()
+    }
+
+    /// Whether a queued call takes `object`.
+    pub fn awaits(&self, object: &ObjectId) -> bool {
+        self.actors
+            .values()
+            .any(|a| a.queue.iter().any(|t| t.dependencies().contains(object)))
     }
 }

@@ -1,38 +1,61 @@
-//! The local scheduler: one task owns all of the raylet's state and handles events in
-//! order, so no state is shared or locked.
+//! The local scheduler's core: a state machine that does no I/O. Events come in (a
+//! message on a connection, an object sealed or gone, a worker process's start or end,
+//! a tick) with the current time; effects go out (send a frame, start or kill a worker,
+//! put an object, pull one, write to the GCS), carried out by the raylet's I/O layer
+//! (`io.rs`). So every scheduling rule is testable from scripted events, in
+//! microseconds (see `tests.rs`).
 //!
-//! A submitted task waits until every object-ID argument is local (sealed in the store,
-//! learned from its event stream, or a small result held here), then until its resources
-//! are free and a worker is idle, then runs.
-//!
-//! Small results (at most `INLINE_RESULT_MAX`) come in the worker's `TaskDone` and never
-//! touch plasma on the way to the driver that submitted the task: the raylet keeps them in
-//! memory, sends them to that driver, and inlines them into the tasks that take them as
-//! arguments. Workers that need one (nested tasks, fetches) get it put into plasma, as do
-//! the oldest when the memory they take passes `INLINE_STORE_BYTES`. A worker that blocks in `ray.get` lends its CPUs to others
-//! and more workers start, so nested tasks never deadlock the node. A worker that dies
-//! mid-task has its task retried (up to `max_retries`) or its results replaced by error
-//! objects, so `ray.get` never hangs on it.
+//! A submitted task waits until every object-ID argument is local ([`deps`]), then in the
+//! ready queue of its resource shape ([`ready`]) until its resources are free and a worker
+//! is idle ([`pool`]), then runs. A worker that blocks in `ray.get` lends its CPUs to
+//! others and more workers start, so nested tasks never deadlock the node. A worker that
+//! dies mid-task has its task retried (up to `max_retries`) or its results replaced by
+//! error objects, so `ray.get` never hangs on it. Small results stay in memory
+//! ([`inline`]); actors have workers of their own ([`actors`]); drivers' jobs are in
+//! [`jobs`]. An argument of a queued task that leaves the store sends the task back to
+//! waiting and the object is asked for again; one that cannot be had becomes an error
+//! object, which the task then raises.
 
-mod actors;
+pub mod actors;
+pub mod deps;
+pub mod inline;
+pub mod jobs;
+pub mod pool;
+pub mod ready;
+pub mod task;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rayd_common::framing;
-use rayd_common::gcs::TaskEntry;
-use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use rayd_common::id::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
-use rayd_core::{value, InlineCache};
-use rayd_plasma::client::PlasmaClient;
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use rayd_common::value;
+use rayd_gcs::{ActorInfo, TaskEntry};
 
-use crate::connection::ConnId;
-use crate::gcs::GcsWrite;
 use crate::resources::{Amounts, Held, Resources};
-use crate::workers::spawn_worker;
+
+use actors::{actor_id_of, ActorState, Actors, PIPELINE_DEPTH};
+use deps::Dependencies;
+use inline::InlineResults;
+use jobs::Jobs;
+use pool::{Exit, Pool, WorkerState};
+use ready::ReadyQueues;
+pub use task::{Task, TaskState};
+
+/// A connection's number, unique for the raylet's life.
+pub type ConnId = u64;
+
+/// Workers started beyond the CPU slots for tasks that need no CPU.
+const MAX_CPU_FREE_WORKERS: usize = 32;
+
+/// How long a pool worker beyond the node's usual pool stays idle before it is told to
+/// exit.
+pub const IDLE_WORKER_EXIT: Duration = Duration::from_secs(10);
 
 /// Something the scheduler reacts to.
 // Events move once through a channel; boxing the task-carrying variant would only add an
@@ -42,7 +65,6 @@ use crate::workers::spawn_worker;
 pub enum Event {
     Connected {
         conn: ConnId,
-        tx: mpsc::UnboundedSender<Vec<u8>>,
     },
     Message {
         conn: ConnId,
@@ -52,7 +74,18 @@ pub enum Event {
         conn: ConnId,
     },
     ObjectSealed(ObjectId),
+    /// The object left the store (evicted or deleted).
     ObjectDeleted(ObjectId),
+    /// A pull found no copy of the object anywhere.
+    ObjectLost(ObjectId),
+    /// A worker asked for by [`Effect::StartWorker`] runs as `pid`.
+    WorkerSpawned {
+        pid: u32,
+    },
+    /// A worker asked for could not be started.
+    WorkerSpawnFailed {
+        error: String,
+    },
     WorkerExited {
         pid: u32,
         status: String,
@@ -62,125 +95,41 @@ pub enum Event {
         line: String,
         stderr: bool,
     },
+    /// Periodic: retries what waits for time (worker starts backed off).
+    Tick,
 }
 
-/// Workers started beyond the CPU slots for tasks that need no CPU.
-const MAX_CPU_FREE_WORKERS: usize = 32;
-
-/// Bytes of small results kept in memory; beyond this the oldest are put into plasma.
-const INLINE_STORE_BYTES: usize = 64 << 20;
-
-/// The resources a task asks for, as a sortable key.
-type Shape = Vec<(String, u64)>;
-
-/// A task known to this raylet.
-#[derive(Debug, Clone)]
-struct Task {
-    id: TaskId,
-    job: JobId,
-    function: FunctionId,
-    spec: common_pb::TaskSpec,
-    resources: Amounts,
-    /// The connection that submitted it: where its small results go.
-    submitter: Option<ConnId>,
-}
-
-impl Task {
-    fn from_spec(spec: common_pb::TaskSpec) -> Result<Self, String> {
-        let id = TaskId::from_slice(&spec.task_id).map_err(|e| e.to_string())?;
-        let job = JobId::from_slice(&spec.job_id).map_err(|e| e.to_string())?;
-        let function = FunctionId::from_slice(&spec.function_id).map_err(|e| e.to_string())?;
-        let mut resources: Amounts = spec
-            .resources
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        resources.retain(|_, v| *v > 0.0);
-        if let Some((name, amount)) = resources.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
-            return Err(format!(
-                "resource {name} = {amount} is not a non-negative amount"
-            ));
-        }
-        Ok(Self {
-            id,
-            job,
-            function,
-            spec,
-            resources,
-            submitter: None,
-        })
-    }
-
-    fn shape(&self) -> Shape {
-        self.resources
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_bits()))
-            .collect()
-    }
-
-    fn dependencies(&self) -> Vec<ObjectId> {
-        self.spec
-            .args
-            .iter()
-            .filter_map(|arg| match &arg.value {
-                Some(common_pb::task_arg::Value::ObjectId(bytes)) => {
-                    ObjectId::from_slice(bytes).ok()
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn return_ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
-        (1..=self.spec.num_returns).map(|i| ObjectId::for_return(self.id, i))
-    }
-}
-
-// One per worker; the running task lives inline rather than behind another allocation.
-#[allow(clippy::large_enum_variant)]
+/// What the scheduler asks the I/O layer to do.
 #[derive(Debug)]
-enum WorkerState {
-    /// Connected, waiting for a task.
-    Idle,
-    /// Running a task, holding its resources; while `blocked` in `ray.get` its CPUs are
-    /// lent to other tasks.
-    Busy {
-        task: Task,
-        held: Held,
-        blocked: bool,
+pub enum Effect {
+    /// Send an encoded frame on a connection.
+    Send { conn: ConnId, frame: Vec<u8> },
+    /// Start a worker process (answered by `WorkerSpawned` or `WorkerSpawnFailed`).
+    StartWorker,
+    /// Kill a worker process now (`ray.kill` of its actor).
+    KillWorker { pid: u32 },
+    /// Put an object into the node's store (a small result for readers of plasma, or an
+    /// error object in place of a task's results).
+    Put {
+        id: ObjectId,
+        object: Arc<pb::InlineObject>,
     },
-    /// Told to exit (max_calls); its process is on its way out.
-    Retiring,
+    /// Get the object from another node's store (answered by its seal, or
+    /// `ObjectLost`).
+    Pull { id: ObjectId },
+    /// Write to the GCS (batched by the writer).
+    Gcs(GcsWrite),
 }
 
+/// A write for the GCS.
 #[derive(Debug)]
-struct Worker {
-    id: WorkerId,
-    pid: u32,
-    /// The actor this worker is dedicated to, once its creation task was dispatched here.
-    actor: Option<ActorId>,
-    state: WorkerState,
-    calls: HashMap<FunctionId, u32>,
-    /// The job of the task it runs or ran last, for its output.
-    job: Option<JobId>,
-    /// A task sent to run after the current one (same resources, which it takes over);
-    /// taken back when the worker blocks, so it never waits behind a blocked task.
-    ahead: Option<Task>,
-    /// When the current task started.
-    started: std::time::Instant,
-}
-
-#[derive(Debug)]
-enum Peer {
-    Unregistered,
-    Driver(JobId),
-    Worker(Box<Worker>),
-}
-
-#[derive(Debug)]
-struct Connection {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    peer: Peer,
+pub enum GcsWrite {
+    /// A task's spec, when it arrives.
+    Task(TaskEntry),
+    /// A task's new state.
+    State(TaskId, TaskState),
+    /// An actor's entry.
+    Actor(ActorInfo),
 }
 
 /// Where the node stands, for heartbeats and `rayd status`.
@@ -199,201 +148,151 @@ pub struct NodeSettings {
     pub plasma_socket: String,
     pub redis_address: String,
     pub redis_password: String,
-    pub raylet_socket: PathBuf,
-    pub worker_path: PathBuf,
-    pub log_level: String,
     /// Workers kept alive even when idle.
     pub min_workers: usize,
     /// Tasks are sent ahead only behind tasks shorter than this (see `send_tasks_ahead`).
-    pub task_ahead_max: std::time::Duration,
+    pub task_ahead_max: Duration,
 }
 
-/// The raylet's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Unregistered,
+    Driver(JobId),
+    Worker,
+}
+
+/// The raylet's scheduling state.
 #[derive(Debug)]
 pub struct Scheduler {
     settings: NodeSettings,
-    events: mpsc::UnboundedSender<Event>,
-    gcs: mpsc::UnboundedSender<GcsWrite>,
-    plasma: PlasmaClient,
     resources: Resources,
-    conns: HashMap<ConnId, Connection>,
-    idle: VecDeque<ConnId>,
-    /// Worker processes started and not yet registered.
-    starting: HashSet<u32>,
-    /// Worker pid -> its connection, once registered.
-    pids: HashMap<u32, ConnId>,
-    jobs: HashMap<JobId, (pb::JobConfig, ConnId)>,
-    /// Tasks whose arguments are local, by resource shape: the tasks of one shape either
-    /// all fit or the first does not, so scheduling looks at one task per shape.
-    ready: BTreeMap<Shape, VecDeque<Task>>,
-    waiting: HashMap<TaskId, (Task, usize)>,
-    waiters: HashMap<ObjectId, Vec<TaskId>>,
-    local: HashSet<ObjectId>,
-    /// Small results not in plasma.
-    memory: InlineCache,
-    /// How long each function's tasks typically run (a moving average).
-    durations: HashMap<FunctionId, std::time::Duration>,
-    /// Objects that connections fetched before they were local.
-    interest: HashMap<ObjectId, Vec<ConnId>>,
-    warned: HashSet<String>,
+    peers: HashMap<ConnId, Peer>,
+    pool: Pool,
+    jobs: Jobs,
+    deps: Dependencies,
+    ready: ReadyQueues,
+    inline: InlineResults,
+    actors: Actors,
+    /// Attempts of tasks retried after their worker died.
     retries: HashMap<TaskId, u32>,
-    actors: HashMap<ActorId, actors::Actor>,
-    /// Workers that exited before registering, in a row: a broken worker setup must not
-    /// turn into a fork loop.
-    failed_starts: u32,
-    next_start: std::time::Instant,
+    effects: Vec<Effect>,
+    /// The time of the event being handled.
+    now: Instant,
 }
 
 impl Scheduler {
-    pub fn new(
-        settings: NodeSettings,
-        total: Amounts,
-        plasma: PlasmaClient,
-        events: mpsc::UnboundedSender<Event>,
-        gcs: mpsc::UnboundedSender<GcsWrite>,
-    ) -> Self {
+    pub fn new(settings: NodeSettings, total: Amounts, now: Instant) -> Self {
         Self {
             settings,
-            events,
-            gcs,
-            plasma,
             resources: Resources::new(total),
-            conns: HashMap::new(),
-            idle: VecDeque::new(),
-            starting: HashSet::new(),
-            pids: HashMap::new(),
-            jobs: HashMap::new(),
-            ready: BTreeMap::new(),
-            waiting: HashMap::new(),
-            waiters: HashMap::new(),
-            local: HashSet::new(),
-            memory: InlineCache::new(INLINE_STORE_BYTES),
-            durations: HashMap::new(),
-            interest: HashMap::new(),
-            warned: HashSet::new(),
+            peers: HashMap::new(),
+            pool: Pool::new(now),
+            jobs: Jobs::default(),
+            deps: Dependencies::default(),
+            ready: ReadyQueues::default(),
+            inline: InlineResults::new(inline::INLINE_STORE_BYTES),
+            actors: Actors::default(),
             retries: HashMap::new(),
-            actors: HashMap::new(),
-            failed_starts: 0,
-            next_start: std::time::Instant::now(),
+            effects: Vec::new(),
+            now,
         }
+    }
+
+    /// The effects of the events handled since the last call, in order.
+    pub fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
     }
 
     /// The node's figures now.
     pub fn snapshot(&self) -> Snapshot {
-        let running = self
-            .conns
-            .values()
-            .filter(|c| matches!(&c.peer, Peer::Worker(w) if matches!(w.state, WorkerState::Busy { .. })))
-            .count() as u64;
         Snapshot {
             available: self.resources.available().clone(),
-            queued: (self.ready.values().map(VecDeque::len).sum::<usize>() + self.waiting.len())
-                as u64,
-            running,
+            queued: (self.ready.len() + self.deps.parked()) as u64,
+            running: self.pool.running() as u64,
         }
     }
 
-    /// Periodic work: retries worker starts that were backed off.
-    pub fn tick(&mut self) {
-        self.schedule();
-    }
-
     /// Starts the workers kept ahead of demand.
-    pub fn prestart(&mut self) {
+    pub fn prestart(&mut self, now: Instant) {
+        self.now = now;
         for _ in 0..self.settings.min_workers {
             self.start_worker();
         }
     }
 
-    fn start_worker(&mut self) {
-        if std::time::Instant::now() < self.next_start {
-            return;
-        }
-        match spawn_worker(
-            &self.settings.worker_path,
-            &self.settings.raylet_socket,
-            &self.settings.log_level,
-            &self.events,
-        ) {
-            Ok(pid) => {
-                log::debug!(pid; "started a worker");
-                self.starting.insert(pid);
-            }
-            Err(e) => {
-                log::error!(path:% = self.settings.worker_path.display(); "cannot start a worker: {e}")
-            }
-        }
-    }
-
-    /// Handles one event.
-    pub fn handle(&mut self, event: Event) {
+    /// Handles one event that happened at `now`.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        self.now = now;
         match event {
-            Event::Connected { conn, tx } => {
-                self.conns.insert(
-                    conn,
-                    Connection {
-                        tx,
-                        peer: Peer::Unregistered,
-                    },
-                );
+            Event::Connected { conn } => {
+                self.peers.insert(conn, Peer::Unregistered);
             }
             Event::Message { conn, message } => self.on_message(conn, message),
             Event::Disconnected { conn } => self.on_disconnect(conn),
-            Event::ObjectSealed(id) => self.on_sealed(id),
-            Event::ObjectDeleted(id) => {
-                self.local.remove(&id);
+            Event::ObjectSealed(id) => {
+                // Whoever fetched it follows the store too.
+                self.inline.take_interest(&id);
+                self.mark_local(id);
+                self.schedule();
+            }
+            Event::ObjectDeleted(id) => self.on_deleted(id),
+            Event::ObjectLost(id) => self.on_lost(id),
+            Event::WorkerSpawned { pid } => {
+                log::debug!(pid; "started a worker");
+                self.pool.spawned(pid);
+            }
+            Event::WorkerSpawnFailed { error } => {
+                log::error!("cannot start a worker: {error}");
+                self.pool.spawn_failed();
             }
             Event::WorkerExited { pid, status } => {
-                if self.starting.remove(&pid) {
-                    self.failed_starts += 1;
-                    let backoff =
-                        std::time::Duration::from_millis(50u64 << self.failed_starts.min(8));
-                    self.next_start = std::time::Instant::now() + backoff;
-                    log::error!(pid, status = status.as_str(), failures = self.failed_starts;
-                        "worker exited before it registered (see its output above); next start in {backoff:?}");
-                } else if let Some(conn) = self.pids.remove(&pid) {
-                    log::warn!(pid, status = status.as_str(); "worker exited");
-                    self.on_disconnect(conn);
-                } else {
-                    log::debug!(pid, status = status.as_str(); "worker process ended");
+                match self.pool.exited(pid, now) {
+                    Exit::BeforeRegistering(backoff) => {
+                        log::error!(pid, status = status.as_str(), failures = self.pool.failed_starts();
+                            "worker exited before it registered (see its output above); next start in {backoff:?}");
+                    }
+                    Exit::Registered(conn) => {
+                        log::warn!(pid, status = status.as_str(); "worker exited");
+                        self.on_disconnect(conn);
+                    }
+                    Exit::Unknown => {
+                        log::debug!(pid, status = status.as_str(); "worker process ended")
+                    }
                 }
                 self.schedule();
             }
             Event::WorkerOutput { pid, line, stderr } => self.on_output(pid, line, stderr),
+            Event::Tick => {
+                self.retire_idle_workers();
+                self.schedule();
+            }
         }
     }
 
-    fn send(&self, conn: ConnId, kind: pb::server_message::Kind) {
-        self.send_frame(
-            conn,
-            framing::encode(&pb::ServerMessage { kind: Some(kind) }),
-        );
+    fn start_worker(&mut self) {
+        if self.pool.request_start(self.now) {
+            self.effects.push(Effect::StartWorker);
+        }
     }
 
-    /// Sends a message encoded as a frame already.
-    fn send_frame(&self, conn: ConnId, frame: Vec<u8>) {
-        if let Some(c) = self.conns.get(&conn) {
-            let _ = c.tx.send(frame);
-        }
+    fn send(&mut self, conn: ConnId, kind: pb::server_message::Kind) {
+        let frame = framing::encode(&pb::ServerMessage { kind: Some(kind) });
+        self.effects.push(Effect::Send { conn, frame });
+    }
+
+    fn gcs(&mut self, write: GcsWrite) {
+        self.effects.push(Effect::Gcs(write));
+    }
+
+    fn set_state(&mut self, task: TaskId, state: TaskState) {
+        self.gcs(GcsWrite::State(task, state));
     }
 
     fn on_message(&mut self, conn: ConnId, message: pb::client_message::Kind) {
         use pb::client_message::Kind;
         match message {
             Kind::Register(register) => self.on_register(conn, register),
-            Kind::SubmitTask(spec) => match Task::from_spec(spec) {
-                Ok(mut task) => {
-                    task.submitter = Some(conn);
-                    if task.spec.actor_creation {
-                        self.create_actor(task)
-                    } else if !task.spec.actor_id.is_empty() {
-                        self.submit_actor_task(task)
-                    } else {
-                        self.submit(task)
-                    }
-                }
-                Err(e) => log::warn!(conn; "refusing a malformed task: {e}"),
-            },
+            Kind::SubmitTask(spec) => self.on_submit(conn, spec),
             Kind::TaskDone(done) => self.on_task_done(conn, done),
             Kind::Fetch(fetch) => self.on_fetch(conn, &fetch.object_ids),
             Kind::Blocked(_) => self.on_blocked(conn, true),
@@ -406,114 +305,132 @@ impl Scheduler {
     }
 
     fn on_register(&mut self, conn: ConnId, register: pb::Register) {
-        let Some(connection) = self.conns.get_mut(&conn) else {
+        if !self.peers.contains_key(&conn) {
             return;
-        };
+        }
         if register.is_worker {
-            self.starting.remove(&register.pid);
-            self.failed_starts = 0;
-            self.pids.insert(register.pid, conn);
-            connection.peer = Peer::Worker(Box::new(Worker {
-                id: WorkerId::from_slice(&register.worker_id)
-                    .unwrap_or_else(|_| WorkerId::random()),
-                pid: register.pid,
-                actor: None,
-                state: WorkerState::Idle,
-                calls: HashMap::new(),
-                job: None,
-                ahead: None,
-                started: std::time::Instant::now(),
-            }));
-            self.idle.push_back(conn);
+            let id =
+                WorkerId::from_slice(&register.worker_id).unwrap_or_else(|_| WorkerId::random());
+            self.pool.register(conn, id, register.pid, self.now);
+            self.peers.insert(conn, Peer::Worker);
             log::debug!(pid = register.pid; "worker registered");
         } else {
-            let job_config = register.job.unwrap_or_default();
-            let job = JobId::from_slice(&job_config.job_id).unwrap_or_else(|_| JobId::random());
-            connection.peer = Peer::Driver(job);
+            let config = register.job.unwrap_or_default();
+            let job = JobId::from_slice(&config.job_id).unwrap_or_else(|_| JobId::random());
+            self.peers.insert(conn, Peer::Driver(job));
             log::info!(job:% = job, pid = register.pid; "driver connected");
-            self.jobs.insert(job, (job_config, conn));
+            self.jobs.add(job, config, conn);
         }
-        self.send(
-            conn,
-            pb::server_message::Kind::Registered(pb::Registered {
-                node_id: self.settings.node_id.as_bytes().to_vec(),
-                plasma_socket: self.settings.plasma_socket.clone(),
-                redis_address: self.settings.redis_address.clone(),
-                node_ip_address: self.settings.node_ip_address.clone(),
-                redis_password: self.settings.redis_password.clone(),
-            }),
-        );
-        self.schedule();
-    }
-
-    fn submit(&mut self, task: Task) {
-        let _ = self.gcs.send(GcsWrite::Task(TaskEntry {
-            task_id: task.id,
-            spec: prost::Message::encode_to_vec(&task.spec).into(),
-            state: "waiting".into(),
-            node: Some(self.settings.node_id),
-        }));
-        let missing: Vec<ObjectId> = task
-            .dependencies()
-            .into_iter()
-            .filter(|id| !self.local.contains(id))
-            .collect();
-        if missing.is_empty() {
-            self.make_ready(task, false);
-            self.schedule();
-            return;
-        }
-        let unique: HashSet<ObjectId> = missing.into_iter().collect();
-        for id in &unique {
-            self.waiters.entry(*id).or_default().push(task.id);
-        }
-        self.waiting.insert(task.id, (task, unique.len()));
-    }
-
-    fn on_sealed(&mut self, id: ObjectId) {
-        // Whoever fetched it follows the store too.
-        self.interest.remove(&id);
-        self.mark_local(id);
-        self.schedule();
-    }
-
-    /// `id` is local now: the tasks that waited for it may be ready.
-    fn mark_local(&mut self, id: ObjectId) {
-        self.local.insert(id);
-        let Some(tasks) = self.waiters.remove(&id) else {
-            return;
+        let registered = pb::Registered {
+            node_id: self.settings.node_id.as_bytes().to_vec(),
+            plasma_socket: self.settings.plasma_socket.clone(),
+            redis_address: self.settings.redis_address.clone(),
+            node_ip_address: self.settings.node_ip_address.clone(),
+            redis_password: self.settings.redis_password.clone(),
         };
-        for task_id in tasks {
-            if let Some((_, missing)) = self.waiting.get_mut(&task_id) {
-                *missing -= 1;
-                if *missing == 0 {
-                    if let Some((task, _)) = self.waiting.remove(&task_id) {
-                        self.make_ready(task, false);
-                    }
+        self.send(conn, pb::server_message::Kind::Registered(registered));
+        self.schedule();
+    }
+
+    fn on_submit(&mut self, conn: ConnId, spec: common_pb::TaskSpec) {
+        match Task::from_spec(spec) {
+            Ok(mut task) => {
+                task.submitter = Some(conn);
+                if task.is_actor_creation() {
+                    self.create_actor(task)
+                } else if task.is_actor_call() {
+                    self.submit_actor_call(task)
+                } else {
+                    self.submit(task)
+                }
+            }
+            Err(refused) => {
+                let (spec, e) = *refused;
+                // The submitter's `ray.get` raises instead of waiting forever.
+                let message = format!("task {} was refused: {e}", spec.function_name);
+                log::warn!(conn; "{message}");
+                let metadata = value::error_metadata(value::ERROR_INVALID_TASK);
+                for id in task::refused_return_ids(&spec) {
+                    self.put_error(id, &metadata, &message);
                 }
             }
         }
     }
 
+    fn submit(&mut self, task: Task) {
+        if self.jobs.has_ended(&task.job) {
+            log::debug!(task:% = task.id; "dropping a task of a job whose driver left");
+            return;
+        }
+        let entry = TaskEntry {
+            task_id: task.id,
+            spec: prost::Message::encode_to_vec(&task.spec).into(),
+            state: TaskState::Waiting.as_str().into(),
+            node: Some(self.settings.node_id),
+        };
+        self.gcs(GcsWrite::Task(entry));
+        let missing = self.deps.missing(&task);
+        if missing.is_empty() {
+            self.ready.push(task, false);
+            self.schedule();
+        } else {
+            self.deps.park(task, missing);
+        }
+    }
+
+    /// `id` is local now: the tasks that waited for it may be ready.
+    fn mark_local(&mut self, id: ObjectId) {
+        for task in self.deps.arrived(id) {
+            self.ready.push(task, false);
+        }
+    }
+
+    /// `id` left the store: queued tasks that take it wait for it again, and it is asked
+    /// for from elsewhere when anyone here needs it.
+    fn on_deleted(&mut self, id: ObjectId) {
+        // A small result still held in memory stays local.
+        if self.inline.get(&id).is_some() || !self.deps.departed(&id) {
+            return;
+        }
+        let taken = self.ready.take_dependents(&id);
+        let needed = !taken.is_empty() || self.actors.awaits(&id);
+        for task in taken {
+            log::info!(task:% = task.id, object:% = id; "an argument of a queued task left the store; the task waits for it again");
+            let missing = self.deps.missing(&task);
+            self.set_state(task.id, TaskState::Waiting);
+            self.deps.park(task, missing);
+        }
+        if needed && self.deps.want(id) {
+            self.effects.push(Effect::Pull { id });
+        }
+    }
+
+    /// No copy of `id` is left: an error object takes its place, so that every task and
+    /// `get` waiting for it raises `ObjectLostError` instead of waiting forever.
+    fn on_lost(&mut self, id: ObjectId) {
+        if self.deps.is_local(&id) {
+            return;
+        }
+        let message = format!(
+            "object {id} was lost: no copy is left in the cluster (evicted or its node died)"
+        );
+        log::warn!("{message}");
+        let metadata = value::error_metadata(value::ERROR_OBJECT_LOST);
+        self.put_error(id, &metadata, &message);
+    }
+
     fn is_driver(&self, conn: ConnId) -> bool {
-        matches!(
-            self.conns.get(&conn).map(|c| &c.peer),
-            Some(Peer::Driver(_))
-        )
+        matches!(self.peers.get(&conn), Some(Peer::Driver(_)))
     }
 
     /// Takes the small results of the task running on `conn`: they go to the drivers
     /// waiting for them, into plasma for the workers waiting for them, and stay in memory.
     fn accept_results(&mut self, conn: ConnId, results: Vec<pb::InlineObject>) {
-        let running = match self.conns.get(&conn).map(|c| &c.peer) {
-            Some(Peer::Worker(worker)) => match &worker.state {
-                WorkerState::Busy { task, .. } => {
-                    Some((task.id, task.spec.num_returns, task.submitter))
-                }
-                _ => None,
-            },
-            _ => None,
-        };
+        let running = self
+            .pool
+            .get(conn)
+            .and_then(|w| w.running())
+            .map(|task| (task.id, task.spec.num_returns, task.submitter));
         let Some((task, num_returns, submitter)) = running else {
             log::warn!(conn; "results from a worker that runs no task; dropped");
             return;
@@ -527,7 +444,7 @@ impl Scheduler {
                     continue;
                 }
             };
-            let mut targets = self.interest.remove(&id).unwrap_or_default();
+            let mut targets = self.inline.take_interest(&id);
             targets.extend(submitter.filter(|s| !targets.contains(s)));
             let (drivers, workers): (Vec<ConnId>, Vec<ConnId>) =
                 targets.into_iter().partition(|c| self.is_driver(*c));
@@ -536,12 +453,12 @@ impl Scheduler {
             }
             let object = Arc::new(object);
             if workers.is_empty() {
-                for (old, forgotten) in self.memory.insert(id, object) {
-                    self.promote(old, &forgotten);
+                for (old, forgotten) in self.inline.insert(id, object) {
+                    self.promote(old, forgotten);
                 }
             } else {
-                self.memory.remove(&id);
-                self.promote(id, &object);
+                self.inline.remove(&id);
+                self.promote(id, object);
             }
             self.mark_local(id);
         }
@@ -554,12 +471,18 @@ impl Scheduler {
     }
 
     /// Puts a small result into plasma, for readers that do not get it in messages.
-    fn promote(&self, id: ObjectId, object: &pb::InlineObject) {
-        if let Err(e) = self.plasma.put(id, &object.data, &object.metadata) {
-            if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
-                log::error!(object:% = id; "cannot put a small result into plasma: {e}");
-            }
-        }
+    fn promote(&mut self, id: ObjectId, object: Arc<pb::InlineObject>) {
+        self.effects.push(Effect::Put { id, object });
+    }
+
+    /// Puts an error object (`metadata` names its kind) under `id`.
+    fn put_error(&mut self, id: ObjectId, metadata: &[u8], message: &str) {
+        let object = pb::InlineObject {
+            object_id: id.as_bytes().to_vec().into(),
+            data: message.as_bytes().to_vec().into(),
+            metadata: metadata.to_vec().into(),
+        };
+        self.promote(id, Arc::new(object));
     }
 
     /// A driver or worker waits for `ids`: small results held here go to it (a driver) or
@@ -573,19 +496,16 @@ impl Scheduler {
                 continue;
             };
             if driver {
-                if let Some(object) = self.memory.get(&id) {
+                if let Some(object) = self.inline.get(&id) {
                     ready.push((**object).clone());
                     continue;
                 }
-            } else if let Some(object) = self.memory.remove(&id) {
-                self.promote(id, &object);
+            } else if let Some(object) = self.inline.remove(&id) {
+                self.promote(id, object);
                 continue;
             }
-            if !self.local.contains(&id) {
-                let waiting = self.interest.entry(id).or_default();
-                if !waiting.contains(&conn) {
-                    waiting.push(conn);
-                }
+            if !self.deps.is_local(&id) {
+                self.inline.add_interest(id, conn);
             }
         }
         if !ready.is_empty() {
@@ -596,14 +516,14 @@ impl Scheduler {
         }
     }
 
-    /// Queues a task whose arguments are local (a retry goes first).
+    /// Queues a task whose arguments are local (a retry goes first); one of a job that
+    /// ended is dropped.
     fn make_ready(&mut self, task: Task, first: bool) {
-        let queue = self.ready.entry(task.shape()).or_default();
-        if first {
-            queue.push_front(task);
-        } else {
-            queue.push_back(task);
+        if self.jobs.has_ended(&task.job) {
+            self.set_state(task.id, TaskState::Cancelled);
+            return;
         }
+        self.ready.push(task, first);
     }
 
     /// Dispatches ready tasks to idle workers while resources allow, and starts workers
@@ -611,15 +531,8 @@ impl Scheduler {
     fn schedule(&mut self) {
         // Tasks that could run now but have no idle worker: those needing CPUs, and not.
         let (mut runnable_cpu, mut runnable_free) = (0usize, 0usize);
-        let shapes: Vec<Shape> = self.ready.keys().cloned().collect();
-        for shape in shapes {
-            let Some(request) = self
-                .ready
-                .get(&shape)
-                .and_then(|q| q.front())
-                .map(|t| t.resources.clone())
-            else {
-                self.ready.remove(&shape);
+        for shape in self.ready.shapes() {
+            let Some(request) = self.ready.front(&shape).map(|t| t.resources.clone()) else {
                 continue;
             };
             if !self.resources.feasible(&request) {
@@ -627,8 +540,8 @@ impl Scheduler {
                 continue;
             }
             while self.resources.fits(&request) {
-                let Some(conn) = self.next_idle() else {
-                    let waiting = self.ready.get(&shape).map_or(0, VecDeque::len);
+                let Some(conn) = self.pool.next_idle() else {
+                    let waiting = self.ready.queued(&shape);
                     if request.get("CPU").is_some_and(|cpus| *cpus > 0.0) {
                         runnable_cpu += waiting;
                     } else {
@@ -636,126 +549,80 @@ impl Scheduler {
                     }
                     break;
                 };
-                let Some(task) = self.ready.get_mut(&shape).and_then(VecDeque::pop_front) else {
-                    self.idle.push_front(conn);
+                let Some(task) = self.ready.pop(&shape) else {
+                    self.pool.make_idle(conn, true, self.now);
                     break;
                 };
                 self.dispatch(conn, task);
-            }
-            if self.ready.get(&shape).is_some_and(VecDeque::is_empty) {
-                self.ready.remove(&shape);
             }
         }
         self.send_tasks_ahead();
         // Start workers for tasks that could run now: up to one per CPU not lent out, and
         // beyond that (bounded) for tasks and actors that take no CPU.
-        let active = self.active_workers();
+        let active = self.pool.active();
         let limit = self.cpu_slots();
-        let mut wanted = runnable_cpu.saturating_sub(self.starting.len());
-        while wanted > 0 && active + self.starting.len() < limit {
-            self.start_worker();
+        let mut wanted = runnable_cpu.saturating_sub(self.pool.in_flight());
+        while wanted > 0 && active + self.pool.in_flight() < limit {
+            if !self.pool.request_start(self.now) {
+                break;
+            }
+            self.effects.push(Effect::StartWorker);
             wanted -= 1;
         }
-        let mut wanted = runnable_free.saturating_sub(self.starting.len());
-        while wanted > 0 && active + self.starting.len() < limit + MAX_CPU_FREE_WORKERS {
-            self.start_worker();
+        let mut wanted = runnable_free.saturating_sub(self.pool.in_flight());
+        while wanted > 0 && active + self.pool.in_flight() < limit + MAX_CPU_FREE_WORKERS {
+            if !self.pool.request_start(self.now) {
+                break;
+            }
+            self.effects.push(Effect::StartWorker);
             wanted -= 1;
         }
-        self.dispatch_actor_methods();
+        self.dispatch_actor_calls();
         // Keep the minimum pool.
-        let live = self.pids.len() + self.starting.len();
-        for _ in live..self.settings.min_workers {
+        for _ in self.pool.live()..self.settings.min_workers {
             self.start_worker();
         }
     }
 
     /// Gives each busy pool worker whose running task has the shape of a queued one that
     /// task to run next: it goes on without waiting for the raylet in between. Only behind
-    /// short tasks (of a function that typically runs under `task_ahead_max`, running for
-    /// less than that): a task must not wait behind a long one while a worker frees up.
+    /// short tasks (see [`Pool::ahead_candidates`]): a task must not wait behind a long
+    /// one while a worker frees up.
     fn send_tasks_ahead(&mut self) {
         if self.ready.is_empty() {
             return;
         }
-        let durations = &self.durations;
-        let max = self.settings.task_ahead_max;
-        let short = |task: &Task, started: std::time::Instant| {
-            started.elapsed() < max && durations.get(&task.function).is_some_and(|d| *d < max)
-        };
-        let candidates: Vec<(ConnId, Shape, JobId)> = self
-            .conns
-            .iter()
-            .filter_map(|(conn, c)| match &c.peer {
-                Peer::Worker(w) if w.actor.is_none() && w.ahead.is_none() => match &w.state {
-                    WorkerState::Busy {
-                        task,
-                        blocked: false,
-                        ..
-                    } if task.spec.max_calls == 0
-                        && !task.spec.actor_creation
-                        && short(task, w.started) =>
-                    {
-                        Some((*conn, task.shape(), task.job))
-                    }
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
+        let candidates = self
+            .pool
+            .ahead_candidates(self.now, self.settings.task_ahead_max);
         for (conn, shape, job) in candidates {
-            let Some(next) = self.ready.get_mut(&shape).and_then(VecDeque::pop_front) else {
+            let Some(next) = self.ready.pop(&shape) else {
                 continue;
             };
             // Same job: the worker's output goes to the driver of the task it runs.
-            if next.spec.actor_creation || next.spec.max_calls > 0 || next.job != job {
+            if next.is_actor_creation() || next.spec.max_calls > 0 || next.job != job {
                 self.make_ready(next, true);
                 continue;
             }
             self.send_ahead(conn, next);
         }
-        self.ready.retain(|_, queue| !queue.is_empty());
     }
 
-    /// Sends `task` to the busy worker on `conn`, to run after its current task.
+    /// Sends `task` to the busy worker on `conn`, to run after its current task, in the
+    /// resources of the running one.
     fn send_ahead(&mut self, conn: ConnId, mut task: Task) {
-        // It will run in the resources of the running task.
-        let held = match self.conns.get(&conn).map(|c| &c.peer) {
-            Some(Peer::Worker(w)) => match &w.state {
-                WorkerState::Busy { held, .. } => Some(held.resource_ids()),
-                _ => None,
-            },
-            _ => None,
+        let held = match self.pool.get(conn).map(|w| &w.state) {
+            Some(WorkerState::Busy { held, .. }) => held.resource_ids(),
+            _ => {
+                self.make_ready(task, true);
+                return;
+            }
         };
-        let Some(resource_ids) = held else {
-            self.make_ready(task, true);
-            return;
-        };
-        let assign = self.assignment(conn, &mut task, resource_ids);
-        if let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
-        {
+        let frame = self.assignment(conn, &mut task, held);
+        if let Some(worker) = self.pool.get_mut(conn) {
             worker.ahead = Some(task);
         }
-        self.send_frame(conn, assign);
-    }
-
-    /// Workers that are idle or running a task without being blocked.
-    fn active_workers(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|c| match &c.peer {
-                // An actor's worker is not in the pool (methods take their CPU when they run).
-                Peer::Worker(w) if w.actor.is_some() => false,
-                Peer::Worker(w) => match &w.state {
-                    WorkerState::Idle => true,
-                    WorkerState::Busy { blocked, .. } => !blocked,
-                    WorkerState::Retiring => false,
-                },
-                _ => false,
-            })
-            .count()
+        self.effects.push(Effect::Send { conn, frame });
     }
 
     /// How many workers may be active at once: one per whole CPU, at least one.
@@ -770,24 +637,11 @@ impl Scheduler {
             .max(1)
     }
 
-    fn next_idle(&mut self) -> Option<ConnId> {
-        while let Some(conn) = self.idle.pop_front() {
-            if matches!(self.conns.get(&conn).map(|c| &c.peer), Some(Peer::Worker(w)) if matches!(w.state, WorkerState::Idle))
-            {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn warn_infeasible(&mut self, shape: &Shape) {
-        let Some(task) = self.ready.get(shape).and_then(|q| q.front()) else {
+    fn warn_infeasible(&mut self, shape: &task::Shape) {
+        let Some(task) = self.ready.front(shape) else {
             return;
         };
         let key = format!("{}:{:?}", task.spec.function_name, task.resources);
-        if !self.warned.insert(key) {
-            return;
-        }
         let message = format!(
             "task {} ({}) needs {:?} but this node has {:?}; it stays pending until a node can run it",
             task.spec.function_name,
@@ -795,40 +649,46 @@ impl Scheduler {
             task.resources,
             self.resources.total()
         );
+        let job = task.job;
+        if !self.jobs.first_warning(key) {
+            return;
+        }
         log::warn!("{message}");
-        if let Some((_, driver)) = self.jobs.get(&task.job) {
+        if let Some(driver) = self.jobs.driver(&job) {
             self.send(
-                *driver,
+                driver,
                 pb::server_message::Kind::Warning(pb::Warning { message }),
             );
         }
     }
 
     fn dispatch(&mut self, conn: ConnId, mut task: Task) {
-        if task.spec.actor_creation {
-            self.bind_actor(conn, &task);
+        if task.is_actor_creation() {
+            if let Some(id) = actor_id_of(&task) {
+                if let Some(worker) = self.pool.get_mut(conn) {
+                    worker.actor = Some(id);
+                }
+                self.actors.bind(id, conn);
+                self.record_actor(id);
+            }
         }
         let held = self.resources.acquire(&task.resources);
         // An actor's methods run with the instances (GPUs) the actor holds for life.
         let resource_ids = self
             .actor_resource_ids(&task)
             .unwrap_or_else(|| held.resource_ids());
-        let assign = self.assignment(conn, &mut task, resource_ids);
-        let _ = self.gcs.send(GcsWrite::State(task.id, "running"));
-        if let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
-        {
+        let frame = self.assignment(conn, &mut task, resource_ids);
+        self.set_state(task.id, TaskState::Running);
+        if let Some(worker) = self.pool.get_mut(conn) {
             worker.job = Some(task.job);
-            worker.started = std::time::Instant::now();
+            worker.started = self.now;
             worker.state = WorkerState::Busy {
                 task,
                 held,
                 blocked: false,
             };
         }
-        self.send_frame(conn, assign);
+        self.effects.push(Effect::Send { conn, frame });
     }
 
     /// The message (a frame, encoded) that gives `task` to the worker on `conn`: with the
@@ -842,12 +702,9 @@ impl Scheduler {
     ) -> Vec<u8> {
         self.inline_arguments(task);
         task.spec.attempt = self.retries.get(&task.id).copied().unwrap_or(0);
-        let same_job = matches!(
-            self.conns.get(&conn).map(|c| &c.peer),
-            Some(Peer::Worker(w)) if w.job == Some(task.job)
-        );
+        let same_job = self.pool.get(conn).is_some_and(|w| w.job == Some(task.job));
         let job = (!same_job)
-            .then(|| self.jobs.get(&task.job).map(|(config, _)| config.clone()))
+            .then(|| self.jobs.config(&task.job).cloned())
             .flatten();
         // The spec is lent to the message for encoding, not copied.
         let mut message = pb::ServerMessage {
@@ -874,13 +731,13 @@ impl Scheduler {
             let Ok(id) = ObjectId::from_slice(bytes) else {
                 continue;
             };
-            let Some(object) = self.memory.get(&id) else {
+            let Some(object) = self.inline.get(&id) else {
                 continue;
             };
             if object.metadata == value::META_PICKLE5 {
                 arg.value = Some(common_pb::task_arg::Value::Inline(object.data.to_vec()));
-            } else if let Some(object) = self.memory.remove(&id) {
-                self.promote(id, &object);
+            } else if let Some(object) = self.inline.remove(&id) {
+                self.promote(id, object);
             }
         }
     }
@@ -889,12 +746,8 @@ impl Scheduler {
         if !done.results.is_empty() {
             self.accept_results(conn, done.results);
         }
-        let task_id = done.task_id.as_slice();
-        let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
-        else {
+        let now = self.now;
+        let Some(worker) = self.pool.get_mut(conn) else {
             log::warn!(conn; "task done from a connection that is not a worker");
             return;
         };
@@ -909,76 +762,58 @@ impl Scheduler {
             log::warn!(conn; "task done from a worker that runs no task");
             return;
         };
-        if task.id.as_bytes().as_slice() != task_id {
+        if task.id.as_bytes().as_slice() != done.task_id.as_slice() {
             log::warn!(conn, task:% = task.id; "task done names another task");
         }
         if let Some(actor) = worker.actor {
-            let _ = self.gcs.send(GcsWrite::State(task.id, "finished"));
-            self.actor_task_done(actor, &task, held, blocked);
+            self.set_state(task.id, TaskState::Finished);
+            self.actor_call_done(actor, conn, &task, held, blocked);
             self.schedule();
             return;
         }
         let calls = worker.calls.entry(task.function).or_insert(0);
         *calls += 1;
-        let took = worker.started.elapsed();
-        let typical = self.durations.entry(task.function).or_insert(took);
-        *typical = (*typical * 7 + took) / 8;
         let retire = task.spec.max_calls > 0 && *calls >= task.spec.max_calls;
+        let took = now.saturating_duration_since(worker.started);
         let ahead = worker.ahead.take();
-        self.retries.remove(&task.id);
-        let _ = self.gcs.send(GcsWrite::State(task.id, "finished"));
-        // Tasks go ahead only to workers that do not retire (max_calls is 0 for both),
-        // and are taken back when the worker blocks: the worker runs this one now, in the
-        // resources of the finished task.
         if let Some(next) = ahead {
+            // Tasks go ahead only to workers that do not retire (max_calls is 0 for both),
+            // and are taken back when the worker blocks: it runs this one now, in the
+            // resources of the finished task.
             if blocked {
                 self.resources
                     .adjust("CPU", -held.amounts.get("CPU").copied().unwrap_or(0.0));
             }
-            if let Some(Connection {
-                peer: Peer::Worker(worker),
-                ..
-            }) = self.conns.get_mut(&conn)
-            {
-                worker.started = std::time::Instant::now();
-                worker.state = WorkerState::Busy {
-                    task: next,
-                    held,
-                    blocked: false,
-                };
-            }
-            self.schedule();
-            return;
-        }
-        if retire {
-            if let Some(Connection {
-                peer: Peer::Worker(worker),
-                ..
-            }) = self.conns.get_mut(&conn)
-            {
+            worker.started = now;
+            worker.state = WorkerState::Busy {
+                task: next,
+                held,
+                blocked: false,
+            };
+        } else {
+            if retire {
                 worker.state = WorkerState::Retiring;
             }
+            self.give_back(&held, blocked);
+            if retire {
+                self.send(
+                    conn,
+                    pb::server_message::Kind::Exit(pb::Exit {
+                        reason: "max_calls reached".into(),
+                    }),
+                );
+            } else {
+                self.pool.make_idle(conn, false, self.now);
+            }
         }
-        self.give_back(&held, blocked);
-        if retire {
-            self.send(
-                conn,
-                pb::server_message::Kind::Exit(pb::Exit {
-                    reason: "max_calls reached".into(),
-                }),
-            );
-        } else {
-            self.idle.push_back(conn);
-        }
+        self.pool.record_duration(task.function, took);
+        self.retries.remove(&task.id);
+        self.set_state(task.id, TaskState::Finished);
         self.schedule();
     }
 
     fn on_blocked(&mut self, conn: ConnId, now_blocked: bool) {
-        let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
-        else {
+        let Some(worker) = self.pool.get_mut(conn) else {
             return;
         };
         if now_blocked {
@@ -997,14 +832,9 @@ impl Scheduler {
                 self.make_ready(task, true);
             }
         }
-        let Some(Connection {
-            peer: Peer::Worker(worker),
-            ..
-        }) = self.conns.get_mut(&conn)
+        let Some(WorkerState::Busy { held, blocked, .. }) =
+            self.pool.get_mut(conn).map(|w| &mut w.state)
         else {
-            return;
-        };
-        let WorkerState::Busy { held, blocked, .. } = &mut worker.state else {
             return;
         };
         if *blocked == now_blocked {
@@ -1028,22 +858,19 @@ impl Scheduler {
     }
 
     fn on_disconnect(&mut self, conn: ConnId) {
-        let Some(connection) = self.conns.remove(&conn) else {
+        let Some(peer) = self.peers.remove(&conn) else {
             return;
         };
-        // What it fetched and never got is nobody's business any more.
-        self.interest.retain(|_, waiting| {
-            waiting.retain(|c| *c != conn);
-            !waiting.is_empty()
-        });
-        match connection.peer {
+        self.inline.forget(conn);
+        match peer {
             Peer::Driver(job) => {
                 log::info!(job:% = job; "driver disconnected");
-                self.jobs.remove(&job);
-                self.kill_job_actors(job);
+                self.end_job(job);
             }
-            Peer::Worker(worker) if worker.actor.is_some() => {
-                self.pids.remove(&worker.pid);
+            Peer::Worker => {
+                let Some(worker) = self.pool.remove(conn) else {
+                    return;
+                };
                 let running = match worker.state {
                     WorkerState::Busy {
                         task,
@@ -1055,25 +882,14 @@ impl Scheduler {
                     }
                     _ => None,
                 };
-                if let Some(actor) = worker.actor {
-                    self.actor_worker_died(actor, running, worker.pid);
-                }
-                self.schedule();
-            }
-            Peer::Worker(worker) => {
-                self.pids.remove(&worker.pid);
                 if let Some(task) = worker.ahead {
                     // Sent ahead, never started.
                     self.make_ready(task, true);
                 }
-                if let WorkerState::Busy {
-                    task,
-                    held,
-                    blocked,
-                } = worker.state
-                {
-                    self.give_back(&held, blocked);
-                    self.on_worker_died(task, worker.pid);
+                match (worker.actor, running) {
+                    (Some(actor), running) => self.actor_worker_died(actor, running, worker.pid),
+                    (None, Some(task)) => self.on_worker_died(task, worker.pid),
+                    (None, None) => {}
                 }
                 self.schedule();
             }
@@ -1081,8 +897,49 @@ impl Scheduler {
         }
     }
 
+    /// The driver of `job` left: nobody will read its results. Its actors die, its
+    /// queued and waiting tasks are dropped, the workers running its tasks are killed
+    /// (their CPUs serve other jobs), and later tasks of it are refused.
+    fn end_job(&mut self, job: JobId) {
+        self.jobs.end(job);
+        for id in self.actors.of_job(job) {
+            self.kill_actor(id, format!("the driver of actor {id}'s job exited"));
+        }
+        let mut cancelled = self.ready.take_where(|t| t.job == job);
+        cancelled.extend(self.deps.take_where(|t| t.job == job));
+        for task in &cancelled {
+            self.set_state(task.id, TaskState::Cancelled);
+        }
+        let pids = self.pool.working_for(job);
+        if !cancelled.is_empty() || !pids.is_empty() {
+            log::info!(job:% = job, cancelled = cancelled.len(), workers_killed = pids.len();
+                "cancelled the tasks of a job whose driver left");
+        }
+        for pid in pids {
+            self.effects.push(Effect::KillWorker { pid });
+        }
+    }
+
+    /// Tells idle pool workers beyond the usual pool (at least one per CPU, or
+    /// `min_workers`) to exit once idle for [`IDLE_WORKER_EXIT`].
+    fn retire_idle_workers(&mut self) {
+        let keep = self.settings.min_workers.max(self.cpu_slots());
+        for conn in self.pool.retire_idle(self.now, keep, IDLE_WORKER_EXIT) {
+            self.send(
+                conn,
+                pb::server_message::Kind::Exit(pb::Exit {
+                    reason: "idle beyond the node's pool".into(),
+                }),
+            );
+        }
+    }
+
     /// A worker died running `task`: retry it, or store error objects for its results.
     fn on_worker_died(&mut self, task: Task, pid: u32) {
+        if self.jobs.has_ended(&task.job) {
+            self.set_state(task.id, TaskState::Cancelled);
+            return;
+        }
         let attempts = self.retries.entry(task.id).or_insert(0);
         if *attempts < task.spec.max_retries {
             *attempts += 1;
@@ -1101,63 +958,276 @@ impl Scheduler {
 
     /// Stores error objects of `kind` in place of every result of `task`, so that
     /// `ray.get` raises instead of waiting forever.
-    fn store_errors(&self, task: &Task, kind: &str, message: &str) {
+    fn store_errors(&mut self, task: &Task, kind: &str, message: &str) {
         let metadata = value::error_metadata(kind);
         for id in task.return_ids() {
-            if let Err(e) = self.plasma.put(id, message.as_bytes(), &metadata) {
-                if !matches!(e, rayd_plasma::client::ClientError::ObjectExists(_)) {
-                    log::error!(object:% = id; "cannot store the error object: {e}");
-                }
-            }
+            self.put_error(id, &metadata, message);
         }
-        let _ = self.gcs.send(GcsWrite::State(task.id, "failed"));
+        self.set_state(task.id, TaskState::Failed);
     }
 
-    fn on_output(&self, pid: u32, line: String, stderr: bool) {
+    fn on_output(&mut self, pid: u32, line: String, stderr: bool) {
         let job = self
-            .pids
-            .get(&pid)
-            .and_then(|c| match &self.conns.get(c)?.peer {
-                Peer::Worker(w) => w.job,
-                _ => None,
-            });
-        let target = job.and_then(|job| self.jobs.get(&job));
-        match target {
-            Some((config, driver)) if !config.redirect_worker_output => {
-                self.send(
-                    *driver,
-                    pb::server_message::Kind::WorkerOutput(pb::WorkerOutput { pid, line, stderr }),
-                );
-            }
-            _ => log::info!(pid, stderr; "worker: {line}"),
+            .pool
+            .conn_of(pid)
+            .and_then(|c| self.pool.get(c))
+            .and_then(|w| w.job);
+        let driver = job.and_then(|job| {
+            let config = self.jobs.config(&job)?;
+            (!config.redirect_worker_output)
+                .then(|| self.jobs.driver(&job))
+                .flatten()
+        });
+        match driver {
+            Some(driver) => self.send(
+                driver,
+                pb::server_message::Kind::WorkerOutput(pb::WorkerOutput { pid, line, stderr }),
+            ),
+            None => log::info!(pid, stderr; "worker: {line}"),
         }
     }
 
-    /// Tells every worker to exit (the node stops).
-    pub fn stop_workers(&self) {
-        let exit = framing::encode(&pb::ServerMessage {
+    /// Tells every worker and driver that the node stops.
+    pub fn stop(&mut self) {
+        let frame = framing::encode(&pb::ServerMessage {
             kind: Some(pb::server_message::Kind::Exit(pb::Exit {
                 reason: "the raylet is stopping".into(),
             })),
         });
-        for connection in self.conns.values() {
-            if matches!(connection.peer, Peer::Worker(_) | Peer::Driver(_)) {
-                let _ = connection.tx.send(exit.clone());
-            }
+        let conns: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !matches!(p, Peer::Unregistered))
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in conns {
+            self.effects.push(Effect::Send {
+                conn,
+                frame: frame.clone(),
+            });
         }
     }
 
     /// The worker pids, for shutdown.
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.pids
-            .keys()
-            .chain(self.starting.iter())
-            .copied()
-            .collect()
+        self.pool.pids()
     }
 
     /// Total resources, for the node table.
     pub fn total(&self) -> BTreeMap<String, f64> {
         self.resources.total().clone()
+    }
+
+    // Actors: their state lives in `actors`; when their calls run is decided here.
+
+    fn record_actor(&mut self, id: ActorId) {
+        let Some(actor) = self.actors.get(&id) else {
+            return;
+        };
+        let worker = actor.worker.and_then(|c| self.pool.get(c)).map(|w| w.id);
+        let info = ActorInfo {
+            actor_id: id,
+            job_id: actor.job,
+            node: Some(self.settings.node_id),
+            worker,
+            state: actor.state.name().to_string(),
+        };
+        self.gcs(GcsWrite::Actor(info));
+    }
+
+    /// An actor's creation task arrived: register the actor, then schedule the task like
+    /// any other (its resources are those it holds for life, if any).
+    fn create_actor(&mut self, task: Task) {
+        let Some(id) = actor_id_of(&task) else {
+            log::warn!(task:% = task.id; "refusing an actor creation without an actor id");
+            return;
+        };
+        let task = self.actors.create(id, task);
+        self.record_actor(id);
+        self.submit(task);
+    }
+
+    /// A method call arrived: queue it behind the actor's earlier calls.
+    fn submit_actor_call(&mut self, task: Task) {
+        let Some(id) = actor_id_of(&task) else {
+            log::warn!(task:% = task.id; "refusing an actor task without an actor id");
+            return;
+        };
+        match self.actors.refusal(&id) {
+            None => {
+                self.actors.enqueue(id, task);
+                self.dispatch_actor_calls();
+            }
+            Some(reason) => self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason),
+        }
+    }
+
+    /// The resource instances an actor holds for life, for its method calls.
+    fn actor_resource_ids(&self, task: &Task) -> Option<HashMap<String, pb::ResourceIds>> {
+        if task.is_actor_creation() {
+            return None;
+        }
+        let actor = self.actors.get(&actor_id_of(task)?)?;
+        actor.held.as_ref().map(Held::resource_ids)
+    }
+
+    /// Sends each idle actor its next call whose arguments are local and whose resources
+    /// fit, and each busy one (past its constructor) calls to run next, up to the depth.
+    fn dispatch_actor_calls(&mut self) {
+        let deps = &self.deps;
+        let candidates = self
+            .actors
+            .with_runnable_call(|t| t.dependencies().iter().all(|d| deps.is_local(d)));
+        for id in candidates {
+            while let Some(actor) = self.actors.get(&id) {
+                let (Some(conn), Some(head)) = (actor.worker, actor.queue.front()) else {
+                    break;
+                };
+                if !head.dependencies().iter().all(|d| self.deps.is_local(d)) {
+                    break;
+                }
+                let ahead = actor.running;
+                if ahead {
+                    let constructing = self
+                        .pool
+                        .get(conn)
+                        .and_then(|w| w.running())
+                        .is_some_and(Task::is_actor_creation);
+                    if actor.inflight.len() >= PIPELINE_DEPTH || constructing {
+                        break;
+                    }
+                } else if !self.resources.fits(&head.resources) {
+                    break;
+                }
+                let Some(actor) = self.actors.get_mut(&id) else {
+                    break;
+                };
+                let Some(mut task) = actor.queue.pop_front() else {
+                    break;
+                };
+                if ahead {
+                    let resource_ids = self.actor_resource_ids(&task).unwrap_or_default();
+                    let frame = self.assignment(conn, &mut task, resource_ids);
+                    if let Some(actor) = self.actors.get_mut(&id) {
+                        actor.inflight.push_back(task);
+                    }
+                    self.effects.push(Effect::Send { conn, frame });
+                } else {
+                    actor.running = true;
+                    self.dispatch(conn, task);
+                }
+            }
+        }
+    }
+
+    /// The actor's worker on `conn` finished its constructor or a call.
+    fn actor_call_done(
+        &mut self,
+        id: ActorId,
+        conn: ConnId,
+        task: &Task,
+        held: Held,
+        blocked: bool,
+    ) {
+        let Some(actor) = self.actors.get_mut(&id) else {
+            self.give_back(&held, blocked);
+            return;
+        };
+        actor.running = false;
+        if task.is_actor_creation() && actor.creation.spec.actor_holds_resources {
+            // Held for life; CPUs lent out while the constructor was blocked come back.
+            actor.held = Some(held.clone());
+            if blocked {
+                self.resources
+                    .adjust("CPU", -held.amounts.get("CPU").copied().unwrap_or(0.0));
+            }
+        } else {
+            self.give_back(&held, blocked);
+        }
+        // The worker starts the next call it was sent: it takes what the last one gave back.
+        let Some(next) = self
+            .actors
+            .get_mut(&id)
+            .and_then(|a| a.inflight.pop_front())
+        else {
+            return;
+        };
+        if let Some(actor) = self.actors.get_mut(&id) {
+            actor.running = true;
+        }
+        let held = self.resources.acquire(&next.resources);
+        let now = self.now;
+        if let Some(worker) = self.pool.get_mut(conn) {
+            worker.started = now;
+            worker.state = WorkerState::Busy {
+                task: next,
+                held,
+                blocked: false,
+            };
+        }
+    }
+
+    /// The actor's worker went away, maybe in the middle of `running`.
+    fn actor_worker_died(&mut self, id: ActorId, running: Option<Task>, pid: u32) {
+        let node = self.settings.node_id;
+        let reason = format!("the actor {id}'s process (pid {pid}) on node {node} died");
+        let Some(died) = self.actors.worker_died(id, reason) else {
+            return;
+        };
+        if let Some(held) = &died.held {
+            self.resources.release(held);
+        }
+        if let Some(task) = running.filter(|t| !t.is_actor_creation()) {
+            let reason = match &died.restart {
+                Err(reason) => reason.clone(),
+                Ok(_) => format!(
+                    "the actor {id}'s process (pid {pid}) died during this call; the actor restarts"
+                ),
+            };
+            self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason);
+        }
+        match died.restart {
+            Ok(creation) => {
+                log::warn!(actor:% = id, pid; "actor died; restarting it");
+                self.record_actor(id);
+                self.make_ready(creation, true);
+            }
+            Err(reason) => {
+                log::warn!(actor:% = id, pid, failed_calls = died.failed.len(); "actor died");
+                for task in &died.failed {
+                    self.store_errors(task, value::ERROR_ACTOR_DIED, &reason);
+                }
+                self.record_actor(id);
+            }
+        }
+    }
+
+    /// `ray.kill`, or its driver left: the actor dies now, without restarts.
+    fn kill_actor(&mut self, id: ActorId, reason: String) {
+        let Some((queued, worker)) = self.actors.kill(id, reason.clone()) else {
+            return;
+        };
+        for task in &queued {
+            self.store_errors(task, value::ERROR_ACTOR_DIED, &reason);
+        }
+        match worker.and_then(|c| self.pool.get(c)) {
+            // Its disconnect then fails the call it was running.
+            Some(worker) => self.effects.push(Effect::KillWorker { pid: worker.pid }),
+            None => {
+                // Not placed yet: its creation task must not run any more.
+                if let Some(creation) = self.actors.get(&id).map(|a| a.creation.id) {
+                    self.ready.remove(&creation);
+                    self.deps.remove(&creation);
+                }
+                self.record_actor(id);
+            }
+        }
+    }
+
+    /// Whether `id` is an actor of this node that is not dead (for tests and status).
+    pub fn actor_alive(&self, id: &ActorId) -> bool {
+        self.actors
+            .get(id)
+            .is_some_and(|a| !matches!(a.state, ActorState::Dead(_)))
     }
 }

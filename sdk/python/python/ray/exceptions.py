@@ -1,5 +1,7 @@
 """The errors a rayd user can catch. Every class says what happened and where."""
 
+import pickle as _pickle
+from typing import Any
 import traceback as _traceback
 
 
@@ -63,8 +65,17 @@ class RayTaskError(RayError):
         return cls(function_name, text, exception, pid, ip)
 
     def __reduce__(self):
+        # The cause travels pickled on its own: a class the driver cannot import then
+        # costs the cause, not the whole error (see _rebuild_task_error).
+        cause = self.cause
+        if cause is not None:
+            try:
+                from ray._private import serialization
+                cause = serialization.dumps(cause)
+            except Exception:  # noqa: BLE001 - its text stays in the traceback
+                cause = None
         return (_rebuild_task_error, (type(self).__mro__[0] is RayTaskError, self.function_name,
-                                      self.traceback_str, self.cause, self.pid, self.ip))
+                                      self.traceback_str, cause, self.pid, self.ip))
 
     def __str__(self):
         where = f" (pid={self.pid}, ip={self.ip})" if self.pid is not None else ""
@@ -85,7 +96,7 @@ class RayTaskError(RayError):
                     "__module__": __name__,
                 })
                 _DUAL_CLASSES[cause_class] = dual
-            error = dual.__new__(dual)
+            error: Any = dual.__new__(dual)  # type: ignore[call-overload]
             RayTaskError.__init__(error, self.function_name, self.traceback_str, self.cause, self.pid, self.ip)
             error.args = self.cause.args if isinstance(self.cause.args, tuple) else error.args
             return error
@@ -94,10 +105,17 @@ class RayTaskError(RayError):
             return self
 
 
-_DUAL_CLASSES = {}
+_DUAL_CLASSES: "dict[type, type]" = {}
 
 
 def _rebuild_task_error(_plain, function_name, traceback_str, cause, pid, ip):
+    if isinstance(cause, bytes):
+        try:
+            cause = _pickle.loads(cause)
+        except Exception as e:  # noqa: BLE001 - e.g. the exception's class is not importable here
+            traceback_str = (f"{traceback_str.rstrip()}\n(the exception of task {function_name} cannot be "
+                             f"rebuilt here, so it is raised as RayTaskError: {type(e).__name__}: {e})")
+            cause = None
     return RayTaskError(function_name, traceback_str, cause, pid, ip)
 
 

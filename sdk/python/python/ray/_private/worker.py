@@ -4,8 +4,10 @@
 import atexit
 import json
 import os
+import socket
 import sys
 import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 from ray import _raylet
 from ray import exceptions
@@ -26,15 +28,19 @@ class Worker:
     """This process's connection to rayd (a driver's, or a worker's)."""
 
     def __init__(self):
-        self.mode = None
-        self.core = None
-        self.node = None
-        self.info = None
+        self.mode: Optional[int] = None
+        # The Rust core (`ray._raylet.CoreWorker`) while connected (not in LOCAL_MODE).
+        self.core: Any = None
+        self.node: Optional[_raylet.LocalNode] = None
+        self.info: Optional[Dict[str, Any]] = None
         self.lock = threading.RLock()
         # Task-local state of a worker: the GPU and resource IDs of the current task.
         self.resource_ids = {}
         # LOCAL_MODE's object table: ObjectID -> ("value", v) or ("error", exc).
         self.local_objects = {}
+        # LOCAL_MODE as Ray 0.5 had it (`driver_mode=ray.LOCAL_MODE`): `f.remote()` returns
+        # the value itself; `local_mode=True` is today's (object IDs).
+        self.legacy_local_mode = False
 
     @property
     def connected(self):
@@ -59,16 +65,45 @@ def _auto_address():
         raise ConnectionError(f"address='auto': no rayd node started on this machine ({path}: {e})") from None
 
 
+def _resolve(host):
+    """The IP address of a host name (`localhost`), resolved once."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError as e:
+        raise ValueError(f"cannot resolve the host name {host!r}: {e}") from None
+
+
+def _local_ip_towards(address):
+    """This machine's address on the way to `address` (host:port): the address its raylet
+    registered with when it runs on the same network as the head (127.0.0.1 for a local head)."""
+    host, _, port = address.rpartition(":")
+    ip = _resolve(host.strip("[]"))
+    if ip.startswith("127."):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((ip, int(port)))  # UDP: nothing is sent, only a route is chosen
+            return s.getsockname()[0]
+        except (OSError, ValueError):
+            return "127.0.0.1"
+
+
 def _python_path():
     return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
 
 
-def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None,
-         node_ip_address=None, object_id_seed=None, num_workers=None, driver_mode=SCRIPT_MODE,
-         redirect_worker_output=False, redirect_output=True, ignore_reinit_error=False,
-         num_custom_resource=None, num_redis_shards=None, redis_max_clients=None, plasma_directory=None,
-         huge_pages=False, include_webui=True, use_raylet=None, address=None, local_mode=False,
-         redis_password=None, _temp_dir=None, object_spilling_directory=None, **unknown):
+def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
+         num_gpus: Optional[float] = None, resources: Optional[Dict[str, float]] = None,
+         object_store_memory: Optional[int] = None, node_ip_address: Optional[str] = None,
+         object_id_seed: Optional[int] = None, num_workers: Optional[int] = None,
+         driver_mode: int = SCRIPT_MODE, redirect_worker_output: bool = False,
+         redirect_output: bool = True, ignore_reinit_error: bool = False,
+         num_custom_resource: Any = None, num_redis_shards: Optional[int] = None,
+         redis_max_clients: Optional[int] = None, plasma_directory: Optional[str] = None,
+         huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
+         address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
+         _temp_dir: Optional[str] = None, object_spilling_directory: Optional[str] = None,
+         **unknown: Any) -> Optional[Dict[str, Any]]:
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
         raise TypeError(f"ray.init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -81,6 +116,7 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
                                "or pass ignore_reinit_error=True")
         if local_mode or driver_mode == LOCAL_MODE:
             worker.mode = LOCAL_MODE
+            worker.legacy_local_mode = driver_mode == LOCAL_MODE and not local_mode
             worker.info = {"node_ip_address": "127.0.0.1", "redis_address": None, "local_mode": True}
             atexit.register(shutdown)
             return worker.info
@@ -108,9 +144,9 @@ def init(redis_address=None, num_cpus=None, num_gpus=None, resources=None, objec
                 raise ValueError(
                     f"ray.init(address={address!r}) attaches to a running cluster, whose nodes are "
                     f"already configured: remove {', '.join(given)} (set them with `rayd start` on each node)")
-            ip = node_ip_address or "127.0.0.1"
-            socket = _raylet.find_local_raylet(address, ip, redis_password)
-            worker.core = _raylet.CoreWorker(socket, **common)
+            ip = _resolve(node_ip_address) if node_ip_address else _local_ip_towards(address)
+            raylet_socket = _raylet.find_local_raylet(address, ip, redis_password)
+            worker.core = _raylet.CoreWorker(raylet_socket, **common)
         else:
             if resources is not None and ("CPU" in resources or "GPU" in resources):
                 raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
@@ -160,22 +196,27 @@ def connect_worker(core):
     global_worker.mode = WORKER_MODE
 
 
-def shutdown():
+def shutdown() -> None:
     """Disconnects, stops what `init` started, and forgets remote functions. Safe twice."""
     worker = global_worker
     with worker.lock:
         if worker.mode is None or worker.mode == WORKER_MODE:
             return
+        from ray import actor
+        from ray._private import profiling
+        actor._holds.forget()
+        profiling.stop()
         worker.core = None
         if worker.node is not None:
             worker.node.stop()
             worker.node = None
         worker.mode = None
+        worker.legacy_local_mode = False
         worker.info = None
         worker.local_objects.clear()
 
 
-def is_initialized():
+def is_initialized() -> bool:
     return global_worker.connected
 
 
@@ -193,7 +234,18 @@ def _seconds_to_ms(timeout):
     return int(timeout * 1000)
 
 
-def get(object_ids, timeout=None):
+_R = TypeVar("_R")
+
+
+@overload
+def get(object_ids: "ObjectID[_R]", timeout: Optional[float] = None) -> _R: ...
+
+
+@overload
+def get(object_ids: "Sequence[ObjectID[Any]]", timeout: Optional[float] = None) -> List[Any]: ...
+
+
+def get(object_ids: "Union[ObjectID[Any], Sequence[ObjectID[Any]]]", timeout: Optional[float] = None) -> Any:
     """The value(s) of object ID(s); blocks until they exist.
 
     `timeout` is in seconds (as in current Ray); `GetTimeoutError` when it passes.
@@ -201,8 +253,10 @@ def get(object_ids, timeout=None):
     """
     worker = global_worker
     worker.check_connected()
+    if worker.legacy_local_mode:
+        return object_ids  # Ray 0.5's LOCAL_MODE: the "IDs" are the values
     single = isinstance(object_ids, ObjectID)
-    ids = [object_ids] if single else list(object_ids)
+    ids: List[Any] = [object_ids] if isinstance(object_ids, ObjectID) else list(object_ids)
     _check_ids(ids, "ray.get")
     if worker.mode == LOCAL_MODE:
         values = [_local_value(i) for i in ids]
@@ -224,12 +278,14 @@ def _local_value(object_id):
     return value
 
 
-def put(value):
+def put(value: _R) -> "ObjectID[_R]":
     """Stores a value in the object store; returns its ObjectID."""
     worker = global_worker
     worker.check_connected()
     if isinstance(value, ObjectID):
         raise TypeError("ray.put of an ObjectID is not allowed: pass the ObjectID itself")
+    if worker.legacy_local_mode:
+        return value  # type: ignore[return-value]  # Ray 0.5's LOCAL_MODE: the value is its own ID
     if worker.mode == LOCAL_MODE:
         object_id = ObjectID.from_random()
         worker.local_objects[object_id] = ("value", value)
@@ -250,7 +306,8 @@ def wait_timeout_ms(timeout):
     return int(timeout) if isinstance(timeout, int) else int(timeout * 1000)
 
 
-def wait(object_ids, num_returns=1, timeout=None):
+def wait(object_ids: "Sequence[ObjectID[Any]]", num_returns: int = 1, timeout: Union[int, float, None] = None
+         ) -> "Tuple[List[ObjectID[Any]], List[ObjectID[Any]]]":
     """`(ready, not_ready)`: waits until `num_returns` objects are ready or `timeout`
     passes (int: milliseconds, float: seconds). Order is preserved; IDs must be unique."""
     worker = global_worker
@@ -258,6 +315,10 @@ def wait(object_ids, num_returns=1, timeout=None):
     if isinstance(object_ids, ObjectID):
         raise TypeError("ray.wait takes a list of ObjectIDs, not a single one")
     ids = list(object_ids)
+    if worker.legacy_local_mode:
+        return ids[:num_returns], ids[num_returns:]
+    if not ids:
+        return [], []
     _check_ids(ids, "ray.wait")
     if len(set(ids)) != len(ids):
         raise ValueError("ray.wait: the ObjectIDs must be unique")
@@ -268,7 +329,8 @@ def wait(object_ids, num_returns=1, timeout=None):
         flags = [True] * len(ids)
     else:
         flags = worker.core.wait(ids, num_returns, timeout_ms) if ids else []
-    ready, not_ready = [], []
+    ready: "List[ObjectID[Any]]" = []
+    not_ready: "List[ObjectID[Any]]" = []
     for object_id, flag in zip(ids, flags):
         (ready if flag and len(ready) < num_returns else not_ready).append(object_id)
     return ready, not_ready

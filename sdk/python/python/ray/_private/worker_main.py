@@ -1,10 +1,15 @@
 """The Python side of a rayd-worker process: runs each task the Rust task loop hands it."""
 
 import os
+import pickle
 import sys
+import time
+from typing import Any, Dict, Optional, Sequence
 
 from ray import _raylet
 from ray import exceptions
+from ray._private import gcs
+from ray._private import profiling
 from ray._private import serialization
 from ray._private import worker as _worker
 
@@ -39,8 +44,13 @@ class Executor:
         # What CUDA_VISIBLE_DEVICES is set to for the running task (set only on changes).
         self.cuda_visible = None
         # The actor this worker is dedicated to, once its creation task ran here.
-        self.actor = None
-        self.actor_error = None
+        self.actor: Any = None
+        # The actor's methods by name, found on its class (descriptors, bound per call).
+        self.methods: Dict[str, Any] = {}
+        self.actor_error: Optional[exceptions.RayTaskError] = None
+        # Checkpointing actors: every how many calls, and how many since the last one.
+        self.checkpoint_interval: Optional[int] = None
+        self.calls_since_checkpoint = 0
 
     def _enter_job(self, task):
         job = task["job_id"]
@@ -55,23 +65,58 @@ class Executor:
                 os.chdir(task["cwd"])
             except OSError:
                 pass
+        from ray._private import custom_serializers
+        custom_serializers.load_for_job(job, self.core)
 
-    def _function(self, function_id):
+    def _function(self, function_id, task):
         function = self.functions.get(function_id)
         if function is None:
             _name, pickled = self.core.get_function(function_id)
-            function = serialization.cloudpickle.loads(pickled)
+            try:
+                function = serialization.cloudpickle.loads(pickled)
+            except Exception as e:
+                self._push_error(task, "import", f"cannot load {task['function_name']} in a worker "
+                                 f"(pid {self.pid}): {type(e).__name__}: {e}")
+                raise
             self.functions[function_id] = function
         return function
 
+    def _push_error(self, task, kind, message):
+        try:
+            gcs.push_error(task["job_id"], kind, message, core=self.core)
+        except exceptions.RayError as e:
+            print(f"cannot push an error to the driver: {e}", file=sys.stderr)
+
+    def _checkpoint_key(self, task):
+        return f"rayd:actor_checkpoint:{task['actor_id'].hex()}".encode()
+
     def _create_actor(self, task, args, kwargs):
-        """Runs the constructor; its exception is kept and raised by every later call."""
-        cls = self._function(task["function_id"])
+        """Runs the constructor; its exception is kept and raised by every later call. A
+        checkpointing actor that restarts gets its last checkpoint (`__ray_restore__`)."""
+        from ray.actor import CheckpointedClass
+        cls = self._function(task["function_id"], task)
+        if isinstance(cls, CheckpointedClass):
+            cls, self.checkpoint_interval = cls.cls, cls.interval
         try:
             self.actor = cls(*args, **kwargs)
+            if self.checkpoint_interval is not None:
+                saved = gcs.command("GET", self._checkpoint_key(task), shard=task["actor_id"], core=self.core)
+                if saved is not None:
+                    self.actor.__ray_restore__(pickle.loads(saved))
         except Exception as e:  # noqa: BLE001 - the constructor's failure is the actor's
             self.actor_error = exceptions.RayTaskError.from_exception(
                 f"{task['function_name']}.__init__", e, self.pid, self.ip)
+            self._push_error(task, "task", str(self.actor_error))
+
+    def _after_call(self, task):
+        """Checkpointing actors: saves the state every `checkpoint_interval` calls."""
+        assert self.checkpoint_interval is not None
+        self.calls_since_checkpoint += 1
+        if self.calls_since_checkpoint < self.checkpoint_interval:
+            return
+        self.calls_since_checkpoint = 0
+        checkpoint = serialization.cloudpickle.dumps(self.actor.__ray_save__())
+        gcs.command("SET", self._checkpoint_key(task), checkpoint, shard=task["actor_id"], core=self.core)
 
     def _argument(self, arg):
         if isinstance(arg, _raylet.ObjectID):
@@ -79,6 +124,14 @@ class Executor:
         return serialization.deserialize_inline(arg)
 
     def execute(self, task):
+        """Runs one task (recording its span on the timeline)."""
+        start = time.time()
+        try:
+            self._execute(task)
+        finally:
+            profiling.record_span("task", task["function_name"], task["task_id"].hex(), start, time.time())
+
+    def _execute(self, task):
         """Runs one task; every failure becomes the task's error results."""
         num_returns = task["num_returns"]
         name = task["function_name"]
@@ -93,7 +146,8 @@ class Executor:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_visible = visible
         try:
             self._enter_job(task)
-            args, kwargs = (), {}
+            args: Sequence[Any] = ()
+            kwargs: Dict[str, Any] = {}
             if task["args"]:
                 values = [self._argument(a) for a in task["args"]]
                 kwarg_names = task["kwarg_names"]
@@ -105,10 +159,17 @@ class Executor:
             if task["actor_id"] is not None:
                 if self.actor_error is not None:
                     raise self.actor_error
-                function = getattr(self.actor, name)
+                # On the class, as Ray does: an attribute of the instance may have the name.
+                method = self.methods.get(name)
+                if method is None:
+                    from ray.actor import find_method
+                    method = self.methods[name] = find_method(type(self.actor), name)
+                function = method.__get__(self.actor, type(self.actor))
             else:
-                function = self._function(task["function_id"])
+                function = self._function(task["function_id"], task)
             result = function(*args, **kwargs)
+            if self.checkpoint_interval is not None and task["actor_id"] is not None:
+                self._after_call(task)
             if num_returns == 1:
                 results = [result]
             elif num_returns == 0:
@@ -123,6 +184,7 @@ class Executor:
                 self.core.store_return(index, serialization.META_PICKLE5, data, buffers)
         except Exception as e:  # noqa: BLE001 - the task's failure is its result
             error = exceptions.RayTaskError.from_exception(name, e, self.pid, self.ip)
+            self._push_error(task, "task", str(error))
             data, buffers = serialization.task_error_value(error)
             for index in range(1, num_returns + 1):
                 try:
@@ -148,4 +210,7 @@ def main():
     core = _raylet.CoreWorker(os.environ["RAYD_RAYLET_SOCKET"], is_worker=True)
     _warm_imports()
     _worker.connect_worker(core)
-    core.run_task_loop(Executor(core).execute)
+    try:
+        core.run_task_loop(Executor(core).execute)
+    finally:
+        profiling.stop()

@@ -1,0 +1,120 @@
+//! The GCS key schema and the one rule that maps an ID to its shard.
+//!
+//! | key | type | where | holds |
+//! |---|---|---|---|
+//! | `rayd:shards` | list | primary | `host:port` of every shard, in shard order |
+//! | `rayd:cluster` | hash | primary | version, shard count, start time, config |
+//! | `rayd:nodes` | set | primary | hex IDs of every node ever registered |
+//! | `rayd:node:<node>` | hash | primary | a node's addresses, resources, state |
+//! | `rayd:functions` | set | primary | hex IDs of every exported function |
+//! | `rayd:errors:<job>` | list | primary | JSON error records pushed to a job's driver |
+//! | `rayd:object:<object>` | hash | shard | `size`, and `node:<node>` per location |
+//! | `rayd:task:<task>` | hash | shard | `spec` (protobuf), `state`, `node` |
+//! | `rayd:actor:<actor>` | hash | shard | `state`, `node`, `worker`, `job` |
+//! | `rayd:function:<function>` | hash | shard | `job`, `name`, `definition` |
+//!
+//! Channels: `rayd:heartbeats` and `rayd:node_events` on the primary,
+//! `rayd:error_events:<job>` on the primary, `rayd:object_events:<object>` and
+//! `rayd:actor_events:<actor>` on the ID's shard.
+
+use rayd_common::id::{JobId, ID_LEN};
+
+/// The shard list: a Redis list of `host:port` on the primary.
+pub const SHARDS: &str = "rayd:shards";
+/// Cluster metadata hash on the primary.
+pub const CLUSTER: &str = "rayd:cluster";
+/// Set of registered node IDs on the primary.
+pub const NODES: &str = "rayd:nodes";
+/// Set of exported function IDs on the primary.
+pub const FUNCTIONS: &str = "rayd:functions";
+/// Channel of node heartbeats on the primary.
+pub const HEARTBEATS_CHANNEL: &str = "rayd:heartbeats";
+/// Channel of node registrations and deaths on the primary.
+pub const NODE_EVENTS_CHANNEL: &str = "rayd:node_events";
+
+/// The tables keyed by an ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Node,
+    Object,
+    Task,
+    Actor,
+    Function,
+}
+
+impl Table {
+    /// The table's name in keys.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Node => "node",
+            Table::Object => "object",
+            Table::Task => "task",
+            Table::Actor => "actor",
+            Table::Function => "function",
+        }
+    }
+}
+
+/// The key of `id` in `table`: `rayd:<table>:<hex id>`.
+pub fn key(table: Table, id: &impl AsRef<[u8; ID_LEN]>) -> String {
+    format!("rayd:{}:{}", table.name(), hex::encode(id.as_ref()))
+}
+
+/// The channel announcing changes of `id` in `table` (objects and actors).
+pub fn events_channel(table: Table, id: &impl AsRef<[u8; ID_LEN]>) -> String {
+    format!("rayd:{}_events:{}", table.name(), hex::encode(id.as_ref()))
+}
+
+/// The list of errors pushed to the driver of `job`.
+pub fn errors(job: JobId) -> String {
+    format!("rayd:errors:{job}")
+}
+
+/// The channel announcing new errors of `job`.
+pub fn error_events_channel(job: JobId) -> String {
+    format!("rayd:error_events:{job}")
+}
+
+/// The shard (0-based, among `num_shards`) that holds every key of an ID.
+///
+/// FNV-1a over all 20 bytes: cheap, stable across versions and platforms, and it spreads
+/// IDs that differ only in their last bytes (the return objects of one task).
+pub fn shard_index(id: &[u8; ID_LEN], num_shards: usize) -> usize {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = id
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    // Modulo of a u64 by a usize that fits the shard count; the result is below it.
+    (hash % num_shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayd_common::id::{ObjectId, TaskId};
+
+    #[test]
+    fn keys_are_readable() {
+        let task = TaskId::from_bytes([0xab; ID_LEN]);
+        assert_eq!(
+            key(Table::Task, &task),
+            format!("rayd:task:{}", "ab".repeat(20))
+        );
+        assert_eq!(
+            events_channel(Table::Object, &ObjectId::NIL),
+            format!("rayd:object_events:{}", "00".repeat(20))
+        );
+    }
+
+    #[test]
+    fn the_objects_of_one_task_spread_over_every_shard() {
+        let task = TaskId::random_task();
+        let mut seen = [0usize; 4];
+        for i in 1..=400 {
+            seen[shard_index(ObjectId::for_return(task, i).as_bytes(), 4)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "uneven spread {seen:?}");
+        assert_eq!(shard_index(task.as_bytes(), 1), 0);
+    }
+}

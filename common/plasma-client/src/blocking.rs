@@ -1,0 +1,814 @@
+//! The blocking client: one Unix socket connection, its segment mappings and the
+//! objects this process holds.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rayd_common::id::{NodeId, ObjectId};
+use rayd_common::proto::plasma::v1 as pb;
+
+use crate::allocator::{Allocator, ALIGN};
+use crate::mapping::Mapping;
+use crate::protocol::ARENA_SEGMENT;
+use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
+use crate::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry};
+
+use pb::reply::Kind as Rep;
+use pb::request::Kind as Req;
+
+/// Granule in which this client tracks which arena pages it has mapped: a granule's
+/// page tables are built in one system call the first time an object in it is created,
+/// instead of a fault per page; later creates there find them built.
+const PREFAULT_GRANULE: u64 = 2 << 20;
+
+/// Small creates made the usual way after a refused lease, before asking for one again.
+const LEASE_RETRY_AFTER: u32 = 64;
+
+/// A connection to the node's plasma store. Cheap to clone; clones share the
+/// connection.
+#[derive(Clone)]
+pub struct PlasmaClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PlasmaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlasmaClient")
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+struct Inner {
+    io: Mutex<Io>,
+    tables: Mutex<Tables>,
+    node_id: NodeId,
+    capacity: u64,
+    small_object_max: u64,
+    /// Objects up to this size go into this client's lease (0: the store lends none).
+    leased_object_max: u64,
+}
+
+struct Io {
+    stream: UnixStream,
+    reader: FrameReader,
+}
+
+#[derive(Default)]
+struct Tables {
+    segments: HashMap<u64, SegmentMap>,
+    objects: HashMap<ObjectId, Held>,
+    /// Frames that need no reply, queued for the next write in this order: releases
+    /// whose last buffer went while the connection was busy, objects created in the lease.
+    pending: Vec<u8>,
+    /// The unused part of this client's current lease.
+    lease: Option<LeaseRange>,
+    /// Objects this client placed in a lease and has not sealed or aborted yet.
+    unsealed: HashSet<ObjectId>,
+    /// After the store refused a lease: small creates made the usual way before asking
+    /// again (each ask is a round trip).
+    creates_before_asking: u32,
+    /// Arena granules whose writable page tables this client has built.
+    prefaulted: Vec<bool>,
+}
+
+impl Tables {
+    /// This client's writable mapping of the arena.
+    fn arena_writable(&self) -> Option<Arc<Mapping>> {
+        self.segments
+            .get(&ARENA_SEGMENT)
+            .and_then(|s| s.writable.clone())
+    }
+
+    /// Builds the writable page tables of the arena granules under `[offset, offset +
+    /// len)` that this client has not touched yet.
+    fn prefault_arena(&mut self, mapping: &Mapping, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let (first, last) = (
+            offset / PREFAULT_GRANULE,
+            (offset + len - 1) / PREFAULT_GRANULE,
+        );
+        for granule in first..=last {
+            let index = granule as usize;
+            if index >= self.prefaulted.len() {
+                self.prefaulted.resize(index + 1, false);
+            }
+            if !self.prefaulted[index] {
+                self.prefaulted[index] = true;
+                let start = granule * PREFAULT_GRANULE;
+                let end = (start + PREFAULT_GRANULE).min(mapping.len() as u64);
+                mapping.prefault_for_write(start, end - start);
+            }
+        }
+    }
+}
+
+/// The unused part of a lease: `[next, end)` of the arena.
+struct LeaseRange {
+    next: u64,
+    end: u64,
+}
+
+impl LeaseRange {
+    /// Takes `len` bytes (a multiple of the allocator's alignment) off the front.
+    fn take(&mut self, len: u64) -> Option<u64> {
+        let offset = self.next;
+        (self.end - offset >= len).then(|| {
+            self.next += len;
+            offset
+        })
+    }
+}
+
+struct SegmentMap {
+    fd: OwnedFd,
+    size: u64,
+    read_only: Option<Arc<Mapping>>,
+    writable: Option<Arc<Mapping>>,
+}
+
+impl SegmentMap {
+    fn read_only(&mut self) -> Result<Arc<Mapping>, ClientError> {
+        if let Some(mapping) = &self.read_only {
+            return Ok(mapping.clone());
+        }
+        let len = usize::try_from(self.size).unwrap_or(usize::MAX);
+        let mapping = Arc::new(Mapping::new(self.fd.as_fd(), len, false, false)?);
+        self.read_only = Some(mapping.clone());
+        Ok(mapping)
+    }
+}
+
+struct Held {
+    refs: u32,
+    segment: u64,
+    mapping: Arc<Mapping>,
+    offset: u64,
+    data_size: u64,
+    metadata_size: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The handle buffers use to share and release their pin.
+#[derive(Clone)]
+pub(super) struct Releaser(Arc<Inner>);
+
+impl Releaser {
+    pub(super) fn add_ref(&self, id: ObjectId) {
+        if let Some(held) = lock(&self.0.tables).objects.get_mut(&id) {
+            held.refs += 1;
+        }
+    }
+
+    pub(super) fn release(&self, id: ObjectId) {
+        {
+            let mut tables = lock(&self.0.tables);
+            let Some(held) = tables.objects.get_mut(&id) else {
+                return;
+            };
+            held.refs -= 1;
+            if held.refs > 0 {
+                return;
+            }
+            let segment = held.segment;
+            tables.objects.remove(&id);
+            if segment != ARENA_SEGMENT {
+                // The store forgets that we hold this segment when it sees the release.
+                tables.segments.remove(&segment);
+            }
+            queue(
+                &mut tables,
+                Req::Release(pb::Release {
+                    object_id: id.as_bytes().to_vec(),
+                }),
+            );
+        }
+        flush_if_idle(&self.0, "a release");
+    }
+}
+
+/// Queues a request that needs no reply for the next write.
+fn queue(tables: &mut Tables, request: Req) {
+    tables.pending.extend(protocol::encode_frame(&pb::Request {
+        kind: Some(request),
+    }));
+}
+
+/// Writes the queued frames now unless another thread uses the connection: it sends
+/// them before its next request instead.
+fn flush_if_idle(inner: &Inner, what: &str) {
+    if let Ok(mut io) = inner.io.try_lock() {
+        let pending = std::mem::take(&mut lock(&inner.tables).pending);
+        if let Err(e) = io.send(pending, None) {
+            log::debug!(error:% = e; "cannot send {what} to the plasma store");
+        }
+    }
+}
+
+impl Io {
+    /// Writes the queued frames and, if given, one request.
+    fn send(&mut self, mut bytes: Vec<u8>, request: Option<Req>) -> Result<(), ClientError> {
+        if let Some(kind) = request {
+            bytes.extend(protocol::encode_frame(&pb::Request { kind: Some(kind) }));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        Outgoing::new(bytes, Vec::new())
+            .send_blocking(self.stream.as_fd())
+            .map_err(|e| ProtocolError::Io(e).into())
+    }
+
+    /// Reads one reply and the descriptors that came with it.
+    fn receive(&mut self) -> Result<(pb::Reply, Vec<OwnedFd>), ClientError> {
+        let body = self.reader.read_frame_blocking(self.stream.as_fd())?;
+        let reply: pb::Reply = protocol::decode("reply", &body)?;
+        let fds = self.reader.take_fds(reply.new_segments.len())?;
+        Ok((reply, fds))
+    }
+}
+
+impl PlasmaClient {
+    /// Connects to the store at `socket`; `name` identifies this client in its log.
+    pub fn connect(socket: impl AsRef<Path>, name: &str) -> Result<Self, ClientError> {
+        let path = socket.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut io = Io {
+            stream,
+            reader: FrameReader::new(protocol::MAX_REPLY_FRAME),
+        };
+        io.send(
+            Vec::new(),
+            Some(Req::Connect(pb::Connect {
+                client_name: name.to_string(),
+            })),
+        )?;
+        let (reply, fds) = io.receive()?;
+        let mut tables = Tables::default();
+        register_segments(&mut tables, &reply.new_segments, fds, false)?;
+        let connected = match reply.kind {
+            Some(Rep::Connected(c)) => c,
+            other => return Err(unexpected("connected", other)),
+        };
+        let arena = tables
+            .segments
+            .get_mut(&ARENA_SEGMENT)
+            .ok_or(ClientError::Invalid("the store sent no arena".into()))?;
+        let len = usize::try_from(arena.size).unwrap_or(usize::MAX);
+        arena.writable = Some(Arc::new(Mapping::new(arena.fd.as_fd(), len, true, false)?));
+        arena.read_only()?;
+        let node_id = NodeId::from_slice(&connected.node_id)
+            .map_err(|e| ClientError::Invalid(format!("node id: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                io: Mutex::new(io),
+                tables: Mutex::new(tables),
+                node_id,
+                capacity: connected.capacity_bytes,
+                small_object_max: connected.small_object_max,
+                leased_object_max: connected.leased_object_max.min(connected.lease_size / 2),
+            }),
+        })
+    }
+
+    /// The node this store serves.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The store's capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// The largest object placed in the shared arena.
+    pub fn small_object_max(&self) -> u64 {
+        self.inner.small_object_max
+    }
+
+    /// One request and its reply, after the queued releases.
+    fn call(&self, request: Req, expected: &'static str) -> Result<Rep, ClientError> {
+        let mut io = lock(&self.inner.io);
+        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        io.send(pending, Some(request))?;
+        let (reply, fds) = io.receive()?;
+        if !fds.is_empty() {
+            register_segments(
+                &mut lock(&self.inner.tables),
+                &reply.new_segments,
+                fds,
+                false,
+            )?;
+        }
+        match reply.kind {
+            Some(Rep::Error(e)) => Err(ClientError::from_reply(e)),
+            Some(kind) => Ok(kind),
+            None => Err(unexpected(expected, None)),
+        }
+    }
+
+    /// Creates an object of `data_size` + `metadata_size` bytes to fill in place.
+    /// Fails with [`ClientError::StoreFull`] when nothing can be evicted to make room.
+    ///
+    /// A small object goes into this client's lease of the arena without a round trip;
+    /// the store learns of it with the next write (at the latest its seal).
+    pub fn create(
+        &self,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<ObjectBuilder, ClientError> {
+        if data_size.saturating_add(metadata_size) <= self.inner.leased_object_max {
+            if let Some(builder) = self.create_leased(id, data_size, metadata_size)? {
+                return Ok(builder);
+            }
+        }
+        let mut io = lock(&self.inner.io);
+        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        io.send(
+            pending,
+            Some(Req::Create(pb::Create {
+                object_id: id.as_bytes().to_vec(),
+                data_size,
+                metadata_size,
+            })),
+        )?;
+        let (reply, fds) = io.receive()?;
+        let mut tables = lock(&self.inner.tables);
+        register_segments(&mut tables, &reply.new_segments, fds, true)?;
+        let location = match reply.kind {
+            Some(Rep::Created(pb::Created {
+                location: Some(location),
+            })) => location,
+            Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
+            other => return Err(unexpected("created", other)),
+        };
+        let segment = tables
+            .segments
+            .get(&location.segment)
+            .ok_or(ClientError::BadLocation(id))?;
+        let mapping = segment
+            .writable
+            .clone()
+            .ok_or(ClientError::BadLocation(id))?;
+        if !mapping.contains(location.offset, data_size + metadata_size) {
+            return Err(ClientError::BadLocation(id));
+        }
+        if location.segment == ARENA_SEGMENT {
+            tables.prefault_arena(&mapping, location.offset, data_size + metadata_size);
+        }
+        Ok(ObjectBuilder {
+            id,
+            mapping: Some(mapping),
+            segment: location.segment,
+            offset: location.offset,
+            data_size,
+            metadata_size,
+            client: Some(self.clone()),
+            leased: false,
+        })
+    }
+
+    /// Places an object in this client's lease; `None` when the store lends no room now
+    /// (the caller then creates it the usual way, which evicts or says the store is full).
+    fn create_leased(
+        &self,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<Option<ObjectBuilder>, ClientError> {
+        let len = Allocator::rounded(data_size + metadata_size);
+        let mut tables = lock(&self.inner.tables);
+        if tables.objects.contains_key(&id) || tables.unsealed.contains(&id) {
+            return Err(ClientError::ObjectExists(format!(
+                "object {id} is held by this client"
+            )));
+        }
+        let offset = match tables.lease.as_mut().and_then(|l| l.take(len)) {
+            Some(offset) => offset,
+            None if tables.creates_before_asking > 0 => {
+                tables.creates_before_asking -= 1;
+                return Ok(None);
+            }
+            None => {
+                drop(tables);
+                if !self.renew_lease(len)? {
+                    return Ok(None);
+                }
+                tables = lock(&self.inner.tables);
+                match tables.lease.as_mut().and_then(|l| l.take(len)) {
+                    Some(offset) => offset,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let mapping = tables
+            .arena_writable()
+            .ok_or(ClientError::BadLocation(id))?;
+        tables.unsealed.insert(id);
+        queue(
+            &mut tables,
+            Req::CreateLeased(pb::CreateLeased {
+                object_id: id.as_bytes().to_vec(),
+                offset,
+                data_size,
+                metadata_size,
+            }),
+        );
+        Ok(Some(ObjectBuilder {
+            id,
+            mapping: Some(mapping),
+            segment: ARENA_SEGMENT,
+            offset,
+            data_size,
+            metadata_size,
+            client: Some(self.clone()),
+            leased: true,
+        }))
+    }
+
+    /// Asks the store for a new lease unless another thread got one with room for `len`
+    /// bytes meanwhile; false when the store has no room to lend.
+    fn renew_lease(&self, len: u64) -> Result<bool, ClientError> {
+        let mut io = lock(&self.inner.io);
+        let pending = {
+            let mut tables = lock(&self.inner.tables);
+            if tables.lease.as_ref().is_some_and(|l| l.end - l.next >= len) {
+                return Ok(true);
+            }
+            // Nothing is placed in the old lease from here on, and what was goes out
+            // before the request that retires it.
+            tables.lease = None;
+            std::mem::take(&mut tables.pending)
+        };
+        io.send(pending, Some(Req::Lease(pb::Lease {})))?;
+        let (reply, fds) = io.receive()?;
+        drop(fds);
+        let leased = match reply.kind {
+            Some(Rep::Leased(leased)) => leased,
+            Some(Rep::Error(e)) => {
+                let error = ClientError::from_reply(e);
+                log::debug!(error:% = error; "no lease: creating objects one by one");
+                lock(&self.inner.tables).creates_before_asking = LEASE_RETRY_AFTER;
+                return Ok(false);
+            }
+            other => return Err(unexpected("leased", other)),
+        };
+        let mut tables = lock(&self.inner.tables);
+        let mapping = tables
+            .arena_writable()
+            .ok_or(ClientError::Invalid("the arena is not mapped".into()))?;
+        if !leased.offset.is_multiple_of(ALIGN) || !mapping.contains(leased.offset, leased.size) {
+            return Err(ClientError::Invalid(format!(
+                "the store lent a range outside the arena: {} bytes at {}",
+                leased.size, leased.offset
+            )));
+        }
+        tables.prefault_arena(&mapping, leased.offset, leased.size);
+        tables.lease = Some(LeaseRange {
+            next: leased.offset,
+            end: leased.offset + leased.size,
+        });
+        Ok(true)
+    }
+
+    /// Seals an object whose builder has let go of its writable mapping.
+    pub(super) fn seal_object(
+        &self,
+        id: ObjectId,
+        segment: u64,
+        offset: u64,
+        data_size: u64,
+        metadata_size: u64,
+        leased: bool,
+    ) -> Result<ObjectBuffer, ClientError> {
+        if segment != ARENA_SEGMENT {
+            // The writable mapping of an own segment goes before the seal request, so the
+            // store can seal the segment against writes for good.
+            if let Some(s) = lock(&self.inner.tables).segments.get_mut(&segment) {
+                s.writable = None;
+            }
+        }
+        let seal = Req::Seal(pb::Seal {
+            object_id: id.as_bytes().to_vec(),
+            one_way: leased,
+        });
+        if leased {
+            // Ordered after everything this client sent before; others see the object
+            // sealed once the store has read it (a get of theirs waits for it).
+            let mut io = lock(&self.inner.io);
+            let pending = {
+                let mut tables = lock(&self.inner.tables);
+                tables.unsealed.remove(&id);
+                queue(&mut tables, seal);
+                std::mem::take(&mut tables.pending)
+            };
+            io.send(pending, None)?;
+        } else {
+            // Synchronous: once this returns, every client of the store sees the object
+            // sealed.
+            self.call(seal, "ack")?;
+        }
+        let mut tables = lock(&self.inner.tables);
+        let mapping = tables
+            .segments
+            .get_mut(&segment)
+            .ok_or(ClientError::BadLocation(id))?
+            .read_only()?;
+        tables.objects.insert(
+            id,
+            Held {
+                refs: 1,
+                segment,
+                mapping: mapping.clone(),
+                offset,
+                data_size,
+                metadata_size,
+            },
+        );
+        Ok(ObjectBuffer {
+            id,
+            mapping,
+            offset,
+            data_size,
+            metadata_size,
+            owner: Releaser(self.inner.clone()),
+        })
+    }
+
+    pub(super) fn abort_object(
+        &self,
+        id: ObjectId,
+        segment: u64,
+        leased: bool,
+    ) -> Result<(), ClientError> {
+        let abort = Req::Abort(pb::Abort {
+            object_id: id.as_bytes().to_vec(),
+            one_way: leased,
+        });
+        if leased {
+            {
+                let mut tables = lock(&self.inner.tables);
+                tables.unsealed.remove(&id);
+                queue(&mut tables, abort);
+            }
+            flush_if_idle(&self.inner, "an abort");
+            return Ok(());
+        }
+        if segment != ARENA_SEGMENT {
+            lock(&self.inner.tables).segments.remove(&segment);
+        }
+        self.call(abort, "ack").map(|_| ())
+    }
+
+    /// Creates, fills and seals an object in one go.
+    pub fn put(
+        &self,
+        id: ObjectId,
+        data: &[u8],
+        metadata: &[u8],
+    ) -> Result<ObjectBuffer, ClientError> {
+        let mut builder = self.create(id, data.len() as u64, metadata.len() as u64)?;
+        let (d, m) = builder.buffers_mut();
+        d.copy_from_slice(data);
+        m.copy_from_slice(metadata);
+        builder.seal()
+    }
+
+    /// The sealed objects among `ids`, waiting up to `timeout` (forever when `None`) for
+    /// those not sealed yet. Absent ones are `None`. Objects this client already holds
+    /// are answered without asking the store.
+    pub fn get(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Option<ObjectBuffer>>, ClientError> {
+        let mut io = lock(&self.inner.io);
+        let mut result: Vec<Option<ObjectBuffer>> = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        let mut asked = HashSet::new();
+        let pending = {
+            let mut tables = lock(&self.inner.tables);
+            for id in ids {
+                match tables.objects.get_mut(id) {
+                    Some(held) => {
+                        held.refs += 1;
+                        result.push(Some(self.buffer(*id, held)));
+                    }
+                    None => {
+                        // The store pins once per ID it returns: ask once per ID.
+                        if asked.insert(*id) {
+                            missing.push(*id);
+                        }
+                        result.push(None);
+                    }
+                }
+            }
+            std::mem::take(&mut tables.pending)
+        };
+        if missing.is_empty() {
+            io.send(pending, None)?;
+            return Ok(result);
+        }
+        let timeout_ms = timeout.map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+        io.send(
+            pending,
+            Some(Req::Get(pb::Get {
+                object_ids: missing.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                timeout_ms,
+            })),
+        )?;
+        let (reply, fds) = io.receive()?;
+        let mut tables = lock(&self.inner.tables);
+        register_segments(&mut tables, &reply.new_segments, fds, false)?;
+        let objects = match reply.kind {
+            Some(Rep::Objects(o)) if o.objects.len() == missing.len() => o.objects,
+            Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
+            other => return Err(unexpected("objects", other)),
+        };
+        for location in objects.into_iter().filter_map(|o| o.location) {
+            let id = protocol::object_id(&location.object_id)?;
+            if !asked.contains(&id) {
+                return Err(ClientError::BadLocation(id));
+            }
+            let segment = tables
+                .segments
+                .get_mut(&location.segment)
+                .ok_or(ClientError::BadLocation(id))?;
+            let mapping = segment.read_only()?;
+            if !mapping.contains(location.offset, location.data_size + location.metadata_size) {
+                return Err(ClientError::BadLocation(id));
+            }
+            tables.objects.insert(
+                id,
+                Held {
+                    refs: 0,
+                    segment: location.segment,
+                    mapping,
+                    offset: location.offset,
+                    data_size: location.data_size,
+                    metadata_size: location.metadata_size,
+                },
+            );
+        }
+        for (slot, id) in result.iter_mut().zip(ids) {
+            if slot.is_some() {
+                continue;
+            }
+            if let Some(held) = tables.objects.get_mut(id) {
+                held.refs += 1;
+                *slot = Some(self.buffer(*id, held));
+            }
+        }
+        Ok(result)
+    }
+
+    /// One object, or `None` when it was not sealed within `timeout`.
+    pub fn get_one(
+        &self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Option<ObjectBuffer>, ClientError> {
+        Ok(self.get(&[id], timeout)?.pop().flatten())
+    }
+
+    fn buffer(&self, id: ObjectId, held: &Held) -> ObjectBuffer {
+        ObjectBuffer {
+            id,
+            mapping: held.mapping.clone(),
+            offset: held.offset,
+            data_size: held.data_size,
+            metadata_size: held.metadata_size,
+            owner: Releaser(self.inner.clone()),
+        }
+    }
+
+    /// Whether the store has `id` sealed.
+    pub fn contains(&self, id: ObjectId) -> Result<bool, ClientError> {
+        match self.call(
+            Req::Contains(pb::Contains {
+                object_id: id.as_bytes().to_vec(),
+            }),
+            "contains",
+        )? {
+            Rep::Contains(c) => Ok(c.sealed),
+            other => Err(unexpected("contains", Some(other))),
+        }
+    }
+
+    /// Deletes objects now, or when their last pin goes.
+    pub fn delete(&self, ids: &[ObjectId]) -> Result<DeleteReport, ClientError> {
+        let reply = self.call(
+            Req::Delete(pb::Delete {
+                object_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            }),
+            "deleted",
+        )?;
+        let Rep::Deleted(deleted) = reply else {
+            return Err(unexpected("deleted", Some(reply)));
+        };
+        let parse = |raw: Vec<Vec<u8>>| -> Result<Vec<ObjectId>, ClientError> {
+            raw.iter()
+                .map(|b| protocol::object_id(b).map_err(ClientError::from))
+                .collect()
+        };
+        Ok(DeleteReport {
+            deleted: parse(deleted.deleted)?,
+            deferred: parse(deleted.deferred)?,
+            not_found: parse(deleted.not_found)?,
+        })
+    }
+
+    /// Every object in the store.
+    pub fn list(&self) -> Result<Vec<ObjectEntry>, ClientError> {
+        let reply = self.call(Req::List(pb::List {}), "listing")?;
+        let Rep::Listing(listing) = reply else {
+            return Err(unexpected("listing", Some(reply)));
+        };
+        listing
+            .objects
+            .into_iter()
+            .map(|o| {
+                Ok(ObjectEntry {
+                    id: protocol::object_id(&o.object_id)?,
+                    data_size: o.data_size,
+                    metadata_size: o.metadata_size,
+                    sealed: o.sealed,
+                    pins: o.pins,
+                })
+            })
+            .collect()
+    }
+
+    /// The store's figures (what `rayd status` shows).
+    pub fn stats(&self) -> Result<pb::StoreStats, ClientError> {
+        match self.call(Req::Stats(pb::Stats {}), "stats")? {
+            Rep::Stats(stats) => Ok(stats),
+            other => Err(unexpected("stats", Some(other))),
+        }
+    }
+
+    /// Has the store pull `id` from the object manager at `source` (`host:port`);
+    /// returns once it is sealed here.
+    pub fn pull(&self, id: ObjectId, source: &str) -> Result<(), ClientError> {
+        self.call(
+            Req::Pull(pb::Pull {
+                object_id: id.as_bytes().to_vec(),
+                source: source.to_string(),
+            }),
+            "ack",
+        )
+        .map(|_| ())
+    }
+
+    /// Sends any releases still queued (they also go with the next request).
+    pub fn flush(&self) -> Result<(), ClientError> {
+        let mut io = lock(&self.inner.io);
+        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        io.send(pending, None)
+    }
+}
+
+fn register_segments(
+    tables: &mut Tables,
+    segments: &[pb::Segment],
+    fds: Vec<OwnedFd>,
+    writable_own: bool,
+) -> Result<(), ClientError> {
+    for (segment, fd) in segments.iter().zip(fds) {
+        let mut map = SegmentMap {
+            fd,
+            size: segment.size,
+            read_only: None,
+            writable: None,
+        };
+        if writable_own && segment.id != ARENA_SEGMENT {
+            let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
+            // Populate: the creator is about to write every page.
+            map.writable = Some(Arc::new(Mapping::new(map.fd.as_fd(), len, true, true)?));
+        }
+        tables.segments.insert(segment.id, map);
+    }
+    Ok(())
+}
+
+fn unexpected(expected: &'static str, got: Option<Rep>) -> ClientError {
+    let got = match got {
+        None => "nothing".to_string(),
+        Some(Rep::Error(e)) => return ClientError::from_reply(e),
+        Some(other) => format!("{other:?}").chars().take(80).collect(),
+    };
+    ClientError::Unexpected { expected, got }
+}

@@ -1,0 +1,749 @@
+//! The scheduler core driven by scripted events: no sockets, no processes, no sleeps.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use rayd_common::proto::common::v1 as common_pb;
+use rayd_common::proto::raylet::v1 as pb;
+use rayd_common::value;
+
+use super::*;
+
+/// A scheduler and a clock, with helpers that play the part of drivers and workers.
+struct Harness {
+    s: Scheduler,
+    now: Instant,
+    next_conn: ConnId,
+    next_pid: u32,
+    job: JobId,
+    function: FunctionId,
+}
+
+fn amounts(pairs: &[(&str, f64)]) -> Amounts {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// What the effects of one step amount to, decoded.
+#[derive(Debug, Default)]
+struct Out {
+    /// (connection, spec) of every AssignTask.
+    assigned: Vec<(ConnId, common_pb::TaskSpec)>,
+    other: Vec<(ConnId, pb::server_message::Kind)>,
+    starts: usize,
+    kills: Vec<u32>,
+    /// (object, metadata) of every put.
+    puts: Vec<(ObjectId, Vec<u8>)>,
+    pulls: Vec<ObjectId>,
+    states: Vec<(TaskId, TaskState)>,
+}
+
+impl Out {
+    fn assigned_ids(&self) -> Vec<TaskId> {
+        self.assigned
+            .iter()
+            .map(|(_, spec)| TaskId::from_slice(&spec.task_id).unwrap())
+            .collect()
+    }
+
+    fn warnings(&self) -> usize {
+        self.other
+            .iter()
+            .filter(|(_, k)| matches!(k, pb::server_message::Kind::Warning(_)))
+            .count()
+    }
+
+    fn exits(&self) -> Vec<ConnId> {
+        self.other
+            .iter()
+            .filter(|(_, k)| matches!(k, pb::server_message::Kind::Exit(_)))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    fn error_puts(&self, kind: &str) -> Vec<ObjectId> {
+        self.puts
+            .iter()
+            .filter(|(_, m)| value::error_kind(m) == Some(kind))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+impl Harness {
+    fn new(resources: &[(&str, f64)]) -> Self {
+        let now = Instant::now();
+        let settings = NodeSettings {
+            node_id: NodeId::random(),
+            node_ip_address: "127.0.0.1".into(),
+            plasma_socket: "/nonexistent/plasma".into(),
+            redis_address: "127.0.0.1:1".into(),
+            redis_password: String::new(),
+            min_workers: 0,
+            task_ahead_max: Duration::from_millis(2),
+        };
+        Self {
+            s: Scheduler::new(settings, amounts(resources), now),
+            now,
+            next_conn: 0,
+            next_pid: 1000,
+            job: JobId::random(),
+            function: FunctionId::random(),
+        }
+    }
+
+    fn step(&mut self, event: Event) -> Out {
+        self.s.handle(self.now, event);
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Out {
+        let mut out = Out::default();
+        for effect in self.s.take_effects() {
+            match effect {
+                Effect::Send { conn, frame } => {
+                    let message = pb::ServerMessage::decode(&frame[4..]).expect("a valid frame");
+                    match message.kind.expect("a message kind") {
+                        pb::server_message::Kind::AssignTask(assign) => {
+                            out.assigned.push((conn, assign.spec.unwrap()))
+                        }
+                        kind => out.other.push((conn, kind)),
+                    }
+                }
+                Effect::StartWorker => out.starts += 1,
+                Effect::KillWorker { pid } => out.kills.push(pid),
+                Effect::Put { id, object } => out.puts.push((id, object.metadata.to_vec())),
+                Effect::Pull { id } => out.pulls.push(id),
+                Effect::Gcs(GcsWrite::State(task, state)) => out.states.push((task, state)),
+                Effect::Gcs(GcsWrite::Task(entry)) => {
+                    let state = match entry.state.as_str() {
+                        "waiting" => TaskState::Waiting,
+                        other => panic!("unexpected first state {other}"),
+                    };
+                    out.states.push((entry.task_id, state));
+                }
+                Effect::Gcs(GcsWrite::Actor(_)) => {}
+            }
+        }
+        out
+    }
+
+    fn message(&mut self, conn: ConnId, message: pb::client_message::Kind) -> Out {
+        self.step(Event::Message { conn, message })
+    }
+
+    fn connect(&mut self) -> ConnId {
+        self.next_conn += 1;
+        let conn = self.next_conn;
+        self.step(Event::Connected { conn });
+        conn
+    }
+
+    /// A driver of the harness's job.
+    fn driver(&mut self) -> ConnId {
+        let conn = self.connect();
+        let job = pb::JobConfig {
+            job_id: self.job.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        self.message(
+            conn,
+            pb::client_message::Kind::Register(pb::Register {
+                worker_id: Vec::new(),
+                is_worker: false,
+                pid: 1,
+                job: Some(job),
+            }),
+        );
+        conn
+    }
+
+    /// A worker process that starts and registers; returns its connection and pid and
+    /// what its registration led to.
+    fn worker(&mut self) -> (ConnId, u32, Out) {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        self.step(Event::WorkerSpawned { pid });
+        let conn = self.connect();
+        let out = self.message(
+            conn,
+            pb::client_message::Kind::Register(pb::Register {
+                worker_id: WorkerId::random().as_bytes().to_vec(),
+                is_worker: true,
+                pid,
+                job: None,
+            }),
+        );
+        (conn, pid, out)
+    }
+
+    fn spec(&self, resources: &[(&str, f64)]) -> common_pb::TaskSpec {
+        common_pb::TaskSpec {
+            task_id: TaskId::random_task().as_bytes().to_vec(),
+            job_id: self.job.as_bytes().to_vec(),
+            function_id: self.function.as_bytes().to_vec(),
+            function_name: "f".into(),
+            num_returns: 1,
+            resources: resources.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn submit(&mut self, conn: ConnId, spec: &common_pb::TaskSpec) -> Out {
+        self.message(conn, pb::client_message::Kind::SubmitTask(spec.clone()))
+    }
+
+    fn done(&mut self, worker: ConnId, spec: &common_pb::TaskSpec) -> Out {
+        self.message(
+            worker,
+            pb::client_message::Kind::TaskDone(pb::TaskDone {
+                task_id: spec.task_id.clone(),
+                results: Vec::new(),
+            }),
+        )
+    }
+
+    fn available(&self, name: &str) -> f64 {
+        self.s
+            .snapshot()
+            .available
+            .get(name)
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+fn id_of(spec: &common_pb::TaskSpec) -> TaskId {
+    TaskId::from_slice(&spec.task_id).unwrap()
+}
+
+fn with_object_arg(mut spec: common_pb::TaskSpec, id: ObjectId) -> common_pb::TaskSpec {
+    spec.args.push(common_pb::TaskArg {
+        value: Some(common_pb::task_arg::Value::ObjectId(id.as_bytes().to_vec())),
+    });
+    spec
+}
+
+#[test]
+fn a_task_runs_when_its_argument_is_sealed() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (_worker, _, _) = h.worker();
+    let arg = ObjectId::for_put(TaskId::random_task(), 1);
+    let spec = with_object_arg(h.spec(&[("CPU", 1.0)]), arg);
+    let out = h.submit(driver, &spec);
+    assert!(out.assigned.is_empty(), "waits for its argument");
+    assert_eq!(out.states, vec![(id_of(&spec), TaskState::Waiting)]);
+    let out = h.step(Event::ObjectSealed(arg));
+    assert_eq!(out.assigned_ids(), vec![id_of(&spec)]);
+    assert!(out.states.contains(&(id_of(&spec), TaskState::Running)));
+}
+
+/// The hang of issue 11: a task queued as ready (behind a busy CPU) whose argument is then
+/// evicted must not run on a missing object; it waits for it again, the object is asked
+/// for, and the task runs once it is back.
+#[test]
+fn a_queued_tasks_argument_evicted_sends_it_back_to_waiting_and_is_fetched_again() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (worker, _, _) = h.worker();
+    let busy = h.spec(&[("CPU", 1.0)]);
+    assert_eq!(h.submit(driver, &busy).assigned.len(), 1);
+    let arg = ObjectId::for_put(TaskId::random_task(), 1);
+    h.step(Event::ObjectSealed(arg));
+    let queued = with_object_arg(h.spec(&[("CPU", 1.0)]), arg);
+    let out = h.submit(driver, &queued);
+    assert!(out.assigned.is_empty(), "the only CPU is busy");
+    assert_eq!(h.s.snapshot().queued, 1);
+
+    let out = h.step(Event::ObjectDeleted(arg));
+    assert_eq!(out.pulls, vec![arg], "the evicted argument is asked for");
+    assert!(out.states.contains(&(id_of(&queued), TaskState::Waiting)));
+    // A second eviction notice asks nothing more.
+    assert!(h.step(Event::ObjectDeleted(arg)).pulls.is_empty());
+
+    let out = h.done(worker, &busy);
+    assert!(
+        out.assigned.is_empty(),
+        "the CPU is free but the argument is missing: the task must not run"
+    );
+    let out = h.step(Event::ObjectSealed(arg));
+    assert_eq!(out.assigned_ids(), vec![id_of(&queued)]);
+}
+
+#[test]
+fn an_argument_that_cannot_be_had_becomes_an_object_lost_error() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (worker, _, _) = h.worker();
+    let busy = h.spec(&[("CPU", 1.0)]);
+    h.submit(driver, &busy);
+    let arg = ObjectId::for_put(TaskId::random_task(), 1);
+    h.step(Event::ObjectSealed(arg));
+    let queued = with_object_arg(h.spec(&[("CPU", 1.0)]), arg);
+    h.submit(driver, &queued);
+    h.step(Event::ObjectDeleted(arg));
+    let out = h.step(Event::ObjectLost(arg));
+    assert_eq!(out.error_puts(value::ERROR_OBJECT_LOST), vec![arg]);
+    // The error object's seal lets the task run: it raises the error it finds.
+    h.done(worker, &busy);
+    let out = h.step(Event::ObjectSealed(arg));
+    assert_eq!(out.assigned_ids(), vec![id_of(&queued)]);
+}
+
+#[test]
+fn an_evicted_object_nobody_needs_is_not_pulled() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let arg = ObjectId::for_put(TaskId::random_task(), 1);
+    h.step(Event::ObjectSealed(arg));
+    assert!(h.step(Event::ObjectDeleted(arg)).pulls.is_empty());
+}
+
+#[test]
+fn a_worker_dying_mid_task_retries_it_then_fails_it() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (worker, pid, _) = h.worker();
+    let mut spec = h.spec(&[("CPU", 1.0)]);
+    spec.max_retries = 1;
+    h.submit(driver, &spec);
+    let out = h.step(Event::WorkerExited {
+        pid,
+        status: "signal 9".into(),
+    });
+    assert_eq!(h.available("CPU"), 1.0, "the dead worker's CPU came back");
+    assert_eq!(out.starts, 1, "a worker starts for the retry");
+    assert!(out.error_puts(value::ERROR_WORKER_DIED).is_empty());
+    // The exit also closes its connection: handled once.
+    assert!(h
+        .step(Event::Disconnected { conn: worker })
+        .assigned
+        .is_empty());
+
+    let (worker, pid, out) = h.worker();
+    assert_eq!(out.assigned.len(), 1);
+    assert_eq!(out.assigned[0].1.attempt, 1, "the retry is attempt 1");
+    let out = h.step(Event::Disconnected { conn: worker });
+    assert_eq!(
+        out.error_puts(value::ERROR_WORKER_DIED),
+        vec![ObjectId::for_return(id_of(&spec), 1)],
+        "past max_retries its result is an error"
+    );
+    assert!(out.states.contains(&(id_of(&spec), TaskState::Failed)));
+    h.step(Event::WorkerExited {
+        pid,
+        status: "signal 9".into(),
+    });
+    assert_eq!(h.available("CPU"), 1.0);
+}
+
+#[test]
+fn a_blocked_worker_lends_its_cpus_and_its_task_sent_ahead_is_taken_back() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (w1, _, _) = h.worker();
+    // A short function: tasks of it are sent ahead.
+    let first = h.spec(&[("CPU", 1.0)]);
+    h.submit(driver, &first);
+    h.done(w1, &first);
+    let parent = h.spec(&[("CPU", 1.0)]);
+    assert_eq!(
+        h.submit(driver, &parent).assigned_ids(),
+        vec![id_of(&parent)]
+    );
+    let child = h.spec(&[("CPU", 1.0)]);
+    let out = h.submit(driver, &child);
+    assert_eq!(
+        out.assigned,
+        vec![(w1, child.clone())],
+        "sent ahead to the busy worker"
+    );
+
+    let out = h.message(w1, pb::client_message::Kind::Blocked(pb::Blocked {}));
+    let acks: Vec<_> = out
+        .other
+        .iter()
+        .filter_map(|(c, k)| match k {
+            pb::server_message::Kind::BlockedAck(ack) => Some((*c, ack.canceled.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![(w1, vec![child.task_id.clone()])]);
+    assert_eq!(h.available("CPU"), 1.0, "the blocked worker lent its CPU");
+    assert_eq!(out.starts, 1, "a worker starts for the child taken back");
+    let (w2, _, out) = h.worker();
+    assert_eq!(out.assigned, vec![(w2, child.clone())]);
+    assert_eq!(h.available("CPU"), 0.0);
+    h.done(w2, &child);
+    let out = h.message(w1, pb::client_message::Kind::Unblocked(pb::Unblocked {}));
+    assert!(out.assigned.is_empty());
+    assert_eq!(h.available("CPU"), 0.0, "the parent took its CPU again");
+    h.done(w1, &parent);
+    assert_eq!(h.available("CPU"), 1.0);
+}
+
+#[test]
+fn a_worker_retires_after_max_calls_and_another_starts() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (w1, _, _) = h.worker();
+    let mut specs = Vec::new();
+    for _ in 0..3 {
+        let mut spec = h.spec(&[("CPU", 1.0)]);
+        spec.max_calls = 2;
+        h.submit(driver, &spec);
+        specs.push(spec);
+    }
+    assert!(h.done(w1, &specs[0]).exits().is_empty());
+    let out = h.done(w1, &specs[1]);
+    assert_eq!(out.exits(), vec![w1], "told to exit after its second call");
+    assert!(out.assigned.is_empty());
+    assert_eq!(out.starts, 1, "a replacement starts");
+    let (w2, _, out) = h.worker();
+    assert_eq!(out.assigned, vec![(w2, specs[2].clone())]);
+}
+
+#[test]
+fn retries_are_bounded_by_max_retries_with_rising_attempts() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let mut spec = h.spec(&[("CPU", 1.0)]);
+    spec.max_retries = 2;
+    h.submit(driver, &spec);
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let (worker, _, out) = h.worker();
+        attempts.extend(out.assigned.iter().map(|(_, s)| s.attempt));
+        let out = h.step(Event::Disconnected { conn: worker });
+        if !out.error_puts(value::ERROR_WORKER_DIED).is_empty() {
+            break;
+        }
+    }
+    assert_eq!(attempts, vec![0, 1, 2]);
+}
+
+#[test]
+fn an_actor_restarts_with_its_queued_calls() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let actor = ActorId::random();
+    let mut creation = h.spec(&[]);
+    creation.actor_creation = true;
+    creation.actor_id = actor.as_bytes().to_vec();
+    creation.max_restarts = 1;
+    let out = h.submit(driver, &creation);
+    assert_eq!(out.starts, 1, "a worker starts for the actor");
+    let (w1, _, out) = h.worker();
+    assert_eq!(out.assigned_ids(), vec![id_of(&creation)]);
+    let call = |h: &Harness| {
+        let mut spec = h.spec(&[]);
+        spec.actor_id = actor.as_bytes().to_vec();
+        spec
+    };
+    let calls: Vec<_> = (0..3).map(|_| call(&h)).collect();
+    for c in &calls {
+        assert!(
+            h.submit(driver, c).assigned.is_empty(),
+            "behind the constructor"
+        );
+    }
+    let out = h.done(w1, &creation);
+    assert_eq!(out.assigned_ids().len(), 3, "one call and two sent ahead");
+    // The actor's process dies in its first call.
+    let out = h.step(Event::Disconnected { conn: w1 });
+    assert_eq!(
+        out.error_puts(value::ERROR_ACTOR_DIED),
+        vec![ObjectId::for_return(id_of(&calls[0]), 1)],
+        "the call it died in fails"
+    );
+    assert!(h.s.actor_alive(&actor));
+    assert_eq!(out.starts, 1, "a worker starts for the restart");
+    let (w2, _, out) = h.worker();
+    assert_eq!(
+        out.assigned_ids(),
+        vec![id_of(&creation)],
+        "constructor again"
+    );
+    let out = h.done(w2, &creation);
+    assert_eq!(
+        out.assigned_ids(),
+        vec![id_of(&calls[1]), id_of(&calls[2])],
+        "the calls that never started run on the new actor, in order"
+    );
+    // No restarts left: the next death is final and later calls fail.
+    h.step(Event::Disconnected { conn: w2 });
+    assert!(!h.s.actor_alive(&actor));
+    let late = call(&h);
+    let out = h.submit(driver, &late);
+    assert_eq!(
+        out.error_puts(value::ERROR_ACTOR_DIED),
+        vec![ObjectId::for_return(id_of(&late), 1)]
+    );
+    assert_eq!(h.available("CPU"), 1.0);
+}
+
+#[test]
+fn an_infeasible_task_is_warned_about_once() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let a = h.spec(&[("GPU", 1.0)]);
+    let b = h.spec(&[("GPU", 1.0)]);
+    assert_eq!(h.submit(driver, &a).warnings(), 1);
+    assert_eq!(h.submit(driver, &b).warnings(), 0);
+    let (_, _, out) = h.worker();
+    assert!(out.assigned.is_empty() && out.warnings() == 0);
+    assert_eq!(h.s.snapshot().queued, 2);
+}
+
+#[test]
+fn a_task_with_an_amount_that_is_not_a_number_is_refused_with_an_error_object() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    for amount in [f64::INFINITY, f64::NAN, -1.0] {
+        let spec = h.spec(&[("CPU", amount)]);
+        let out = h.submit(driver, &spec);
+        assert_eq!(
+            out.error_puts(value::ERROR_INVALID_TASK),
+            vec![ObjectId::for_return(id_of(&spec), 1)],
+            "{amount}"
+        );
+        assert_eq!(h.s.snapshot().queued, 0);
+    }
+}
+
+#[test]
+fn a_worker_that_never_registers_backs_off_its_restarts() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let out = h.submit(driver, &h.spec(&[("CPU", 1.0)]));
+    assert_eq!(out.starts, 1);
+    h.step(Event::WorkerSpawned { pid: 77 });
+    let out = h.step(Event::WorkerExited {
+        pid: 77,
+        status: "exit status: 1".into(),
+    });
+    assert_eq!(out.starts, 0, "no fork loop");
+    assert_eq!(h.step(Event::Tick).starts, 0, "still backing off");
+    h.now += Duration::from_secs(1);
+    assert_eq!(
+        h.step(Event::Tick).starts,
+        1,
+        "tried again after the backoff"
+    );
+}
+
+/// A pseudo-random mix of submissions, completions, blocking and worker deaths: the
+/// free amounts never go below zero while nothing is unblocked, and all come back.
+#[test]
+fn resource_accounting_never_goes_negative_and_always_comes_back() {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut h = Harness::new(&[("CPU", 3.0), ("GPU", 1.0)]);
+    let driver = h.driver();
+    let mut workers: Vec<ConnId> = Vec::new();
+    let shapes: [&[(&str, f64)]; 4] = [
+        &[("CPU", 1.0)],
+        &[("CPU", 0.5)],
+        &[("CPU", 1.0), ("GPU", 0.5)],
+        &[],
+    ];
+    // What each worker was given, in order (the running task, then one sent ahead).
+    type Running = BTreeMap<ConnId, VecDeque<common_pb::TaskSpec>>;
+    let mut running: Running = BTreeMap::new();
+    let mut pending_starts = 0usize;
+    let note = |out: &Out, running: &mut Running| {
+        for (conn, spec) in &out.assigned {
+            running.entry(*conn).or_default().push_back(spec.clone());
+        }
+        for (conn, kind) in &out.other {
+            if let pb::server_message::Kind::BlockedAck(_) = kind {
+                running.entry(*conn).or_default().truncate(1);
+            }
+        }
+        out.starts
+    };
+    let finish = |h: &mut Harness, running: &mut Running, conn: ConnId| {
+        let queue = running.get_mut(&conn).unwrap();
+        let spec = queue.pop_front().unwrap();
+        if queue.is_empty() {
+            running.remove(&conn);
+        }
+        h.done(conn, &spec)
+    };
+    for _ in 0..2000 {
+        match next(5) {
+            0 | 1 => {
+                let mut spec = h.spec(shapes[next(4) as usize]);
+                spec.max_retries = 1;
+                let out = h.submit(driver, &spec);
+                pending_starts += note(&out, &mut running);
+            }
+            2 if pending_starts > 0 => {
+                pending_starts -= 1;
+                let (conn, _, out) = h.worker();
+                workers.push(conn);
+                pending_starts += note(&out, &mut running);
+            }
+            3 if !running.is_empty() => {
+                let conn = *running
+                    .keys()
+                    .nth(next(running.len() as u64) as usize)
+                    .unwrap();
+                let out = finish(&mut h, &mut running, conn);
+                pending_starts += note(&out, &mut running);
+            }
+            4 if !workers.is_empty() && next(10) == 0 => {
+                let conn = workers.swap_remove(next(workers.len() as u64) as usize);
+                running.remove(&conn);
+                let out = h.step(Event::Disconnected { conn });
+                pending_starts += note(&out, &mut running);
+            }
+            _ => {
+                let out = h.step(Event::Tick);
+                pending_starts += note(&out, &mut running);
+            }
+        }
+        for (name, amount) in &h.s.snapshot().available {
+            assert!(*amount >= -1e-9, "{name} went negative: {amount}");
+        }
+    }
+    // Finish everything.
+    for _ in 0..10_000 {
+        if let Some(conn) = running.keys().next().copied() {
+            let out = finish(&mut h, &mut running, conn);
+            pending_starts += note(&out, &mut running);
+        } else if pending_starts > 0 {
+            pending_starts -= 1;
+            let (_, _, out) = h.worker();
+            pending_starts += note(&out, &mut running);
+        } else if h.s.snapshot().queued == 0 {
+            break;
+        } else {
+            let out = h.step(Event::Tick);
+            pending_starts += note(&out, &mut running);
+        }
+    }
+    assert_eq!(h.s.snapshot().queued, 0);
+    assert_eq!(h.available("CPU"), 3.0);
+    assert_eq!(h.available("GPU"), 1.0);
+}
+
+/// The core stays free of I/O: none of its files names the async runtime, sockets,
+/// processes or the plasma client (the I/O layer, `io.rs`, owns those).
+#[test]
+fn the_core_imports_no_runtime_socket_process_or_store_client() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scheduler");
+    let forbidden = [
+        "tokio",
+        "std::net",
+        "std::os::unix::net",
+        "std::process",
+        "std::fs",
+        "std::thread",
+        "rayd_plasma",
+        "nix::",
+        "crate::io",
+        "crate::workers",
+        "crate::connection",
+        "crate::gcs",
+    ];
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for word in forbidden {
+            assert!(
+                !text.contains(word),
+                "{} names {word}: the scheduler core does no I/O",
+                path.display()
+            );
+        }
+        files += 1;
+    }
+    assert!(files >= 7, "read the core's files ({files})");
+}
+
+#[test]
+fn a_driver_that_leaves_cancels_its_tasks_and_frees_its_workers() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (worker, pid, _) = h.worker();
+    let mut running = h.spec(&[("CPU", 1.0)]);
+    running.max_retries = 3;
+    assert_eq!(h.submit(driver, &running).assigned.len(), 1);
+    let queued = h.spec(&[("CPU", 1.0)]);
+    h.submit(driver, &queued);
+    let parked = with_object_arg(
+        h.spec(&[("CPU", 1.0)]),
+        ObjectId::for_put(TaskId::random_task(), 1),
+    );
+    h.submit(driver, &parked);
+    assert_eq!(h.s.snapshot().queued, 2);
+
+    let out = h.step(Event::Disconnected { conn: driver });
+    assert_eq!(
+        out.kills,
+        vec![pid],
+        "the worker running its task is killed"
+    );
+    assert_eq!(
+        h.s.snapshot().queued,
+        0,
+        "queued and waiting tasks are dropped"
+    );
+    for spec in [&queued, &parked] {
+        assert!(out.states.contains(&(id_of(spec), TaskState::Cancelled)));
+    }
+    // Its death retries nothing and stores no error nobody would read.
+    let out = h.step(Event::Disconnected { conn: worker });
+    assert!(out.puts.is_empty() && out.assigned.is_empty());
+    assert_eq!(out.starts, 0);
+    assert_eq!(h.available("CPU"), 1.0);
+    // A nested task of the job that arrives later (from a worker) is refused.
+    let (w2, _, _) = h.worker();
+    let late = h.spec(&[("CPU", 1.0)]);
+    assert!(h.submit(w2, &late).assigned.is_empty());
+    assert_eq!(h.s.snapshot().queued, 0);
+}
+
+#[test]
+fn idle_workers_beyond_the_pool_exit_after_a_while() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let workers: Vec<ConnId> = (0..3).map(|_| h.worker().0).collect();
+    // All three ran something (a blocked parent lends its CPU, so several ran at once).
+    h.now += Duration::from_millis(5);
+    let spec = h.spec(&[("CPU", 1.0)]);
+    assert_eq!(h.submit(driver, &spec).assigned[0].0, workers[0]);
+    h.done(workers[0], &spec);
+    assert!(
+        h.step(Event::Tick).exits().is_empty(),
+        "not idle long enough"
+    );
+    h.now += IDLE_WORKER_EXIT - Duration::from_millis(6);
+    assert!(h.step(Event::Tick).exits().is_empty());
+    h.now += Duration::from_millis(1);
+    let exits = h.step(Event::Tick).exits();
+    assert_eq!(exits.len(), 2, "one worker per CPU stays");
+    assert!(
+        !exits.contains(&workers[0]),
+        "the one that worked last stays (idle the shortest)"
+    );
+    h.now += IDLE_WORKER_EXIT * 2;
+    assert!(h.step(Event::Tick).exits().is_empty(), "told once");
+    // The one left still runs tasks.
+    let spec = h.spec(&[("CPU", 1.0)]);
+    assert_eq!(
+        h.submit(driver, &spec).assigned,
+        vec![(workers[0], spec.clone())]
+    );
+}

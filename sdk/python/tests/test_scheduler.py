@@ -1,0 +1,80 @@
+"""The raylet's scheduling rules seen from a driver: what the unit tests of the scheduler
+core (daemons/raylet/src/scheduler/tests.rs) prove with scripted events, here once on
+real processes."""
+
+import time
+
+import numpy as np
+import pytest
+
+import ray
+
+
+def test_a_queued_tasks_argument_evicted_from_the_store_raises_no_hang(ray_start):
+    """1 CPU, a 200 MB store, a task queued behind a busy CPU on a 30 MB `ray.put` array,
+    then eight 30 MB puts that push the array out of the store (large objects share one
+    LRU list): the task must not run on a missing object and wait forever (it did). It
+    either gets the array back (a copy elsewhere, spilled) or raises ObjectLostError
+    naming it; either way within the deadline."""
+    ray_start(num_cpus=1, object_store_memory=200 * 10**6)
+
+    @ray.remote
+    def busy(seconds):
+        time.sleep(seconds)
+        return "done"
+
+    @ray.remote
+    def total(array):
+        return int(array.sum())
+
+    array = np.ones(30 * 10**6 // 8, dtype=np.int64)
+    expected = int(array.sum())
+    ref = ray.put(array)
+    del array
+    blocker = busy.remote(2)
+    queued = total.remote(ref)
+    fillers = [ray.put(np.zeros(30 * 10**6, dtype=np.uint8)) for _ in range(8)]
+    assert ray.get(blocker, timeout=60) == "done"
+    try:
+        assert ray.get(queued, timeout=60) == expected
+    except ray.exceptions.ObjectLostError as error:
+        assert ref.hex() in str(error)
+    del fillers
+
+
+@pytest.mark.parametrize("amount", [float("inf"), float("nan")])
+def test_a_task_whose_resource_amount_is_not_a_number_raises_at_get(shared_cluster, amount):
+    """The raylet refuses such a task; the submitter's get raises instead of waiting."""
+    @ray.remote
+    def f():
+        return 1
+
+    ref = f.options(resources={"Custom": amount}).remote()
+    with pytest.raises(ray.exceptions.RaySystemError, match="not a finite, non-negative amount"):
+        ray.get(ref, timeout=30)
+
+
+def test_the_tasks_of_a_driver_that_died_are_cancelled(shared_cluster):
+    """Another driver queues twenty 30 s tasks on the two CPUs and dies: its running tasks
+    are stopped and its queued ones dropped, so this driver's tasks run at once (they
+    used to wait behind all of them)."""
+    from ray._private import worker as _worker
+    from conftest import run_driver
+
+    out = run_driver(_worker.global_worker.info["redis_address"], (
+        "@ray.remote\n"
+        "def slow():\n    import time; time.sleep(30)\n"
+        "ids = [slow.remote() for _ in range(20)]\n"
+        "ray.wait(ids, num_returns=1, timeout=2.0)\n"
+        "print('submitted', flush=True)\n"
+        "os._exit(1)\n"
+    ))
+    assert "submitted" in out.stdout, out.stderr
+
+    @ray.remote
+    def tiny(i):
+        return i
+
+    start = time.monotonic()
+    assert ray.get([tiny.remote(i) for i in range(4)], timeout=20) == [0, 1, 2, 3]
+    assert time.monotonic() - start < 15
