@@ -335,7 +335,8 @@ def big_array(size=100 * MB):
 
 
 def memcpy_rate(size=100 * MB, n=5):
-    """GB/s of a plain 100 MB copy between two touched buffers in this process (mean of n)."""
+    """GB/s of a plain copy of ``size`` bytes between two touched buffers in this process (mean
+    of n): the ceiling of a put."""
     src = big_array(size)
     dst = np.empty_like(src)
     dst.fill(1.0)
@@ -344,7 +345,7 @@ def memcpy_rate(size=100 * MB, n=5):
 
 
 def put_rate(size=100 * MB, n=3):
-    """GB/s of ``ray.put`` of a 100 MB numpy array (mean of n puts, each freed after)."""
+    """GB/s of ``ray.put`` of a ``size``-byte numpy array (mean of n puts, each freed after)."""
     array = big_array(size)
     total = 0.0
     for _ in range(n):
@@ -355,7 +356,8 @@ def put_rate(size=100 * MB, n=3):
 
 
 def get_big(size=100 * MB, n=20):
-    """Mean latency (µs) of ``ray.get`` of a stored 100 MB array, and zero-copy evidence."""
+    """Mean latency (µs) of ``ray.get`` of a stored ``size``-byte array, and zero-copy
+    evidence."""
     ref = ray.put(big_array(size))
     first = ray.get(ref)
     second = ray.get(ref)
@@ -375,6 +377,80 @@ def get_big(size=100 * MB, n=20):
     seconds, _ = timed(run)
     del ref
     return seconds / n * 1e6, evidence
+
+
+def memcpy_1gb():
+    return memcpy_rate(GB, 2)
+
+
+def put_1gb():
+    # One put per repetition: rayd frees no object before its store is full (no reference
+    # counting yet), so more would measure spilling on a small machine.
+    return put_rate(GB, 1)
+
+
+def get_1gb():
+    return get_big(GB, 5)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Spilling: a session of its own with a small store, so that puts beyond it go to disk.
+
+SPILL_STORE = 400 * MB
+SPILL_OBJECT = 100 * MB
+SPILL_OBJECTS = 12
+SPILL_METRICS = ["spill_write", "spill_restore"]
+
+
+def bench_spilling(system, reps):
+    """GB/s of ``ray.put`` into a full 400 MB store (each put needs as many bytes spilled to
+    disk; 8 puts of 100 MB after 4 that fill it), and of ``ray.get`` of the 8 objects spilled
+    first (restored from disk, then read once whole)."""
+    array = big_array(SPILL_OBJECT)
+    last = float(SPILL_OBJECT // 8 - 1)
+    fill = SPILL_STORE // SPILL_OBJECT
+    writes, restores = [], []
+    for _ in range(reps):
+        ray.init(num_cpus=NUM_CPUS, object_store_memory=SPILL_STORE)
+        try:
+            refs = [ray.put(array) for _ in range(fill)]
+            seconds, more = timed(lambda: [ray.put(array) for _ in range(SPILL_OBJECTS - fill)])
+            refs += more
+            writes.append(len(more) * SPILL_OBJECT / seconds / GB)
+            spilled = refs[: len(more)]
+
+            def restore():
+                for ref in spilled:
+                    value = ray.get(ref)
+                    check(value[-1] == last and float(value.sum()) > 0, "wrong restored value")
+                    del value
+
+            seconds, _ = timed(restore)
+            restores.append(len(spilled) * SPILL_OBJECT / seconds / GB)
+            del refs, spilled, more
+        finally:
+            ray.shutdown()
+    return [summarize(system, "spill_write", writes, "GB/s", "higher"),
+            summarize(system, "spill_restore", restores, "GB/s", "higher")]
+
+
+def run_spilling(system, reps, timeout_s, wanted):
+    """Runs the spilling sessions and emits the spilling metrics that are wanted."""
+    signal.alarm(timeout_s)
+    try:
+        lines = bench_spilling(system, reps)
+    except BaseException as exc:  # report both as failed, go on
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        lines = [{"system": system, "name": n, "error": f"{type(exc).__name__}: {exc}"}
+                 for n in SPILL_METRICS]
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        signal.alarm(0)
+    for line in lines:
+        if line["name"] in wanted:
+            emit(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +515,9 @@ SESSION_METRICS = {
     "memcpy_100mb": (memcpy_rate, "GB/s", "higher"),
     "put_100mb": (put_rate, "GB/s", "higher"),
     "get_100mb": (get_big, "us", "lower"),
+    "memcpy_1gb": (memcpy_1gb, "GB/s", "higher"),
+    "put_1gb": (put_1gb, "GB/s", "higher"),
+    "get_1gb": (get_1gb, "us", "lower"),
     "task_40mb_arg": (array_task, "ms", "lower"),
     "tree_reduce_seed": (tree_reduce, "ms", "lower"),
     "nested_5x10_seed": (nested_experiment, "ms", "lower"),
@@ -447,7 +526,7 @@ SESSION_METRICS = {
     "actor_async_calls_10k": (actor_async_calls, "calls/s", "higher"),
 }
 LIFECYCLE_METRICS = ["init", "shutdown", "idle_processes", "idle_rss"]
-ALL_METRICS = LIFECYCLE_METRICS + list(SESSION_METRICS)
+ALL_METRICS = LIFECYCLE_METRICS + list(SESSION_METRICS) + SPILL_METRICS
 
 
 def run_metric(system, name, reps, timeout_s):
@@ -574,6 +653,8 @@ def main(argv=None):
                 emit(run_metric(args.system, name, args.reps, args.metric_timeout))
         finally:
             ray.shutdown()
+    if any(n in SPILL_METRICS for n in wanted):
+        run_spilling(args.system, args.reps, args.metric_timeout, wanted)
     return 0
 
 

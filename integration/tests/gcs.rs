@@ -169,6 +169,9 @@ async fn tables_round_trip() {
         capacity_bytes: 100,
         objects: 1,
         evictions: 2,
+        spilled_objects: 3,
+        spilled_bytes: 4,
+        ..Default::default()
     };
     client
         .put_store_figures(node.node_id, &figures)

@@ -256,19 +256,66 @@ fn get_times_out_on_a_missing_object_and_wakes_on_seal() {
     );
 }
 
+/// A `ray.put` object's ID (the top bit of its index set).
+fn put_id() -> ObjectId {
+    let mut bytes = *ObjectId::random().as_bytes();
+    bytes[16] |= 0x80;
+    ObjectId::from_bytes(bytes)
+}
+
+/// A store of `memory` bytes that spills into `spill`.
+fn spilling_store(dir: &TestDir, memory: u64, spill: &Path) -> Plasma {
+    let socket = dir.path().join("plasma").join("plasma.sock");
+    let memory = memory.to_string();
+    let port = rayd_integration::free_port();
+    let port_text = port.to_string();
+    let daemon = rayd_integration::Daemon::start(
+        dir.path(),
+        "plasma",
+        &rayd_integration::binary("rayd-plasma"),
+        &[
+            "--plasma-socket",
+            socket.to_str().expect("utf-8 temp dir"),
+            "--object-manager-port",
+            &port_text,
+            "--object-store-memory",
+            &memory,
+        ],
+        &[(
+            "RAYD_OBJECT_SPILLING_DIRECTORY",
+            spill.to_str().expect("utf-8 temp dir"),
+        )],
+    );
+    let mut plasma = Plasma {
+        daemon,
+        socket,
+        object_manager_port: port,
+    };
+    plasma
+        .daemon
+        .wait_for_log("plasma store ready", Duration::from_secs(30));
+    plasma
+}
+
 #[test]
-fn eviction_is_lru_spares_pinned_objects_and_reports_full() {
+fn a_full_store_spills_the_least_recently_used_and_restores_on_get() {
     let dir = TestDir::new();
-    // 64 MiB: a 16 MiB arena for objects up to 4 MiB, and 48 MiB for six 8 MiB objects.
-    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let spill = dir.path().join("spill");
+    let plasma = spilling_store(&dir, 64 * MIB, &spill);
     let client = client(&plasma);
-    // With its 4 bytes of metadata, each object takes exactly 8 MiB.
+    // With its 4 bytes of metadata, each object takes exactly 8 MiB: eight fill the store.
     const OBJ: usize = 8 * MIB as usize - 4;
-    let ids: Vec<ObjectId> = (0..8).map(|_| ObjectId::random()).collect();
-    for (i, id) in ids.iter().take(6).enumerate() {
+    let ids: Vec<ObjectId> = (0..10).map(|_| ObjectId::random()).collect();
+    for (i, id) in ids.iter().take(8).enumerate() {
         put(&client, *id, i as u8, OBJ);
     }
-    // Touch 0 and pin 1: the LRU order becomes 2, 3, 4, 5, 0.
+    let stats = client.stats().unwrap();
+    assert_eq!(
+        (stats.evictions, stats.spilled_objects),
+        (0, 0),
+        "one budget"
+    );
+    // Touch 0 and pin 1: the LRU order becomes 2, 3, ..., 7, 0.
     drop(
         client
             .get_one(ids[0], Some(Duration::ZERO))
@@ -279,17 +326,34 @@ fn eviction_is_lru_spares_pinned_objects_and_reports_full() {
         .get_one(ids[1], Some(Duration::ZERO))
         .unwrap()
         .unwrap();
-    put(&client, ids[6], 6, OBJ);
-    let present = |id: ObjectId| client.contains(id).unwrap();
-    assert!(
-        !present(ids[2]),
-        "the least recently used object goes first"
+    put(&client, ids[8], 8, OBJ);
+    let stats = client.stats().unwrap();
+    assert_eq!(
+        (stats.spilled_objects, stats.spilled_bytes),
+        (1, 8 * MIB),
+        "the least recently used object went to disk"
     );
-    assert!(present(ids[0]) && present(ids[1]) && present(ids[3]));
-    assert_eq!(client.stats().unwrap().evictions, 1);
+    assert_eq!(stats.evictions, 0);
+    assert!(client.contains(ids[2]).unwrap(), "a spilled object stays");
+    assert_eq!(
+        std::fs::read_dir(&spill).unwrap().count(),
+        0,
+        "the spill file is unlinked"
+    );
+    // A get brings it back (spilling the next one).
+    let back = client
+        .get_one(ids[2], Some(Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.data(), &pattern(2, OBJ)[..]);
+    assert_eq!(back.metadata(), b"meta");
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.spill_restored_bytes, 8 * MIB);
+    assert_eq!(stats.spill_written_bytes, 16 * MIB);
 
-    // Pin everything: a create that does not fit fails, and the store keeps serving.
-    let held: Vec<_> = [0, 3, 4, 5, 6]
+    // Pin everything in memory: a create that does not fit fails, and the store keeps
+    // serving.
+    let held: Vec<_> = [0, 4, 5, 6, 7, 8]
         .iter()
         .map(|&i| {
             client
@@ -298,16 +362,153 @@ fn eviction_is_lru_spares_pinned_objects_and_reports_full() {
                 .unwrap()
         })
         .collect();
-    let err = client.create(ids[7], 8 * MIB, 0).unwrap_err();
+    let err = client.create(ids[9], 8 * MIB, 0).unwrap_err();
     assert!(err.is_store_full(), "{err}");
     assert!(matches!(
-        client.create(ids[7], 200 * MIB, 0),
+        client.create(ids[9], 200 * MIB, 0),
         Err(ClientError::TooLarge(_))
     ));
     assert_eq!(pinned.data(), &pattern(1, OBJ)[..]);
-    drop(held);
-    put(&client, ids[7], 7, OBJ);
-    assert!(present(ids[1]), "a pinned object is never evicted");
+    drop((held, back));
+    put(&client, ids[9], 9, OBJ);
+    // Every object reads back, from memory or disk.
+    drop(pinned);
+    for (i, id) in ids.iter().enumerate() {
+        let buffer = client.get_one(*id, Some(Duration::ZERO)).unwrap().unwrap();
+        assert_eq!(buffer.data(), &pattern(i as u8, OBJ)[..], "object {i}");
+    }
+}
+
+#[test]
+fn a_spilled_object_is_restored_for_a_pull() {
+    let dir = TestDir::new();
+    let a = spilling_store(&dir, 64 * MIB, &dir.path().join("spill"));
+    let b = Plasma::start(dir.path(), "plasma-b", 64 * MIB, &[]);
+    let (client_a, client_b) = (client(&a), client(&b));
+    const OBJ: usize = 8 * MIB as usize - 4;
+    let ids: Vec<ObjectId> = (0..9).map(|_| ObjectId::random()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        put(&client_a, *id, i as u8, OBJ);
+    }
+    assert_eq!(
+        client_a.stats().unwrap().spilled_objects,
+        1,
+        "the first spilled"
+    );
+    client_b.pull(ids[0], &a.object_manager_address()).unwrap();
+    let copy = client_b.get_one(ids[0], None).unwrap().unwrap();
+    assert!(
+        copy.data() == &pattern(0, OBJ)[..],
+        "the pulled bytes differ"
+    );
+    assert_eq!(client_a.stats().unwrap().spill_restored_bytes, 8 * MIB);
+}
+
+#[test]
+fn an_object_of_most_of_the_store_fits_an_empty_store() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 200 * MIB, &[]);
+    let client = client(&plasma);
+    let id = ObjectId::random();
+    put(&client, id, 3, 160 * MIB as usize);
+    let buffer = client.get_one(id, Some(Duration::ZERO)).unwrap().unwrap();
+    assert_eq!(buffer.data(), &pattern(3, 160 * MIB as usize)[..]);
+    let stats = client.stats().unwrap();
+    assert_eq!((stats.evictions, stats.spilled_objects), (0, 0));
+}
+
+#[test]
+fn small_objects_fill_the_default_store_without_leaving_it() {
+    let dir = TestDir::new();
+    // 0: the default share of the RAM (30%).
+    let plasma = Plasma::start(dir.path(), "plasma", 0, &[]);
+    let client = client(&plasma);
+    let capacity = client.stats().unwrap().capacity_bytes;
+    assert!(capacity > 1300 * MIB, "this test wants a store over 1.2 GB");
+    let chunk = pattern(0, MIB as usize);
+    let ids: Vec<ObjectId> = (0..1200).map(|_| put_id()).collect();
+    for id in &ids {
+        drop(client.put(*id, &chunk, b"").expect("put"));
+    }
+    let stats = client.stats().unwrap();
+    assert_eq!(
+        (stats.evictions, stats.spilled_objects),
+        (0, 0),
+        "1.2 GB of 1 MiB objects stay in memory"
+    );
+    assert!(stats.used_bytes >= 1200 * MIB);
+    for id in ids.iter().step_by(97) {
+        let buffer = client.get_one(*id, Some(Duration::ZERO)).unwrap().unwrap();
+        assert_eq!(buffer.data(), &chunk[..]);
+    }
+}
+
+/// Mounts a tmpfs of `size` at `path` for the test's life (needs root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(path).ok()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .ok()?;
+        status.success().then(|| Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_producer_naming_both_limits() {
+    let dir = TestDir::new();
+    let spill = dir.path().join("spill");
+    let Some(_tmpfs) = Tmpfs::mount(&spill, "20m") else {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let mut plasma = spilling_store(&dir, 64 * MIB, &spill);
+    let client = client(&plasma);
+    const OBJ: usize = 8 * MIB as usize;
+    let mut ids = Vec::new();
+    let err = loop {
+        let id = put_id();
+        match client.put(id, &pattern(ids.len() as u8, OBJ), b"") {
+            Ok(buffer) => drop(buffer),
+            Err(e) => break e,
+        }
+        ids.push(id);
+        assert!(ids.len() < 100, "the store never filled");
+    };
+    assert!(err.is_store_full(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("object_store_memory (67108864 bytes)"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("the spill directory {} is full", spill.display())),
+        "{message}"
+    );
+    // 64 MiB in memory and 16 of the 20 MiB on disk (a third object does not fit).
+    assert_eq!(ids.len(), 10);
+    let stats = client.stats().unwrap();
+    assert_eq!((stats.spilled_objects, stats.evictions), (2, 0));
+    for (i, id) in ids.iter().enumerate() {
+        let buffer = client.get_one(*id, Some(Duration::ZERO)).unwrap().unwrap();
+        assert_eq!(
+            buffer.data(),
+            &pattern(i as u8, OBJ)[..],
+            "put {i} is intact"
+        );
+    }
+    drop(client);
+    plasma.daemon.stop();
 }
 
 #[test]
@@ -321,8 +522,11 @@ fn a_client_killed_mid_create_leaves_nothing_behind() {
     let (large, small) = (ObjectId::random(), ObjectId::random());
     let mut creator = child("creator", &plasma.socket, &[kept, large, small]);
     assert_eq!(child_says(&mut creator), "ready");
-    let during = client.stats().unwrap();
-    assert_eq!(during.objects, 3, "{during:?}");
+    // The leased object reaches the store with the child's flush, which another
+    // connection's request may overtake.
+    wait_for("the store to hear of the child's objects", WAIT, || {
+        (client.stats().unwrap().objects == 3).then_some(())
+    });
     creator.kill().unwrap();
     creator.wait().unwrap();
 
@@ -896,7 +1100,8 @@ fn a_pull_lands_in_huge_pages() {
     let a = Plasma::start(dir.path(), "plasma-a", 256 * MIB, &huge);
     let b = Plasma::start(dir.path(), "plasma-b", 256 * MIB, &huge);
     let (client_a, client_b) = (client(&a), client(&b));
-    // One object in the arena, one in a segment of its own.
+    // Both land in the arena (hugetlbfs takes no pwrite: the large one too is written
+    // through the daemon's mapping).
     for size in [10 * MIB as usize, 100 * MIB as usize] {
         let id = ObjectId::random();
         let data = pattern(7, size);

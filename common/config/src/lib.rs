@@ -150,6 +150,9 @@ pub struct RaydConfig {
     pub plasma_directory: Option<PathBuf>,
     /// Back plasma memory with huge pages: `plasma_directory` must be a hugetlbfs mount.
     pub huge_pages: bool,
+    /// Directory where the plasma store spills objects when `object_store_memory` is full;
+    /// `<temp_dir>/spill` when unset.
+    pub object_spilling_directory: Option<PathBuf>,
     /// TCP port of the object manager (gRPC) through which other nodes pull objects; 0 picks one.
     pub object_manager_port: u16,
     /// Bytes per chunk when objects move between nodes.
@@ -201,6 +204,7 @@ impl Default for RaydConfig {
             plasma_socket: None,
             plasma_directory: None,
             huge_pages: false,
+            object_spilling_directory: None,
             object_manager_port: 8076,
             object_chunk_size: DEFAULT_OBJECT_CHUNK_SIZE,
             num_cpus: None,
@@ -273,6 +277,13 @@ impl RaydConfig {
         self.plasma_socket
             .clone()
             .unwrap_or_else(|| self.temp_dir.join("sockets").join("plasma_store"))
+    }
+
+    /// Where the plasma store spills objects.
+    pub fn object_spilling_directory(&self) -> PathBuf {
+        self.object_spilling_directory
+            .clone()
+            .unwrap_or_else(|| self.temp_dir.join("spill"))
     }
 
     /// Where the Redis servers keep their files.

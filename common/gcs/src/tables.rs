@@ -93,6 +93,18 @@ pub struct StoreFigures {
     pub capacity_bytes: u64,
     pub objects: u64,
     pub evictions: u64,
+    /// Objects on disk now (spilled when memory was full).
+    #[serde(default)]
+    pub spilled_objects: u64,
+    /// Bytes on disk now.
+    #[serde(default)]
+    pub spilled_bytes: u64,
+    /// Bytes spilled since the store started.
+    #[serde(default)]
+    pub spill_written_bytes: u64,
+    /// Bytes restored from disk since the store started.
+    #[serde(default)]
+    pub spill_restored_bytes: u64,
 }
 
 /// A node's periodic report, published on `rayd:heartbeats`.

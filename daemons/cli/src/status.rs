@@ -169,12 +169,16 @@ fn print_table(status: &Status) {
         );
         if let Some(store) = &n.object_store {
             println!(
-                "  {:12} object store: {} of {} used, {} objects, {} evictions",
+                "  {:12} object store: {} of {} used, {} objects, {} evictions; spilled: {} objects, {} on disk ({} written, {} restored)",
                 "",
                 mib(store.used_bytes),
                 mib(store.capacity_bytes),
                 store.objects,
-                store.evictions
+                store.evictions,
+                store.spilled_objects,
+                mib(store.spilled_bytes),
+                mib(store.spill_written_bytes),
+                mib(store.spill_restored_bytes)
             );
         }
     }

@@ -50,6 +50,8 @@ impl From<StoreError> for Failure {
             StoreError::Full { .. } => Code::StoreFull,
             StoreError::TooLarge { .. } => Code::TooLarge,
             StoreError::Memory { .. } | StoreError::LeaseMemory(_) => Code::OutOfMemory,
+            // Memory could not be had for it, or the disk failed it.
+            StoreError::Restore { .. } => Code::OutOfMemory,
             StoreError::NoRoomForLease { .. } => Code::StoreFull,
             StoreError::NoLeases | StoreError::OutsideLease { .. } => Code::InvalidRequest,
             StoreError::AlreadySealed(_)
@@ -384,16 +386,34 @@ impl Connection {
         let mut found: Vec<Option<ObjectView>> = vec![None; ids.len()];
         loop {
             let client = self.client;
-            let missing = self.state.with_store(|s| {
+            let looked = self.state.with_store(|s| {
                 let mut missing = 0;
                 for (slot, id) in found.iter_mut().zip(&ids) {
                     if slot.is_none() {
-                        *slot = s.get(client, *id);
+                        match s.try_get(client, *id) {
+                            Ok(view) => *slot = view,
+                            Err(e) => return Err(e),
+                        }
                         missing += usize::from(slot.is_none());
                     }
                 }
-                missing
+                Ok(missing)
             });
+            let missing = match looked {
+                Ok(missing) => missing,
+                Err(e) => {
+                    // A spilled object that cannot come back fails the get; what it
+                    // pinned so far goes back.
+                    self.state.with_store(|s| {
+                        for (view, id) in found.iter().zip(&ids) {
+                            if view.is_some() {
+                                let _ = s.release(client, *id);
+                            }
+                        }
+                    });
+                    return Err(e.into());
+                }
+            };
             if missing == 0 {
                 break;
             }
@@ -580,6 +600,11 @@ pub fn stats_reply(state: &State) -> pb::StoreStats {
         arena_bytes: stats.arena_bytes,
         arena_used_bytes: stats.arena_used_bytes,
         clients: stats.clients,
+        spilled_objects: stats.spill.objects,
+        spilled_bytes: stats.spill.bytes,
+        spill_written_bytes: stats.spill.written_bytes,
+        spill_restored_bytes: stats.spill.restored_bytes,
+        reserved_bytes: stats.reserved_bytes,
         pulls: state.pulls(),
         node_id: state.node_id.as_bytes().to_vec(),
         object_manager_address: state.object_manager_address.clone(),

@@ -5,17 +5,20 @@
 //! (placement in the arena) and the segments' mappings (re-exported by [`memory`]).
 //!
 //! Modules, lowest first: [`memory`] (segments: the memory model), [`lease`] (ranges of
-//! the arena lent to clients), [`store`] (the object table, pins and LRU eviction),
-//! [`state`] (what the daemon's tasks share), [`connection`] and [`server`] (serving
-//! local clients), [`object_manager`] (gRPC pulls between nodes) and [`gcs_report`]
-//! (object locations in the GCS).
+//! the arena lent to clients), [`spill`] (objects on disk), [`store`] (the object table,
+//! pins, spilling and eviction), [`state`] (what the daemon's tasks share), [`prefault`]
+//! (memory prepared ahead of demand), [`connection`] and [`server`] (serving local
+//! clients), [`object_manager`] (gRPC pulls between nodes) and [`gcs_report`] (object
+//! locations in the GCS).
 
 pub mod connection;
 pub mod gcs_report;
 pub mod lease;
 pub mod memory;
 pub mod object_manager;
+pub mod prefault;
 pub mod server;
+pub mod spill;
 pub mod state;
 pub mod store;
 
@@ -168,7 +171,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         },
     };
     backing.check()?;
-    let store = Store::new(capacity, backing)?;
+    let spill_dir = config.object_spilling_directory();
+    let store = Store::new(capacity, backing, spill_dir.clone())?;
     let layout = store.layout();
 
     let om_address = format!("{}:{}", config.node_ip_address, config.object_manager_port);
@@ -212,6 +216,9 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         locations,
     )
     .map_err(PlasmaError::Arena)?;
+    let prefault_thread = prefault::spawn(state.clone()).map_err(PlasmaError::Arena)?;
+    // The thread starts with whatever the store wants prepared at first.
+    state.prefault.wake();
 
     let om_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -234,8 +241,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         socket:% = socket.display(),
         object_manager_address = om_address.as_str(),
         capacity_bytes = layout.capacity,
-        arena_bytes = layout.arena_size,
-        small_object_max = layout.small_object_max;
+        spill_directory:% = spill_dir.display();
         "plasma store ready"
     );
     notify_status(&format!("serving on {}", socket.display()));
@@ -269,6 +275,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     })
     .await;
     stats_task.abort();
+    state.prefault.stop();
+    let _ = prefault_thread.join();
     // Every object goes with the store: take this node off their locations.
     state.with_store(|s| s.clear());
     drop(state);
@@ -300,6 +308,10 @@ async fn figures(
                 capacity_bytes: s.capacity_bytes,
                 objects: s.objects,
                 evictions: s.evictions,
+                spilled_objects: s.spill.objects,
+                spilled_bytes: s.spill.bytes,
+                spill_written_bytes: s.spill.written_bytes,
+                spill_restored_bytes: s.spill.restored_bytes,
             };
             let changed = *current != now;
             *current = now;
@@ -314,6 +326,9 @@ async fn figures(
             capacity_bytes = s.capacity_bytes,
             objects = s.objects,
             evictions = s.evictions,
+            spilled_objects = s.spill.objects,
+            spilled_bytes = s.spill.bytes,
+            reserved_bytes = s.reserved_bytes,
             clients = s.clients,
             pulls = state.pulls();
             "store figures"

@@ -8,15 +8,18 @@
 //!   `huge_pages`). The store creates segments; clients receive their descriptors over
 //!   the socket (SCM_RIGHTS) and map them with `MAP_SHARED`, so the store and every
 //!   client see the same physical pages and nothing is copied between them.
-//! - Segment 0 is the *arena*: one file sized at start, holding every small object. A
-//!   client maps it once, twice over: writable (to fill objects it created) and read-only
-//!   (every slice of a sealed object is handed out from this view, so a write through it
-//!   faults). A large object gets a segment of its own, sized exactly.
+//! - Segment 0 is the *arena*: one file of the store's whole size, created at start,
+//!   holding every object. A client maps it once, twice over: writable (to fill objects
+//!   it created) and read-only (every slice of a sealed object is handed out from this
+//!   view, so a write through it faults). Segments of their own (sized exactly, sealed
+//!   with memfd seals) remain in the protocol and the client, but the store no longer
+//!   creates them.
 //! - Pages are allocated (`fallocate`) before any client may touch them, never on first
-//!   touch: a large object's segment when it is created; the arena's in granules of
-//!   [`ARENA_RESERVE_GRANULE`] the first time an object is placed in one (so a large
-//!   arena costs nothing at start). A store that cannot get memory fails the create with
-//!   an error instead of a client dying of SIGBUS later. A segment never grows or shrinks (memfd seals
+//!   touch: the arena's in granules of [`ARENA_RESERVE_GRANULE`], ahead of demand by a
+//!   background thread ([`crate::prefault`]) or at the latest when an object is first
+//!   placed in one (so a large arena costs nothing at start), and never given back. A
+//!   store that cannot get memory fails the create with an error instead of a client
+//!   dying of SIGBUS later. A segment never grows or shrinks (memfd seals
 //!   `F_SEAL_GROW | F_SEAL_SHRINK`), so a mapped range always stays backed.
 //! - Sealing a large object seals its memfd against writes (`F_SEAL_WRITE`, or
 //!   `F_SEAL_FUTURE_WRITE` while its creator still has a writable mapping), and readers
@@ -28,8 +31,8 @@
 //!   client has moved on from it and no object in it remains.
 //! - A segment's memory goes back to the system when the store and every client have
 //!   closed its descriptor and unmapped it. Arena ranges are reused by the allocator once
-//!   their object is deleted or evicted; an object is only ever deleted or evicted when no
-//!   client has it pinned, and clients only read objects they hold a pin on.
+//!   their object is deleted, spilled or evicted; an object only ever leaves memory when
+//!   no client has it pinned, and clients only read objects they hold a pin on.
 //!
 //! # Synchronization
 //!

@@ -1,7 +1,7 @@
 //! The state every task of the daemon shares: the store behind its mutex, and the fan-out
 //! of its events to subscribers, waiting gets and the GCS reporter.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -9,6 +9,7 @@ use rayd_common::id::NodeId;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::memory::Mapping;
+use crate::prefault;
 use crate::store::{Stats, Store, StoreEvent};
 
 /// Events buffered per subscriber before it counts as lagging.
@@ -25,6 +26,8 @@ pub struct State {
     pub arena_fd: OwnedFd,
     /// Size of the arena in bytes.
     pub arena_size: u64,
+    /// Whether the arena's file takes `pwrite` (not on hugetlbfs).
+    pub arena_takes_writes: bool,
     /// The daemon's writable mapping of the arena (transfers read and write through it).
     pub arena_map: Arc<Mapping>,
     /// This node.
@@ -34,6 +37,8 @@ pub struct State {
     /// Bytes per chunk of object transfers.
     pub chunk_size: u64,
     pulls: AtomicU64,
+    /// Wakes the thread that prepares arena memory ahead of demand.
+    pub prefault: prefault::Signal,
 }
 
 impl State {
@@ -48,6 +53,7 @@ impl State {
         let (arena, arena_size) = store.arena();
         let arena_fd = arena.try_clone_to_owned()?;
         let arena_map = store.arena_mapping();
+        let arena_takes_writes = store.takes_writes();
         Ok(Arc::new(Self {
             store: Mutex::new(store),
             events: broadcast::channel(EVENT_BUFFER).0,
@@ -55,11 +61,13 @@ impl State {
             dropped_locations: AtomicU64::new(0),
             arena_fd,
             arena_size,
+            arena_takes_writes,
             arena_map,
             node_id,
             object_manager_address,
             chunk_size,
             pulls: AtomicU64::new(0),
+            prefault: prefault::Signal::default(),
         }))
     }
 
@@ -74,6 +82,9 @@ impl State {
         let (result, events) = {
             let mut store = self.lock();
             let result = f(&mut store);
+            if store.take_prefault_wanted() {
+                self.prefault.wake();
+            }
             (result, store.take_events())
         };
         for event in events {
@@ -89,6 +100,11 @@ impl State {
             let _ = self.events.send(event);
         }
         result
+    }
+
+    /// The arena's descriptor.
+    pub fn arena_fd_borrowed(&self) -> BorrowedFd<'_> {
+        self.arena_fd.as_fd()
     }
 
     /// A receiver of every event from now on.

@@ -1,23 +1,29 @@
 //! The object table: which objects exist, where their bytes are, who pins them, and which
-//! go when memory runs short. Synchronous and free of I/O besides creating segments; the
-//! server holds it behind one mutex.
+//! leave memory when it runs short. Synchronous; the server holds it behind one mutex.
 //!
-//! Memory is two pools (see [`crate::memory`] for what a segment is):
-//! - the *arena*, a quarter of `object_store_memory` (at most 1 GiB), holds objects up to
-//!   `small_object_max` (a quarter of the arena) bytes, placed by [`crate::allocator`].
-//!   Its pages are allocated once, at start, and every client maps it once: creating
-//!   and reading such an object costs no system call besides the request itself;
-//! - the rest holds larger objects, one segment each (sealed with memfd seals).
+//! Memory is one budget, `object_store_memory`, and one *arena* of that size (see
+//! [`crate::memory`] for what a segment is): every object, whatever its size, is placed
+//! in it by [`crate::allocator`], so any mix of objects fills the whole budget and an
+//! object up to the whole store fits an empty one. The arena's pages are allocated
+//! (reserved) ahead of demand by a background thread ([`crate::prefault`]) and as
+//! objects first land in them, and never given back: a range freed by one object is
+//! ready memory for the next. Every client maps the arena once.
 //!
 //! An object is created (pinned by its creator, writable by it alone), then sealed
 //! (immutable) or aborted. Every get pins a sealed object for that client until it
-//! releases it. Sealed objects without pins sit in a per-pool LRU list; a create that does
-//! not fit evicts from the front of its pool's list until it fits, and fails with
-//! [`StoreError::Full`] when nothing is left to evict. Pinned and unsealed objects are
-//! never evicted. A deleted object that is pinned goes when its last pin does.
+//! releases it; "a process is reading it" means exactly that it holds a pin. Sealed
+//! objects without pins sit in an LRU list. A create that does not fit frees memory from
+//! the front of that list until it fits: it *spills* the object to disk
+//! ([`crate::spill`]; the object stays in the table and a get restores it), and only
+//! when the disk takes no more does it *evict* (drop) one, and then only a task result,
+//! which its task can rebuild: a `ray.put` object is never dropped. When nothing can go,
+//! the create fails with [`StoreError::Full`], naming both limits. Pinned and unsealed
+//! objects never leave memory. A deleted object that is pinned goes when its last pin
+//! does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use rayd_common::id::ObjectId;
@@ -25,11 +31,17 @@ use rayd_common::id::ObjectId;
 use crate::allocator::{Allocator, ALIGN};
 use crate::lease::{self, Freed, Leases};
 use crate::memory::{self, Backing, Mapping, MemoryError};
+use crate::spill::{Slot, Spill, SpillError, SpillStats};
 
 pub use crate::lease::ClientId;
 pub use crate::protocol::ARENA_SEGMENT;
-/// Largest arena.
-const MAX_ARENA: u64 = 1 << 30;
+/// Pulled objects at least this large are written with `pwrite` (by
+/// [`crate::object_manager`]) rather than through the daemon's mapping of the arena, whose
+/// page tables cost more than the copy; their pages are not allocated up front.
+pub const PWRITE_MIN: u64 = 8 << 20;
+/// How far past the highest byte handed out so far the arena's pages are reserved ahead
+/// of demand (at least; twice the largest object seen when that is more).
+pub const PREFAULT_AHEAD: u64 = 256 << 20;
 /// Smallest lease worth granting.
 const MIN_LEASE: u64 = 4 << 10;
 
@@ -55,11 +67,18 @@ pub enum StoreError {
         pool: &'static str,
         capacity: u64,
     },
-    #[error("object store full: no room for object {id} of {size} bytes, and every object in the {pool} is pinned or unsealed")]
+    #[error("object store full: no room for object {id} of {size} bytes in object_store_memory ({capacity} bytes): {reason}")]
     Full {
         id: ObjectId,
         size: u64,
-        pool: &'static str,
+        capacity: u64,
+        reason: String,
+    },
+    #[error("object {id} cannot be restored from disk: {source}")]
+    Restore {
+        id: ObjectId,
+        #[source]
+        source: SpillError,
     },
     #[error(
         "no room for a lease of {size} bytes: every object in the arena is pinned or unsealed"
@@ -83,11 +102,13 @@ pub enum StoreError {
     },
 }
 
-/// Sizes of the store's pools, derived from its capacity.
+/// Sizes in the store, derived from its capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub capacity: u64,
     pub arena_size: u64,
+    /// The largest object (the whole arena; the name is from when large objects had
+    /// segments of their own, and clients still read it).
     pub small_object_max: u64,
     /// Bytes of one lease (see [`crate::lease`]); 0 when the arena is too small to lend.
     pub lease_size: u64,
@@ -96,10 +117,10 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Splits `capacity` into the arena and the pool of large objects.
+    /// The arena of a store of `capacity` bytes: all of it, rounded to the backing's
+    /// granularity.
     pub fn for_capacity(capacity: u64, granularity: u64) -> Self {
-        let arena = (capacity / 4).min(MAX_ARENA);
-        let arena_size = (arena - arena % granularity).max(granularity).min(capacity);
+        let arena_size = (capacity - capacity % granularity).max(granularity);
         // A lease takes at most 1/64 of the arena, so that leases held by many clients
         // leave most of it to the allocator.
         let lease = (arena_size / 64).min(lease::MAX_LEASE);
@@ -111,14 +132,15 @@ impl Layout {
         Self {
             capacity,
             arena_size,
-            small_object_max: arena_size / 4,
+            small_object_max: arena_size,
             lease_size,
             leased_object_max: lease_size / lease::OBJECT_SHARE,
         }
     }
 }
 
-/// The own segment of a large object.
+/// A segment of its own for one object (the protocol and clients still know them; the
+/// store no longer makes them: every object is in the arena).
 #[derive(Debug)]
 pub struct OwnSegment {
     /// Segment ID, unique for the store's life.
@@ -208,6 +230,9 @@ pub struct Stats {
     pub arena_bytes: u64,
     pub arena_used_bytes: u64,
     pub clients: u64,
+    /// Arena bytes whose pages are allocated (ready for objects).
+    pub reserved_bytes: u64,
+    pub spill: SpillStats,
 }
 
 /// Whether a delete took effect now.
@@ -227,20 +252,18 @@ struct Entry {
     sealed: bool,
     creator: ClientId,
     pins: u32,
-    /// Position in its pool's LRU list while sealed and unpinned.
+    /// Position in the LRU list while sealed, unpinned and in memory.
     lru_tick: Option<u64>,
     delete_pending: bool,
     /// The lease block it was placed in by its creator (arena objects only).
     lease: Option<u64>,
+    /// Where it is on disk while spilled (its placement is then stale).
+    spilled: Option<Slot>,
 }
 
 impl Entry {
     fn total(&self) -> u64 {
         self.data_size + self.metadata_size
-    }
-
-    fn is_small(&self) -> bool {
-        matches!(self.placement, Placement::Arena { .. })
     }
 }
 
@@ -259,25 +282,30 @@ pub struct Store {
     arena: Allocator,
     /// Which granules of the arena have their pages allocated (see `memory`).
     arena_reserved: Vec<bool>,
-    large_capacity: u64,
-    large_used: u64,
+    reserved_granules: usize,
+    /// The end of the highest range handed out so far, and the largest object created.
+    high_water: u64,
+    largest_object: u64,
+    /// Set when more of the arena is worth reserving ahead of demand.
+    prefault_wanted: bool,
     objects: HashMap<ObjectId, Entry>,
-    lru_small: BTreeMap<u64, ObjectId>,
-    lru_large: BTreeMap<u64, ObjectId>,
+    lru: BTreeMap<u64, ObjectId>,
     tick: u64,
-    next_segment: u64,
     next_client: ClientId,
     clients: HashMap<ClientId, ClientState>,
     evictions: u64,
     evicted_bytes: u64,
     events: Vec<StoreEvent>,
     leases: Leases,
+    spill: Spill,
 }
 
 impl Store {
-    /// Creates the store. The arena's pages are allocated as objects first land in them:
-    /// zero-filling 1 GiB up front took ~420 ms of every `ray.init()`.
-    pub fn new(capacity: u64, backing: Backing) -> Result<Self, MemoryError> {
+    /// Creates the store, spilling into `spill_dir`. The arena's pages are allocated as
+    /// objects first land in them, or ahead of them in the background
+    /// ([`Self::prefault_next`]): zero-filling 1 GiB up front took ~420 ms of every
+    /// `ray.init()`.
+    pub fn new(capacity: u64, backing: Backing, spill_dir: PathBuf) -> Result<Self, MemoryError> {
         let layout = Layout::for_capacity(capacity, backing.granularity() as u64);
         let (arena_fd, arena_size) = backing.create(layout.arena_size as usize, false)?;
         let arena_map = Arc::new(Mapping::new(arena_fd.as_fd(), arena_size, true, false)?);
@@ -288,23 +316,24 @@ impl Store {
             arena_map,
             arena: Allocator::new(arena_size as u64),
             arena_reserved: vec![false; arena_size.div_ceil(memory::ARENA_RESERVE_GRANULE)],
-            large_capacity: capacity.saturating_sub(arena_size as u64),
-            large_used: 0,
+            reserved_granules: 0,
+            high_water: 0,
+            largest_object: 0,
+            prefault_wanted: true,
             objects: HashMap::new(),
-            lru_small: BTreeMap::new(),
-            lru_large: BTreeMap::new(),
+            lru: BTreeMap::new(),
             tick: 0,
-            next_segment: ARENA_SEGMENT + 1,
             next_client: 1,
             clients: HashMap::new(),
             evictions: 0,
             evicted_bytes: 0,
             events: Vec::new(),
             leases: Leases::default(),
+            spill: Spill::new(spill_dir),
         })
     }
 
-    /// The pool sizes.
+    /// The sizes.
     pub fn layout(&self) -> Layout {
         self.layout
     }
@@ -312,6 +341,11 @@ impl Store {
     /// The arena's descriptor and size, sent to every client on connect.
     pub fn arena(&self) -> (BorrowedFd<'_>, u64) {
         (self.arena_fd.as_fd(), self.arena.size())
+    }
+
+    /// Whether the arena's file takes `pwrite` (see [`Backing::takes_writes`]).
+    pub fn takes_writes(&self) -> bool {
+        self.backing.takes_writes()
     }
 
     /// The store's own writable mapping of the arena.
@@ -332,8 +366,8 @@ impl Store {
         std::mem::take(&mut self.events)
     }
 
-    /// Creates an unsealed object, pinned by `client`, evicting unpinned objects when it
-    /// does not fit.
+    /// Creates an unsealed object, pinned by `client`, spilling (or evicting) unpinned
+    /// objects when it does not fit.
     pub fn create(
         &mut self,
         client: ClientId,
@@ -341,13 +375,13 @@ impl Store {
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectView, StoreError> {
-        self.create_object(client, id, data_size, metadata_size, true)
+        self.create_object(client, id, (data_size, metadata_size), true)
     }
 
-    /// [`Self::create`] for an object the store fills itself with `pwrite` (a pull): a
-    /// large one's own segment gets no pages up front (unless its backing takes no
-    /// writes); the writes allocate them, in parallel, and fail with an error where memory
-    /// runs out (no mapping, no SIGBUS).
+    /// [`Self::create`] for an object the store fills itself (a pull). One of at least
+    /// [`PWRITE_MIN`] bytes (where the backing takes writes) gets no pages up front:
+    /// the pull's `pwrite`s allocate them as they go, failing with an error where memory
+    /// runs out, and the store's lock is not held while a large range is zero-filled.
     pub fn create_pulled(
         &mut self,
         client: ClientId,
@@ -355,34 +389,36 @@ impl Store {
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectView, StoreError> {
-        self.create_object(client, id, data_size, metadata_size, false)
+        let written =
+            data_size.saturating_add(metadata_size) >= PWRITE_MIN && self.backing.takes_writes();
+        self.create_object(client, id, (data_size, metadata_size), !written)
     }
 
     fn create_object(
         &mut self,
         client: ClientId,
         id: ObjectId,
-        data_size: u64,
-        metadata_size: u64,
-        reserve_pages: bool,
+        (data_size, metadata_size): (u64, u64),
+        reserve: bool,
     ) -> Result<ObjectView, StoreError> {
         if self.objects.contains_key(&id) {
             return Err(StoreError::Exists(id));
         }
         let size = data_size
             .checked_add(metadata_size)
+            .filter(|&size| size <= self.arena.size())
             .ok_or(StoreError::TooLarge {
                 id,
-                size: u64::MAX,
+                size: data_size.saturating_add(metadata_size),
                 pool: "store",
-                capacity: self.layout.capacity,
+                capacity: self.arena.size(),
             })?;
-        let placement = if size <= self.layout.small_object_max {
-            Placement::Arena {
-                offset: self.place_small(id, size)?,
-            }
-        } else {
-            Placement::Own(self.place_large(id, size, reserve_pages)?)
+        if size > self.largest_object {
+            self.largest_object = size;
+            self.prefault_wanted = true;
+        }
+        let placement = Placement::Arena {
+            offset: self.allocate(id, size, reserve)?,
         };
         self.insert_unsealed(
             client,
@@ -420,6 +456,7 @@ impl Store {
                 lru_tick: None,
                 delete_pending: false,
                 lease,
+                spilled: None,
             },
         );
         self.pin_for(client, id);
@@ -435,40 +472,188 @@ impl Store {
             .or_default() += 1;
     }
 
-    fn place_small(&mut self, id: ObjectId, size: u64) -> Result<u64, StoreError> {
-        match self.allocate_small(size) {
-            Ok(Some(offset)) => Ok(offset),
-            Ok(None) => Err(StoreError::Full {
-                id,
-                size,
-                pool: "arena",
-            }),
-            Err(source) => Err(StoreError::Memory { id, source }),
-        }
-    }
-
-    /// Places `size` bytes in the arena, evicting unpinned objects until they fit; `None`
-    /// when nothing is left to evict.
-    fn allocate_small(&mut self, size: u64) -> Result<Option<u64>, MemoryError> {
+    /// Places `size` bytes in the arena, spilling or evicting unpinned objects until they
+    /// fit; their pages are allocated when `reserve` is set.
+    fn allocate(&mut self, id: ObjectId, size: u64, reserve: bool) -> Result<u64, StoreError> {
+        let mut spill_error = None;
         loop {
-            if let Some(offset) = self.allocate_free(size)? {
-                return Ok(Some(offset));
+            match self.allocate_free(size, reserve) {
+                Ok(Some(offset)) => return Ok(offset),
+                Ok(None) => {}
+                Err(source) => return Err(StoreError::Memory { id, source }),
             }
-            if !self.evict_one(true) {
-                return Ok(None);
+            if !self.free_one(&mut spill_error) {
+                let reason = match spill_error {
+                    Some(e) => format!(
+                        "the rest holds pinned or unsealed objects and ray.put objects, which are never dropped, and {e}"
+                    ),
+                    None => "every object in it is pinned (in use) or unsealed".into(),
+                };
+                return Err(StoreError::Full {
+                    id,
+                    size,
+                    capacity: self.layout.capacity,
+                    reason,
+                });
             }
         }
     }
 
-    /// Places `size` bytes in free arena room, its pages allocated; `None` when no free
-    /// range is large enough.
-    fn allocate_free(&mut self, size: u64) -> Result<Option<u64>, MemoryError> {
+    /// Takes the least recently used unpinned object out of memory: spills it, or, once
+    /// spilling failed (`spill_error`), evicts the least recently used task result.
+    /// False when nothing can go.
+    fn free_one(&mut self, spill_error: &mut Option<SpillError>) -> bool {
+        if spill_error.is_none() {
+            let Some((_, &id)) = self.lru.first_key_value() else {
+                return false;
+            };
+            match self.spill_out(id) {
+                Ok(()) => return true,
+                Err(e) => {
+                    log::warn!(object:% = id, error:% = e; "cannot spill: evicting task results instead");
+                    *spill_error = Some(e);
+                }
+            }
+        }
+        // Task results can be made again by their task; ray.put objects cannot.
+        let Some(id) = self.lru.values().find(|id| !id.is_put()).copied() else {
+            return false;
+        };
+        self.evict(id);
+        true
+    }
+
+    /// Writes an unpinned sealed object to disk and frees its memory.
+    fn spill_out(&mut self, id: ObjectId) -> Result<(), SpillError> {
+        let Some(Placement::Arena { offset }) = self.objects.get(&id).map(|e| &e.placement) else {
+            // Not in the arena: nothing to spill, so it goes.
+            self.evict(id);
+            return Ok(());
+        };
+        let (offset, total) = (*offset, self.objects[&id].total());
+        let map = self.arena_map.clone();
+        // SAFETY: a sealed object is never written again, and this one is unpinned: no
+        // client can get it while the store's lock is held.
+        let bytes = unsafe { map.slice(offset, total) }.unwrap_or_default();
+        let slot = self.spill.write(bytes)?;
+        log::debug!(object:% = id, bytes = total; "spilled object");
+        let entry = self.objects.get_mut(&id).expect("checked above");
+        if let Some(tick) = entry.lru_tick.take() {
+            self.lru.remove(&tick);
+        }
+        entry.spilled = Some(slot);
+        let lease = entry.lease.take();
+        self.free_memory(offset, total, lease);
+        Ok(())
+    }
+
+    /// Brings a spilled object back into memory (spilling others to make room).
+    fn restore(&mut self, id: ObjectId) -> Result<(), StoreError> {
+        let Some(slot) = self.objects.get(&id).and_then(|e| e.spilled) else {
+            return Ok(());
+        };
+        let offset = match self.allocate(id, slot.len, true) {
+            Ok(offset) => offset,
+            // The disk may be what is full: then the object swaps places with others
+            // through the heap.
+            Err(StoreError::Full { .. }) => return self.restore_by_swap(id, slot),
+            Err(e) => return Err(e),
+        };
+        let map = self.arena_map.clone();
+        // SAFETY: the range was just allocated and no client knows of it yet.
+        let target = unsafe { map.slice_mut(offset, slot.len) }.unwrap_or_default();
+        if let Err(source) = self.spill.read(slot, target) {
+            self.arena.free(offset, slot.len);
+            return Err(StoreError::Restore { id, source });
+        }
+        self.spill.free(slot);
+        self.restored(id, offset);
+        Ok(())
+    }
+
+    /// Restores an object whose memory can only be had by spilling others into its own
+    /// disk space: it is read into the heap and its disk space freed first. Should memory
+    /// still not be had, it goes back to disk.
+    fn restore_by_swap(&mut self, id: ObjectId, slot: Slot) -> Result<(), StoreError> {
+        let len = usize::try_from(slot.len).map_err(|_| StoreError::TooLarge {
+            id,
+            size: slot.len,
+            pool: "address space",
+            capacity: usize::MAX as u64,
+        })?;
+        let mut bytes = vec![0u8; len];
+        self.spill
+            .read(slot, &mut bytes)
+            .map_err(|source| StoreError::Restore { id, source })?;
+        self.spill.free(slot);
+        if let Some(entry) = self.objects.get_mut(&id) {
+            entry.spilled = None;
+        }
+        match self.allocate(id, slot.len, true) {
+            Ok(offset) => {
+                // SAFETY: the range was just allocated and no client knows of it yet.
+                if let Some(target) = unsafe { self.arena_map.slice_mut(offset, slot.len) } {
+                    target.copy_from_slice(&bytes);
+                }
+                self.restored(id, offset);
+                Ok(())
+            }
+            Err(e) => match self.spill.write(&bytes) {
+                Ok(slot) => {
+                    if let Some(entry) = self.objects.get_mut(&id) {
+                        entry.spilled = Some(slot);
+                    }
+                    Err(e)
+                }
+                Err(spill) => {
+                    log::error!(object:% = id, error:% = spill; "a spilled object was lost: neither memory nor disk has room for it");
+                    // Its memory and disk space are both freed already.
+                    if self.objects.remove(&id).is_some() {
+                        self.evictions += 1;
+                        self.evicted_bytes += slot.len;
+                        self.events.push(StoreEvent::Removed { id, evicted: true });
+                    }
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    fn restored(&mut self, id: ObjectId, offset: u64) {
+        log::debug!(object:% = id; "restored object");
+        if let Some(entry) = self.objects.get_mut(&id) {
+            entry.spilled = None;
+            entry.placement = Placement::Arena { offset };
+        }
+    }
+
+    /// Frees the arena memory of an object at `offset`.
+    fn free_memory(&mut self, offset: u64, total: u64, lease: Option<u64>) {
+        match lease {
+            Some(block) => {
+                let freed = self.leases.remove(block, Allocator::rounded(total));
+                self.free_ranges(freed);
+            }
+            None => self.arena.free(offset, total),
+        }
+    }
+
+    /// Places `size` bytes in free arena room, its pages allocated when `reserve` is set;
+    /// `None` when no free range is large enough.
+    fn allocate_free(&mut self, size: u64, reserve: bool) -> Result<Option<u64>, MemoryError> {
         let Some(offset) = self.arena.allocate(size) else {
             return Ok(None);
         };
-        if let Err(e) = self.reserve_arena(offset, size) {
-            self.arena.free(offset, size);
-            return Err(e);
+        if reserve {
+            if let Err(e) = self.reserve_arena(offset, size) {
+                self.arena.free(offset, size);
+                return Err(e);
+            }
+        }
+        let end = offset + Allocator::rounded(size);
+        if end > self.high_water {
+            self.high_water = end;
+            self.prefault_wanted = true;
         }
         Ok(Some(offset))
     }
@@ -488,7 +673,7 @@ impl Store {
             return Err(StoreError::NoRoomForLease { size });
         }
         let offset = self
-            .allocate_free(size)
+            .allocate_free(size, true)
             .map_err(StoreError::LeaseMemory)?
             .ok_or(StoreError::NoRoomForLease { size })?;
         let freed = self.leases.grant(client, offset, size);
@@ -558,79 +743,49 @@ impl Store {
                     start,
                     granule.min(arena_size - start),
                 )?;
-                self.arena_reserved[index] = true;
+                self.prefault_done(index);
             }
         }
         Ok(())
     }
 
-    fn place_large(
-        &mut self,
-        id: ObjectId,
-        size: u64,
-        reserve_pages: bool,
-    ) -> Result<Arc<OwnSegment>, StoreError> {
-        let granularity = self.backing.granularity() as u64;
-        let rounded = size.div_ceil(granularity).saturating_mul(granularity);
-        if rounded > self.large_capacity {
-            return Err(StoreError::TooLarge {
-                id,
-                size,
-                pool: "pool of large objects",
-                capacity: self.large_capacity,
-            });
-        }
-        while self.large_used + rounded > self.large_capacity {
-            if !self.evict_one(false) {
-                return Err(StoreError::Full {
-                    id,
-                    size,
-                    pool: "pool of large objects",
-                });
-            }
-        }
-        let len = usize::try_from(size).map_err(|_| StoreError::TooLarge {
-            id,
-            size,
-            pool: "address space",
-            capacity: usize::MAX as u64,
-        })?;
-        let takes_writes = self.backing.takes_writes();
-        let (fd, real) = self
-            .backing
-            .create(len, reserve_pages || !takes_writes)
-            .map_err(|source| StoreError::Memory { id, source })?;
-        let segment = Arc::new(OwnSegment {
-            id: self.next_segment,
-            fd,
-            size: real as u64,
-            takes_writes,
-            read_only: OnceLock::new(),
-        });
-        self.next_segment += 1;
-        self.large_used += segment.size;
-        Ok(segment)
+    /// The next arena granule worth reserving ahead of demand, as (index, offset, len):
+    /// granules up to [`PREFAULT_AHEAD`] (or twice the largest object seen) past the
+    /// highest byte handed out so far. The caller reserves it without the store's lock
+    /// (see [`memory::reserve_range`]) and then calls [`Self::prefault_done`].
+    pub fn prefault_next(&self) -> Option<(usize, usize, usize)> {
+        let granule = memory::ARENA_RESERVE_GRANULE;
+        let arena_size = self.arena.size();
+        let ahead = PREFAULT_AHEAD.max(self.largest_object.saturating_mul(2));
+        let bound = self.high_water.saturating_add(ahead).min(arena_size) as usize;
+        let index = self.arena_reserved.iter().position(|reserved| !reserved)?;
+        let start = index * granule;
+        (start < bound).then(|| (index, start, granule.min(arena_size as usize - start)))
     }
 
-    /// Evicts the least recently used unpinned sealed object of a pool; false when there
-    /// is none.
-    fn evict_one(&mut self, small: bool) -> bool {
-        let lru = if small {
-            &mut self.lru_small
-        } else {
-            &mut self.lru_large
-        };
-        let Some((_, id)) = lru.pop_first() else {
-            return false;
-        };
-        if let Some(entry) = self.objects.get_mut(&id) {
-            entry.lru_tick = None;
+    /// Marks an arena granule as reserved.
+    pub fn prefault_done(&mut self, index: usize) {
+        if let Some(reserved) = self.arena_reserved.get_mut(index) {
+            if !*reserved {
+                *reserved = true;
+                self.reserved_granules += 1;
+            }
+        }
+    }
+
+    /// Whether more of the arena became worth reserving since the last call.
+    pub fn take_prefault_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.prefault_wanted)
+    }
+
+    /// Drops an unpinned sealed object from memory for good (it can be rebuilt).
+    fn evict(&mut self, id: ObjectId) {
+        if let Some(entry) = self.objects.get(&id) {
             self.evictions += 1;
             self.evicted_bytes += entry.total();
         }
         log::debug!(object:% = id; "evicting object");
         self.remove(id, true);
-        true
     }
 
     fn remove(&mut self, id: ObjectId, evicted: bool) {
@@ -638,19 +793,14 @@ impl Store {
             return;
         };
         if let Some(tick) = entry.lru_tick {
-            if entry.is_small() {
-                self.lru_small.remove(&tick);
-            } else {
-                self.lru_large.remove(&tick);
-            }
+            self.lru.remove(&tick);
         }
-        match (&entry.placement, entry.lease) {
-            (Placement::Arena { .. }, Some(block)) => {
-                let freed = self.leases.remove(block, Allocator::rounded(entry.total()));
-                self.free_ranges(freed);
+        match (&entry.placement, entry.spilled) {
+            (_, Some(slot)) => self.spill.free(slot),
+            (Placement::Arena { offset }, None) => {
+                self.free_memory(*offset, entry.total(), entry.lease)
             }
-            (Placement::Arena { offset }, None) => self.arena.free(*offset, entry.total()),
-            (Placement::Own(segment), _) => self.large_used -= segment.size,
+            (Placement::Own(_), None) => {}
         }
         if entry.sealed {
             self.events.push(StoreEvent::Removed { id, evicted });
@@ -741,18 +891,34 @@ impl Store {
         Ok(())
     }
 
-    /// Pins a sealed object for `client`; `None` when it is absent or unsealed.
+    /// Pins a sealed object for `client` (restoring it from disk when it was spilled);
+    /// `None` when it is absent or unsealed, or cannot be restored now (logged).
     pub fn get(&mut self, client: ClientId, id: ObjectId) -> Option<ObjectView> {
-        let entry = self.objects.get_mut(&id)?;
-        if !entry.sealed {
-            return None;
-        }
-        if let Some(tick) = entry.lru_tick.take() {
-            if entry.is_small() {
-                self.lru_small.remove(&tick);
-            } else {
-                self.lru_large.remove(&tick);
+        self.try_get(client, id).unwrap_or_else(|e| {
+            log::warn!(object:% = id, error:% = e; "cannot get an object");
+            None
+        })
+    }
+
+    /// [`Self::get`], with the reason a spilled object cannot come back.
+    pub fn try_get(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+    ) -> Result<Option<ObjectView>, StoreError> {
+        match self.objects.get(&id) {
+            Some(entry) if entry.sealed => {
+                if entry.spilled.is_some() {
+                    self.restore(id)?;
+                }
             }
+            _ => return Ok(None),
+        }
+        let Some(entry) = self.objects.get_mut(&id) else {
+            return Ok(None);
+        };
+        if let Some(tick) = entry.lru_tick.take() {
+            self.lru.remove(&tick);
         }
         entry.pins += 1;
         *self
@@ -762,12 +928,12 @@ impl Store {
             .pins
             .entry(id)
             .or_default() += 1;
-        Some(ObjectView {
+        Ok(Some(ObjectView {
             id,
             placement: entry.placement.clone(),
             data_size: entry.data_size,
             metadata_size: entry.metadata_size,
-        })
+        }))
     }
 
     /// Drops one pin of `client` on `id`. Returns how many pins the client still holds.
@@ -810,11 +976,7 @@ impl Store {
         }
         self.tick += 1;
         entry.lru_tick = Some(self.tick);
-        if entry.is_small() {
-            self.lru_small.insert(self.tick, id);
-        } else {
-            self.lru_large.insert(self.tick, id);
-        }
+        self.lru.insert(self.tick, id);
     }
 
     /// Whether `id` is here and sealed.
@@ -893,8 +1055,7 @@ impl Store {
             capacity_bytes: self.layout.capacity,
             // Leased room that holds no object yet counts as free here (arena_used_bytes
             // has it).
-            used_bytes: self.arena.used().saturating_sub(self.leases.idle_bytes())
-                + self.large_used,
+            used_bytes: self.arena.used().saturating_sub(self.leases.idle_bytes()),
             objects: self.objects.len() as u64,
             sealed_objects: self.objects.values().filter(|e| e.sealed).count() as u64,
             evictions: self.evictions,
@@ -902,6 +1063,9 @@ impl Store {
             arena_bytes: self.arena.size(),
             arena_used_bytes: self.arena.used(),
             clients: self.clients.len() as u64,
+            reserved_bytes: (self.reserved_granules * memory::ARENA_RESERVE_GRANULE)
+                .min(self.arena.size() as usize) as u64,
+            spill: self.spill.stats(),
         }
     }
 }
@@ -916,9 +1080,18 @@ mod tests {
         ObjectId::from_bytes([n; 20])
     }
 
-    fn store() -> Store {
-        // 64 MiB: a 16 MiB arena (objects up to 4 MiB) and 48 MiB for large objects.
-        Store::new(64 * MIB, Backing::Memfd).unwrap()
+    /// A `ray.put` object's ID.
+    fn put_id(n: u8) -> ObjectId {
+        let mut bytes = [n; 20];
+        bytes[16] |= 0x80;
+        ObjectId::from_bytes(bytes)
+    }
+
+    /// A 64 MiB store and its spill directory.
+    fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(64 * MIB, Backing::Memfd, dir.path().join("spill")).unwrap();
+        (store, dir)
     }
 
     fn put(store: &mut Store, client: ClientId, n: u8, size: u64) {
@@ -929,7 +1102,7 @@ mod tests {
 
     #[test]
     fn arena_pages_are_reserved_on_first_use() {
-        let mut store = store();
+        let (mut store, _dir) = store();
         assert!(store.arena_reserved.iter().all(|reserved| !reserved));
         let client = store.connect();
         store.create(client, id(1), 100, 0).unwrap();
@@ -937,17 +1110,31 @@ mod tests {
     }
 
     #[test]
+    fn a_large_pulled_object_gets_no_pages_up_front() {
+        let (mut store, _dir) = store();
+        let client = store.connect();
+        store.create_pulled(client, id(1), 16 * MIB, 0).unwrap();
+        assert!(store.arena_reserved.iter().all(|reserved| !reserved));
+        store.create_pulled(client, id(2), MIB, 0).unwrap();
+        assert!(
+            store.arena_reserved[2],
+            "a small one is written through a mapping"
+        );
+    }
+
+    #[test]
     fn layout_splits_capacity() {
         let layout = Layout::for_capacity(64 * MIB, 4096);
-        assert_eq!(layout.arena_size, 16 * MIB);
-        assert_eq!(layout.small_object_max, 4 * MIB);
+        assert_eq!(layout.arena_size, 64 * MIB);
+        assert_eq!(layout.small_object_max, 64 * MIB);
         let big = Layout::for_capacity(100 << 30, 4096);
-        assert_eq!(big.arena_size, MAX_ARENA);
+        assert_eq!(big.arena_size, 100 << 30);
+        assert_eq!(big.lease_size, lease::MAX_LEASE);
     }
 
     #[test]
     fn leased_objects_live_like_others_and_their_lease_goes_when_empty() {
-        let mut store = store();
+        let (mut store, _dir) = store();
         let (a, b) = (store.connect(), store.connect());
         let lease = store.layout().lease_size;
         assert_eq!(lease, lease::MAX_LEASE);
@@ -987,7 +1174,7 @@ mod tests {
 
     #[test]
     fn a_leased_copy_of_an_existing_object_stays_private() {
-        let mut store = store();
+        let (mut store, _dir) = store();
         let (a, b) = (store.connect(), store.connect());
         put(&mut store, a, 1, 100);
         let (offset, _) = store.lease(b).unwrap();
@@ -1006,7 +1193,7 @@ mod tests {
 
     #[test]
     fn lifecycle_create_seal_get_release_delete() {
-        let mut store = store();
+        let (mut store, _dir) = store();
         let (a, b) = (store.connect(), store.connect());
         store.create(a, id(1), 100, 10).unwrap();
         assert!(
@@ -1035,56 +1222,141 @@ mod tests {
     }
 
     #[test]
-    fn eviction_is_lru_and_spares_pinned_objects() {
-        let mut store = store();
+    fn one_budget_for_every_size() {
+        let (mut store, _dir) = store();
         let c = store.connect();
-        // Six 8 MiB objects fill the 48 MiB pool.
-        for n in 1..=6 {
-            put(&mut store, c, n, 8 * MIB);
+        // An object of nearly the whole store fits an empty store.
+        put(&mut store, c, 1, 60 * MIB);
+        assert_eq!(store.stats().spill.objects, 0);
+        assert!(matches!(
+            store.create(c, id(2), 65 * MIB, 0),
+            Err(StoreError::TooLarge { .. })
+        ));
+        store.delete(id(1));
+        // Small objects fill all of it before anything leaves memory.
+        for n in 1..=64 {
+            put(&mut store, c, n, MIB);
         }
-        // Touch 1, pin 2: the LRU order is now 3, 4, 5, 6, 1.
-        store.get(c, id(1)).unwrap();
-        store.release(c, id(1)).unwrap();
-        store.get(c, id(2)).unwrap();
-        put(&mut store, c, 7, 8 * MIB);
-        assert!(!store.exists(&id(3)), "least recently used goes first");
-        assert!(store.exists(&id(1)) && store.exists(&id(2)));
-        put(&mut store, c, 8, 16 * MIB);
-        assert!(!store.exists(&id(4)) && !store.exists(&id(5)));
-        assert_eq!(store.stats().evictions, 3);
+        let stats = store.stats();
+        assert_eq!((stats.spill.objects, stats.evictions), (0, 0));
+        assert_eq!(stats.used_bytes, 64 * MIB);
+        put(&mut store, c, 65, MIB);
+        assert_eq!(store.stats().spill.objects, 1, "full: the oldest spills");
+    }
+
+    #[test]
+    fn a_full_store_spills_the_least_recently_used_and_restores_on_get() {
+        let (mut store, _dir) = store();
+        let c = store.connect();
+        for n in 1..=4 {
+            let view = store.create(c, put_id(n), 16 * MIB, 0).unwrap();
+            let Placement::Arena { offset } = view.placement else {
+                panic!("in the arena")
+            };
+            // SAFETY: the creator alone writes its unsealed object.
+            unsafe { store.arena_map.slice_mut(offset, 16 * MIB) }
+                .unwrap()
+                .fill(n);
+            store.seal(c, put_id(n)).unwrap();
+            store.release(c, put_id(n)).unwrap();
+        }
+        // Touch 1, pin 2: the LRU order is now 3, 4, 1.
+        store.get(c, put_id(1)).unwrap();
+        store.release(c, put_id(1)).unwrap();
+        store.get(c, put_id(2)).unwrap();
+        put(&mut store, c, 5, 16 * MIB);
+        assert_eq!(store.stats().spill.objects, 1, "3 went to disk");
+        assert!(store.contains(&put_id(3)), "a spilled object is still here");
+        store.release(c, put_id(2)).unwrap();
+        let view = store.get(c, put_id(3)).unwrap();
+        let Placement::Arena { offset } = view.placement else {
+            panic!("back in the arena")
+        };
+        // SAFETY: sealed and pinned.
+        let bytes = unsafe { store.arena_map.slice(offset, 16 * MIB) }.unwrap();
+        assert!(bytes.iter().all(|&b| b == 3), "restored intact");
+        let stats = store.stats();
+        assert_eq!(stats.evictions, 0);
+        assert_eq!(stats.spill.restored_bytes, 16 * MIB);
+        assert_eq!(
+            stats.spill.written_bytes,
+            32 * MIB,
+            "3, then 4 to make room"
+        );
+        assert_eq!(stats.spill.objects, 1);
+        // Deleting a spilled object frees its disk space.
+        assert_eq!(store.delete(put_id(4)), DeleteOutcome::Deleted);
+        assert_eq!(store.stats().spill.bytes, 0);
+    }
+
+    #[test]
+    fn without_disk_only_task_results_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // A spill directory that cannot be made: every spill fails.
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let mut store = Store::new(64 * MIB, Backing::Memfd, blocker.join("spill")).unwrap();
+        let c = store.connect();
+        put(&mut store, c, 1, 16 * MIB);
+        for n in 2..=4 {
+            store.create(c, put_id(n), 16 * MIB, 0).unwrap();
+            store.seal(c, put_id(n)).unwrap();
+            store.release(c, put_id(n)).unwrap();
+        }
+        // The task result goes; the puts stay.
+        store.create(c, id(5), 16 * MIB, 0).unwrap();
+        assert!(!store.exists(&id(1)));
+        assert_eq!(store.stats().evictions, 1);
+        let err = store.create(c, id(6), 16 * MIB, 0).unwrap_err();
+        let StoreError::Full { .. } = &err else {
+            panic!("{err}")
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("object_store_memory (67108864 bytes)"),
+            "{message}"
+        );
+        assert!(message.contains("cannot spill to"), "{message}");
+        for n in 2..=4 {
+            assert!(store.contains(&put_id(n)), "a put is never dropped");
+        }
     }
 
     #[test]
     fn a_full_store_says_so() {
-        let mut store = store();
+        let (mut store, _dir) = store();
         let c = store.connect();
-        for n in 1..=6 {
-            store.create(c, id(n), 8 * MIB, 0).unwrap();
+        for n in 1..=4 {
+            store.create(c, id(n), 16 * MIB, 0).unwrap();
             store.seal(c, id(n)).unwrap();
         }
         let err = store.create(c, id(9), 8 * MIB, 0).unwrap_err();
-        assert!(matches!(err, StoreError::Full { .. }), "{err}");
+        assert!(
+            err.to_string().contains("pinned (in use) or unsealed"),
+            "{err}"
+        );
         assert!(matches!(
             store.create(c, id(9), 100 * MIB, 0),
             Err(StoreError::TooLarge { .. })
         ));
-        // Small objects: fill the arena with pinned ones.
-        let mut n = 10u8;
-        loop {
-            match store.create(c, id(n), MIB, 0) {
-                Ok(_) => n += 1,
-                Err(StoreError::Full { pool, .. }) => {
-                    assert_eq!(pool, "arena");
-                    break;
-                }
-                Err(e) => panic!("{e}"),
-            }
+    }
+
+    #[test]
+    fn arena_is_prefaulted_ahead_up_to_a_bound() {
+        let (mut store, _dir) = store();
+        let mut reserved = 0;
+        while let Some((index, _, _)) = store.prefault_next() {
+            store.prefault_done(index);
+            reserved += 1;
         }
+        assert_eq!(reserved, 8, "the whole small store");
+        assert!(store.take_prefault_wanted());
+        assert_eq!(store.stats().reserved_bytes, 64 * MIB);
     }
 
     #[test]
     fn a_disconnect_aborts_and_unpins() {
-        let mut store = store();
+        let (mut store, _dir) = store();
         let (a, b) = (store.connect(), store.connect());
         put(&mut store, a, 1, 10);
         store.get(b, id(1)).unwrap();
@@ -1096,19 +1368,5 @@ mod tests {
         assert_eq!((row.id, row.pins), (id(1), 0));
         assert_eq!(store.stats().used_bytes, 64);
         assert_eq!(store.stats().clients, 1);
-    }
-
-    #[test]
-    fn a_sealed_large_object_hands_out_read_only_descriptors() {
-        let mut store = store();
-        let c = store.connect();
-        let view = store.create(c, id(1), 8 * MIB, 0).unwrap();
-        let Placement::Own(segment) = view.placement else {
-            panic!("large objects get their own segment")
-        };
-        store.seal(c, id(1)).unwrap();
-        let fd = segment.fd_for_client();
-        assert!(Mapping::new(fd, 8 * MIB as usize, true, false).is_err());
-        assert!(Mapping::new(fd, 8 * MIB as usize, false, false).is_ok());
     }
 }

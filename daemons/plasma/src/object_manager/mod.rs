@@ -34,7 +34,7 @@ use wire::{ChunkDecoder, ChunkStart, Piece};
 
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::{ClientId, ObjectView, OwnSegment, Placement, StoreError, StoreEvent};
+use crate::store::{ClientId, ObjectView, Placement, StoreError, StoreEvent, PWRITE_MIN};
 
 /// The path of the `Pull` method.
 const PULL_PATH: &str = "/rayd.objectmanager.v1.ObjectManager/Pull";
@@ -135,9 +135,18 @@ impl Destination {
     ) -> Result<(Self, u64, Option<SegmentWriter>), TransferError> {
         let id = view.id;
         Ok(match &view.placement {
-            Placement::Arena { offset } => (Self::Mapped(state.arena_map.clone()), *offset, None),
+            Placement::Arena { offset }
+                if view.total_size() < PWRITE_MIN || !state.arena_takes_writes =>
+            {
+                (Self::Mapped(state.arena_map.clone()), *offset, None)
+            }
+            Placement::Arena { offset } => {
+                let (queue, writer) = SegmentWriter::start(state.arena_fd.as_fd(), pin.clone())
+                    .map_err(|error| TransferError::Write { id, error })?;
+                (Self::Own(queue), *offset, Some(writer))
+            }
             Placement::Own(segment) if segment.takes_writes => {
-                let (queue, writer) = SegmentWriter::start(segment, pin.clone())
+                let (queue, writer) = SegmentWriter::start(segment.fd.as_fd(), pin.clone())
                     .map_err(|error| TransferError::Write { id, error })?;
                 (Self::Own(queue), 0, Some(writer))
             }
@@ -216,14 +225,14 @@ impl SegmentWriter {
     /// Starts the thread; it stops once every queue handle is gone (or a write fails),
     /// and it keeps the object pinned until then.
     fn start(
-        segment: &OwnSegment,
+        segment: std::os::fd::BorrowedFd<'_>,
         pin: Arc<TransferPin>,
     ) -> Result<(WriterQueue, Self), std::io::Error> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, u64, _)>();
         let room = Arc::new(tokio::sync::Semaphore::new(WriterQueue::BYTES as usize));
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let room_left = room.clone();
-        let file = std::fs::File::from(segment.fd.try_clone()?);
+        let file = std::fs::File::from(segment.try_clone_to_owned()?);
         std::thread::Builder::new()
             .name("rayd-pull-write".into())
             .spawn(move || {
@@ -650,7 +659,8 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn state() -> Arc<State> {
-        let store = Store::new(64 * MIB, Backing::Memfd).unwrap();
+        let dir = std::env::temp_dir().join("rayd-plasma-test-spill");
+        let store = Store::new(64 * MIB, Backing::Memfd, dir).unwrap();
         State::new(
             store,
             rayd_common::id::NodeId::random(),
@@ -789,11 +799,9 @@ mod tests {
         let bytes = pattern(40 * MIB as usize);
         let end = bytes.len() as u64;
         let (target, writer, view) = new_target(&state, end);
-        let Placement::Own(segment) = &view.placement else {
-            panic!("a large object gets a segment of its own")
-        };
-        // Sealed against writes, the segment refuses the writer's first `pwrite`.
-        assert!(memory::seal_against_writes(segment.fd.as_fd()).unwrap());
+        assert!(writer.is_some(), "a large object is written with pwrite");
+        // Sealed against new writes, the arena refuses the writer's first `pwrite`.
+        assert!(!memory::seal_against_writes(state.arena_fd.as_fd()).unwrap());
         let mut frames = chunk_frames(&bytes, MIB as usize);
         frames.push(trailers("0", None, None));
         let result = target.receive(stream(frames), 0, end).await;

@@ -102,7 +102,8 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
          redis_max_clients: Optional[int] = None, plasma_directory: Optional[str] = None,
          huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
          address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
-         _temp_dir: Optional[str] = None, **unknown: Any) -> Optional[Dict[str, Any]]:
+         _temp_dir: Optional[str] = None, object_spilling_directory: Optional[str] = None,
+         **unknown: Any) -> Optional[Dict[str, Any]]:
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
         raise TypeError(f"ray.init() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
@@ -135,6 +136,7 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
             "object_store_memory": object_store_memory, "num_workers": num_workers,
             "num_redis_shards": num_redis_shards, "redis_max_clients": redis_max_clients,
             "plasma_directory": plasma_directory, "huge_pages": huge_pages or None,
+            "object_spilling_directory": object_spilling_directory,
         }
         if address:
             given = [name for name, value in node_settings.items() if value is not None]

@@ -1,0 +1,108 @@
+"""The object store seen from a driver: one memory budget, spilling to disk when it is full
+(restored on get, shown by `rayd status`), and a clear error when the disk is full too."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ray
+from conftest import wait_for
+
+RAYD = os.path.join(os.path.dirname(sys.executable), "rayd")
+MB = 1_000_000
+
+
+def _status(address):
+    return subprocess.run([RAYD, "status", "--redis-address", address], capture_output=True,
+                          text=True, timeout=30).stdout
+
+
+def test_a_gigabyte_of_puts_spills_through_a_small_store_and_reads_back(ray_start, tmp_path):
+    spill = tmp_path / "spill"
+    worker = ray_start(object_store_memory=200 * MB, object_spilling_directory=str(spill))
+    # 50 arrays of 20 MB: five times the store.
+    refs = [ray.put(np.full(20 * MB // 8, i, dtype=np.int64)) for i in range(50)]
+    for i, ref in enumerate(refs):
+        value = ray.get(ref)
+        assert value.shape == (20 * MB // 8,) and value[0] == i and value[-1] == i
+        assert int(value.sum()) == i * (20 * MB // 8), f"array {i} changed"
+        del value
+    # And as a task's argument.
+    @ray.remote
+    def total(a):
+        return int(a.sum())
+
+    assert ray.get(total.remote(refs[0])) == 0
+    assert ray.get(total.remote(refs[1])) == 20 * MB // 8
+    assert os.listdir(spill) == [], "the spill file is unlinked"
+
+    address = worker.info["redis_address"]
+
+    def spilled():
+        match = re.search(r"spilled: (\d+) objects, ([\d.]+) MiB on disk \(([\d.]+) MiB written",
+                          _status(address))
+        return match if match and float(match.group(3)) >= 800 else None
+
+    match = wait_for(spilled, 20, "rayd status to show the spilled bytes")
+    assert int(match.group(1)) > 0
+
+
+def test_small_and_large_objects_share_one_budget(ray_start):
+    worker = ray_start(object_store_memory=200 * MB)
+    # 160 MiB: most of an empty 200 MB store.
+    big = ray.get(ray.put(np.ones(160 * 2**20 // 8)))
+    assert big.shape == (160 * 2**20 // 8,) and big[-1] == 1.0
+    del big
+    address = worker.info["redis_address"]
+    match = wait_for(lambda: re.search(r"(\d+) objects, (\d+) evictions; spilled: (\d+) objects",
+                                       _status(address)), 20, "the store's figures")
+    assert (match.group(2), match.group(3)) == ("0", "0"), match.group(0)
+
+
+def test_a_gigabyte_of_small_puts_stays_in_the_default_store(ray_start):
+    worker = ray_start()
+    refs = [ray.put(np.full(2**20 // 8, i, dtype=np.int64)) for i in range(1200)]
+    address = worker.info["redis_address"]
+
+    def figures():
+        match = re.search(r"(\d+) objects, (\d+) evictions; spilled: (\d+) objects",
+                          _status(address))
+        return match if match and int(match.group(1)) >= 1200 else None
+
+    match = wait_for(figures, 20, "the store's figures to count 1,200 objects")
+    assert (match.group(2), match.group(3)) == ("0", "0"), "1.2 GB of 1 MiB puts left memory"
+    for i in range(0, 1200, 97):
+        assert ray.get(refs[i])[-1] == i
+
+
+def _mount_tmpfs(path, size):
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def test_a_full_disk_fails_the_put_naming_both_limits(ray_start, tmp_path):
+    spill = tmp_path / "spill"
+    if not _mount_tmpfs(spill, "50m"):
+        pytest.skip("cannot mount a tmpfs (not root?)")
+    try:
+        ray_start(object_store_memory=100 * MB, object_spilling_directory=str(spill))
+        refs = []
+        with pytest.raises(ray.exceptions.ObjectStoreFullError) as raised:
+            for i in range(20):
+                refs.append(ray.put(np.full(10 * MB // 8, i, dtype=np.int64)))
+        message = str(raised.value)
+        assert "object_store_memory (100000000 bytes)" in message, message
+        assert f"the spill directory {spill} is full" in message, message
+        # Every put that succeeded is still there.
+        assert 10 <= len(refs) < 20
+        for i, ref in enumerate(refs):
+            assert ray.get(ref)[-1] == i
+        ray.shutdown()
+    finally:
+        subprocess.run(["umount", str(spill)])
