@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rayd_common::id::{NodeId, ObjectId};
+use rayd_common::id::{ActorId, NodeId, ObjectId};
 use rayd_common::process::signal_pid;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_common::proto::raylet::v1 as pb;
@@ -18,9 +18,12 @@ use rayd_gcs::{GcsClient, Target};
 use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
-use crate::peers::Peers;
+use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
+
+/// How long the node of an actor is looked for in the GCS before its calls fail.
+const LOCATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What reaches the raylet's event loop.
 // Events move once through a channel; boxing the task-carrying variant would only add an
@@ -163,24 +166,47 @@ impl Node {
                     home,
                     hops,
                     job,
-                } => self.forward(node, spec, home, hops, job),
+                } => {
+                    let task =
+                        rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
+                    let request = nm::ForwardTaskRequest {
+                        spec: Some(*spec),
+                        home_node_id: home.as_bytes().to_vec(),
+                        hops,
+                        job,
+                    };
+                    self.peers.send(
+                        node,
+                        Outgoing::Forward {
+                            task,
+                            request: Box::new(request),
+                        },
+                    );
+                }
                 Effect::ReturnResults {
                     home,
                     task,
                     results,
                 } => {
-                    let peers = self.peers.clone();
                     let request = nm::TaskFinishedRequest {
                         task_id: task.as_bytes().to_vec(),
                         node_id: self.node_id.as_bytes().to_vec(),
                         results,
                     };
-                    tokio::spawn(async move {
-                        if let Err(e) = peers.finished(home, request).await {
-                            log::warn!(task:% = task; "cannot report a finished task to its home: {e}");
-                        }
-                    });
+                    self.peers.send(home, Outgoing::Finished(request));
                 }
+                Effect::KillRemoteActor {
+                    node,
+                    actor,
+                    reason,
+                } => {
+                    let request = nm::KillActorRequest {
+                        actor_id: actor.as_bytes().to_vec(),
+                        reason,
+                    };
+                    self.peers.send(node, Outgoing::KillActor(request));
+                }
+                Effect::LocateActor { actor } => self.locate(actor),
                 Effect::Gcs(write) => {
                     let _ = self.writes.send(write);
                 }
@@ -209,34 +235,27 @@ impl Node {
         });
     }
 
-    fn forward(
-        &self,
-        node: NodeId,
-        spec: Box<rayd_common::proto::common::v1::TaskSpec>,
-        home: NodeId,
-        hops: u32,
-        job: Option<pb::JobConfig>,
-    ) {
-        let peers = self.peers.clone();
+    /// Finds the node of `actor` in the GCS actor table, waiting a while for its entry
+    /// (its creator writes it within a few tens of milliseconds).
+    fn locate(&self, actor: ActorId) {
+        let gcs = self.gcs.clone();
         let inputs = self.inputs.clone();
-        let task = rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
-        let request = nm::ForwardTaskRequest {
-            spec: Some(*spec),
-            home_node_id: home.as_bytes().to_vec(),
-            hops,
-            job,
-        };
         tokio::spawn(async move {
-            if let Err(e) = peers.forward(node, request).await {
-                let _ = inputs.send(
-                    Event::ForwardFailed {
-                        task,
-                        node,
-                        error: e.to_string(),
-                    }
-                    .into(),
-                );
-            }
+            let deadline = tokio::time::Instant::now() + LOCATE_TIMEOUT;
+            let mut pause = std::time::Duration::from_millis(10);
+            let node = loop {
+                match gcs.actor(actor).await {
+                    Ok(Some(info)) if info.node.is_some() => break info.node,
+                    Ok(_) => {}
+                    Err(e) => log::warn!(actor:% = actor; "cannot look the actor up: {e}"),
+                }
+                if tokio::time::Instant::now() + pause > deadline {
+                    break None;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            };
+            let _ = inputs.send(Event::ActorLocated { actor, node }.into());
         });
     }
 

@@ -177,7 +177,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
     };
-    let peers = peers::Peers::default();
+    let peers = peers::Peers::new(events_tx.clone());
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),

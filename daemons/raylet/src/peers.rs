@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rayd_common::id::{NodeId, TaskId};
+use rayd_common::id::{ActorId, NodeId, TaskId};
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::{keys, GcsClient, Heartbeat, Target};
 use tokio::net::TcpListener;
@@ -77,6 +77,20 @@ impl nm::node_manager_server::NodeManager for Service {
         })?;
         Ok(Response::new(nm::TaskFinishedReply {}))
     }
+
+    async fn kill_actor(
+        &self,
+        request: Request<nm::KillActorRequest>,
+    ) -> Result<Response<nm::KillActorReply>, Status> {
+        let request = request.into_inner();
+        let actor = ActorId::from_slice(&request.actor_id)
+            .map_err(|e| Status::invalid_argument(format!("actor_id: {e}")))?;
+        self.deliver(Event::KillActor {
+            actor,
+            reason: request.reason,
+        })?;
+        Ok(Response::new(nm::KillActorReply {}))
+    }
 }
 
 /// Serves the node manager on `listener` until `cancel` fires.
@@ -97,17 +111,33 @@ pub fn serve(
     tokio::spawn(server)
 }
 
-/// The other raylets: their node manager addresses (learned by the watcher) and a
-/// connection to each, made on first use.
-#[derive(Debug, Clone, Default)]
+/// What goes to another raylet, in order: one queue per node, so that the calls of an
+/// actor forwarded there arrive in the order they were made.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A task to run there; on failure the scheduler hears `ForwardFailed` for `task`.
+    Forward {
+        task: TaskId,
+        request: Box<nm::ForwardTaskRequest>,
+    },
+    /// A task forwarded from there finished here.
+    Finished(nm::TaskFinishedRequest),
+    /// Kill an actor that lives there.
+    KillActor(nm::KillActorRequest),
+}
+
+/// The other raylets: their node manager addresses (learned by the watcher) and a queue
+/// to each, with a task that sends what is queued in order.
+#[derive(Debug, Clone)]
 pub struct Peers {
     inner: Arc<Mutex<HashMap<NodeId, Peer>>>,
+    inputs: mpsc::UnboundedSender<Input>,
 }
 
 #[derive(Debug)]
 struct Peer {
     address: String,
-    channel: Option<Channel>,
+    queue: Option<mpsc::UnboundedSender<Outgoing>>,
 }
 
 /// Why a call to another raylet failed.
@@ -126,6 +156,13 @@ pub enum PeerError {
 }
 
 impl Peers {
+    pub fn new(inputs: mpsc::UnboundedSender<Input>) -> Self {
+        Self {
+            inner: Arc::default(),
+            inputs,
+        }
+    }
+
     fn learn(&self, node: NodeId, address: String) {
         let mut peers = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match peers.get_mut(&node) {
@@ -135,7 +172,7 @@ impl Peers {
                     node,
                     Peer {
                         address,
-                        channel: None,
+                        queue: None,
                     },
                 );
             }
@@ -149,72 +186,102 @@ impl Peers {
             .remove(node);
     }
 
-    fn client(
-        &self,
-        node: NodeId,
-    ) -> Result<(String, nm::node_manager_client::NodeManagerClient<Channel>), PeerError> {
-        let mut peers = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let peer = peers.get_mut(&node).ok_or(PeerError::Unknown(node))?;
-        let channel = match &peer.channel {
-            Some(channel) => channel.clone(),
-            None => {
-                let bad = || PeerError::Address {
-                    node,
-                    address: peer.address.clone(),
-                };
-                if peer.address.is_empty() {
-                    return Err(bad());
-                }
-                let channel = Endpoint::from_shared(format!("http://{}", peer.address))
-                    .map_err(|_| bad())?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .timeout(CALL_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                peer.channel = Some(channel.clone());
-                channel
+    /// Queues `message` for `node`; sent after everything queued for it before.
+    pub fn send(&self, node: NodeId, message: Outgoing) {
+        let queue = {
+            let mut peers = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get_mut(&node) {
+                None => Err(PeerError::Unknown(node)),
+                Some(peer) => match &peer.queue {
+                    Some(queue) if !queue.is_closed() => Ok(queue.clone()),
+                    _ => match connect(node, &peer.address) {
+                        Ok(client) => {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            tokio::spawn(deliver(
+                                node,
+                                peer.address.clone(),
+                                client,
+                                rx,
+                                self.inputs.clone(),
+                            ));
+                            peer.queue = Some(tx.clone());
+                            Ok(tx)
+                        }
+                        Err(e) => Err(e),
+                    },
+                },
             }
         };
-        Ok((
-            peer.address.clone(),
-            nm::node_manager_client::NodeManagerClient::new(channel),
-        ))
+        match queue {
+            Ok(queue) => {
+                if let Err(mpsc::error::SendError(message)) = queue.send(message) {
+                    fail(&self.inputs, node, message, "the connection closed".into());
+                }
+            }
+            Err(e) => fail(&self.inputs, node, message, e.to_string()),
+        }
     }
+}
 
-    /// Hands a task to `node`.
-    pub async fn forward(
-        &self,
-        node: NodeId,
-        request: nm::ForwardTaskRequest,
-    ) -> Result<(), PeerError> {
-        let (address, mut client) = self.client(node)?;
-        client
-            .forward_task(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| PeerError::Call {
+fn connect(
+    node: NodeId,
+    address: &str,
+) -> Result<nm::node_manager_client::NodeManagerClient<Channel>, PeerError> {
+    let bad = || PeerError::Address {
+        node,
+        address: address.to_string(),
+    };
+    if address.is_empty() {
+        return Err(bad());
+    }
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|_| bad())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(nm::node_manager_client::NodeManagerClient::new(channel))
+}
+
+/// Tells the scheduler (or the log) that `message` did not reach `node`.
+fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, error: String) {
+    match message {
+        Outgoing::Forward { task, .. } => {
+            let _ = inputs.send(Event::ForwardFailed { task, node, error }.into());
+        }
+        Outgoing::Finished(_) => {
+            log::warn!(node:% = node; "cannot report a finished task to its home: {error}");
+        }
+        Outgoing::KillActor(_) => {
+            log::warn!(node:% = node; "cannot ask a node to kill an actor: {error}");
+        }
+    }
+}
+
+/// Sends what is queued for `node`, one call at a time, in order.
+async fn deliver(
+    node: NodeId,
+    address: String,
+    mut client: nm::node_manager_client::NodeManagerClient<Channel>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    inputs: mpsc::UnboundedSender<Input>,
+) {
+    while let Some(message) = queue.recv().await {
+        let result = match &message {
+            Outgoing::Forward { request, .. } => {
+                client.forward_task((**request).clone()).await.map(|_| ())
+            }
+            Outgoing::Finished(request) => client.task_finished(request.clone()).await.map(|_| ()),
+            Outgoing::KillActor(request) => client.kill_actor(request.clone()).await.map(|_| ()),
+        };
+        if let Err(status) = result {
+            let error = PeerError::Call {
                 node,
-                address,
+                address: address.clone(),
                 status: Box::new(status),
-            })
-    }
-
-    /// Tells `home` that a task forwarded from it finished here.
-    pub async fn finished(
-        &self,
-        home: NodeId,
-        request: nm::TaskFinishedRequest,
-    ) -> Result<(), PeerError> {
-        let (address, mut client) = self.client(home)?;
-        client
-            .task_finished(request)
-            .await
-            .map(|_| ())
-            .map_err(|status| PeerError::Call {
-                node: home,
-                address,
-                status: Box::new(status),
-            })
+            };
+            fail(&inputs, node, message, error.to_string());
+        }
     }
 }
 

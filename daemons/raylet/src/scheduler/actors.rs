@@ -103,6 +103,11 @@ impl Actors {
         creation
     }
 
+    /// Forgets an actor (it moved to another node before it started here).
+    pub fn remove(&mut self, id: &ActorId) -> Option<Actor> {
+        self.actors.remove(id)
+    }
+
     pub fn get(&self, id: &ActorId) -> Option<&Actor> {
         self.actors.get(id)
     }

@@ -130,6 +130,16 @@ pub enum Event {
         node: NodeId,
         error: String,
     },
+    /// Another raylet asks to kill an actor that lives here.
+    KillActor {
+        actor: ActorId,
+        reason: String,
+    },
+    /// Where an actor lives, as the GCS says (`None`: nowhere to be found).
+    ActorLocated {
+        actor: ActorId,
+        node: Option<NodeId>,
+    },
     /// A task forwarded from here finished on `node`: its small results.
     RemoteTaskFinished {
         task: TaskId,
@@ -165,6 +175,14 @@ pub enum Effect {
         home: NodeId,
         hops: u32,
         job: Option<pb::JobConfig>,
+    },
+    /// Find the node of an actor (answered by `ActorLocated`).
+    LocateActor { actor: ActorId },
+    /// Ask `node` to kill an actor that lives there.
+    KillRemoteActor {
+        node: NodeId,
+        actor: ActorId,
+        reason: String,
     },
     /// Tell a task's home (another node) that it finished here, with its small results.
     ReturnResults {
@@ -240,6 +258,11 @@ pub struct Scheduler {
     /// Tasks submitted here that run on another node: where, and the task (its results'
     /// IDs and its submitter).
     forwarded: HashMap<TaskId, (NodeId, Task)>,
+    /// Actors that live on another node (their creation was forwarded from here, or the
+    /// GCS said where they are), with their job: their calls are forwarded there.
+    remote_actors: HashMap<ActorId, (NodeId, JobId)>,
+    /// Calls to actors whose node is being looked up, in order.
+    locating: HashMap<ActorId, Vec<Task>>,
     /// Attempts of tasks retried after their worker died.
     retries: HashMap<TaskId, u32>,
     effects: Vec<Effect>,
@@ -261,6 +284,8 @@ impl Scheduler {
             actors: Actors::default(),
             cluster: Cluster::default(),
             forwarded: HashMap::new(),
+            remote_actors: HashMap::new(),
+            locating: HashMap::new(),
             retries: HashMap::new(),
             effects: Vec::new(),
             now,
@@ -363,7 +388,7 @@ impl Scheduler {
                 log::warn!(task:% = task, node:% = node; "cannot forward a task: {error}; it stays here");
                 self.cluster.refused(&node);
                 if let Some((_, task)) = self.forwarded.remove(&task) {
-                    self.make_ready(task, true);
+                    self.forward_failed(task, node);
                     self.schedule();
                 }
             }
@@ -372,6 +397,8 @@ impl Scheduler {
                 node,
                 results,
             } => self.on_remote_finished(task, node, results),
+            Event::KillActor { actor, reason } => self.kill_actor(actor, reason),
+            Event::ActorLocated { actor, node } => self.on_actor_located(actor, node),
         }
     }
 
@@ -523,13 +550,13 @@ impl Scheduler {
                 if let Some(job) = job {
                     self.jobs.add_remote(task.job, job);
                 }
-                if task.is_actor_creation() || task.is_actor_call() {
-                    log::warn!(task:% = task.id; "refusing a forwarded actor task: actors stay on their driver's node");
-                    let reason = "actor tasks are not forwarded between nodes".to_string();
-                    self.store_errors(&task, value::ERROR_INVALID_TASK, &reason);
-                    return;
+                if task.is_actor_creation() {
+                    self.create_actor(task);
+                } else if task.is_actor_call() {
+                    self.submit_actor_call(task);
+                } else {
+                    self.submit(task);
                 }
-                self.submit(task);
             }
             Err(refused) => {
                 let (spec, e) = *refused;
@@ -796,16 +823,15 @@ impl Scheduler {
 
     /// Forwards the queued tasks of `shape` to other nodes: to those with room for them
     /// (per their heartbeats, less what was forwarded since), or with `room` false to any
-    /// that could run them. Returns whether any other node could take them. Actor
-    /// creations stay (their calls are not routed between nodes yet), and so do tasks
-    /// forwarded [`MAX_HOPS`] times already.
+    /// that could run them. Returns whether any other node could take them. Tasks
+    /// forwarded [`MAX_HOPS`] times already stay.
     fn spill(&mut self, shape: &task::Shape, request: &Amounts, room: bool) -> bool {
         if self.cluster.is_empty() {
             return false;
         }
         let mut placed = false;
         while let Some(front) = self.ready.front(shape) {
-            if front.is_actor_creation() || front.hops >= MAX_HOPS {
+            if front.hops >= MAX_HOPS {
                 return placed;
             }
             let Some(node) = self.cluster.place(request, room) else {
@@ -836,8 +862,65 @@ impl Scheduler {
             hops: task.hops + 1,
             job,
         });
+        if task.is_actor_creation() {
+            self.actor_moved(&task, node);
+        }
         if task.home.is_none() {
             self.forwarded.insert(task.id, (node, task));
+        }
+    }
+
+    /// The creation of an actor was forwarded to `node`: the actor lives there, and the
+    /// calls queued here follow it (after the creation: one queue per node keeps order).
+    fn actor_moved(&mut self, creation: &Task, node: NodeId) {
+        let Some(id) = actor_id_of(creation) else {
+            return;
+        };
+        self.remote_actors.insert(id, (node, creation.job));
+        let queued = self.actors.remove(&id).map(|a| a.queue).unwrap_or_default();
+        for call in queued {
+            self.forward(node, call);
+        }
+    }
+
+    /// A task could not be handed to `node`: it runs here, or goes elsewhere; an actor
+    /// call fails (its actor is there); an actor's creation comes back here.
+    fn forward_failed(&mut self, task: Task, node: NodeId) {
+        if task.is_actor_call() {
+            let reason = format!("cannot reach node {node}, where the actor of this call lives");
+            self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason);
+            return;
+        }
+        if task.is_actor_creation() {
+            if let Some(id) = actor_id_of(&task) {
+                self.remote_actors.remove(&id);
+                let task = self.actors.create(id, task);
+                self.record_actor(id);
+                self.make_ready(task, true);
+            }
+            return;
+        }
+        self.make_ready(task, true);
+    }
+
+    /// The GCS said where an actor lives: the calls that waited for it go there.
+    fn on_actor_located(&mut self, actor: ActorId, node: Option<NodeId>) {
+        let calls = self.locating.remove(&actor).unwrap_or_default();
+        match node.filter(|n| *n != self.settings.node_id) {
+            Some(node) => {
+                if let Some(job) = calls.first().map(|c| c.job) {
+                    self.remote_actors.insert(actor, (node, job));
+                }
+                for call in calls {
+                    self.forward(node, call);
+                }
+            }
+            None => {
+                let reason = format!("actor {actor} is on no node of the cluster");
+                for call in &calls {
+                    self.store_errors(call, value::ERROR_ACTOR_DIED, &reason);
+                }
+            }
         }
     }
 
@@ -1172,7 +1255,13 @@ impl Scheduler {
     /// (their CPUs serve other jobs), and later tasks of it are refused.
     fn end_job(&mut self, job: JobId) {
         self.jobs.end(job);
-        for id in self.actors.of_job(job) {
+        let remote: Vec<ActorId> = self
+            .remote_actors
+            .iter()
+            .filter(|(_, (_, j))| *j == job)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in self.actors.of_job(job).into_iter().chain(remote) {
             self.kill_actor(id, format!("the driver of actor {id}'s job exited"));
         }
         let mut cancelled = self.ready.take_where(|t| t.job == job);
@@ -1336,6 +1425,19 @@ impl Scheduler {
             log::warn!(task:% = task.id; "refusing an actor task without an actor id");
             return;
         };
+        if self.actors.get(&id).is_none() {
+            // It lives elsewhere: its calls go there, in order.
+            if let Some((node, _)) = self.remote_actors.get(&id).copied() {
+                self.forward(node, task);
+            } else {
+                let waiting = self.locating.entry(id).or_default();
+                waiting.push(task);
+                if waiting.len() == 1 {
+                    self.effects.push(Effect::LocateActor { actor: id });
+                }
+            }
+            return;
+        }
         match self.actors.refusal(&id) {
             None => {
                 self.actors.enqueue(id, task);
@@ -1496,6 +1598,14 @@ impl Scheduler {
 
     /// `ray.kill`, or its driver left: the actor dies now, without restarts.
     fn kill_actor(&mut self, id: ActorId, reason: String) {
+        if let Some((node, _)) = self.remote_actors.get(&id).copied() {
+            self.effects.push(Effect::KillRemoteActor {
+                node,
+                actor: id,
+                reason,
+            });
+            return;
+        }
         let Some((queued, worker)) = self.actors.kill(id, reason.clone()) else {
             return;
         };

@@ -44,6 +44,9 @@ struct Out {
     /// (home, task, number of small results) of every report to a task's home.
     returned: Vec<(NodeId, TaskId, usize)>,
     stopped_pulls: Vec<ObjectId>,
+    locate: Vec<ActorId>,
+    /// (node, actor) of every kill asked of another node.
+    remote_kills: Vec<(NodeId, ActorId)>,
 }
 
 impl Out {
@@ -123,6 +126,8 @@ impl Harness {
                 Effect::Put { id, object } => out.puts.push((id, object.metadata.to_vec())),
                 Effect::Pull { id } => out.pulls.push(id),
                 Effect::StopPull { id } => out.stopped_pulls.push(id),
+                Effect::LocateActor { actor } => out.locate.push(actor),
+                Effect::KillRemoteActor { node, actor, .. } => out.remote_kills.push((node, actor)),
                 Effect::Forward { node, spec, .. } => out.forwards.push((node, id_of(&spec))),
                 Effect::ReturnResults {
                     home,
@@ -981,4 +986,124 @@ fn results_of_a_task_that_ran_elsewhere_reach_the_driver_and_large_ones_are_pull
     let out = h.submit(driver, &next);
     assert!(out.pulls.is_empty());
     assert_eq!(out.assigned_ids(), vec![id_of(&next)]);
+}
+
+fn creation(h: &Harness, actor: ActorId, resources: &[(&str, f64)]) -> common_pb::TaskSpec {
+    let mut spec = h.spec(resources);
+    spec.actor_creation = true;
+    spec.actor_id = actor.as_bytes().to_vec();
+    spec.actor_holds_resources = !resources.is_empty();
+    spec
+}
+
+fn call(h: &Harness, actor: ActorId) -> common_pb::TaskSpec {
+    let mut spec = h.spec(&[]);
+    spec.actor_id = actor.as_bytes().to_vec();
+    spec
+}
+
+#[test]
+fn an_actor_placed_on_another_node_gets_its_calls_there_in_order_and_is_killed_there() {
+    let (mut h, nb, _) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("B", 1.0)],
+        &[("CPU", 1.0)],
+    );
+    let driver = h.driver();
+    let actor = ActorId::random();
+    let create = creation(&h, actor, &[("B", 1.0)]);
+    let out = h.submit(driver, &create);
+    assert_eq!(out.forwards, vec![(nb, id_of(&create))]);
+    let calls: Vec<_> = (0..3).map(|_| call(&h, actor)).collect();
+    let mut forwards = Vec::new();
+    for c in &calls {
+        forwards.extend(h.submit(driver, c).forwards);
+    }
+    assert_eq!(
+        forwards,
+        calls.iter().map(|c| (nb, id_of(c))).collect::<Vec<_>>(),
+        "every call goes to the actor's node, in order"
+    );
+    let out = h.message(
+        driver,
+        pb::client_message::Kind::KillActor(pb::KillActor {
+            actor_id: actor.as_bytes().to_vec(),
+        }),
+    );
+    assert_eq!(out.remote_kills, vec![(nb, actor)]);
+    // The driver leaving kills it there too.
+    let out = h.step(Event::Disconnected { conn: driver });
+    assert_eq!(out.remote_kills, vec![(nb, actor)]);
+}
+
+#[test]
+fn calls_to_an_actor_known_only_to_the_gcs_wait_for_its_location() {
+    let (mut h, _, nc) = with_peers(&[("CPU", 1.0)], &[("CPU", 1.0)], &[("CPU", 1.0)]);
+    let driver = h.driver();
+    let actor = ActorId::random();
+    let first = call(&h, actor);
+    let second = call(&h, actor);
+    assert_eq!(h.submit(driver, &first).locate, vec![actor]);
+    assert!(
+        h.submit(driver, &second).locate.is_empty(),
+        "looked up once"
+    );
+    let out = h.step(Event::ActorLocated {
+        actor,
+        node: Some(nc),
+    });
+    assert_eq!(
+        out.forwards,
+        vec![(nc, id_of(&first)), (nc, id_of(&second))]
+    );
+    let third = call(&h, actor);
+    assert_eq!(h.submit(driver, &third).forwards, vec![(nc, id_of(&third))]);
+    // An actor nobody has: its calls fail instead of waiting.
+    let lost = ActorId::random();
+    let orphan = call(&h, lost);
+    h.submit(driver, &orphan);
+    let out = h.step(Event::ActorLocated {
+        actor: lost,
+        node: None,
+    });
+    assert_eq!(
+        out.error_puts(value::ERROR_ACTOR_DIED),
+        vec![ObjectId::for_return(id_of(&orphan), 1)]
+    );
+}
+
+#[test]
+fn an_actor_forwarded_here_runs_here_and_its_calls_report_home() {
+    let mut h = Harness::new(&[("CPU", 1.0), ("B", 1.0)]);
+    let home = NodeId::random();
+    let actor = ActorId::random();
+    let create = creation(&h, actor, &[("B", 1.0)]);
+    let forwarded = |spec: &common_pb::TaskSpec| Event::TaskForwarded {
+        spec: spec.clone(),
+        home,
+        hops: 1,
+        job: None,
+    };
+    let out = h.step(forwarded(&create));
+    assert_eq!(out.starts, 1);
+    let (worker, _, out) = h.worker();
+    assert_eq!(out.assigned_ids(), vec![id_of(&create)]);
+    let c = call(&h, actor);
+    assert!(
+        h.step(forwarded(&c)).assigned.is_empty(),
+        "behind its constructor"
+    );
+    let out = h.done(worker, &create);
+    assert_eq!(out.returned, vec![(home, id_of(&create), 0)]);
+    assert_eq!(out.assigned_ids(), vec![id_of(&c)]);
+    let out = h.done(worker, &c);
+    assert_eq!(out.returned, vec![(home, id_of(&c), 0)]);
+    // Killed at its home's request: a later call fails and is reported home.
+    h.step(Event::KillActor {
+        actor,
+        reason: "killed with ray.kill".into(),
+    });
+    let late = call(&h, actor);
+    let out = h.step(forwarded(&late));
+    assert_eq!(out.returned, vec![(home, id_of(&late), 0)]);
 }
