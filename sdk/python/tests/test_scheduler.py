@@ -2,6 +2,7 @@
 core (daemons/raylet/src/scheduler/tests.rs) prove with scripted events, here once on
 real processes."""
 
+import os
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import ray
 
 
-def test_a_queued_tasks_argument_pushed_out_of_the_store_comes_back(ray_start):
+def test_a_queued_tasks_argument_pushed_out_of_the_store_comes_back(ray_start, tmp_path):
     """1 CPU, a 200 MB store, a task queued behind a busy CPU on a 30 MB `ray.put` array,
     then eight 30 MB puts that push the array out of memory: the task used to run on a
     missing object and its `ray.get` never returned. Now the array is spilled to disk and
@@ -18,9 +19,14 @@ def test_a_queued_tasks_argument_pushed_out_of_the_store_comes_back(ray_start):
     raise ObjectLostError naming it: the scheduler's unit tests script that case.)"""
     ray_start(num_cpus=1, object_store_memory=200 * 10**6)
 
+    release = tmp_path / "release"
+
     @ray.remote
-    def busy(seconds):
-        time.sleep(seconds)
+    def busy(path):
+        # Holds the only CPU until the test has pushed the array out.
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return "done"
 
     @ray.remote
@@ -31,9 +37,12 @@ def test_a_queued_tasks_argument_pushed_out_of_the_store_comes_back(ray_start):
     expected = int(array.sum())
     ref = ray.put(array)
     del array
-    blocker = busy.remote(2)
+    blocker = busy.remote(str(release))
     queued = total.remote(ref)
     fillers = [ray.put(np.zeros(30 * 10**6, dtype=np.uint8)) for _ in range(8)]
+    ready, _ = ray.wait([queued], timeout=0.5)
+    assert not ready, "the task ran before its argument was pushed out"
+    release.touch()
     assert ray.get(blocker, timeout=60) == "done"
     assert ray.get(queued, timeout=60) == expected
     del fillers
@@ -51,22 +60,28 @@ def test_a_task_whose_resource_amount_is_not_a_number_raises_at_get(shared_clust
         ray.get(ref, timeout=30)
 
 
-def test_the_tasks_of_a_driver_that_died_are_cancelled(shared_cluster):
+def test_the_tasks_of_a_driver_that_died_are_cancelled(shared_cluster, tmp_path):
     """Another driver queues twenty 30 s tasks on the two CPUs and dies: its running tasks
     are stopped and its queued ones dropped, so this driver's tasks run at once (they
     used to wait behind all of them)."""
     from ray._private import worker as _worker
     from conftest import run_driver
 
+    started = tmp_path / "started"
+    started.mkdir()
     out = run_driver(_worker.global_worker.info["redis_address"], (
         "@ray.remote\n"
-        "def slow():\n    import time; time.sleep(30)\n"
-        "ids = [slow.remote() for _ in range(20)]\n"
-        "ray.wait(ids, num_returns=1, timeout=2.0)\n"
-        "print('submitted', flush=True)\n"
+        "def slow(i):\n"
+        f"    open(os.path.join({str(started)!r}, str(i)), 'w').close()\n"
+        "    time.sleep(30)\n"
+        "ids = [slow.remote(i) for i in range(20)]\n"
+        "deadline = time.monotonic() + 30\n"
+        f"while len(os.listdir({str(started)!r})) < 2 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('submitted', len(os.listdir(" + repr(str(started)) + ")), flush=True)\n"
         "os._exit(1)\n"
     ))
-    assert "submitted" in out.stdout, out.stderr
+    assert "submitted 2" in out.stdout, out.stdout + out.stderr
 
     @ray.remote
     def tiny(i):
