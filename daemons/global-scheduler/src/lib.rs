@@ -12,8 +12,9 @@ pub mod placement;
 mod service;
 mod watch;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rayd_common::proto::globalscheduler::v1::global_scheduler_server::GlobalSchedulerServer;
 use rayd_config::RaydConfig;
@@ -25,6 +26,8 @@ use crate::placement::View;
 
 /// How often the scheduler refreshes its entry in `rayd:global_schedulers`.
 const REGISTRATION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a stopping scheduler looks whether its last spills are done.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Heartbeat intervals a node may miss before it is out of the view.
 const STALE_HEARTBEATS: u64 = 10;
 /// ... but never less than this (ms): a loaded machine delays heartbeats.
@@ -99,7 +102,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     // The view is complete (node table read, channels followed) before we serve.
     let mut watcher = watch::start(gcs.clone(), view.clone(), cancel.clone()).await?;
     gcs.register_global_scheduler(&id, &address).await?;
-    let service = service::Service::new(gcs.clone(), view);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = service::Service::new(gcs.clone(), view, in_flight.clone());
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -139,9 +143,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     if let Err(e) = gcs.remove_global_scheduler(&id).await {
         log::warn!("cannot remove the registration: {e}");
     }
-    if !server.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_millis(config.shutdown_grace_ms), server).await;
+    // Spills being placed finish (a raylet must not see an error for a task that was
+    // forwarded); idle connections of raylets are not waited for.
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown_grace_ms);
+    while in_flight.load(Ordering::SeqCst) > 0 && !server.is_finished() && Instant::now() < deadline
+    {
+        tokio::time::sleep(DRAIN_POLL).await;
     }
+    server.abort();
     gcs.quit().await;
     outcome
 }

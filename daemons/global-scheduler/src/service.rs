@@ -2,6 +2,7 @@
 //! [`crate::placement`]) and forwards it to the chosen node's raylet.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,24 @@ pub struct Service {
     view: Arc<Mutex<View>>,
     /// A channel per node manager address, made on first use.
     channels: Mutex<HashMap<String, Channel>>,
+    /// Spills being placed now (a stop waits for them, not for idle connections).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts one spill in flight while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// `{"CPU": 1, "Custom": 2}` as `CPU 1, Custom 2`.
@@ -55,11 +74,13 @@ fn object_args(spec: &TaskSpec) -> Vec<ObjectId> {
 }
 
 impl Service {
-    pub fn new(gcs: GcsClient, view: Arc<Mutex<View>>) -> Self {
+    /// The service; `in_flight` counts the spills being placed.
+    pub fn new(gcs: GcsClient, view: Arc<Mutex<View>>, in_flight: Arc<AtomicUsize>) -> Self {
         Self {
             gcs,
             view,
             channels: Mutex::new(HashMap::new()),
+            in_flight,
         }
     }
 
@@ -118,6 +139,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
         &self,
         request: Request<nm::ForwardTaskRequest>,
     ) -> Result<Response<gs::SpillTaskReply>, Status> {
+        let _in_flight = InFlight::new(&self.in_flight);
         let mut forward = request.into_inner();
         let spec = forward
             .spec
