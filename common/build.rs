@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]);
     let protos = [
         "proto/rayd/common/v1/task.proto",
+        "proto/rayd/globalscheduler/v1/global_scheduler.proto",
         "proto/rayd/nodemanager/v1/node_manager.proto",
         "proto/rayd/objectmanager/v1/object_manager.proto",
         "proto/rayd/plasma/v1/plasma.proto",

@@ -11,6 +11,14 @@ pub mod common {
     }
 }
 
+/// The global scheduler's service, to which raylets spill tasks.
+pub mod globalscheduler {
+    /// Version 1 of the global scheduler service.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/rayd.globalscheduler.v1.rs"));
+    }
+}
+
 /// The node manager service through which raylets hand tasks to each other.
 pub mod nodemanager {
     /// Version 1 of the node manager service.

@@ -398,3 +398,28 @@ impl Plasma {
         format!("127.0.0.1:{}", self.object_manager_port)
     }
 }
+
+/// A `rayd-global-scheduler` of the GCS at `redis_address`, on a port it picks, ready (it
+/// logged "global scheduler serving"; its address is in the GCS, `rayd:global_schedulers`).
+#[derive(Debug)]
+pub struct GlobalScheduler {
+    pub daemon: Daemon,
+}
+
+impl GlobalScheduler {
+    /// Starts one with extra flags, and waits until it serves.
+    pub fn start(dir: &Path, name: &str, redis_address: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--redis-address",
+            redis_address,
+            "--node-ip-address",
+            "127.0.0.1",
+            "--global-scheduler-port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let mut daemon = Daemon::start(dir, name, &binary("rayd-global-scheduler"), &args, &[]);
+        daemon.wait_for_log("global scheduler serving", Duration::from_secs(30));
+        Self { daemon }
+    }
+}

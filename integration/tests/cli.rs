@@ -90,6 +90,14 @@ fn start_status_stop_a_head() {
         text(&table)
     );
 
+    // The head's global scheduler registered itself.
+    let schedulers = redis_cli(
+        port.parse().expect("port"),
+        None,
+        &["hlen", "rayd:global_schedulers"],
+    );
+    assert_eq!(schedulers.as_deref(), Some("1"));
+
     let again = rayd(&dir, &["start", "--head", "--redis-port", &port]);
     assert!(!again.status.success());
     assert!(text(&again).contains("already running"), "{}", text(&again));
@@ -97,7 +105,7 @@ fn start_status_stop_a_head() {
     let stopped = rayd(&dir, &["stop"]);
     assert!(stopped.status.success(), "{}", text(&stopped));
     assert!(
-        text(&stopped).contains("stopped 3 rayd processes"),
+        text(&stopped).contains("stopped 4 rayd processes"),
         "{}",
         text(&stopped)
     );

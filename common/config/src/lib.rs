@@ -179,6 +179,9 @@ pub struct RaydConfig {
     /// TCP port of the raylet's node manager (gRPC), through which other raylets forward
     /// tasks to this node; 0 picks one.
     pub node_manager_port: u16,
+    /// TCP port of the global scheduler (gRPC, head node), bound on `node_ip_address`, to
+    /// which raylets spill tasks; 0 picks one (raylets find it in the GCS).
+    pub global_scheduler_port: u16,
 }
 
 impl Default for RaydConfig {
@@ -216,6 +219,7 @@ impl Default for RaydConfig {
             worker_path: None,
             heartbeat_interval_ms: 100,
             node_manager_port: 0,
+            global_scheduler_port: 0,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! | `rayd:nodes` | set | primary | hex IDs of every node ever registered |
 //! | `rayd:node:<node>` | hash | primary | a node's addresses, resources, state |
 //! | `rayd:functions` | set | primary | hex IDs of every exported function |
+//! | `rayd:global_schedulers` | hash | primary | per global scheduler ID: JSON `{"address", "last_heartbeat_ms"}` |
 //! | `rayd:errors:<job>` | list | primary | JSON error records pushed to a job's driver |
 //! | `rayd:object:<object>` | hash | shard | `size`, and `node:<node>` per location |
 //! | `rayd:task:<task>` | hash | shard | `spec` (protobuf), `state`, `node` |
@@ -27,6 +28,13 @@ pub const CLUSTER: &str = "rayd:cluster";
 pub const NODES: &str = "rayd:nodes";
 /// Set of exported function IDs on the primary.
 pub const FUNCTIONS: &str = "rayd:functions";
+/// The running global schedulers, a hash on the primary: field = a scheduler's ID, value =
+/// JSON `{"address": "host:port", "last_heartbeat_ms": <unix ms>}`, refreshed every second
+/// by each scheduler and removed when it stops cleanly. One refreshed within the last
+/// [`GLOBAL_SCHEDULER_TTL_MS`] counts as live; a raylet spills to a live one.
+pub const GLOBAL_SCHEDULERS: &str = "rayd:global_schedulers";
+/// A global scheduler whose entry is older than this (ms) is taken for gone.
+pub const GLOBAL_SCHEDULER_TTL_MS: u64 = 5000;
 /// Channel of node heartbeats on the primary.
 pub const HEARTBEATS_CHANNEL: &str = "rayd:heartbeats";
 /// Channel of node registrations and deaths on the primary.

@@ -7,11 +7,13 @@
 
 mod client;
 pub mod keys;
+mod schedulers;
 mod tables;
 
 pub use client::{
     connect_server, GcsClient, GcsError, GcsReply, Notification, Server, Subscription, Target,
 };
+pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
     ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeInfo, ObjectInfo, StoreFigures, TaskEntry,
 };

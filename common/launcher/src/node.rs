@@ -14,8 +14,16 @@ use rayd_config::RaydConfig;
 use crate::node_state::Process;
 use crate::LaunchError;
 
-/// The daemons of a head node, in start order.
-pub const HEAD_DAEMONS: &[&str] = &["rayd-redis-shard", "rayd-plasma", "rayd-raylet"];
+/// The daemons of a head node, in start order (`rayd start --head`).
+pub const HEAD_DAEMONS: &[&str] = &[
+    "rayd-redis-shard",
+    "rayd-global-scheduler",
+    "rayd-plasma",
+    "rayd-raylet",
+];
+/// The daemons of `ray.init()`'s single-node cluster: a head without a global scheduler
+/// (with one node, there is nowhere to spill to).
+pub const LOCAL_DAEMONS: &[&str] = &["rayd-redis-shard", "rayd-plasma", "rayd-raylet"];
 /// The daemons of a node that joins a head, in start order.
 pub const WORKER_DAEMONS: &[&str] = &["rayd-plasma", "rayd-raylet"];
 
@@ -116,7 +124,8 @@ pub fn free_ports(ip: &str, n: usize) -> Result<Vec<u16>, LaunchError> {
 }
 
 /// Starts a node's daemons, each ready before the next starts. A head runs the GCS
-/// (its `redis_address` becomes this node's primary); any other node joins
+/// (its `redis_address` becomes this node's primary) and a global scheduler, except an
+/// `attached` head (`ray.init()`'s local cluster: [`LOCAL_DAEMONS`]); any other node joins
 /// `config.redis_address`. On failure, what was started is stopped again.
 pub fn start_node(
     config: &RaydConfig,
@@ -126,7 +135,11 @@ pub fn start_node(
     let mut config = config.clone();
     let daemons = if head {
         config.redis_address = Some(format!("{}:{}", config.node_ip_address, config.redis_port));
-        HEAD_DAEMONS
+        if attached {
+            LOCAL_DAEMONS
+        } else {
+            HEAD_DAEMONS
+        }
     } else {
         WORKER_DAEMONS
     };

@@ -1,0 +1,156 @@
+//! `rayd-global-scheduler`: the cluster's placement of spilled tasks (head node).
+//!
+//! A raylet spills a task that it cannot or should not run (`SpillTask`, gRPC); the global
+//! scheduler picks a node from its view of the cluster ([`placement`]) and forwards the
+//! task to that node's raylet itself (`NodeManager.ForwardTask`), trying the next node
+//! when one refuses. The view comes from the GCS ([`watch`]): the node table at start,
+//! then the heartbeats and node events on the primary's channels. The scheduler keeps no
+//! state of its own (the GCS is the truth), so several may run at once: each registers in
+//! `rayd:global_schedulers` and refreshes its entry every second; raylets pick a live one.
+
+pub mod placement;
+mod service;
+mod watch;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rayd_common::proto::globalscheduler::v1::global_scheduler_server::GlobalSchedulerServer;
+use rayd_config::RaydConfig;
+use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
+use rayd_gcs::{GcsClient, GcsError};
+use tokio::net::TcpListener;
+
+use crate::placement::View;
+
+/// How often the scheduler refreshes its entry in `rayd:global_schedulers`.
+const REGISTRATION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a stopping scheduler looks whether its last spills are done.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// Heartbeat intervals a node may miss before it is out of the view.
+const STALE_HEARTBEATS: u64 = 10;
+/// ... but never less than this (ms): a loaded machine delays heartbeats.
+const MIN_STALE_MS: u64 = 1000;
+
+/// Why the global scheduler could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("no `redis_address`: the global scheduler needs the cluster's GCS")]
+    NoRedisAddress,
+    #[error("gcs: {0}")]
+    Gcs(#[from] GcsError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make an id: {0}")]
+    Id(String),
+    #[error("the grpc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("the grpc server task ended: {0}")]
+    ServerTask(String),
+    #[error("lost the gcs subscription to the nodes' heartbeats")]
+    Subscription,
+}
+
+/// How long a node may stay silent before it is out of the view, for raylets that beat
+/// every `heartbeat_interval_ms`.
+pub fn stale_after_ms(heartbeat_interval_ms: u64) -> u64 {
+    heartbeat_interval_ms
+        .saturating_mul(STALE_HEARTBEATS)
+        .max(MIN_STALE_MS)
+}
+
+/// A random ID for this scheduler's registration (16 hex digits).
+fn new_id() -> Result<String, SchedulerError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| SchedulerError::Id(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Runs the global scheduler until `shutdown` fires.
+pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), SchedulerError> {
+    let redis_address = config
+        .redis_address
+        .clone()
+        .ok_or(SchedulerError::NoRedisAddress)?;
+    let gcs = GcsClient::connect(&redis_address, config.redis_password.as_deref()).await?;
+    let wanted = format!(
+        "{}:{}",
+        config.node_ip_address, config.global_scheduler_port
+    );
+    let listen_error = |address: &str| {
+        let address = address.to_string();
+        move |source| SchedulerError::Listen { address, source }
+    };
+    let listener = TcpListener::bind(&wanted)
+        .await
+        .map_err(listen_error(&wanted))?;
+    let address = listener
+        .local_addr()
+        .map_err(listen_error(&wanted))?
+        .to_string();
+    let id = new_id()?;
+
+    let view = Arc::new(Mutex::new(View::new(stale_after_ms(
+        config.heartbeat_interval_ms,
+    ))));
+    let cancel = shutdown.graceful.child_token();
+    // The view is complete (node table read, channels followed) before we serve.
+    let mut watcher = watch::start(gcs.clone(), view.clone(), cancel.clone()).await?;
+    gcs.register_global_scheduler(&id, &address).await?;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let service = service::Service::new(gcs.clone(), view, in_flight.clone());
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(GlobalSchedulerServer::new(service))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                cancel.clone().cancelled_owned(),
+            ),
+    );
+    log::info!(
+        id = id.as_str(), address = address.as_str(), gcs = redis_address.as_str();
+        "global scheduler serving"
+    );
+    notify_ready();
+
+    let mut refresh = tokio::time::interval(REGISTRATION_INTERVAL);
+    let outcome = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            result = &mut server => break match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SchedulerError::Serve(e)),
+                Err(e) => Err(SchedulerError::ServerTask(e.to_string())),
+            },
+            _ = &mut watcher => break Err(SchedulerError::Subscription),
+            _ = refresh.tick() => {
+                if let Err(e) = gcs.register_global_scheduler(&id, &address).await {
+                    log::warn!("cannot refresh the registration: {e}");
+                }
+            }
+        }
+    };
+    notify_stopping();
+    cancel.cancel();
+    watcher.abort();
+    // Raylets stop spilling here at once, instead of after the registration's TTL.
+    if let Err(e) = gcs.remove_global_scheduler(&id).await {
+        log::warn!("cannot remove the registration: {e}");
+    }
+    // Spills being placed finish (a raylet must not see an error for a task that was
+    // forwarded); idle connections of raylets are not waited for.
+    let deadline = Instant::now() + Duration::from_millis(config.shutdown_grace_ms);
+    while in_flight.load(Ordering::SeqCst) > 0 && !server.is_finished() && Instant::now() < deadline
+    {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    server.abort();
+    gcs.quit().await;
+    outcome
+}
