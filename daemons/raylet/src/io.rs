@@ -207,6 +207,22 @@ impl Node {
                     self.peers.send(node, Outgoing::KillActor(request));
                 }
                 Effect::LocateActor { actor } => self.locate(actor),
+                Effect::Spill {
+                    spec,
+                    home,
+                    hops,
+                    job,
+                } => {
+                    let task =
+                        rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
+                    let request = nm::ForwardTaskRequest {
+                        spec: Some(*spec),
+                        home_node_id: home.as_bytes().to_vec(),
+                        hops,
+                        job,
+                    };
+                    self.peers.spill(task, request);
+                }
                 Effect::Gcs(write) => {
                     let _ = self.writes.send(write);
                 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayd_common::id::{ActorId, NodeId, TaskId};
+use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::{keys, GcsClient, Heartbeat, Target};
 use tokio::net::TcpListener;
@@ -21,6 +22,8 @@ use crate::scheduler::Event;
 
 /// How long connecting to another raylet may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the live global schedulers are read from the GCS (their entries live 5 s).
+const SCHEDULERS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one call to another raylet may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,6 +135,8 @@ pub enum Outgoing {
 pub struct Peers {
     inner: Arc<Mutex<HashMap<NodeId, Peer>>>,
     inputs: mpsc::UnboundedSender<Input>,
+    /// The live global schedulers' connections, most recently heard from first.
+    schedulers: Arc<Mutex<Vec<(String, Channel)>>>,
 }
 
 #[derive(Debug)]
@@ -160,7 +165,65 @@ impl Peers {
         Self {
             inner: Arc::default(),
             inputs,
+            schedulers: Arc::default(),
         }
+    }
+
+    /// The live global schedulers are at `addresses`; returns whether that changed
+    /// whether any is up.
+    fn set_schedulers(&self, addresses: Vec<String>) -> Option<bool> {
+        let mut schedulers = self.schedulers.lock().unwrap_or_else(|e| e.into_inner());
+        let was_up = !schedulers.is_empty();
+        let mut known: HashMap<String, Channel> = schedulers.drain(..).collect();
+        for address in addresses {
+            let channel = match known.remove(&address) {
+                Some(channel) => channel,
+                None => match channel(&address) {
+                    Some(channel) => channel,
+                    None => {
+                        log::warn!(address = address.as_str(); "a global scheduler has a bad address");
+                        continue;
+                    }
+                },
+            };
+            schedulers.push((address, channel));
+        }
+        let up = !schedulers.is_empty();
+        (up != was_up).then_some(up)
+    }
+
+    /// Hands a task to a global scheduler (the first that takes it); the scheduler core
+    /// hears where it went, or that none took it.
+    pub fn spill(&self, task: TaskId, request: nm::ForwardTaskRequest) {
+        let schedulers = self
+            .schedulers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let mut error = "no global scheduler is up".to_string();
+            for (address, channel) in schedulers {
+                let mut client = gs::global_scheduler_client::GlobalSchedulerClient::new(channel);
+                match client.spill_task(request.clone()).await {
+                    Ok(reply) => match NodeId::from_slice(&reply.into_inner().node_id) {
+                        Ok(node) => {
+                            let _ = inputs.send(Event::Spilled { task, node }.into());
+                            return;
+                        }
+                        Err(e) => error = format!("global scheduler {address}: bad node id: {e}"),
+                    },
+                    Err(status) => {
+                        error = format!("global scheduler {address}: {status}");
+                        // Nobody can run it: another scheduler would say the same.
+                        if status.code() == tonic::Code::FailedPrecondition {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = inputs.send(Event::SpillFailed { task, error }.into());
+        });
     }
 
     fn learn(&self, node: NodeId, address: String) {
@@ -223,23 +286,29 @@ impl Peers {
     }
 }
 
+/// A connection (made on first use) to the gRPC server at `address` (`host:port`).
+fn channel(address: &str) -> Option<Channel> {
+    if address.is_empty() {
+        return None;
+    }
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
+    Some(
+        endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    )
+}
+
 fn connect(
     node: NodeId,
     address: &str,
 ) -> Result<nm::node_manager_client::NodeManagerClient<Channel>, PeerError> {
-    let bad = || PeerError::Address {
+    let channel = channel(address).ok_or_else(|| PeerError::Address {
         node,
         address: address.to_string(),
-    };
-    if address.is_empty() {
-        return Err(bad());
-    }
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|_| bad())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy();
+    })?;
     Ok(nm::node_manager_client::NodeManagerClient::new(channel))
 }
 
@@ -294,6 +363,26 @@ pub fn watch(
     inputs: mpsc::UnboundedSender<Input>,
     cancel: CancellationToken,
 ) {
+    let schedulers = (gcs.clone(), peers.clone(), inputs.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let (gcs, peers, inputs, cancel) = schedulers;
+        let mut tick = tokio::time::interval(SCHEDULERS_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match gcs.global_schedulers().await {
+                Ok(live) => {
+                    let addresses = live.into_iter().map(|s| s.address).collect();
+                    if let Some(available) = peers.set_schedulers(addresses) {
+                        let _ = inputs.send(Event::GlobalScheduler { available }.into());
+                    }
+                }
+                Err(e) => log::debug!("cannot read the global schedulers: {e}"),
+            }
+        }
+    });
     tokio::spawn(async move {
         let channels = vec![
             keys::HEARTBEATS_CHANNEL.to_string(),

@@ -130,6 +130,21 @@ pub enum Event {
         node: NodeId,
         error: String,
     },
+    /// Whether a global scheduler is up (tasks to place elsewhere then go through it).
+    GlobalScheduler {
+        available: bool,
+    },
+    /// A global scheduler placed a task spilled from here on `node`.
+    Spilled {
+        task: TaskId,
+        node: NodeId,
+    },
+    /// No global scheduler took a task spilled from here: it is placed from this
+    /// raylet's own view.
+    SpillFailed {
+        task: TaskId,
+        error: String,
+    },
     /// Another raylet asks to kill an actor that lives here.
     KillActor {
         actor: ActorId,
@@ -171,6 +186,14 @@ pub enum Effect {
     /// Hand a task to another node's raylet (answered by `ForwardFailed` when it cannot).
     Forward {
         node: NodeId,
+        spec: Box<common_pb::TaskSpec>,
+        home: NodeId,
+        hops: u32,
+        job: Option<pb::JobConfig>,
+    },
+    /// Hand a task to a global scheduler, which places and forwards it (answered by
+    /// `Spilled` or `SpillFailed`).
+    Spill {
         spec: Box<common_pb::TaskSpec>,
         home: NodeId,
         hops: u32,
@@ -257,7 +280,10 @@ pub struct Scheduler {
     cluster: Cluster,
     /// Tasks submitted here that run on another node: where, and the task (its results'
     /// IDs and its submitter).
-    forwarded: HashMap<TaskId, (NodeId, Task)>,
+    /// (The node is unknown while a global scheduler places it.)
+    forwarded: HashMap<TaskId, (Option<NodeId>, Task)>,
+    /// A global scheduler is up.
+    global_scheduler: bool,
     /// Actors that live on another node (their creation was forwarded from here, or the
     /// GCS said where they are), with their job: their calls are forwarded there.
     remote_actors: HashMap<ActorId, (NodeId, JobId)>,
@@ -284,6 +310,7 @@ impl Scheduler {
             actors: Actors::default(),
             cluster: Cluster::default(),
             forwarded: HashMap::new(),
+            global_scheduler: false,
             remote_actors: HashMap::new(),
             locating: HashMap::new(),
             retries: HashMap::new(),
@@ -398,6 +425,27 @@ impl Scheduler {
                 results,
             } => self.on_remote_finished(task, node, results),
             Event::KillActor { actor, reason } => self.kill_actor(actor, reason),
+            Event::GlobalScheduler { available } => {
+                if available != self.global_scheduler {
+                    log::info!(available; "global scheduler");
+                }
+                self.global_scheduler = available;
+            }
+            Event::Spilled { task, node } => {
+                if let Some((placed, _)) = self.forwarded.get_mut(&task) {
+                    *placed = Some(node);
+                }
+            }
+            Event::SpillFailed { task, error } => {
+                log::warn!(task:% = task; "no global scheduler took a task: {error}; placing it here");
+                if let Some((_, task)) = self.forwarded.remove(&task) {
+                    match self.cluster.place(&task.resources, false) {
+                        Some(node) => self.forward(node, task),
+                        None => self.make_ready(task, true),
+                    }
+                    self.schedule();
+                }
+            }
             Event::ActorLocated { actor, node } => self.on_actor_located(actor, node),
         }
     }
@@ -840,10 +888,35 @@ impl Scheduler {
             let Some(task) = self.ready.pop(shape) else {
                 break;
             };
-            self.forward(node, task);
+            // A global scheduler sees the whole cluster and where arguments are; actors
+            // are placed here (their calls must know the node at once).
+            if self.global_scheduler && !task.is_actor_creation() && !task.is_actor_call() {
+                self.spill_to_global(node, task);
+            } else {
+                self.forward(node, task);
+            }
             placed = true;
         }
         placed
+    }
+
+    /// Hands `task` to a global scheduler; `likely` (this raylet's own pick) is charged
+    /// in the view so that a burst spreads before the next heartbeats.
+    fn spill_to_global(&mut self, likely: NodeId, mut task: Task) {
+        self.cluster.charge(&likely, &task.resources);
+        self.inline_arguments(&mut task);
+        self.set_state(task.id, TaskState::Forwarded);
+        let job = self.jobs.config(&task.job).cloned();
+        let home = task.home.unwrap_or(self.settings.node_id);
+        self.effects.push(Effect::Spill {
+            spec: Box::new(task.spec.clone()),
+            home,
+            hops: task.hops + 1,
+            job,
+        });
+        if task.home.is_none() {
+            self.forwarded.insert(task.id, (None, task));
+        }
     }
 
     /// Sends `task` to run on `node`, with the small arguments held here inlined; its
@@ -866,7 +939,7 @@ impl Scheduler {
             self.actor_moved(&task, node);
         }
         if task.home.is_none() {
-            self.forwarded.insert(task.id, (node, task));
+            self.forwarded.insert(task.id, (Some(node), task));
         }
     }
 

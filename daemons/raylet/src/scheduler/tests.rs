@@ -45,6 +45,8 @@ struct Out {
     returned: Vec<(NodeId, TaskId, usize)>,
     stopped_pulls: Vec<ObjectId>,
     locate: Vec<ActorId>,
+    /// Tasks handed to a global scheduler.
+    spills: Vec<TaskId>,
     /// (node, actor) of every kill asked of another node.
     remote_kills: Vec<(NodeId, ActorId)>,
 }
@@ -127,6 +129,7 @@ impl Harness {
                 Effect::Pull { id } => out.pulls.push(id),
                 Effect::StopPull { id } => out.stopped_pulls.push(id),
                 Effect::LocateActor { actor } => out.locate.push(actor),
+                Effect::Spill { spec, .. } => out.spills.push(id_of(&spec)),
                 Effect::KillRemoteActor { node, actor, .. } => out.remote_kills.push((node, actor)),
                 Effect::Forward { node, spec, .. } => out.forwards.push((node, id_of(&spec))),
                 Effect::ReturnResults {
@@ -1106,4 +1109,47 @@ fn an_actor_forwarded_here_runs_here_and_its_calls_report_home() {
     let late = call(&h, actor);
     let out = h.step(forwarded(&late));
     assert_eq!(out.returned, vec![(home, id_of(&late), 0)]);
+}
+
+#[test]
+fn with_a_global_scheduler_up_tasks_to_place_elsewhere_go_through_it() {
+    let (mut h, nb, _) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("GPU", 1.0)],
+        &[("CPU", 1.0)],
+    );
+    let driver = h.driver();
+    h.step(Event::GlobalScheduler { available: true });
+    let gpu = h.spec(&[("GPU", 1.0)]);
+    let out = h.submit(driver, &gpu);
+    assert_eq!(out.spills, vec![id_of(&gpu)]);
+    assert!(out.forwards.is_empty());
+    h.step(Event::Spilled {
+        task: id_of(&gpu),
+        node: nb,
+    });
+    // Its results come back as for any forwarded task.
+    let out = h.step(Event::RemoteTaskFinished {
+        task: id_of(&gpu),
+        node: nb,
+        results: Vec::new(),
+    });
+    assert_eq!(out.pulls, vec![ObjectId::for_return(id_of(&gpu), 1)]);
+    // Actors are placed here even then: their calls need the node at once.
+    let actor = ActorId::random();
+    let create = creation(&h, actor, &[("GPU", 1.0)]);
+    let out = h.submit(driver, &create);
+    assert_eq!(out.forwards, vec![(nb, id_of(&create))]);
+    // No global scheduler answered: placed from this raylet's view.
+    let other = h.spec(&[("GPU", 1.0)]);
+    assert_eq!(h.submit(driver, &other).spills, vec![id_of(&other)]);
+    let out = h.step(Event::SpillFailed {
+        task: id_of(&other),
+        error: "unavailable".into(),
+    });
+    assert_eq!(out.forwards, vec![(nb, id_of(&other))]);
+    // Gone: tasks go straight to the nodes again.
+    h.step(Event::GlobalScheduler { available: false });
+    let last = h.spec(&[("GPU", 1.0)]);
+    assert_eq!(h.submit(driver, &last).forwards, vec![(nb, id_of(&last))]);
 }
