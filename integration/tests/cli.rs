@@ -97,6 +97,15 @@ fn start_status_stop_a_head() {
         &["hlen", "rayd:global_schedulers"],
     );
     assert_eq!(schedulers.as_deref(), Some("1"));
+    assert_eq!(
+        report["global_schedulers"].as_array().map(Vec::len),
+        Some(1)
+    );
+    assert!(
+        text(&table).contains("global schedulers (1)"),
+        "{}",
+        text(&table)
+    );
 
     let again = rayd(&dir, &["start", "--head", "--redis-port", &port]);
     assert!(!again.status.success());

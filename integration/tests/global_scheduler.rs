@@ -311,6 +311,29 @@ async fn a_task_goes_where_it_can_run_and_the_registration_lives_as_long_as_the_
     assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
     assert!(error.message().contains("GPU 1"), "{}", error.message());
 
+    // A node that joins is heard of, one that dies is not used.
+    let g = FakeRaylet::start(&cluster.gcs, &[("CPU", 1.0), ("GPU", 1.0)]).await;
+    g.beat(&cluster.gcs, 0).await;
+    spills_until(
+        "the new node to get a task",
+        &mut client,
+        &[("GPU", 1.0)],
+        |placed| placed == Ok(g.id),
+    )
+    .await
+    .expect("placed on g");
+    cluster.gcs.mark_node_dead(b.id).await.expect("mark b dead");
+    let error = spills_until(
+        "the dead node to be out",
+        &mut client,
+        &[("Custom", 1.0)],
+        |placed| placed.is_err(),
+    )
+    .await
+    .expect_err("only b had Custom");
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert_eq!(b.received().len(), 1);
+
     // Its registration, as an operator sees it, until SIGTERM removes it.
     let field = redis_cli(
         cluster.gcs_daemon.port,

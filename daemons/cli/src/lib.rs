@@ -80,6 +80,9 @@ struct StartArgs {
     /// Port other nodes pull objects from (0: any free port).
     #[arg(long)]
     object_manager_port: Option<u16>,
+    /// Port of the global scheduler, to which raylets spill tasks (head only; 0: any free port).
+    #[arg(long)]
+    global_scheduler_port: Option<u16>,
     #[command(flatten)]
     #[serde(flatten)]
     node: NodeArgs,

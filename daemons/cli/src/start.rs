@@ -86,7 +86,7 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
         );
     }
     for process in &state.processes {
-        println!("  {:<20} pid {}", process.name, process.pid);
+        println!("  {:<22} pid {}", process.name, process.pid);
     }
     println!("attach a driver:  ray.init(redis_address=\"{redis_address}\")");
     if args.head {

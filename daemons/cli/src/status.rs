@@ -1,5 +1,5 @@
 //! `rayd status`: the cluster as the GCS sees it: its Redis servers and their health,
-//! and the registered nodes.
+//! the live global schedulers, and the registered nodes.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -40,12 +40,22 @@ struct Node {
     object_store: Option<rayd_gcs::StoreFigures>,
 }
 
+/// A live global scheduler (refreshed its registration within 5 s).
+#[derive(Debug, Serialize)]
+struct GlobalScheduler {
+    id: String,
+    address: String,
+    /// Since its last refresh.
+    last_seen_ms_ago: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Status {
     redis_address: String,
     version: Option<String>,
     healthy: bool,
     servers: Vec<Server>,
+    global_schedulers: Vec<GlobalScheduler>,
     nodes: Vec<Node>,
 }
 
@@ -99,8 +109,19 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
     }
     let healthy = servers.iter().all(|s| s.healthy);
     let mut nodes = Vec::new();
+    let mut global_schedulers = Vec::new();
     if healthy {
         let gcs = GcsClient::connect(address, password).await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        for scheduler in gcs.global_schedulers().await? {
+            global_schedulers.push(GlobalScheduler {
+                id: scheduler.id,
+                address: scheduler.address,
+                last_seen_ms_ago: now_ms.saturating_sub(scheduler.last_heartbeat_ms),
+            });
+        }
         for node in gcs.nodes().await? {
             nodes.push(Node {
                 node_id: node.node_id.hex(),
@@ -120,6 +141,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
         version,
         healthy,
         servers,
+        global_schedulers,
         nodes,
     })
 }
@@ -147,6 +169,13 @@ fn print_table(status: &Status) {
             ),
             Some(e) => println!("  {:<10} {:<22} DOWN  {e}", s.role, s.address),
         }
+    }
+    println!("\nglobal schedulers ({})", status.global_schedulers.len());
+    for g in &status.global_schedulers {
+        println!(
+            "  {} {:<22} seen {} ms ago",
+            g.id, g.address, g.last_seen_ms_ago
+        );
     }
     println!("\nnodes ({})", status.nodes.len());
     for n in &status.nodes {

@@ -122,6 +122,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     let mut refresh = tokio::time::interval(REGISTRATION_INTERVAL);
     let outcome = loop {
         tokio::select! {
+            // A stop ends the watcher and the server too: it is a stop, not their failure.
+            biased;
             _ = cancel.cancelled() => break Ok(()),
             result = &mut server => break match result {
                 Ok(Ok(())) => Ok(()),
