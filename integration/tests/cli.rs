@@ -83,9 +83,16 @@ fn start_status_stop_a_head() {
         "{store}"
     );
     assert_eq!(store["objects"], 0);
+    assert_eq!(report["global_schedulers"], serde_json::json!([]));
+    assert_eq!(report["nodes"][0]["queued_tasks"], 0);
     let table = rayd(&dir, &["status"]);
     assert!(
         text(&table).contains("object store: 0.0 MiB of"),
+        "{}",
+        text(&table)
+    );
+    assert!(
+        text(&table).contains("global schedulers: none"),
         "{}",
         text(&table)
     );

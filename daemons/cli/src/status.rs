@@ -1,5 +1,6 @@
 //! `rayd status`: the cluster as the GCS sees it: its Redis servers and their health,
-//! and the registered nodes.
+//! the registered nodes (what runs and waits on each, from their heartbeats), and the
+//! global schedulers that announce themselves in the GCS.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -10,6 +11,10 @@ use rayd_config::RaydConfig;
 use rayd_gcs::{connect_server, keys, GcsClient};
 use rayd_launcher::node_state;
 use serde::Serialize;
+
+/// The GCS hash where each global scheduler announces itself: its ID -> JSON
+/// `{"address": "host:port", "last_heartbeat_ms": <unix ms>}` (on the primary).
+const GLOBAL_SCHEDULERS: &str = "rayd:global_schedulers";
 
 /// How long one server may take to answer before it counts as down.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,8 +41,61 @@ struct Node {
     resources_available: std::collections::BTreeMap<String, f64>,
     running_tasks: u64,
     queued_tasks: u64,
+    /// Milliseconds since the node's last heartbeat.
+    heartbeat_age_ms: u64,
     /// The node's object store, as its plasma last reported.
     object_store: Option<rayd_gcs::StoreFigures>,
+}
+
+/// A global scheduler, as it last announced itself in the GCS.
+#[derive(Debug, PartialEq, Serialize)]
+struct GlobalScheduler {
+    id: String,
+    address: Option<String>,
+    last_heartbeat_ms: Option<u64>,
+    /// Milliseconds since its last heartbeat.
+    heartbeat_age_ms: Option<u64>,
+    /// Why its entry could not be read.
+    error: Option<String>,
+}
+
+/// The entries of [`GLOBAL_SCHEDULERS`], sorted by ID; a malformed one is kept, with why.
+fn parse_global_schedulers(
+    entries: std::collections::HashMap<String, String>,
+    now_ms: u64,
+) -> Vec<GlobalScheduler> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        address: String,
+        last_heartbeat_ms: u64,
+    }
+    let mut schedulers: Vec<GlobalScheduler> = entries
+        .into_iter()
+        .map(|(id, json)| match serde_json::from_str::<Entry>(&json) {
+            Ok(entry) => GlobalScheduler {
+                id,
+                address: Some(entry.address),
+                last_heartbeat_ms: Some(entry.last_heartbeat_ms),
+                heartbeat_age_ms: Some(now_ms.saturating_sub(entry.last_heartbeat_ms)),
+                error: None,
+            },
+            Err(e) => GlobalScheduler {
+                id,
+                address: None,
+                last_heartbeat_ms: None,
+                heartbeat_age_ms: None,
+                error: Some(format!("malformed entry: {e}")),
+            },
+        })
+        .collect();
+    schedulers.sort_by(|a, b| a.id.cmp(&b.id));
+    schedulers
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +105,8 @@ struct Status {
     healthy: bool,
     servers: Vec<Server>,
     nodes: Vec<Node>,
+    /// Empty when none is up (a raylet then spills tasks by itself).
+    global_schedulers: Vec<GlobalScheduler>,
 }
 
 async fn probe(role: String, address: String, password: Option<&str>) -> Server {
@@ -86,7 +146,10 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
         .with_context(|| format!("cannot reach the GCS at {address}"))?;
     let shards: Vec<String> = primary.lrange(keys::SHARDS, 0, -1).await?;
     let version: Option<String> = primary.hget(keys::CLUSTER, "version").await?;
+    let schedulers: std::collections::HashMap<String, String> =
+        primary.hgetall(GLOBAL_SCHEDULERS).await?;
     let _ = primary.quit().await;
+    let global_schedulers = parse_global_schedulers(schedulers, now_ms());
     if shards.is_empty() {
         anyhow::bail!(
             "redis at {address} has no shard list at `{}`: is it a rayd head?",
@@ -99,6 +162,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
     }
     let healthy = servers.iter().all(|s| s.healthy);
     let mut nodes = Vec::new();
+    let now = now_ms();
     if healthy {
         let gcs = GcsClient::connect(address, password).await?;
         for node in gcs.nodes().await? {
@@ -110,6 +174,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
                 resources_available: node.resources_available,
                 running_tasks: node.running_tasks,
                 queued_tasks: node.queued_tasks,
+                heartbeat_age_ms: now.saturating_sub(node.last_heartbeat_ms),
                 object_store: node.store,
             });
         }
@@ -121,6 +186,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
         healthy,
         servers,
         nodes,
+        global_schedulers,
     })
 }
 
@@ -178,6 +244,33 @@ fn print_table(status: &Status) {
             );
         }
     }
+    for line in global_scheduler_lines(&status.global_schedulers) {
+        println!("{line}");
+    }
+}
+
+/// The table's lines about the global schedulers.
+fn global_scheduler_lines(schedulers: &[GlobalScheduler]) -> Vec<String> {
+    if schedulers.is_empty() {
+        return vec!["\nglobal schedulers: none (raylets spill tasks by themselves)".into()];
+    }
+    let mut lines = vec![format!("\nglobal schedulers ({})", schedulers.len())];
+    for s in schedulers {
+        lines.push(match (&s.address, s.heartbeat_age_ms, &s.error) {
+            (Some(address), Some(age), _) => format!(
+                "  {:<12} {:<22} last heartbeat {:.1} s ago",
+                s.id.get(..12).unwrap_or(&s.id),
+                address,
+                age as f64 / 1e3
+            ),
+            (_, _, error) => format!(
+                "  {:<12} {}",
+                s.id.get(..12).unwrap_or(&s.id),
+                error.as_deref().unwrap_or("unreadable")
+            ),
+        });
+    }
+    lines
 }
 
 fn mib(bytes: u64) -> String {
@@ -207,4 +300,48 @@ pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_schedulers_are_read_sorted_with_their_heartbeat_age() {
+        let entries = [
+            (
+                "b".to_string(),
+                r#"{"address":"10.0.0.2:7000","last_heartbeat_ms":900}"#.to_string(),
+            ),
+            (
+                "a".to_string(),
+                r#"{"address":"10.0.0.1:7000","last_heartbeat_ms":1500}"#.to_string(),
+            ),
+            ("c".to_string(), "not json".to_string()),
+        ];
+        let parsed = parse_global_schedulers(entries.into_iter().collect(), 2000);
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0].id, "a");
+        assert_eq!(parsed[0].address.as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(parsed[0].heartbeat_age_ms, Some(500));
+        assert_eq!(parsed[1].heartbeat_age_ms, Some(1100));
+        assert!(parsed[2]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("malformed")));
+        let lines = global_scheduler_lines(&parsed);
+        assert_eq!(lines[0], "\nglobal schedulers (3)");
+        assert!(
+            lines[1].contains("10.0.0.1:7000") && lines[1].contains("0.5 s ago"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[3].contains("malformed"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn no_global_scheduler_reads_none() {
+        assert!(parse_global_schedulers(Default::default(), 0).is_empty());
+        assert!(global_scheduler_lines(&[])[0].contains("global schedulers: none"));
+    }
 }
