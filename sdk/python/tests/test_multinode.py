@@ -83,7 +83,7 @@ def test_cluster_adds_waits_for_removes_and_stops_nodes():
             "127.0.0.2", "127.0.0.3", "127.0.0.4"]
         assert ray.cluster_resources()["CPU"] == 4
         ray.shutdown()
-        cluster._connected = False
+        cluster.connected = False
         # Plain `ray.init(redis_address=...)` attaches to the head too.
         info = ray.init(redis_address=cluster.address)
         assert info["node_ip_address"] == "127.0.0.2"

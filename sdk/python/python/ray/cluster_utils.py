@@ -188,7 +188,7 @@ class Cluster:
         self.removed_nodes: List[Node] = []
         self.redis_password = redis_password
         self._next_ip = 2
-        self._connected = False
+        self.connected = False
         if shutdown_at_exit:
             atexit.register(self.shutdown)
         if connect and not initialize_head:
@@ -343,24 +343,25 @@ class Cluster:
                                    f"to be alive (alive: {alive})")
             time.sleep(0.05)
 
-    def connect(self, node: Optional[Node] = None) -> Dict[str, Any]:
-        """`ray.init` of this process, attached to `node` (the head by default)."""
+    def connect(self, namespace: Optional[str] = None, node: Optional[Node] = None) -> Dict[str, Any]:
+        """`ray.init` of this process, attached to `node` (the head by default). `namespace`
+        is Ray's (rayd has none) and is ignored."""
         import ray
         node = node or self.head_node
         if node is None:
             raise RuntimeError("the cluster has no head node")
         info = ray.init(redis_address=self.address, node_ip_address=node.address,
                         redis_password=self.redis_password)
-        self._connected = True
+        self.connected = True
         return info  # type: ignore[return-value]
 
     def shutdown(self) -> None:
         """Disconnects this process (if `connect` attached it) and stops every node, head
         last; removes their temp dirs. Safe twice."""
-        if self._connected:
+        if self.connected:
             import ray
             ray.shutdown()
-            self._connected = False
+            self.connected = False
         errors = []
         for node in reversed(self.list_all_nodes()):
             try:
