@@ -74,7 +74,7 @@ def test_cluster_adds_waits_for_removes_and_stops_nodes():
         for node in cluster.list_all_nodes():
             assert node.pids and all(_alive(p) for p in node.pids)
             everything += node.all_pids()
-        assert len(head.pids) == 3 and len(second.pids) == 2  # the head also runs the GCS
+        assert len(head.pids) > len(second.pids) >= 2  # the head also runs the GCS
 
         # A driver in this process, attached to the head, sees the three nodes.
         info = cluster.connect()

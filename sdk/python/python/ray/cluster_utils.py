@@ -248,9 +248,12 @@ class Cluster:
                 value = json.dumps(value)
             command += [_FLAGS[key], str(value)]
         env = self._env()
-        if _knows_key("node_manager_port"):
-            # The raylet's port for other raylets: 0, so that nodes on one machine never collide.
-            env["RAYD_NODE_MANAGER_PORT"] = str(node_manager_port)
+        for key in _ZERO_PORT_KEYS:
+            if _knows_key(key):
+                # Newer daemons' ports (the raylet's for other raylets, ...): 0 picks a free
+                # one, so that nodes and clusters on one machine never collide.
+                value = node_manager_port if key == "node_manager_port" else 0
+                env[f"RAYD_{key.upper()}"] = str(value)
         with open(node.log, "w") as log:
             done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                   timeout=START_TIMEOUT_S)
@@ -371,6 +374,9 @@ class Cluster:
         if errors:
             raise RuntimeError("; ".join(errors))
 
+
+# Config keys of ports set to 0 (any free port) where this rayd has them.
+_ZERO_PORT_KEYS = ("node_manager_port", "global_scheduler_port")
 
 _known_keys: Dict[str, bool] = {}
 
