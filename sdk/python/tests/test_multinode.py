@@ -75,6 +75,11 @@ def test_cluster_adds_waits_for_removes_and_stops_nodes():
             assert node.pids and all(_alive(p) for p in node.pids)
             everything += node.all_pids()
         assert len(head.pids) > len(second.pids) >= 2  # the head also runs the GCS
+        # `rayd status --json` shows what runs and waits on each node, and the global schedulers.
+        status = cluster.status()
+        assert isinstance(status["global_schedulers"], list)
+        assert sorted(n["address"] for n in status["nodes"]) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        assert all(n["running_tasks"] == 0 and n["queued_tasks"] == 0 for n in status["nodes"])
 
         # A driver in this process, attached to the head, sees the three nodes.
         info = cluster.connect()
