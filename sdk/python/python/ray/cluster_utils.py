@@ -125,6 +125,23 @@ def _descendants(pids: List[int]) -> List[int]:
     return found
 
 
+def _started_from(temp_dir: str) -> List[int]:
+    """Processes whose command line names `temp_dir` (a node's daemons read their config
+    there): found even when `rayd start` died before recording them."""
+    needle = os.fsencode(temp_dir.rstrip("/") + "/")
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -167,6 +184,7 @@ class Node:
     def all_pids(self) -> List[int]:
         """The daemons and everything they started that still runs."""
         alive = [p for p in self.pids if _alive(p)]
+        alive += [p for p in _started_from(self.temp_dir) if p not in alive and _alive(p)]
         return alive + [p for p in _descendants(alive) if p not in alive]
 
     def is_running(self) -> bool:
@@ -254,9 +272,13 @@ class Cluster:
                 # one, so that nodes and clusters on one machine never collide.
                 value = node_manager_port if key == "node_manager_port" else 0
                 env[f"RAYD_{key.upper()}"] = str(value)
-        with open(node.log, "w") as log:
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  timeout=START_TIMEOUT_S)
+        try:
+            with open(node.log, "w") as log:
+                done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._stop(node, remove_dir=True)
+            raise RuntimeError(f"rayd start did not finish within {START_TIMEOUT_S} s for {ip}") from None
         with open(node.log) as log:
             output = log.read()
         state_path = os.path.join(temp_dir, "node.json")
