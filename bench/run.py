@@ -447,6 +447,24 @@ def versions(systems):
 HEADER = ("metric", "unit", "better", "rayd", "Ray", "ratio (>1: rayd better)")
 
 
+def cluster_lines(merged):
+    """Issue 12's cluster targets, per system: the cross-node round trip against the local one
+    on the same cluster, and the 100 MB transfer rate."""
+    lines = []
+    for label, system in (("rayd", "rayd"), ("Ray", "ray")):
+        local = merged.get((system, "cluster_local_roundtrip"), {}).get("median")
+        remote = merged.get((system, "cluster_remote_roundtrip"), {}).get("median")
+        rate = merged.get((system, "cluster_get_100mb_remote"), {}).get("median")
+        parts = []
+        if local and remote:
+            parts.append(f"cross-node round trip {remote / local:.2f}× the local one (target ≤ 2×)")
+        if rate:
+            parts.append(f"100 MB across nodes at {rate:.2f} GB/s (target ≥ 1)")
+        if parts:
+            lines.append(f"Cluster ({label}): " + "; ".join(parts) + ".")
+    return lines
+
+
 def markdown_report(merged, raw, systems, machine, vers, args, started, elapsed):
     """The Markdown results page."""
     out = [f"# rayd vs Ray — {started} UTC", ""]
@@ -474,6 +492,7 @@ def markdown_report(merged, raw, systems, machine, vers, args, started, elapsed)
         procs = merged.get(key, {}).get("extra", {}).get("processes")
         if procs:
             out.append(f"Processes at idle ({label}): {', '.join(procs)}.")
+    out += cluster_lines(merged)
     plasma = plasma_rows(merged)
     if plasma:
         out += ["", "## rayd-plasma micro-benchmarks", "",
@@ -509,7 +528,7 @@ def parse_args(argv):
     parser.add_argument("--no-plasma", action="store_true", help="skip rayd-plasma-bench")
     parser.add_argument("--allow-debug", action="store_true",
                         help="measure rayd even when its daemons are a debug build")
-    parser.add_argument("--timeout", type=int, default=600,
+    parser.add_argument("--timeout", type=int, default=900,
                         help="seconds one workload process may run")
     parser.add_argument("--metric-timeout", type=int, default=180,
                         help="seconds one metric may run inside the workload")
@@ -558,6 +577,8 @@ def main(argv=None):
         f.write(report)
 
     print(text_table(HEADER, table_rows(merged, raw, systems)))
+    for line in cluster_lines(merged):
+        print(line)
     plasma = plasma_rows(merged)
     if plasma:
         print()

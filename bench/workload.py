@@ -2,7 +2,8 @@
 """The benchmark workload: one script that runs unchanged against rayd and against real Ray.
 
 It uses only the public Ray API (``ray.init(num_cpus=2)``, remote functions and classes,
-``get``/``put``/``wait``, ``shutdown``), so whichever ``ray`` the interpreter imports is the
+``get``/``put``/``wait``, ``shutdown``) and ``ray.cluster_utils.Cluster`` (three nodes on this
+machine for the ``cluster_*`` metrics), so whichever ``ray`` the interpreter imports is the
 system measured. Each metric is repeated ``--reps`` times and printed as one JSON line::
 
     {"system": "ray", "name": "task_roundtrip", "median": 1612.0, "min": ..., "max": ...,
@@ -504,6 +505,104 @@ def actor_async_calls(n=10_000):
 
 
 # ---------------------------------------------------------------------------------------------
+# A cluster of three 1-CPU nodes on this machine (``ray.cluster_utils.Cluster``), node K with the
+# custom resource {"nodeK": 1}; the driver is attached to node 1.
+
+CLUSTER_NODES = 3
+CLUSTER_STORE = 500 * MB
+
+
+@ray.remote(num_cpus=1)
+def sleep_one():
+    """A 1 s task: six of them on three 1-CPU nodes take 2 s when they spread."""
+    time.sleep(1.0)
+
+
+@ray.remote(num_returns=2)
+def make_array(size):
+    """A small ready flag and a ``size``-byte array, made where the task runs: the flag says the
+    array exists without moving it."""
+    return True, big_array(size)
+
+
+def on_node(fn, k):
+    """``fn`` pinned to node ``k`` by its custom resource."""
+    return fn.options(resources={f"node{k}": 1})
+
+
+def start_cluster():
+    """Three 1-CPU nodes, node K with {"nodeK": 1}; connects this driver to node 1."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node1": 1}, "object_store_memory": CLUSTER_STORE})
+    try:
+        for k in range(2, CLUSTER_NODES + 1):
+            cluster.add_node(num_cpus=1, resources={f"node{k}": 1}, object_store_memory=CLUSTER_STORE)
+        cluster.wait_for_nodes()
+        cluster.connect()
+        alive = [n for n in ray.nodes() if n.get("Alive", n.get("alive"))]
+        check(len(alive) == CLUSTER_NODES, f"{len(alive)} nodes alive, expected {CLUSTER_NODES}")
+        # Every node's worker is up and has the functions.
+        ray.get([on_node(empty, k).remote() for k in range(1, CLUSTER_NODES + 1)])
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster
+
+
+def cluster_tasks(n=300):
+    """Tasks per second: ``n`` empty 1-CPU tasks from the driver, free to go to any node."""
+    seconds, results = timed(lambda: ray.get([empty.remote() for _ in range(n)]))
+    check(len(results) == n, "lost results")
+    return n / seconds
+
+
+def cluster_sleeps(n=6):
+    """Milliseconds for six 1 s tasks on three 1-CPU nodes (2,000 when they spread)."""
+    seconds, _ = timed(lambda: ray.get([sleep_one.remote() for _ in range(n)]))
+    return seconds * 1e3
+
+
+def roundtrip_on(k, n=200):
+    """Mean latency (µs) of ``ray.get`` of an empty task pinned to node ``k``, one at a time."""
+    task = on_node(empty, k)
+    ray.get([task.remote() for _ in range(10)])
+    seconds, _ = timed(lambda: [ray.get(task.remote()) for _ in range(n)])
+    return seconds / n * 1e6
+
+
+def cluster_local_roundtrip():
+    """The round trip to a task pinned to the driver's own node (the cross-node one's yardstick)."""
+    return roundtrip_on(1)
+
+
+def cluster_remote_roundtrip():
+    """The round trip to a task pinned to node 2, from the driver on node 1."""
+    return roundtrip_on(2)
+
+
+def cluster_get_remote(size=100 * MB):
+    """GB/s of ``ray.get`` on node 1 of a ``size``-byte array made by a task on node 2 (the
+    task has finished before the clock starts)."""
+    ready, ref = on_node(make_array, 2).remote(size)
+    check(ray.get(ready) is True, "the producer failed")
+    seconds, value = timed(lambda: ray.get(ref))
+    check(value.shape == (size // 8,) and value[-1] == float(size // 8 - 1), "wrong array")
+    del value, ref
+    return size / seconds / GB
+
+
+CLUSTER_METRICS = {
+    "cluster_tasks_300": (cluster_tasks, "tasks/s", "higher"),
+    "cluster_sleep_6x1s": (cluster_sleeps, "ms", "lower"),
+    "cluster_local_roundtrip": (cluster_local_roundtrip, "us", "lower"),
+    "cluster_remote_roundtrip": (cluster_remote_roundtrip, "us", "lower"),
+    "cluster_get_100mb_remote": (cluster_get_remote, "GB/s", "higher"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # The table of metrics run inside one ray.init session: name -> (function, unit, better).
 # A function returns a number, or (number, extra fields for the result line).
 
@@ -526,12 +625,13 @@ SESSION_METRICS = {
     "actor_async_calls_10k": (actor_async_calls, "calls/s", "higher"),
 }
 LIFECYCLE_METRICS = ["init", "shutdown", "idle_processes", "idle_rss"]
-ALL_METRICS = LIFECYCLE_METRICS + list(SESSION_METRICS) + SPILL_METRICS
+ALL_METRICS = LIFECYCLE_METRICS + list(SESSION_METRICS) + SPILL_METRICS + list(CLUSTER_METRICS)
 
 
 def run_metric(system, name, reps, timeout_s):
-    """Runs one session metric ``reps`` times; returns its result line (or an error line)."""
-    fn, unit, better = SESSION_METRICS[name]
+    """Runs one session or cluster metric ``reps`` times; returns its result line (or an
+    error line)."""
+    fn, unit, better = SESSION_METRICS.get(name) or CLUSTER_METRICS[name]
     samples, extra = [], {}
     signal.alarm(timeout_s)
     try:
@@ -655,7 +755,32 @@ def main(argv=None):
             ray.shutdown()
     if any(n in SPILL_METRICS for n in wanted):
         run_spilling(args.system, args.reps, args.metric_timeout, wanted)
+    clustered = [n for n in wanted if n in CLUSTER_METRICS]
+    if clustered:
+        run_cluster(args, clustered)
     return 0
+
+
+def run_cluster(args, names):
+    """Runs the cluster metrics on one three-node cluster, started and stopped here."""
+    signal.alarm(args.metric_timeout)
+    try:
+        cluster = start_cluster()
+    except BaseException as exc:  # every cluster metric fails with the same reason
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        for name in names:
+            emit({"system": args.system, "name": name,
+                  "error": f"cluster start: {type(exc).__name__}: {exc}"})
+        return
+    finally:
+        signal.alarm(0)
+    try:
+        for name in names:
+            emit(run_metric(args.system, name, args.reps, args.metric_timeout))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ fn start_status_stop_a_head() {
         "{store}"
     );
     assert_eq!(store["objects"], 0);
+    assert_eq!(report["nodes"][0]["queued_tasks"], 0);
     let table = rayd(&dir, &["status"]);
     assert!(
         text(&table).contains("object store: 0.0 MiB of"),

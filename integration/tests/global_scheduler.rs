@@ -58,6 +58,13 @@ impl nm::node_manager_server::NodeManager for Recorder {
     ) -> Result<Response<nm::TaskFinishedReply>, Status> {
         Ok(Response::new(nm::TaskFinishedReply {}))
     }
+
+    async fn kill_actor(
+        &self,
+        _request: Request<nm::KillActorRequest>,
+    ) -> Result<Response<nm::KillActorReply>, Status> {
+        Ok(Response::new(nm::KillActorReply {}))
+    }
 }
 
 /// A node in the node table whose raylet is a recorder in this process.

@@ -36,6 +36,8 @@ struct Node {
     resources_available: std::collections::BTreeMap<String, f64>,
     running_tasks: u64,
     queued_tasks: u64,
+    /// Milliseconds since the node's last heartbeat.
+    heartbeat_age_ms: u64,
     /// The node's object store, as its plasma last reported.
     object_store: Option<rayd_gcs::StoreFigures>,
 }
@@ -131,6 +133,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
                 resources_available: node.resources_available,
                 running_tasks: node.running_tasks,
                 queued_tasks: node.queued_tasks,
+                heartbeat_age_ms: now_ms.saturating_sub(node.last_heartbeat_ms),
                 object_store: node.store,
             });
         }
@@ -188,13 +191,14 @@ fn print_table(status: &Status) {
             })
             .collect();
         println!(
-            "  {} {:<15} {:<5} {} running, {} queued; {}",
+            "  {} {:<15} {:<5} {} running, {} queued; {}; last heartbeat {:.1} s ago",
             &n.node_id[..12],
             n.address,
             if n.alive { "alive" } else { "dead" },
             n.running_tasks,
             n.queued_tasks,
-            resources.join(", ")
+            resources.join(", "),
+            n.heartbeat_age_ms as f64 / 1000.0
         );
         if let Some(store) = &n.object_store {
             println!(

@@ -75,11 +75,13 @@ def _resolve(host):
 
 def _local_ip_towards(address):
     """This machine's address on the way to `address` (host:port): the address its raylet
-    registered with when it runs on the same network as the head (127.0.0.1 for a local head)."""
+    registered with when it runs on the same network as the head. For a head on a loopback
+    address that is the head's own address: nodes on one machine each have their own
+    127.0.0.N (`ray.cluster_utils.Cluster`), and a driver given the head's attaches to it."""
     host, _, port = address.rpartition(":")
     ip = _resolve(host.strip("[]"))
     if ip.startswith("127."):
-        return "127.0.0.1"
+        return ip
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect((ip, int(port)))  # UDP: nothing is sent, only a route is chosen
