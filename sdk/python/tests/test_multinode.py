@@ -282,3 +282,58 @@ def test_an_actor_on_another_node_is_called_from_the_driver_and_a_third_node_in_
     # Each caller's calls ran in the order it made them.
     assert [i for c, i in calls if c == "driver"] == list(range(count))
     assert [i for c, i in calls if c == "task"] == list(range(count))
+
+
+def _global_scheduler_pid(node):
+    for pid in node.pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0].decode()) == "rayd-global-scheduler":
+            return pid, [a.decode() for a in argv if a]
+    raise AssertionError(f"no global scheduler among the head's processes {node.pids}")
+
+
+def test_killing_the_global_scheduler_leaves_tasks_running_and_a_new_one_takes_over(three_nodes, tmp_path):
+    import signal
+    import subprocess
+
+    cluster, (head, node2, node3) = three_nodes
+
+    @ray.remote(resources={"node2": 1})
+    def on_node2(i):
+        return i, _where()
+
+    assert ray.get(on_node2.remote(0), timeout=60) == (0, "127.0.0.3")
+    pid, argv = _global_scheduler_pid(head)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not _alive(pid), 10, "the global scheduler to die")
+    # The raylets place tasks themselves meanwhile.
+    assert ray.get([on_node2.remote(i) for i in range(1, 4)], timeout=60) == [
+        (i, "127.0.0.3") for i in range(1, 4)]
+    wait_for(lambda: not cluster.status()["global_schedulers"], 15,
+             "the dead global scheduler's registration to lapse")
+
+    log = open(tmp_path / "gs.log", "w")
+    env = dict(os.environ, RAYD_LOG_LEVEL="debug")
+    replacement = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    try:
+        wait_for(lambda: cluster.status()["global_schedulers"], 15, "a new global scheduler to register")
+        # The raylets read the live schedulers every second: wait until one spills to it.
+        def placed_by_the_new_one():
+            ray.get(on_node2.remote(9), timeout=60)
+            return "task placed" in open(tmp_path / "gs.log").read()
+        wait_for(placed_by_the_new_one, 20, "a task placed by the new global scheduler")
+        assert ray.get([on_node2.remote(i) for i in range(4, 7)], timeout=60) == [
+            (i, "127.0.0.3") for i in range(4, 7)]
+    finally:
+        replacement.terminate()
+        try:
+            replacement.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            replacement.kill()
+            replacement.wait()
+        log.close()

@@ -593,6 +593,17 @@ impl Scheduler {
     ) {
         match Task::from_spec(spec) {
             Ok(mut task) => {
+                // A task spilled from here may be placed back here: it is the task it was
+                // (with its submitter, whom its results go to).
+                if home == self.settings.node_id {
+                    if let Some((_, mut original)) = self.forwarded.remove(&task.id) {
+                        // Placed here on purpose: it stays.
+                        original.hops = MAX_HOPS;
+                        self.make_ready(original, true);
+                        self.schedule();
+                        return;
+                    }
+                }
                 task.home = (home != self.settings.node_id).then_some(home);
                 task.hops = hops;
                 if let Some(job) = job {

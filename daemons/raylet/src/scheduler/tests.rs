@@ -1135,6 +1135,47 @@ fn with_a_global_scheduler_up_tasks_to_place_elsewhere_go_through_it() {
         results: Vec::new(),
     });
     assert_eq!(out.pulls, vec![ObjectId::for_return(id_of(&gpu), 1)]);
+    // Placed back here: it runs here, and its result still goes to its driver.
+    let back = h.spec(&[("CPU", 1.0)]);
+    let (worker, _, _) = h.worker();
+    h.submit(driver, &h.spec(&[("CPU", 1.0)]));
+    let out = h.submit(driver, &back);
+    assert_eq!(out.spills, vec![id_of(&back)], "{out:?}");
+    let out = h.step(Event::TaskForwarded {
+        spec: back.clone(),
+        home: h.s.settings.node_id,
+        hops: 1,
+        job: None,
+    });
+    assert!(out.assigned.is_empty(), "queued behind the running task");
+    let result = pb::InlineObject {
+        object_id: ObjectId::for_return(id_of(&back), 1)
+            .as_bytes()
+            .to_vec()
+            .into(),
+        data: b"1".to_vec().into(),
+        metadata: value::META_PICKLE5.to_vec().into(),
+    };
+    let running =
+        h.s.pool
+            .get(worker)
+            .and_then(|w| w.running())
+            .map(|t| t.spec.clone());
+    let out = h.done(worker, &running.unwrap());
+    assert_eq!(out.assigned_ids(), vec![id_of(&back)]);
+    let out = h.message(
+        worker,
+        pb::client_message::Kind::TaskDone(pb::TaskDone {
+            task_id: back.task_id.clone(),
+            results: vec![result],
+        }),
+    );
+    assert!(
+        out.other
+            .iter()
+            .any(|(c, k)| *c == driver && matches!(k, pb::server_message::Kind::ObjectsReady(_))),
+        "its result reaches the driver that submitted it"
+    );
     // Actors are placed here even then: their calls need the node at once.
     let actor = ActorId::random();
     let create = creation(&h, actor, &[("GPU", 1.0)]);
