@@ -65,6 +65,13 @@ impl nm::node_manager_server::NodeManager for Recorder {
     ) -> Result<Response<nm::KillActorReply>, Status> {
         Ok(Response::new(nm::KillActorReply {}))
     }
+
+    async fn worker_output(
+        &self,
+        _request: Request<nm::WorkerOutputRequest>,
+    ) -> Result<Response<nm::WorkerOutputReply>, Status> {
+        Ok(Response::new(nm::WorkerOutputReply {}))
+    }
 }
 
 /// A node in the node table whose raylet is a recorder in this process.

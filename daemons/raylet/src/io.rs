@@ -207,6 +207,21 @@ impl Node {
                     self.peers.send(node, Outgoing::KillActor(request));
                 }
                 Effect::LocateActor { actor } => self.locate(actor),
+                Effect::ForwardOutput {
+                    home,
+                    job,
+                    pid,
+                    line,
+                    stderr,
+                } => {
+                    let request = nm::WorkerOutputRequest {
+                        job_id: job.as_bytes().to_vec(),
+                        pid,
+                        line,
+                        stderr,
+                    };
+                    self.peers.send(home, Outgoing::Output(request));
+                }
                 Effect::Spill {
                     spec,
                     home,

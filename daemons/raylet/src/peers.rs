@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rayd_common::id::{ActorId, NodeId, TaskId};
+use rayd_common::id::{ActorId, JobId, NodeId, TaskId};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::{keys, GcsClient, Heartbeat, Target};
@@ -94,6 +94,22 @@ impl nm::node_manager_server::NodeManager for Service {
         })?;
         Ok(Response::new(nm::KillActorReply {}))
     }
+
+    async fn worker_output(
+        &self,
+        request: Request<nm::WorkerOutputRequest>,
+    ) -> Result<Response<nm::WorkerOutputReply>, Status> {
+        let request = request.into_inner();
+        let job = JobId::from_slice(&request.job_id)
+            .map_err(|e| Status::invalid_argument(format!("job_id: {e}")))?;
+        self.deliver(Event::RemoteOutput {
+            job,
+            pid: request.pid,
+            line: request.line,
+            stderr: request.stderr,
+        })?;
+        Ok(Response::new(nm::WorkerOutputReply {}))
+    }
 }
 
 /// Serves the node manager on `listener` until `cancel` fires.
@@ -127,6 +143,8 @@ pub enum Outgoing {
     Finished(nm::TaskFinishedRequest),
     /// Kill an actor that lives there.
     KillActor(nm::KillActorRequest),
+    /// A worker's line for the driver there.
+    Output(nm::WorkerOutputRequest),
 }
 
 /// The other raylets: their node manager addresses (learned by the watcher) and a queue
@@ -324,6 +342,9 @@ fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, 
         Outgoing::KillActor(_) => {
             log::warn!(node:% = node; "cannot ask a node to kill an actor: {error}");
         }
+        Outgoing::Output(request) => {
+            log::info!(node:% = node, pid = request.pid; "worker (its driver's node cannot be reached: {error}): {}", request.line);
+        }
     }
 }
 
@@ -342,6 +363,7 @@ async fn deliver(
             }
             Outgoing::Finished(request) => client.task_finished(request.clone()).await.map(|_| ()),
             Outgoing::KillActor(request) => client.kill_actor(request.clone()).await.map(|_| ()),
+            Outgoing::Output(request) => client.worker_output(request.clone()).await.map(|_| ()),
         };
         if let Err(status) = result {
             let error = PeerError::Call {

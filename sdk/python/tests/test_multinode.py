@@ -337,3 +337,32 @@ def test_killing_the_global_scheduler_leaves_tasks_running_and_a_new_one_takes_o
             replacement.kill()
             replacement.wait()
         log.close()
+
+
+def test_what_a_task_prints_on_another_node_reaches_its_driver(three_nodes):
+    import subprocess
+    import sys
+    import threading
+
+    cluster, (head, node2, node3) = three_nodes
+    program = (
+        "import ray, time\n"
+        f"ray.init(redis_address={cluster.address!r}, node_ip_address={head.address!r})\n"
+        "@ray.remote(resources={'node2': 1})\n"
+        "def hello():\n"
+        "    print('hello from node 2', flush=True)\n"
+        "ray.get(hello.remote(), timeout=60)\n"
+        "print('task done', flush=True)\n"
+        "time.sleep(60)  # until the test has read the line and stops it\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("hello from node 2" in line for line in lines), 60,
+                 "the line printed on node 2 in the driver's output")
+    finally:
+        driver.kill()
+        driver.wait()

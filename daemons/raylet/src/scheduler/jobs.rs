@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rayd_common::id::JobId;
+use rayd_common::id::{JobId, NodeId};
 use rayd_common::proto::raylet::v1 as pb;
 
 use super::ConnId;
@@ -13,6 +13,8 @@ pub struct Jobs {
     /// Settings of each job, with its driver's connection when the driver is on this node
     /// (a job whose tasks were forwarded here has none).
     jobs: HashMap<JobId, (pb::JobConfig, Option<ConnId>)>,
+    /// The node of the driver of each job whose tasks were forwarded here.
+    homes: HashMap<JobId, NodeId>,
     /// Jobs whose driver left: their tasks are cancelled, and new ones refused.
     ended: HashSet<JobId>,
     warned: HashSet<String>,
@@ -25,8 +27,14 @@ impl Jobs {
 
     /// Keeps the settings of a job whose driver is on another node (its tasks were
     /// forwarded here).
-    pub fn add_remote(&mut self, job: JobId, config: pb::JobConfig) {
+    pub fn add_remote(&mut self, job: JobId, config: pb::JobConfig, home: NodeId) {
         self.jobs.entry(job).or_insert((config, None));
+        self.homes.insert(job, home);
+    }
+
+    /// The node of the driver of `job`, when it is another node.
+    pub fn home(&self, job: &JobId) -> Option<NodeId> {
+        self.homes.get(job).copied()
     }
 
     /// The driver of `job` left: the job is over.

@@ -145,6 +145,13 @@ pub enum Event {
         task: TaskId,
         error: String,
     },
+    /// A worker on another node printed a line while running a task of `job`.
+    RemoteOutput {
+        job: JobId,
+        pid: u32,
+        line: String,
+        stderr: bool,
+    },
     /// Another raylet asks to kill an actor that lives here.
     KillActor {
         actor: ActorId,
@@ -198,6 +205,14 @@ pub enum Effect {
         home: NodeId,
         hops: u32,
         job: Option<pb::JobConfig>,
+    },
+    /// Send a worker's line to the node of its job's driver.
+    ForwardOutput {
+        home: NodeId,
+        job: JobId,
+        pid: u32,
+        line: String,
+        stderr: bool,
     },
     /// Find the node of an actor (answered by `ActorLocated`).
     LocateActor { actor: ActorId },
@@ -425,6 +440,12 @@ impl Scheduler {
                 results,
             } => self.on_remote_finished(task, node, results),
             Event::KillActor { actor, reason } => self.kill_actor(actor, reason),
+            Event::RemoteOutput {
+                job,
+                pid,
+                line,
+                stderr,
+            } => self.print_for(Some(job), pid, line, stderr),
             Event::GlobalScheduler { available } => {
                 if available != self.global_scheduler {
                     log::info!(available; "global scheduler");
@@ -607,7 +628,7 @@ impl Scheduler {
                 task.home = (home != self.settings.node_id).then_some(home);
                 task.hops = hops;
                 if let Some(job) = job {
-                    self.jobs.add_remote(task.job, job);
+                    self.jobs.add_remote(task.job, job, home);
                 }
                 if task.is_actor_creation() {
                     self.create_actor(task);
@@ -1428,6 +1449,25 @@ impl Scheduler {
             .conn_of(pid)
             .and_then(|c| self.pool.get(c))
             .and_then(|w| w.job);
+        // A job whose driver is on another node: the line goes there.
+        if let Some((job, home)) = job.and_then(|j| Some((j, self.jobs.home(&j)?))) {
+            if self.jobs.driver(&job).is_none() {
+                self.effects.push(Effect::ForwardOutput {
+                    home,
+                    job,
+                    pid,
+                    line,
+                    stderr,
+                });
+                return;
+            }
+        }
+        self.print_for(job, pid, line, stderr);
+    }
+
+    /// Shows a worker's line to the driver of `job` (unless it redirects its workers'
+    /// output), else logs it.
+    fn print_for(&mut self, job: Option<JobId>, pid: u32, line: String, stderr: bool) {
         let driver = job.and_then(|job| {
             let config = self.jobs.config(&job)?;
             (!config.redirect_worker_output)

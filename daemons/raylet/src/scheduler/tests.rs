@@ -45,6 +45,8 @@ struct Out {
     returned: Vec<(NodeId, TaskId, usize)>,
     stopped_pulls: Vec<ObjectId>,
     locate: Vec<ActorId>,
+    /// (node, line) of every worker line sent to its driver's node.
+    output_home: Vec<(NodeId, String)>,
     /// Tasks handed to a global scheduler.
     spills: Vec<TaskId>,
     /// (node, actor) of every kill asked of another node.
@@ -129,6 +131,7 @@ impl Harness {
                 Effect::Pull { id } => out.pulls.push(id),
                 Effect::StopPull { id } => out.stopped_pulls.push(id),
                 Effect::LocateActor { actor } => out.locate.push(actor),
+                Effect::ForwardOutput { home, line, .. } => out.output_home.push((home, line)),
                 Effect::Spill { spec, .. } => out.spills.push(id_of(&spec)),
                 Effect::KillRemoteActor { node, actor, .. } => out.remote_kills.push((node, actor)),
                 Effect::Forward { node, spec, .. } => out.forwards.push((node, id_of(&spec))),
@@ -920,6 +923,14 @@ fn a_forwarded_task_runs_here_and_reports_to_its_home() {
         data: b"42".to_vec().into(),
         metadata: value::META_PICKLE5.to_vec().into(),
     };
+    // What its worker prints goes to the driver's node.
+    let pid = h.s.pool.get(worker).map(|w| w.pid).unwrap();
+    let out = h.step(Event::WorkerOutput {
+        pid,
+        line: "hello".into(),
+        stderr: false,
+    });
+    assert_eq!(out.output_home, vec![(home, "hello".to_string())]);
     let out = h.message(
         worker,
         pb::client_message::Kind::TaskDone(pb::TaskDone {
@@ -941,6 +952,27 @@ fn a_forwarded_task_runs_here_and_reports_to_its_home() {
     assert_eq!(runner, worker);
     let out = h.step(Event::Disconnected { conn: runner });
     assert_eq!(out.returned, vec![(home, id_of(&failing), 0)]);
+}
+
+#[test]
+fn a_line_printed_on_another_node_reaches_the_driver() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let out = h.step(Event::RemoteOutput {
+        job: h.job,
+        pid: 42,
+        line: "from afar".into(),
+        stderr: true,
+    });
+    let lines: Vec<_> = out
+        .other
+        .iter()
+        .filter_map(|(c, k)| match k {
+            pb::server_message::Kind::WorkerOutput(o) => Some((*c, o.pid, o.line.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, vec![(driver, 42, "from afar".to_string())]);
 }
 
 #[test]
