@@ -15,4 +15,5 @@ pub mod id;
 pub mod inline;
 pub mod process;
 pub mod proto;
+pub mod resources;
 pub mod value;

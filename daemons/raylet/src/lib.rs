@@ -9,7 +9,6 @@ mod connection;
 mod gcs;
 pub mod io;
 mod peers;
-mod resources;
 pub mod scheduler;
 mod workers;
 

@@ -15,7 +15,7 @@ use rayd_common::id::{ActorId, JobId, ObjectId};
 
 use super::task::Task;
 use super::ConnId;
-use crate::resources::{Amounts, Held};
+use rayd_common::resources::{Amounts, Held};
 
 /// Method calls sent to an actor's worker beyond the one it runs.
 pub const PIPELINE_DEPTH: usize = 16;

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 
 use rayd_common::id::NodeId;
 
-use crate::resources::Amounts;
-
-/// Amounts below this count as zero (sums of fractions drift).
-const EPSILON: f64 = 1e-9;
+use rayd_common::resources::{covers, Amounts};
 
 #[derive(Debug, Clone, Default)]
 pub struct RemoteNode {
@@ -18,12 +15,6 @@ pub struct RemoteNode {
     pub queued: u64,
     /// False after it refused a task (or could not be reached), until its next heartbeat.
     pub reachable: bool,
-}
-
-fn covers(have: &Amounts, request: &Amounts) -> bool {
-    request.iter().all(|(name, amount)| {
-        *amount <= EPSILON || have.get(name).copied().unwrap_or(0.0) + EPSILON >= *amount
-    })
 }
 
 #[derive(Debug, Default)]

@@ -38,7 +38,7 @@ use rayd_common::proto::raylet::v1 as pb;
 use rayd_common::value;
 use rayd_gcs::{ActorInfo, TaskEntry};
 
-use crate::resources::{Amounts, Held, Resources};
+use rayd_common::resources::{Amounts, Held, Resources};
 
 use actors::{actor_id_of, ActorState, Actors, PIPELINE_DEPTH};
 use cluster::Cluster;

@@ -14,7 +14,7 @@ use rayd_common::id::{ActorId, FunctionId, JobId, WorkerId};
 
 use super::task::{Shape, Task};
 use super::ConnId;
-use crate::resources::Held;
+use rayd_common::resources::Held;
 
 // One per worker; the running task lives inline rather than behind another allocation.
 #[allow(clippy::large_enum_variant)]

@@ -3,7 +3,7 @@
 use rayd_common::id::{FunctionId, JobId, NodeId, ObjectId, TaskId};
 use rayd_common::proto::common::v1 as common_pb;
 
-use crate::resources::Amounts;
+use rayd_common::resources::Amounts;
 
 use super::ConnId;
 

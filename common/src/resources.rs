@@ -7,10 +7,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rayd_common::proto::raylet::v1 as pb;
+use crate::proto::raylet::v1 as pb;
 
 /// Amounts below this count as zero (sums of fractions drift).
 const EPSILON: f64 = 1e-9;
+
+/// Whether `have` covers every amount of `request` (amounts below [`EPSILON`] ask for
+/// nothing).
+pub fn covers(have: &Amounts, request: &Amounts) -> bool {
+    request.iter().all(|(name, amount)| {
+        *amount <= EPSILON || have.get(name).copied().unwrap_or(0.0) + EPSILON >= *amount
+    })
+}
 
 /// Resource name -> amount.
 pub type Amounts = BTreeMap<String, f64>;
@@ -69,19 +77,15 @@ impl Resources {
 
     /// Whether the node could ever run a task asking for `request`.
     pub fn feasible(&self, request: &Amounts) -> bool {
-        request.iter().all(|(name, amount)| {
-            *amount <= EPSILON || self.total.get(name).copied().unwrap_or(0.0) + EPSILON >= *amount
-        })
+        covers(&self.total, request)
     }
 
     /// Whether `request` fits what is free now.
     pub fn fits(&self, request: &Amounts) -> bool {
-        request.iter().all(|(name, amount)| {
-            *amount <= EPSILON
-                || self.available.get(name).copied().unwrap_or(0.0) + EPSILON >= *amount
-        }) && self
-            .gpu_instances(request.get("GPU").copied().unwrap_or(0.0))
-            .is_some()
+        covers(&self.available, request)
+            && self
+                .gpu_instances(request.get("GPU").copied().unwrap_or(0.0))
+                .is_some()
     }
 
     /// Which GPU instances would serve `amount`: whole free GPUs, or one GPU with enough
