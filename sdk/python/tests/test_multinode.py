@@ -366,3 +366,18 @@ def test_what_a_task_prints_on_another_node_reaches_its_driver(three_nodes):
     finally:
         driver.kill()
         driver.wait()
+
+
+def test_a_task_gets_the_large_result_of_its_child_on_another_node(three_nodes):
+    cluster, nodes = three_nodes
+
+    @ray.remote(resources={"node3": 1})
+    def child():
+        return np.full(5 * 1000 * 1000, 7, dtype=np.int64)  # 40 MB: through the stores
+
+    @ray.remote(resources={"node2": 1})
+    def parent():
+        array = ray.get(child.remote())
+        return _where(), int(array.sum())
+
+    assert ray.get(parent.remote(), timeout=60) == ("127.0.0.3", 7 * 5 * 1000 * 1000)

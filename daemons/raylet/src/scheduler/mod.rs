@@ -658,12 +658,14 @@ impl Scheduler {
             .filter_map(|o| ObjectId::from_slice(&o.object_id).ok())
             .collect();
         self.take_results(task.id, task.spec.num_returns, task.submitter, results);
-        let to_driver = task.submitter.is_some_and(|c| self.is_driver(c));
+        // Its submitter (a driver, or a worker's nested task) expects the results
+        // unasked: the large ones are brought here for it.
+        let expected = task.submitter.is_some_and(|c| self.peers.contains_key(&c));
         for id in task.return_ids() {
             if inline.contains(&id) || self.deps.is_local(&id) {
                 continue;
             }
-            if (to_driver || self.deps.awaited(&id) || self.inline.has_interest(&id))
+            if (expected || self.deps.awaited(&id) || self.inline.has_interest(&id))
                 && self.deps.want(id)
             {
                 self.effects.push(Effect::Pull { id });
@@ -982,6 +984,14 @@ impl Scheduler {
             return;
         };
         self.remote_actors.insert(id, (node, creation.job));
+        // The actor table says where it goes (the node that runs it writes it too).
+        self.gcs(GcsWrite::Actor(ActorInfo {
+            actor_id: id,
+            job_id: creation.job,
+            node: Some(node),
+            worker: None,
+            state: ActorState::Pending.name().to_string(),
+        }));
         let queued = self.actors.remove(&id).map(|a| a.queue).unwrap_or_default();
         for call in queued {
             self.forward(node, call);
