@@ -15,5 +15,6 @@ pub use client::{
 };
 pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
-    ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeInfo, ObjectInfo, StoreFigures, TaskEntry,
+    ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo, StoreFigures,
+    TaskEntry,
 };

@@ -60,6 +60,36 @@ fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// A message of [`keys::NODE_EVENTS_CHANNEL`]: `<node hex> alive` or `<node hex> dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEvent {
+    Alive(NodeId),
+    Dead(NodeId),
+}
+
+impl NodeEvent {
+    /// Reads a message of the channel; `None` for anything else.
+    pub fn parse(payload: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let mut words = text.split_whitespace();
+        let node: NodeId = words.next()?.parse().ok()?;
+        match (words.next()?, words.next()) {
+            ("alive", None) => Some(NodeEvent::Alive(node)),
+            ("dead", None) => Some(NodeEvent::Dead(node)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeEvent::Alive(node) => write!(f, "{node} alive"),
+            NodeEvent::Dead(node) => write!(f, "{node} dead"),
+        }
+    }
+}
+
 /// A node in the node table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeInfo {
@@ -227,7 +257,10 @@ impl GcsClient {
             .await?;
         let _: () = pipeline.sadd(keys::NODES, node.node_id.hex()).await?;
         let _: () = pipeline
-            .publish(keys::NODE_EVENTS_CHANNEL, format!("{} alive", node.node_id))
+            .publish(
+                keys::NODE_EVENTS_CHANNEL,
+                NodeEvent::Alive(node.node_id).to_string(),
+            )
             .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
@@ -268,7 +301,7 @@ impl GcsClient {
             .hset(keys::key(Table::Node, &node), ("state", "dead"))
             .await?;
         let _: () = pipeline
-            .publish(keys::NODE_EVENTS_CHANNEL, format!("{node} dead"))
+            .publish(keys::NODE_EVENTS_CHANNEL, NodeEvent::Dead(node).to_string())
             .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
@@ -601,5 +634,27 @@ impl GcsClient {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_events_read_back_what_is_published() {
+        let node = NodeId::random();
+        for event in [NodeEvent::Alive(node), NodeEvent::Dead(node)] {
+            assert_eq!(NodeEvent::parse(event.to_string().as_bytes()), Some(event));
+        }
+        for bad in [
+            "",
+            "x dead",
+            &format!("{node}"),
+            &format!("{node} gone"),
+            &format!("{node} dead now"),
+        ] {
+            assert_eq!(NodeEvent::parse(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 }

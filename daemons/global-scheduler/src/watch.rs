@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayd_common::id::NodeId;
-use rayd_gcs::{keys, GcsClient, Heartbeat, NodeInfo, Subscription, Target};
+use rayd_gcs::{keys, GcsClient, Heartbeat, NodeEvent, NodeInfo, Subscription, Target};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -75,21 +75,13 @@ async fn follow(
             },
         };
         if notification.channel == keys::NODE_EVENTS_CHANNEL {
-            let text = String::from_utf8_lossy(&notification.payload);
-            let mut words = text.split_whitespace();
-            let (Some(node), Some(state)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(node) = node.parse::<NodeId>() else {
-                continue;
-            };
-            match state {
-                "dead" => {
+            match NodeEvent::parse(&notification.payload) {
+                Some(NodeEvent::Dead(node)) => {
                     log::info!(node:% = node; "node dead: no more tasks go there");
                     lock(&view).dead(&node);
                 }
-                "alive" => learn(&gcs, &view, node).await,
-                _ => {}
+                Some(NodeEvent::Alive(node)) => learn(&gcs, &view, node).await,
+                None => {}
             }
             continue;
         }

@@ -167,14 +167,7 @@ impl Node {
                     hops,
                     job,
                 } => {
-                    let task =
-                        rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
-                    let request = nm::ForwardTaskRequest {
-                        spec: Some(*spec),
-                        home_node_id: home.as_bytes().to_vec(),
-                        hops,
-                        job,
-                    };
+                    let (task, request) = forward_request(*spec, home, hops, job);
                     self.peers.send(
                         node,
                         Outgoing::Forward {
@@ -228,14 +221,7 @@ impl Node {
                     hops,
                     job,
                 } => {
-                    let task =
-                        rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
-                    let request = nm::ForwardTaskRequest {
-                        spec: Some(*spec),
-                        home_node_id: home.as_bytes().to_vec(),
-                        hops,
-                        job,
-                    };
+                    let (task, request) = forward_request(*spec, home, hops, job);
                     self.peers.spill(task, request);
                 }
                 Effect::Gcs(write) => {
@@ -309,6 +295,23 @@ impl Node {
         });
         self.pulls.insert(id, task.abort_handle());
     }
+}
+
+/// The request that hands a task to another raylet or a global scheduler, with its ID.
+fn forward_request(
+    spec: rayd_common::proto::common::v1::TaskSpec,
+    home: NodeId,
+    hops: u32,
+    job: Option<pb::JobConfig>,
+) -> (rayd_common::id::TaskId, nm::ForwardTaskRequest) {
+    let task = rayd_common::id::TaskId::from_slice(&spec.task_id).unwrap_or_default();
+    let request = nm::ForwardTaskRequest {
+        spec: Some(spec),
+        home_node_id: home.as_bytes().to_vec(),
+        hops,
+        job,
+    };
+    (task, request)
 }
 
 /// Gets `id` into this node's store; returns why it is lost when it cannot be had.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rayd_common::id::{ActorId, JobId, NodeId, TaskId};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
-use rayd_gcs::{keys, GcsClient, Heartbeat, Target};
+use rayd_gcs::{keys, GcsClient, Heartbeat, NodeEvent, Target};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -448,15 +448,10 @@ pub fn watch(
                 },
             };
             let event = if notification.channel == keys::NODE_EVENTS_CHANNEL {
-                let text = String::from_utf8_lossy(&notification.payload);
-                let mut words = text.split_whitespace();
-                let (Some(node), Some(state)) = (words.next(), words.next()) else {
+                let Some(NodeEvent::Dead(node)) = NodeEvent::parse(&notification.payload) else {
                     continue;
                 };
-                let Ok(node) = node.parse::<NodeId>() else {
-                    continue;
-                };
-                if node == own || state != "dead" {
+                if node == own {
                     continue;
                 }
                 known.remove(&node);
