@@ -262,6 +262,53 @@ def test_todays_name_option_and_get_actor(shared_cluster):
         Counter.options(name="today").remote()
 
 
+def _actor_state(actor_id):
+    from ray._private import gcs
+    return gcs.command("HGET", f"rayd:actor:{actor_id.hex()}".encode(), b"state", shard=actor_id)
+
+
+def _actor_holds(actor_id):
+    from ray._private import gcs
+    raw = gcs.command("GET", f"rayd:actor_holds:{actor_id.hex()}".encode(), shard=actor_id)
+    return int(raw or 0)
+
+
+def test_a_taken_name_takes_no_hold_and_a_lost_race_kills_the_new_actor(shared_cluster, monkeypatch):
+    from ray.experimental import named_actors
+    Counter.options(name="race").remote()
+    other = Counter.remote()
+    ray.get(other.increment.remote())
+    before = _actor_holds(other._actor_id)
+    with pytest.raises(ValueError, match="already taken"):
+        ray.experimental.register_actor("race", other)
+    assert _actor_holds(other._actor_id) == before
+    # Another driver claims the name between check_free and register_actor.
+    made = []
+    register = named_actors.register_actor
+
+    def late_register(name, handle):
+        made.append(handle._actor_id)
+        return register(name, handle)
+
+    monkeypatch.setattr(named_actors, "check_free", lambda name: None)
+    monkeypatch.setattr(named_actors, "register_actor", late_register)
+    with pytest.raises(ValueError, match="already taken"):
+        Counter.options(name="race").remote()
+    assert wait_for(lambda: _actor_state(made[0]) == b"dead", timeout=30), _actor_state(made[0])
+
+
+def test_a_dead_actors_name_is_free_again(shared_cluster):
+    first = Counter.options(name="reborn").remote()
+    assert ray.get(first.increment.remote()) == 1
+    ray.kill(first)
+    assert wait_for(lambda: _actor_state(first._actor_id) == b"dead", timeout=30)
+    with pytest.raises(ValueError, match="no actor is named"):
+        ray.get_actor("reborn")
+    second = Counter.options(name="reborn").remote()
+    assert ray.get(ray.get_actor("reborn").increment.remote()) == 1
+    assert ray.get(second.increment.remote()) == 2
+
+
 def test_free_drops_an_object_from_the_store(shared_cluster):
     from ray._private import internal_api
     object_id = ray.put(np.ones(2**20, dtype=np.uint8))
