@@ -85,11 +85,6 @@ class _Holds:
         with self.lock:
             self.local[actor_id] = [1, False]
 
-    def copied(self, actor_id):
-        with self.lock:
-            entry = self.local.setdefault(actor_id, [0, True])
-            entry[0] += 1
-
     def pickled(self, actor_id, permanent=False):
         """A copy of a handle leaves this process: its hold (and ours) go to the GCS.
         Returns the copy's token (None: a permanent hold, e.g. a registered name)."""
