@@ -450,6 +450,26 @@ def test_a_restarted_actor_comes_back_from_its_checkpoint(ray_start):
     assert ray.get(acc.add.remote(10), timeout=60) == 13
 
 
+def test_a_failing_checkpoint_does_not_fail_the_call_and_is_reported(shared_cluster):
+    @ray.remote(checkpoint_interval=1)
+    class Unsaveable:
+        def __init__(self):
+            self.calls = 0
+
+        def call(self):
+            self.calls += 1
+            return self.calls
+
+        def __ray_save__(self):
+            raise RuntimeError("no checkpoint today")
+
+    actor = Unsaveable.remote()
+    assert ray.get([actor.call.remote(), actor.call.remote()], timeout=60) == [1, 2]
+    reported = wait_for(lambda: [e for e in ray.error_info() if e["type"] == "checkpoint"],
+                        timeout=10, what="the checkpoint error")
+    assert "no checkpoint today" in reported[0]["message"], reported
+
+
 def test_an_actor_without_checkpointing_restarts_from_its_constructor(ray_start):
     ray_start(num_cpus=2)
 

@@ -168,8 +168,6 @@ class Executor:
             else:
                 function = self._function(task["function_id"], task)
             result = function(*args, **kwargs)
-            if self.checkpoint_interval is not None and task["actor_id"] is not None:
-                self._after_call(task)
             if num_returns == 1:
                 results = [result]
             elif num_returns == 0:
@@ -191,6 +189,15 @@ class Executor:
                     self.core.store_return(index, serialization.META_ERROR_TASK, data, buffers)
                 except exceptions.RayError as store_error:
                     print(f"cannot store the error of {name}: {store_error}", file=sys.stderr)
+        else:
+            # After the returns are stored: the call succeeded, whatever its checkpoint does.
+            if self.checkpoint_interval is not None and task["actor_id"] is not None:
+                try:
+                    self._after_call(task)
+                except Exception as e:  # noqa: BLE001 - reported to the driver, not the caller
+                    self._push_error(task, "checkpoint", f"cannot checkpoint actor "
+                                     f"{task['actor_id'].hex()} after {name} (pid {self.pid}): "
+                                     f"{type(e).__name__}: {e}")
 
 
 def _warm_imports():
