@@ -225,6 +225,28 @@ def test_experimental_get_and_wait_on_dicts_tuples_and_iterables(shared_cluster)
     assert ray.experimental.wait((a,)) == ([a], [])
 
 
+def test_experimental_wait_on_a_single_id_raises_ray_waits_type_error(shared_cluster):
+    with pytest.raises(TypeError, match="not a single one"):
+        ray.experimental.wait(ray.put(1))
+
+
+def test_a_failing_error_push_does_not_hide_a_pickling_error(shared_cluster, monkeypatch):
+    from ray._private import gcs
+
+    def push_fails(*args, **kwargs):
+        raise ray.exceptions.RaySystemError("gcs: connection refused")
+
+    monkeypatch.setattr(gcs, "push_error", push_fails)
+    lock = threading.Lock()
+
+    @ray.remote
+    def uses_a_lock():
+        return lock
+
+    with pytest.raises(TypeError, match="cannot pickle"):
+        uses_a_lock.remote()
+
+
 @ray.remote
 class Counter:
     def __init__(self):

@@ -82,10 +82,7 @@ class Executor:
         return function
 
     def _push_error(self, task, kind, message):
-        try:
-            gcs.push_error(task["job_id"], kind, message, core=self.core)
-        except exceptions.RayError as e:
-            print(f"cannot push an error to the driver: {e}", file=sys.stderr)
+        gcs.push_error_quietly(task["job_id"], kind, message, core=self.core)
 
     def _checkpoint_key(self, task):
         return f"rayd:actor_checkpoint:{task['actor_id'].hex()}".encode()
