@@ -191,6 +191,29 @@ def test_custom_serializer_for_a_class_pickle_refuses(ray_start):
     assert ray.get(make.remote(7)).value == 7
 
 
+class UnpicklableLater(Unpicklable):
+    pass
+
+
+def test_a_serializer_registered_after_a_worker_entered_the_job_reaches_it(ray_start):
+    ray_start(num_cpus=1)
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    @ray.remote
+    def make(value):
+        return os.getpid(), UnpicklableLater(value)
+
+    first = ray.get(pid.remote())  # the worker has entered the job: serializers loaded
+    ray.register_custom_serializer(UnpicklableLater, serializer=lambda obj: obj.value,
+                                   deserializer=lambda value: UnpicklableLater(value))
+    second, made = ray.get(make.remote(7), timeout=60)
+    assert second == first, "the same worker"
+    assert made.value == 7
+
+
 def test_custom_serializer_by_dict_and_by_pickle(ray_start):
     ray_start()
 

@@ -38,6 +38,8 @@ class Executor:
         self.core = core
         self.functions = {}
         self.jobs_seen = set()
+        # The version of each job's custom serializers loaded here (see custom_serializers).
+        self.serializer_versions: Dict[Any, Optional[int]] = {}
         self.ip = core.node_ip_address
         self.pid = os.getpid()
         self.node_gpus = _visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -54,6 +56,11 @@ class Executor:
 
     def _enter_job(self, task):
         job = task["job_id"]
+        if job in self.serializer_versions:
+            # Serializers the driver registered since this worker loaded them.
+            from ray._private import custom_serializers
+            if custom_serializers.version(job, self.core) != self.serializer_versions[job]:
+                self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
         if job in self.jobs_seen or "python_path" not in task:
             return
         self.jobs_seen.add(job)
@@ -66,7 +73,7 @@ class Executor:
             except OSError:
                 pass
         from ray._private import custom_serializers
-        custom_serializers.load_for_job(job, self.core)
+        self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
 
     def _function(self, function_id, task):
         function = self.functions.get(function_id)
