@@ -162,6 +162,19 @@ def test_chrome_tracing_dump_and_timeline_show_tasks_and_profile_spans(ray_start
     assert len([e for e in dumped if e["cat"] == "task" and e["name"].endswith("traced")]) == 4
 
 
+def test_the_timeline_is_one_list_per_job_capped_at_its_last_events(shared_cluster, monkeypatch):
+    from ray._private import gcs, profiling
+    monkeypatch.setattr(profiling, "MAX_EVENTS", 5)
+    for i in range(20):
+        with ray.profile("capped_step", extra_data={"i": i}):
+            pass
+    profiling.flush()
+    job_key = f"rayd:profile:{ray._private.worker.global_worker.core.job_id.hex()}".encode()
+    assert gcs.command("LLEN", job_key) <= 5
+    kept = [r["extra_data"]["i"] for r in profiling.events() if r["event_type"] == "capped_step"]
+    assert kept and kept == list(range(20 - len(kept), 20)), kept
+
+
 # ray.register_custom_serializer
 
 class Unpicklable:

@@ -6,7 +6,7 @@ daemon reads them):
 | key | type | where | holds |
 |---|---|---|---|
 | `rayd:errors:<job>` | list | primary | JSON errors pushed to a driver (the daemons' schema) |
-| `rayd:profile` | list | primary | JSON batches of timeline events (task spans, `ray.profile`), one per flush |
+| `rayd:profile:<job>` | list | primary | a job's timeline events (task spans, `ray.profile`), JSON rows, the last 100,000 |
 | `rayd:workers` | hash | primary | worker/driver hex ID -> JSON (pid, node, kind) |
 | `rayd:named_actor:<name>` | string | primary | a pickled handle of a named actor |
 | `rayd:actor_holds:<actor>` | string | actor's shard | processes and in-flight copies holding the actor |
@@ -21,7 +21,6 @@ import time
 
 from ray._private import worker as _worker
 
-PROFILE = b"rayd:profile"
 WORKERS = b"rayd:workers"
 
 
