@@ -20,8 +20,8 @@ pub(super) struct Known {
     /// Results of tasks this process submitted that have not arrived: the raylet sends
     /// them unasked, so no fetch is needed.
     expected: HashSet<ObjectId>,
-    /// The store's event stream ended.
-    pub store_closed: bool,
+    /// The socket of the store whose event stream ended.
+    pub store_closed: Option<String>,
     /// Objects that waiters for all of their IDs block on (how many waiters each): only
     /// their arrival wakes them, not every arrival.
     watched: HashMap<ObjectId, usize>,
@@ -38,7 +38,7 @@ impl Default for Known {
             sealed: HashSet::new(),
             inline: InlineCache::new(INLINE_CACHE_BYTES),
             expected: HashSet::new(),
-            store_closed: false,
+            store_closed: None,
             watched: HashMap::new(),
             general: 0,
             wakeups: 0,
