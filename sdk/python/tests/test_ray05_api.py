@@ -372,7 +372,8 @@ def test_free_drops_an_object_from_the_store(shared_cluster):
     object_id = ray.put(np.ones(2**20, dtype=np.uint8))
     assert ray.wait([object_id], timeout=0)[0] == [object_id]
     ray.internal.free([object_id])
-    assert ray.wait([object_id], timeout=0) == ([], [object_id])
+    wait_for(lambda: ray.wait([object_id], timeout=0) == ([], [object_id]), timeout=10,
+             what="the freed object to be gone")
     assert ray.internal.free is internal_api.free
     with pytest.raises(TypeError):
         ray.internal.free(["not an id"])

@@ -98,7 +98,7 @@ impl Shared {
         let mut known = self.known();
         match event {
             Ok(Some(event)) if event.kind == EventKind::Sealed => {
-                if known.seal(event.id) {
+                if known.seal_announced(event.id) {
                     known.wakeups += 1;
                     self.wake();
                 }
@@ -200,6 +200,15 @@ impl Inbox {
     /// Marks an object found sealed by asking the store directly (sealed before following).
     pub fn insert_sealed(&self, id: ObjectId) {
         self.shared.known().seal(id);
+    }
+
+    /// Forgets objects this process removed from the store (`ray.internal.free`), and
+    /// their seals the store's stream may still announce.
+    pub fn forget(&self, ids: &[ObjectId]) {
+        let mut known = self.shared.known();
+        for id in ids {
+            known.free(*id);
+        }
     }
 
     /// Records small objects the raylet sent, and wakes whoever waits.
@@ -582,5 +591,40 @@ mod tests {
         assert!(error.to_string().contains("/tmp/plasma.sock"));
         assert!(inbox.wait(&[gone], 1, None).is_err());
         assert!(started.elapsed() < DEADLINE);
+    }
+
+    #[test]
+    fn a_freed_object_is_not_ready_though_its_seal_is_announced_late() {
+        let inbox = Inbox::default();
+        let id = ObjectId::random();
+        let socket = Path::new("/tmp/plasma.sock");
+        let event = |kind| {
+            Ok(Some(Event {
+                kind,
+                id,
+                data_size: 1,
+                metadata_size: 0,
+            }))
+        };
+        inbox.insert_sealed(id); // found in the store before its seal was announced
+        inbox.forget(&[id]);
+        let ready = |inbox: &Inbox| inbox.wait(&[id], 1, Some(Duration::ZERO)).expect("wait");
+        assert_eq!(ready(&inbox), vec![false]);
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Sealed)));
+        assert_eq!(
+            ready(&inbox),
+            vec![false],
+            "the seal is from before the free"
+        );
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Deleted)));
+        // Made again (a task rebuilt it): its new seal counts.
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Sealed)));
+        assert_eq!(ready(&inbox), vec![true]);
     }
 }
