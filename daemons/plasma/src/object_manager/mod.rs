@@ -658,17 +658,20 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn state() -> Arc<State> {
-        let dir = std::env::temp_dir().join("rayd-plasma-test-spill");
-        let store = Store::new(64 * MIB, Backing::Memfd, dir).unwrap();
-        State::new(
+    /// The state of a 64 MiB store, and its spill directory (a temp dir of the test's own,
+    /// removed when the test drops it).
+    fn state() -> (Arc<State>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(64 * MIB, Backing::Memfd, dir.path().join("spill")).unwrap();
+        let state = State::new(
             store,
             rayd_common::id::NodeId::random(),
             "127.0.0.1:1".into(),
             MIB,
             None,
         )
-        .unwrap()
+        .unwrap();
+        (state, dir)
     }
 
     /// A response made of `frames`, as the puller reads it.
@@ -741,7 +744,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_cut_anywhere_land_in_the_object() {
-        let state = state();
+        let (state, _spill) = state();
         let bytes = pattern(100_000);
         let (target, writer, view) = new_target(&state, bytes.len() as u64);
         assert!(writer.is_none(), "a small object lands in the arena");
@@ -761,7 +764,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_must_end_with_an_ok_status() {
-        let state = state();
+        let (state, _spill) = state();
         let bytes = pattern(1000);
         let end = bytes.len() as u64;
 
@@ -795,7 +798,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_is_the_error_a_pull_reports() {
-        let state = state();
+        let (state, _spill) = state();
         let bytes = pattern(40 * MIB as usize);
         let end = bytes.len() as u64;
         let (target, writer, view) = new_target(&state, end);
