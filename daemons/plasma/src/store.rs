@@ -1343,15 +1343,40 @@ mod tests {
 
     #[test]
     fn arena_is_prefaulted_ahead_up_to_a_bound() {
-        let (mut store, _dir) = store();
-        let mut reserved = 0;
-        while let Some((index, _, _)) = store.prefault_next() {
-            store.prefault_done(index);
-            reserved += 1;
-        }
-        assert_eq!(reserved, 8, "the whole small store");
+        // Larger than PREFAULT_AHEAD, so the bound shows; granules are only marked reserved
+        // here (no memory is taken).
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::new(1 << 30, Backing::Memfd, dir.path().join("spill")).unwrap();
+        let granule = memory::ARENA_RESERVE_GRANULE as u64;
+        let prefault = |store: &mut Store| {
+            let mut count = 0;
+            while let Some((index, start, _)) = store.prefault_next() {
+                assert!((start as u64) < store.high_water + PREFAULT_AHEAD);
+                store.prefault_done(index);
+                count += 1;
+            }
+            count
+        };
+        assert_eq!(
+            prefault(&mut store),
+            PREFAULT_AHEAD / granule,
+            "stops at the bound"
+        );
+        assert_eq!(store.stats().reserved_bytes, PREFAULT_AHEAD);
+        // An object moves the highest byte handed out: reserving resumes up to the new bound.
+        let c = store.connect();
+        store.create_pulled(c, id(1), 100 * MIB, 0).unwrap();
         assert!(store.take_prefault_wanted());
-        assert_eq!(store.stats().reserved_bytes, 64 * MIB);
+        let bound = store.high_water + PREFAULT_AHEAD;
+        assert!(bound > PREFAULT_AHEAD && bound < 1 << 30);
+        assert_eq!(
+            prefault(&mut store),
+            bound.div_ceil(granule) - PREFAULT_AHEAD / granule
+        );
+        assert_eq!(
+            store.stats().reserved_bytes,
+            bound.div_ceil(granule) * granule
+        );
     }
 
     #[test]
