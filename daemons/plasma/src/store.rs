@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
 
@@ -139,42 +139,12 @@ impl Layout {
     }
 }
 
-/// A segment of its own for one object (the protocol and clients still know them; the
-/// store no longer makes them: every object is in the arena).
-#[derive(Debug)]
-pub struct OwnSegment {
-    /// Segment ID, unique for the store's life.
-    pub id: u64,
-    /// Read-write descriptor, handed to the creator.
-    pub fd: OwnedFd,
-    /// Bytes, rounded up to the backing's granularity.
-    pub size: u64,
-    /// Whether it may be written with `pwrite` (else only through a mapping).
-    pub takes_writes: bool,
-    read_only: OnceLock<OwnedFd>,
-}
-
-impl OwnSegment {
-    /// The descriptor for a client: read-only once the object is sealed.
-    pub fn fd_for_client(&self) -> BorrowedFd<'_> {
-        self.read_only
-            .get()
-            .map_or_else(|| self.fd.as_fd(), |fd| fd.as_fd())
-    }
-}
-
-/// Where an object's bytes are.
-#[derive(Debug, Clone)]
-pub enum Placement {
-    Arena { offset: u64 },
-    Own(Arc<OwnSegment>),
-}
-
 /// What a client needs to reach an object's bytes.
 #[derive(Debug, Clone)]
 pub struct ObjectView {
     pub id: ObjectId,
-    pub placement: Placement,
+    /// Where its first byte is in the arena (every object is in the arena).
+    pub offset: u64,
     pub data_size: u64,
     pub metadata_size: u64,
 }
@@ -182,10 +152,7 @@ pub struct ObjectView {
 impl ObjectView {
     /// The segment ID and offset of the first byte.
     pub fn segment_offset(&self) -> (u64, u64) {
-        match &self.placement {
-            Placement::Arena { offset } => (ARENA_SEGMENT, *offset),
-            Placement::Own(segment) => (segment.id, 0),
-        }
+        (ARENA_SEGMENT, self.offset)
     }
 
     /// Data plus metadata bytes.
@@ -246,7 +213,8 @@ pub enum DeleteOutcome {
 
 #[derive(Debug)]
 struct Entry {
-    placement: Placement,
+    /// Where it is in the arena (stale while spilled).
+    offset: u64,
     data_size: u64,
     metadata_size: u64,
     sealed: bool,
@@ -257,7 +225,7 @@ struct Entry {
     delete_pending: bool,
     /// The lease block it was placed in by its creator (arena objects only).
     lease: Option<u64>,
-    /// Where it is on disk while spilled (its placement is then stale).
+    /// Where it is on disk while spilled (its offset is then stale).
     spilled: Option<Slot>,
 }
 
@@ -417,19 +385,11 @@ impl Store {
             self.largest_object = size;
             self.prefault_wanted = true;
         }
-        let placement = Placement::Arena {
-            offset: self.allocate(id, size, reserve)?,
-        };
-        self.insert_unsealed(
-            client,
-            id,
-            placement.clone(),
-            (data_size, metadata_size),
-            None,
-        );
+        let offset = self.allocate(id, size, reserve)?;
+        self.insert_unsealed(client, id, offset, (data_size, metadata_size), None);
         Ok(ObjectView {
             id,
-            placement,
+            offset,
             data_size,
             metadata_size,
         })
@@ -440,14 +400,14 @@ impl Store {
         &mut self,
         client: ClientId,
         id: ObjectId,
-        placement: Placement,
+        offset: u64,
         (data_size, metadata_size): (u64, u64),
         lease: Option<u64>,
     ) {
         self.objects.insert(
             id,
             Entry {
-                placement,
+                offset,
                 data_size,
                 metadata_size,
                 sealed: false,
@@ -525,12 +485,9 @@ impl Store {
 
     /// Writes an unpinned sealed object to disk and frees its memory.
     fn spill_out(&mut self, id: ObjectId) -> Result<(), SpillError> {
-        let Some(Placement::Arena { offset }) = self.objects.get(&id).map(|e| &e.placement) else {
-            // Not in the arena: nothing to spill, so it goes.
-            self.evict(id);
+        let Some((offset, total)) = self.objects.get(&id).map(|e| (e.offset, e.total())) else {
             return Ok(());
         };
-        let (offset, total) = (*offset, self.objects[&id].total());
         let map = self.arena_map.clone();
         // SAFETY: a sealed object is never written again, and this one is unpinned: no
         // client can get it while the store's lock is held.
@@ -623,7 +580,7 @@ impl Store {
         log::debug!(object:% = id; "restored object");
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.spilled = None;
-            entry.placement = Placement::Arena { offset };
+            entry.offset = offset;
         }
     }
 
@@ -715,7 +672,7 @@ impl Store {
         self.insert_unsealed(
             client,
             id,
-            Placement::Arena { offset },
+            offset,
             (data_size, metadata_size),
             Some(block),
         );
@@ -795,12 +752,9 @@ impl Store {
         if let Some(tick) = entry.lru_tick {
             self.lru.remove(&tick);
         }
-        match (&entry.placement, entry.spilled) {
-            (_, Some(slot)) => self.spill.free(slot),
-            (Placement::Arena { offset }, None) => {
-                self.free_memory(*offset, entry.total(), entry.lease)
-            }
-            (Placement::Own(_), None) => {}
+        match entry.spilled {
+            Some(slot) => self.spill.free(slot),
+            None => self.free_memory(entry.offset, entry.total(), entry.lease),
         }
         if entry.sealed {
             self.events.push(StoreEvent::Removed { id, evicted });
@@ -825,29 +779,10 @@ impl Store {
     /// Seals an object: immutable from now on, visible to gets. The creator keeps its pin.
     pub fn seal(&mut self, client: ClientId, id: ObjectId) -> Result<ObjectView, StoreError> {
         let entry = self.entry_of_creator(client, id)?;
-        if let Placement::Own(segment) = &entry.placement {
-            // Neither step may fail the seal: the object is complete and its creator has
-            // moved on. Without them, readers still get read-only mappings.
-            match memory::seal_against_writes(segment.fd.as_fd()) {
-                Ok(true) => {}
-                Ok(false) => {
-                    log::debug!(object:% = id; "a writable mapping remains: only new writes are sealed off")
-                }
-                Err(e) => log::warn!(object:% = id, error:% = e; "cannot seal an object's memory"),
-            }
-            match memory::reopen_read_only(segment.fd.as_fd()) {
-                Ok(read_only) => {
-                    let _ = segment.read_only.set(read_only);
-                }
-                Err(e) => {
-                    log::warn!(object:% = id, error:% = e; "cannot open an object's memory read-only")
-                }
-            }
-        }
         entry.sealed = true;
         let view = ObjectView {
             id,
-            placement: entry.placement.clone(),
+            offset: entry.offset,
             data_size: entry.data_size,
             metadata_size: entry.metadata_size,
         };
@@ -930,7 +865,7 @@ impl Store {
             .or_default() += 1;
         Ok(Some(ObjectView {
             id,
-            placement: entry.placement.clone(),
+            offset: entry.offset,
             data_size: entry.data_size,
             metadata_size: entry.metadata_size,
         }))
@@ -1146,7 +1081,7 @@ mod tests {
         store.seal_leased(a, id(1)).unwrap();
         assert_eq!(store.stats().used_bytes, 128);
         let view = store.get(b, id(1)).unwrap();
-        assert!(matches!(view.placement, Placement::Arena { offset: o } if o == offset));
+        assert_eq!(view.offset, offset);
         assert!(matches!(
             store.create_leased(b, id(2), offset + 128, 10, 0),
             Err(StoreError::OutsideLease { .. })
@@ -1250,9 +1185,7 @@ mod tests {
         let c = store.connect();
         for n in 1..=4 {
             let view = store.create(c, put_id(n), 16 * MIB, 0).unwrap();
-            let Placement::Arena { offset } = view.placement else {
-                panic!("in the arena")
-            };
+            let offset = view.offset;
             // SAFETY: the creator alone writes its unsealed object.
             unsafe { store.arena_map.slice_mut(offset, 16 * MIB) }
                 .unwrap()
@@ -1269,9 +1202,7 @@ mod tests {
         assert!(store.contains(&put_id(3)), "a spilled object is still here");
         store.release(c, put_id(2)).unwrap();
         let view = store.get(c, put_id(3)).unwrap();
-        let Placement::Arena { offset } = view.placement else {
-            panic!("back in the arena")
-        };
+        let offset = view.offset;
         // SAFETY: sealed and pinned.
         let bytes = unsafe { store.arena_map.slice(offset, 16 * MIB) }.unwrap();
         assert!(bytes.iter().all(|&b| b == 3), "restored intact");
