@@ -46,8 +46,8 @@ impl From<StoreError> for Failure {
             StoreError::Full { .. } => Code::StoreFull,
             StoreError::TooLarge { .. } => Code::TooLarge,
             StoreError::Memory { .. } | StoreError::LeaseMemory(_) => Code::OutOfMemory,
-            // Memory could not be had for it, or the disk failed it.
-            StoreError::Restore { .. } => Code::OutOfMemory,
+            // The spill directory failed (a disk error), not the memory.
+            StoreError::Restore { .. } => Code::Internal,
             StoreError::NoRoomForLease { .. } => Code::StoreFull,
             StoreError::NoLeases | StoreError::OutsideLease { .. } => Code::InvalidRequest,
             StoreError::AlreadySealed(_)
