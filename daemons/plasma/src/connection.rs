@@ -47,7 +47,9 @@ impl From<StoreError> for Failure {
             StoreError::TooLarge { .. } => Code::TooLarge,
             StoreError::Memory { .. } | StoreError::LeaseMemory(_) => Code::OutOfMemory,
             // The spill directory failed (a disk error), not the memory.
-            StoreError::Restore { .. } => Code::Internal,
+            StoreError::Restore { .. }
+            | StoreError::Spill(_)
+            | StoreError::OutsideMapping { .. } => Code::Internal,
             StoreError::NoRoomForLease { .. } => Code::StoreFull,
             StoreError::NoLeases | StoreError::OutsideLease { .. } => Code::InvalidRequest,
             StoreError::AlreadySealed(_)

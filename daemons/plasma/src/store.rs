@@ -74,6 +74,10 @@ pub enum StoreError {
         capacity: u64,
         reason: String,
     },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error("object {id}: bytes {offset}..{end} are outside the store's mapping of the arena")]
+    OutsideMapping { id: ObjectId, offset: u64, end: u64 },
     #[error("object {id} cannot be restored from disk: {source}")]
     Restore {
         id: ObjectId,
@@ -462,7 +466,7 @@ impl Store {
     /// Takes the least recently used unpinned object out of memory: spills it, or, once
     /// spilling failed (`spill_error`), evicts the least recently used task result.
     /// False when nothing can go.
-    fn free_one(&mut self, spill_error: &mut Option<SpillError>) -> bool {
+    fn free_one(&mut self, spill_error: &mut Option<StoreError>) -> bool {
         if spill_error.is_none() {
             let Some((_, &id)) = self.lru.first_key_value() else {
                 return false;
@@ -484,14 +488,18 @@ impl Store {
     }
 
     /// Writes an unpinned sealed object to disk and frees its memory.
-    fn spill_out(&mut self, id: ObjectId) -> Result<(), SpillError> {
+    fn spill_out(&mut self, id: ObjectId) -> Result<(), StoreError> {
         let Some((offset, total)) = self.objects.get(&id).map(|e| (e.offset, e.total())) else {
             return Ok(());
         };
         let map = self.arena_map.clone();
         // SAFETY: a sealed object is never written again, and this one is unpinned: no
         // client can get it while the store's lock is held.
-        let bytes = unsafe { map.slice(offset, total) }.unwrap_or_default();
+        let bytes = unsafe { map.slice(offset, total) }.ok_or(StoreError::OutsideMapping {
+            id,
+            offset,
+            end: offset + total,
+        })?;
         let slot = self.spill.write(bytes)?;
         log::debug!(object:% = id, bytes = total; "spilled object");
         let entry = self.objects.get_mut(&id).expect("checked above");
@@ -518,7 +526,14 @@ impl Store {
         };
         let map = self.arena_map.clone();
         // SAFETY: the range was just allocated and no client knows of it yet.
-        let target = unsafe { map.slice_mut(offset, slot.len) }.unwrap_or_default();
+        let Some(target) = (unsafe { map.slice_mut(offset, slot.len) }) else {
+            self.arena.free(offset, slot.len);
+            return Err(StoreError::OutsideMapping {
+                id,
+                offset,
+                end: offset + slot.len,
+            });
+        };
         if let Err(source) = self.spill.read(slot, target) {
             self.arena.free(offset, slot.len);
             return Err(StoreError::Restore { id, source });
@@ -546,12 +561,25 @@ impl Store {
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.spilled = None;
         }
-        match self.allocate(id, slot.len, true) {
-            Ok(offset) => {
-                // SAFETY: the range was just allocated and no client knows of it yet.
-                if let Some(target) = unsafe { self.arena_map.slice_mut(offset, slot.len) } {
+        let placed = self.allocate(id, slot.len, true).and_then(|offset| {
+            // SAFETY: the range was just allocated and no client knows of it yet.
+            match unsafe { self.arena_map.slice_mut(offset, slot.len) } {
+                Some(target) => {
                     target.copy_from_slice(&bytes);
+                    Ok(offset)
                 }
+                None => {
+                    self.arena.free(offset, slot.len);
+                    Err(StoreError::OutsideMapping {
+                        id,
+                        offset,
+                        end: offset + slot.len,
+                    })
+                }
+            }
+        });
+        match placed {
+            Ok(offset) => {
                 self.restored(id, offset);
                 Ok(())
             }
