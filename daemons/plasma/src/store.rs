@@ -73,6 +73,9 @@ pub enum StoreError {
         size: u64,
         capacity: u64,
         reason: String,
+        /// Whether spilling failed for want of disk space (not a disk error, nor nothing
+        /// left to spill): a spilled object may then swap places through the heap.
+        disk_full: bool,
     },
     #[error(transparent)]
     Spill(#[from] SpillError),
@@ -270,6 +273,8 @@ pub struct Store {
     events: Vec<StoreEvent>,
     leases: Leases,
     spill: Spill,
+    /// While a swap allocates: the objects it spilled (see [`Self::restore_by_swap`]).
+    spilled_meanwhile: Option<Vec<ObjectId>>,
 }
 
 impl Store {
@@ -302,6 +307,7 @@ impl Store {
             events: Vec::new(),
             leases: Leases::default(),
             spill: Spill::new(spill_dir),
+            spilled_meanwhile: None,
         })
     }
 
@@ -447,6 +453,10 @@ impl Store {
                 Err(source) => return Err(StoreError::Memory { id, source }),
             }
             if !self.free_one(&mut spill_error) {
+                let disk_full = matches!(
+                    spill_error,
+                    Some(StoreError::Spill(SpillError::Full { .. }))
+                );
                 let reason = match spill_error {
                     Some(e) => format!(
                         "the rest holds pinned or unsealed objects and ray.put objects, which are never dropped, and {e}"
@@ -458,6 +468,7 @@ impl Store {
                     size,
                     capacity: self.layout.capacity,
                     reason,
+                    disk_full,
                 });
             }
         }
@@ -508,6 +519,9 @@ impl Store {
         }
         entry.spilled = Some(slot);
         let lease = entry.lease.take();
+        if let Some(spilled) = &mut self.spilled_meanwhile {
+            spilled.push(id);
+        }
         self.free_memory(offset, total, lease);
         Ok(())
     }
@@ -519,8 +533,14 @@ impl Store {
         };
         let offset = match self.allocate(id, slot.len, true) {
             Ok(offset) => offset,
-            // The disk may be what is full: then the object swaps places with others
-            // through the heap.
+            // The disk is full: the object swaps places with others through the heap.
+            Err(StoreError::Full {
+                disk_full: true, ..
+            }) => return self.restore_by_swap(id, slot),
+            // Else a ray.put object keeps its disk space: it is never dropped.
+            Err(e @ StoreError::Full { .. }) if id.is_put() => {
+                return Err(self.put_stays_on_disk(e, slot))
+            }
             Err(StoreError::Full { .. }) => return self.restore_by_swap(id, slot),
             Err(e) => return Err(e),
         };
@@ -543,9 +563,37 @@ impl Store {
         Ok(())
     }
 
+    /// The error of a get of a spilled ray.put object that memory has no room for: both
+    /// limits, and that it stays on disk.
+    fn put_stays_on_disk(&self, full: StoreError, slot: Slot) -> StoreError {
+        let StoreError::Full {
+            id,
+            size,
+            capacity,
+            reason,
+            disk_full,
+        } = full
+        else {
+            return full;
+        };
+        StoreError::Full {
+            id,
+            size,
+            capacity,
+            disk_full,
+            reason: format!(
+                "{reason}; the ray.put object stays in the spill directory {} ({} bytes), \
+                 whose space is not given up for it since a ray.put object is never dropped",
+                self.spill.dir().display(),
+                slot.len
+            ),
+        }
+    }
+
     /// Restores an object whose memory can only be had by spilling others into its own
-    /// disk space: it is read into the heap and its disk space freed first. Should memory
-    /// still not be had, it goes back to disk.
+    /// disk space (the disk is full): it is read into the heap and its disk space freed
+    /// first. Should memory still not be had, it goes back to disk, the objects spilled
+    /// meanwhile coming back into the memory they left when the disk has no room for it.
     fn restore_by_swap(&mut self, id: ObjectId, slot: Slot) -> Result<(), StoreError> {
         let len = usize::try_from(slot.len).map_err(|_| StoreError::TooLarge {
             id,
@@ -561,7 +609,10 @@ impl Store {
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.spilled = None;
         }
-        let placed = self.allocate(id, slot.len, true).and_then(|offset| {
+        self.spilled_meanwhile = Some(Vec::new());
+        let allocated = self.allocate(id, slot.len, true);
+        let mut spilled_meanwhile = self.spilled_meanwhile.take().unwrap_or_default();
+        let placed = allocated.and_then(|offset| {
             // SAFETY: the range was just allocated and no client knows of it yet.
             match unsafe { self.arena_map.slice_mut(offset, slot.len) } {
                 Some(target) => {
@@ -583,7 +634,7 @@ impl Store {
                 self.restored(id, offset);
                 Ok(())
             }
-            Err(e) => match self.spill.write(&bytes) {
+            Err(e) => match self.write_back(&bytes, &mut spilled_meanwhile) {
                 Ok(slot) => {
                     if let Some(entry) = self.objects.get_mut(&id) {
                         entry.spilled = Some(slot);
@@ -601,6 +652,63 @@ impl Store {
                     Err(e)
                 }
             },
+        }
+    }
+
+    /// Writes a swapped object back to disk; while the disk has no room, brings the objects
+    /// spilled meanwhile (most recent first) back into the memory they freed.
+    fn write_back(
+        &mut self,
+        bytes: &[u8],
+        spilled_meanwhile: &mut Vec<ObjectId>,
+    ) -> Result<Slot, SpillError> {
+        loop {
+            match self.spill.write(bytes) {
+                Ok(slot) => return Ok(slot),
+                Err(e) => {
+                    let Some(other) = spilled_meanwhile.pop() else {
+                        return Err(e);
+                    };
+                    self.unspill(other);
+                }
+            }
+        }
+    }
+
+    /// Brings a spilled, unpinned object back into free memory (spilling nothing), into
+    /// the LRU list; logs why when it cannot.
+    fn unspill(&mut self, id: ObjectId) {
+        let Some(slot) = self.objects.get(&id).and_then(|e| e.spilled) else {
+            return;
+        };
+        let offset = match self.allocate_free(slot.len, true) {
+            Ok(Some(offset)) => offset,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!(object:% = id, error:% = e; "cannot bring a spilled object back");
+                return;
+            }
+        };
+        let map = self.arena_map.clone();
+        // SAFETY: the range was just allocated and no client knows of it yet.
+        let read = match unsafe { map.slice_mut(offset, slot.len) } {
+            Some(target) => self.spill.read(slot, target),
+            None => Err(SpillError::Io {
+                path: self.spill.dir().to_path_buf(),
+                source: std::io::Error::other("outside the arena's mapping"),
+            }),
+        };
+        if let Err(e) = read {
+            log::warn!(object:% = id, error:% = e; "cannot bring a spilled object back");
+            self.arena.free(offset, slot.len);
+            return;
+        }
+        self.spill.free(slot);
+        self.restored(id, offset);
+        self.tick += 1;
+        if let Some(entry) = self.objects.get_mut(&id) {
+            entry.lru_tick = Some(self.tick);
+            self.lru.insert(self.tick, id);
         }
     }
 
@@ -697,13 +805,7 @@ impl Store {
             return Ok(());
         }
         self.leases.add(block, Allocator::rounded(size));
-        self.insert_unsealed(
-            client,
-            id,
-            offset,
-            (data_size, metadata_size),
-            Some(block),
-        );
+        self.insert_unsealed(client, id, offset, (data_size, metadata_size), Some(block));
         Ok(())
     }
 
@@ -1279,6 +1381,51 @@ mod tests {
         for n in 2..=4 {
             assert!(store.contains(&put_id(n)), "a put is never dropped");
         }
+    }
+
+    /// Creates `id` of `size` bytes filled with `byte`, sealed, still pinned by `client`.
+    fn filled(store: &mut Store, client: ClientId, id: ObjectId, size: u64, byte: u8) {
+        let view = store.create(client, id, size, 0).unwrap();
+        let offset = view.offset;
+        // SAFETY: the creator alone writes its unsealed object.
+        unsafe { store.arena_map.slice_mut(offset, size) }
+            .unwrap()
+            .fill(byte);
+        store.seal(client, id).unwrap();
+    }
+
+    #[test]
+    fn a_spilled_put_that_memory_has_no_room_for_stays_on_disk() {
+        let (mut store, _dir) = store();
+        let c = store.connect();
+        filled(&mut store, c, put_id(1), 32 * MIB, 1);
+        store.release(c, put_id(1)).unwrap();
+        // Two pinned task results fill the store: the put goes to disk.
+        filled(&mut store, c, id(2), 32 * MIB, 2);
+        filled(&mut store, c, id(3), 32 * MIB, 3);
+        assert_eq!(store.stats().spill.objects, 1);
+        store.take_events();
+        // A disk that fails every write from now on: a put read back into the heap whose
+        // disk space was given up could not go back.
+        store.spill.refuse_writes();
+        let err = store.try_get(c, put_id(1)).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Full { .. }), "{message}");
+        assert!(
+            message.contains("object_store_memory (67108864 bytes)"),
+            "{message}"
+        );
+        assert!(message.contains("spill directory"), "{message}");
+        assert!(store.contains(&put_id(1)), "a put is never dropped");
+        assert_eq!(store.stats().evictions, 0);
+        assert!(store.take_events().is_empty(), "nothing was removed");
+        // Once a task result is unpinned it makes room (dropped: the disk takes nothing).
+        store.release(c, id(2)).unwrap();
+        let view = store.try_get(c, put_id(1)).unwrap().expect("restored");
+        let offset = view.offset;
+        // SAFETY: sealed and pinned.
+        let bytes = unsafe { store.arena_map.slice(offset, 32 * MIB) }.unwrap();
+        assert!(bytes.iter().all(|&b| b == 1), "restored intact");
     }
 
     #[test]
