@@ -194,7 +194,7 @@ fn a_reader_cannot_write_a_sealed_object() {
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
     let client = client(&plasma);
-    // In the arena, and in a segment of its own (above a quarter of the 16 MiB arena).
+    // A small and a large object: both in the arena, which readers map read-only.
     for (seed, size) in [(3u8, 100usize), (4, 6 * MIB as usize)] {
         let id = ObjectId::random();
         put(&client, id, seed, size);
@@ -1012,7 +1012,7 @@ fn a_corrupt_source_fails_the_pull_and_leaves_nothing_behind() {
             "an empty chunk at offset 0",
         ),
     ];
-    // Objects too large for the arena (a segment of its own, filled by a writer thread),
+    // Large objects (from PWRITE_MIN: written into the arena's file by a writer thread),
     // in chunks of 1 MiB: the pull asks for the first 4 on one stream and for the other 4
     // as two ranges, on streams of their own. Corrupt in the first range, or in another.
     let large = pattern(5, 8 * MIB as usize);

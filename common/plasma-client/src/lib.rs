@@ -63,6 +63,8 @@ pub enum ClientError {
     OutOfMemory(String),
     #[error("transfer failed: {0}")]
     TransferFailed(String),
+    #[error("the store failed: {0}")]
+    Internal(String),
     #[error("request refused: {0}")]
     Invalid(String),
     #[error("the store answered {got} where {expected} was expected")]
@@ -84,6 +86,7 @@ impl ClientError {
             Code::ObjectNotFound => Self::ObjectNotFound(message),
             Code::OutOfMemory => Self::OutOfMemory(message),
             Code::TransferFailed => Self::TransferFailed(message),
+            Code::Internal => Self::Internal(message),
             Code::InvalidRequest | Code::Unspecified => Self::Invalid(message),
         }
     }

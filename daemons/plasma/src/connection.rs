@@ -3,7 +3,6 @@
 //! only; whatever way a connection ends, the client's unsealed objects are aborted and
 //! its pins released.
 
-use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -19,10 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::object_manager;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError, MAX_IDS_PER_REQUEST};
 use crate::state::State;
-use crate::store::{
-    ClientId, DeleteOutcome, ObjectView, OwnSegment, Placement, StoreError, StoreEvent,
-    ARENA_SEGMENT,
-};
+use crate::store::{ClientId, DeleteOutcome, ObjectView, StoreError, StoreEvent, ARENA_SEGMENT};
 
 type Code = pb::error::Code;
 
@@ -50,8 +46,10 @@ impl From<StoreError> for Failure {
             StoreError::Full { .. } => Code::StoreFull,
             StoreError::TooLarge { .. } => Code::TooLarge,
             StoreError::Memory { .. } | StoreError::LeaseMemory(_) => Code::OutOfMemory,
-            // Memory could not be had for it, or the disk failed it.
-            StoreError::Restore { .. } => Code::OutOfMemory,
+            // The spill directory failed (a disk error), not the memory.
+            StoreError::Restore { .. }
+            | StoreError::Spill(_)
+            | StoreError::OutsideMapping { .. } => Code::Internal,
             StoreError::NoRoomForLease { .. } => Code::StoreFull,
             StoreError::NoLeases | StoreError::OutsideLease { .. } => Code::InvalidRequest,
             StoreError::AlreadySealed(_)
@@ -89,9 +87,9 @@ struct Answer {
     segments: Vec<SegmentToSend>,
 }
 
+/// The store has one segment, the arena (the protocol and clients still know others).
 enum SegmentToSend {
     Arena,
-    Own(Arc<OwnSegment>),
 }
 
 impl Answer {
@@ -100,6 +98,18 @@ impl Answer {
             reply,
             segments: Vec::new(),
         }
+    }
+}
+
+/// Where `view`'s bytes are: the arena, whose descriptor each client got when it connected.
+fn location(view: &ObjectView) -> pb::Location {
+    let (segment, offset) = view.segment_offset();
+    pb::Location {
+        object_id: view.id.as_bytes().to_vec(),
+        segment,
+        offset,
+        data_size: view.data_size,
+        metadata_size: view.metadata_size,
     }
 }
 
@@ -113,8 +123,6 @@ pub async fn serve(state: Arc<State>, stream: UnixStream, cancel: CancellationTo
         client,
         name: String::new(),
         connected: false,
-        sent_own: HashMap::new(),
-        own_segments: HashSet::new(),
     };
     let result = tokio::select! {
         result = connection.run() => result,
@@ -136,9 +144,6 @@ struct Connection {
     client: ClientId,
     name: String,
     connected: bool,
-    /// Objects with an own segment whose descriptor this client holds.
-    sent_own: HashMap<ObjectId, u64>,
-    own_segments: HashSet<u64>,
 }
 
 impl Connection {
@@ -242,14 +247,9 @@ impl Connection {
                 let id = protocol::object_id(&create.object_id)?;
                 let view = state
                     .with_store(|s| s.create(client, id, create.data_size, create.metadata_size))?;
-                let mut segments = Vec::new();
-                let location = self.locate(&view, &mut segments);
-                Ok(Some(Answer {
-                    reply: pb::reply::Kind::Created(pb::Created {
-                        location: Some(location),
-                    }),
-                    segments,
-                }))
+                Ok(Some(Answer::plain(pb::reply::Kind::Created(pb::Created {
+                    location: Some(location(&view)),
+                }))))
             }
             Kind::Seal(seal) if seal.one_way => {
                 let id = protocol::object_id(&seal.object_id)?;
@@ -264,7 +264,6 @@ impl Connection {
             Kind::Abort(abort) => {
                 let id = protocol::object_id(&abort.object_id)?;
                 state.with_store(|s| s.abort(client, id))?;
-                self.forget(id);
                 Ok(Some(Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
             }
             Kind::Lease(_) => {
@@ -289,9 +288,7 @@ impl Connection {
             }
             Kind::Release(release) => {
                 let id = protocol::object_id(&release.object_id)?;
-                if state.with_store(|s| s.release(client, id))? == 0 {
-                    self.forget(id);
-                }
+                state.with_store(|s| s.release(client, id))?;
                 Ok(None)
             }
             Kind::Get(get) => self.get(get).await.map(Some),
@@ -350,32 +347,6 @@ impl Connection {
         }
     }
 
-    /// The location of `view` for this client, queueing its segment's descriptor when
-    /// the client lacks it.
-    fn locate(&mut self, view: &ObjectView, segments: &mut Vec<SegmentToSend>) -> pb::Location {
-        let (segment, offset) = view.segment_offset();
-        if let Placement::Own(own) = &view.placement {
-            if self.own_segments.insert(own.id) {
-                self.sent_own.insert(view.id, own.id);
-                segments.push(SegmentToSend::Own(own.clone()));
-            }
-        }
-        pb::Location {
-            object_id: view.id.as_bytes().to_vec(),
-            segment,
-            offset,
-            data_size: view.data_size,
-            metadata_size: view.metadata_size,
-        }
-    }
-
-    /// The client gave up its last pin on `id`: it unmapped the object's own segment.
-    fn forget(&mut self, id: ObjectId) {
-        if let Some(segment) = self.sent_own.remove(&id) {
-            self.own_segments.remove(&segment);
-        }
-    }
-
     async fn get(&mut self, get: pb::Get) -> Result<Answer, Failure> {
         let ids = parse_ids(&get.object_ids)?;
         let deadline = u64::try_from(get.timeout_ms)
@@ -421,17 +392,15 @@ impl Connection {
                 break;
             }
         }
-        let mut segments = Vec::new();
         let objects = found
             .iter()
             .map(|view| pb::MaybeLocation {
-                location: view.as_ref().map(|v| self.locate(v, &mut segments)),
+                location: view.as_ref().map(location),
             })
             .collect();
-        Ok(Answer {
-            reply: pb::reply::Kind::Objects(pb::Objects { objects }),
-            segments,
-        })
+        Ok(Answer::plain(pb::reply::Kind::Objects(pb::Objects {
+            objects,
+        })))
     }
 
     /// Waits until one of `ids` may have been sealed (true) or the deadline passed
@@ -532,13 +501,6 @@ impl Connection {
                         size: state.arena_size,
                     });
                     fds.push(state.arena_fd.as_fd());
-                }
-                SegmentToSend::Own(own) => {
-                    new_segments.push(pb::Segment {
-                        id: own.id,
-                        size: own.size,
-                    });
-                    fds.push(own.fd_for_client());
                 }
             }
         }

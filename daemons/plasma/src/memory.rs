@@ -21,11 +21,10 @@
 //!   store that cannot get memory fails the create with an error instead of a client
 //!   dying of SIGBUS later. A segment never grows or shrinks (memfd seals
 //!   `F_SEAL_GROW | F_SEAL_SHRINK`), so a mapped range always stays backed.
-//! - Sealing a large object seals its memfd against writes (`F_SEAL_WRITE`, or
-//!   `F_SEAL_FUTURE_WRITE` while its creator still has a writable mapping), and readers
-//!   get a read-only descriptor of it: no reader can write a sealed object's own segment.
-//!   Arena objects are protected from readers by their read-only mapping; a client that
-//!   creates objects can write the arena and is trusted not to scribble.
+//! - Every object is in the arena: sealed objects are protected from readers by their
+//!   read-only mapping; a client that creates objects can write the arena and is trusted
+//!   not to scribble. ([`seal_against_writes`] and [`reopen_read_only`] are from when a
+//!   large object had a memfd of its own; the store no longer makes one.)
 //! - A client may hold a *lease*: a range of the arena in which it places its own small
 //!   objects (see [`crate::lease`]). The range stays allocated to the lease until the
 //!   client has moved on from it and no object in it remains.

@@ -188,6 +188,17 @@ impl Spill {
     }
 }
 
+#[cfg(test)]
+impl Spill {
+    /// Tests: from now on the spill file takes reads only, as a failing disk would.
+    pub fn refuse_writes(&mut self) {
+        use std::os::fd::AsRawFd;
+        let file = self.file.as_ref().expect("a spill file");
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        self.file = Some(File::open(path).expect("the spill file, read-only"));
+    }
+}
+
 /// Frees the blocks of `[offset, offset + len)` in `file`, keeping its size.
 fn punch(file: &File, offset: u64, len: u64) -> nix::Result<()> {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {

@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
 
@@ -73,7 +73,14 @@ pub enum StoreError {
         size: u64,
         capacity: u64,
         reason: String,
+        /// Whether spilling failed for want of disk space (not a disk error, nor nothing
+        /// left to spill): a spilled object may then swap places through the heap.
+        disk_full: bool,
     },
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+    #[error("object {id}: bytes {offset}..{end} are outside the store's mapping of the arena")]
+    OutsideMapping { id: ObjectId, offset: u64, end: u64 },
     #[error("object {id} cannot be restored from disk: {source}")]
     Restore {
         id: ObjectId,
@@ -139,42 +146,12 @@ impl Layout {
     }
 }
 
-/// A segment of its own for one object (the protocol and clients still know them; the
-/// store no longer makes them: every object is in the arena).
-#[derive(Debug)]
-pub struct OwnSegment {
-    /// Segment ID, unique for the store's life.
-    pub id: u64,
-    /// Read-write descriptor, handed to the creator.
-    pub fd: OwnedFd,
-    /// Bytes, rounded up to the backing's granularity.
-    pub size: u64,
-    /// Whether it may be written with `pwrite` (else only through a mapping).
-    pub takes_writes: bool,
-    read_only: OnceLock<OwnedFd>,
-}
-
-impl OwnSegment {
-    /// The descriptor for a client: read-only once the object is sealed.
-    pub fn fd_for_client(&self) -> BorrowedFd<'_> {
-        self.read_only
-            .get()
-            .map_or_else(|| self.fd.as_fd(), |fd| fd.as_fd())
-    }
-}
-
-/// Where an object's bytes are.
-#[derive(Debug, Clone)]
-pub enum Placement {
-    Arena { offset: u64 },
-    Own(Arc<OwnSegment>),
-}
-
 /// What a client needs to reach an object's bytes.
 #[derive(Debug, Clone)]
 pub struct ObjectView {
     pub id: ObjectId,
-    pub placement: Placement,
+    /// Where its first byte is in the arena (every object is in the arena).
+    pub offset: u64,
     pub data_size: u64,
     pub metadata_size: u64,
 }
@@ -182,10 +159,7 @@ pub struct ObjectView {
 impl ObjectView {
     /// The segment ID and offset of the first byte.
     pub fn segment_offset(&self) -> (u64, u64) {
-        match &self.placement {
-            Placement::Arena { offset } => (ARENA_SEGMENT, *offset),
-            Placement::Own(segment) => (segment.id, 0),
-        }
+        (ARENA_SEGMENT, self.offset)
     }
 
     /// Data plus metadata bytes.
@@ -246,7 +220,8 @@ pub enum DeleteOutcome {
 
 #[derive(Debug)]
 struct Entry {
-    placement: Placement,
+    /// Where it is in the arena (stale while spilled).
+    offset: u64,
     data_size: u64,
     metadata_size: u64,
     sealed: bool,
@@ -257,7 +232,7 @@ struct Entry {
     delete_pending: bool,
     /// The lease block it was placed in by its creator (arena objects only).
     lease: Option<u64>,
-    /// Where it is on disk while spilled (its placement is then stale).
+    /// Where it is on disk while spilled (its offset is then stale).
     spilled: Option<Slot>,
 }
 
@@ -298,6 +273,8 @@ pub struct Store {
     events: Vec<StoreEvent>,
     leases: Leases,
     spill: Spill,
+    /// While a swap allocates: the objects it spilled (see [`Self::restore_by_swap`]).
+    spilled_meanwhile: Option<Vec<ObjectId>>,
 }
 
 impl Store {
@@ -330,6 +307,7 @@ impl Store {
             events: Vec::new(),
             leases: Leases::default(),
             spill: Spill::new(spill_dir),
+            spilled_meanwhile: None,
         })
     }
 
@@ -417,19 +395,11 @@ impl Store {
             self.largest_object = size;
             self.prefault_wanted = true;
         }
-        let placement = Placement::Arena {
-            offset: self.allocate(id, size, reserve)?,
-        };
-        self.insert_unsealed(
-            client,
-            id,
-            placement.clone(),
-            (data_size, metadata_size),
-            None,
-        );
+        let offset = self.allocate(id, size, reserve)?;
+        self.insert_unsealed(client, id, offset, (data_size, metadata_size), None);
         Ok(ObjectView {
             id,
-            placement,
+            offset,
             data_size,
             metadata_size,
         })
@@ -440,14 +410,14 @@ impl Store {
         &mut self,
         client: ClientId,
         id: ObjectId,
-        placement: Placement,
+        offset: u64,
         (data_size, metadata_size): (u64, u64),
         lease: Option<u64>,
     ) {
         self.objects.insert(
             id,
             Entry {
-                placement,
+                offset,
                 data_size,
                 metadata_size,
                 sealed: false,
@@ -483,6 +453,10 @@ impl Store {
                 Err(source) => return Err(StoreError::Memory { id, source }),
             }
             if !self.free_one(&mut spill_error) {
+                let disk_full = matches!(
+                    spill_error,
+                    Some(StoreError::Spill(SpillError::Full { .. }))
+                );
                 let reason = match spill_error {
                     Some(e) => format!(
                         "the rest holds pinned or unsealed objects and ray.put objects, which are never dropped, and {e}"
@@ -494,6 +468,7 @@ impl Store {
                     size,
                     capacity: self.layout.capacity,
                     reason,
+                    disk_full,
                 });
             }
         }
@@ -502,7 +477,7 @@ impl Store {
     /// Takes the least recently used unpinned object out of memory: spills it, or, once
     /// spilling failed (`spill_error`), evicts the least recently used task result.
     /// False when nothing can go.
-    fn free_one(&mut self, spill_error: &mut Option<SpillError>) -> bool {
+    fn free_one(&mut self, spill_error: &mut Option<StoreError>) -> bool {
         if spill_error.is_none() {
             let Some((_, &id)) = self.lru.first_key_value() else {
                 return false;
@@ -524,17 +499,18 @@ impl Store {
     }
 
     /// Writes an unpinned sealed object to disk and frees its memory.
-    fn spill_out(&mut self, id: ObjectId) -> Result<(), SpillError> {
-        let Some(Placement::Arena { offset }) = self.objects.get(&id).map(|e| &e.placement) else {
-            // Not in the arena: nothing to spill, so it goes.
-            self.evict(id);
+    fn spill_out(&mut self, id: ObjectId) -> Result<(), StoreError> {
+        let Some((offset, total)) = self.objects.get(&id).map(|e| (e.offset, e.total())) else {
             return Ok(());
         };
-        let (offset, total) = (*offset, self.objects[&id].total());
         let map = self.arena_map.clone();
         // SAFETY: a sealed object is never written again, and this one is unpinned: no
         // client can get it while the store's lock is held.
-        let bytes = unsafe { map.slice(offset, total) }.unwrap_or_default();
+        let bytes = unsafe { map.slice(offset, total) }.ok_or(StoreError::OutsideMapping {
+            id,
+            offset,
+            end: offset + total,
+        })?;
         let slot = self.spill.write(bytes)?;
         log::debug!(object:% = id, bytes = total; "spilled object");
         let entry = self.objects.get_mut(&id).expect("checked above");
@@ -543,6 +519,9 @@ impl Store {
         }
         entry.spilled = Some(slot);
         let lease = entry.lease.take();
+        if let Some(spilled) = &mut self.spilled_meanwhile {
+            spilled.push(id);
+        }
         self.free_memory(offset, total, lease);
         Ok(())
     }
@@ -554,14 +533,27 @@ impl Store {
         };
         let offset = match self.allocate(id, slot.len, true) {
             Ok(offset) => offset,
-            // The disk may be what is full: then the object swaps places with others
-            // through the heap.
+            // The disk is full: the object swaps places with others through the heap.
+            Err(StoreError::Full {
+                disk_full: true, ..
+            }) => return self.restore_by_swap(id, slot),
+            // Else a ray.put object keeps its disk space: it is never dropped.
+            Err(e @ StoreError::Full { .. }) if id.is_put() => {
+                return Err(self.put_stays_on_disk(e, slot))
+            }
             Err(StoreError::Full { .. }) => return self.restore_by_swap(id, slot),
             Err(e) => return Err(e),
         };
         let map = self.arena_map.clone();
         // SAFETY: the range was just allocated and no client knows of it yet.
-        let target = unsafe { map.slice_mut(offset, slot.len) }.unwrap_or_default();
+        let Some(target) = (unsafe { map.slice_mut(offset, slot.len) }) else {
+            self.arena.free(offset, slot.len);
+            return Err(StoreError::OutsideMapping {
+                id,
+                offset,
+                end: offset + slot.len,
+            });
+        };
         if let Err(source) = self.spill.read(slot, target) {
             self.arena.free(offset, slot.len);
             return Err(StoreError::Restore { id, source });
@@ -571,9 +563,37 @@ impl Store {
         Ok(())
     }
 
+    /// The error of a get of a spilled ray.put object that memory has no room for: both
+    /// limits, and that it stays on disk.
+    fn put_stays_on_disk(&self, full: StoreError, slot: Slot) -> StoreError {
+        let StoreError::Full {
+            id,
+            size,
+            capacity,
+            reason,
+            disk_full,
+        } = full
+        else {
+            return full;
+        };
+        StoreError::Full {
+            id,
+            size,
+            capacity,
+            disk_full,
+            reason: format!(
+                "{reason}; the ray.put object stays in the spill directory {} ({} bytes), \
+                 whose space is not given up for it since a ray.put object is never dropped",
+                self.spill.dir().display(),
+                slot.len
+            ),
+        }
+    }
+
     /// Restores an object whose memory can only be had by spilling others into its own
-    /// disk space: it is read into the heap and its disk space freed first. Should memory
-    /// still not be had, it goes back to disk.
+    /// disk space (the disk is full): it is read into the heap and its disk space freed
+    /// first. Should memory still not be had, it goes back to disk, the objects spilled
+    /// meanwhile coming back into the memory they left when the disk has no room for it.
     fn restore_by_swap(&mut self, id: ObjectId, slot: Slot) -> Result<(), StoreError> {
         let len = usize::try_from(slot.len).map_err(|_| StoreError::TooLarge {
             id,
@@ -589,16 +609,32 @@ impl Store {
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.spilled = None;
         }
-        match self.allocate(id, slot.len, true) {
-            Ok(offset) => {
-                // SAFETY: the range was just allocated and no client knows of it yet.
-                if let Some(target) = unsafe { self.arena_map.slice_mut(offset, slot.len) } {
+        self.spilled_meanwhile = Some(Vec::new());
+        let allocated = self.allocate(id, slot.len, true);
+        let mut spilled_meanwhile = self.spilled_meanwhile.take().unwrap_or_default();
+        let placed = allocated.and_then(|offset| {
+            // SAFETY: the range was just allocated and no client knows of it yet.
+            match unsafe { self.arena_map.slice_mut(offset, slot.len) } {
+                Some(target) => {
                     target.copy_from_slice(&bytes);
+                    Ok(offset)
                 }
+                None => {
+                    self.arena.free(offset, slot.len);
+                    Err(StoreError::OutsideMapping {
+                        id,
+                        offset,
+                        end: offset + slot.len,
+                    })
+                }
+            }
+        });
+        match placed {
+            Ok(offset) => {
                 self.restored(id, offset);
                 Ok(())
             }
-            Err(e) => match self.spill.write(&bytes) {
+            Err(e) => match self.write_back(&bytes, &mut spilled_meanwhile) {
                 Ok(slot) => {
                     if let Some(entry) = self.objects.get_mut(&id) {
                         entry.spilled = Some(slot);
@@ -619,11 +655,68 @@ impl Store {
         }
     }
 
+    /// Writes a swapped object back to disk; while the disk has no room, brings the objects
+    /// spilled meanwhile (most recent first) back into the memory they freed.
+    fn write_back(
+        &mut self,
+        bytes: &[u8],
+        spilled_meanwhile: &mut Vec<ObjectId>,
+    ) -> Result<Slot, SpillError> {
+        loop {
+            match self.spill.write(bytes) {
+                Ok(slot) => return Ok(slot),
+                Err(e) => {
+                    let Some(other) = spilled_meanwhile.pop() else {
+                        return Err(e);
+                    };
+                    self.unspill(other);
+                }
+            }
+        }
+    }
+
+    /// Brings a spilled, unpinned object back into free memory (spilling nothing), into
+    /// the LRU list; logs why when it cannot.
+    fn unspill(&mut self, id: ObjectId) {
+        let Some(slot) = self.objects.get(&id).and_then(|e| e.spilled) else {
+            return;
+        };
+        let offset = match self.allocate_free(slot.len, true) {
+            Ok(Some(offset)) => offset,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!(object:% = id, error:% = e; "cannot bring a spilled object back");
+                return;
+            }
+        };
+        let map = self.arena_map.clone();
+        // SAFETY: the range was just allocated and no client knows of it yet.
+        let read = match unsafe { map.slice_mut(offset, slot.len) } {
+            Some(target) => self.spill.read(slot, target),
+            None => Err(SpillError::Io {
+                path: self.spill.dir().to_path_buf(),
+                source: std::io::Error::other("outside the arena's mapping"),
+            }),
+        };
+        if let Err(e) = read {
+            log::warn!(object:% = id, error:% = e; "cannot bring a spilled object back");
+            self.arena.free(offset, slot.len);
+            return;
+        }
+        self.spill.free(slot);
+        self.restored(id, offset);
+        self.tick += 1;
+        if let Some(entry) = self.objects.get_mut(&id) {
+            entry.lru_tick = Some(self.tick);
+            self.lru.insert(self.tick, id);
+        }
+    }
+
     fn restored(&mut self, id: ObjectId, offset: u64) {
         log::debug!(object:% = id; "restored object");
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.spilled = None;
-            entry.placement = Placement::Arena { offset };
+            entry.offset = offset;
         }
     }
 
@@ -712,13 +805,7 @@ impl Store {
             return Ok(());
         }
         self.leases.add(block, Allocator::rounded(size));
-        self.insert_unsealed(
-            client,
-            id,
-            Placement::Arena { offset },
-            (data_size, metadata_size),
-            Some(block),
-        );
+        self.insert_unsealed(client, id, offset, (data_size, metadata_size), Some(block));
         Ok(())
     }
 
@@ -795,12 +882,9 @@ impl Store {
         if let Some(tick) = entry.lru_tick {
             self.lru.remove(&tick);
         }
-        match (&entry.placement, entry.spilled) {
-            (_, Some(slot)) => self.spill.free(slot),
-            (Placement::Arena { offset }, None) => {
-                self.free_memory(*offset, entry.total(), entry.lease)
-            }
-            (Placement::Own(_), None) => {}
+        match entry.spilled {
+            Some(slot) => self.spill.free(slot),
+            None => self.free_memory(entry.offset, entry.total(), entry.lease),
         }
         if entry.sealed {
             self.events.push(StoreEvent::Removed { id, evicted });
@@ -825,29 +909,10 @@ impl Store {
     /// Seals an object: immutable from now on, visible to gets. The creator keeps its pin.
     pub fn seal(&mut self, client: ClientId, id: ObjectId) -> Result<ObjectView, StoreError> {
         let entry = self.entry_of_creator(client, id)?;
-        if let Placement::Own(segment) = &entry.placement {
-            // Neither step may fail the seal: the object is complete and its creator has
-            // moved on. Without them, readers still get read-only mappings.
-            match memory::seal_against_writes(segment.fd.as_fd()) {
-                Ok(true) => {}
-                Ok(false) => {
-                    log::debug!(object:% = id; "a writable mapping remains: only new writes are sealed off")
-                }
-                Err(e) => log::warn!(object:% = id, error:% = e; "cannot seal an object's memory"),
-            }
-            match memory::reopen_read_only(segment.fd.as_fd()) {
-                Ok(read_only) => {
-                    let _ = segment.read_only.set(read_only);
-                }
-                Err(e) => {
-                    log::warn!(object:% = id, error:% = e; "cannot open an object's memory read-only")
-                }
-            }
-        }
         entry.sealed = true;
         let view = ObjectView {
             id,
-            placement: entry.placement.clone(),
+            offset: entry.offset,
             data_size: entry.data_size,
             metadata_size: entry.metadata_size,
         };
@@ -930,7 +995,7 @@ impl Store {
             .or_default() += 1;
         Ok(Some(ObjectView {
             id,
-            placement: entry.placement.clone(),
+            offset: entry.offset,
             data_size: entry.data_size,
             metadata_size: entry.metadata_size,
         }))
@@ -1146,7 +1211,7 @@ mod tests {
         store.seal_leased(a, id(1)).unwrap();
         assert_eq!(store.stats().used_bytes, 128);
         let view = store.get(b, id(1)).unwrap();
-        assert!(matches!(view.placement, Placement::Arena { offset: o } if o == offset));
+        assert_eq!(view.offset, offset);
         assert!(matches!(
             store.create_leased(b, id(2), offset + 128, 10, 0),
             Err(StoreError::OutsideLease { .. })
@@ -1250,9 +1315,7 @@ mod tests {
         let c = store.connect();
         for n in 1..=4 {
             let view = store.create(c, put_id(n), 16 * MIB, 0).unwrap();
-            let Placement::Arena { offset } = view.placement else {
-                panic!("in the arena")
-            };
+            let offset = view.offset;
             // SAFETY: the creator alone writes its unsealed object.
             unsafe { store.arena_map.slice_mut(offset, 16 * MIB) }
                 .unwrap()
@@ -1269,9 +1332,7 @@ mod tests {
         assert!(store.contains(&put_id(3)), "a spilled object is still here");
         store.release(c, put_id(2)).unwrap();
         let view = store.get(c, put_id(3)).unwrap();
-        let Placement::Arena { offset } = view.placement else {
-            panic!("back in the arena")
-        };
+        let offset = view.offset;
         // SAFETY: sealed and pinned.
         let bytes = unsafe { store.arena_map.slice(offset, 16 * MIB) }.unwrap();
         assert!(bytes.iter().all(|&b| b == 3), "restored intact");
@@ -1322,6 +1383,51 @@ mod tests {
         }
     }
 
+    /// Creates `id` of `size` bytes filled with `byte`, sealed, still pinned by `client`.
+    fn filled(store: &mut Store, client: ClientId, id: ObjectId, size: u64, byte: u8) {
+        let view = store.create(client, id, size, 0).unwrap();
+        let offset = view.offset;
+        // SAFETY: the creator alone writes its unsealed object.
+        unsafe { store.arena_map.slice_mut(offset, size) }
+            .unwrap()
+            .fill(byte);
+        store.seal(client, id).unwrap();
+    }
+
+    #[test]
+    fn a_spilled_put_that_memory_has_no_room_for_stays_on_disk() {
+        let (mut store, _dir) = store();
+        let c = store.connect();
+        filled(&mut store, c, put_id(1), 32 * MIB, 1);
+        store.release(c, put_id(1)).unwrap();
+        // Two pinned task results fill the store: the put goes to disk.
+        filled(&mut store, c, id(2), 32 * MIB, 2);
+        filled(&mut store, c, id(3), 32 * MIB, 3);
+        assert_eq!(store.stats().spill.objects, 1);
+        store.take_events();
+        // A disk that fails every write from now on: a put read back into the heap whose
+        // disk space was given up could not go back.
+        store.spill.refuse_writes();
+        let err = store.try_get(c, put_id(1)).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, StoreError::Full { .. }), "{message}");
+        assert!(
+            message.contains("object_store_memory (67108864 bytes)"),
+            "{message}"
+        );
+        assert!(message.contains("spill directory"), "{message}");
+        assert!(store.contains(&put_id(1)), "a put is never dropped");
+        assert_eq!(store.stats().evictions, 0);
+        assert!(store.take_events().is_empty(), "nothing was removed");
+        // Once a task result is unpinned it makes room (dropped: the disk takes nothing).
+        store.release(c, id(2)).unwrap();
+        let view = store.try_get(c, put_id(1)).unwrap().expect("restored");
+        let offset = view.offset;
+        // SAFETY: sealed and pinned.
+        let bytes = unsafe { store.arena_map.slice(offset, 32 * MIB) }.unwrap();
+        assert!(bytes.iter().all(|&b| b == 1), "restored intact");
+    }
+
     #[test]
     fn a_full_store_says_so() {
         let (mut store, _dir) = store();
@@ -1343,15 +1449,40 @@ mod tests {
 
     #[test]
     fn arena_is_prefaulted_ahead_up_to_a_bound() {
-        let (mut store, _dir) = store();
-        let mut reserved = 0;
-        while let Some((index, _, _)) = store.prefault_next() {
-            store.prefault_done(index);
-            reserved += 1;
-        }
-        assert_eq!(reserved, 8, "the whole small store");
+        // Larger than PREFAULT_AHEAD, so the bound shows; granules are only marked reserved
+        // here (no memory is taken).
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::new(1 << 30, Backing::Memfd, dir.path().join("spill")).unwrap();
+        let granule = memory::ARENA_RESERVE_GRANULE as u64;
+        let prefault = |store: &mut Store| {
+            let mut count = 0;
+            while let Some((index, start, _)) = store.prefault_next() {
+                assert!((start as u64) < store.high_water + PREFAULT_AHEAD);
+                store.prefault_done(index);
+                count += 1;
+            }
+            count
+        };
+        assert_eq!(
+            prefault(&mut store),
+            PREFAULT_AHEAD / granule,
+            "stops at the bound"
+        );
+        assert_eq!(store.stats().reserved_bytes, PREFAULT_AHEAD);
+        // An object moves the highest byte handed out: reserving resumes up to the new bound.
+        let c = store.connect();
+        store.create_pulled(c, id(1), 100 * MIB, 0).unwrap();
         assert!(store.take_prefault_wanted());
-        assert_eq!(store.stats().reserved_bytes, 64 * MIB);
+        let bound = store.high_water + PREFAULT_AHEAD;
+        assert!(bound > PREFAULT_AHEAD && bound < 1 << 30);
+        assert_eq!(
+            prefault(&mut store),
+            bound.div_ceil(granule) - PREFAULT_AHEAD / granule
+        );
+        assert_eq!(
+            store.stats().reserved_bytes,
+            bound.div_ceil(granule) * granule
+        );
     }
 
     #[test]

@@ -665,6 +665,10 @@ impl CoreWorker {
     /// there. An object in use stays until its last reader releases it.
     pub fn free(&self, ids: &[ObjectId]) -> Result<usize, CoreError> {
         let report = self.plasma.delete(ids)?;
+        // The store announces the removal on its event stream, but later (a deferred one
+        // when its last pin goes): a `wait` right after must not find the object here still.
+        self.inbox.forget(&report.deleted);
+        self.inbox.forget(&report.deferred);
         Ok(report.deleted.len() + report.deferred.len())
     }
 

@@ -32,6 +32,8 @@ pub enum CoreError {
     Raylet(#[source] std::io::Error),
     #[error("the raylet closed the connection")]
     RayletClosed,
+    #[error("the plasma store at {socket} closed its event stream")]
+    StoreClosed { socket: String },
     #[error("the raylet sent {got} where {expected} was expected")]
     Unexpected { expected: &'static str, got: String },
     #[error(transparent)]

@@ -41,9 +41,10 @@ fn signalled(slot: &Mutex<Option<PyErr>>) -> bool {
 fn to_py_err(error: CoreError) -> PyErr {
     let class = match &error {
         CoreError::Plasma(e) if e.is_store_full() => "ObjectStoreFullError",
-        CoreError::RayletConnect { .. } | CoreError::Raylet(_) | CoreError::RayletClosed => {
-            "RayletConnectionError"
-        }
+        CoreError::RayletConnect { .. }
+        | CoreError::Raylet(_)
+        | CoreError::RayletClosed
+        | CoreError::StoreClosed { .. } => "RayletConnectionError",
         _ => "RaySystemError",
     };
     system_error(class, error.to_string())

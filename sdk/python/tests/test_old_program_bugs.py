@@ -72,10 +72,15 @@ def test_copies_of_a_handle_in_the_driver_keep_the_actor(ray_start):
     ray_start(num_cpus=2, num_gpus=1)
     a = GpuActor.remote()
     pid = ray.get(a.pid.remote(), timeout=60)
-    copies = ray.get(ray.put([a, a]))  # unpickled here: two more handles in this process
+    # Two puts: one list of [a, a] would unpickle as one handle (pickle's memo).
+    first, second = ray.get(ray.put(a)), ray.get(ray.put(a))  # two more handles here
+    assert first is not second
     del a
-    assert ray.get(copies[0].pid.remote(), timeout=60) == pid
-    del copies
+    assert ray.get(first.pid.remote(), timeout=60) == pid
+    del first
+    # The second copy alone keeps the actor.
+    assert ray.get(second.pid.remote(), timeout=60) == pid
+    del second
     wait_for(lambda: not _alive(pid), 15, "the actor's process to end")
 
 

@@ -162,6 +162,19 @@ def test_chrome_tracing_dump_and_timeline_show_tasks_and_profile_spans(ray_start
     assert len([e for e in dumped if e["cat"] == "task" and e["name"].endswith("traced")]) == 4
 
 
+def test_the_timeline_is_one_list_per_job_capped_at_its_last_events(shared_cluster, monkeypatch):
+    from ray._private import gcs, profiling
+    monkeypatch.setattr(profiling, "MAX_EVENTS", 5)
+    for i in range(20):
+        with ray.profile("capped_step", extra_data={"i": i}):
+            pass
+    profiling.flush()
+    job_key = f"rayd:profile:{ray._private.worker.global_worker.core.job_id.hex()}".encode()
+    assert gcs.command("LLEN", job_key) <= 5
+    kept = [r["extra_data"]["i"] for r in profiling.events() if r["event_type"] == "capped_step"]
+    assert kept and kept == list(range(20 - len(kept), 20)), kept
+
+
 # ray.register_custom_serializer
 
 class Unpicklable:
@@ -189,6 +202,29 @@ def test_custom_serializer_for_a_class_pickle_refuses(ray_start):
     assert ray.get(bump.remote(Unpicklable(1))).value == 2
     # A worker that never received an instance makes one: registered for the job at its start.
     assert ray.get(make.remote(7)).value == 7
+
+
+class UnpicklableLater(Unpicklable):
+    pass
+
+
+def test_a_serializer_registered_after_a_worker_entered_the_job_reaches_it(ray_start):
+    ray_start(num_cpus=1)
+
+    @ray.remote
+    def pid():
+        return os.getpid()
+
+    @ray.remote
+    def make(value):
+        return os.getpid(), UnpicklableLater(value)
+
+    first = ray.get(pid.remote())  # the worker has entered the job: serializers loaded
+    ray.register_custom_serializer(UnpicklableLater, serializer=lambda obj: obj.value,
+                                   deserializer=lambda value: UnpicklableLater(value))
+    second, made = ray.get(make.remote(7), timeout=60)
+    assert second == first, "the same worker"
+    assert made.value == 7
 
 
 def test_custom_serializer_by_dict_and_by_pickle(ray_start):
@@ -223,6 +259,28 @@ def test_experimental_get_and_wait_on_dicts_tuples_and_iterables(shared_cluster)
     ready, not_ready = ray.experimental.wait({"a": a, "b": b}, num_returns=2, timeout=10.0)
     assert ready == [a, b] and not_ready == []
     assert ray.experimental.wait((a,)) == ([a], [])
+
+
+def test_experimental_wait_on_a_single_id_raises_ray_waits_type_error(shared_cluster):
+    with pytest.raises(TypeError, match="not a single one"):
+        ray.experimental.wait(ray.put(1))
+
+
+def test_a_failing_error_push_does_not_hide_a_pickling_error(shared_cluster, monkeypatch):
+    from ray._private import gcs
+
+    def push_fails(*args, **kwargs):
+        raise ray.exceptions.RaySystemError("gcs: connection refused")
+
+    monkeypatch.setattr(gcs, "push_error", push_fails)
+    lock = threading.Lock()
+
+    @ray.remote
+    def uses_a_lock():
+        return lock
+
+    with pytest.raises(TypeError, match="cannot pickle"):
+        uses_a_lock.remote()
 
 
 @ray.remote
@@ -262,12 +320,60 @@ def test_todays_name_option_and_get_actor(shared_cluster):
         Counter.options(name="today").remote()
 
 
+def _actor_state(actor_id):
+    from ray._private import gcs
+    return gcs.command("HGET", f"rayd:actor:{actor_id.hex()}".encode(), b"state", shard=actor_id)
+
+
+def _actor_holds(actor_id):
+    from ray._private import gcs
+    raw = gcs.command("GET", f"rayd:actor_holds:{actor_id.hex()}".encode(), shard=actor_id)
+    return int(raw or 0)
+
+
+def test_a_taken_name_takes_no_hold_and_a_lost_race_kills_the_new_actor(shared_cluster, monkeypatch):
+    from ray.experimental import named_actors
+    Counter.options(name="race").remote()
+    other = Counter.remote()
+    ray.get(other.increment.remote())
+    before = _actor_holds(other._actor_id)
+    with pytest.raises(ValueError, match="already taken"):
+        ray.experimental.register_actor("race", other)
+    assert _actor_holds(other._actor_id) == before
+    # Another driver claims the name between check_free and register_actor.
+    made = []
+    register = named_actors.register_actor
+
+    def late_register(name, handle):
+        made.append(handle._actor_id)
+        return register(name, handle)
+
+    monkeypatch.setattr(named_actors, "check_free", lambda name: None)
+    monkeypatch.setattr(named_actors, "register_actor", late_register)
+    with pytest.raises(ValueError, match="already taken"):
+        Counter.options(name="race").remote()
+    assert wait_for(lambda: _actor_state(made[0]) == b"dead", timeout=30), _actor_state(made[0])
+
+
+def test_a_dead_actors_name_is_free_again(shared_cluster):
+    first = Counter.options(name="reborn").remote()
+    assert ray.get(first.increment.remote()) == 1
+    ray.kill(first)
+    assert wait_for(lambda: _actor_state(first._actor_id) == b"dead", timeout=30)
+    with pytest.raises(ValueError, match="no actor is named"):
+        ray.get_actor("reborn")
+    second = Counter.options(name="reborn").remote()
+    assert ray.get(ray.get_actor("reborn").increment.remote()) == 1
+    assert ray.get(second.increment.remote()) == 2
+
+
 def test_free_drops_an_object_from_the_store(shared_cluster):
     from ray._private import internal_api
     object_id = ray.put(np.ones(2**20, dtype=np.uint8))
     assert ray.wait([object_id], timeout=0)[0] == [object_id]
     ray.internal.free([object_id])
-    assert ray.wait([object_id], timeout=0) == ([], [object_id])
+    wait_for(lambda: ray.wait([object_id], timeout=0) == ([], [object_id]), timeout=10,
+             what="the freed object to be gone")
     assert ray.internal.free is internal_api.free
     with pytest.raises(TypeError):
         ray.internal.free(["not an id"])
@@ -401,6 +507,26 @@ def test_a_restarted_actor_comes_back_from_its_checkpoint(ray_start):
     wait_for(lambda: _restarted(acc, pid), 30, "the restarted actor to answer")
     # Restarted from the checkpoint (total 3), not from the constructor (total 0).
     assert ray.get(acc.add.remote(10), timeout=60) == 13
+
+
+def test_a_failing_checkpoint_does_not_fail_the_call_and_is_reported(shared_cluster):
+    @ray.remote(checkpoint_interval=1)
+    class Unsaveable:
+        def __init__(self):
+            self.calls = 0
+
+        def call(self):
+            self.calls += 1
+            return self.calls
+
+        def __ray_save__(self):
+            raise RuntimeError("no checkpoint today")
+
+    actor = Unsaveable.remote()
+    assert ray.get([actor.call.remote(), actor.call.remote()], timeout=60) == [1, 2]
+    reported = wait_for(lambda: [e for e in ray.error_info() if e["type"] == "checkpoint"],
+                        timeout=10, what="the checkpoint error")
+    assert "no checkpoint today" in reported[0]["message"], reported
 
 
 def test_an_actor_without_checkpointing_restarts_from_its_constructor(ray_start):

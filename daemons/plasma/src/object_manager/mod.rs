@@ -34,7 +34,7 @@ use wire::{ChunkDecoder, ChunkStart, Piece};
 
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::{ClientId, ObjectView, Placement, StoreError, StoreEvent, PWRITE_MIN};
+use crate::store::{ClientId, ObjectView, StoreError, StoreEvent, PWRITE_MIN};
 
 /// The path of the `Pull` method.
 const PULL_PATH: &str = "/rayd.objectmanager.v1.ObjectManager/Pull";
@@ -117,9 +117,10 @@ impl Drop for TransferPin {
     }
 }
 
-/// The segment a pull writes into: the daemon's mapping of the arena (or of a hugetlbfs
-/// segment, whose pages were reserved at create), or a large object's own segment, which
-/// one blocking thread per pull fills with `pwrite` ([`SegmentWriter`]).
+/// How a pull writes into the arena: through the daemon's mapping of it (small objects, or
+/// an arena whose file takes no `pwrite`, e.g. hugetlbfs, whose pages were reserved at
+/// create), or, for a large object, into the arena's file, which one blocking thread per
+/// pull fills with `pwrite` ([`SegmentWriter`]).
 #[derive(Clone)]
 enum Destination {
     Mapped(Arc<Mapping>),
@@ -134,34 +135,15 @@ impl Destination {
         pin: &Arc<TransferPin>,
     ) -> Result<(Self, u64, Option<SegmentWriter>), TransferError> {
         let id = view.id;
-        Ok(match &view.placement {
-            Placement::Arena { offset }
-                if view.total_size() < PWRITE_MIN || !state.arena_takes_writes =>
-            {
-                (Self::Mapped(state.arena_map.clone()), *offset, None)
-            }
-            Placement::Arena { offset } => {
+        Ok(
+            if view.total_size() < PWRITE_MIN || !state.arena_takes_writes {
+                (Self::Mapped(state.arena_map.clone()), view.offset, None)
+            } else {
                 let (queue, writer) = SegmentWriter::start(state.arena_fd.as_fd(), pin.clone())
                     .map_err(|error| TransferError::Write { id, error })?;
-                (Self::Own(queue), *offset, Some(writer))
-            }
-            Placement::Own(segment) if segment.takes_writes => {
-                let (queue, writer) = SegmentWriter::start(segment.fd.as_fd(), pin.clone())
-                    .map_err(|error| TransferError::Write { id, error })?;
-                (Self::Own(queue), 0, Some(writer))
-            }
-            Placement::Own(segment) => {
-                let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-                let mapping =
-                    Mapping::new(segment.fd.as_fd(), len, true, true).map_err(|source| {
-                        TransferError::Memory {
-                            id,
-                            source: source.into(),
-                        }
-                    })?;
-                (Self::Mapped(Arc::new(mapping)), 0, None)
-            }
-        })
+                (Self::Own(queue), view.offset, Some(writer))
+            },
+        )
     }
 
     /// Writes all of `bytes` at `offset` of the segment (or hands them to its writer).
@@ -181,9 +163,9 @@ impl Destination {
     }
 }
 
-/// The thread that writes a pull's pieces into a large object's own segment, in the
+/// The thread that writes a pull's pieces into a large object's range of the arena, in the
 /// order they arrive. Written with `pwrite`, not through a mapping: building the page
-/// tables of a fresh 500 MB segment took longer than the copy, and the writes allocate
+/// tables of a fresh 500 MB range took longer than the copy, and the writes allocate
 /// its pages as they go (see [`crate::store::Store::create_pulled`]). One writer, not
 /// one per stream: writers of one file take turns at its lock (spinning for it), and a
 /// runtime worker blocked in a write reads no socket. A thread of its own, not one of
@@ -658,17 +640,20 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn state() -> Arc<State> {
-        let dir = std::env::temp_dir().join("rayd-plasma-test-spill");
-        let store = Store::new(64 * MIB, Backing::Memfd, dir).unwrap();
-        State::new(
+    /// The state of a 64 MiB store, and its spill directory (a temp dir of the test's own,
+    /// removed when the test drops it).
+    fn state() -> (Arc<State>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(64 * MIB, Backing::Memfd, dir.path().join("spill")).unwrap();
+        let state = State::new(
             store,
             rayd_common::id::NodeId::random(),
             "127.0.0.1:1".into(),
             MIB,
             None,
         )
-        .unwrap()
+        .unwrap();
+        (state, dir)
     }
 
     /// A response made of `frames`, as the puller reads it.
@@ -741,7 +726,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_cut_anywhere_land_in_the_object() {
-        let state = state();
+        let (state, _spill) = state();
         let bytes = pattern(100_000);
         let (target, writer, view) = new_target(&state, bytes.len() as u64);
         assert!(writer.is_none(), "a small object lands in the arena");
@@ -751,9 +736,7 @@ mod tests {
             .receive(stream(frames), 0, bytes.len() as u64)
             .await
             .unwrap();
-        let Placement::Arena { offset } = view.placement else {
-            panic!("not in the arena")
-        };
+        let offset = view.offset;
         // SAFETY: the object is written and no one else writes it.
         let landed = unsafe { state.arena_map.slice(offset, bytes.len() as u64) }.unwrap();
         assert!(landed == &bytes[..], "the bytes differ");
@@ -761,7 +744,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_must_end_with_an_ok_status() {
-        let state = state();
+        let (state, _spill) = state();
         let bytes = pattern(1000);
         let end = bytes.len() as u64;
 
@@ -795,7 +778,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_is_the_error_a_pull_reports() {
-        let state = state();
+        let (state, _spill) = state();
         let bytes = pattern(40 * MIB as usize);
         let end = bytes.len() as u64;
         let (target, writer, view) = new_target(&state, end);

@@ -24,7 +24,7 @@ use super::wire::{self, ChunkStart};
 use super::{TransferPin, CHUNKS_IN_FLIGHT, MIN_CHUNK, PULL_PATH, STALL_TIMEOUT};
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::{ObjectView, Placement};
+use crate::store::ObjectView;
 
 /// A frame of a response body.
 type FrameResult = Result<Frame<Bytes>, Infallible>;
@@ -115,16 +115,7 @@ impl AsRef<[u8]> for ChunkOwner {
 
 /// The bytes of a sealed object, mapped read-only, and their offset in the mapping.
 fn map_object(state: &State, view: &ObjectView) -> Result<(Arc<Mapping>, u64), MemoryError> {
-    match &view.placement {
-        Placement::Arena { offset } => Ok((state.arena_map.clone(), *offset)),
-        Placement::Own(segment) => {
-            let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-            Ok((
-                Arc::new(Mapping::new(segment.fd_for_client(), len, false, false)?),
-                0,
-            ))
-        }
-    }
+    Ok((state.arena_map.clone(), view.offset))
 }
 
 /// Pins the object of `request` and starts sending its range: the frames come out of

@@ -20,8 +20,10 @@ pub(super) struct Known {
     /// Results of tasks this process submitted that have not arrived: the raylet sends
     /// them unasked, so no fetch is needed.
     expected: HashSet<ObjectId>,
-    /// The store's event stream ended.
-    pub store_closed: bool,
+    /// Objects this process deleted whose removal the store's stream has not announced.
+    freed: HashSet<ObjectId>,
+    /// The socket of the store whose event stream ended.
+    pub store_closed: Option<String>,
     /// Objects that waiters for all of their IDs block on (how many waiters each): only
     /// their arrival wakes them, not every arrival.
     watched: HashMap<ObjectId, usize>,
@@ -38,7 +40,8 @@ impl Default for Known {
             sealed: HashSet::new(),
             inline: InlineCache::new(INLINE_CACHE_BYTES),
             expected: HashSet::new(),
-            store_closed: false,
+            freed: HashSet::new(),
+            store_closed: None,
             watched: HashMap::new(),
             general: 0,
             wakeups: 0,
@@ -63,14 +66,31 @@ impl Known {
 
     /// Records `id` sealed in the store; true when a waiter wants it.
     pub fn seal(&mut self, id: ObjectId) -> bool {
+        self.freed.remove(&id);
         self.expected.remove(&id);
         self.sealed.insert(id);
         self.awaited(&id)
     }
 
-    /// Forgets `id` (deleted from the store).
+    /// Forgets `id`: the store announced its removal.
     pub fn delete(&mut self, id: &ObjectId) {
         self.sealed.remove(id);
+        self.freed.remove(id);
+    }
+
+    /// Forgets `id`, which this process just deleted from the store: until the store's
+    /// stream announces the removal, a seal it announces of `id` is from before (stale).
+    pub fn free(&mut self, id: ObjectId) {
+        self.sealed.remove(&id);
+        self.freed.insert(id);
+    }
+
+    /// Records a seal the store's stream announced; true when a waiter wants it.
+    pub fn seal_announced(&mut self, id: ObjectId) -> bool {
+        if self.freed.contains(&id) {
+            return false;
+        }
+        self.seal(id)
     }
 
     /// Records small objects the raylet sent; true when a waiter wants one.

@@ -93,12 +93,12 @@ impl Shared {
         }
     }
 
-    /// Takes in one event of the store's stream; false once the stream ended.
-    fn on_store_event(&self, event: Result<Option<Event>, ClientError>) -> bool {
+    /// Takes in one event of the stream of the store at `socket`; false once it ended.
+    fn on_store_event(&self, socket: &Path, event: Result<Option<Event>, ClientError>) -> bool {
         let mut known = self.known();
         match event {
             Ok(Some(event)) if event.kind == EventKind::Sealed => {
-                if known.seal(event.id) {
+                if known.seal_announced(event.id) {
                     known.wakeups += 1;
                     self.wake();
                 }
@@ -106,7 +106,7 @@ impl Shared {
             Ok(Some(event)) => known.delete(&event.id),
             Ok(None) => {}
             Err(_) => {
-                known.store_closed = true;
+                known.store_closed = Some(socket.display().to_string());
                 known.wakeups += 1;
                 self.wake();
                 return false;
@@ -189,9 +189,10 @@ impl Inbox {
             return Ok(false);
         }
         let shared = Arc::clone(&self.shared);
+        let socket = socket.to_path_buf();
         std::thread::Builder::new()
             .name("rayd-sealed".into())
-            .spawn(move || while shared.on_store_event(subscription.next(None)) {})
+            .spawn(move || while shared.on_store_event(&socket, subscription.next(None)) {})
             .map_err(CoreError::Runtime)?;
         Ok(true)
     }
@@ -199,6 +200,15 @@ impl Inbox {
     /// Marks an object found sealed by asking the store directly (sealed before following).
     pub fn insert_sealed(&self, id: ObjectId) {
         self.shared.known().seal(id);
+    }
+
+    /// Forgets objects this process removed from the store (`ray.internal.free`), and
+    /// their seals the store's stream may still announce.
+    pub fn forget(&self, ids: &[ObjectId]) {
+        let mut known = self.shared.known();
+        for id in ids {
+            known.free(*id);
+        }
     }
 
     /// Records small objects the raylet sent, and wakes whoever waits.
@@ -230,7 +240,8 @@ impl Inbox {
     }
 
     /// Waits until at least `wanted` of `ids` arrived or `timeout` passes; returns which did.
-    /// A driver's wait ends with an error once the raylet connection has ended.
+    /// A driver's wait ends with an error once the raylet connection has ended, and any
+    /// wait not yet satisfied once the store's event stream has (nothing would wake it).
     ///
     /// Waiting for all of them costs one pass over `ids` in all: a cursor moves past those
     /// that arrived, and only the arrival of the one at the cursor wakes the waiter.
@@ -250,13 +261,16 @@ impl Inbox {
                 while cursor < ids.len() && guard.ready(&ids[cursor]) {
                     cursor += 1;
                 }
-                if cursor == ids.len() || guard.store_closed {
+                if cursor == ids.len() {
                     break;
                 }
-            } else if ids.iter().filter(|id| guard.ready(id)).count() >= wanted
-                || guard.store_closed
-            {
+            } else if ids.iter().filter(|id| guard.ready(id)).count() >= wanted {
                 break;
+            }
+            if let Some(socket) = &guard.store_closed {
+                return Err(CoreError::StoreClosed {
+                    socket: socket.clone(),
+                });
             }
             if shared.raylet.as_ref().is_some_and(RayletReader::is_closed) {
                 return Err(CoreError::RayletClosed);
@@ -491,7 +505,10 @@ mod tests {
             data_size: 1 << 20,
             metadata_size: 0,
         };
-        assert!(driver.inbox.shared.on_store_event(Ok(Some(sealed))));
+        assert!(driver
+            .inbox
+            .shared
+            .on_store_event(Path::new("/tmp/plasma.sock"), Ok(Some(sealed))));
         assert_eq!(result(&waiting).expect("no error"), vec![true]);
     }
 
@@ -549,5 +566,65 @@ mod tests {
         let ready = inbox.wait(&[ObjectId::random()], 1, Some(Duration::from_millis(50)));
         assert_eq!(ready.expect("no raylet to close"), vec![false]);
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_store_closing_its_stream_ends_a_wait_with_an_error_naming_its_socket() {
+        let inbox = Inbox::default();
+        let (here, gone) = (ObjectId::random(), ObjectId::random());
+        inbox.insert_sealed(here);
+        let closed = Err(ClientError::Invalid("stream ended".into()));
+        assert!(!inbox
+            .shared
+            .on_store_event(Path::new("/tmp/plasma.sock"), closed));
+        // What arrived before still counts; what can no longer arrive is an error, at once.
+        assert_eq!(
+            inbox.wait(&[here], 1, Some(HOUR)).expect("ready"),
+            vec![true]
+        );
+        let started = Instant::now();
+        let error = inbox.wait(&[here, gone], 2, Some(HOUR)).unwrap_err();
+        assert!(
+            matches!(&error, CoreError::StoreClosed { socket } if socket == "/tmp/plasma.sock"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("/tmp/plasma.sock"));
+        assert!(inbox.wait(&[gone], 1, None).is_err());
+        assert!(started.elapsed() < DEADLINE);
+    }
+
+    #[test]
+    fn a_freed_object_is_not_ready_though_its_seal_is_announced_late() {
+        let inbox = Inbox::default();
+        let id = ObjectId::random();
+        let socket = Path::new("/tmp/plasma.sock");
+        let event = |kind| {
+            Ok(Some(Event {
+                kind,
+                id,
+                data_size: 1,
+                metadata_size: 0,
+            }))
+        };
+        inbox.insert_sealed(id); // found in the store before its seal was announced
+        inbox.forget(&[id]);
+        let ready = |inbox: &Inbox| inbox.wait(&[id], 1, Some(Duration::ZERO)).expect("wait");
+        assert_eq!(ready(&inbox), vec![false]);
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Sealed)));
+        assert_eq!(
+            ready(&inbox),
+            vec![false],
+            "the seal is from before the free"
+        );
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Deleted)));
+        // Made again (a task rebuilt it): its new seal counts.
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Sealed)));
+        assert_eq!(ready(&inbox), vec![true]);
     }
 }

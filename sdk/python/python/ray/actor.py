@@ -85,11 +85,6 @@ class _Holds:
         with self.lock:
             self.local[actor_id] = [1, False]
 
-    def copied(self, actor_id):
-        with self.lock:
-            entry = self.local.setdefault(actor_id, [0, True])
-            entry[0] += 1
-
     def pickled(self, actor_id, permanent=False):
         """A copy of a handle leaves this process: its hold (and ours) go to the GCS.
         Returns the copy's token (None: a permanent hold, e.g. a registered name)."""
@@ -209,7 +204,13 @@ class ActorClass(_Remote):
         handle = ActorHandle(actor_id, class_id, self._name, self._methods)
         if name is not None:
             from ray.experimental import named_actors
-            named_actors.register_actor(name, handle)
+            try:
+                named_actors.register_actor(name, handle)
+            except BaseException:
+                # Another driver took the name since check_free: the caller gets no handle,
+                # so the actor just made must not outlive this call.
+                _kill_quietly(actor_id)
+                raise
         return handle
 
     def _definition_for(self, options):
@@ -268,6 +269,10 @@ class ActorHandle:
     def _serialize(self, permanent=False):
         token = _holds.pickled(self._actor_id, permanent) if self._core is not None else None
         return (_rebuild_handle, (self._actor_id, self._class_id, self._class_name, self._methods, token))
+
+    def _serialize_without_hold(self):
+        """A permanent copy (no token) whose hold the caller takes: `_holds.pickled(id, True)`."""
+        return (_rebuild_handle, (self._actor_id, self._class_id, self._class_name, self._methods, None))
 
     def __reduce__(self):
         # A copy of a handle numbers its own calls: it gets a new handle ID when rebuilt.

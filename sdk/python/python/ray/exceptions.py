@@ -14,7 +14,7 @@ class RaySystemError(RayError):
 
 
 class RayletConnectionError(RaySystemError):
-    """The connection to this node's raylet failed: the node stopped or crashed."""
+    """The connection to this node's raylet or object store failed: the node stopped or crashed."""
 
 
 class ObjectStoreFullError(RayError):

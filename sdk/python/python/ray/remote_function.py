@@ -36,12 +36,12 @@ class Definition:
                 pickled = serialization.dumps_function(self._obj)
             except Exception as e:
                 message = f"cannot pickle {self.name}: {type(e).__name__}: {e}"
-                gcs.push_error(core.job_id, "pickle", message, core=core)
+                gcs.push_error_quietly(core.job_id, "pickle", message, core=core)
                 raise TypeError(message) from e
             if len(pickled) > FUNCTION_SIZE_WARNING:
                 message = (f"{self.name} is {len(pickled) / 2**20:.1f} MiB pickled: it is large, "
                            "probably from a big value it refers to; pass that with ray.put instead")
-                gcs.push_error(core.job_id, "function_too_large", message, core=core)
+                gcs.push_error_quietly(core.job_id, "function_too_large", message, core=core)
                 warnings.warn(message, stacklevel=4)
             self._pickled = pickled
             self.id = _raylet.function_id(self._pickled)

@@ -6,7 +6,7 @@ daemon reads them):
 | key | type | where | holds |
 |---|---|---|---|
 | `rayd:errors:<job>` | list | primary | JSON errors pushed to a driver (the daemons' schema) |
-| `rayd:profile` | list | primary | JSON batches of timeline events (task spans, `ray.profile`), one per flush |
+| `rayd:profile:<job>` | list | primary | a job's timeline events (task spans, `ray.profile`), JSON rows, the last 100,000 |
 | `rayd:workers` | hash | primary | worker/driver hex ID -> JSON (pid, node, kind) |
 | `rayd:named_actor:<name>` | string | primary | a pickled handle of a named actor |
 | `rayd:actor_holds:<actor>` | string | actor's shard | processes and in-flight copies holding the actor |
@@ -16,11 +16,11 @@ daemon reads them):
 """
 
 import json
+import sys
 import time
 
 from ray._private import worker as _worker
 
-PROFILE = b"rayd:profile"
 WORKERS = b"rayd:workers"
 
 
@@ -52,6 +52,15 @@ def push_error(job_id, kind, message, core=None):
     record = json.dumps({"kind": kind, "message": message, "time_ms": int(time.time() * 1000)})
     command("EVAL", _PUSH_ERROR, 1, errors_key(job_id), record, f"rayd:error_events:{job_id.hex()}",
             core=core)
+
+
+def push_error_quietly(job_id, kind, message, core=None):
+    """`push_error` for callers with an error of their own to report: a failure to push is
+    printed to stderr, never raised in its place."""
+    try:
+        push_error(job_id, kind, message, core=core)
+    except Exception as e:  # noqa: BLE001 - the caller's error matters more than this one
+        print(f"cannot push an error to the driver: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def hash_to_dict(reply):

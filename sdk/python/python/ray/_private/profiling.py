@@ -1,9 +1,10 @@
 """The timeline: when each task was submitted, started and finished, and `ray.profile` spans.
 
-Each process buffers its events and a background thread appends them to the GCS list
-`rayd:profile` (one JSON document per flush, every `FLUSH_INTERVAL`), so recording costs a
-task a list append and never a Redis round trip. A process flushes what is left when it
-disconnects. `ray.timeline()` reads the list back as Chrome trace events.
+Each process buffers its events and a background thread appends them to its job's GCS list
+`rayd:profile:<job>` (one element per event, every `FLUSH_INTERVAL`), so recording costs a
+task a list append and never a Redis round trip. Each append trims the list to its last
+`MAX_EVENTS` events, so a long job's timeline stays bounded. A process flushes what is left
+when it disconnects. `ray.timeline()` reads its job's list back as Chrome trace events.
 """
 
 import json
@@ -15,6 +16,15 @@ from ray._private import worker as _worker
 
 # How often a process writes its buffered events to the GCS.
 FLUSH_INTERVAL = 0.2
+# The most events a job's timeline keeps (the oldest go first).
+MAX_EVENTS = 100_000
+# Events per RPUSH.
+_PUSH_CHUNK = 1000
+
+
+def key(job_id):
+    """The list of one job's timeline events."""
+    return f"rayd:profile:{job_id.hex()}".encode()
 
 
 class _Recorder:
@@ -27,7 +37,9 @@ class _Recorder:
         self.registered = False
 
     def add(self, event):
-        self.events.append(event)
+        core = _worker.global_worker.core
+        # The job of the task running now (a worker serves many jobs).
+        self.events.append((core.job_id if core is not None else None, event))
         if self.thread is None:
             self._start()
 
@@ -59,8 +71,10 @@ class _Recorder:
                 if not self.registered:
                     self.registered = True
                     _register_process(core)
-                if events:
-                    gcs.command("RPUSH", gcs.PROFILE, _encode_batch(events, core), core=core)
+                for job, rows in _encode_by_job(events, core).items():
+                    for i in range(0, len(rows), _PUSH_CHUNK):
+                        gcs.command("RPUSH", key(job), *rows[i:i + _PUSH_CHUNK], core=core)
+                    gcs.command("LTRIM", key(job), -MAX_EVENTS, -1, core=core)
             except Exception:  # noqa: BLE001 - the cluster went away: the events are lost
                 pass
 
@@ -93,27 +107,29 @@ def _register_process(core):
     gcs.command("HSET", gcs.WORKERS, core.worker_id.hex(), json.dumps(info), core=core)
 
 
-def _encode_batch(events, core):
-    """One JSON document for a flush: who recorded, then a row per event
-    `[event_type, name, task_id, start, end, extra_data]` (rows, not objects, as encoding
-    is the flush's main cost)."""
-    rows = []
-    for event in events:
+def _encode_by_job(events, core):
+    """The events of a flush by job, each a JSON row `[pid, node_ip_address, component_type,
+    event_type, name, task_id, start, end, extra_data]` (rows, not objects: encoding is the
+    flush's main cost)."""
+    who = [os.getpid(), core.node_ip_address, _component(core)]
+    by_job = {}
+    for job, event in events:
+        if job is None:
+            continue
         if event[0] == "submit":
             _, when, object_id, name = event
-            rows.append(["task:submit", name, object_id.task_id().hex(), when, when, None])
+            row = ["task:submit", name, object_id.task_id().hex(), when, when, None]
         else:
-            rows.append(list(event[1:]))
-    return json.dumps({"pid": os.getpid(), "node_ip_address": core.node_ip_address,
-                       "component_type": _component(core), "events": rows})
+            row = list(event[1:])
+        by_job.setdefault(job, []).append(json.dumps(who + row))
+    return by_job
 
 
-def _decode_batch(raw):
-    """The events of one flush, as dicts."""
-    batch = json.loads(raw)
-    who = {k: batch[k] for k in ("pid", "node_ip_address", "component_type")}
-    return [dict(who, event_type=e[0], name=e[1], task_id=e[2], start=e[3], end=e[4], extra_data=e[5] or {})
-            for e in batch["events"]]
+def _decode(raw):
+    """One stored event, as a dict."""
+    e = json.loads(raw)
+    return dict(pid=e[0], node_ip_address=e[1], component_type=e[2], event_type=e[3], name=e[4],
+                task_id=e[5], start=e[6], end=e[7], extra_data=e[8] or {})
 
 
 def record_submit(object_id, name):
@@ -162,15 +178,12 @@ class profile:
 
 
 def events():
-    """Every stored event, oldest first."""
+    """The stored events of this driver's job (its last `MAX_EVENTS`), oldest first."""
     from ray._private import gcs
     worker = _worker.global_worker
     worker.check_connected()
     flush()
-    records = []
-    for batch in gcs.command("LRANGE", gcs.PROFILE, 0, -1) or []:
-        records.extend(_decode_batch(batch))
-    return records
+    return [_decode(raw) for raw in gcs.command("LRANGE", key(worker.core.job_id), 0, -1) or []]
 
 
 def chrome_tracing(records):

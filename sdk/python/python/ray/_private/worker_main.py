@@ -38,6 +38,8 @@ class Executor:
         self.core = core
         self.functions = {}
         self.jobs_seen = set()
+        # The version of each job's custom serializers loaded here (see custom_serializers).
+        self.serializer_versions: Dict[Any, Optional[int]] = {}
         self.ip = core.node_ip_address
         self.pid = os.getpid()
         self.node_gpus = _visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -54,6 +56,11 @@ class Executor:
 
     def _enter_job(self, task):
         job = task["job_id"]
+        if job in self.serializer_versions:
+            # Serializers the driver registered since this worker loaded them.
+            from ray._private import custom_serializers
+            if custom_serializers.version(job, self.core) != self.serializer_versions[job]:
+                self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
         if job in self.jobs_seen or "python_path" not in task:
             return
         self.jobs_seen.add(job)
@@ -66,7 +73,7 @@ class Executor:
             except OSError:
                 pass
         from ray._private import custom_serializers
-        custom_serializers.load_for_job(job, self.core)
+        self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
 
     def _function(self, function_id, task):
         function = self.functions.get(function_id)
@@ -82,10 +89,7 @@ class Executor:
         return function
 
     def _push_error(self, task, kind, message):
-        try:
-            gcs.push_error(task["job_id"], kind, message, core=self.core)
-        except exceptions.RayError as e:
-            print(f"cannot push an error to the driver: {e}", file=sys.stderr)
+        gcs.push_error_quietly(task["job_id"], kind, message, core=self.core)
 
     def _checkpoint_key(self, task):
         return f"rayd:actor_checkpoint:{task['actor_id'].hex()}".encode()
@@ -168,8 +172,6 @@ class Executor:
             else:
                 function = self._function(task["function_id"], task)
             result = function(*args, **kwargs)
-            if self.checkpoint_interval is not None and task["actor_id"] is not None:
-                self._after_call(task)
             if num_returns == 1:
                 results = [result]
             elif num_returns == 0:
@@ -191,6 +193,15 @@ class Executor:
                     self.core.store_return(index, serialization.META_ERROR_TASK, data, buffers)
                 except exceptions.RayError as store_error:
                     print(f"cannot store the error of {name}: {store_error}", file=sys.stderr)
+        else:
+            # After the returns are stored: the call succeeded, whatever its checkpoint does.
+            if self.checkpoint_interval is not None and task["actor_id"] is not None:
+                try:
+                    self._after_call(task)
+                except Exception as e:  # noqa: BLE001 - reported to the driver, not the caller
+                    self._push_error(task, "checkpoint", f"cannot checkpoint actor "
+                                     f"{task['actor_id'].hex()} after {name} (pid {self.pid}): "
+                                     f"{type(e).__name__}: {e}")
 
 
 def _warm_imports():

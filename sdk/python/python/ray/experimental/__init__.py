@@ -36,6 +36,9 @@ def get(object_ids, timeout=None):
 def wait(object_ids, num_returns=1, timeout=None):
     """`ray.wait` on any iterable of object IDs (a dict: its values)."""
     import ray
+    if isinstance(object_ids, _worker.ObjectID):
+        # ray.wait's own error for a single ID.
+        return ray.wait(object_ids, num_returns=num_returns, timeout=timeout)
     return ray.wait(_flatten(object_ids), num_returns=num_returns, timeout=timeout)
 
 
