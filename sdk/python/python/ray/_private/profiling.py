@@ -112,7 +112,7 @@ def _encode_by_job(events, core):
     event_type, name, task_id, start, end, extra_data]` (rows, not objects: encoding is the
     flush's main cost)."""
     who = [os.getpid(), core.node_ip_address, _component(core)]
-    by_job = {}
+    by_job: dict = {}
     for job, event in events:
         if job is None:
             continue

@@ -38,7 +38,7 @@ def wait(object_ids, num_returns=1, timeout=None):
     import ray
     if isinstance(object_ids, _worker.ObjectID):
         # ray.wait's own error for a single ID.
-        return ray.wait(object_ids, num_returns=num_returns, timeout=timeout)
+        return ray.wait(object_ids, num_returns=num_returns, timeout=timeout)  # type: ignore[arg-type]
     return ray.wait(_flatten(object_ids), num_returns=num_returns, timeout=timeout)
 
 
