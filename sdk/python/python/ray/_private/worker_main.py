@@ -56,11 +56,6 @@ class Executor:
 
     def _enter_job(self, task):
         job = task["job_id"]
-        if job in self.serializer_versions:
-            # Serializers the driver registered since this worker loaded them.
-            from ray._private import custom_serializers
-            if custom_serializers.version(job, self.core) != self.serializer_versions[job]:
-                self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
         if job in self.jobs_seen or "python_path" not in task:
             return
         self.jobs_seen.add(job)
@@ -74,6 +69,20 @@ class Executor:
                 pass
         from ray._private import custom_serializers
         self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
+
+    def _fresh_serializers(self, task, convert):
+        """`convert()`, once more with the job's custom serializers reloaded when it fails
+        and the driver registered serializers since this worker loaded them (asked only
+        then: a Redis round trip per task would cost more than the task)."""
+        try:
+            return convert()
+        except Exception:
+            from ray._private import custom_serializers
+            job = task["job_id"]
+            if custom_serializers.version(job, self.core) == self.serializer_versions.get(job):
+                raise
+            self.serializer_versions[job] = custom_serializers.load_for_job(job, self.core)
+            return convert()
 
     def _function(self, function_id, task):
         function = self.functions.get(function_id)
@@ -153,7 +162,8 @@ class Executor:
             args: Sequence[Any] = ()
             kwargs: Dict[str, Any] = {}
             if task["args"]:
-                values = [self._argument(a) for a in task["args"]]
+                values = [self._fresh_serializers(task, lambda a=a: self._argument(a))
+                          for a in task["args"]]
                 kwarg_names = task["kwarg_names"]
                 split = len(values) - len(kwarg_names)
                 args, kwargs = values[:split], dict(zip(kwarg_names, values[split:]))
@@ -182,7 +192,8 @@ class Executor:
                     raise ValueError(f"{name} returned {len(results)} values, "
                                      f"but num_returns={num_returns}")
             for index, value in enumerate(results, start=1):
-                data, buffers = serialization.serialize(value)
+                data, buffers = self._fresh_serializers(
+                    task, lambda value=value: serialization.serialize(value))
                 self.core.store_return(index, serialization.META_PICKLE5, data, buffers)
         except Exception as e:  # noqa: BLE001 - the task's failure is its result
             error = exceptions.RayTaskError.from_exception(name, e, self.pid, self.ip)
