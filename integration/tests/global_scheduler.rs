@@ -221,6 +221,7 @@ fn task(resources: &[(&str, f64)], objects: &[ObjectId]) -> nm::ForwardTaskReque
         home_node_id: NodeId::random().as_bytes().to_vec(),
         hops: 0,
         job: None,
+        from_node_id: Vec::new(),
     }
 }
 
@@ -419,6 +420,13 @@ async fn a_task_goes_where_its_argument_bytes_are() {
         spill(&mut client, task(&[("CPU", 1.0)], &[])).await.ok(),
         Some(b.id),
         "no argument: the shorter queue"
+    );
+    let mut from_a = task(&[("CPU", 1.0)], &[object]);
+    from_a.from_node_id = a.id.as_bytes().to_vec();
+    assert_eq!(
+        spill(&mut client, from_a).await.ok(),
+        Some(b.id),
+        "never back to the node that spilled it"
     );
 }
 

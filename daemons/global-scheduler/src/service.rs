@@ -157,7 +157,10 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
         let function = spec.function_name.clone();
         let local_bytes = self.local_bytes(spec).await;
         forward.hops = forward.hops.saturating_add(1);
-        let mut tried: HashSet<NodeId> = HashSet::new();
+        // Not back to the node that spilled it.
+        let mut tried: HashSet<NodeId> = NodeId::from_slice(&forward.from_node_id)
+            .into_iter()
+            .collect();
         loop {
             let (node, address) = {
                 let mut view = self.view();

@@ -167,7 +167,7 @@ impl Node {
                     hops,
                     job,
                 } => {
-                    let (task, request) = forward_request(*spec, home, hops, job);
+                    let (task, request) = forward_request(self.node_id, *spec, home, hops, job);
                     self.peers.send(
                         node,
                         Outgoing::Forward {
@@ -221,7 +221,7 @@ impl Node {
                     hops,
                     job,
                 } => {
-                    let (task, request) = forward_request(*spec, home, hops, job);
+                    let (task, request) = forward_request(self.node_id, *spec, home, hops, job);
                     self.peers.spill(task, request);
                 }
                 Effect::Gcs(write) => {
@@ -299,6 +299,7 @@ impl Node {
 
 /// The request that hands a task to another raylet or a global scheduler, with its ID.
 fn forward_request(
+    from: NodeId,
     spec: rayd_common::proto::common::v1::TaskSpec,
     home: NodeId,
     hops: u32,
@@ -310,6 +311,7 @@ fn forward_request(
         home_node_id: home.as_bytes().to_vec(),
         hops,
         job,
+        from_node_id: from.as_bytes().to_vec(),
     };
     (task, request)
 }

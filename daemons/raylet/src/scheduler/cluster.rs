@@ -83,6 +83,14 @@ impl Cluster {
             .map(|(id, _)| *id)
     }
 
+    /// How many other nodes could ever run `request` (were they idle).
+    pub fn candidates(&self, request: &Amounts) -> usize {
+        self.nodes
+            .values()
+            .filter(|v| covers(&v.total, request))
+            .count()
+    }
+
     /// Counts a task forwarded to `node` against its view until its next heartbeat.
     pub fn charge(&mut self, node: &NodeId, request: &Amounts) {
         if let Some(view) = self.nodes.get_mut(node) {

@@ -922,9 +922,15 @@ impl Scheduler {
             let Some(task) = self.ready.pop(shape) else {
                 break;
             };
-            // A global scheduler sees the whole cluster and where arguments are; actors
-            // are placed here (their calls must know the node at once).
-            if self.global_scheduler && !task.is_actor_creation() && !task.is_actor_call() {
+            // A global scheduler sees the whole cluster and where arguments are: it
+            // chooses when there is a choice (a task only one node can run goes there
+            // straight, a hop shorter); actors are placed here (their calls must know
+            // the node at once).
+            if self.global_scheduler
+                && !task.is_actor_creation()
+                && !task.is_actor_call()
+                && self.cluster.candidates(request) > 1
+            {
                 self.spill_to_global(node, task);
             } else {
                 self.forward(node, task);
