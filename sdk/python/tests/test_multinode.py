@@ -301,42 +301,58 @@ def test_killing_the_global_scheduler_leaves_tasks_running_and_a_new_one_takes_o
     import subprocess
 
     cluster, (head, node2, node3) = three_nodes
+    release = tmp_path / "release"
 
-    @ray.remote(resources={"node2": 1})
-    def on_node2(i):
+    @ray.remote(num_cpus=1, resources={"node1": 1})
+    def hold_node1(path):
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "released"
+
+    # Node 1's CPU is taken: a 1-CPU task has two other nodes to choose from, so it is
+    # spilled (to the global scheduler while one is up).
+    @ray.remote(num_cpus=1)
+    def anywhere(i):
         return i, _where()
 
-    assert ray.get(on_node2.remote(0), timeout=60) == (0, "127.0.0.3")
-    pid, argv = _global_scheduler_pid(head)
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not _alive(pid), 10, "the global scheduler to die")
-    # The raylets place tasks themselves meanwhile.
-    assert ray.get([on_node2.remote(i) for i in range(1, 4)], timeout=60) == [
-        (i, "127.0.0.3") for i in range(1, 4)]
-    wait_for(lambda: not cluster.status()["global_schedulers"], 15,
-             "the dead global scheduler's registration to lapse")
-
-    log = open(tmp_path / "gs.log", "w")
-    env = dict(os.environ, RAYD_LOG_LEVEL="debug")
-    replacement = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+    holder = hold_node1.remote(str(release))
     try:
-        wait_for(lambda: cluster.status()["global_schedulers"], 15, "a new global scheduler to register")
-        # The raylets read the live schedulers every second: wait until one spills to it.
-        def placed_by_the_new_one():
-            ray.get(on_node2.remote(9), timeout=60)
-            return "task placed" in open(tmp_path / "gs.log").read()
-        wait_for(placed_by_the_new_one, 20, "a task placed by the new global scheduler")
-        assert ray.get([on_node2.remote(i) for i in range(4, 7)], timeout=60) == [
-            (i, "127.0.0.3") for i in range(4, 7)]
-    finally:
-        replacement.terminate()
+        first = ray.get(anywhere.remote(0), timeout=60)
+        assert first[1] in ("127.0.0.3", "127.0.0.4"), first
+        pid, argv = _global_scheduler_pid(head)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(pid), 10, "the global scheduler to die")
+        # The raylets place tasks themselves meanwhile.
+        results = ray.get([anywhere.remote(i) for i in range(1, 5)], timeout=60)
+        assert [i for i, _ in results] == [1, 2, 3, 4]
+        assert {where for _, where in results} <= {"127.0.0.3", "127.0.0.4"}
+        wait_for(lambda: not cluster.status()["global_schedulers"], 15,
+                 "the dead global scheduler's registration to lapse")
+
+        log = open(tmp_path / "gs.log", "w")
+        env = dict(os.environ, RAYD_LOG_LEVEL="debug")
+        replacement = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
         try:
-            replacement.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            replacement.kill()
-            replacement.wait()
-        log.close()
+            wait_for(lambda: cluster.status()["global_schedulers"], 15,
+                     "a new global scheduler to register")
+            # The raylets read the live schedulers every second: wait until one spills to it.
+            def placed_by_the_new_one():
+                ray.get(anywhere.remote(9), timeout=60)
+                return "task placed" in open(tmp_path / "gs.log").read()
+            wait_for(placed_by_the_new_one, 20, "a task placed by the new global scheduler")
+        finally:
+            replacement.terminate()
+            try:
+                replacement.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                replacement.kill()
+                replacement.wait()
+            log.close()
+    finally:
+        release.touch()
+    assert ray.get(holder, timeout=60) == "released"
 
 
 def test_what_a_task_prints_on_another_node_reaches_its_driver(three_nodes):
