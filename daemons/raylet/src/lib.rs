@@ -8,6 +8,7 @@
 mod connection;
 mod gcs;
 pub mod io;
+mod lineage;
 mod peers;
 pub mod scheduler;
 mod workers;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use rayd_common::process::{find_rayd_binary, signal_pid};
 use rayd_config::RaydConfig;
 use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
-use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
+use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo, Standing};
 use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -50,6 +51,12 @@ pub enum RayletError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the cluster declared this node dead (its heartbeats stopped reaching the GCS for \
+         longer than node_death_timeout_ms: a pause or a network partition); the raylet \
+         exits so that, restarted, it joins as a new node"
+    )]
+    DeclaredDead,
     #[error("the plasma store's event stream ended")]
     PlasmaGone,
     #[error("cannot start the raylet's {what} thread: {source}")]
@@ -219,11 +226,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     node.prestart();
     notify_ready();
 
+    // Cancelled when a heartbeat finds the node declared dead.
+    let declared_dead = tokio_util::sync::CancellationToken::new();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
+            _ = declared_dead.cancelled() => break Err(RayletError::DeclaredDead),
             event = events.recv() => match event {
                 Some(input) => node.handle(input),
                 None => break Err(RayletError::PlasmaGone),
@@ -238,12 +248,9 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
                     running: snapshot.running,
                     time_ms: now_ms(),
                 };
-                let gcs = gcs.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = gcs.heartbeat(&beat).await {
-                        log::warn!("heartbeat failed: {e}");
-                    }
-                });
+                let mut entry = info.clone();
+                entry.resources_available = beat.resources_available.clone();
+                tokio::spawn(send_heartbeat(gcs.clone(), beat, entry, declared_dead.clone()));
             }
         }
     };
@@ -257,6 +264,27 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     }
     let _ = std::fs::remove_file(&socket);
     result
+}
+
+/// Sends one heartbeat, and acts on what the GCS says of the node: declared dead, the
+/// raylet stops (`declared_dead`); unknown (the GCS lost its data), it registers again.
+async fn send_heartbeat(
+    gcs: GcsClient,
+    beat: Heartbeat,
+    entry: NodeInfo,
+    declared_dead: tokio_util::sync::CancellationToken,
+) {
+    match gcs.heartbeat(&beat).await {
+        Ok(Standing::Alive) => {}
+        Ok(Standing::Dead) => declared_dead.cancel(),
+        Ok(Standing::Unknown) => {
+            log::warn!("the GCS has no entry for this node (restarted without its data?); registering again");
+            if let Err(e) = gcs.register_node(&entry).await {
+                log::warn!("cannot register the node again: {e}");
+            }
+        }
+        Err(e) => log::warn!("heartbeat failed: {e}"),
+    }
 }
 
 fn now_ms() -> u64 {
