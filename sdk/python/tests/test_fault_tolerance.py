@@ -3,7 +3,7 @@ rebuilt from lineage, actors restarted on another node, and what cannot be rebui
 `ObjectLostError` instead of hanging."""
 
 import os
-import tempfile
+import sys
 import time
 
 import numpy as np
@@ -168,3 +168,17 @@ def test_a_put_lost_with_its_node_raises_object_lost_error(cluster):
         ray.get(ref, timeout=60.0)
     assert time.monotonic() - started < DETECTION_DEADLINE_S
     assert ref.hex() in str(raised.value)
+
+
+def test_a_short_chaos_run_gets_every_result_right_and_leaves_nothing():
+    """`make chaos`, shortened for CI: faults every second or so over ~1,000 tasks."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "scripts"))
+    try:
+        import chaos
+    finally:
+        sys.path.pop(0)
+    outcome = chaos.run(tasks=1000, period_s=1.0)
+    assert sum(outcome["faults"].values()) >= 3, outcome
+    assert outcome["wrong"] == 0 and outcome["hangs"] == 0, outcome
+    assert outcome["leftovers"] == [], outcome
+    assert outcome["right"] > 0, outcome

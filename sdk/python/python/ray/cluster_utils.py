@@ -316,13 +316,14 @@ class Cluster:
         self._stop(node, remove_dir=True, grace=STOP_GRACE_S if allow_graceful else 0.0)
         self.removed_nodes.append(node)
 
-    def kill_node(self, node: Node) -> None:
+    def kill_node(self, node: Node, remove_dir: bool = True) -> None:
         """Kills `node` as a crash would: SIGKILL to its daemons and everything they
-        started, nothing told to anyone (the cluster must notice by itself)."""
+        started, nothing told to anyone (the cluster must notice by itself). Its temp dir
+        (logs) stays when `remove_dir` is false."""
         if node is self.head_node:
             raise ValueError("kill_node is for nodes other than the head")
         self.worker_nodes.remove(node)
-        self._stop(node, remove_dir=True, grace=0.0, gently=False)
+        self._stop(node, remove_dir=remove_dir, grace=0.0, gently=False)
         self.removed_nodes.append(node)
 
     @staticmethod
