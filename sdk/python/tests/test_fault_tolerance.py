@@ -3,6 +3,7 @@ rebuilt from lineage, actors restarted on another node, and what cannot be rebui
 `ObjectLostError` instead of hanging."""
 
 import os
+import signal
 import sys
 import time
 
@@ -84,6 +85,24 @@ def test_a_killed_node_is_declared_dead_and_shown_so(cluster):
     status = cluster.status()
     dead = [n for n in status["nodes"] if n["address"] == node.address]
     assert dead and not dead[0]["alive"], status
+
+
+def test_a_paused_raylet_declared_dead_does_not_come_back_by_itself(cluster):
+    """A partition that heals (here: a raylet stopped past the timeout, then continued) does
+    not resurrect its node: the raylet learns it was declared dead and exits."""
+    node = cluster.add_node(num_cpus=1)
+    cluster.connect()
+    [raylet] = [pid for name, pid in node.processes if name == "rayd-raylet"]
+    os.kill(raylet, signal.SIGSTOP)
+    try:
+        _wait_until(lambda: any(not n["Alive"] and n["NodeManagerAddress"] == node.address
+                                for n in ray.nodes()), DETECTION_DEADLINE_S, "the paused node to be dead")
+    finally:
+        os.kill(raylet, signal.SIGCONT)
+    _wait_until(lambda: not os.path.exists(f"/proc/{raylet}") or open(f"/proc/{raylet}/stat").read().split()[2] == "Z",
+                DETECTION_DEADLINE_S, "the continued raylet to exit")
+    assert not any(n["Alive"] and n["NodeManagerAddress"] == node.address for n in ray.nodes())
+    cluster.kill_node(node)
 
 
 def test_objects_and_tasks_of_a_killed_node_are_rebuilt_on_a_new_node(cluster, tmp_path):

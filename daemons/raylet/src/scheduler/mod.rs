@@ -933,7 +933,7 @@ impl Scheduler {
         results: Vec<pb::InlineObject>,
     ) {
         let mut to_drivers: HashMap<ConnId, Vec<pb::InlineObject>> = HashMap::new();
-        let rerun = self.reruns.remove(&task);
+        let rerun = !self.reruns.is_empty() && self.reruns.remove(&task);
         for object in results {
             let id = match ObjectId::from_slice(&object.object_id) {
                 Ok(id) if (1..=num_returns).any(|i| ObjectId::for_return(task, i) == id) => id,
