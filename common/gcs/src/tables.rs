@@ -185,6 +185,9 @@ pub struct FunctionInfo {
     pub name: String,
     /// The pickled definition.
     pub definition: Vec<u8>,
+    /// [`rayd_common::auth::function_mac`] of the definition under the cluster's secret
+    /// (empty in an open cluster): workers unpickle only definitions whose MAC verifies.
+    pub mac: Vec<u8>,
 }
 
 /// An error pushed to the driver of a job.
@@ -581,6 +584,7 @@ impl GcsClient {
                     ("job", function.job_id.hex().into_bytes()),
                     ("name", function.name.clone().into_bytes()),
                     ("definition", function.definition.clone()),
+                    ("mac", function.mac.clone()),
                 ],
             )
             .await?;
@@ -605,6 +609,7 @@ impl GcsClient {
             job_id: parsed(&fields, "job")?,
             name: text(&fields, "name")?,
             definition: fields.get("definition").cloned().unwrap_or_default(),
+            mac: fields.get("mac").cloned().unwrap_or_default(),
         }))
     }
 

@@ -176,7 +176,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
     };
-    let peers = peers::Peers::new(events_tx.clone());
+    let peers = peers::Peers::new(events_tx.clone(), config.redis_password.as_deref());
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),
@@ -207,7 +207,12 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     };
     gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
-    peers::serve(node_manager, events_tx.clone(), cancel.clone());
+    peers::serve(
+        node_manager,
+        events_tx.clone(),
+        config.redis_password.as_deref(),
+        cancel.clone(),
+    );
     peers::watch(
         gcs.clone(),
         node_id,

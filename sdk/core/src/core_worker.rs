@@ -101,6 +101,9 @@ pub struct CoreWorker {
     plasma: PlasmaClient,
     plasma_socket: PathBuf,
     gcs: GcsClient,
+    /// The cluster's secret (none in an open cluster): function definitions are signed
+    /// and checked with it.
+    secret: Option<String>,
     runtime: tokio::runtime::Runtime,
     context: Mutex<Context>,
     exported: Mutex<HashSet<FunctionId>>,
@@ -192,6 +195,7 @@ impl CoreWorker {
             plasma,
             plasma_socket: PathBuf::from(registered.plasma_socket),
             gcs,
+            secret: password,
             runtime,
             context: Mutex::new(Context {
                 job,
@@ -262,11 +266,15 @@ impl CoreWorker {
         {
             return Ok(());
         }
+        let mac = self.secret.as_deref().map_or_else(Vec::new, |secret| {
+            rayd_common::auth::function_mac(secret, id.as_bytes(), name, definition)
+        });
         let info = FunctionInfo {
             function_id: id,
             job_id: self.job_id(),
             name: name.to_string(),
             definition: definition.to_vec(),
+            mac,
         };
         self.runtime.block_on(self.gcs.put_function(&info))?;
         self.exported
@@ -290,7 +298,7 @@ impl CoreWorker {
             let deadline = tokio::time::Instant::now() + FUNCTION_WAIT;
             loop {
                 if let Some(info) = self.gcs.function(id).await? {
-                    return Ok(info);
+                    return self.verified(info);
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err(CoreError::FunctionNotFound(id));
@@ -304,6 +312,27 @@ impl CoreWorker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Arc::clone(&info));
         Ok(info)
+    }
+
+    /// `info` when its MAC verifies under the cluster's secret (any in an open cluster).
+    fn verified(&self, info: FunctionInfo) -> Result<FunctionInfo, CoreError> {
+        let Some(secret) = self.secret.as_deref() else {
+            return Ok(info);
+        };
+        if rayd_common::auth::function_mac_matches(
+            secret,
+            info.function_id.as_bytes(),
+            &info.name,
+            &info.definition,
+            &info.mac,
+        ) {
+            Ok(info)
+        } else {
+            Err(CoreError::FunctionForged {
+                id: info.function_id,
+                name: info.name,
+            })
+        }
     }
 
     /// Submits a task to the local raylet and returns its ID and its return objects' IDs

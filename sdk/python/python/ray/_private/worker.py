@@ -54,15 +54,55 @@ class Worker:
 global_worker = Worker()
 
 
-def _auto_address():
-    """The GCS of a node started on this machine with `rayd start`."""
+def _local_node_state():
+    """The record of the node started on this machine with `rayd start` (`node.json`)."""
     temp_dir = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
     path = os.path.join(temp_dir, "node.json")
+    with open(path) as f:
+        return json.load(f), path
+
+
+def _auto_address():
+    """The GCS of a node started on this machine with `rayd start`."""
+    try:
+        state, _ = _local_node_state()
+        return state["redis_address"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ConnectionError(f"address='auto': no rayd node started on this machine ({e})") from None
+
+
+def _read_password_file(path):
     try:
         with open(path) as f:
-            return json.load(f)["redis_address"]
-    except (OSError, KeyError, ValueError) as e:
-        raise ConnectionError(f"address='auto': no rayd node started on this machine ({path}: {e})") from None
+            password = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"redis_password_file: cannot read {path}: {e}") from None
+    if not password:
+        raise ValueError(f"redis_password_file: {path} is empty")
+    return password
+
+
+def _cluster_password(address, redis_password, redis_password_file):
+    """The secret to attach to the cluster at `address` with: the one given, else the one
+    in the given file, else `RAYD_REDIS_PASSWORD(_FILE)`, else the one of the node that
+    `rayd start` started on this machine for that cluster; None for an open cluster."""
+    if redis_password:
+        return redis_password
+    redis_password_file = redis_password_file or os.environ.get("RAYD_REDIS_PASSWORD_FILE")
+    if redis_password_file:
+        return _read_password_file(redis_password_file)
+    if os.environ.get("RAYD_REDIS_PASSWORD"):
+        return os.environ["RAYD_REDIS_PASSWORD"]
+    try:
+        state, _ = _local_node_state()
+    except (OSError, ValueError):
+        return None
+    if state.get("redis_address") == address and state.get("redis_password_file"):
+        try:
+            return _read_password_file(state["redis_password_file"])
+        except ValueError:
+            return None
+    return None
 
 
 def _resolve(host):
@@ -105,6 +145,7 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
          huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
          address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
          _temp_dir: Optional[str] = None, object_spilling_directory: Optional[str] = None,
+         _redis_password: Optional[str] = None, redis_password_file: Optional[str] = None,
          **unknown: Any) -> Optional[Dict[str, Any]]:
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
@@ -125,6 +166,11 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         address = address or redis_address
         if address == "auto":
             address = _auto_address()
+        redis_password = redis_password or _redis_password
+        if address:
+            redis_password = _cluster_password(address, redis_password, redis_password_file)
+        elif redis_password_file:
+            redis_password = redis_password or _read_password_file(redis_password_file)
         common = dict(
             object_id_seed=object_id_seed,
             python_path=_python_path(),
