@@ -595,6 +595,16 @@ impl GcsClient {
         Ok(())
     }
 
+    /// Whether a function definition is in the GCS (a shard restarted without persistence
+    /// has lost the ones it held).
+    pub async fn function_exists(&self, function: FunctionId) -> Result<bool, GcsError> {
+        let n: i64 = self
+            .shard_for(function.as_bytes())
+            .exists(keys::key(Table::Function, &function))
+            .await?;
+        Ok(n > 0)
+    }
+
     /// A function definition, if exported.
     pub async fn function(&self, function: FunctionId) -> Result<Option<FunctionInfo>, GcsError> {
         let fields: Fields = self

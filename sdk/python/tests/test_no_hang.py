@@ -2,6 +2,7 @@
 `rayd stop`) within a second, and `get`/`wait` take any number of refs."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,3 +88,40 @@ def test_get_and_wait_of_many_pending_refs_time_out_cleanly(shared_cluster):
     with pytest.raises(exceptions.GetTimeoutError):
         ray.get(missing, timeout=0.5)
     assert ray.get(ray.put("after")) == "after"
+
+
+def _redis_server_pid(port):
+    """The pid of the redis-server that rayd-redis-shard started on `port`."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        # redis-server shows its address as its title.
+        if "redis-server" in cmdline and re.search(rf":{port}\b", cmdline):
+            return int(pid)
+    return None
+
+
+def test_a_driver_exports_its_functions_again_after_a_shard_restart(ray_start):
+    ray_start(num_cpus=1)
+    from ray._private import gcs
+
+    # A fresh worker per call: each loads the definition from the GCS.
+    @ray.remote(max_calls=1)
+    def f(x):
+        return x + 1
+
+    assert ray.get(f.remote(1)) == 2
+    [shard] = gcs.command("LRANGE", "rayd:shards", 0, -1)
+    port = int(shard.decode().rsplit(":", 1)[1])
+    pid = _redis_server_pid(port)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (_redis_server_pid(port) or pid) != pid, 10, "the shard to restart")
+    started = time.monotonic()
+    assert ray.get(f.remote(2), timeout=20) == 3
+    assert time.monotonic() - started < 10
