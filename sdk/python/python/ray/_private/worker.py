@@ -32,6 +32,8 @@ class Worker:
         # The Rust core (`ray._raylet.CoreWorker`) while connected (not in LOCAL_MODE).
         self.core: Any = None
         self.node: Optional[_raylet.LocalNode] = None
+        # The `driver_*` temp dir that `init` made for its local node (removed at shutdown).
+        self.owned_temp_dir: Optional[str] = None
         self.info: Optional[Dict[str, Any]] = None
         self.lock = threading.RLock()
         # Task-local state of a worker: the GPU and resource IDs of the current task.
@@ -228,22 +230,26 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         else:
             if resources is not None and ("CPU" in resources or "GPU" in resources):
                 raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
+            # A temp dir of this driver's own goes when the node does (ray.shutdown()).
+            worker.owned_temp_dir = None if _temp_dir else _session_temp_dir()
             settings = {
                 **node_settings,
                 "node_ip_address": node_ip_address, "redis_password": redis_password,
-                "temp_dir": _temp_dir or _session_temp_dir(),
+                "temp_dir": _temp_dir or worker.owned_temp_dir,
             }
             # Workers import what the driver imports; the daemons come with this package.
             os.environ["RAYD_WORKER_PYTHONPATH"] = os.pathsep.join(_python_path())
             bin_dir = os.path.join(sys.prefix, "bin")
             if os.path.exists(os.path.join(bin_dir, "rayd-raylet")):
                 os.environ.setdefault("RAYD_BIN_DIR", bin_dir)
-            worker.node = _raylet.start_local_node(settings)
             try:
+                worker.node = _raylet.start_local_node(settings)
                 worker.core = _raylet.CoreWorker(worker.node.raylet_socket, **common)
             except BaseException:
-                worker.node.stop()
-                worker.node = None
+                if worker.node is not None:
+                    worker.node.stop()
+                    worker.node = None
+                _remove_owned_temp_dir(worker)
                 raise
             address = worker.node.redis_address
         worker.mode = SCRIPT_MODE
@@ -268,6 +274,13 @@ def _session_temp_dir():
     return tempfile.mkdtemp(prefix="driver_", dir=base)
 
 
+def _remove_owned_temp_dir(worker):
+    if worker.owned_temp_dir is not None:
+        import shutil
+        shutil.rmtree(worker.owned_temp_dir, ignore_errors=True)
+        worker.owned_temp_dir = None
+
+
 def connect_worker(core):
     """Called in a worker process: this process serves tasks through `core`."""
     global_worker.core = core
@@ -288,6 +301,7 @@ def shutdown() -> None:
         if worker.node is not None:
             worker.node.stop()
             worker.node = None
+        _remove_owned_temp_dir(worker)
         worker.mode = None
         worker.legacy_local_mode = False
         worker.info = None
