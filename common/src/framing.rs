@@ -257,3 +257,95 @@ mod tests {
         assert!(err.to_string().contains("malformed frame"), "{err}");
     }
 }
+
+/// The raylet's frames against any bytes, cut anywhere (a fuzz target run for a fixed
+/// number of cases by `cargo test`).
+#[cfg(all(test, feature = "tokio"))]
+mod fuzz {
+    use proptest::prelude::*;
+    use prost::Message;
+    use tokio_util::bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    use super::*;
+    use crate::proto::raylet::v1 as pb;
+
+    const BUDGET: usize = 1024;
+
+    #[test]
+    fn the_budget_refuses_bytes_past_its_limit_and_gets_them_back() {
+        let budget = Budget::new(BUDGET);
+        let mut a = FrameDecoder::new(budget.clone(), MAX_FRAME);
+        let mut b = FrameDecoder::new(budget.clone(), MAX_FRAME);
+        let mut promise = BytesMut::from(&(60u32 << 20).to_le_bytes()[..]);
+        promise.extend_from_slice(&[0; 600]);
+        assert!(a.decode(&mut promise.clone()).unwrap().is_none());
+        assert!(a.stalled_since().is_some());
+        assert_eq!(budget.held(), 604);
+        let err = b.decode(&mut promise).unwrap_err();
+        assert!(err.to_string().contains("the limit"), "{err}");
+        drop(a);
+        drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_bytes_decode_or_fail_within_the_limits(
+            data in proptest::collection::vec(any::<u8>(), 0..4096),
+            cuts in proptest::collection::vec(1usize..700, 1..16),
+            limit in 0usize..2048,
+        ) {
+            let budget = Budget::new(BUDGET);
+            {
+                let mut decoder = FrameDecoder::new(budget.clone(), limit);
+                let mut buffer = BytesMut::new();
+                let mut rest = &data[..];
+                let mut cuts = cuts.iter().cycle();
+                'feed: while !rest.is_empty() {
+                    let n = cuts.next().copied().unwrap_or(1).min(rest.len());
+                    buffer.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    loop {
+                        match decoder.decode(&mut buffer) {
+                            Ok(Some(frame)) => {
+                                prop_assert!(frame.len() <= limit);
+                                let _ = pb::ClientMessage::decode(frame.freeze());
+                            }
+                            Ok(None) => break,
+                            Err(_) => break 'feed,
+                        }
+                    }
+                    // What an unfinished frame holds is charged, and within the budget.
+                    prop_assert_eq!(budget.held(), buffer.len());
+                    prop_assert!(budget.held() <= BUDGET);
+                }
+            }
+            prop_assert_eq!(budget.held(), 0);
+        }
+
+        #[test]
+        fn frames_cut_anywhere_come_out_whole(
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            cut in 1usize..64,
+        ) {
+            let mut stream = Vec::new();
+            for body in &bodies {
+                stream.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                stream.extend_from_slice(body);
+            }
+            let mut decoder = FrameDecoder::new(Budget::new(BUDGET), MAX_FRAME);
+            let mut buffer = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in stream.chunks(cut) {
+                buffer.extend_from_slice(piece);
+                while let Some(frame) = decoder.decode(&mut buffer).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    out.push(frame.to_vec());
+                }
+            }
+            prop_assert_eq!(out, bodies);
+        }
+    }
+}

@@ -1118,4 +1118,53 @@ mod tests {
             );
         }
     }
+
+    /// TOML values of every kind, well-formed or not, for the fuzz target below.
+    fn toml_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            Just("nan".to_string()),
+            Just("-inf".to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
+            proptest::collection::vec(0u32..70000, 0..4).prop_map(|v| format!("{v:?}")),
+            "[ -~]{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Any config file (known keys with any values, unknown keys, garbage) loads or
+        /// fails with an error; never a panic (a fuzz target). `node_ip_address` is left
+        /// out: a host name in it is resolved through DNS.
+        #[test]
+        fn any_config_file_loads_or_is_refused(
+            lines in proptest::collection::vec(
+                (
+                    proptest::sample::select(
+                        flag_fields(&RaydConfig::default())
+                            .unwrap()
+                            .into_iter()
+                            .map(|(k, _)| k)
+                            .filter(|k| k != "node_ip_address")
+                            .chain(["bogus_key".to_string(), "".to_string()])
+                            .collect::<Vec<_>>(),
+                    ),
+                    toml_value(),
+                ),
+                0..6,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            let path = write(&dir, &text);
+            match load(Some(&path), &env(&[]), &Overrides::default()) {
+                Ok(config) => proptest::prop_assert!(config.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
 }
