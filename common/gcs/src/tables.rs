@@ -185,6 +185,9 @@ pub struct FunctionInfo {
     pub name: String,
     /// The pickled definition.
     pub definition: Vec<u8>,
+    /// [`rayd_common::auth::function_mac`] of the definition under the cluster's secret
+    /// (empty in an open cluster): workers unpickle only definitions whose MAC verifies.
+    pub mac: Vec<u8>,
 }
 
 /// An error pushed to the driver of a job.
@@ -540,6 +543,7 @@ impl GcsClient {
                     ("job", function.job_id.hex().into_bytes()),
                     ("name", function.name.clone().into_bytes()),
                     ("definition", function.definition.clone()),
+                    ("mac", function.mac.clone()),
                 ],
             )
             .await?;
@@ -548,6 +552,16 @@ impl GcsClient {
             .sadd(keys::FUNCTIONS, function.function_id.hex())
             .await?;
         Ok(())
+    }
+
+    /// Whether a function definition is in the GCS (a shard restarted without persistence
+    /// has lost the ones it held).
+    pub async fn function_exists(&self, function: FunctionId) -> Result<bool, GcsError> {
+        let n: i64 = self
+            .shard_for(function.as_bytes())
+            .exists(keys::key(Table::Function, &function))
+            .await?;
+        Ok(n > 0)
     }
 
     /// A function definition, if exported.
@@ -564,6 +578,7 @@ impl GcsClient {
             job_id: parsed(&fields, "job")?,
             name: text(&fields, "name")?,
             definition: fields.get("definition").cloned().unwrap_or_default(),
+            mac: fields.get("mac").cloned().unwrap_or_default(),
         }))
     }
 

@@ -65,9 +65,12 @@ struct StartArgs {
     /// Number of Redis shards besides the primary (head only).
     #[arg(long)]
     num_redis_shards: Option<u16>,
-    /// Password of the cluster's Redis servers.
+    /// The cluster's secret (the password of its Redis servers).
     #[arg(long)]
     redis_password: Option<String>,
+    /// A file holding the cluster's secret.
+    #[arg(long)]
+    redis_password_file: Option<PathBuf>,
     /// Address other nodes reach this node at.
     #[arg(long)]
     node_ip_address: Option<String>,
@@ -97,9 +100,12 @@ struct StatusArgs {
     /// The cluster's primary Redis (default: the node started here, else redis_address).
     #[arg(long, alias = "address")]
     redis_address: Option<String>,
-    /// Password of the cluster's Redis servers.
+    /// The cluster's secret (the password of its Redis servers).
     #[arg(long)]
     redis_password: Option<String>,
+    /// A file holding the cluster's secret.
+    #[arg(long)]
+    redis_password_file: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     #[serde(skip)]

@@ -66,6 +66,7 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
         session_dir: session.clone(),
         redis_address: redis_address.clone(),
         head: args.head,
+        redis_password_file: node.password_file.clone(),
         processes: node.processes.clone(),
     };
     if let Err(e) = node_state::write(temp_dir, &state) {
@@ -88,9 +89,20 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     for process in &state.processes {
         println!("  {:<22} pid {}", process.name, process.pid);
     }
-    println!("attach a driver:  ray.init(redis_address=\"{redis_address}\")");
+    println!("attach a driver:  ray.init(address=\"auto\") on this machine, elsewhere ray.init(redis_address=\"{redis_address}\", redis_password=...)");
+    if let Some(file) = &node.password_file {
+        println!(
+            "cluster secret:   {} (mode 0600; drivers and nodes need it)",
+            file.display()
+        );
+    }
     if args.head {
-        println!("join another node: rayd start --redis-address {redis_address}");
+        let secret = node
+            .password_file
+            .as_ref()
+            .map(|f| format!(" --redis-password-file <a copy of {}>", f.display()))
+            .unwrap_or_default();
+        println!("join another node: rayd start --redis-address {redis_address}{secret}");
     }
     println!("logs:             {}", session.join("logs").display());
     println!("stop:             rayd stop{}", temp_dir_flag(config));

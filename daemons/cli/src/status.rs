@@ -223,17 +223,26 @@ fn mib(bytes: u64) -> String {
 
 /// Runs `rayd status`; exits 1 when a server of the GCS is down.
 pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let address = match &config.redis_address {
-        Some(address) => address.clone(),
-        None => match node_state::read(&config.temp_dir)? {
-            Some(state) => state.redis_address,
-            None => format!("{}:{}", config.node_ip_address, config.redis_port),
-        },
+    let local = node_state::read(&config.temp_dir)?;
+    let address = match (&config.redis_address, &local) {
+        (Some(address), _) => address.clone(),
+        (None, Some(state)) => state.redis_address.clone(),
+        (None, None) => format!("{}:{}", config.node_ip_address, config.redis_port),
+    };
+    // The node started here knows its cluster's secret.
+    let password = match (&config.redis_password, &local) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(state)) if state.redis_address == address => state
+            .redis_password_file
+            .as_deref()
+            .map(rayd_config::read_password_file)
+            .transpose()?,
+        _ => None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let status = runtime.block_on(gather(&address, config.redis_password.as_deref()))?;
+    let status = runtime.block_on(gather(&address, password.as_deref()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -135,11 +135,15 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     let mut watcher = watch::start(gcs.clone(), view.clone(), cancel.clone()).await?;
     gcs.register_global_scheduler(&id, &address).await?;
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone());
+    let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone())
+        .with_secret(config.redis_password.as_deref());
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(GlobalSchedulerServer::new(service))
+            .add_service(GlobalSchedulerServer::with_interceptor(
+                service,
+                rayd_common::auth::ServerAuth::new(config.redis_password.as_deref()),
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 cancel.clone().cancelled_owned(),

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rayd_common::auth::{AuthChannel, ClientAuth};
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::proto::common::v1::{task_arg, TaskSpec};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::GcsClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::placement::{Amounts, Unplaceable, View};
@@ -27,9 +28,11 @@ pub struct Service {
     gcs: GcsClient,
     view: Arc<Mutex<View>>,
     /// A channel per node manager address, made on first use.
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, AuthChannel>>,
     /// Spills being placed now (a stop waits for them, not for idle connections).
     in_flight: Arc<AtomicUsize>,
+    /// The cluster's token on every call to a raylet.
+    auth: ClientAuth,
 }
 
 /// Counts one spill in flight while it lives.
@@ -81,7 +84,14 @@ impl Service {
             view,
             channels: Mutex::new(HashMap::new()),
             in_flight,
+            auth: ClientAuth::new(None),
         }
+    }
+
+    /// The service, sending the token of the cluster's `secret` to the raylets.
+    pub fn with_secret(mut self, secret: Option<&str>) -> Self {
+        self.auth = ClientAuth::new(secret);
+        self
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -112,7 +122,7 @@ impl Service {
     fn client(
         &self,
         address: &str,
-    ) -> Result<nm::node_manager_client::NodeManagerClient<Channel>, Status> {
+    ) -> Result<nm::node_manager_client::NodeManagerClient<AuthChannel>, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
@@ -125,6 +135,7 @@ impl Service {
                     .timeout(CALL_TIMEOUT)
                     .tcp_nodelay(true)
                     .connect_lazy();
+                let channel = self.auth.wrap(channel);
                 channels.insert(address.to_string(), channel.clone());
                 channel
             }

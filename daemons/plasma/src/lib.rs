@@ -213,6 +213,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         node,
         om_address.clone(),
         config.object_chunk_size,
+        config.redis_password.as_deref(),
         locations,
     )
     .map_err(PlasmaError::Arena)?;

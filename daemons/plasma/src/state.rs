@@ -36,6 +36,9 @@ pub struct State {
     pub object_manager_address: String,
     /// Bytes per chunk of object transfers.
     pub chunk_size: u64,
+    /// The cluster's gRPC token ([`rayd_common::auth::grpc_token`]): pulls send it, the
+    /// object manager requires it. None in an open cluster.
+    pub token: Option<http::HeaderValue>,
     pulls: AtomicU64,
     /// Wakes the thread that prepares arena memory ahead of demand.
     pub prefault: prefault::Signal,
@@ -48,8 +51,13 @@ impl State {
         node_id: NodeId,
         object_manager_address: String,
         chunk_size: u64,
+        secret: Option<&str>,
         locations: Option<mpsc::Sender<StoreEvent>>,
     ) -> std::io::Result<Arc<Self>> {
+        let token = secret
+            .map(|s| http::HeaderValue::try_from(rayd_common::auth::grpc_token(s)))
+            .transpose()
+            .map_err(std::io::Error::other)?;
         let (arena, arena_size) = store.arena();
         let arena_fd = arena.try_clone_to_owned()?;
         let arena_map = store.arena_mapping();
@@ -66,6 +74,7 @@ impl State {
             node_id,
             object_manager_address,
             chunk_size,
+            token,
             pulls: AtomicU64::new(0),
             prefault: prefault::Signal::default(),
         }))

@@ -24,6 +24,7 @@ use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo, Standing};
 use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use io::{Input, Node, WorkerCommand};
 use scheduler::{Event, NodeSettings, Scheduler};
@@ -57,7 +58,7 @@ pub enum RayletError {
          exits so that, restarted, it joins as a new node"
     )]
     DeclaredDead,
-    #[error("the plasma store's event stream ended")]
+    #[error("the plasma store's event stream ended (the store died or restarted): exiting, for the supervisor to start the raylet again against the new store")]
     PlasmaGone,
     #[error("cannot start the raylet's {what} thread: {source}")]
     Thread {
@@ -84,8 +85,14 @@ fn bind(path: &PathBuf) -> Result<UnixListener, RayletError> {
 }
 
 /// Forwards the plasma store's events to the scheduler, from a thread of its own (the
-/// subscription is a blocking socket).
-fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Input>) -> Result<(), RayletError> {
+/// subscription is a blocking socket). When the stream ends (the store died or was
+/// restarted: its objects, and the node ID that came from it, are gone) `gone` fires and
+/// the raylet exits, so that its supervisor starts it again against the new store.
+fn follow_plasma(
+    socket: PathBuf,
+    events: mpsc::UnboundedSender<Input>,
+    gone: CancellationToken,
+) -> Result<(), RayletError> {
     let mut subscription = Subscription::connect(&socket)?;
     std::thread::Builder::new()
         .name("plasma-events".into())
@@ -94,7 +101,8 @@ fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Input>) -> Resul
                 Ok(Some(event)) => event,
                 Ok(None) => continue,
                 Err(e) => {
-                    log::error!("plasma event stream failed: {e}");
+                    log::error!(socket:% = socket.display(); "plasma event stream failed: {e}");
+                    gone.cancel();
                     return;
                 }
             };
@@ -162,7 +170,12 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     );
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    follow_plasma(plasma_socket.clone(), events_tx.clone())?;
+    let plasma_gone = CancellationToken::new();
+    follow_plasma(
+        plasma_socket.clone(),
+        events_tx.clone(),
+        plasma_gone.clone(),
+    )?;
     let writes = gcs::spawn_writer(gcs.clone(), node_id);
     let min_workers = config.num_workers.map_or_else(
         || total.get("CPU").copied().unwrap_or(1.0).ceil() as usize,
@@ -183,7 +196,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
     };
-    let peers = peers::Peers::new(events_tx.clone());
+    let peers = peers::Peers::new(events_tx.clone(), config.redis_password.as_deref());
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),
@@ -214,7 +227,12 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     };
     gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
-    peers::serve(node_manager, events_tx.clone(), cancel.clone());
+    peers::serve(
+        node_manager,
+        events_tx.clone(),
+        config.redis_password.as_deref(),
+        cancel.clone(),
+    );
     peers::watch(
         gcs.clone(),
         node_id,
@@ -234,6 +252,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             _ = declared_dead.cancelled() => break Err(RayletError::DeclaredDead),
+            _ = plasma_gone.cancelled() => break Err(RayletError::PlasmaGone),
             event = events.recv() => match event {
                 Some(input) => node.handle(input),
                 None => break Err(RayletError::PlasmaGone),

@@ -212,6 +212,9 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
     for (i, port) in shard_ports(&config)?.into_iter().enumerate() {
         servers.push(RedisServer::new(Role::Shard(i), port, &config));
     }
+    if config.redis_password.is_none() {
+        log::warn!("no redis_password: the GCS is open to every client that reaches it (protected mode limits that to this machine)");
+    }
     for server in &servers {
         check_port_free(&config.node_ip_address, server)?;
         server.write_config(&config)?;

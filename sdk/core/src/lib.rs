@@ -48,6 +48,11 @@ pub enum CoreError {
     },
     #[error("function {0} is not in the GCS function table")]
     FunctionNotFound(rayd_common::id::FunctionId),
+    #[error("function {id} (`{name}`) in the GCS does not carry a valid MAC of the cluster's secret: refused to load it (written by a client without the secret, or altered)")]
+    FunctionForged {
+        id: rayd_common::id::FunctionId,
+        name: String,
+    },
     #[error("no raylet of the cluster at {redis_address} runs on {ip}")]
     NoLocalRaylet { redis_address: String, ip: String },
     #[error("cannot start the async runtime: {0}")]

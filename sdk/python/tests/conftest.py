@@ -126,12 +126,20 @@ def rayd_node(*flags, command=(RAYD,)):
          "--num-cpus", "1", "--temp-dir", temp_dir, *flags],
         capture_output=True, text=True, timeout=120, env=env)
     pids = []
+    given = os.environ.get("RAYD_REDIS_PASSWORD_FILE")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         with open(os.path.join(temp_dir, "node.json")) as f:
-            pids = [p["pid"] for p in json.load(f)["processes"]]
+            state = json.load(f)
+        pids = [p["pid"] for p in state["processes"]]
+        # Drivers of the test attach with the head's secret, as an operator gives it.
+        os.environ["RAYD_REDIS_PASSWORD_FILE"] = state["redis_password_file"]
         yield port, started, temp_dir
     finally:
+        if given is None:
+            os.environ.pop("RAYD_REDIS_PASSWORD_FILE", None)
+        else:
+            os.environ["RAYD_REDIS_PASSWORD_FILE"] = given
         stopped = subprocess.run([*command, "stop", "--temp-dir", temp_dir], capture_output=True,
                                  text=True, timeout=60, env=env)
         wait_for(lambda: not any(_alive(p) for p in pids), 15, "the node's daemons to exit")

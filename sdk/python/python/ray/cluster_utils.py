@@ -293,6 +293,10 @@ class Cluster:
             node.redis_address = state["redis_address"]
             node.session_dir = state["session_dir"]
             node.processes = [(p["name"], p["pid"]) for p in state["processes"]]
+            if head and not self.redis_password and state.get("redis_password_file"):
+                # The secret the head generated: the other nodes and drivers need it.
+                with open(state["redis_password_file"]) as f:
+                    self.redis_password = f.read().strip()
         if done.returncode != 0 or not node.processes:
             self._stop(node, remove_dir=True)
             raise RuntimeError(f"rayd start failed ({done.returncode}) for {ip}:\n{output}")

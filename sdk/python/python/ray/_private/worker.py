@@ -32,6 +32,8 @@ class Worker:
         # The Rust core (`ray._raylet.CoreWorker`) while connected (not in LOCAL_MODE).
         self.core: Any = None
         self.node: Optional[_raylet.LocalNode] = None
+        # The `driver_*` temp dir that `init` made for its local node (removed at shutdown).
+        self.owned_temp_dir: Optional[str] = None
         self.info: Optional[Dict[str, Any]] = None
         self.lock = threading.RLock()
         # Task-local state of a worker: the GPU and resource IDs of the current task.
@@ -54,15 +56,85 @@ class Worker:
 global_worker = Worker()
 
 
-def _auto_address():
-    """The GCS of a node started on this machine with `rayd start`."""
+def _local_node_state():
+    """The record of the node started on this machine with `rayd start` (`node.json`)."""
     temp_dir = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
     path = os.path.join(temp_dir, "node.json")
+    with open(path) as f:
+        return json.load(f), path
+
+
+def _auto_address():
+    """The GCS of a node started on this machine with `rayd start`."""
+    try:
+        state, _ = _local_node_state()
+        return state["redis_address"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ConnectionError(f"address='auto': no rayd node started on this machine ({e})") from None
+
+
+def _read_password_file(path):
     try:
         with open(path) as f:
-            return json.load(f)["redis_address"]
-    except (OSError, KeyError, ValueError) as e:
-        raise ConnectionError(f"address='auto': no rayd node started on this machine ({path}: {e})") from None
+            password = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"redis_password_file: cannot read {path}: {e}") from None
+    if not password:
+        raise ValueError(f"redis_password_file: {path} is empty")
+    return password
+
+
+def _cluster_password(address, redis_password, redis_password_file):
+    """The secret to attach to the cluster at `address` with: the one given, else the one
+    in the given file, else `RAYD_REDIS_PASSWORD(_FILE)`, else the one of the node that
+    `rayd start` started on this machine for that cluster; None for an open cluster."""
+    if redis_password:
+        return redis_password
+    redis_password_file = redis_password_file or os.environ.get("RAYD_REDIS_PASSWORD_FILE")
+    if redis_password_file:
+        return _read_password_file(redis_password_file)
+    if os.environ.get("RAYD_REDIS_PASSWORD"):
+        return os.environ["RAYD_REDIS_PASSWORD"]
+    try:
+        state, _ = _local_node_state()
+        if _same_address(state.get("redis_address"), address) and state.get("redis_password_file"):
+            return _read_password_file(state["redis_password_file"])
+    except (OSError, ValueError):
+        pass
+    return _session_password(address)
+
+
+def _same_address(a, b):
+    """Whether two host:port addresses name the same server (`localhost` is 127.0.0.1)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    try:
+        (host_a, _, port_a), (host_b, _, port_b) = a.rpartition(":"), b.rpartition(":")
+        return port_a == port_b and _resolve(host_a.strip("[]")) == _resolve(host_b.strip("[]"))
+    except ValueError:
+        return False
+
+
+def _session_password(address):
+    """The secret of a local cluster that `ray.init()` started on this machine, from its
+    session's config (`rayd.toml`, mode 0600: readable by this user only)."""
+    import glob
+    import re
+    base = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
+    configs = glob.glob(os.path.join(base, "session_latest", "rayd.toml"))
+    configs += glob.glob(os.path.join(base, "driver_*", "session_latest", "rayd.toml"))
+    for path in configs:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        found = dict(re.findall(r'^(redis_address|redis_password) = "([^"]*)"$', text, re.M))
+        if _same_address(found.get("redis_address"), address) and found.get("redis_password"):
+            return found["redis_password"]
+    return None
 
 
 def _resolve(host):
@@ -105,6 +177,7 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
          huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
          address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
          _temp_dir: Optional[str] = None, object_spilling_directory: Optional[str] = None,
+         _redis_password: Optional[str] = None, redis_password_file: Optional[str] = None,
          **unknown: Any) -> Optional[Dict[str, Any]]:
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
@@ -125,6 +198,11 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         address = address or redis_address
         if address == "auto":
             address = _auto_address()
+        redis_password = redis_password or _redis_password
+        if address:
+            redis_password = _cluster_password(address, redis_password, redis_password_file)
+        elif redis_password_file:
+            redis_password = redis_password or _read_password_file(redis_password_file)
         common = dict(
             object_id_seed=object_id_seed,
             python_path=_python_path(),
@@ -152,22 +230,26 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         else:
             if resources is not None and ("CPU" in resources or "GPU" in resources):
                 raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
+            # A temp dir of this driver's own goes when the node does (ray.shutdown()).
+            worker.owned_temp_dir = None if _temp_dir else _session_temp_dir()
             settings = {
                 **node_settings,
                 "node_ip_address": node_ip_address, "redis_password": redis_password,
-                "temp_dir": _temp_dir or _session_temp_dir(),
+                "temp_dir": _temp_dir or worker.owned_temp_dir,
             }
             # Workers import what the driver imports; the daemons come with this package.
             os.environ["RAYD_WORKER_PYTHONPATH"] = os.pathsep.join(_python_path())
             bin_dir = os.path.join(sys.prefix, "bin")
             if os.path.exists(os.path.join(bin_dir, "rayd-raylet")):
                 os.environ.setdefault("RAYD_BIN_DIR", bin_dir)
-            worker.node = _raylet.start_local_node(settings)
             try:
+                worker.node = _raylet.start_local_node(settings)
                 worker.core = _raylet.CoreWorker(worker.node.raylet_socket, **common)
             except BaseException:
-                worker.node.stop()
-                worker.node = None
+                if worker.node is not None:
+                    worker.node.stop()
+                    worker.node = None
+                _remove_owned_temp_dir(worker)
                 raise
             address = worker.node.redis_address
         worker.mode = SCRIPT_MODE
@@ -192,6 +274,13 @@ def _session_temp_dir():
     return tempfile.mkdtemp(prefix="driver_", dir=base)
 
 
+def _remove_owned_temp_dir(worker):
+    if worker.owned_temp_dir is not None:
+        import shutil
+        shutil.rmtree(worker.owned_temp_dir, ignore_errors=True)
+        worker.owned_temp_dir = None
+
+
 def connect_worker(core):
     """Called in a worker process: this process serves tasks through `core`."""
     global_worker.core = core
@@ -212,6 +301,7 @@ def shutdown() -> None:
         if worker.node is not None:
             worker.node.stop()
             worker.node = None
+        _remove_owned_temp_dir(worker)
         worker.mode = None
         worker.legacy_local_mode = False
         worker.info = None
