@@ -89,10 +89,7 @@ async fn a_silent_node_is_declared_dead_once_and_stays_dead() {
         let client = client.clone();
         async move {
             client.heartbeat(&beat(beating)).await.expect("beat");
-            let dead = client
-                .reap_silent_nodes(&[silent], 0)
-                .await
-                .expect("reap");
+            let dead = client.reap_silent_nodes(&[silent], 0).await.expect("reap");
             (!dead.is_empty()).then_some(dead)
         }
     })
@@ -123,7 +120,14 @@ async fn a_silent_node_is_declared_dead_once_and_stays_dead() {
     );
     let entry = client.node(silent).await.expect("read").expect("entry");
     assert!(!entry.alive);
-    assert!(client.node(beating).await.expect("read").expect("entry").alive);
+    assert!(
+        client
+            .node(beating)
+            .await
+            .expect("read")
+            .expect("entry")
+            .alive
+    );
     // Pruned after the retention; its heartbeat then says it must register again.
     eventually("the dead entry to be pruned", || {
         let client = client.clone();

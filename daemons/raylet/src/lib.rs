@@ -55,7 +55,7 @@ pub enum RayletError {
     #[error(
         "the cluster declared this node dead (its heartbeats stopped reaching the GCS for \
          longer than node_death_timeout_ms: a pause or a network partition); the raylet \
-         exits so that, restarted, it joins as a new node"
+         and its plasma store exit so that, restarted, they join as a new node"
     )]
     DeclaredDead,
     #[error("the plasma store's event stream ended (the store died or restarted): exiting, for the supervisor to start the raylet again against the new store")]
@@ -138,6 +138,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         .await
         .map_err(|e| RayletError::Plasma(ClientError::Invalid(e.to_string())))??;
     let node_id = plasma.node_id();
+    let store_pid = plasma.store_pid();
     // The store's own word for its object manager's address (its port may have been
     // picked at start).
     let object_manager_address = match plasma.stats() {
@@ -274,6 +275,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         }
     };
     notify_stopping();
+    if matches!(result, Err(RayletError::DeclaredDead)) {
+        // The node's ID is its store's: the store goes too, so that, restarted by their
+        // supervisor, both join as a new node (its objects were counted lost anyway).
+        if let Some(pid) = store_pid {
+            log::warn!(pid; "stopping the node's plasma store: the node was declared dead");
+            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
     node.stop();
     for pid in node.scheduler.worker_pids() {
         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);

@@ -93,14 +93,23 @@ def test_a_paused_raylet_declared_dead_does_not_come_back_by_itself(cluster):
     node = cluster.add_node(num_cpus=1)
     cluster.connect()
     [raylet] = [pid for name, pid in node.processes if name == "rayd-raylet"]
+    [store] = [pid for name, pid in node.processes if name == "rayd-plasma"]
     os.kill(raylet, signal.SIGSTOP)
     try:
         _wait_until(lambda: any(not n["Alive"] and n["NodeManagerAddress"] == node.address
                                 for n in ray.nodes()), DETECTION_DEADLINE_S, "the paused node to be dead")
     finally:
         os.kill(raylet, signal.SIGCONT)
-    _wait_until(lambda: not os.path.exists(f"/proc/{raylet}") or open(f"/proc/{raylet}/stat").read().split()[2] == "Z",
-                DETECTION_DEADLINE_S, "the continued raylet to exit")
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except OSError:
+            return True
+
+    # The raylet exits, and stops its store: restarted, they would be a new node.
+    _wait_until(lambda: gone(raylet) and gone(store), DETECTION_DEADLINE_S,
+                "the continued raylet and its store to exit")
     assert not any(n["Alive"] and n["NodeManagerAddress"] == node.address for n in ray.nodes())
     cluster.kill_node(node)
 
