@@ -17,6 +17,7 @@ pub mod lease;
 pub mod memory;
 pub mod object_manager;
 pub mod prefault;
+mod relocate;
 pub mod server;
 pub mod spill;
 pub mod state;
@@ -217,6 +218,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         locations,
     )
     .map_err(PlasmaError::Arena)?;
+    let relocate_task = config.redis_address.clone().map(|address| {
+        relocate::spawn(
+            address,
+            config.redis_password.clone(),
+            state.clone(),
+            reporter_cancel.clone(),
+        )
+    });
     let prefault_thread = prefault::spawn(state.clone()).map_err(PlasmaError::Arena)?;
     // The thread starts with whatever the store wants prepared at first.
     state.prefault.wake();
@@ -281,6 +290,9 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     // Every object goes with the store: take this node off their locations.
     state.with_store(|s| s.clear());
     drop(state);
+    if let Some(relocate) = relocate_task {
+        relocate.abort();
+    }
     if let Some(reporter) = reporter {
         reporter_cancel.cancel();
         let _ = reporter.await;

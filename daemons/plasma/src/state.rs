@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rayd_common::id::NodeId;
+use rayd_common::id::{NodeId, ObjectId};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::memory::Mapping;
@@ -109,6 +109,27 @@ impl State {
             let _ = self.events.send(event);
         }
         result
+    }
+
+    /// Sends the locations of the sealed objects that `pick` chooses to the GCS again
+    /// (a shard that held them restarted empty); returns how many.
+    pub fn report_again(&self, pick: impl Fn(&ObjectId) -> bool) -> usize {
+        let Some(locations) = &self.locations else {
+            return 0;
+        };
+        let rows = self.lock().list();
+        let mut sent = 0;
+        for row in rows.into_iter().filter(|r| r.sealed && pick(&r.id)) {
+            let event = StoreEvent::Sealed {
+                id: row.id,
+                data_size: row.data_size,
+                metadata_size: row.metadata_size,
+            };
+            if locations.try_send(event).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
     }
 
     /// The arena's descriptor.

@@ -116,6 +116,22 @@ fn shard_ports(config: &RaydConfig) -> Result<Vec<u16>, ShardError> {
 }
 
 /// Writes the shard list and the cluster metadata into the primary, in one transaction.
+/// Announces on the primary that shard `index` restarted (empty, without persistence).
+async fn announce_restart(config: &RaydConfig, primary: &str, index: usize) {
+    let result = async {
+        let client = rayd_gcs::connect_server(primary, config.redis_password.as_deref()).await?;
+        let sent: Result<(), fred::error::Error> = client
+            .publish(keys::SHARD_EVENTS_CHANNEL, keys::shard_restart(index))
+            .await;
+        let _ = client.quit().await;
+        sent.map_err(rayd_gcs::GcsError::from)
+    }
+    .await;
+    if let Err(e) = result {
+        log::warn!(shard = index; "cannot announce the shard's restart: {e}");
+    }
+}
+
 async fn write_metadata(
     config: &RaydConfig,
     primary: &str,
@@ -255,11 +271,13 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(Restarted(role)) = restarts.recv() => {
-                if role == Role::Primary {
+                match role {
                     // Without persistence the primary came back empty; with it, this is a no-op.
-                    if let Err(e) = write_metadata(&config, &primary, &shards).await {
+                    Role::Primary => if let Err(e) = write_metadata(&config, &primary, &shards).await {
                         log::error!("{e}");
-                    }
+                    },
+                    // Stores report the locations it held again.
+                    Role::Shard(index) => announce_restart(&config, &primary, index).await,
                 }
                 log::info!(role:% = role; "redis server restarted");
             }

@@ -126,6 +126,9 @@ pub enum Event {
     NodeRemoved {
         node: NodeId,
     },
+    /// A GCS shard restarted empty: the actor entries of this node's actors are written
+    /// again (other nodes find the actors through them).
+    GcsShardRestarted,
     /// Another raylet forwarded a task to run here; `home` gets its results.
     TaskForwarded {
         spec: common_pb::TaskSpec,
@@ -441,6 +444,11 @@ impl Scheduler {
                 self.resume_calls(node);
             }
             Event::NodeRemoved { node } => self.on_node_dead(node),
+            Event::GcsShardRestarted => {
+                for id in self.actors.ids() {
+                    self.record_actor(id);
+                }
+            }
             Event::TaskForwarded {
                 spec,
                 home,
