@@ -9,6 +9,7 @@ mod client;
 pub mod keys;
 mod schedulers;
 mod tables;
+mod views;
 
 pub use client::{
     connect_server, GcsClient, GcsError, GcsReply, Notification, Server, Subscription, Target,
@@ -17,4 +18,8 @@ pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
     ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo, StoreFigures,
     TaskEntry,
+};
+pub use views::{
+    chrome_tracing, profile_key, ActorRow, ProfileEvent, TaskRow, METRICS_ENDPOINTS,
+    RAYLET_METRICS_FIELD, WEBUI_URL,
 };

@@ -222,14 +222,20 @@ fn mib(bytes: u64) -> String {
 }
 
 /// Runs `rayd status`; exits 1 when a server of the GCS is down.
-pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let address = match &config.redis_address {
+/// The cluster's primary Redis: `redis_address`, else that of the node started here,
+/// else this machine's default.
+pub(crate) fn cluster_address(config: &RaydConfig) -> anyhow::Result<String> {
+    Ok(match &config.redis_address {
         Some(address) => address.clone(),
         None => match node_state::read(&config.temp_dir)? {
             Some(state) => state.redis_address,
             None => format!("{}:{}", config.node_ip_address, config.redis_port),
         },
-    };
+    })
+}
+
+pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let address = cluster_address(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

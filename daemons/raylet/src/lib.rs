@@ -8,6 +8,7 @@
 mod connection;
 mod gcs;
 pub mod io;
+mod metrics;
 mod peers;
 pub mod scheduler;
 mod workers;
@@ -50,6 +51,8 @@ pub enum RayletError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
     #[error("the plasma store's event stream ended")]
     PlasmaGone,
     #[error("cannot start the raylet's {what} thread: {source}")]
@@ -207,6 +210,21 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     };
     gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
+    let health = rayd_metrics::Health::starting();
+    if config.metrics_enabled {
+        let registry = node.metrics.registry();
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.raylet_metrics_port,
+            registry,
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        gcs.put_metrics_port(node_id, rayd_gcs::RAYLET_METRICS_FIELD, address.port())
+            .await?;
+        gcs.put_metrics_endpoint("rayd-raylet", address).await?;
+    }
     peers::serve(node_manager, events_tx.clone(), cancel.clone());
     peers::watch(
         gcs.clone(),
@@ -218,6 +236,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     tokio::spawn(connection::serve(listener, events_tx, cancel.clone()));
     node.prestart();
     notify_ready();
+    health.set_serving();
+    let gcs_health = health.clone();
 
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -231,6 +251,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
             _ = heartbeat.tick() => {
                 node.handle(Event::Tick.into());
                 let snapshot = node.scheduler.snapshot();
+                node.metrics.observe(&snapshot);
                 let beat = Heartbeat {
                     node_id: node_id.hex(),
                     resources_available: snapshot.available,
@@ -239,15 +260,25 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
                     time_ms: now_ms(),
                 };
                 let gcs = gcs.clone();
+                let (round_trip, health) = (node.metrics.gcs_round_trip.clone(), gcs_health.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = gcs.heartbeat(&beat).await {
-                        log::warn!("heartbeat failed: {e}");
+                    let started = std::time::Instant::now();
+                    match gcs.heartbeat(&beat).await {
+                        Ok(()) => {
+                            round_trip.observe(started.elapsed().as_secs_f64());
+                            health.set_serving();
+                        }
+                        Err(e) => {
+                            log::warn!("heartbeat failed: {e}");
+                            health.set_not_serving(format!("cannot reach the GCS: {e}"));
+                        }
                     }
                 });
             }
         }
     };
     notify_stopping();
+    health.set_not_serving("stopping");
     node.stop();
     for pid in node.scheduler.worker_pids() {
         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);

@@ -156,6 +156,7 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
                 **node_settings,
                 "node_ip_address": node_ip_address, "redis_password": redis_password,
                 "temp_dir": _temp_dir or _session_temp_dir(),
+                "include_webui": bool(include_webui),
             }
             # Workers import what the driver imports; the daemons come with this package.
             os.environ["RAYD_WORKER_PYTHONPATH"] = os.pathsep.join(_python_path())
@@ -178,9 +179,11 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
             "raylet_socket_name": worker.node.raylet_socket if worker.node else None,
             "object_store_address": worker.core.plasma_socket,
             "session_dir": worker.node.session_dir if worker.node else None,
-            "webui_url": None,
+            "webui_url": worker.core.webui_url(),
             "node_id": worker.core.node_id.hex(),
         }
+        if worker.info["webui_url"] and include_webui:
+            print(f"View the rayd dashboard at {worker.info['webui_url']}", file=sys.stderr)
         atexit.register(shutdown)
         return worker.info
 
