@@ -134,8 +134,11 @@ fn bytes(reply: &GcsReply) -> Option<&[u8]> {
     }
 }
 
-fn text(reply: &GcsReply) -> Option<String> {
-    bytes(reply).map(|b| String::from_utf8_lossy(b).into_owned())
+/// A field's value as text; empty when missing.
+fn lossy(value: Option<Vec<u8>>) -> String {
+    value
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 fn malformed(what: &'static str, reason: impl Into<String>) -> GcsError {
@@ -183,88 +186,91 @@ impl GcsClient {
         (0..self.shard_addresses().len()).map(Server::Shard)
     }
 
-    /// The task table, at most `max` tasks per shard, in no order.
-    pub async fn scan_tasks(&self, max: usize) -> Result<Vec<TaskRow>, GcsError> {
-        let prefix = format!("rayd:{}:", Table::Task.name());
-        let mut tasks = Vec::new();
+    /// The entries of `table` (at most `max` per shard, in no order): each ID with the
+    /// values of `fields` (in that order; `None` for a missing field). An entry that went
+    /// between the scan and the read is left out.
+    async fn scan_table<I: std::str::FromStr, const N: usize>(
+        &self,
+        table: Table,
+        fields: [&str; N],
+        max: usize,
+    ) -> Result<Vec<(I, [Option<Vec<u8>>; N])>, GcsError> {
+        let prefix = format!("rayd:{}:", table.name());
+        let mut entries = Vec::new();
         for server in self.every_shard() {
             for key in self.scan_keys(server, &format!("{prefix}*"), max).await? {
                 let Some(id) = key
                     .strip_prefix(prefix.as_bytes())
                     .and_then(|hex| std::str::from_utf8(hex).ok())
-                    .and_then(|hex| hex.parse::<TaskId>().ok())
+                    .and_then(|hex| hex.parse::<I>().ok())
                 else {
                     continue;
                 };
-                let args = ["state", "node", "updated_ms", "spec"]
-                    .iter()
-                    .map(|f| f.as_bytes().to_vec());
+                let args = fields.iter().map(|f| f.as_bytes().to_vec());
                 let args = std::iter::once(key).chain(args).collect();
-                let GcsReply::Array(fields) = self.command(server, "HMGET", args).await? else {
-                    return Err(malformed("task entry", "HMGET did not answer an array"));
+                let GcsReply::Array(values) = self.command(server, "HMGET", args).await? else {
+                    return Err(malformed("table entry", "HMGET did not answer an array"));
                 };
-                let [state, node, updated, spec] = fields.as_slice() else {
-                    return Err(malformed("task entry", "HMGET answered the wrong count"));
-                };
-                let Some(state) = text(state) else {
-                    continue; // gone between the scan and the read
-                };
+                let values: [Option<Vec<u8>>; N] = values
+                    .iter()
+                    .map(|v| bytes(v).map(<[u8]>::to_vec))
+                    .collect::<Vec<_>>()
+                    .try_into()
+                    .map_err(|_| malformed("table entry", "HMGET answered the wrong count"))?;
+                if values.iter().all(Option::is_none) {
+                    continue;
+                }
+                entries.push((id, values));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The task table, at most `max` tasks per shard, in no order.
+    pub async fn scan_tasks(&self, max: usize) -> Result<Vec<TaskRow>, GcsError> {
+        let fields = ["state", "node", "updated_ms", "spec"];
+        let entries = self
+            .scan_table::<TaskId, 4>(Table::Task, fields, max)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, [state, node, updated, spec])| {
                 let spec: rayd_common::proto::common::v1::TaskSpec =
-                    prost::Message::decode(bytes(spec).unwrap_or_default()).unwrap_or_default();
-                tasks.push(TaskRow {
+                    prost::Message::decode(spec.as_deref().unwrap_or_default()).unwrap_or_default();
+                TaskRow {
                     task_id: id,
                     job_id: hex::encode(&spec.job_id),
                     function_name: spec.function_name,
-                    state,
-                    node: text(node).and_then(|n| n.parse().ok()),
-                    updated_ms: text(updated).and_then(|u| u.parse().ok()).unwrap_or(0),
+                    state: lossy(state),
+                    node: lossy(node).parse().ok(),
+                    updated_ms: lossy(updated).parse().unwrap_or(0),
                     actor_id: ActorId::from_slice(&spec.actor_id).ok(),
                     actor_creation: spec.actor_creation,
-                });
-            }
-        }
-        Ok(tasks)
+                }
+            })
+            .collect())
     }
 
     /// The actor table, at most `max` actors per shard, in no order.
     pub async fn scan_actors(&self, max: usize) -> Result<Vec<ActorRow>, GcsError> {
-        let prefix = format!("rayd:{}:", Table::Actor.name());
-        let mut actors = Vec::new();
-        for server in self.every_shard() {
-            for key in self.scan_keys(server, &format!("{prefix}*"), max).await? {
-                let Some(id) = key
-                    .strip_prefix(prefix.as_bytes())
-                    .and_then(|hex| std::str::from_utf8(hex).ok())
-                    .and_then(|hex| hex.parse::<ActorId>().ok())
-                else {
-                    continue;
-                };
-                let args = ["state", "node", "job", "starts", "updated_ms"]
-                    .iter()
-                    .map(|f| f.as_bytes().to_vec());
-                let args = std::iter::once(key).chain(args).collect();
-                let GcsReply::Array(fields) = self.command(server, "HMGET", args).await? else {
-                    return Err(malformed("actor entry", "HMGET did not answer an array"));
-                };
-                let [state, node, job, starts, updated] = fields.as_slice() else {
-                    return Err(malformed("actor entry", "HMGET answered the wrong count"));
-                };
-                let Some(state) = text(state) else {
-                    continue;
-                };
-                actors.push(ActorRow {
-                    actor_id: id,
-                    job_id: text(job).unwrap_or_default(),
-                    state,
-                    node: text(node).and_then(|n| n.parse().ok()),
-                    restarts: text(starts)
-                        .and_then(|r| r.parse::<u64>().ok())
-                        .map_or(0, |s| s.saturating_sub(1)),
-                    updated_ms: text(updated).and_then(|u| u.parse().ok()).unwrap_or(0),
-                });
-            }
-        }
-        Ok(actors)
+        let fields = ["state", "node", "job", "starts", "updated_ms"];
+        let entries = self
+            .scan_table::<ActorId, 5>(Table::Actor, fields, max)
+            .await?;
+        Ok(entries
+            .into_iter()
+            .map(|(id, [state, node, job, starts, updated])| ActorRow {
+                actor_id: id,
+                job_id: lossy(job),
+                state: lossy(state),
+                node: lossy(node).parse().ok(),
+                // Each start after the first is a restart.
+                restarts: lossy(starts)
+                    .parse::<u64>()
+                    .map_or(0, |s| s.saturating_sub(1)),
+                updated_ms: lossy(updated).parse().unwrap_or(0),
+            })
+            .collect())
     }
 
     /// The jobs that have timeline events.

@@ -108,14 +108,22 @@ struct StartArgs {
     block: bool,
 }
 
+/// Flags of the subcommands that read a running cluster's GCS.
 #[derive(Debug, Args, Serialize)]
-struct StatusArgs {
+struct GcsArgs {
     /// The cluster's primary Redis (default: the node started here, else redis_address).
     #[arg(long, alias = "address")]
     redis_address: Option<String>,
     /// Password of the cluster's Redis servers.
     #[arg(long)]
     redis_password: Option<String>,
+}
+
+#[derive(Debug, Args, Serialize)]
+struct StatusArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    gcs: GcsArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     #[serde(skip)]
@@ -127,12 +135,9 @@ struct StatusArgs {
 
 #[derive(Debug, Args, Serialize)]
 struct TimelineArgs {
-    /// The cluster's primary Redis (default: the node started here, else redis_address).
-    #[arg(long, alias = "address")]
-    redis_address: Option<String>,
-    /// Password of the cluster's Redis servers.
-    #[arg(long)]
-    redis_password: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    gcs: GcsArgs,
     /// The job (hex ID); default: the job whose last event is the latest.
     #[arg(long)]
     #[serde(skip)]

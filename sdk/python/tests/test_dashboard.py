@@ -16,7 +16,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from conftest import _alive, _stop_shared, wait_for
+from conftest import _stop_shared, stop_cluster, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs")
@@ -60,7 +60,6 @@ def cluster():
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_webui": True},
                       shutdown_at_exit=False)
-    pids = []
     try:
         cluster.add_node(num_cpus=2, resources={"node2": 1})
         cluster.connect()
@@ -71,11 +70,7 @@ def cluster():
             ray.get(fail.remote())
         yield cluster, counter
     finally:
-        ray.shutdown()
-        for node in cluster.list_all_nodes():
-            pids += node.all_pids()
-        cluster.shutdown()
-    wait_for(lambda: not any(_alive(p) for p in pids), 15, "every process of the cluster to exit")
+        stop_cluster(cluster)
 
 
 def test_the_api_reads_the_cluster_and_refuses_writes(cluster):
@@ -172,8 +167,8 @@ def test_init_prints_the_dashboard_url_and_get_webui_url_returns_it(capfd):
         assert get_json(url + "/api/cluster")["alive"] == 1
     finally:
         ray.shutdown()
-    ray.init(num_cpus=1, include_webui=False)
+    ray.init(num_cpus=1)
     try:
-        assert ray.get_webui_url() is None
+        assert ray.get_webui_url() is None, "off unless asked for"
     finally:
         ray.shutdown()

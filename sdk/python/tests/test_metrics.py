@@ -14,7 +14,7 @@ import ray
 from ray._private import gcs
 from ray.cluster_utils import Cluster
 
-from conftest import _alive, _stop_shared, wait_for
+from conftest import _alive, _stop_shared, stop_cluster, wait_for
 
 LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -149,7 +149,6 @@ def test_two_nodes_count_pulls_and_the_global_scheduler_sees_both():
     _stop_shared()
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
-    pids = []
     try:
         second = cluster.add_node(num_cpus=1, resources={"node2": 1})
         cluster.connect()
@@ -179,8 +178,4 @@ def test_two_nodes_count_pulls_and_the_global_scheduler_sees_both():
         head = scrape(head_raylet)
         assert head["rayd_raylet_tasks_forwarded_total"] + head["rayd_raylet_tasks_spilled_total"] >= 1
     finally:
-        ray.shutdown()
-        for node in cluster.list_all_nodes():
-            pids += node.all_pids()
-        cluster.shutdown()
-    wait_for(lambda: not any(_alive(p) for p in pids), 15, "every process of the cluster to exit")
+        stop_cluster(cluster)
