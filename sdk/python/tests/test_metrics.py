@@ -127,9 +127,15 @@ def _redis_server_pid(port):
     return None
 
 
+def _parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def test_health_says_why_while_the_primary_redis_does_not_answer(cleanup):
     info = ray.init(num_cpus=1, include_webui=False)
     shard = endpoint("rayd-redis-shard")
+    raylet = endpoint("rayd-raylet", info["node_ip_address"])
     port = int(info["redis_address"].rsplit(":", 1)[1])
     pid = _redis_server_pid(port)
     assert pid is not None and _alive(pid)
@@ -143,6 +149,22 @@ def test_health_says_why_while_the_primary_redis_does_not_answer(cleanup):
     assert status == 503
     assert "not serving: redis primary" in body and "health check" in body, body
     wait_for(lambda: fetch(f"http://{shard}/health")[0] == 200, 20, "the primary to answer again")
+
+    # The supervisor frozen too (it would restart the primary): the raylet's heartbeats
+    # time out, and its /health says so.
+    assert fetch(f"http://{raylet}/health")[0] == 200
+    pid = _redis_server_pid(port)
+    frozen = [_parent(pid), pid]
+    for p in frozen:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        status, body = wait_for(lambda: (r := fetch(f"http://{raylet}/health"))[0] != 200 and r, 20,
+                                "the raylet to miss the GCS")
+    finally:
+        for p in frozen:
+            os.kill(p, signal.SIGCONT)
+    assert status == 503 and body.startswith("not serving: cannot reach the GCS"), body
+    wait_for(lambda: fetch(f"http://{raylet}/health")[0] == 200, 20, "the raylet to reach the GCS again")
 
 
 def test_two_nodes_count_pulls_and_the_global_scheduler_sees_both():
