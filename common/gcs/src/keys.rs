@@ -5,10 +5,13 @@
 //! | `rayd:shards` | list | primary | `host:port` of every shard, in shard order |
 //! | `rayd:cluster` | hash | primary | version, shard count, start time, config |
 //! | `rayd:nodes` | set | primary | hex IDs of every node ever registered |
-//! | `rayd:node:<node>` | hash | primary | a node's addresses, resources, state |
+//! | `rayd:node:<node>` | hash | primary | a node's addresses, resources, state, `*metrics_port` |
 //! | `rayd:functions` | set | primary | hex IDs of every exported function |
 //! | `rayd:global_schedulers` | hash | primary | per global scheduler ID: JSON `{"address", "last_heartbeat_ms"}` |
 //! | `rayd:errors:<job>` | list | primary | JSON error records pushed to a job's driver |
+//! | `rayd:metrics` | hash | primary | per `<daemon>@<ip>`: the port of its `/metrics` and `/health` |
+//! | `rayd:webui_url` | string | primary | where the dashboard serves |
+//! | `rayd:profile:<job>` | list | primary | a job's timeline events (JSON rows, written by the SDK) |
 //! | `rayd:object:<object>` | hash | shard | `size`, and `node:<node>` per location |
 //! | `rayd:task:<task>` | hash | shard | `spec` (protobuf), `state`, `node` |
 //! | `rayd:actor:<actor>` | hash | shard | `state`, `node`, `worker`, `job` |

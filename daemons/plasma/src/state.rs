@@ -40,6 +40,7 @@ pub struct State {
     /// object manager requires it. None in an open cluster.
     pub token: Option<http::HeaderValue>,
     pulls: AtomicU64,
+    pulled_bytes: AtomicU64,
     /// Wakes the thread that prepares arena memory ahead of demand.
     pub prefault: prefault::Signal,
 }
@@ -76,6 +77,7 @@ impl State {
             chunk_size,
             token,
             pulls: AtomicU64::new(0),
+            pulled_bytes: AtomicU64::new(0),
             prefault: prefault::Signal::default(),
         }))
     }
@@ -142,9 +144,15 @@ impl State {
         self.events.subscribe()
     }
 
-    /// Counts a completed pull.
-    pub fn count_pull(&self) {
+    /// Counts a completed pull of `bytes`.
+    pub fn count_pull(&self, bytes: u64) {
         self.pulls.fetch_add(1, Ordering::Relaxed);
+        self.pulled_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of the completed pulls.
+    pub fn pulled_bytes(&self) -> u64 {
+        self.pulled_bytes.load(Ordering::Relaxed)
     }
 
     /// Completed pulls.

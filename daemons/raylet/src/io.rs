@@ -19,6 +19,7 @@ use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
 use crate::lineage::Recovery;
+use crate::metrics::RayletMetrics;
 use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
@@ -70,6 +71,8 @@ pub struct Node {
     peers: Peers,
     /// Pulls under way, to stop when their object arrives by another way.
     pulls: HashMap<ObjectId, tokio::task::AbortHandle>,
+    /// What `/metrics` reports.
+    pub metrics: RayletMetrics,
 }
 
 impl Node {
@@ -96,6 +99,7 @@ impl Node {
             node_id,
             peers,
             pulls: HashMap::new(),
+            metrics: RayletMetrics::default(),
         })
     }
 
@@ -108,6 +112,13 @@ impl Node {
                 self.scheduler.handle(now, Event::Connected { conn });
             }
             Input::Event(event) => {
+                if let Event::Message {
+                    message: pb::client_message::Kind::TaskDone(done),
+                    ..
+                } = &event
+                {
+                    self.metrics.task_done(done);
+                }
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
                     Event::ObjectSealed(id) | Event::ObjectLost { id, .. } => {
@@ -142,6 +153,7 @@ impl Node {
     fn carry_out(&mut self) {
         let effects: Vec<Effect> = self.scheduler.take_effects().collect();
         for effect in effects {
+            self.metrics.count(&effect);
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(tx) = self.conns.get(&conn) {
