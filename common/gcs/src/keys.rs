@@ -47,6 +47,9 @@ pub const NODE_EVENTS_CHANNEL: &str = "rayd:node_events";
 /// restarted (empty, without persistence): `<index> restarted`.
 pub const SHARD_EVENTS_CHANNEL: &str = "rayd:shard_events";
 
+/// The field of [`CLUSTER`] counting shard restarts in the cluster's life.
+pub const SHARD_RESTARTS_FIELD: &str = "shard_restarts";
+
 /// The message of [`SHARD_EVENTS_CHANNEL`] for shard `index`.
 pub fn shard_restart(index: usize) -> String {
     format!("{index} restarted")

@@ -16,7 +16,7 @@ use rayd_common::id::{NodeId, TaskId};
 /// What the task table says about a task, for rebuilding its objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lineage {
-    /// The encoded `rayd.common.v1.TaskSpec`.
+    /// The encoded `rayd.common.v1.TaskSpec`; empty for an actor method call.
     pub spec: prost::bytes::Bytes,
     /// `waiting`, `running`, `finished`, `rerunning`, ...
     pub state: String,
@@ -73,7 +73,17 @@ type LineageFields = (
 );
 
 impl GcsClient {
-    /// The lineage of `task`, if the task table has its spec.
+    /// How many times GCS shards restarted (empty, without persistence) in this cluster's
+    /// life, as their supervisor counted in `rayd:cluster`.
+    pub async fn shard_restarts(&self) -> Result<u64, GcsError> {
+        let count: Option<u64> = self
+            .primary()
+            .hget(keys::CLUSTER, keys::SHARD_RESTARTS_FIELD)
+            .await?;
+        Ok(count.unwrap_or(0))
+    }
+
+    /// The lineage of `task`, if the task table has an entry for it.
     pub async fn lineage(&self, task: TaskId) -> Result<Option<Lineage>, GcsError> {
         let (spec, state, node, reruns, rerun_node): LineageFields = self
             .shard_for(task.as_bytes())
@@ -82,11 +92,12 @@ impl GcsClient {
                 vec!["spec", "state", "node", "reruns", "rerun_node"],
             )
             .await?;
-        let Some(spec) = spec.filter(|s| !s.is_empty()) else {
+        // An entry with a state and no spec: an actor method call (its spec is not kept).
+        if spec.is_none() && state.is_none() {
             return Ok(None);
-        };
+        }
         Ok(Some(Lineage {
-            spec: spec.into(),
+            spec: spec.unwrap_or_default().into(),
             state: state.unwrap_or_default(),
             node: node_of(node)?,
             reruns: match reruns {

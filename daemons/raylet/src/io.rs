@@ -73,8 +73,6 @@ pub struct Node {
     pulls: HashMap<ObjectId, tokio::task::AbortHandle>,
     /// What `/metrics` reports.
     pub metrics: RayletMetrics,
-    /// GCS shard restarts seen (each may have lost lineage and locations).
-    shard_restarts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Node {
@@ -102,7 +100,6 @@ impl Node {
             peers,
             pulls: HashMap::new(),
             metrics: RayletMetrics::default(),
-            shard_restarts: Arc::default(),
         })
     }
 
@@ -124,11 +121,6 @@ impl Node {
                 }
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
-                    Event::GcsShardRestarted => {
-                        self.shard_restarts
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        None
-                    }
                     Event::ObjectSealed(id) | Event::ObjectLost { id, .. } => {
                         if let Some(pull) = self.pulls.remove(id) {
                             pull.abort();
@@ -318,9 +310,8 @@ impl Node {
         let plasma = self.plasma.clone();
         let inputs = self.inputs.clone();
         let own = self.node_id;
-        let restarts = self.shard_restarts.clone();
         let task = tokio::spawn(async move {
-            let event = match pull(gcs, plasma, own, id, restarts).await {
+            let event = match pull(gcs, plasma, own, id).await {
                 PullEnd::Here => return,
                 PullEnd::Rerun(spec) => Event::Rerun { spec: *spec },
                 PullEnd::Lost(reason) => Event::ObjectLost { id, reason },
@@ -369,9 +360,9 @@ const RERUN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// then names a live node); this is for when the home died too.
 const STRANDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// How long an object may be unknown to the GCS (no copy, no lineage), after a GCS shard
-/// restarted empty, before it counts as lost: a task's lineage is written within
-/// milliseconds of its submission.
+/// How long an object may be unknown to the GCS (no copy, no task entry), in a cluster
+/// whose GCS shards restarted empty, before it counts as lost: every task (actor calls
+/// included) has an entry within milliseconds of its submission.
 const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits for news of `id`'s locations (a copy added), at most `limit` when given; the
@@ -411,14 +402,7 @@ async fn object_news(
 }
 
 /// Gets `id` into this node's store, or says how it comes back when no copy is left.
-async fn pull(
-    gcs: GcsClient,
-    plasma: PlasmaClient,
-    own: NodeId,
-    id: ObjectId,
-    shard_restarts: Arc<std::sync::atomic::AtomicU64>,
-) -> PullEnd {
-    let restarts_at_start = shard_restarts.load(std::sync::atomic::Ordering::Relaxed);
+async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -> PullEnd {
     let mut subscription = None;
     let mut stranded_since = None;
     let mut unknown_since = None;
@@ -443,10 +427,9 @@ async fn pull(
                     }
                 }
                 Ok(Progress::NoLineage) => {
-                    // Actor calls and tasks just submitted have no entry either: only a
-                    // shard restart since this pull began makes it suspect.
-                    let restarted = shard_restarts.load(std::sync::atomic::Ordering::Relaxed)
-                        != restarts_at_start;
+                    // A task just submitted has no entry for a few milliseconds; only a
+                    // cluster whose shards restarted can have lost one for good.
+                    let restarted = gcs.shard_restarts().await.unwrap_or(0) > 0;
                     let since = *unknown_since.get_or_insert_with(std::time::Instant::now);
                     if !restarted || since.elapsed() < UNKNOWN_GRACE {
                         continue;

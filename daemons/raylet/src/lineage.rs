@@ -59,7 +59,7 @@ pub enum Progress {
     UnderWay,
     /// The node in charge of its task is dead.
     Stranded,
-    /// The task table does not know its task: not written yet (a few milliseconds after
+    /// The task table has no entry of its task: not written yet (a few milliseconds after
     /// the submission), or lost with a GCS shard that restarted empty.
     NoLineage,
 }
@@ -93,6 +93,12 @@ pub async fn recover(gcs: &GcsClient, own: NodeId, id: ObjectId) -> Result<Recov
             )))
         }
     };
+    if lineage.spec.is_empty() {
+        return Ok(Recovery::Lost(format!(
+            "the task table has no spec of task {task}, which made it (an actor method call, \
+             or an entry whose spec went with a GCS shard that restarted)"
+        )));
+    }
     if !spec.actor_id.is_empty() {
         return Ok(Recovery::Lost(format!(
             "it was made by actor method {} (actor methods are not run again)",

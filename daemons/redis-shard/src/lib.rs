@@ -124,9 +124,15 @@ fn shard_ports(config: &RaydConfig) -> Result<Vec<u16>, ShardError> {
 async fn announce_restart(config: &RaydConfig, primary: &str, index: usize) {
     let result = async {
         let client = rayd_gcs::connect_server(primary, config.redis_password.as_deref()).await?;
-        let sent: Result<(), fred::error::Error> = client
-            .publish(keys::SHARD_EVENTS_CHANNEL, keys::shard_restart(index))
-            .await;
+        let sent: Result<(), fred::error::Error> = async {
+            let _: u64 = client
+                .hincrby(keys::CLUSTER, keys::SHARD_RESTARTS_FIELD, 1)
+                .await?;
+            client
+                .publish(keys::SHARD_EVENTS_CHANNEL, keys::shard_restart(index))
+                .await
+        }
+        .await;
         let _ = client.quit().await;
         sent.map_err(rayd_gcs::GcsError::from)
     }
