@@ -229,16 +229,11 @@ pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
         (None, Some(state)) => state.redis_address.clone(),
         (None, None) => format!("{}:{}", config.node_ip_address, config.redis_port),
     };
-    // The node started here knows its cluster's secret.
-    let password = match (&config.redis_password, &local) {
-        (Some(password), _) => Some(password.clone()),
-        (None, Some(state)) if state.redis_address == address => state
-            .redis_password_file
-            .as_deref()
-            .map(rayd_config::read_password_file)
-            .transpose()?,
-        _ => None,
-    };
+    // A cluster started on this machine has its secret here.
+    let password = config
+        .redis_password
+        .clone()
+        .or_else(|| rayd_launcher::secret::local_secret(&config.temp_dir, &address));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
