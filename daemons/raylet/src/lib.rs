@@ -51,6 +51,8 @@ pub enum RayletError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] rayd_common::auth::TlsError),
     #[error("the plasma store's event stream ended (the store died or restarted): exiting, for the supervisor to start the raylet again against the new store")]
     PlasmaGone,
     #[error("cannot start the raylet's {what} thread: {source}")]
@@ -189,7 +191,16 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
     };
-    let peers = peers::Peers::new(events_tx.clone(), config.redis_password.as_deref());
+    let tls = rayd_common::auth::Tls::from_optional_files(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+        config.tls_ca_file.as_deref(),
+    )?;
+    let secret = config.redis_password.as_deref();
+    let peers = peers::Peers::new(
+        events_tx.clone(),
+        rayd_common::auth::ClientAuth::new(secret).with_tls(tls.as_ref()),
+    );
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),
@@ -223,7 +234,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     peers::serve(
         node_manager,
         events_tx.clone(),
-        config.redis_password.as_deref(),
+        rayd_common::auth::ServerAuth::new(secret).with_tls(tls.as_ref()),
         cancel.clone(),
     );
     peers::watch(
