@@ -188,6 +188,9 @@ pub struct RaydConfig {
     /// Milliseconds between the raylet's heartbeats to the GCS (other raylets place
     /// tasks from them).
     pub heartbeat_interval_ms: u64,
+    /// Milliseconds without a heartbeat after which the global scheduler declares a node
+    /// dead: its tasks are redone elsewhere, its objects rebuilt, its actors restarted.
+    pub node_death_timeout_ms: u64,
     /// TCP port of the raylet's node manager (gRPC), through which other raylets forward
     /// tasks to this node; 0 picks one.
     pub node_manager_port: u16,
@@ -234,6 +237,7 @@ impl Default for RaydConfig {
             raylet_socket: None,
             worker_path: None,
             heartbeat_interval_ms: 100,
+            node_death_timeout_ms: 5000,
             node_manager_port: 0,
             global_scheduler_port: 0,
         }
@@ -468,6 +472,15 @@ impl RaydConfig {
         }
         if self.heartbeat_interval_ms == 0 {
             return invalid("heartbeat_interval_ms", "must be at least 1".into());
+        }
+        if self.node_death_timeout_ms < self.heartbeat_interval_ms.saturating_mul(3) {
+            return invalid(
+                "node_death_timeout_ms",
+                format!(
+                    "{} is shorter than three heartbeats ({} ms each): live nodes would be declared dead",
+                    self.node_death_timeout_ms, self.heartbeat_interval_ms
+                ),
+            );
         }
         if self.health_check_interval_ms == 0 {
             return invalid("health_check_interval_ms", "must be at least 1".into());

@@ -63,9 +63,14 @@ impl Table {
     }
 }
 
+/// What every key of `table` starts with: `rayd:<table>:`.
+pub fn prefix(table: Table) -> String {
+    format!("rayd:{}:", table.name())
+}
+
 /// The key of `id` in `table`: `rayd:<table>:<hex id>`.
 pub fn key(table: Table, id: &impl AsRef<[u8; ID_LEN]>) -> String {
-    format!("rayd:{}:{}", table.name(), hex::encode(id.as_ref()))
+    format!("{}{}", prefix(table), hex::encode(id.as_ref()))
 }
 
 /// The channel announcing changes of `id` in `table` (objects and actors).

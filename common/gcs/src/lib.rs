@@ -7,12 +7,16 @@
 
 mod client;
 pub mod keys;
+mod lineage;
+mod liveness;
 mod schedulers;
 mod tables;
 
 pub use client::{
     connect_server, GcsClient, GcsError, GcsReply, Notification, Server, Subscription, Target,
 };
+pub use lineage::{Lineage, RerunClaim};
+pub use liveness::Standing;
 pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
     ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo, StoreFigures,

@@ -269,47 +269,6 @@ impl GcsClient {
         Ok(())
     }
 
-    /// Records a node's heartbeat and publishes it.
-    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), GcsError> {
-        let node: NodeId = beat
-            .node_id
-            .parse()
-            .map_err(|e: rayd_common::id::IdError| GcsError::Malformed {
-                what: "heartbeat node_id",
-                reason: e.to_string(),
-            })?;
-        let pipeline = self.primary().pipeline();
-        let _: () = pipeline
-            .hset(
-                keys::key(Table::Node, &node),
-                [
-                    ("resources_available", to_json(&beat.resources_available)),
-                    ("queue_length", beat.queue_length.to_string()),
-                    ("running", beat.running.to_string()),
-                    ("last_heartbeat_ms", beat.time_ms.to_string()),
-                ],
-            )
-            .await?;
-        let _: () = pipeline
-            .publish(keys::HEARTBEATS_CHANNEL, to_json(beat))
-            .await?;
-        let _: Value = pipeline.all().await?;
-        Ok(())
-    }
-
-    /// Marks a node dead and announces it.
-    pub async fn mark_node_dead(&self, node: NodeId) -> Result<(), GcsError> {
-        let pipeline = self.primary().pipeline();
-        let _: () = pipeline
-            .hset(keys::key(Table::Node, &node), ("state", "dead"))
-            .await?;
-        let _: () = pipeline
-            .publish(keys::NODE_EVENTS_CHANNEL, NodeEvent::Dead(node).to_string())
-            .await?;
-        let _: Value = pipeline.all().await?;
-        Ok(())
-    }
-
     /// Records the figures of `node`'s object store in its node entry.
     pub async fn put_store_figures(
         &self,

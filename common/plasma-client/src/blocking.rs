@@ -47,6 +47,8 @@ struct Inner {
     io: Mutex<Io>,
     tables: Mutex<Tables>,
     node_id: NodeId,
+    /// The store's process, as the kernel says (`SO_PEERCRED`), when it could tell.
+    store_pid: Option<u32>,
     capacity: u64,
     small_object_max: u64,
     /// Objects up to this size go into this client's lease (0: the store lends none).
@@ -245,6 +247,10 @@ impl PlasmaClient {
             path: path.display().to_string(),
             source,
         })?;
+        let store_pid =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()
+                .and_then(|c| u32::try_from(c.pid()).ok());
         let mut io = Io {
             stream,
             reader: FrameReader::new(protocol::MAX_REPLY_FRAME),
@@ -276,6 +282,7 @@ impl PlasmaClient {
                 io: Mutex::new(io),
                 tables: Mutex::new(tables),
                 node_id,
+                store_pid,
                 capacity: connected.capacity_bytes,
                 small_object_max: connected.small_object_max,
                 leased_object_max: connected.leased_object_max.min(connected.lease_size / 2),
@@ -286,6 +293,11 @@ impl PlasmaClient {
     /// The node this store serves.
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
+    }
+
+    /// The pid of the store's process, as the kernel reported it at connect.
+    pub fn store_pid(&self) -> Option<u32> {
+        self.inner.store_pid
     }
 
     /// The store's capacity in bytes.

@@ -7,6 +7,9 @@
 //! then the heartbeats and node events on the primary's channels. The scheduler keeps no
 //! state of its own (the GCS is the truth), so several may run at once: each registers in
 //! `rayd:global_schedulers` and refreshes its entry every second; raylets pick a live one.
+//!
+//! It also declares dead the nodes silent for `node_death_timeout_ms`, checked and written
+//! in one step by the GCS with the GCS's clock, so that several schedulers agree.
 
 pub mod placement;
 mod service;
@@ -16,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayd_common::id::NodeId;
 use rayd_common::proto::globalscheduler::v1::global_scheduler_server::GlobalSchedulerServer;
 use rayd_config::RaydConfig;
 use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
@@ -26,6 +30,11 @@ use crate::placement::View;
 
 /// How often the scheduler refreshes its entry in `rayd:global_schedulers`.
 const REGISTRATION_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a dead node's entry stays in the node table (for `ray.nodes()` and
+/// `rayd status`) before it is deleted.
+const DEAD_NODE_RETENTION: Duration = Duration::from_secs(3600);
+/// How often dead nodes' entries older than the retention are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a stopping scheduler looks whether its last spills are done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Heartbeat intervals a node may miss before it is out of the view.
@@ -64,6 +73,29 @@ pub fn stale_after_ms(heartbeat_interval_ms: u64) -> u64 {
     heartbeat_interval_ms
         .saturating_mul(STALE_HEARTBEATS)
         .max(MIN_STALE_MS)
+}
+
+/// How often silent nodes are looked for: a few times within the silence that kills.
+fn reap_interval(silence_ms: u64) -> Duration {
+    Duration::from_millis((silence_ms / 4).clamp(50, 1000))
+}
+
+/// Declares dead, in the GCS, the nodes of `silent` that are still silent by the GCS's
+/// own clock (another global scheduler may have done it first; the announcement on the
+/// node events channel updates every view, this one included).
+async fn reap_silent(gcs: &GcsClient, view: &Mutex<View>, silent: &[NodeId], silence_ms: u64) {
+    if silent.is_empty() {
+        return;
+    }
+    match gcs.reap_silent_nodes(silent, silence_ms).await {
+        Ok(dead) => {
+            for node in dead {
+                log::warn!(node:% = node, silence_ms; "node declared dead: no heartbeat for {silence_ms} ms");
+                watch::lock(view).dead(&node);
+            }
+        }
+        Err(e) => log::warn!("cannot declare silent nodes dead: {e}"),
+    }
 }
 
 /// A random ID for this scheduler's registration (16 hex digits).
@@ -111,7 +143,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
         config.tls_ca_file.as_deref(),
     )?;
     let secret = config.redis_password.as_deref();
-    let service = service::Service::new(gcs.clone(), view, in_flight.clone())
+    let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone())
         .with_auth(rayd_common::auth::ClientAuth::new(secret).with_tls(tls.as_ref()));
     let server_auth = rayd_common::auth::ServerAuth::new(secret).with_tls(tls.as_ref());
     let mut server = tokio::spawn(
@@ -134,6 +166,10 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     notify_ready();
 
     let mut refresh = tokio::time::interval(REGISTRATION_INTERVAL);
+    let silence_ms = config.node_death_timeout_ms;
+    let mut reap = tokio::time::interval(reap_interval(silence_ms));
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let outcome = loop {
         tokio::select! {
             // A stop ends the watcher and the server too: it is a stop, not their failure.
@@ -145,6 +181,17 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
                 Err(e) => Err(SchedulerError::ServerTask(e.to_string())),
             },
             _ = &mut watcher => break Err(SchedulerError::Subscription),
+            _ = reap.tick() => {
+                let silent = watch::lock(&view).silent(watch::now_ms(), silence_ms);
+                reap_silent(&gcs, &view, &silent, silence_ms).await;
+            }
+            _ = prune.tick() => {
+                match gcs.prune_dead_nodes(DEAD_NODE_RETENTION.as_millis() as u64).await {
+                    Ok(0) => {}
+                    Ok(pruned) => log::info!(pruned; "deleted the entries of long-dead nodes"),
+                    Err(e) => log::warn!("cannot prune dead nodes: {e}"),
+                }
+            }
             _ = refresh.tick() => {
                 if let Err(e) = gcs.register_global_scheduler(&id, &address).await {
                     log::warn!("cannot refresh the registration: {e}");

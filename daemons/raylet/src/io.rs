@@ -18,6 +18,7 @@ use rayd_gcs::{GcsClient, Target};
 use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
+use crate::lineage::Recovery;
 use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
@@ -109,7 +110,7 @@ impl Node {
             Input::Event(event) => {
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
-                    Event::ObjectSealed(id) | Event::ObjectLost(id) => {
+                    Event::ObjectSealed(id) | Event::ObjectLost { id, .. } => {
                         if let Some(pull) = self.pulls.remove(id) {
                             pull.abort();
                         }
@@ -262,7 +263,17 @@ impl Node {
             let mut pause = std::time::Duration::from_millis(10);
             let node = loop {
                 match gcs.actor(actor).await {
-                    Ok(Some(info)) if info.node.is_some() => break info.node,
+                    Ok(Some(info)) if info.state == "dead" => break None,
+                    // A node that died (the actor is being restarted elsewhere) is not it.
+                    Ok(Some(rayd_gcs::ActorInfo {
+                        node: Some(node), ..
+                    })) => match gcs.node(node).await {
+                        Ok(Some(entry)) if entry.alive => break Some(node),
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::warn!(actor:% = actor; "cannot look the actor's node up: {e}")
+                        }
+                    },
                     Ok(_) => {}
                     Err(e) => log::warn!(actor:% = actor; "cannot look the actor up: {e}"),
                 }
@@ -277,8 +288,8 @@ impl Node {
     }
 
     /// Asks the node's store to pull `id` from a live node that holds it, waiting for a
-    /// first copy when none was made yet; reports it lost when copies were made and none
-    /// is left.
+    /// first copy when none was made yet; when copies were made and none is left, has it
+    /// made again from its lineage or reports it lost.
     fn pull(&mut self, id: ObjectId) {
         if self.pulls.get(&id).is_some_and(|p| !p.is_finished()) {
             return;
@@ -288,10 +299,12 @@ impl Node {
         let inputs = self.inputs.clone();
         let own = self.node_id;
         let task = tokio::spawn(async move {
-            if let Some(lost) = pull(gcs, plasma, own, id).await {
-                log::warn!(object:% = id; "{lost}");
-                let _ = inputs.send(Event::ObjectLost(id).into());
-            }
+            let event = match pull(gcs, plasma, own, id).await {
+                PullEnd::Here => return,
+                PullEnd::Rerun(spec) => Event::Rerun { spec: *spec },
+                PullEnd::Lost(reason) => Event::ObjectLost { id, reason },
+            };
+            let _ = inputs.send(event.into());
         });
         self.pulls.insert(id, task.abort_handle());
     }
@@ -316,9 +329,65 @@ fn forward_request(
     (task, request)
 }
 
-/// Gets `id` into this node's store; returns why it is lost when it cannot be had.
-async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -> Option<String> {
+/// How a pull ends.
+enum PullEnd {
+    /// The object is (or is being sealed) in this node's store.
+    Here,
+    /// It was lost, and this node claimed the re-run of the task that made it.
+    Rerun(Box<rayd_common::proto::common::v1::TaskSpec>),
+    /// It was lost for good: why.
+    Lost(String),
+}
+
+/// How long a pull that waits for another node's re-run looks again on its own (the
+/// re-running node may die too).
+const RERUN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the task of an object never made may stay stranded on a dead node before
+/// it is rebuilt from here: its home, when alive, redoes it at once (and the task's entry
+/// then names a live node); this is for when the home died too.
+const STRANDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits for news of `id`'s locations (a copy added), at most `limit` when given; the
+/// subscription is made on first use and kept.
+async fn object_news(
+    gcs: &GcsClient,
+    id: ObjectId,
+    subscription: &mut Option<rayd_gcs::Subscription>,
+    limit: Option<std::time::Duration>,
+) {
+    let Some(s) = subscription.as_mut() else {
+        let channel = keys::events_channel(Table::Object, &id);
+        match gcs
+            .subscribe(Target::ShardOf(id.as_bytes()), vec![channel])
+            .await
+        {
+            // Subscribed first, then looked up again by the caller: a copy made in
+            // between is not missed.
+            Ok(s) => *subscription = Some(s),
+            Err(e) => {
+                log::warn!(object:% = id; "cannot follow the object's locations: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        return;
+    };
+    let next = match limit {
+        None => s.next().await,
+        Some(limit) => match tokio::time::timeout(limit, s.next()).await {
+            Ok(next) => next,
+            Err(_) => return,
+        },
+    };
+    if next.is_none() {
+        *subscription = None;
+    }
+}
+
+/// Gets `id` into this node's store, or says how it comes back when no copy is left.
+async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -> PullEnd {
     let mut subscription = None;
+    let mut stranded_since = None;
     loop {
         let info = match gcs.object_info(id).await {
             Ok(info) => info,
@@ -329,33 +398,34 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             }
         };
         let Some(info) = info else {
-            // No copy was ever made: wait for the first (subscribed first, then looked up
-            // again, so that one made in between is not missed).
-            match subscription.as_mut() {
-                None => {
-                    let channel = keys::events_channel(Table::Object, &id);
-                    match gcs
-                        .subscribe(Target::ShardOf(id.as_bytes()), vec![channel])
-                        .await
-                    {
-                        Ok(s) => subscription = Some(s),
-                        Err(e) => {
-                            log::warn!(object:% = id; "cannot follow the object's locations: {e}");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
+            // No copy was ever made: wait for the first, unless the task that makes it
+            // stays stranded on a dead node (its home, which would redo it, died too).
+            object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;
+            match crate::lineage::stranded(&gcs, id).await {
+                Ok(true) => {
+                    let since = *stranded_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < STRANDED_GRACE {
+                        continue;
                     }
                 }
-                Some(s) => {
-                    if s.next().await.is_none() {
-                        subscription = None;
-                    }
+                Ok(false) => {
+                    stranded_since = None;
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!(object:% = id; "cannot read the object's lineage: {e}");
+                    continue;
                 }
             }
-            continue;
+            match crate::lineage::recover(&gcs, own, id).await {
+                Ok(Recovery::Rerun(spec)) => return PullEnd::Rerun(spec),
+                Ok(Recovery::Lost(reason)) => return PullEnd::Lost(reason),
+                Ok(Recovery::Wait) | Err(_) => continue,
+            }
         };
         if info.locations.contains(&own) {
             // Here already: its seal reaches the scheduler through the store's events.
-            return None;
+            return PullEnd::Here;
         }
         for node in info.locations {
             let Ok(Some(entry)) = gcs.node(node).await else {
@@ -368,14 +438,22 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             let source = entry.object_manager_address.clone();
             match tokio::task::spawn_blocking(move || plasma.pull(id, &source)).await {
                 // Its seal reaches the scheduler through the store's events.
-                Ok(Ok(())) => return None,
+                Ok(Ok(())) => return PullEnd::Here,
                 Ok(Err(e)) => log::warn!(object:% = id, node:% = node; "pull failed: {e}"),
                 Err(e) => log::warn!(object:% = id; "pull task failed: {e}"),
             }
         }
-        return Some(format!(
-            "object {id} was lost: no live node holds a copy it can send"
-        ));
+        match crate::lineage::recover(&gcs, own, id).await {
+            Ok(Recovery::Rerun(spec)) => return PullEnd::Rerun(spec),
+            Ok(Recovery::Lost(reason)) => return PullEnd::Lost(reason),
+            Ok(Recovery::Wait) => {
+                object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;
+            }
+            Err(e) => {
+                log::warn!(object:% = id; "cannot read the object's lineage: {e}; trying again");
+                tokio::time::sleep(RERUN_RECHECK).await;
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 mod connection;
 mod gcs;
 pub mod io;
+mod lineage;
 mod peers;
 pub mod scheduler;
 mod workers;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use rayd_common::process::{find_rayd_binary, signal_pid};
 use rayd_config::RaydConfig;
 use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
-use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
+use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo, Standing};
 use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -53,6 +54,12 @@ pub enum RayletError {
     },
     #[error(transparent)]
     Tls(#[from] rayd_common::auth::TlsError),
+    #[error(
+        "the cluster declared this node dead (its heartbeats stopped reaching the GCS for \
+         longer than node_death_timeout_ms: a pause or a network partition); the raylet \
+         and its plasma store exit so that, restarted, they join as a new node"
+    )]
+    DeclaredDead,
     #[error("the plasma store's event stream ended (the store died or restarted): exiting, for the supervisor to start the raylet again against the new store")]
     PlasmaGone,
     #[error("cannot start the raylet's {what} thread: {source}")]
@@ -133,6 +140,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         .await
         .map_err(|e| RayletError::Plasma(ClientError::Invalid(e.to_string())))??;
     let node_id = plasma.node_id();
+    let store_pid = plasma.store_pid();
     // The store's own word for its object manager's address (its port may have been
     // picked at start).
     let object_manager_address = match plasma.stats() {
@@ -248,11 +256,14 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     node.prestart();
     notify_ready();
 
+    // Cancelled when a heartbeat finds the node declared dead.
+    let declared_dead = tokio_util::sync::CancellationToken::new();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
+            _ = declared_dead.cancelled() => break Err(RayletError::DeclaredDead),
             _ = plasma_gone.cancelled() => break Err(RayletError::PlasmaGone),
             event = events.recv() => match event {
                 Some(input) => node.handle(input),
@@ -268,16 +279,21 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
                     running: snapshot.running,
                     time_ms: now_ms(),
                 };
-                let gcs = gcs.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = gcs.heartbeat(&beat).await {
-                        log::warn!("heartbeat failed: {e}");
-                    }
-                });
+                let mut entry = info.clone();
+                entry.resources_available = beat.resources_available.clone();
+                tokio::spawn(send_heartbeat(gcs.clone(), beat, entry, declared_dead.clone()));
             }
         }
     };
     notify_stopping();
+    if matches!(result, Err(RayletError::DeclaredDead)) {
+        // The node's ID is its store's: the store goes too, so that, restarted by their
+        // supervisor, both join as a new node (its objects were counted lost anyway).
+        if let Some(pid) = store_pid {
+            log::warn!(pid; "stopping the node's plasma store: the node was declared dead");
+            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
     node.stop();
     for pid in node.scheduler.worker_pids() {
         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
@@ -287,6 +303,27 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     }
     let _ = std::fs::remove_file(&socket);
     result
+}
+
+/// Sends one heartbeat, and acts on what the GCS says of the node: declared dead, the
+/// raylet stops (`declared_dead`); unknown (the GCS lost its data), it registers again.
+async fn send_heartbeat(
+    gcs: GcsClient,
+    beat: Heartbeat,
+    entry: NodeInfo,
+    declared_dead: tokio_util::sync::CancellationToken,
+) {
+    match gcs.heartbeat(&beat).await {
+        Ok(Standing::Alive) => {}
+        Ok(Standing::Dead) => declared_dead.cancel(),
+        Ok(Standing::Unknown) => {
+            log::warn!("the GCS has no entry for this node (restarted without its data?); registering again");
+            if let Err(e) = gcs.register_node(&entry).await {
+                log::warn!("cannot register the node again: {e}");
+            }
+        }
+        Err(e) => log::warn!("heartbeat failed: {e}"),
+    }
 }
 
 fn now_ms() -> u64 {
