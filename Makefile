@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 # Debug builds for tests and `make run`; `make bench` asks for release.
 PROFILE ?= debug
 CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
-BINARIES := rayd rayd-redis-shard rayd-global-scheduler rayd-plasma rayd-raylet rayd-worker
+BINARIES := rayd rayd-redis-shard rayd-global-scheduler rayd-plasma rayd-raylet rayd-worker rayd-dashboard
 
 .PHONY: all deps build build-python wheel run test test-rust test-python lint bench chaos clean
 

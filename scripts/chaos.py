@@ -8,9 +8,10 @@ error, that no `ray.get` hangs (each has a deadline), and that nothing is left b
 
 A raylet or plasma store killed on a non-systemd machine is not restarted by anyone: the
 node is then declared dead, and the loop adds a replacement node, as an operator's
-supervisor would restart its daemons as a new node. Redis shards are not killed: the GCS
-keeps no persistence by default, so a restarted shard has lost its lineage (see
-docs/decisions.md, "What survives what").
+supervisor would restart its daemons as a new node. A killed Redis shard (not the
+primary) is restarted, empty, by its supervisor: stores report their objects' locations
+again, raylets their actors, drivers their functions; the lineage it held is gone, so an
+object lost later whose task was recorded there raises `ObjectLostError` (documented).
 """
 
 import argparse
@@ -35,7 +36,7 @@ from ray.cluster_utils import Cluster
 # out of restarts, a task out of retries.
 DOCUMENTED = (ray.exceptions.ObjectLostError, ray.exceptions.RayActorError, ray.exceptions.RayWorkerError)
 DEATH_TIMEOUT_MS = 1500
-GET_DEADLINE_S = 120.0
+GET_DEADLINE_S = 60.0
 TASK_S = 0.005
 NODE_ARGS = {"num_cpus": 1, "resources": {"pool": 1}, "object_store_memory": 200 * 10**6}
 
@@ -79,6 +80,14 @@ class Counter:
         return self.n
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 class Faults:
     """The loop that breaks the cluster, and what it did."""
 
@@ -95,15 +104,7 @@ class Faults:
         return [pid for daemon, pid in node.processes if daemon == name]
 
     def _workers(self, node: Any) -> List[int]:
-        out = []
-        for pid in node.all_pids():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"rayd-worker" in f.read():
-                        out.append(pid)
-            except OSError:
-                pass
-        return out
+        return [pid for pid in node.all_pids() if "rayd-worker" in _cmdline(pid)]
 
     def _replace(self, node: Any) -> None:
         self.cluster.kill_node(node, remove_dir=False)
@@ -114,8 +115,16 @@ class Faults:
         if not nodes:
             return
         node = self.rng.choice(nodes)
-        kind = self.rng.choice(["worker", "raylet", "plasma", "node"])
-        if kind == "worker":
+        kind = self.rng.choice(["worker", "raylet", "plasma", "node", "shard"])
+        if kind == "shard":
+            # A Redis shard (not the primary) of the head: its supervisor restarts it, empty.
+            primary_port = (self.cluster.address or ":").rsplit(":", 1)[1]
+            shards = [pid for pid in self.cluster.head_node.all_pids()
+                      if "redis-server" in _cmdline(pid) and f":{primary_port}" not in _cmdline(pid)]
+            if not shards:
+                return
+            os.kill(self.rng.choice(shards), signal.SIGKILL)
+        elif kind == "worker":
             pids = self._workers(node) + self._workers(self.cluster.head_node)
             if not pids:
                 return
@@ -139,13 +148,15 @@ class Faults:
 def workload(tasks: int, deadline_s: float) -> Dict[str, Any]:
     """Runs `tasks` tasks in a dependency lattice, blobs and actor calls; checks each."""
     width = 50
-    outcome: Dict[str, Any] = {"right": 0, "wrong": 0, "hangs": 0, "errors": {}}
+    outcome: Dict[str, Any] = {"right": 0, "wrong": 0, "hangs": 0, "hung": {}, "errors": {}}
 
-    def check(ref: Any, expected: Callable[[Any], bool]) -> None:
+    def check(ref: Any, expected: Callable[[Any], bool], what: str = "task") -> None:
         try:
             value = ray.get(ref, timeout=deadline_s)
         except ray.exceptions.GetTimeoutError:
             outcome["hangs"] += 1
+            outcome["hung"][what] = outcome["hung"].get(what, 0) + 1
+            print(f"chaos: a {what} result did not come within {deadline_s} s: {ref!r}", file=sys.stderr)
             return
         except DOCUMENTED as e:
             name = type(e).__name__
@@ -176,9 +187,9 @@ def workload(tasks: int, deadline_s: float) -> Dict[str, Any]:
             submitted += 2 * len(blobs) + 4
             for i, s in enumerate(sums):
                 n = level * 100 + i
-                check(s, lambda v, n=n: v == n * (2 * 10**6 // 8))
+                check(s, lambda v, n=n: v == n * (2 * 10**6 // 8), "blob sum")
             for c in counters:
-                check(c.incr.remote(), lambda v: isinstance(v, int) and v >= 1)
+                check(c.incr.remote(), lambda v: isinstance(v, int) and v >= 1, "actor call")
             # Keep the lattice's numbers small enough to check exactly.
             for i, expected in enumerate(want):
                 check(row[i], lambda v, e=expected: v == e)
@@ -188,7 +199,7 @@ def workload(tasks: int, deadline_s: float) -> Dict[str, Any]:
     for i, expected in enumerate(want):
         check(row[i], lambda v, e=expected: v == e)
     for ref, n in kept:
-        check(total.remote(ref), lambda v, n=n: v == n * (2 * 10**6 // 8))
+        check(total.remote(ref), lambda v, n=n: v == n * (2 * 10**6 // 8), "kept blob sum")
     submitted += len(kept)
     outcome["submitted"] = submitted
     return outcome
@@ -225,7 +236,7 @@ def rebuilt(cluster: Cluster) -> int:
 def run(tasks: int, period_s: float, seed_value: int = 1) -> Dict[str, Any]:
     rng = random.Random(seed_value)
     cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE_ARGS, "_system_config": {"node_death_timeout_ms": DEATH_TIMEOUT_MS}})
+        **NODE_ARGS, "num_redis_shards": 2, "_system_config": {"node_death_timeout_ms": DEATH_TIMEOUT_MS}})
     temp_dirs: List[str] = []
     try:
         for _ in range(2):
@@ -267,7 +278,7 @@ def main() -> int:
         "",
         f"- verdict: {'PASS' if ok else 'FAIL'}",
         f"- tasks submitted: {outcome['submitted']}, results checked right: {outcome['right']}",
-        f"- wrong results: {outcome['wrong']}, hangs (ray.get past {GET_DEADLINE_S:.0f} s): {outcome['hangs']}",
+        f"- wrong results: {outcome['wrong']}, hangs (ray.get past {GET_DEADLINE_S:.0f} s): {outcome['hangs']} {json.dumps(outcome['hung'])}",
         f"- documented errors by type: {json.dumps(outcome['errors'])}",
         f"- faults injected: {json.dumps(outcome['faults'])} (could not inject: {len(outcome['fault_errors'])})",
         f"- tasks re-run to rebuild lost objects: {outcome['rebuilt']}",

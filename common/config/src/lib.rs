@@ -197,6 +197,25 @@ pub struct RaydConfig {
     /// TCP port of the global scheduler (gRPC, head node), bound on `node_ip_address`, to
     /// which raylets spill tasks; 0 picks one (raylets find it in the GCS).
     pub global_scheduler_port: u16,
+    /// Whether each daemon serves `/health` and `/metrics` over HTTP on `node_ip_address`.
+    pub metrics_enabled: bool,
+    /// HTTP port of the raylet's `/health` and `/metrics` (Ray's `metrics_export_port`);
+    /// 0 picks one (recorded in the node table).
+    pub raylet_metrics_port: u16,
+    /// HTTP port of the plasma store's `/health` and `/metrics`; 0 picks one.
+    pub plasma_metrics_port: u16,
+    /// HTTP port of the global scheduler's `/health` and `/metrics`; 0 picks one.
+    pub global_scheduler_metrics_port: u16,
+    /// HTTP port of the Redis supervisor's `/health` and `/metrics`; 0 picks one.
+    pub redis_shard_metrics_port: u16,
+    /// Whether a head runs the web dashboard (`rayd-dashboard`).
+    pub include_webui: bool,
+    /// Address the dashboard listens on: loopback unless opened up on purpose (it has
+    /// no authentication).
+    pub webui_host: String,
+    /// Port of the dashboard; when it is taken, the dashboard takes a free one (its URL
+    /// is in the GCS, `ray.get_webui_url()`); 0 picks one.
+    pub webui_port: u16,
 }
 
 impl Default for RaydConfig {
@@ -240,6 +259,14 @@ impl Default for RaydConfig {
             node_death_timeout_ms: 5000,
             node_manager_port: 0,
             global_scheduler_port: 0,
+            metrics_enabled: true,
+            raylet_metrics_port: 0,
+            plasma_metrics_port: 0,
+            global_scheduler_metrics_port: 0,
+            redis_shard_metrics_port: 0,
+            include_webui: false,
+            webui_host: "127.0.0.1".into(),
+            webui_port: 8265,
         }
     }
 }
@@ -334,6 +361,12 @@ impl RaydConfig {
                 )
             }
             Ok(_) => {}
+        }
+        if self.webui_host.parse::<IpAddr>().is_err() {
+            return invalid(
+                "webui_host",
+                format!("`{}` is not an IP address", self.webui_host),
+            );
         }
         if log_level_filter(&self.log_level).is_none() {
             return invalid(

@@ -11,6 +11,7 @@ mod lineage;
 mod liveness;
 mod schedulers;
 mod tables;
+mod views;
 
 pub use client::{
     connect_server, GcsClient, GcsError, GcsReply, Notification, Server, Subscription, Target,
@@ -21,4 +22,8 @@ pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
     ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo, StoreFigures,
     TaskEntry,
+};
+pub use views::{
+    chrome_tracing, profile_key, ActorRow, ProfileEvent, TaskRow, METRICS_ENDPOINTS,
+    RAYLET_METRICS_FIELD, WEBUI_URL,
 };

@@ -503,6 +503,12 @@ impl GcsClient {
                 ],
             )
             .await?;
+        if actor.state == "alive" {
+            // For operators (the dashboard): each start after the first is a restart.
+            let _: () = pipeline
+                .hincrby(keys::key(Table::Actor, &actor.actor_id), "starts", 1)
+                .await?;
+        }
         let _: () = pipeline
             .publish(
                 keys::events_channel(Table::Actor, &actor.actor_id),

@@ -26,6 +26,8 @@ pub const HEAD_DAEMONS: &[&str] = &[
 pub const LOCAL_DAEMONS: &[&str] = &["rayd-redis-shard", "rayd-plasma", "rayd-raylet"];
 /// The daemons of a node that joins a head, in start order.
 pub const WORKER_DAEMONS: &[&str] = &["rayd-plasma", "rayd-raylet"];
+/// The web dashboard, started last on a head with `include_webui`.
+pub const DASHBOARD: &str = "rayd-dashboard";
 
 /// A node whose daemons this process started.
 #[derive(Debug)]
@@ -148,16 +150,19 @@ pub fn start_node(
             rayd_common::auth::generate_secret().map_err(|e| LaunchError::Secret(e.to_string()))?;
         config.redis_password = Some(secret);
     }
-    let daemons = if head {
+    let mut daemons = if head {
         config.redis_address = Some(format!("{}:{}", config.node_ip_address, config.redis_port));
         if attached {
-            LOCAL_DAEMONS
+            LOCAL_DAEMONS.to_vec()
         } else {
-            HEAD_DAEMONS
+            HEAD_DAEMONS.to_vec()
         }
     } else {
-        WORKER_DAEMONS
+        WORKER_DAEMONS.to_vec()
     };
+    if head && config.include_webui {
+        daemons.push(DASHBOARD);
+    }
     let redis_address = config
         .redis_address
         .clone()

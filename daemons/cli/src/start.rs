@@ -29,6 +29,19 @@ fn check_head(address: &str, password: Option<&str>) -> anyhow::Result<usize> {
     })
 }
 
+/// Where the cluster's dashboard serves, as it recorded in the GCS.
+fn webui_url(address: &str, password: Option<&str>) -> anyhow::Result<Option<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let gcs = GcsClient::connect(address, password).await?;
+        let url = gcs.webui_url().await?;
+        gcs.quit().await;
+        Ok(url)
+    })
+}
+
 /// Runs `rayd start`.
 pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> {
     if !args.head && config.redis_address.is_none() {
@@ -103,6 +116,13 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
             .map(|f| format!(" --redis-password-file <a copy of {}>", f.display()))
             .unwrap_or_default();
         println!("join another node: rayd start --redis-address {redis_address}{secret}");
+    }
+    if args.head && config.include_webui {
+        match webui_url(&redis_address, config.redis_password.as_deref()) {
+            Ok(Some(url)) => println!("dashboard:        {url}"),
+            Ok(None) => eprintln!("rayd: the dashboard recorded no URL in the GCS"),
+            Err(e) => eprintln!("rayd: cannot read the dashboard's URL: {e:#}"),
+        }
     }
     println!("logs:             {}", session.join("logs").display());
     println!("stop:             rayd stop{}", temp_dir_flag(config));

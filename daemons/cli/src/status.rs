@@ -59,6 +59,10 @@ struct Status {
     servers: Vec<Server>,
     global_schedulers: Vec<GlobalScheduler>,
     nodes: Vec<Node>,
+    /// Where the dashboard serves, when one runs.
+    webui_url: Option<String>,
+    /// Every daemon's `/metrics` and `/health`: `<daemon>@<ip>` -> port.
+    metrics_endpoints: std::collections::BTreeMap<String, u16>,
 }
 
 async fn probe(role: String, address: String, password: Option<&str>) -> Server {
@@ -112,6 +116,7 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
     let healthy = servers.iter().all(|s| s.healthy);
     let mut nodes = Vec::new();
     let mut global_schedulers = Vec::new();
+    let (mut webui_url, mut metrics_endpoints) = (None, Default::default());
     if healthy {
         let gcs = GcsClient::connect(address, password).await?;
         let now_ms = std::time::SystemTime::now()
@@ -137,6 +142,8 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
                 object_store: node.store,
             });
         }
+        webui_url = gcs.webui_url().await?;
+        metrics_endpoints = gcs.metrics_endpoints().await?;
         gcs.quit().await;
     }
     Ok(Status {
@@ -146,6 +153,8 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
         servers,
         global_schedulers,
         nodes,
+        webui_url,
+        metrics_endpoints,
     })
 }
 
@@ -160,6 +169,9 @@ fn print_table(status: &Status) {
             "UNHEALTHY"
         }
     );
+    if let Some(url) = &status.webui_url {
+        println!("dashboard: {url}");
+    }
     println!("\nGCS ({} Redis servers)", status.servers.len());
     for s in &status.servers {
         match &s.error {
@@ -215,14 +227,22 @@ fn print_table(status: &Status) {
             );
         }
     }
+    if !status.metrics_endpoints.is_empty() {
+        println!("\n/metrics and /health");
+        for (daemon, port) in &status.metrics_endpoints {
+            println!("  {daemon}:{port}");
+        }
+    }
 }
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-/// Runs `rayd status`; exits 1 when a server of the GCS is down.
-pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
+/// The cluster's primary Redis and secret: `redis_address`, else that of the node
+/// started here, else this machine's default; the secret given, else that of a node of
+/// the cluster started on this machine (`rayd start`, `ray.init()`).
+pub(crate) fn cluster_gcs(config: &RaydConfig) -> anyhow::Result<(String, Option<String>)> {
     let local = node_state::read(&config.temp_dir)?;
     let address = match (&config.redis_address, &local) {
         (Some(address), _) => address.clone(),
@@ -234,6 +254,12 @@ pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
         .redis_password
         .clone()
         .or_else(|| rayd_launcher::secret::local_secret(&config.temp_dir, &address));
+    Ok((address, password))
+}
+
+/// Runs `rayd status`; exits 1 when a server of the GCS is down.
+pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let (address, password) = cluster_gcs(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -11,6 +11,7 @@
 //! It also declares dead the nodes silent for `node_death_timeout_ms`, checked and written
 //! in one step by the GCS with the GCS's clock, so that several schedulers agree.
 
+mod metrics;
 pub mod placement;
 mod service;
 mod watch;
@@ -63,6 +64,8 @@ pub enum SchedulerError {
     Serve(#[from] tonic::transport::Error),
     #[error("the grpc server task ended: {0}")]
     ServerTask(String),
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
     #[error("lost the gcs subscription to the nodes' heartbeats")]
     Subscription,
 }
@@ -137,13 +140,34 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     let mut watcher = watch::start(gcs.clone(), view.clone(), cancel.clone()).await?;
     gcs.register_global_scheduler(&id, &address).await?;
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let spills = metrics::SpillMetrics::default();
+    let gcs_round_trip = rayd_metrics::round_trip_histogram();
+    let health = rayd_metrics::Health::starting();
+    if config.metrics_enabled {
+        let registry = metrics::registry(
+            &spills,
+            view.clone(),
+            in_flight.clone(),
+            gcs_round_trip.clone(),
+        );
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.global_scheduler_metrics_port,
+            registry,
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        gcs.put_metrics_endpoint("rayd-global-scheduler", address)
+            .await?;
+    }
     let tls = rayd_common::auth::Tls::from_optional_files(
         config.tls_cert_file.as_deref(),
         config.tls_key_file.as_deref(),
         config.tls_ca_file.as_deref(),
     )?;
     let secret = config.redis_password.as_deref();
-    let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone())
+    let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone(), spills)
         .with_auth(rayd_common::auth::ClientAuth::new(secret).with_tls(tls.as_ref()));
     let server_auth = rayd_common::auth::ServerAuth::new(secret).with_tls(tls.as_ref());
     let mut server = tokio::spawn(
@@ -164,6 +188,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
         "global scheduler serving"
     );
     notify_ready();
+    health.set_serving();
 
     let mut refresh = tokio::time::interval(REGISTRATION_INTERVAL);
     let silence_ms = config.node_death_timeout_ms;
@@ -193,13 +218,22 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
                 }
             }
             _ = refresh.tick() => {
-                if let Err(e) = gcs.register_global_scheduler(&id, &address).await {
-                    log::warn!("cannot refresh the registration: {e}");
+                let started = Instant::now();
+                match gcs.register_global_scheduler(&id, &address).await {
+                    Ok(()) => {
+                        gcs_round_trip.observe(started.elapsed().as_secs_f64());
+                        health.set_serving();
+                    }
+                    Err(e) => {
+                        log::warn!("cannot refresh the registration: {e}");
+                        health.set_not_serving(format!("cannot reach the GCS: {e}"));
+                    }
                 }
             }
         }
     };
     notify_stopping();
+    health.set_not_serving("stopping");
     cancel.cancel();
     watcher.abort();
     // Raylets stop spilling here at once, instead of after the registration's TTL.

@@ -14,6 +14,7 @@ use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::GcsClient;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::SpillMetrics;
 use crate::placement::{Amounts, Unplaceable, View};
 use crate::watch::now_ms;
 
@@ -32,6 +33,7 @@ pub struct Service {
     in_flight: Arc<AtomicUsize>,
     /// The cluster's token on every call to a raylet.
     auth: ClientAuth,
+    metrics: SpillMetrics,
 }
 
 /// Counts one spill in flight while it lives.
@@ -77,13 +79,19 @@ fn object_args(spec: &TaskSpec) -> Vec<ObjectId> {
 
 impl Service {
     /// The service; `in_flight` counts the spills being placed.
-    pub fn new(gcs: GcsClient, view: Arc<Mutex<View>>, in_flight: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        gcs: GcsClient,
+        view: Arc<Mutex<View>>,
+        in_flight: Arc<AtomicUsize>,
+        metrics: SpillMetrics,
+    ) -> Self {
         Self {
             gcs,
             view,
             channels: Mutex::new(HashMap::new()),
             in_flight,
             auth: ClientAuth::new(None),
+            metrics,
         }
     }
 
@@ -152,6 +160,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
         request: Request<nm::ForwardTaskRequest>,
     ) -> Result<Response<gs::SpillTaskReply>, Status> {
         let _in_flight = InFlight::new(&self.in_flight);
+        self.metrics.received.inc();
         let mut forward = request.into_inner();
         let spec = forward
             .spec
@@ -180,6 +189,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                 let node = match ranked {
                     Ok(nodes) => nodes.into_iter().find(|n| !tried.contains(n)),
                     Err(Unplaceable::Infeasible) => {
+                        self.metrics.unplaced.inc();
                         return Err(Status::failed_precondition(format!(
                             "no node can run task {task} ({function}): it needs {}, more than \
                              any live node has",
@@ -189,6 +199,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                     Err(Unplaceable::NoneAvailable) => None,
                 };
                 let Some(node) = node else {
+                    self.metrics.unplaced.inc();
                     return Err(Status::unavailable(format!(
                         "no node took task {task} ({function}, needs {}): those that could run \
                          it are silent or refused it",
@@ -205,6 +216,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
             match result {
                 Ok(()) => {
                     log::debug!(task = task.as_str(), node:% = node; "task placed");
+                    self.metrics.placed.inc();
                     return Ok(Response::new(gs::SpillTaskReply {
                         node_id: node.as_bytes().to_vec(),
                     }));
@@ -214,6 +226,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                         task = task.as_str(), node:% = node, address = address.as_str();
                         "node did not take a task: {}; trying another", status.message()
                     );
+                    self.metrics.refused.inc();
                     tried.insert(node);
                     let mut view = self.view();
                     view.refund(&node, &request);

@@ -18,7 +18,8 @@ use rayd_gcs::{GcsClient, Target};
 use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
-use crate::lineage::Recovery;
+use crate::lineage::{Progress, Recovery};
+use crate::metrics::RayletMetrics;
 use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
@@ -70,6 +71,10 @@ pub struct Node {
     peers: Peers,
     /// Pulls under way, to stop when their object arrives by another way.
     pulls: HashMap<ObjectId, tokio::task::AbortHandle>,
+    /// What `/metrics` reports.
+    pub metrics: RayletMetrics,
+    /// GCS shard restarts seen (each may have lost lineage and locations).
+    shard_restarts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Node {
@@ -96,6 +101,8 @@ impl Node {
             node_id,
             peers,
             pulls: HashMap::new(),
+            metrics: RayletMetrics::default(),
+            shard_restarts: Arc::default(),
         })
     }
 
@@ -108,8 +115,20 @@ impl Node {
                 self.scheduler.handle(now, Event::Connected { conn });
             }
             Input::Event(event) => {
+                if let Event::Message {
+                    message: pb::client_message::Kind::TaskDone(done),
+                    ..
+                } = &event
+                {
+                    self.metrics.task_done(done);
+                }
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
+                    Event::GcsShardRestarted => {
+                        self.shard_restarts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        None
+                    }
                     Event::ObjectSealed(id) | Event::ObjectLost { id, .. } => {
                         if let Some(pull) = self.pulls.remove(id) {
                             pull.abort();
@@ -142,6 +161,7 @@ impl Node {
     fn carry_out(&mut self) {
         let effects: Vec<Effect> = self.scheduler.take_effects().collect();
         for effect in effects {
+            self.metrics.count(&effect);
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(tx) = self.conns.get(&conn) {
@@ -298,8 +318,9 @@ impl Node {
         let plasma = self.plasma.clone();
         let inputs = self.inputs.clone();
         let own = self.node_id;
+        let restarts = self.shard_restarts.clone();
         let task = tokio::spawn(async move {
-            let event = match pull(gcs, plasma, own, id).await {
+            let event = match pull(gcs, plasma, own, id, restarts).await {
                 PullEnd::Here => return,
                 PullEnd::Rerun(spec) => Event::Rerun { spec: *spec },
                 PullEnd::Lost(reason) => Event::ObjectLost { id, reason },
@@ -348,6 +369,11 @@ const RERUN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// then names a live node); this is for when the home died too.
 const STRANDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How long an object may be unknown to the GCS (no copy, no lineage), after a GCS shard
+/// restarted empty, before it counts as lost: a task's lineage is written within
+/// milliseconds of its submission.
+const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Waits for news of `id`'s locations (a copy added), at most `limit` when given; the
 /// subscription is made on first use and kept.
 async fn object_news(
@@ -385,9 +411,17 @@ async fn object_news(
 }
 
 /// Gets `id` into this node's store, or says how it comes back when no copy is left.
-async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -> PullEnd {
+async fn pull(
+    gcs: GcsClient,
+    plasma: PlasmaClient,
+    own: NodeId,
+    id: ObjectId,
+    shard_restarts: Arc<std::sync::atomic::AtomicU64>,
+) -> PullEnd {
+    let restarts_at_start = shard_restarts.load(std::sync::atomic::Ordering::Relaxed);
     let mut subscription = None;
     let mut stranded_since = None;
+    let mut unknown_since = None;
     loop {
         let info = match gcs.object_info(id).await {
             Ok(info) => info,
@@ -402,14 +436,30 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             // stays stranded on a dead node (its home, which would redo it, died too).
             object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;
             match crate::lineage::stranded(&gcs, id).await {
-                Ok(true) => {
+                Ok(Progress::Stranded) => {
                     let since = *stranded_since.get_or_insert_with(std::time::Instant::now);
                     if since.elapsed() < STRANDED_GRACE {
                         continue;
                     }
                 }
-                Ok(false) => {
+                Ok(Progress::NoLineage) => {
+                    // Actor calls and tasks just submitted have no entry either: only a
+                    // shard restart since this pull began makes it suspect.
+                    let restarted = shard_restarts.load(std::sync::atomic::Ordering::Relaxed)
+                        != restarts_at_start;
+                    let since = *unknown_since.get_or_insert_with(std::time::Instant::now);
+                    if !restarted || since.elapsed() < UNKNOWN_GRACE {
+                        continue;
+                    }
+                    return PullEnd::Lost(
+                        "the GCS knows neither a copy nor the task that makes it (a GCS shard \
+                         restarted without persistence and lost them)"
+                            .into(),
+                    );
+                }
+                Ok(Progress::UnderWay) => {
                     stranded_since = None;
+                    unknown_since = None;
                     continue;
                 }
                 Err(e) => {

@@ -9,6 +9,7 @@ mod connection;
 mod gcs;
 pub mod io;
 mod lineage;
+mod metrics;
 mod peers;
 pub mod scheduler;
 mod workers;
@@ -54,6 +55,8 @@ pub enum RayletError {
     },
     #[error(transparent)]
     Tls(#[from] rayd_common::auth::TlsError),
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
     #[error(
         "the cluster declared this node dead (its heartbeats stopped reaching the GCS for \
          longer than node_death_timeout_ms: a pause or a network partition); the raylet \
@@ -239,6 +242,21 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     };
     gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
+    let health = rayd_metrics::Health::starting();
+    if config.metrics_enabled {
+        let registry = node.metrics.registry();
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.raylet_metrics_port,
+            registry,
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        gcs.put_metrics_port(node_id, rayd_gcs::RAYLET_METRICS_FIELD, address.port())
+            .await?;
+        gcs.put_metrics_endpoint("rayd-raylet", address).await?;
+    }
     peers::serve(
         node_manager,
         events_tx.clone(),
@@ -255,6 +273,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     tokio::spawn(connection::serve(listener, events_tx, cancel.clone()));
     node.prestart();
     notify_ready();
+    health.set_serving();
+    let gcs_health = health.clone();
 
     // Cancelled when a heartbeat finds the node declared dead.
     let declared_dead = tokio_util::sync::CancellationToken::new();
@@ -272,6 +292,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
             _ = heartbeat.tick() => {
                 node.handle(Event::Tick.into());
                 let snapshot = node.scheduler.snapshot();
+                node.metrics.observe(&snapshot);
                 let beat = Heartbeat {
                     node_id: node_id.hex(),
                     resources_available: snapshot.available,
@@ -281,7 +302,8 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
                 };
                 let mut entry = info.clone();
                 entry.resources_available = beat.resources_available.clone();
-                tokio::spawn(send_heartbeat(gcs.clone(), beat, entry, declared_dead.clone()));
+                let metrics = (node.metrics.gcs_round_trip.clone(), gcs_health.clone());
+                tokio::spawn(send_heartbeat(gcs.clone(), beat, entry, declared_dead.clone(), metrics));
             }
         }
     };
@@ -294,6 +316,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
             signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
         }
     }
+    health.set_not_serving("stopping");
     node.stop();
     for pid in node.scheduler.worker_pids() {
         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
@@ -312,8 +335,21 @@ async fn send_heartbeat(
     beat: Heartbeat,
     entry: NodeInfo,
     declared_dead: tokio_util::sync::CancellationToken,
+    (round_trip, health): (
+        rayd_metrics::prometheus_client::metrics::histogram::Histogram,
+        rayd_metrics::Health,
+    ),
 ) {
-    match gcs.heartbeat(&beat).await {
+    let started = std::time::Instant::now();
+    let standing = gcs.heartbeat(&beat).await;
+    match &standing {
+        Ok(_) => {
+            round_trip.observe(started.elapsed().as_secs_f64());
+            health.set_serving();
+        }
+        Err(e) => health.set_not_serving(format!("cannot reach the GCS: {e}")),
+    }
+    match standing {
         Ok(Standing::Alive) => {}
         Ok(Standing::Dead) => declared_dead.cancel(),
         Ok(Standing::Unknown) => {

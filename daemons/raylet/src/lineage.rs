@@ -38,14 +38,30 @@ async fn alive(gcs: &GcsClient, node: Option<NodeId>) -> Result<bool, GcsError> 
 /// task that makes it (running it, or holding its small result in memory) is dead. The
 /// task's home redoes such a task when it is alive; a stranded object that stays so for
 /// a while (its home died too) is rebuilt like a lost one.
-pub async fn stranded(gcs: &GcsClient, id: ObjectId) -> Result<bool, GcsError> {
+pub async fn stranded(gcs: &GcsClient, id: ObjectId) -> Result<Progress, GcsError> {
     if id.is_put() {
-        return Ok(false);
+        return Ok(Progress::UnderWay);
     }
     let Some(lineage) = gcs.lineage(id.task_id()).await? else {
-        return Ok(false);
+        return Ok(Progress::NoLineage);
     };
-    Ok(!alive(gcs, in_charge(&lineage)).await?)
+    Ok(if alive(gcs, in_charge(&lineage)).await? {
+        Progress::UnderWay
+    } else {
+        Progress::Stranded
+    })
+}
+
+/// How the making of an object never seen stands (see [`stranded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Its task is in the hands of a live node (or it is a `ray.put` to come).
+    UnderWay,
+    /// The node in charge of its task is dead.
+    Stranded,
+    /// The task table does not know its task: not written yet (a few milliseconds after
+    /// the submission), or lost with a GCS shard that restarted empty.
+    NoLineage,
 }
 
 fn in_charge(lineage: &rayd_gcs::Lineage) -> Option<NodeId> {

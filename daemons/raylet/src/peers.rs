@@ -421,6 +421,7 @@ pub fn watch(
         let channels = vec![
             keys::HEARTBEATS_CHANNEL.to_string(),
             keys::NODE_EVENTS_CHANNEL.to_string(),
+            keys::SHARD_EVENTS_CHANNEL.to_string(),
         ];
         let mut subscription = loop {
             match gcs.subscribe(Target::Primary, channels.clone()).await {
@@ -459,7 +460,9 @@ pub fn watch(
                     None => return,
                 },
             };
-            let event = if notification.channel == keys::NODE_EVENTS_CHANNEL {
+            let event = if notification.channel == keys::SHARD_EVENTS_CHANNEL {
+                Event::GcsShardRestarted
+            } else if notification.channel == keys::NODE_EVENTS_CHANNEL {
                 let Some(NodeEvent::Dead(node)) = NodeEvent::parse(&notification.payload) else {
                     continue;
                 };

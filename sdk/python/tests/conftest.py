@@ -37,6 +37,15 @@ def wait_for(condition, timeout=10.0, what="a condition"):
         time.sleep(0.01)
 
 
+def stop_cluster(cluster):
+    """Disconnects, stops every node of `cluster` and waits until each of its processes
+    (daemons, workers, redis-servers) is gone."""
+    ray.shutdown()
+    pids = [pid for node in cluster.list_all_nodes() for pid in node.all_pids()]
+    cluster.shutdown()
+    wait_for(lambda: not any(_alive(p) for p in pids), 15, "every process of the cluster to exit")
+
+
 def run_driver(address, body):
     """Runs `body` as another driver attached to the cluster at `address` (with os, ray,
     sys and time imported); returns the finished process."""

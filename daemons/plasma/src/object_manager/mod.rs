@@ -306,7 +306,7 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
     drop(target);
     settle(result, writer, id).await?;
     state.with_store(|s| s.seal(client_id, id))?;
-    state.count_pull();
+    state.count_pull(total);
     log::debug!(object:% = id, bytes = total, source = source; "pulled an object");
     Ok(())
 }

@@ -126,6 +126,9 @@ pub enum Event {
     NodeRemoved {
         node: NodeId,
     },
+    /// A GCS shard restarted empty: the actor entries of this node's actors are written
+    /// again (other nodes find the actors through them).
+    GcsShardRestarted,
     /// Another raylet forwarded a task to run here; `home` gets its results.
     TaskForwarded {
         spec: common_pb::TaskSpec,
@@ -265,6 +268,13 @@ pub struct Snapshot {
     pub available: Amounts,
     pub queued: u64,
     pub running: u64,
+    /// Of `queued`: waiting for arguments.
+    pub waiting: u64,
+    /// Of `queued`: arguments local, waiting for resources or a worker.
+    pub ready: u64,
+    /// Registered worker processes, and those of them idle.
+    pub workers: u64,
+    pub idle_workers: u64,
 }
 
 /// What the scheduler needs to know about its node.
@@ -363,10 +373,15 @@ impl Scheduler {
 
     /// The node's figures now.
     pub fn snapshot(&self) -> Snapshot {
+        let (workers, idle_workers) = self.pool.counts();
         Snapshot {
             available: self.resources.available().clone(),
             queued: (self.ready.len() + self.deps.parked()) as u64,
             running: self.pool.running() as u64,
+            waiting: self.deps.parked() as u64,
+            ready: self.ready.len() as u64,
+            workers: workers as u64,
+            idle_workers: idle_workers as u64,
         }
     }
 
@@ -441,6 +456,11 @@ impl Scheduler {
                 self.resume_calls(node);
             }
             Event::NodeRemoved { node } => self.on_node_dead(node),
+            Event::GcsShardRestarted => {
+                for id in self.actors.ids() {
+                    self.record_actor(id);
+                }
+            }
             Event::TaskForwarded {
                 spec,
                 home,

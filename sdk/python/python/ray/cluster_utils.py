@@ -49,6 +49,7 @@ _FLAGS = {
     "redis_port": "--redis-port",
     "num_redis_shards": "--num-redis-shards",
     "node_ip_address": "--node-ip-address",
+    "include_webui": "--include-webui",
 }
 
 # How long a node may take to start, to appear in the node table, to stop.
@@ -239,9 +240,10 @@ class Cluster:
     def add_node(self, wait: bool = True, **node_args: Any) -> Node:
         """Starts a node (the head when there is none yet) and returns it. `node_args`:
         num_cpus, num_gpus, resources (dict), object_store_memory, object_manager_port,
-        node_manager_port, redis_port and num_redis_shards (head), node_ip_address, and
-        `_system_config` (Ray's name): a dict of any other config keys, e.g.
-        `{"node_death_timeout_ms": 1000}`, given to the node's daemons."""
+        node_manager_port, redis_port and num_redis_shards (head), node_ip_address,
+        include_webui (head: the dashboard, on a free port), and `_system_config` (Ray's
+        name): a dict of any other config keys, e.g. `{"node_death_timeout_ms": 1000}`,
+        given to the node's daemons."""
         unknown = set(node_args) - set(_FLAGS) - {"node_manager_port", "_system_config"}
         if unknown:
             raise TypeError(f"add_node() got unexpected arguments: {', '.join(sorted(unknown))}")
@@ -262,8 +264,14 @@ class Cluster:
         node = Node(ip, temp_dir, head, args)
         command = [_rayd_binary(), "start", "--temp-dir", temp_dir, "--node-ip-address", ip]
         command += ["--head"] if head else ["--redis-address", self.address or ""]
+        if args.get("include_webui"):
+            # The dashboard takes a free port, as every other port here.
+            command += ["--webui-port", "0"]
         for key, value in args.items():
-            if value is None:
+            if value is None or value is False:
+                continue
+            if value is True:
+                command.append(_FLAGS[key])
                 continue
             if key == "resources":
                 value = json.dumps(value)
@@ -417,7 +425,8 @@ class Cluster:
 
 
 # Config keys of ports set to 0 (any free port) where this rayd has them.
-_ZERO_PORT_KEYS = ("node_manager_port", "global_scheduler_port")
+_ZERO_PORT_KEYS = ("node_manager_port", "global_scheduler_port", "raylet_metrics_port", "plasma_metrics_port",
+                   "global_scheduler_metrics_port", "redis_shard_metrics_port")
 
 _known_keys: Dict[str, bool] = {}
 

@@ -136,7 +136,7 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
          redirect_output: bool = True, ignore_reinit_error: bool = False,
          num_custom_resource: Any = None, num_redis_shards: Optional[int] = None,
          redis_max_clients: Optional[int] = None, plasma_directory: Optional[str] = None,
-         huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
+         huge_pages: bool = False, include_webui: Optional[bool] = None, use_raylet: Optional[bool] = None,
          address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
          _temp_dir: Optional[str] = None, object_spilling_directory: Optional[str] = None,
          _redis_password: Optional[str] = None, redis_password_file: Optional[str] = None,
@@ -198,6 +198,8 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
                 **node_settings,
                 "node_ip_address": node_ip_address, "redis_password": redis_password,
                 "temp_dir": _temp_dir or worker.owned_temp_dir,
+                # None: the `include_webui` key (RAYD_INCLUDE_WEBUI), off by default.
+                "include_webui": include_webui,
             }
             # Workers import what the driver imports; the daemons come with this package.
             os.environ["RAYD_WORKER_PYTHONPATH"] = os.pathsep.join(_python_path())
@@ -222,9 +224,11 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
             "raylet_socket_name": worker.node.raylet_socket if worker.node else None,
             "object_store_address": worker.core.plasma_socket,
             "session_dir": worker.node.session_dir if worker.node else None,
-            "webui_url": None,
+            "webui_url": worker.core.webui_url(),
             "node_id": worker.core.node_id.hex(),
         }
+        if worker.info["webui_url"]:
+            print(f"View the rayd dashboard at {worker.info['webui_url']}", file=sys.stderr)
         atexit.register(shutdown)
         return worker.info
 
