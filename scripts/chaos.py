@@ -115,7 +115,8 @@ class Faults:
         if not nodes:
             return
         node = self.rng.choice(nodes)
-        kind = self.rng.choice(["worker", "raylet", "plasma", "node", "shard"])
+        # Shard restarts lose lineage for good: rarer, so that rebuilding shows too.
+        kind = self.rng.choices(["worker", "raylet", "plasma", "node", "shard"], [3, 2, 2, 2, 1])[0]
         if kind == "shard":
             # A Redis shard (not the primary) of the head: its supervisor restarts it, empty.
             primary_port = (self.cluster.address or ":").rsplit(":", 1)[1]

@@ -640,8 +640,9 @@ impl PlasmaClient {
         let mut pending = Some(pending);
         for chunk in missing.chunks(protocol::MAX_IDS_PER_REQUEST) {
             let timeout_ms = deadline.map_or(-1, |d| {
+                // Rounded up: a get never gives up before its timeout.
                 let left = d.saturating_duration_since(Instant::now());
-                i64::try_from(left.as_millis()).unwrap_or(i64::MAX)
+                i64::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i64::MAX)
             });
             io.send(
                 pending.take().unwrap_or_default(),
