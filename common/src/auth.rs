@@ -103,13 +103,17 @@ pub fn function_mac_matches(
 }
 
 #[cfg(feature = "grpc")]
-pub use self::grpc::{AuthChannel, ClientAuth, ServerAuth};
+pub use self::grpc::{AuthChannel, ClientAuth, ServerAuth, Tls, TlsError};
 
 #[cfg(feature = "grpc")]
 mod grpc {
+    use std::path::{Path, PathBuf};
+
     use tonic::metadata::MetadataValue;
     use tonic::service::interceptor::InterceptedService;
-    use tonic::transport::Channel;
+    use tonic::transport::{
+        Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+    };
     use tonic::{Request, Status};
 
     use super::{check_token, grpc_token, GRPC_HEADER};
@@ -117,22 +121,99 @@ mod grpc {
     /// A channel whose every call carries the cluster's token.
     pub type AuthChannel = InterceptedService<Channel, ClientAuth>;
 
-    /// Adds the token to each outgoing call; nothing when the cluster has no secret.
+    /// Why the TLS files could not be used.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read the TLS {what} {}: {source}", path.display())]
+    pub struct TlsError {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    }
+
+    /// Mutual TLS between the daemons' gRPC services: each has a certificate (and key)
+    /// signed by the cluster's CA, presents it, and accepts only peers with one. Server
+    /// certificates name the node's address (an IP SAN: clients connect by address).
+    #[derive(Debug, Clone)]
+    pub struct Tls {
+        server: ServerTlsConfig,
+        client: ClientTlsConfig,
+    }
+
+    impl Tls {
+        /// The settings from PEM files: this daemon's certificate and key, and the CA's
+        /// certificate.
+        pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
+            let read = |what, path: &Path| {
+                std::fs::read(path).map_err(|source| TlsError {
+                    what,
+                    path: path.to_path_buf(),
+                    source,
+                })
+            };
+            let identity = Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+            let ca = Certificate::from_pem(read("CA certificate", ca)?);
+            Ok(Self {
+                server: ServerTlsConfig::new()
+                    .identity(identity.clone())
+                    .client_ca_root(ca.clone()),
+                client: ClientTlsConfig::new().identity(identity).ca_certificate(ca),
+            })
+        }
+
+        /// The settings when all three files are given; none when none is.
+        pub fn from_optional_files(
+            cert: Option<&Path>,
+            key: Option<&Path>,
+            ca: Option<&Path>,
+        ) -> Result<Option<Self>, TlsError> {
+            match (cert, key, ca) {
+                (Some(cert), Some(key), Some(ca)) => Self::from_files(cert, key, ca).map(Some),
+                _ => Ok(None),
+            }
+        }
+    }
+
+    /// How this daemon calls the others: the token on each call, over TLS when the
+    /// cluster has it.
     #[derive(Clone)]
-    pub struct ClientAuth(Option<MetadataValue<tonic::metadata::Ascii>>);
+    pub struct ClientAuth {
+        token: Option<MetadataValue<tonic::metadata::Ascii>>,
+        tls: Option<ClientTlsConfig>,
+    }
 
     impl std::fmt::Debug for ClientAuth {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_tuple("ClientAuth")
-                .field(&self.0.is_some())
+            f.debug_struct("ClientAuth")
+                .field("token", &self.token.is_some())
+                .field("tls", &self.tls.is_some())
                 .finish()
         }
     }
 
     impl ClientAuth {
         pub fn new(secret: Option<&str>) -> Self {
-            // Hex is always a valid header value.
-            Self(secret.and_then(|s| MetadataValue::try_from(grpc_token(s)).ok()))
+            Self {
+                // Hex is always a valid header value.
+                token: secret.and_then(|s| MetadataValue::try_from(grpc_token(s)).ok()),
+                tls: None,
+            }
+        }
+
+        /// These settings, over TLS when `tls` is given.
+        pub fn with_tls(mut self, tls: Option<&Tls>) -> Self {
+            self.tls = tls.map(|t| t.client.clone());
+            self
+        }
+
+        /// An endpoint for the service at `address` (`host:port`): `https` with TLS.
+        pub fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+            match &self.tls {
+                Some(tls) => {
+                    Endpoint::from_shared(format!("https://{address}"))?.tls_config(tls.clone())
+                }
+                None => Endpoint::from_shared(format!("http://{address}")),
+            }
         }
 
         /// `channel` with this token on every call.
@@ -143,7 +224,7 @@ mod grpc {
 
     impl tonic::service::Interceptor for ClientAuth {
         fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-            if let Some(token) = &self.0 {
+            if let Some(token) = &self.token {
                 request.metadata_mut().insert(GRPC_HEADER, token.clone());
             }
             Ok(request)
@@ -151,28 +232,50 @@ mod grpc {
     }
 
     /// Refuses calls without the cluster's token (`UNAUTHENTICATED`); lets every call in
-    /// when the cluster has no secret.
+    /// when the cluster has no secret. With TLS, peers without a certificate of the
+    /// cluster's CA do not get as far as a call.
     #[derive(Clone)]
-    pub struct ServerAuth(Option<std::sync::Arc<[u8]>>);
+    pub struct ServerAuth {
+        token: Option<std::sync::Arc<[u8]>>,
+        tls: Option<ServerTlsConfig>,
+    }
 
     impl std::fmt::Debug for ServerAuth {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_tuple("ServerAuth")
-                .field(&self.0.is_some())
+            f.debug_struct("ServerAuth")
+                .field("token", &self.token.is_some())
+                .field("tls", &self.tls.is_some())
                 .finish()
         }
     }
 
     impl ServerAuth {
         pub fn new(secret: Option<&str>) -> Self {
-            Self(secret.map(|s| grpc_token(s).into_bytes().into()))
+            Self {
+                token: secret.map(|s| grpc_token(s).into_bytes().into()),
+                tls: None,
+            }
+        }
+
+        /// These settings, serving TLS when `tls` is given.
+        pub fn with_tls(mut self, tls: Option<&Tls>) -> Self {
+            self.tls = tls.map(|t| t.server.clone());
+            self
+        }
+
+        /// A server builder, with TLS when the cluster has it.
+        pub fn server(&self) -> Result<Server, tonic::transport::Error> {
+            match &self.tls {
+                Some(tls) => Server::builder().tls_config(tls.clone()),
+                None => Ok(Server::builder()),
+            }
         }
     }
 
     impl tonic::service::Interceptor for ServerAuth {
         fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
             let presented = request.metadata().get(GRPC_HEADER).map(|t| t.as_bytes());
-            match check_token(self.0.as_deref(), presented) {
+            match check_token(self.token.as_deref(), presented) {
                 Ok(()) => Ok(request),
                 Err(why) => Err(Status::unauthenticated(why)),
             }

@@ -216,3 +216,120 @@ fn the_object_manager_serves_only_callers_with_the_token() {
     let copy = client.get_one(id, None).expect("get").expect("object");
     assert!(copy.data() == &secret_bytes[..]);
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it (made with `openssl`), and a config
+/// file that names them; returns the config's path.
+fn tls_config(dir: &std::path::Path, name: &str, secret: &str) -> std::path::PathBuf {
+    let tls = dir.join(name);
+    std::fs::create_dir_all(&tls).expect("tls dir");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rayd test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=keyCertSign,cRLSign",
+        ][..],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec[..],
+        &[
+            "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node",
+        ][..],
+    ]
+    .concat());
+    std::fs::write(
+        tls.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let config = tls.join("rayd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "redis_password = \"{secret}\"\ntls_cert_file = \"{0}/node.pem\"\n\
+             tls_key_file = \"{0}/node.key\"\ntls_ca_file = \"{0}/ca.pem\"\n",
+            tls.display()
+        ),
+    )
+    .expect("config");
+    config
+}
+
+#[test]
+fn with_tls_objects_move_only_between_holders_of_the_cas_certificates() {
+    let dir = TestDir::new();
+    let config = tls_config(dir.path(), "tls", "tls-secret");
+    let config = config.to_str().expect("utf-8");
+    let a = Plasma::start(dir.path(), "plasma-a", 64 * MIB, &["--config", config]);
+    let b = Plasma::start(dir.path(), "plasma-b", 64 * MIB, &["--config", config]);
+    let plain = Plasma::start(
+        dir.path(),
+        "plasma-plain",
+        64 * MIB,
+        &["--redis-password", "tls-secret"],
+    );
+    let writer = PlasmaClient::connect(&a.socket, "writer").expect("connect");
+    let id = ObjectId::random();
+    let bytes = b"over tls".repeat(100_000);
+    drop(writer.put(id, &bytes, b"").expect("put"));
+
+    let member = PlasmaClient::connect(&b.socket, "member").expect("connect");
+    member
+        .pull(id, &a.object_manager_address())
+        .expect("a pull over TLS");
+    let copy = member.get_one(id, None).expect("get").expect("object");
+    assert!(copy.data() == &bytes[..]);
+
+    // The right token without TLS (or without the CA's certificate) gets nothing.
+    let outsider = PlasmaClient::connect(&plain.socket, "outsider").expect("connect");
+    assert!(outsider.pull(id, &a.object_manager_address()).is_err());
+    assert!(outsider
+        .get_one(id, Some(Duration::ZERO))
+        .expect("get")
+        .is_none());
+}

@@ -1149,3 +1149,44 @@ fn the_async_client_does_what_the_blocking_one_does() {
         assert_eq!(listing[0].pins, 2);
     });
 }
+
+#[test]
+fn a_client_that_stalls_inside_a_frame_is_dropped_and_costs_nothing() {
+    use std::io::{Read, Write};
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    // 200 clients, each promising a 1 MiB request and sending 10 bytes of it.
+    let mut stalled: Vec<std::os::unix::net::UnixStream> = (0..200)
+        .map(|_| {
+            let mut stream =
+                std::os::unix::net::UnixStream::connect(&plasma.socket).expect("connect");
+            stream
+                .write_all(&(1u32 << 20).to_le_bytes())
+                .expect("announce");
+            stream.write_all(&[0u8; 10]).expect("a little of it");
+            stream
+        })
+        .collect();
+    let good = client(&plasma);
+    let id = ObjectId::random();
+    put(&good, id, 2, 1000);
+    // Each is closed once its frame waited 10 s for a byte.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for stream in &mut stalled {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a stalled client is still connected: {other:?}"),
+        }
+    }
+    assert!(plasma.daemon.log().contains("got no byte for"));
+    assert_eq!(
+        good.get_one(id, None).unwrap().unwrap().data(),
+        &pattern(2, 1000)[..]
+    );
+}

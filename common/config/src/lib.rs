@@ -131,6 +131,13 @@ pub struct RaydConfig {
     pub redis_password: Option<String>,
     /// A file (mode 0600) holding `redis_password`, read when that key is unset.
     pub redis_password_file: Option<PathBuf>,
+    /// This daemon's certificate (PEM) for mutual TLS between the gRPC services; with
+    /// `tls_key_file` and `tls_ca_file`, every gRPC server and client uses TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): peers must present a certificate it signed.
+    pub tls_ca_file: Option<PathBuf>,
     /// `maxclients` of every Redis server; Redis' own default when unset.
     pub redis_max_clients: Option<u32>,
     /// Append-only persistence for every Redis server, so metadata survives a restart.
@@ -223,6 +230,9 @@ impl Default for RaydConfig {
             redis_shard_ports: Vec::new(),
             redis_password: None,
             redis_password_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             redis_max_clients: None,
             redis_persistence: false,
             redis_appendfsync: "everysec".into(),
@@ -428,6 +438,13 @@ impl RaydConfig {
             return invalid(
                 "redis_password",
                 "must be non-empty, without whitespace or control characters".into(),
+            );
+        }
+        let tls = [&self.tls_cert_file, &self.tls_key_file, &self.tls_ca_file];
+        if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
+            return invalid(
+                "tls_cert_file",
+                "TLS needs all three of tls_cert_file, tls_key_file and tls_ca_file".into(),
             );
         }
         if !self.temp_dir.is_absolute() {
@@ -1152,6 +1169,9 @@ mod tests {
             "redis_address",
             "redis_password",
             "redis_password_file",
+            "tls_cert_file",
+            "tls_key_file",
+            "tls_ca_file",
             "redis_max_clients",
             "redis_data_dir",
             "node_id",

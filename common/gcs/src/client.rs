@@ -146,13 +146,12 @@ fn builder(address: &str, password: Option<&str>) -> Result<Builder, GcsError> {
 /// Connects one client to the Redis server at `address` (`host:port`).
 pub async fn connect_server(address: &str, password: Option<&str>) -> Result<Client, GcsError> {
     let client = builder(address, password)?.build()?;
+    if let Err(source) = client.init().await {
+        return Err(connect_error(address, password.is_some(), source));
+    }
     // A server that requires a password may accept the connection and refuse the first
     // command: PING makes that happen here, where it can be said clearly.
-    let ready = async {
-        client.init().await?;
-        client.ping::<Value>(None).await
-    };
-    if let Err(source) = ready.await {
+    if let Err(source) = client.ping::<Value>(None).await {
         let _ = client.quit().await;
         return Err(connect_error(address, password.is_some(), source));
     }

@@ -3,11 +3,13 @@
 //!
 //! [`launch`] starts one daemon in the background and waits for its `READY=1`;
 //! [`node`] starts a node's daemons in order (and stops them); [`node_state`] is the
-//! record of what `rayd start` launched, in `<temp_dir>/node.json`.
+//! record of what `rayd start` launched, in `<temp_dir>/node.json`; [`secret`] finds the
+//! secret of a cluster started on this machine.
 
 pub mod launch;
 pub mod node;
 pub mod node_state;
+pub mod secret;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;

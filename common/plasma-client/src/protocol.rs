@@ -201,6 +201,12 @@ impl FrameReader {
         Ok(Some(body))
     }
 
+    /// Bytes received and not yet taken as frames (an unfinished frame, when nonzero
+    /// after [`Self::next_frame`] returned `None`).
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
     /// One `recvmsg` into the buffer. `Ok(false)` at end of stream.
     pub fn recv(&mut self, socket: BorrowedFd<'_>) -> io::Result<bool> {
         if self.buf.len() - self.end < READ_CHUNK {

@@ -240,8 +240,8 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The cluster's primary Redis and secret: `redis_address`, else that of the node
-/// started here, else this machine's default; the secret given, else the one the node
-/// started here knows (for its own cluster).
+/// started here, else this machine's default; the secret given, else that of a node of
+/// the cluster started on this machine (`rayd start`, `ray.init()`).
 pub(crate) fn cluster_gcs(config: &RaydConfig) -> anyhow::Result<(String, Option<String>)> {
     let local = node_state::read(&config.temp_dir)?;
     let address = match (&config.redis_address, &local) {
@@ -249,15 +249,11 @@ pub(crate) fn cluster_gcs(config: &RaydConfig) -> anyhow::Result<(String, Option
         (None, Some(state)) => state.redis_address.clone(),
         (None, None) => format!("{}:{}", config.node_ip_address, config.redis_port),
     };
-    let password = match (&config.redis_password, &local) {
-        (Some(password), _) => Some(password.clone()),
-        (None, Some(state)) if state.redis_address == address => state
-            .redis_password_file
-            .as_deref()
-            .map(rayd_config::read_password_file)
-            .transpose()?,
-        _ => None,
-    };
+    // A cluster started on this machine has its secret here.
+    let password = config
+        .redis_password
+        .clone()
+        .or_else(|| rayd_launcher::secret::local_secret(&config.temp_dir, &address));
     Ok((address, password))
 }
 

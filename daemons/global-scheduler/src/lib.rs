@@ -58,6 +58,8 @@ pub enum SchedulerError {
     },
     #[error("cannot make an id: {0}")]
     Id(String),
+    #[error(transparent)]
+    Tls(#[from] rayd_common::auth::TlsError),
     #[error("the grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("the grpc server task ended: {0}")]
@@ -159,14 +161,22 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
         gcs.put_metrics_endpoint("rayd-global-scheduler", address)
             .await?;
     }
+    let tls = rayd_common::auth::Tls::from_optional_files(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+        config.tls_ca_file.as_deref(),
+    )?;
+    let secret = config.redis_password.as_deref();
     let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone(), spills)
-        .with_secret(config.redis_password.as_deref());
+        .with_auth(rayd_common::auth::ClientAuth::new(secret).with_tls(tls.as_ref()));
+    let server_auth = rayd_common::auth::ServerAuth::new(secret).with_tls(tls.as_ref());
     let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
+        server_auth
+            .server()?
             .tcp_nodelay(true)
             .add_service(GlobalSchedulerServer::with_interceptor(
                 service,
-                rayd_common::auth::ServerAuth::new(config.redis_password.as_deref()),
+                server_auth.clone(),
             ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -12,7 +12,6 @@ use rayd_common::proto::common::v1::{task_arg, TaskSpec};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::GcsClient;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::SpillMetrics;
@@ -96,9 +95,9 @@ impl Service {
         }
     }
 
-    /// The service, sending the token of the cluster's `secret` to the raylets.
-    pub fn with_secret(mut self, secret: Option<&str>) -> Self {
-        self.auth = ClientAuth::new(secret);
+    /// The service, calling the raylets with `auth` (the cluster's token, TLS).
+    pub fn with_auth(mut self, auth: ClientAuth) -> Self {
+        self.auth = auth;
         self
     }
 
@@ -135,7 +134,9 @@ impl Service {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{address}"))
+                let channel = self
+                    .auth
+                    .endpoint(address)
                     .map_err(|e| {
                         Status::internal(format!("bad node manager address {address:?}: {e}"))
                     })?

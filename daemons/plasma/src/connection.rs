@@ -79,7 +79,12 @@ pub enum ConnectionError {
     Io(#[from] io::Error),
     #[error("subscriber fell {0} events behind")]
     Lagged(u64),
+    #[error("an unfinished frame ({0} bytes so far) got no byte for {STALL_TIMEOUT:?}")]
+    Stalled(usize),
 }
+
+/// How long an unfinished request frame may wait for its next byte.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A reply and the segments whose descriptors go with it.
 struct Answer {
@@ -195,7 +200,19 @@ impl Connection {
                     return Err(e.into());
                 }
             }
-            if !self.fill().await? {
+            // A client that stops in the middle of a frame is dropped: it would hold its
+            // connection (and the frame's bytes) for ever.
+            let more = if self.reader.buffered() == 0 {
+                self.fill().await?
+            } else {
+                match tokio::time::timeout(STALL_TIMEOUT, self.fill()).await {
+                    Ok(more) => more?,
+                    Err(_) => {
+                        return Err(ConnectionError::Stalled(self.reader.buffered()));
+                    }
+                }
+            };
+            if !more {
                 return Ok(None);
             }
         }

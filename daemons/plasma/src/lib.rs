@@ -64,6 +64,8 @@ pub enum PlasmaError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] rayd_common::auth::TlsError),
     #[error("the object manager failed: {0}")]
     ObjectManager(#[source] tonic::transport::Error),
     #[error("cannot share the arena's descriptor: {0}")]
@@ -214,12 +216,18 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
             (None, None)
         }
     };
+    let tls = rayd_common::auth::Tls::from_optional_files(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+        config.tls_ca_file.as_deref(),
+    )?;
     let state = State::new(
         store,
         node,
         om_address.clone(),
         config.object_chunk_size,
         config.redis_password.as_deref(),
+        tls.as_ref(),
         locations,
     )
     .map_err(PlasmaError::Arena)?;
@@ -235,7 +243,10 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     // The thread starts with whatever the store wants prepared at first.
     state.prefault.wake();
 
-    let om_server = tonic::transport::Server::builder()
+    let om_server = rayd_common::auth::ServerAuth::new(config.redis_password.as_deref())
+        .with_tls(tls.as_ref())
+        .server()
+        .map_err(PlasmaError::ObjectManager)?
         .tcp_nodelay(true)
         .initial_stream_window_size(object_manager::WINDOW)
         .initial_connection_window_size(object_manager::WINDOW * 2)

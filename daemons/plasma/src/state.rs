@@ -39,6 +39,8 @@ pub struct State {
     /// The cluster's gRPC token ([`rayd_common::auth::grpc_token`]): pulls send it, the
     /// object manager requires it. None in an open cluster.
     pub token: Option<http::HeaderValue>,
+    /// How pulls reach other object managers (TLS when the cluster has it).
+    pub client: rayd_common::auth::ClientAuth,
     pulls: AtomicU64,
     pulled_bytes: AtomicU64,
     /// Wakes the thread that prepares arena memory ahead of demand.
@@ -53,6 +55,7 @@ impl State {
         object_manager_address: String,
         chunk_size: u64,
         secret: Option<&str>,
+        tls: Option<&rayd_common::auth::Tls>,
         locations: Option<mpsc::Sender<StoreEvent>>,
     ) -> std::io::Result<Arc<Self>> {
         let token = secret
@@ -76,6 +79,7 @@ impl State {
             object_manager_address,
             chunk_size,
             token,
+            client: rayd_common::auth::ClientAuth::new(secret).with_tls(tls),
             pulls: AtomicU64::new(0),
             pulled_bytes: AtomicU64::new(0),
             prefault: prefault::Signal::default(),

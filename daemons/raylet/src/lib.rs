@@ -53,6 +53,8 @@ pub enum RayletError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] rayd_common::auth::TlsError),
     #[error("{0}")]
     Metrics(#[from] rayd_metrics::MetricsError),
     #[error(
@@ -200,7 +202,16 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
     };
-    let peers = peers::Peers::new(events_tx.clone(), config.redis_password.as_deref());
+    let tls = rayd_common::auth::Tls::from_optional_files(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+        config.tls_ca_file.as_deref(),
+    )?;
+    let secret = config.redis_password.as_deref();
+    let peers = peers::Peers::new(
+        events_tx.clone(),
+        rayd_common::auth::ClientAuth::new(secret).with_tls(tls.as_ref()),
+    );
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),
@@ -249,7 +260,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     peers::serve(
         node_manager,
         events_tx.clone(),
-        config.redis_password.as_deref(),
+        rayd_common::auth::ServerAuth::new(secret).with_tls(tls.as_ref()),
         cancel.clone(),
     );
     peers::watch(

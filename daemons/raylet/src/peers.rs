@@ -15,7 +15,6 @@ use rayd_gcs::{keys, GcsClient, Heartbeat, NodeEvent, Target};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::io::Input;
@@ -117,22 +116,24 @@ impl nm::node_manager_server::NodeManager for Service {
 pub fn serve(
     listener: TcpListener,
     inputs: mpsc::UnboundedSender<Input>,
-    secret: Option<&str>,
+    auth: ServerAuth,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
-    let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(
-            nm::node_manager_server::NodeManagerServer::with_interceptor(
-                Service { inputs },
-                ServerAuth::new(secret),
-            ),
-        )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            cancel.cancelled_owned(),
-        );
-    tokio::spawn(server)
+    tokio::spawn(async move {
+        auth.server()?
+            .tcp_nodelay(true)
+            .add_service(
+                nm::node_manager_server::NodeManagerServer::with_interceptor(
+                    Service { inputs },
+                    auth.clone(),
+                ),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                cancel.cancelled_owned(),
+            )
+            .await
+    })
 }
 
 /// What goes to another raylet, in order: one queue per node, so that the calls of an
@@ -186,12 +187,12 @@ pub enum PeerError {
 }
 
 impl Peers {
-    pub fn new(inputs: mpsc::UnboundedSender<Input>, secret: Option<&str>) -> Self {
+    pub fn new(inputs: mpsc::UnboundedSender<Input>, auth: ClientAuth) -> Self {
         Self {
             inner: Arc::default(),
             inputs,
             schedulers: Arc::default(),
-            auth: ClientAuth::new(secret),
+            auth,
         }
     }
 
@@ -317,15 +318,16 @@ fn channel(address: &str, auth: &ClientAuth) -> Option<AuthChannel> {
     if address.is_empty() {
         return None;
     }
-    let endpoint = Endpoint::from_shared(format!("http://{address}")).ok()?;
+    let endpoint = auth.endpoint(address).ok()?;
     Some(
-        endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy(),
+        auth.wrap(
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ),
     )
-    .map(|channel| auth.wrap(channel))
 }
 
 fn connect(

@@ -819,6 +819,13 @@ fn find_local_raylet(
     .map_err(to_py_err)
 }
 
+/// The secret of the cluster at `redis_address` when a node of it was started on this
+/// machine from `temp_dir` (`rayd start`, or `ray.init()`'s local cluster).
+#[pyfunction]
+fn local_cluster_secret(temp_dir: std::path::PathBuf, redis_address: &str) -> Option<String> {
+    rayd_launcher::secret::local_secret(&temp_dir, redis_address)
+}
+
 /// The ID of a pickled function or class definition.
 #[pyfunction]
 fn function_id<'py>(py: Python<'py>, definition: &[u8]) -> Bound<'py, PyBytes> {
@@ -856,6 +863,7 @@ fn _raylet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LocalNode>()?;
     m.add_function(wrap_pyfunction!(start_local_node, m)?)?;
     m.add_function(wrap_pyfunction!(find_local_raylet, m)?)?;
+    m.add_function(wrap_pyfunction!(local_cluster_secret, m)?)?;
     m.add_function(wrap_pyfunction!(serialize_inline, m)?)?;
     m.add_function(wrap_pyfunction!(function_id, m)?)?;
     m.add_function(wrap_pyfunction!(parse_inline, m)?)?;

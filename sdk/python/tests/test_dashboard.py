@@ -101,8 +101,10 @@ def test_rayd_timeline_writes_the_jobs_chrome_trace(cluster, tmp_path):
     head = cluster[0]
     expected = ray.timeline()
     out = tmp_path / "trace.json"
+    # The cluster's secret, as an operator gives it.
+    env = {**os.environ, "RAYD_REDIS_PASSWORD": head.redis_password}
     done = subprocess.run([RAYD, "timeline", "--redis-address", head.address, "-o", str(out)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     trace = json.loads(out.read_text())
     # The same events (to the microsecond: the two sides multiply floats differently).
@@ -110,7 +112,7 @@ def test_rayd_timeline_writes_the_jobs_chrome_trace(cluster, tmp_path):
             == {(e["name"], e["ph"], round(e["ts"])) for e in expected})
     assert any(e["ph"] == "X" and e.get("args", {}).get("error") for e in trace)
     done = subprocess.run([RAYD, "timeline", "--redis-address", head.address, "--job", "xyz"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1 and "--job `xyz` is not a job id" in done.stderr
 
 

@@ -20,7 +20,8 @@ DETECTION_DEADLINE_S = DEATH_TIMEOUT_MS / 1000 + 10
 
 
 @pytest.fixture
-def cluster():
+def cluster(cleanup):
+    # `cleanup`: no shared cluster of an earlier test is left connected.
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "_system_config": {"node_death_timeout_ms": DEATH_TIMEOUT_MS}})
     yield c
@@ -45,7 +46,7 @@ def _wait_until(condition, timeout: float, what: str):
         time.sleep(0.05)
 
 
-def test_an_evicted_task_result_is_rebuilt_by_running_its_task_again(tmp_path):
+def test_an_evicted_task_result_is_rebuilt_by_running_its_task_again(tmp_path, cleanup):
     # Spilling cannot work (its directory cannot be made): task results are evicted.
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")

@@ -363,7 +363,8 @@ def test_what_a_task_prints_on_another_node_reaches_its_driver(three_nodes):
     cluster, (head, node2, node3) = three_nodes
     program = (
         "import ray, time\n"
-        f"ray.init(redis_address={cluster.address!r}, node_ip_address={head.address!r})\n"
+        f"ray.init(redis_address={cluster.address!r}, node_ip_address={head.address!r}, "
+        f"redis_password={cluster.redis_password!r})\n"
         "@ray.remote(resources={'node2': 1})\n"
         "def hello():\n"
         "    print('hello from node 2', flush=True)\n"

@@ -85,8 +85,10 @@ def test_attach_to_a_node_started_with_rayd_start(cleanup):
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         with open(os.path.join(temp_dir, "node.json")) as f:
-            pids = [p["pid"] for p in json.load(f)["processes"]]
-        ray.init(redis_address=f"127.0.0.1:{port}")
+            state = json.load(f)
+        pids = [p["pid"] for p in state["processes"]]
+        # The head's secret, as its operator hands it over.
+        ray.init(redis_address=f"127.0.0.1:{port}", redis_password_file=state["redis_password_file"])
 
         @ray.remote
         def square(x):

@@ -356,7 +356,9 @@ impl Source {
         if address.is_empty() || address.contains('/') {
             return Err(TransferError::Source(address.to_string()));
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = state
+            .client
+            .endpoint(address)
             .map_err(|_| TransferError::Source(address.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -657,6 +659,7 @@ mod tests {
             rayd_common::id::NodeId::random(),
             "127.0.0.1:1".into(),
             MIB,
+            None,
             None,
             None,
         )

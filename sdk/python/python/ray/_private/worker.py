@@ -86,8 +86,8 @@ def _read_password_file(path):
 
 def _cluster_password(address, redis_password, redis_password_file):
     """The secret to attach to the cluster at `address` with: the one given, else the one
-    in the given file, else `RAYD_REDIS_PASSWORD(_FILE)`, else the one of the node that
-    `rayd start` started on this machine for that cluster; None for an open cluster."""
+    in the given file, else `RAYD_REDIS_PASSWORD(_FILE)`, else the one of a node of that
+    cluster started on this machine (`rayd start`, `ray.init()`); None for an open cluster."""
     if redis_password:
         return redis_password
     redis_password_file = redis_password_file or os.environ.get("RAYD_REDIS_PASSWORD_FILE")
@@ -95,46 +95,8 @@ def _cluster_password(address, redis_password, redis_password_file):
         return _read_password_file(redis_password_file)
     if os.environ.get("RAYD_REDIS_PASSWORD"):
         return os.environ["RAYD_REDIS_PASSWORD"]
-    try:
-        state, _ = _local_node_state()
-        if _same_address(state.get("redis_address"), address) and state.get("redis_password_file"):
-            return _read_password_file(state["redis_password_file"])
-    except (OSError, ValueError):
-        pass
-    return _session_password(address)
-
-
-def _same_address(a, b):
-    """Whether two host:port addresses name the same server (`localhost` is 127.0.0.1)."""
-    if not a or not b:
-        return False
-    if a == b:
-        return True
-    try:
-        (host_a, _, port_a), (host_b, _, port_b) = a.rpartition(":"), b.rpartition(":")
-        return port_a == port_b and _resolve(host_a.strip("[]")) == _resolve(host_b.strip("[]"))
-    except ValueError:
-        return False
-
-
-def _session_password(address):
-    """The secret of a local cluster that `ray.init()` started on this machine, from its
-    session's config (`rayd.toml`, mode 0600: readable by this user only)."""
-    import glob
-    import re
-    base = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
-    configs = glob.glob(os.path.join(base, "session_latest", "rayd.toml"))
-    configs += glob.glob(os.path.join(base, "driver_*", "session_latest", "rayd.toml"))
-    for path in configs:
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            continue
-        found = dict(re.findall(r'^(redis_address|redis_password) = "([^"]*)"$', text, re.M))
-        if _same_address(found.get("redis_address"), address) and found.get("redis_password"):
-            return found["redis_password"]
-    return None
+    temp_dir = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
+    return _raylet.local_cluster_secret(temp_dir, address)
 
 
 def _resolve(host):
