@@ -15,6 +15,6 @@ pub use client::{
 };
 pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
-    ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo, StoreFigures,
-    TaskEntry,
+    now_ms, ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo,
+    StoreFigures, TaskEntry,
 };
