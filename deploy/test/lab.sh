@@ -47,6 +47,9 @@ base() {
     : >"$BASE/etc/machine-id" # each host gets its own at `up`
     touch "$BASE/.rayd-base-ready"
   fi
+  # Package scripts start no services (the stock redis-server would bind 127.0.0.1:6379 of
+  # the network namespace the hosts share with this machine); ansible and systemd still do.
+  printf '#!/bin/sh\nexit 101\n' >"$BASE/usr/sbin/policy-rc.d" && chmod 755 "$BASE/usr/sbin/policy-rc.d"
   [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -f "$KEY"
   install -d -m 700 "$BASE/root/.ssh"
   install -m 600 "$KEY.pub" "$BASE/root/.ssh/authorized_keys"
