@@ -103,6 +103,8 @@ down() {
     for _ in $(seq 60); do { [ -n "$np" ] && [ -d "/proc/$np" ]; } || break; sleep 1; done
     if [ -n "$np" ] && [ -d "/proc/$np" ]; then kill "$np"; sleep 3; fi
     if mountpoint -q "$HOSTS_DIR/$h/root"; then umount "$HOSTS_DIR/$h/root"; fi
+    # The host's own files (its overlay's upper dir): the next `up` starts from the base.
+    if ! mountpoint -q "$HOSTS_DIR/$h/root"; then rm -rf "${HOSTS_DIR:?}/$h"; fi
     rm -f "$HOSTS_DIR/$h.leader" "$HOSTS_DIR/$h.nspawn.pid"
   done
 }

@@ -56,7 +56,7 @@ ANSIBLE=$LAB/ansible-venv/bin/ansible-playbook
 if [ ! -x "$ANSIBLE" ]; then
   python3 -m venv "$LAB/ansible-venv" && "$LAB/ansible-venv/bin/pip" install --quiet ansible-core || { echo "FAIL cannot install ansible"; exit 1; }
 fi
-log "wheel $WHEEL ($(du -h "$WHEEL" | cut -f1)); $("$ANSIBLE" --version | head -1)"
+log "wheel $WHEEL ($(du -h "$WHEEL" | cut -f1)); $("$ANSIBLE" --version | sed -n 1p)"
 
 # --- the hosts -------------------------------------------------------------------------------
 "$LABSH" down >/dev/null 2>&1
