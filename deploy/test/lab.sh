@@ -47,6 +47,8 @@ base() {
     : >"$BASE/etc/machine-id" # each host gets its own at `up`
     touch "$BASE/.rayd-base-ready"
   fi
+  # One machine ID per host: dbus' copy in the base would give every host the same one.
+  ln -sf /etc/machine-id "$BASE/var/lib/dbus/machine-id"
   # Package scripts start no services (the stock redis-server would bind 127.0.0.1:6379 of
   # the network namespace the hosts share with this machine); ansible and systemd still do.
   printf '#!/bin/sh\nexit 101\n' >"$BASE/usr/sbin/policy-rc.d" && chmod 755 "$BASE/usr/sbin/policy-rc.d"
