@@ -8,9 +8,9 @@ PYTHON := $(VENV)/bin/python
 # Debug builds for tests and `make run`; `make bench` asks for release.
 PROFILE ?= debug
 CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
-BINARIES := rayd rayd-redis-shard rayd-global-scheduler rayd-plasma rayd-raylet rayd-worker
+BINARIES := rayd rayd-redis-shard rayd-global-scheduler rayd-plasma rayd-raylet rayd-worker rayd-dashboard
 
-.PHONY: all deps build build-python wheel deploy-test run test test-rust test-python lint bench clean
+.PHONY: all deps build build-python wheel deploy-test run test test-rust test-python lint bench chaos clean
 
 all: build
 
@@ -87,6 +87,12 @@ bench: deps
 		.venv/bin/python -m pip install --quiet numpy psutil; fi
 	@bash bench/setup_ray.sh
 	python3 bench/run.py
+
+## chaos: a three-node cluster runs 10,000 tasks, large objects and actors while workers,
+## raylets, plasma stores and whole nodes are killed at random; checks every result, that
+## nothing hangs and nothing is left; writes bench/results/chaos.md (scripts/chaos.py).
+chaos: build
+	$(PYTHON) scripts/chaos.py --tasks 10000 --period 2 --out bench/results/chaos.md
 
 clean:
 	$(CARGO) clean

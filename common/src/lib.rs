@@ -1,7 +1,7 @@
 //! The bottom of rayd: the formats every process agrees on, with no daemon and no network
 //! stack behind them.
 //!
-//! Modules, lowest first: [`id`] (20-byte identifiers), [`proto`] (the message types
+//! Modules, lowest first: [`auth`] (the cluster secret: gRPC tokens, function MACs), [`id`] (20-byte identifiers), [`proto`] (the message types
 //! generated from `common/proto/`; their gRPC client and server code only with the `grpc`
 //! feature), [`framing`] (length-prefixed messages on Unix sockets), [`value`] (how a
 //! serialized value is laid out in an object), [`inline`] (small objects held in memory)
@@ -10,6 +10,7 @@
 //! Everything above depends on this crate: `rayd-config`, `rayd-gcs`, `rayd-daemon`,
 //! `rayd-launcher`, `rayd-plasma-client`, the daemons and the SDK.
 
+pub mod auth;
 pub mod framing;
 pub mod id;
 pub mod inline;

@@ -49,12 +49,20 @@ fn start_status_stop_a_head() {
     );
     let _node = Node(&dir);
     assert!(started.status.success(), "{}", text(&started));
-    assert!(text(&started).contains(&format!("ray.init(redis_address=\"127.0.0.1:{port}\")")));
+    assert!(text(&started).contains(&format!(
+        "ray.init(redis_address=\"127.0.0.1:{port}\", redis_password=...)"
+    )));
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("node.json")).expect("node.json"),
     )
     .expect("json");
     let pid = state["processes"][0]["pid"].as_u64().expect("pid") as u32;
+    let secret = std::fs::read_to_string(
+        state["redis_password_file"]
+            .as_str()
+            .expect("the head's secret file"),
+    )
+    .expect("secret");
     assert!(process_alive(pid));
 
     let status = rayd(&dir, &["status", "--json"]);
@@ -94,7 +102,7 @@ fn start_status_stop_a_head() {
     // The head's global scheduler registered itself.
     let schedulers = redis_cli(
         port.parse().expect("port"),
-        None,
+        Some(&secret),
         &["hlen", "rayd:global_schedulers"],
     );
     assert_eq!(schedulers.as_deref(), Some("1"));
@@ -155,7 +163,7 @@ fn start_status_stop_a_head() {
     });
     let port: u16 = port.parse().expect("port");
     assert_eq!(
-        redis_cli(port, None, &["ping"]),
+        redis_cli(port, Some(&secret), &["ping"]),
         None,
         "redis still answers after rayd stop"
     );

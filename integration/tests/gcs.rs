@@ -250,6 +250,7 @@ async fn tables_round_trip() {
         job_id: JobId::random(),
         name: "__main__.f".into(),
         definition,
+        mac: vec![7; 32],
     };
     client.put_function(&function).await.expect("put function");
     assert_eq!(

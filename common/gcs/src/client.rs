@@ -27,6 +27,11 @@ pub enum GcsError {
         #[source]
         source: fred::error::Error,
     },
+    #[error("redis at {address} {reason}")]
+    Auth {
+        address: String,
+        reason: &'static str,
+    },
     #[error("redis at {0} has no shard list at `rayd:shards`: is it a rayd head?")]
     NoShards(String),
     #[error("redis command failed: {}", plain(.0))]
@@ -141,11 +146,40 @@ fn builder(address: &str, password: Option<&str>) -> Result<Builder, GcsError> {
 /// Connects one client to the Redis server at `address` (`host:port`).
 pub async fn connect_server(address: &str, password: Option<&str>) -> Result<Client, GcsError> {
     let client = builder(address, password)?.build()?;
-    client.init().await.map_err(|source| GcsError::Connect {
-        address: address.to_string(),
-        source,
-    })?;
+    // A server that requires a password may accept the connection and refuse the first
+    // command: PING makes that happen here, where it can be said clearly.
+    let ready = async {
+        client.init().await?;
+        client.ping::<Value>(None).await
+    };
+    if let Err(source) = ready.await {
+        let _ = client.quit().await;
+        return Err(connect_error(address, password.is_some(), source));
+    }
     Ok(client)
+}
+
+/// A failed connection, with a refused or missing password said in words.
+fn connect_error(address: &str, gave_password: bool, source: fred::error::Error) -> GcsError {
+    let details = source.details().to_ascii_uppercase();
+    let refused = ["WRONGPASS", "INVALID PASSWORD", "INVALID USERNAME-PASSWORD"]
+        .iter()
+        .any(|m| details.contains(m));
+    let required = details.contains("NOAUTH") || details.contains("AUTHENTICATION REQUIRED");
+    let address = address.to_string();
+    if refused || (required && gave_password) {
+        GcsError::Auth {
+            address,
+            reason: "refused the password: give the cluster's secret (redis_password / _redis_password, or redis_password_file)",
+        }
+    } else if required || (details.contains("AUTH") && !gave_password) {
+        GcsError::Auth {
+            address,
+            reason: "requires the cluster's secret: give redis_password / _redis_password (or redis_password_file; `rayd start --head` printed where it is)",
+        }
+    } else {
+        GcsError::Connect { address, source }
+    }
 }
 
 impl GcsClient {

@@ -5,16 +5,19 @@
 //! | `rayd:shards` | list | primary | `host:port` of every shard, in shard order |
 //! | `rayd:cluster` | hash | primary | version, shard count, start time, config |
 //! | `rayd:nodes` | set | primary | hex IDs of every node ever registered |
-//! | `rayd:node:<node>` | hash | primary | a node's addresses, resources, state |
+//! | `rayd:node:<node>` | hash | primary | a node's addresses, resources, state, `*metrics_port` |
 //! | `rayd:functions` | set | primary | hex IDs of every exported function |
 //! | `rayd:global_schedulers` | hash | primary | per global scheduler ID: JSON `{"address", "last_heartbeat_ms"}` |
 //! | `rayd:errors:<job>` | list | primary | JSON error records pushed to a job's driver |
+//! | `rayd:metrics` | hash | primary | per `<daemon>@<ip>`: the port of its `/metrics` and `/health` |
+//! | `rayd:webui_url` | string | primary | where the dashboard serves |
+//! | `rayd:profile:<job>` | list | primary | a job's timeline events (JSON rows, written by the SDK) |
 //! | `rayd:object:<object>` | hash | shard | `size`, and `node:<node>` per location |
 //! | `rayd:task:<task>` | hash | shard | `spec` (protobuf), `state`, `node` |
 //! | `rayd:actor:<actor>` | hash | shard | `state`, `node`, `worker`, `job` |
 //! | `rayd:function:<function>` | hash | shard | `job`, `name`, `definition` |
 //!
-//! Channels: `rayd:heartbeats` and `rayd:node_events` on the primary,
+//! Channels: `rayd:heartbeats`, `rayd:node_events` and `rayd:shard_events` on the primary,
 //! `rayd:error_events:<job>` on the primary, `rayd:object_events:<object>` and
 //! `rayd:actor_events:<actor>` on the ID's shard.
 
@@ -40,6 +43,24 @@ pub const HEARTBEATS_CHANNEL: &str = "rayd:heartbeats";
 /// Channel of node registrations and deaths on the primary.
 pub const NODE_EVENTS_CHANNEL: &str = "rayd:node_events";
 
+/// Channel on the primary on which the shards' supervisor announces that a shard
+/// restarted (empty, without persistence): `<index> restarted`.
+pub const SHARD_EVENTS_CHANNEL: &str = "rayd:shard_events";
+
+/// The message of [`SHARD_EVENTS_CHANNEL`] for shard `index`.
+pub fn shard_restart(index: usize) -> String {
+    format!("{index} restarted")
+}
+
+/// The shard index of a [`SHARD_EVENTS_CHANNEL`] message; `None` for anything else.
+pub fn parse_shard_restart(payload: &[u8]) -> Option<usize> {
+    std::str::from_utf8(payload)
+        .ok()?
+        .strip_suffix(" restarted")?
+        .parse()
+        .ok()
+}
+
 /// The tables keyed by an ID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
@@ -63,9 +84,14 @@ impl Table {
     }
 }
 
+/// What every key of `table` starts with: `rayd:<table>:`.
+pub fn prefix(table: Table) -> String {
+    format!("rayd:{}:", table.name())
+}
+
 /// The key of `id` in `table`: `rayd:<table>:<hex id>`.
 pub fn key(table: Table, id: &impl AsRef<[u8; ID_LEN]>) -> String {
-    format!("rayd:{}:{}", table.name(), hex::encode(id.as_ref()))
+    format!("{}{}", prefix(table), hex::encode(id.as_ref()))
 }
 
 /// The channel announcing changes of `id` in `table` (objects and actors).
@@ -101,6 +127,13 @@ pub fn shard_index(id: &[u8; ID_LEN], num_shards: usize) -> usize {
 mod tests {
     use super::*;
     use rayd_common::id::{ObjectId, TaskId};
+
+    #[test]
+    fn shard_restarts_read_back() {
+        assert_eq!(parse_shard_restart(shard_restart(3).as_bytes()), Some(3));
+        assert_eq!(parse_shard_restart(b"3 started"), None);
+        assert_eq!(parse_shard_restart(b"x restarted"), None);
+    }
 
     #[test]
     fn keys_are_readable() {

@@ -7,14 +7,23 @@
 
 mod client;
 pub mod keys;
+mod lineage;
+mod liveness;
 mod schedulers;
 mod tables;
+mod views;
 
 pub use client::{
     connect_server, GcsClient, GcsError, GcsReply, Notification, Server, Subscription, Target,
 };
+pub use lineage::{Lineage, RerunClaim};
+pub use liveness::Standing;
 pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
     now_ms, ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo,
     StoreFigures, TaskEntry,
+};
+pub use views::{
+    chrome_tracing, profile_key, ActorRow, ProfileEvent, TaskRow, METRICS_ENDPOINTS,
+    RAYLET_METRICS_FIELD, WEBUI_URL,
 };

@@ -189,6 +189,9 @@ pub struct FunctionInfo {
     pub name: String,
     /// The pickled definition.
     pub definition: Vec<u8>,
+    /// [`rayd_common::auth::function_mac`] of the definition under the cluster's secret
+    /// (empty in an open cluster): workers unpickle only definitions whose MAC verifies.
+    pub mac: Vec<u8>,
 }
 
 /// An error pushed to the driver of a job.
@@ -265,47 +268,6 @@ impl GcsClient {
                 keys::NODE_EVENTS_CHANNEL,
                 NodeEvent::Alive(node.node_id).to_string(),
             )
-            .await?;
-        let _: Value = pipeline.all().await?;
-        Ok(())
-    }
-
-    /// Records a node's heartbeat and publishes it.
-    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), GcsError> {
-        let node: NodeId = beat
-            .node_id
-            .parse()
-            .map_err(|e: rayd_common::id::IdError| GcsError::Malformed {
-                what: "heartbeat node_id",
-                reason: e.to_string(),
-            })?;
-        let pipeline = self.primary().pipeline();
-        let _: () = pipeline
-            .hset(
-                keys::key(Table::Node, &node),
-                [
-                    ("resources_available", to_json(&beat.resources_available)),
-                    ("queue_length", beat.queue_length.to_string()),
-                    ("running", beat.running.to_string()),
-                    ("last_heartbeat_ms", beat.time_ms.to_string()),
-                ],
-            )
-            .await?;
-        let _: () = pipeline
-            .publish(keys::HEARTBEATS_CHANNEL, to_json(beat))
-            .await?;
-        let _: Value = pipeline.all().await?;
-        Ok(())
-    }
-
-    /// Marks a node dead and announces it.
-    pub async fn mark_node_dead(&self, node: NodeId) -> Result<(), GcsError> {
-        let pipeline = self.primary().pipeline();
-        let _: () = pipeline
-            .hset(keys::key(Table::Node, &node), ("state", "dead"))
-            .await?;
-        let _: () = pipeline
-            .publish(keys::NODE_EVENTS_CHANNEL, NodeEvent::Dead(node).to_string())
             .await?;
         let _: Value = pipeline.all().await?;
         Ok(())
@@ -545,6 +507,12 @@ impl GcsClient {
                 ],
             )
             .await?;
+        if actor.state == "alive" {
+            // For operators (the dashboard): each start after the first is a restart.
+            let _: () = pipeline
+                .hincrby(keys::key(Table::Actor, &actor.actor_id), "starts", 1)
+                .await?;
+        }
         let _: () = pipeline
             .publish(
                 keys::events_channel(Table::Actor, &actor.actor_id),
@@ -585,6 +553,7 @@ impl GcsClient {
                     ("job", function.job_id.hex().into_bytes()),
                     ("name", function.name.clone().into_bytes()),
                     ("definition", function.definition.clone()),
+                    ("mac", function.mac.clone()),
                 ],
             )
             .await?;
@@ -593,6 +562,16 @@ impl GcsClient {
             .sadd(keys::FUNCTIONS, function.function_id.hex())
             .await?;
         Ok(())
+    }
+
+    /// Whether a function definition is in the GCS (a shard restarted without persistence
+    /// has lost the ones it held).
+    pub async fn function_exists(&self, function: FunctionId) -> Result<bool, GcsError> {
+        let n: i64 = self
+            .shard_for(function.as_bytes())
+            .exists(keys::key(Table::Function, &function))
+            .await?;
+        Ok(n > 0)
     }
 
     /// A function definition, if exported.
@@ -609,6 +588,7 @@ impl GcsClient {
             job_id: parsed(&fields, "job")?,
             name: text(&fields, "name")?,
             definition: fields.get("definition").cloned().unwrap_or_default(),
+            mac: fields.get("mac").cloned().unwrap_or_default(),
         }))
     }
 

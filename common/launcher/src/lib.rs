@@ -57,6 +57,8 @@ pub enum LaunchError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("cannot generate the cluster secret: {0}")]
+    Secret(String),
     #[error("cannot encode the node's record")]
     EncodeState(#[source] serde_json::Error),
 }

@@ -26,6 +26,8 @@ pub const HEAD_DAEMONS: &[&str] = &[
 pub const LOCAL_DAEMONS: &[&str] = &["rayd-redis-shard", "rayd-plasma", "rayd-raylet"];
 /// The daemons of a node that joins a head, in start order.
 pub const WORKER_DAEMONS: &[&str] = &["rayd-plasma", "rayd-raylet"];
+/// The web dashboard, started last on a head with `include_webui`.
+pub const DASHBOARD: &str = "rayd-dashboard";
 
 /// A node whose daemons this process started.
 #[derive(Debug)]
@@ -35,6 +37,8 @@ pub struct StartedNode {
     pub redis_address: String,
     pub raylet_socket: PathBuf,
     pub plasma_socket: PathBuf,
+    /// The file that holds the cluster's secret (`<session>/redis_password`, mode 0600).
+    pub password_file: Option<PathBuf>,
     pub processes: Vec<Process>,
     pub grace: Duration,
     children: Vec<Child>,
@@ -92,21 +96,28 @@ pub fn new_session(temp_dir: &Path) -> Result<PathBuf, LaunchError> {
     Ok(session)
 }
 
-/// Writes the effective configuration for the daemons (mode 0600: it may hold the
-/// password), so that each reads exactly what the launcher resolved.
-fn write_session_config(session: &Path, config: &RaydConfig) -> Result<PathBuf, LaunchError> {
-    let path = session.join("rayd.toml");
+/// Writes `text` to `path`, readable by this user only.
+fn write_private(path: &Path, text: &str) -> Result<(), LaunchError> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(LaunchError::io("write", &path))?;
-    std::io::Write::write_all(&mut file, config.to_toml().as_bytes())
-        .map_err(LaunchError::io("write", &path))?;
+        .open(path)
+        .map_err(LaunchError::io("write", path))?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(LaunchError::io("write", path))
+}
+
+/// Writes the effective configuration for the daemons (mode 0600: it holds the
+/// password), so that each reads exactly what the launcher resolved.
+fn write_session_config(session: &Path, config: &RaydConfig) -> Result<PathBuf, LaunchError> {
+    let path = session.join("rayd.toml");
+    write_private(&path, &config.to_toml())?;
     Ok(path)
 }
+
+/// The name of the file in a session directory that holds the cluster's secret.
+pub const PASSWORD_FILE: &str = "redis_password";
 
 /// `n` TCP ports on `ip` that were free a moment ago.
 pub fn free_ports(ip: &str, n: usize) -> Result<Vec<u16>, LaunchError> {
@@ -133,16 +144,25 @@ pub fn start_node(
     attached: bool,
 ) -> Result<StartedNode, LaunchError> {
     let mut config = config.clone();
-    let daemons = if head {
+    if head && config.redis_password.is_none() {
+        // Authenticated by default: a head without a given secret makes one.
+        let secret =
+            rayd_common::auth::generate_secret().map_err(|e| LaunchError::Secret(e.to_string()))?;
+        config.redis_password = Some(secret);
+    }
+    let mut daemons = if head {
         config.redis_address = Some(format!("{}:{}", config.node_ip_address, config.redis_port));
         if attached {
-            LOCAL_DAEMONS
+            LOCAL_DAEMONS.to_vec()
         } else {
-            HEAD_DAEMONS
+            HEAD_DAEMONS.to_vec()
         }
     } else {
-        WORKER_DAEMONS
+        WORKER_DAEMONS.to_vec()
     };
+    if head && config.include_webui {
+        daemons.push(DASHBOARD);
+    }
     let redis_address = config
         .redis_address
         .clone()
@@ -151,12 +171,21 @@ pub fn start_node(
         .map_err(LaunchError::io("create", &config.temp_dir))?;
     let session = new_session(&config.temp_dir)?;
     let config_path = write_session_config(&session, &config)?;
+    let password_file = match &config.redis_password {
+        Some(password) => {
+            let path = session.join(PASSWORD_FILE);
+            write_private(&path, password)?;
+            Some(path)
+        }
+        None => None,
+    };
     let args = ["--config".to_string(), config_path.display().to_string()];
     let mut node = StartedNode {
         session_dir: session.clone(),
         redis_address,
         raylet_socket: config.raylet_socket(),
         plasma_socket: config.plasma_socket(),
+        password_file,
         processes: Vec::new(),
         grace: Duration::from_millis(config.shutdown_grace_ms),
         children: Vec::new(),

@@ -30,6 +30,10 @@ pub struct NodeState {
     /// The cluster's primary Redis.
     pub redis_address: String,
     pub head: bool,
+    /// The file (mode 0600) that holds the cluster's secret, for drivers and `rayd status`
+    /// on this machine; none for an open cluster.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
     /// In start order.
     pub processes: Vec<Process>,
 }

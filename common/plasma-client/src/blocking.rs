@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::proto::plasma::v1 as pb;
@@ -47,6 +47,8 @@ struct Inner {
     io: Mutex<Io>,
     tables: Mutex<Tables>,
     node_id: NodeId,
+    /// The store's process, as the kernel says (`SO_PEERCRED`), when it could tell.
+    store_pid: Option<u32>,
     capacity: u64,
     small_object_max: u64,
     /// Objects up to this size go into this client's lease (0: the store lends none).
@@ -245,6 +247,10 @@ impl PlasmaClient {
             path: path.display().to_string(),
             source,
         })?;
+        let store_pid =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()
+                .and_then(|c| u32::try_from(c.pid()).ok());
         let mut io = Io {
             stream,
             reader: FrameReader::new(protocol::MAX_REPLY_FRAME),
@@ -276,6 +282,7 @@ impl PlasmaClient {
                 io: Mutex::new(io),
                 tables: Mutex::new(tables),
                 node_id,
+                store_pid,
                 capacity: connected.capacity_bytes,
                 small_object_max: connected.small_object_max,
                 leased_object_max: connected.leased_object_max.min(connected.lease_size / 2),
@@ -286,6 +293,11 @@ impl PlasmaClient {
     /// The node this store serves.
     pub fn node_id(&self) -> NodeId {
         self.inner.node_id
+    }
+
+    /// The pid of the store's process, as the kernel reported it at connect.
+    pub fn store_pid(&self) -> Option<u32> {
+        self.inner.store_pid
     }
 
     /// The store's capacity in bytes.
@@ -622,47 +634,57 @@ impl PlasmaClient {
             io.send(pending, None)?;
             return Ok(result);
         }
-        let timeout_ms = timeout.map_or(-1, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
-        io.send(
-            pending,
-            Some(Req::Get(pb::Get {
-                object_ids: missing.iter().map(|id| id.as_bytes().to_vec()).collect(),
-                timeout_ms,
-            })),
-        )?;
-        let (reply, fds) = io.receive()?;
-        let mut tables = lock(&self.inner.tables);
-        register_segments(&mut tables, &reply.new_segments, fds, false)?;
-        let objects = match reply.kind {
-            Some(Rep::Objects(o)) if o.objects.len() == missing.len() => o.objects,
-            Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
-            other => return Err(unexpected("objects", other)),
-        };
-        for location in objects.into_iter().filter_map(|o| o.location) {
-            let id = protocol::object_id(&location.object_id)?;
-            if !asked.contains(&id) {
-                return Err(ClientError::BadLocation(id));
+        // The store takes at most MAX_IDS_PER_REQUEST IDs a request: more go in several,
+        // under one deadline.
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut pending = Some(pending);
+        for chunk in missing.chunks(protocol::MAX_IDS_PER_REQUEST) {
+            let timeout_ms = deadline.map_or(-1, |d| {
+                let left = d.saturating_duration_since(Instant::now());
+                i64::try_from(left.as_millis()).unwrap_or(i64::MAX)
+            });
+            io.send(
+                pending.take().unwrap_or_default(),
+                Some(Req::Get(pb::Get {
+                    object_ids: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                    timeout_ms,
+                })),
+            )?;
+            let (reply, fds) = io.receive()?;
+            let mut tables = lock(&self.inner.tables);
+            register_segments(&mut tables, &reply.new_segments, fds, false)?;
+            let objects = match reply.kind {
+                Some(Rep::Objects(o)) if o.objects.len() == chunk.len() => o.objects,
+                Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
+                other => return Err(unexpected("objects", other)),
+            };
+            for location in objects.into_iter().filter_map(|o| o.location) {
+                let id = protocol::object_id(&location.object_id)?;
+                if !asked.contains(&id) {
+                    return Err(ClientError::BadLocation(id));
+                }
+                let segment = tables
+                    .segments
+                    .get_mut(&location.segment)
+                    .ok_or(ClientError::BadLocation(id))?;
+                let mapping = segment.read_only()?;
+                if !mapping.contains(location.offset, location.data_size + location.metadata_size) {
+                    return Err(ClientError::BadLocation(id));
+                }
+                tables.objects.insert(
+                    id,
+                    Held {
+                        refs: 0,
+                        segment: location.segment,
+                        mapping,
+                        offset: location.offset,
+                        data_size: location.data_size,
+                        metadata_size: location.metadata_size,
+                    },
+                );
             }
-            let segment = tables
-                .segments
-                .get_mut(&location.segment)
-                .ok_or(ClientError::BadLocation(id))?;
-            let mapping = segment.read_only()?;
-            if !mapping.contains(location.offset, location.data_size + location.metadata_size) {
-                return Err(ClientError::BadLocation(id));
-            }
-            tables.objects.insert(
-                id,
-                Held {
-                    refs: 0,
-                    segment: location.segment,
-                    mapping,
-                    offset: location.offset,
-                    data_size: location.data_size,
-                    metadata_size: location.metadata_size,
-                },
-            );
         }
+        let mut tables = lock(&self.inner.tables);
         for (slot, id) in result.iter_mut().zip(ids) {
             if slot.is_some() {
                 continue;
@@ -710,25 +732,28 @@ impl PlasmaClient {
 
     /// Deletes objects now, or when their last pin goes.
     pub fn delete(&self, ids: &[ObjectId]) -> Result<DeleteReport, ClientError> {
-        let reply = self.call(
-            Req::Delete(pb::Delete {
-                object_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
-            }),
-            "deleted",
-        )?;
-        let Rep::Deleted(deleted) = reply else {
-            return Err(unexpected("deleted", Some(reply)));
-        };
+        let mut report = DeleteReport::default();
         let parse = |raw: Vec<Vec<u8>>| -> Result<Vec<ObjectId>, ClientError> {
             raw.iter()
                 .map(|b| protocol::object_id(b).map_err(ClientError::from))
                 .collect()
         };
-        Ok(DeleteReport {
-            deleted: parse(deleted.deleted)?,
-            deferred: parse(deleted.deferred)?,
-            not_found: parse(deleted.not_found)?,
-        })
+        // At most MAX_IDS_PER_REQUEST IDs a request.
+        for chunk in ids.chunks(protocol::MAX_IDS_PER_REQUEST) {
+            let reply = self.call(
+                Req::Delete(pb::Delete {
+                    object_ids: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                }),
+                "deleted",
+            )?;
+            let Rep::Deleted(deleted) = reply else {
+                return Err(unexpected("deleted", Some(reply)));
+            };
+            report.deleted.extend(parse(deleted.deleted)?);
+            report.deferred.extend(parse(deleted.deferred)?);
+            report.not_found.extend(parse(deleted.not_found)?);
+        }
+        Ok(report)
     }
 
     /// Every object in the store.

@@ -91,9 +91,10 @@ impl ClientError {
         }
     }
 
-    /// Whether this is the store's "full" answer (`ObjectStoreFullError` in Python).
+    /// Whether the store has no room for the object: full now, or too small for it ever
+    /// (`ObjectStoreFullError` in Python, as in Ray).
     pub fn is_store_full(&self) -> bool {
-        matches!(self, Self::StoreFull(_))
+        matches!(self, Self::StoreFull(_) | Self::TooLarge(_))
     }
 }
 

@@ -323,4 +323,43 @@ mod tests {
         assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
         drop(a);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// The plasma protocol against any bytes from a client, in any pieces (a fuzz
+        /// target): frames over the limit are refused, the buffer holds no more than what
+        /// arrived (and a read's worth of room), and any body decodes or fails cleanly.
+        #[test]
+        fn any_request_bytes_decode_or_fail_within_the_limits(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..8192),
+            cuts in proptest::collection::vec(1usize..3000, 1..8),
+            max in 0usize..4096,
+        ) {
+            use std::io::Write;
+            let (a, b) = UnixStream::pair().unwrap();
+            let mut reader = FrameReader::new(max);
+            let mut rest = &data[..];
+            let mut cuts = cuts.iter().cycle();
+            'feed: while !rest.is_empty() {
+                let n = cuts.next().copied().unwrap_or(1).min(rest.len());
+                (&a).write_all(&rest[..n]).unwrap();
+                rest = &rest[n..];
+                // A piece is in the socket whole: one read takes it (the buffer has room
+                // for READ_CHUNK bytes, more than a piece).
+                proptest::prop_assert!(reader.recv(b.as_fd()).unwrap());
+                loop {
+                    match reader.next_frame() {
+                        Ok(Some(body)) => {
+                            proptest::prop_assert!(body.len() <= max);
+                            let _ = decode::<pb::Request>("request", &body);
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                proptest::prop_assert!(reader.buf.len() <= data.len() + 2 * READ_CHUNK);
+            }
+        }
+    }
 }

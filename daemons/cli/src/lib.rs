@@ -9,6 +9,7 @@
 mod start;
 mod status;
 mod stop;
+mod timeline;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Stop(NodeArgs),
     /// Show the cluster's GCS shards and their health.
     Status(StatusArgs),
+    /// Write a job's task timeline as a Chrome trace (open it in Perfetto).
+    Timeline(TimelineArgs),
 }
 
 /// Flags shared by every subcommand that finds the local node.
@@ -65,9 +68,12 @@ struct StartArgs {
     /// Number of Redis shards besides the primary (head only).
     #[arg(long)]
     num_redis_shards: Option<u16>,
-    /// Password of the cluster's Redis servers.
+    /// The cluster's secret (the password of its Redis servers).
     #[arg(long)]
     redis_password: Option<String>,
+    /// A file holding the cluster's secret.
+    #[arg(long)]
+    redis_password_file: Option<PathBuf>,
     /// Address other nodes reach this node at.
     #[arg(long)]
     node_ip_address: Option<String>,
@@ -83,6 +89,19 @@ struct StartArgs {
     /// Port of the global scheduler, to which raylets spill tasks (head only; 0: any free port).
     #[arg(long)]
     global_scheduler_port: Option<u16>,
+    /// Run the web dashboard (head only).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "rayd_config::switch_off")]
+    include_webui: bool,
+    /// Address the dashboard listens on (default 127.0.0.1: this machine only).
+    #[arg(long)]
+    webui_host: Option<String>,
+    /// Port of the dashboard (default 8265; a free one when taken).
+    #[arg(long)]
+    webui_port: Option<u16>,
+    /// Port of the raylet's /metrics and /health (Ray's --metrics-export-port; 0: any free port).
+    #[arg(long, alias = "metrics-export-port")]
+    raylet_metrics_port: Option<u16>,
     #[command(flatten)]
     #[serde(flatten)]
     node: NodeArgs,
@@ -92,18 +111,47 @@ struct StartArgs {
     block: bool,
 }
 
+/// Flags of the subcommands that read a running cluster's GCS.
 #[derive(Debug, Args, Serialize)]
-struct StatusArgs {
+struct GcsArgs {
     /// The cluster's primary Redis (default: the node started here, else redis_address).
     #[arg(long, alias = "address")]
     redis_address: Option<String>,
-    /// Password of the cluster's Redis servers.
+    /// The cluster's secret (the password of its Redis servers).
     #[arg(long)]
     redis_password: Option<String>,
+    /// A file holding the cluster's secret.
+    #[arg(long)]
+    redis_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Serialize)]
+struct StatusArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    gcs: GcsArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     #[serde(skip)]
     json: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Args, Serialize)]
+struct TimelineArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    gcs: GcsArgs,
+    /// The job (hex ID); default: the job whose last event is the latest.
+    #[arg(long)]
+    #[serde(skip)]
+    job: Option<String>,
+    /// Where to write the trace (JSON).
+    #[arg(short, long, default_value = "timeline.json")]
+    #[serde(skip)]
+    output: PathBuf,
     #[command(flatten)]
     #[serde(flatten)]
     node: NodeArgs,
@@ -121,6 +169,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Start(args) => start::start(&config, &args),
         Command::Stop(_) => stop::stop(&config),
         Command::Status(args) => status::status(&config, args.json),
+        Command::Timeline(args) => timeline::timeline(&config, args.job.as_deref(), &args.output),
     };
     match result {
         Ok(code) => code,
@@ -137,7 +186,7 @@ mod tests {
 
     #[test]
     fn every_flag_names_a_config_key() {
-        for command in ["start", "stop", "status"] {
+        for command in ["start", "stop", "status", "timeline"] {
             let cli = Cli::parse_from(["rayd", command]);
             assert_eq!(
                 rayd_config::unknown_flag_keys(&cli.command).unwrap(),

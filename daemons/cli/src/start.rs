@@ -29,6 +29,19 @@ fn check_head(address: &str, password: Option<&str>) -> anyhow::Result<usize> {
     })
 }
 
+/// Where the cluster's dashboard serves, as it recorded in the GCS.
+fn webui_url(address: &str, password: Option<&str>) -> anyhow::Result<Option<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let gcs = GcsClient::connect(address, password).await?;
+        let url = gcs.webui_url().await?;
+        gcs.quit().await;
+        Ok(url)
+    })
+}
+
 /// Runs `rayd start`.
 pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> {
     if !args.head && config.redis_address.is_none() {
@@ -66,6 +79,7 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
         session_dir: session.clone(),
         redis_address: redis_address.clone(),
         head: args.head,
+        redis_password_file: node.password_file.clone(),
         processes: node.processes.clone(),
     };
     if let Err(e) = node_state::write(temp_dir, &state) {
@@ -88,9 +102,27 @@ pub fn start(config: &RaydConfig, args: &StartArgs) -> anyhow::Result<ExitCode> 
     for process in &state.processes {
         println!("  {:<22} pid {}", process.name, process.pid);
     }
-    println!("attach a driver:  ray.init(redis_address=\"{redis_address}\")");
+    println!("attach a driver:  ray.init(address=\"auto\") on this machine, elsewhere ray.init(redis_address=\"{redis_address}\", redis_password=...)");
+    if let Some(file) = &node.password_file {
+        println!(
+            "cluster secret:   {} (mode 0600; drivers and nodes need it)",
+            file.display()
+        );
+    }
     if args.head {
-        println!("join another node: rayd start --redis-address {redis_address}");
+        let secret = node
+            .password_file
+            .as_ref()
+            .map(|f| format!(" --redis-password-file <a copy of {}>", f.display()))
+            .unwrap_or_default();
+        println!("join another node: rayd start --redis-address {redis_address}{secret}");
+    }
+    if args.head && config.include_webui {
+        match webui_url(&redis_address, config.redis_password.as_deref()) {
+            Ok(Some(url)) => println!("dashboard:        {url}"),
+            Ok(None) => eprintln!("rayd: the dashboard recorded no URL in the GCS"),
+            Err(e) => eprintln!("rayd: cannot read the dashboard's URL: {e:#}"),
+        }
     }
     println!("logs:             {}", session.join("logs").display());
     println!("stop:             rayd stop{}", temp_dir_flag(config));

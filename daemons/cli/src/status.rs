@@ -114,6 +114,10 @@ struct Status {
     servers: Vec<Server>,
     global_schedulers: Vec<GlobalScheduler>,
     nodes: Vec<Node>,
+    /// Where the dashboard serves, when one runs.
+    webui_url: Option<String>,
+    /// Every daemon's `/metrics` and `/health`: `<daemon>@<ip>` -> port.
+    metrics_endpoints: std::collections::BTreeMap<String, u16>,
 }
 
 async fn probe(role: String, address: String, password: Option<&str>) -> Server {
@@ -172,6 +176,7 @@ async fn gather(
     let stale_ms = (heartbeat_interval_ms * STALE_HEARTBEATS).max(MIN_STALE_MS);
     let mut nodes = Vec::new();
     let mut global_schedulers = Vec::new();
+    let (mut webui_url, mut metrics_endpoints) = (None, Default::default());
     if servers_healthy {
         let gcs = GcsClient::connect(address, password).await?;
         let now_ms = rayd_gcs::now_ms();
@@ -205,6 +210,8 @@ async fn gather(
                 object_store: node.store,
             });
         }
+        webui_url = gcs.webui_url().await?;
+        metrics_endpoints = gcs.metrics_endpoints().await?;
         gcs.quit().await;
     }
     // Nodes the GCS marked dead were stopped or declared dead: gone on purpose, or
@@ -219,6 +226,8 @@ async fn gather(
         servers,
         global_schedulers,
         nodes,
+        webui_url,
+        metrics_endpoints,
     })
 }
 
@@ -236,6 +245,9 @@ fn table(status: &Status) -> String {
             "UNHEALTHY"
         }
     );
+    if let Some(url) = &status.webui_url {
+        let _ = writeln!(out, "dashboard: {url}");
+    }
     let _ = writeln!(out, "\nGCS ({} Redis servers)", status.servers.len());
     for s in &status.servers {
         let _ = match &s.error {
@@ -311,6 +323,12 @@ fn table(status: &Status) -> String {
             );
         }
     }
+    if !status.metrics_endpoints.is_empty() {
+        let _ = writeln!(out, "\n/metrics and /health");
+        for (daemon, port) in &status.metrics_endpoints {
+            let _ = writeln!(out, "  {daemon}:{port}");
+        }
+    }
     out
 }
 
@@ -318,21 +336,37 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
+/// The cluster's primary Redis and secret: `redis_address`, else that of the node
+/// started here, else this machine's default; the secret given, else the one the node
+/// started here knows (for its own cluster).
+pub(crate) fn cluster_gcs(config: &RaydConfig) -> anyhow::Result<(String, Option<String>)> {
+    let local = node_state::read(&config.temp_dir)?;
+    let address = match (&config.redis_address, &local) {
+        (Some(address), _) => address.clone(),
+        (None, Some(state)) => state.redis_address.clone(),
+        (None, None) => format!("{}:{}", config.node_ip_address, config.redis_port),
+    };
+    let password = match (&config.redis_password, &local) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(state)) if state.redis_address == address => state
+            .redis_password_file
+            .as_deref()
+            .map(rayd_config::read_password_file)
+            .transpose()?,
+        _ => None,
+    };
+    Ok((address, password))
+}
+
 /// Runs `rayd status`; exits 1 when the cluster is not healthy.
 pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
-    let address = match &config.redis_address {
-        Some(address) => address.clone(),
-        None => match node_state::read(&config.temp_dir)? {
-            Some(state) => state.redis_address,
-            None => format!("{}:{}", config.node_ip_address, config.redis_port),
-        },
-    };
+    let (address, password) = cluster_gcs(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let status = runtime.block_on(gather(
         &address,
-        config.redis_password.as_deref(),
+        password.as_deref(),
         config.heartbeat_interval_ms,
     ))?;
     let text = if json {

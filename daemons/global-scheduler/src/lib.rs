@@ -7,7 +7,11 @@
 //! then the heartbeats and node events on the primary's channels. The scheduler keeps no
 //! state of its own (the GCS is the truth), so several may run at once: each registers in
 //! `rayd:global_schedulers` and refreshes its entry every second; raylets pick a live one.
+//!
+//! It also declares dead the nodes silent for `node_death_timeout_ms`, checked and written
+//! in one step by the GCS with the GCS's clock, so that several schedulers agree.
 
+mod metrics;
 pub mod placement;
 mod service;
 mod watch;
@@ -16,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rayd_common::id::NodeId;
 use rayd_common::proto::globalscheduler::v1::global_scheduler_server::GlobalSchedulerServer;
 use rayd_config::RaydConfig;
 use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
@@ -26,6 +31,11 @@ use crate::placement::View;
 
 /// How often the scheduler refreshes its entry in `rayd:global_schedulers`.
 const REGISTRATION_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a dead node's entry stays in the node table (for `ray.nodes()` and
+/// `rayd status`) before it is deleted.
+const DEAD_NODE_RETENTION: Duration = Duration::from_secs(3600);
+/// How often dead nodes' entries older than the retention are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a stopping scheduler looks whether its last spills are done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Heartbeat intervals a node may miss before it is out of the view.
@@ -52,6 +62,8 @@ pub enum SchedulerError {
     Serve(#[from] tonic::transport::Error),
     #[error("the grpc server task ended: {0}")]
     ServerTask(String),
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
     #[error("lost the gcs subscription to the nodes' heartbeats")]
     Subscription,
 }
@@ -69,6 +81,29 @@ pub fn stale_after_ms(heartbeat_interval_ms: u64) -> u64 {
     heartbeat_interval_ms
         .saturating_mul(STALE_HEARTBEATS)
         .max(MIN_STALE_MS)
+}
+
+/// How often silent nodes are looked for: a few times within the silence that kills.
+fn reap_interval(silence_ms: u64) -> Duration {
+    Duration::from_millis((silence_ms / 4).clamp(50, 1000))
+}
+
+/// Declares dead, in the GCS, the nodes of `silent` that are still silent by the GCS's
+/// own clock (another global scheduler may have done it first; the announcement on the
+/// node events channel updates every view, this one included).
+async fn reap_silent(gcs: &GcsClient, view: &Mutex<View>, silent: &[NodeId], silence_ms: u64) {
+    if silent.is_empty() {
+        return;
+    }
+    match gcs.reap_silent_nodes(silent, silence_ms).await {
+        Ok(dead) => {
+            for node in dead {
+                log::warn!(node:% = node, silence_ms; "node declared dead: no heartbeat for {silence_ms} ms");
+                watch::lock(view).dead(&node);
+            }
+        }
+        Err(e) => log::warn!("cannot declare silent nodes dead: {e}"),
+    }
 }
 
 /// A random ID for this scheduler's registration (16 hex digits).
@@ -110,11 +145,36 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
     let mut watcher = watch::start(gcs.clone(), view.clone(), cancel.clone()).await?;
     gcs.register_global_scheduler(&id, &address).await?;
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let service = service::Service::new(gcs.clone(), view, in_flight.clone());
+    let spills = metrics::SpillMetrics::default();
+    let gcs_round_trip = rayd_metrics::round_trip_histogram();
+    let health = rayd_metrics::Health::starting();
+    if config.metrics_enabled {
+        let registry = metrics::registry(
+            &spills,
+            view.clone(),
+            in_flight.clone(),
+            gcs_round_trip.clone(),
+        );
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.global_scheduler_metrics_port,
+            registry,
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        gcs.put_metrics_endpoint("rayd-global-scheduler", address)
+            .await?;
+    }
+    let service = service::Service::new(gcs.clone(), view.clone(), in_flight.clone(), spills)
+        .with_secret(config.redis_password.as_deref());
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(GlobalSchedulerServer::new(service))
+            .add_service(GlobalSchedulerServer::with_interceptor(
+                service,
+                rayd_common::auth::ServerAuth::new(config.redis_password.as_deref()),
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 cancel.clone().cancelled_owned(),
@@ -125,8 +185,13 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
         "global scheduler serving"
     );
     notify_ready();
+    health.set_serving();
 
     let mut refresh = tokio::time::interval(REGISTRATION_INTERVAL);
+    let silence_ms = config.node_death_timeout_ms;
+    let mut reap = tokio::time::interval(reap_interval(silence_ms));
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
     let outcome = loop {
         tokio::select! {
             // A stop ends the watcher and the server too: it is a stop, not their failure.
@@ -138,14 +203,34 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), Scheduler
                 Err(e) => Err(SchedulerError::ServerTask(e.to_string())),
             },
             _ = &mut watcher => break Err(SchedulerError::Subscription),
+            _ = reap.tick() => {
+                let silent = watch::lock(&view).silent(watch::now_ms(), silence_ms);
+                reap_silent(&gcs, &view, &silent, silence_ms).await;
+            }
+            _ = prune.tick() => {
+                match gcs.prune_dead_nodes(DEAD_NODE_RETENTION.as_millis() as u64).await {
+                    Ok(0) => {}
+                    Ok(pruned) => log::info!(pruned; "deleted the entries of long-dead nodes"),
+                    Err(e) => log::warn!("cannot prune dead nodes: {e}"),
+                }
+            }
             _ = refresh.tick() => {
-                if let Err(e) = gcs.register_global_scheduler(&id, &address).await {
-                    log::warn!("cannot refresh the registration: {e}");
+                let started = Instant::now();
+                match gcs.register_global_scheduler(&id, &address).await {
+                    Ok(()) => {
+                        gcs_round_trip.observe(started.elapsed().as_secs_f64());
+                        health.set_serving();
+                    }
+                    Err(e) => {
+                        log::warn!("cannot refresh the registration: {e}");
+                        health.set_not_serving(format!("cannot reach the GCS: {e}"));
+                    }
                 }
             }
         }
     };
     notify_stopping();
+    health.set_not_serving("stopping");
     cancel.cancel();
     watcher.abort();
     // Raylets stop spilling here at once, instead of after the registration's TTL.

@@ -189,6 +189,16 @@ impl View {
         }
     }
 
+    /// The nodes still counted alive that have not been heard from for `silence_ms` at
+    /// `now_ms`: candidates for a declaration of death.
+    pub fn silent(&self, now_ms: u64, silence_ms: u64) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, v)| v.alive && now_ms.saturating_sub(v.last_heartbeat_ms) > silence_ms)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// How many nodes are alive and heard from within the limit at `now_ms`.
     pub fn live_nodes(&self, now_ms: u64) -> usize {
         self.nodes

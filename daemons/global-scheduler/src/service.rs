@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rayd_common::auth::{AuthChannel, ClientAuth};
 use rayd_common::id::{NodeId, ObjectId};
 use rayd_common::proto::common::v1::{task_arg, TaskSpec};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::GcsClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::SpillMetrics;
 use crate::placement::{Amounts, Unplaceable, View};
 use crate::watch::now_ms;
 
@@ -27,9 +29,12 @@ pub struct Service {
     gcs: GcsClient,
     view: Arc<Mutex<View>>,
     /// A channel per node manager address, made on first use.
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, AuthChannel>>,
     /// Spills being placed now (a stop waits for them, not for idle connections).
     in_flight: Arc<AtomicUsize>,
+    /// The cluster's token on every call to a raylet.
+    auth: ClientAuth,
+    metrics: SpillMetrics,
 }
 
 /// Counts one spill in flight while it lives.
@@ -75,13 +80,26 @@ fn object_args(spec: &TaskSpec) -> Vec<ObjectId> {
 
 impl Service {
     /// The service; `in_flight` counts the spills being placed.
-    pub fn new(gcs: GcsClient, view: Arc<Mutex<View>>, in_flight: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        gcs: GcsClient,
+        view: Arc<Mutex<View>>,
+        in_flight: Arc<AtomicUsize>,
+        metrics: SpillMetrics,
+    ) -> Self {
         Self {
             gcs,
             view,
             channels: Mutex::new(HashMap::new()),
             in_flight,
+            auth: ClientAuth::new(None),
+            metrics,
         }
+    }
+
+    /// The service, sending the token of the cluster's `secret` to the raylets.
+    pub fn with_secret(mut self, secret: Option<&str>) -> Self {
+        self.auth = ClientAuth::new(secret);
+        self
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -112,7 +130,7 @@ impl Service {
     fn client(
         &self,
         address: &str,
-    ) -> Result<nm::node_manager_client::NodeManagerClient<Channel>, Status> {
+    ) -> Result<nm::node_manager_client::NodeManagerClient<AuthChannel>, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
@@ -125,6 +143,7 @@ impl Service {
                     .timeout(CALL_TIMEOUT)
                     .tcp_nodelay(true)
                     .connect_lazy();
+                let channel = self.auth.wrap(channel);
                 channels.insert(address.to_string(), channel.clone());
                 channel
             }
@@ -140,6 +159,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
         request: Request<nm::ForwardTaskRequest>,
     ) -> Result<Response<gs::SpillTaskReply>, Status> {
         let _in_flight = InFlight::new(&self.in_flight);
+        self.metrics.received.inc();
         let mut forward = request.into_inner();
         let spec = forward
             .spec
@@ -168,6 +188,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                 let node = match ranked {
                     Ok(nodes) => nodes.into_iter().find(|n| !tried.contains(n)),
                     Err(Unplaceable::Infeasible) => {
+                        self.metrics.unplaced.inc();
                         return Err(Status::failed_precondition(format!(
                             "no node can run task {task} ({function}): it needs {}, more than \
                              any live node has",
@@ -177,6 +198,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                     Err(Unplaceable::NoneAvailable) => None,
                 };
                 let Some(node) = node else {
+                    self.metrics.unplaced.inc();
                     return Err(Status::unavailable(format!(
                         "no node took task {task} ({function}, needs {}): those that could run \
                          it are silent or refused it",
@@ -193,6 +215,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
             match result {
                 Ok(()) => {
                     log::debug!(task = task.as_str(), node:% = node; "task placed");
+                    self.metrics.placed.inc();
                     return Ok(Response::new(gs::SpillTaskReply {
                         node_id: node.as_bytes().to_vec(),
                     }));
@@ -202,6 +225,7 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                         task = task.as_str(), node:% = node, address = address.as_str();
                         "node did not take a task: {}; trying another", status.message()
                     );
+                    self.metrics.refused.inc();
                     tried.insert(node);
                     let mut view = self.view();
                     view.refund(&node, &request);

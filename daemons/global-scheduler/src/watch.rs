@@ -20,7 +20,7 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
+pub(crate) fn lock(view: &Mutex<View>) -> std::sync::MutexGuard<'_, View> {
     view.lock().unwrap_or_else(|e| e.into_inner())
 }
 

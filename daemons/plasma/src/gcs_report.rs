@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use rayd_common::id::NodeId;
 use rayd_gcs::{GcsClient, GcsError, StoreFigures};
+use rayd_metrics::prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +34,19 @@ pub fn spawn(
     password: Option<String>,
     node: NodeId,
     figures: watch::Receiver<StoreFigures>,
+    round_trip: Histogram,
     cancel: CancellationToken,
 ) -> (mpsc::Sender<StoreEvent>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(report(redis_address, password, node, rx, figures, cancel));
+    let task = tokio::spawn(report(
+        redis_address,
+        password,
+        node,
+        rx,
+        figures,
+        round_trip,
+        cancel,
+    ));
     (tx, task)
 }
 
@@ -73,6 +83,7 @@ async fn report(
     node: NodeId,
     mut rx: mpsc::Receiver<StoreEvent>,
     mut figures: watch::Receiver<StoreFigures>,
+    round_trip: Histogram,
     cancel: CancellationToken,
 ) {
     let Some(gcs) = connect(&address, password.as_deref(), &cancel).await else {
@@ -104,7 +115,9 @@ async fn report(
                 _ = &mut window => break,
             }
         }
+        let started = std::time::Instant::now();
         write(&gcs, node, &mut batch).await;
+        round_trip.observe(started.elapsed().as_secs_f64());
     }
     // Flush what is queued, within a bound: the daemon is stopping.
     while let Ok(event) = rx.try_recv() {

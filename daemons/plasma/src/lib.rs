@@ -15,8 +15,10 @@ pub mod connection;
 pub mod gcs_report;
 pub mod lease;
 pub mod memory;
+mod metrics;
 pub mod object_manager;
 pub mod prefault;
+mod relocate;
 pub mod server;
 pub mod spill;
 pub mod state;
@@ -31,7 +33,7 @@ use std::time::Duration;
 use rayd_common::id::NodeId;
 use rayd_config::RaydConfig;
 use rayd_daemon::shutdown::{notify_ready, notify_status, notify_stopping, Shutdown};
-use rayd_gcs::StoreFigures;
+use rayd_gcs::{GcsClient, StoreFigures};
 use tokio_util::sync::CancellationToken;
 
 use crate::memory::{Backing, MemoryError};
@@ -67,6 +69,8 @@ pub enum PlasmaError {
     ObjectManager(#[source] tonic::transport::Error),
     #[error("cannot share the arena's descriptor: {0}")]
     Arena(#[source] std::io::Error),
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
     #[error("the client socket failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -200,6 +204,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     let cancel = shutdown.graceful.child_token();
     let reporter_cancel = CancellationToken::new();
     let (figures_tx, figures_rx) = tokio::sync::watch::channel(StoreFigures::default());
+    let gcs_round_trip = rayd_metrics::round_trip_histogram();
     let (locations, reporter) = match &config.redis_address {
         Some(address) => {
             let (tx, task) = gcs_report::spawn(
@@ -207,6 +212,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
                 config.redis_password.clone(),
                 node,
                 figures_rx,
+                gcs_round_trip.clone(),
                 reporter_cancel.clone(),
             );
             (Some(tx), Some(task))
@@ -221,9 +227,18 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         node,
         om_address.clone(),
         config.object_chunk_size,
+        config.redis_password.as_deref(),
         locations,
     )
     .map_err(PlasmaError::Arena)?;
+    let relocate_task = config.redis_address.clone().map(|address| {
+        relocate::spawn(
+            address,
+            config.redis_password.clone(),
+            state.clone(),
+            reporter_cancel.clone(),
+        )
+    });
     let prefault_thread = prefault::spawn(state.clone()).map_err(PlasmaError::Arena)?;
     // The thread starts with whatever the store wants prepared at first.
     state.prefault.wake();
@@ -252,8 +267,29 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         spill_directory:% = spill_dir.display();
         "plasma store ready"
     );
+    let health = rayd_metrics::Health::starting();
+    if config.metrics_enabled {
+        let registry = metrics::registry(state.clone(), gcs_round_trip);
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.plasma_metrics_port,
+            registry,
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        if let Some(redis) = config.redis_address.clone() {
+            tokio::spawn(record_metrics_port(
+                redis,
+                config.redis_password.clone(),
+                node,
+                address,
+            ));
+        }
+    }
     notify_status(&format!("serving on {}", socket.display()));
     notify_ready();
+    health.set_serving();
 
     let result = tokio::select! {
         _ = cancel.cancelled() => Ok(()),
@@ -269,6 +305,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
         },
     };
     notify_stopping();
+    health.set_not_serving("stopping");
     cancel.cancel();
     let _ = std::fs::remove_file(&socket);
     // A task that already ended was awaited by the select above (awaiting it again
@@ -288,11 +325,38 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaErr
     // Every object goes with the store: take this node off their locations.
     state.with_store(|s| s.clear());
     drop(state);
+    if let Some(relocate) = relocate_task {
+        relocate.abort();
+    }
     if let Some(reporter) = reporter {
         reporter_cancel.cancel();
         let _ = reporter.await;
     }
     result
+}
+
+/// The node-table field of the store's metrics port.
+const PLASMA_METRICS_FIELD: &str = "plasma_metrics_port";
+
+/// Records the port of the store's `/metrics` in its node's entry (operators find it
+/// there); a GCS out of reach is logged, the store serves regardless.
+async fn record_metrics_port(
+    redis: String,
+    password: Option<String>,
+    node: NodeId,
+    address: std::net::SocketAddr,
+) {
+    let recorded = async {
+        let gcs = GcsClient::connect(&redis, password.as_deref()).await?;
+        gcs.put_metrics_port(node, PLASMA_METRICS_FIELD, address.port())
+            .await?;
+        gcs.put_metrics_endpoint("rayd-plasma", address).await?;
+        gcs.quit().await;
+        Ok::<_, rayd_gcs::GcsError>(())
+    };
+    if let Err(e) = recorded.await {
+        log::warn!(error:% = e; "cannot record the metrics port in the gcs");
+    }
 }
 
 /// Sends the store's figures to the GCS reporter every [`FIGURES_INTERVAL`] and logs them

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rayd_common::id::NodeId;
+use rayd_common::id::{NodeId, ObjectId};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::memory::Mapping;
@@ -36,7 +36,11 @@ pub struct State {
     pub object_manager_address: String,
     /// Bytes per chunk of object transfers.
     pub chunk_size: u64,
+    /// The cluster's gRPC token ([`rayd_common::auth::grpc_token`]): pulls send it, the
+    /// object manager requires it. None in an open cluster.
+    pub token: Option<http::HeaderValue>,
     pulls: AtomicU64,
+    pulled_bytes: AtomicU64,
     /// Wakes the thread that prepares arena memory ahead of demand.
     pub prefault: prefault::Signal,
 }
@@ -48,8 +52,13 @@ impl State {
         node_id: NodeId,
         object_manager_address: String,
         chunk_size: u64,
+        secret: Option<&str>,
         locations: Option<mpsc::Sender<StoreEvent>>,
     ) -> std::io::Result<Arc<Self>> {
+        let token = secret
+            .map(|s| http::HeaderValue::try_from(rayd_common::auth::grpc_token(s)))
+            .transpose()
+            .map_err(std::io::Error::other)?;
         let (arena, arena_size) = store.arena();
         let arena_fd = arena.try_clone_to_owned()?;
         let arena_map = store.arena_mapping();
@@ -66,7 +75,9 @@ impl State {
             node_id,
             object_manager_address,
             chunk_size,
+            token,
             pulls: AtomicU64::new(0),
+            pulled_bytes: AtomicU64::new(0),
             prefault: prefault::Signal::default(),
         }))
     }
@@ -102,6 +113,27 @@ impl State {
         result
     }
 
+    /// Sends the locations of the sealed objects that `pick` chooses to the GCS again
+    /// (a shard that held them restarted empty); returns how many.
+    pub fn report_again(&self, pick: impl Fn(&ObjectId) -> bool) -> usize {
+        let Some(locations) = &self.locations else {
+            return 0;
+        };
+        let rows = self.lock().list();
+        let mut sent = 0;
+        for row in rows.into_iter().filter(|r| r.sealed && pick(&r.id)) {
+            let event = StoreEvent::Sealed {
+                id: row.id,
+                data_size: row.data_size,
+                metadata_size: row.metadata_size,
+            };
+            if locations.try_send(event).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// The arena's descriptor.
     pub fn arena_fd_borrowed(&self) -> BorrowedFd<'_> {
         self.arena_fd.as_fd()
@@ -112,9 +144,15 @@ impl State {
         self.events.subscribe()
     }
 
-    /// Counts a completed pull.
-    pub fn count_pull(&self) {
+    /// Counts a completed pull of `bytes`.
+    pub fn count_pull(&self, bytes: u64) {
         self.pulls.fetch_add(1, Ordering::Relaxed);
+        self.pulled_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of the completed pulls.
+    pub fn pulled_bytes(&self) -> u64 {
+        self.pulled_bytes.load(Ordering::Relaxed)
     }
 
     /// Completed pulls.

@@ -2,7 +2,9 @@
 //! worker, talking to the scheduler through events.
 //!
 //! A frame that is too long or does not decode closes that connection (logged); the
-//! scheduler sees it as a disconnect and nobody else is affected.
+//! scheduler sees it as a disconnect and nobody else is affected. A frame's memory grows
+//! with the bytes that arrive ([`FrameDecoder`]), bounded per connection and in all; a
+//! connection whose unfinished frame gets no byte for [`STALL_TIMEOUT`] closes.
 //!
 //! A socket is watched for input only, never for room to write (only while a write waits
 //! for it): the kernel announces freed send space every time the peer reads, which woke
@@ -11,11 +13,12 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use futures::StreamExt;
 use prost::Message;
-use rayd_common::framing;
+use rayd_common::framing::{self, Budget, FrameDecoder};
 use rayd_common::proto::raylet::v1 as pb;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, Interest, ReadBuf};
@@ -27,6 +30,12 @@ use tokio_util::sync::CancellationToken;
 use crate::io::Input;
 use crate::scheduler::{ConnId, Event};
 
+/// Bytes that the unfinished frames of all connections may hold: a client's memory grows
+/// with what it sends, never with what it announces, and all of them together stop here.
+const UNFINISHED_FRAMES_LIMIT: usize = 256 << 20;
+/// How long an unfinished frame may wait for its next byte before its connection closes.
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts connections until `cancel` fires.
 pub async fn serve(
     listener: UnixListener,
@@ -34,6 +43,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let mut next: ConnId = 0;
+    let budget = Budget::new(UNFINISHED_FRAMES_LIMIT);
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -53,7 +63,13 @@ pub async fn serve(
                 continue;
             }
         };
-        tokio::spawn(handle(stream, next, events.clone(), cancel.clone()));
+        tokio::spawn(handle(
+            stream,
+            budget.clone(),
+            next,
+            events.clone(),
+            cancel.clone(),
+        ));
     }
 }
 
@@ -125,6 +141,7 @@ async fn write_all(stream: &mut Option<UnixStream>, mut bytes: &[u8]) -> io::Res
 
 async fn handle(
     (read, write): (UnixStream, UnixStream),
+    budget: Arc<Budget>,
     conn: ConnId,
     events: mpsc::UnboundedSender<Input>,
     cancel: CancellationToken,
@@ -156,11 +173,24 @@ async fn handle(
             }
         }
     });
-    let mut frames = FramedRead::new(read, framing::codec());
+    let mut frames = FramedRead::new(read, FrameDecoder::new(budget, framing::MAX_FRAME));
+    let mut check = tokio::time::interval(STALL_TIMEOUT / 4);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let frame = tokio::select! {
             _ = cancel.cancelled() => break,
             frame = frames.next() => frame,
+            _ = check.tick() => {
+                if frames
+                    .decoder()
+                    .stalled_since()
+                    .is_some_and(|since| since.elapsed() >= STALL_TIMEOUT)
+                {
+                    log::warn!(conn; "closing a connection whose frame got no byte for {STALL_TIMEOUT:?}");
+                    break;
+                }
+                continue;
+            }
         };
         let message = match frame {
             None => break,

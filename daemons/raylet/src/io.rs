@@ -18,6 +18,8 @@ use rayd_gcs::{GcsClient, Target};
 use rayd_plasma_client::{ClientError, PlasmaClient};
 use tokio::sync::mpsc;
 
+use crate::lineage::{Progress, Recovery};
+use crate::metrics::RayletMetrics;
 use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::spawn_worker;
@@ -71,6 +73,10 @@ pub struct Node {
     peers: Peers,
     /// Pulls under way, to stop when their object arrives by another way.
     pulls: HashMap<ObjectId, tokio::task::AbortHandle>,
+    /// What `/metrics` reports.
+    pub metrics: RayletMetrics,
+    /// GCS shard restarts seen (each may have lost lineage and locations).
+    shard_restarts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Node {
@@ -97,6 +103,8 @@ impl Node {
             node_id,
             peers,
             pulls: HashMap::new(),
+            metrics: RayletMetrics::default(),
+            shard_restarts: Arc::default(),
         })
     }
 
@@ -109,9 +117,21 @@ impl Node {
                 self.scheduler.handle(now, Event::Connected { conn });
             }
             Input::Event(event) => {
+                if let Event::Message {
+                    message: pb::client_message::Kind::TaskDone(done),
+                    ..
+                } = &event
+                {
+                    self.metrics.task_done(done);
+                }
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
-                    Event::ObjectSealed(id) | Event::ObjectLost(id) => {
+                    Event::GcsShardRestarted => {
+                        self.shard_restarts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        None
+                    }
+                    Event::ObjectSealed(id) | Event::ObjectLost { id, .. } => {
                         if let Some(pull) = self.pulls.remove(id) {
                             pull.abort();
                         }
@@ -143,6 +163,7 @@ impl Node {
     fn carry_out(&mut self) {
         let effects: Vec<Effect> = self.scheduler.take_effects().collect();
         for effect in effects {
+            self.metrics.count(&effect);
             match effect {
                 Effect::Send { conn, frame } => {
                     if let Some(tx) = self.conns.get(&conn) {
@@ -265,7 +286,17 @@ impl Node {
             let mut pause = std::time::Duration::from_millis(10);
             let node = loop {
                 match gcs.actor(actor).await {
-                    Ok(Some(info)) if info.node.is_some() => break info.node,
+                    Ok(Some(info)) if info.state == "dead" => break None,
+                    // A node that died (the actor is being restarted elsewhere) is not it.
+                    Ok(Some(rayd_gcs::ActorInfo {
+                        node: Some(node), ..
+                    })) => match gcs.node(node).await {
+                        Ok(Some(entry)) if entry.alive => break Some(node),
+                        Ok(_) => {}
+                        Err(e) => {
+                            log::warn!(actor:% = actor; "cannot look the actor's node up: {e}")
+                        }
+                    },
                     Ok(_) => {}
                     Err(e) => log::warn!(actor:% = actor; "cannot look the actor up: {e}"),
                 }
@@ -280,8 +311,8 @@ impl Node {
     }
 
     /// Asks the node's store to pull `id` from a live node that holds it, waiting for a
-    /// first copy when none was made yet; reports it lost when copies were made and none
-    /// is left.
+    /// first copy when none was made yet; when copies were made and none is left, has it
+    /// made again from its lineage or reports it lost.
     fn pull(&mut self, id: ObjectId) {
         if self.pulls.get(&id).is_some_and(|p| !p.is_finished()) {
             return;
@@ -290,11 +321,14 @@ impl Node {
         let plasma = self.plasma.clone();
         let inputs = self.inputs.clone();
         let own = self.node_id;
+        let restarts = self.shard_restarts.clone();
         let task = tokio::spawn(async move {
-            if let Some(lost) = pull(gcs, plasma, own, id).await {
-                log::warn!(object:% = id; "{lost}");
-                let _ = inputs.send(Event::ObjectLost(id).into());
-            }
+            let event = match pull(gcs, plasma, own, id, restarts).await {
+                PullEnd::Here => return,
+                PullEnd::Rerun(spec) => Event::Rerun { spec: *spec },
+                PullEnd::Lost(reason) => Event::ObjectLost { id, reason },
+            };
+            let _ = inputs.send(event.into());
         });
         self.pulls.insert(id, task.abort_handle());
     }
@@ -319,9 +353,78 @@ fn forward_request(
     (task, request)
 }
 
-/// Gets `id` into this node's store; returns why it is lost when it cannot be had.
-async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -> Option<String> {
+/// How a pull ends.
+enum PullEnd {
+    /// The object is (or is being sealed) in this node's store.
+    Here,
+    /// It was lost, and this node claimed the re-run of the task that made it.
+    Rerun(Box<rayd_common::proto::common::v1::TaskSpec>),
+    /// It was lost for good: why.
+    Lost(String),
+}
+
+/// How long a pull that waits for another node's re-run looks again on its own (the
+/// re-running node may die too).
+const RERUN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the task of an object never made may stay stranded on a dead node before
+/// it is rebuilt from here: its home, when alive, redoes it at once (and the task's entry
+/// then names a live node); this is for when the home died too.
+const STRANDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long an object may be unknown to the GCS (no copy, no lineage), after a GCS shard
+/// restarted empty, before it counts as lost: a task's lineage is written within
+/// milliseconds of its submission.
+const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for news of `id`'s locations (a copy added), at most `limit` when given; the
+/// subscription is made on first use and kept.
+async fn object_news(
+    gcs: &GcsClient,
+    id: ObjectId,
+    subscription: &mut Option<rayd_gcs::Subscription>,
+    limit: Option<std::time::Duration>,
+) {
+    let Some(s) = subscription.as_mut() else {
+        let channel = keys::events_channel(Table::Object, &id);
+        match gcs
+            .subscribe(Target::ShardOf(id.as_bytes()), vec![channel])
+            .await
+        {
+            // Subscribed first, then looked up again by the caller: a copy made in
+            // between is not missed.
+            Ok(s) => *subscription = Some(s),
+            Err(e) => {
+                log::warn!(object:% = id; "cannot follow the object's locations: {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        return;
+    };
+    let next = match limit {
+        None => s.next().await,
+        Some(limit) => match tokio::time::timeout(limit, s.next()).await {
+            Ok(next) => next,
+            Err(_) => return,
+        },
+    };
+    if next.is_none() {
+        *subscription = None;
+    }
+}
+
+/// Gets `id` into this node's store, or says how it comes back when no copy is left.
+async fn pull(
+    gcs: GcsClient,
+    plasma: PlasmaClient,
+    own: NodeId,
+    id: ObjectId,
+    shard_restarts: Arc<std::sync::atomic::AtomicU64>,
+) -> PullEnd {
+    let restarts_at_start = shard_restarts.load(std::sync::atomic::Ordering::Relaxed);
     let mut subscription = None;
+    let mut stranded_since = None;
+    let mut unknown_since = None;
     loop {
         let info = match gcs.object_info(id).await {
             Ok(info) => info,
@@ -332,33 +435,50 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             }
         };
         let Some(info) = info else {
-            // No copy was ever made: wait for the first (subscribed first, then looked up
-            // again, so that one made in between is not missed).
-            match subscription.as_mut() {
-                None => {
-                    let channel = keys::events_channel(Table::Object, &id);
-                    match gcs
-                        .subscribe(Target::ShardOf(id.as_bytes()), vec![channel])
-                        .await
-                    {
-                        Ok(s) => subscription = Some(s),
-                        Err(e) => {
-                            log::warn!(object:% = id; "cannot follow the object's locations: {e}");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
+            // No copy was ever made: wait for the first, unless the task that makes it
+            // stays stranded on a dead node (its home, which would redo it, died too).
+            object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;
+            match crate::lineage::stranded(&gcs, id).await {
+                Ok(Progress::Stranded) => {
+                    let since = *stranded_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() < STRANDED_GRACE {
+                        continue;
                     }
                 }
-                Some(s) => {
-                    if s.next().await.is_none() {
-                        subscription = None;
+                Ok(Progress::NoLineage) => {
+                    // Actor calls and tasks just submitted have no entry either: only a
+                    // shard restart since this pull began makes it suspect.
+                    let restarted = shard_restarts.load(std::sync::atomic::Ordering::Relaxed)
+                        != restarts_at_start;
+                    let since = *unknown_since.get_or_insert_with(std::time::Instant::now);
+                    if !restarted || since.elapsed() < UNKNOWN_GRACE {
+                        continue;
                     }
+                    return PullEnd::Lost(
+                        "the GCS knows neither a copy nor the task that makes it (a GCS shard \
+                         restarted without persistence and lost them)"
+                            .into(),
+                    );
+                }
+                Ok(Progress::UnderWay) => {
+                    stranded_since = None;
+                    unknown_since = None;
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!(object:% = id; "cannot read the object's lineage: {e}");
+                    continue;
                 }
             }
-            continue;
+            match crate::lineage::recover(&gcs, own, id).await {
+                Ok(Recovery::Rerun(spec)) => return PullEnd::Rerun(spec),
+                Ok(Recovery::Lost(reason)) => return PullEnd::Lost(reason),
+                Ok(Recovery::Wait) | Err(_) => continue,
+            }
         };
         if info.locations.contains(&own) {
             // Here already: its seal reaches the scheduler through the store's events.
-            return None;
+            return PullEnd::Here;
         }
         for node in info.locations {
             let Ok(Some(entry)) = gcs.node(node).await else {
@@ -371,14 +491,22 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             let source = entry.object_manager_address.clone();
             match tokio::task::spawn_blocking(move || plasma.pull(id, &source)).await {
                 // Its seal reaches the scheduler through the store's events.
-                Ok(Ok(())) => return None,
+                Ok(Ok(())) => return PullEnd::Here,
                 Ok(Err(e)) => log::warn!(object:% = id, node:% = node; "pull failed: {e}"),
                 Err(e) => log::warn!(object:% = id; "pull task failed: {e}"),
             }
         }
-        return Some(format!(
-            "object {id} was lost: no live node holds a copy it can send"
-        ));
+        match crate::lineage::recover(&gcs, own, id).await {
+            Ok(Recovery::Rerun(spec)) => return PullEnd::Rerun(spec),
+            Ok(Recovery::Lost(reason)) => return PullEnd::Lost(reason),
+            Ok(Recovery::Wait) => {
+                object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;
+            }
+            Err(e) => {
+                log::warn!(object:% = id; "cannot read the object's lineage: {e}; trying again");
+                tokio::time::sleep(RERUN_RECHECK).await;
+            }
+        }
     }
 }
 

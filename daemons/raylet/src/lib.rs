@@ -8,6 +8,8 @@
 mod connection;
 mod gcs;
 pub mod io;
+mod lineage;
+mod metrics;
 mod peers;
 pub mod scheduler;
 mod workers;
@@ -19,10 +21,11 @@ use std::time::Duration;
 use rayd_common::process::{find_rayd_binary, signal_pid};
 use rayd_config::RaydConfig;
 use rayd_daemon::shutdown::{notify_ready, notify_stopping, Shutdown};
-use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo};
+use rayd_gcs::{GcsClient, GcsError, Heartbeat, NodeInfo, Standing};
 use rayd_plasma_client::{ClientError, EventKind, PlasmaClient, Subscription};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use io::{Input, Node, WorkerCommand};
 use scheduler::{Event, NodeSettings, Scheduler};
@@ -50,7 +53,15 @@ pub enum RayletError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the plasma store's event stream ended")]
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
+    #[error(
+        "the cluster declared this node dead (its heartbeats stopped reaching the GCS for \
+         longer than node_death_timeout_ms: a pause or a network partition); the raylet \
+         and its plasma store exit so that, restarted, they join as a new node"
+    )]
+    DeclaredDead,
+    #[error("the plasma store's event stream ended (the store died or restarted): exiting, for the supervisor to start the raylet again against the new store")]
     PlasmaGone,
     #[error("cannot start the raylet's {what} thread: {source}")]
     Thread {
@@ -84,8 +95,14 @@ fn bind(path: &PathBuf) -> Result<UnixListener, RayletError> {
 }
 
 /// Forwards the plasma store's events to the scheduler, from a thread of its own (the
-/// subscription is a blocking socket).
-fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Input>) -> Result<(), RayletError> {
+/// subscription is a blocking socket). When the stream ends (the store died or was
+/// restarted: its objects, and the node ID that came from it, are gone) `gone` fires and
+/// the raylet exits, so that its supervisor starts it again against the new store.
+fn follow_plasma(
+    socket: PathBuf,
+    events: mpsc::UnboundedSender<Input>,
+    gone: CancellationToken,
+) -> Result<(), RayletError> {
     let mut subscription = Subscription::connect(&socket)?;
     std::thread::Builder::new()
         .name("plasma-events".into())
@@ -94,7 +111,8 @@ fn follow_plasma(socket: PathBuf, events: mpsc::UnboundedSender<Input>) -> Resul
                 Ok(Some(event)) => event,
                 Ok(None) => continue,
                 Err(e) => {
-                    log::error!("plasma event stream failed: {e}");
+                    log::error!(socket:% = socket.display(); "plasma event stream failed: {e}");
+                    gone.cancel();
                     return;
                 }
             };
@@ -130,6 +148,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         .await
         .map_err(|e| RayletError::Plasma(ClientError::Invalid(e.to_string())))??;
     let node_id = plasma.node_id();
+    let store_pid = plasma.store_pid();
     // The store's own word for its object manager's address (its port may have been
     // picked at start).
     let object_manager_address = match plasma.stats() {
@@ -162,7 +181,12 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     );
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    follow_plasma(plasma_socket.clone(), events_tx.clone())?;
+    let plasma_gone = CancellationToken::new();
+    follow_plasma(
+        plasma_socket.clone(),
+        events_tx.clone(),
+        plasma_gone.clone(),
+    )?;
     let writes = gcs::spawn_writer(gcs.clone(), node_id);
     let min_workers = config.num_workers.map_or_else(
         || total.get("CPU").copied().unwrap_or(1.0).ceil() as usize,
@@ -184,7 +208,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         log_level: config.log_level.clone(),
         node_id: node_id.hex(),
     };
-    let peers = peers::Peers::new(events_tx.clone());
+    let peers = peers::Peers::new(events_tx.clone(), config.redis_password.as_deref());
     let mut node = Node::new(
         scheduler,
         events_tx.clone(),
@@ -215,7 +239,27 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     };
     gcs.register_node(&info).await?;
     let cancel = shutdown.graceful.child_token();
-    peers::serve(node_manager, events_tx.clone(), cancel.clone());
+    let health = rayd_metrics::Health::starting();
+    if config.metrics_enabled {
+        let registry = node.metrics.registry();
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.raylet_metrics_port,
+            registry,
+            health.clone(),
+            cancel.clone(),
+        )
+        .await?;
+        gcs.put_metrics_port(node_id, rayd_gcs::RAYLET_METRICS_FIELD, address.port())
+            .await?;
+        gcs.put_metrics_endpoint("rayd-raylet", address).await?;
+    }
+    peers::serve(
+        node_manager,
+        events_tx.clone(),
+        config.redis_password.as_deref(),
+        cancel.clone(),
+    );
     peers::watch(
         gcs.clone(),
         node_id,
@@ -226,12 +270,18 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     tokio::spawn(connection::serve(listener, events_tx, cancel.clone()));
     node.prestart();
     notify_ready();
+    health.set_serving();
+    let gcs_health = health.clone();
 
+    // Cancelled when a heartbeat finds the node declared dead.
+    let declared_dead = tokio_util::sync::CancellationToken::new();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
+            _ = declared_dead.cancelled() => break Err(RayletError::DeclaredDead),
+            _ = plasma_gone.cancelled() => break Err(RayletError::PlasmaGone),
             event = events.recv() => match event {
                 Some(input) => node.handle(input),
                 None => break Err(RayletError::PlasmaGone),
@@ -239,6 +289,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
             _ = heartbeat.tick() => {
                 node.handle(Event::Tick.into());
                 let snapshot = node.scheduler.snapshot();
+                node.metrics.observe(&snapshot);
                 let beat = Heartbeat {
                     node_id: node_id.hex(),
                     resources_available: snapshot.available,
@@ -246,16 +297,23 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
                     running: snapshot.running,
                     time_ms: now_ms(),
                 };
-                let gcs = gcs.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = gcs.heartbeat(&beat).await {
-                        log::warn!("heartbeat failed: {e}");
-                    }
-                });
+                let mut entry = info.clone();
+                entry.resources_available = beat.resources_available.clone();
+                let metrics = (node.metrics.gcs_round_trip.clone(), gcs_health.clone());
+                tokio::spawn(send_heartbeat(gcs.clone(), beat, entry, declared_dead.clone(), metrics));
             }
         }
     };
     notify_stopping();
+    if matches!(result, Err(RayletError::DeclaredDead)) {
+        // The node's ID is its store's: the store goes too, so that, restarted by their
+        // supervisor, both join as a new node (its objects were counted lost anyway).
+        if let Some(pid) = store_pid {
+            log::warn!(pid; "stopping the node's plasma store: the node was declared dead");
+            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    health.set_not_serving("stopping");
     node.stop();
     for pid in node.scheduler.worker_pids() {
         signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
@@ -265,6 +323,40 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
     }
     let _ = std::fs::remove_file(&socket);
     result
+}
+
+/// Sends one heartbeat, and acts on what the GCS says of the node: declared dead, the
+/// raylet stops (`declared_dead`); unknown (the GCS lost its data), it registers again.
+async fn send_heartbeat(
+    gcs: GcsClient,
+    beat: Heartbeat,
+    entry: NodeInfo,
+    declared_dead: tokio_util::sync::CancellationToken,
+    (round_trip, health): (
+        rayd_metrics::prometheus_client::metrics::histogram::Histogram,
+        rayd_metrics::Health,
+    ),
+) {
+    let started = std::time::Instant::now();
+    let standing = gcs.heartbeat(&beat).await;
+    match &standing {
+        Ok(_) => {
+            round_trip.observe(started.elapsed().as_secs_f64());
+            health.set_serving();
+        }
+        Err(e) => health.set_not_serving(format!("cannot reach the GCS: {e}")),
+    }
+    match standing {
+        Ok(Standing::Alive) => {}
+        Ok(Standing::Dead) => declared_dead.cancel(),
+        Ok(Standing::Unknown) => {
+            log::warn!("the GCS has no entry for this node (restarted without its data?); registering again");
+            if let Err(e) = gcs.register_node(&entry).await {
+                log::warn!("cannot register the node again: {e}");
+            }
+        }
+        Err(e) => log::warn!("heartbeat failed: {e}"),
+    }
 }
 
 fn now_ms() -> u64 {

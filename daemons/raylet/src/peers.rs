@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rayd_common::auth::{AuthChannel, ClientAuth, ServerAuth};
 use rayd_common::id::{ActorId, JobId, NodeId, TaskId};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
@@ -14,7 +15,7 @@ use rayd_gcs::{keys, GcsClient, Heartbeat, NodeEvent, Target};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::io::Input;
@@ -116,13 +117,17 @@ impl nm::node_manager_server::NodeManager for Service {
 pub fn serve(
     listener: TcpListener,
     inputs: mpsc::UnboundedSender<Input>,
+    secret: Option<&str>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(nm::node_manager_server::NodeManagerServer::new(Service {
-            inputs,
-        }))
+        .add_service(
+            nm::node_manager_server::NodeManagerServer::with_interceptor(
+                Service { inputs },
+                ServerAuth::new(secret),
+            ),
+        )
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             cancel.cancelled_owned(),
@@ -154,7 +159,9 @@ pub struct Peers {
     inner: Arc<Mutex<HashMap<NodeId, Peer>>>,
     inputs: mpsc::UnboundedSender<Input>,
     /// The live global schedulers' connections, most recently heard from first.
-    schedulers: Arc<Mutex<Vec<(String, Channel)>>>,
+    schedulers: Arc<Mutex<Vec<(String, AuthChannel)>>>,
+    /// The cluster's token on every call.
+    auth: ClientAuth,
 }
 
 #[derive(Debug)]
@@ -179,11 +186,12 @@ pub enum PeerError {
 }
 
 impl Peers {
-    pub fn new(inputs: mpsc::UnboundedSender<Input>) -> Self {
+    pub fn new(inputs: mpsc::UnboundedSender<Input>, secret: Option<&str>) -> Self {
         Self {
             inner: Arc::default(),
             inputs,
             schedulers: Arc::default(),
+            auth: ClientAuth::new(secret),
         }
     }
 
@@ -192,11 +200,11 @@ impl Peers {
     fn set_schedulers(&self, addresses: Vec<String>) -> Option<bool> {
         let mut schedulers = self.schedulers.lock().unwrap_or_else(|e| e.into_inner());
         let was_up = !schedulers.is_empty();
-        let mut known: HashMap<String, Channel> = schedulers.drain(..).collect();
+        let mut known: HashMap<String, AuthChannel> = schedulers.drain(..).collect();
         for address in addresses {
             let channel = match known.remove(&address) {
                 Some(channel) => channel,
-                None => match channel(&address) {
+                None => match channel(&address, &self.auth) {
                     Some(channel) => channel,
                     None => {
                         log::warn!(address = address.as_str(); "a global scheduler has a bad address");
@@ -275,7 +283,7 @@ impl Peers {
                 None => Err(PeerError::Unknown(node)),
                 Some(peer) => match &peer.queue {
                     Some(queue) if !queue.is_closed() => Ok(queue.clone()),
-                    _ => match connect(node, &peer.address) {
+                    _ => match connect(node, &peer.address, &self.auth) {
                         Ok(client) => {
                             let (tx, rx) = mpsc::unbounded_channel();
                             tokio::spawn(deliver(
@@ -305,7 +313,7 @@ impl Peers {
 }
 
 /// A connection (made on first use) to the gRPC server at `address` (`host:port`).
-fn channel(address: &str) -> Option<Channel> {
+fn channel(address: &str, auth: &ClientAuth) -> Option<AuthChannel> {
     if address.is_empty() {
         return None;
     }
@@ -317,13 +325,15 @@ fn channel(address: &str) -> Option<Channel> {
             .tcp_nodelay(true)
             .connect_lazy(),
     )
+    .map(|channel| auth.wrap(channel))
 }
 
 fn connect(
     node: NodeId,
     address: &str,
-) -> Result<nm::node_manager_client::NodeManagerClient<Channel>, PeerError> {
-    let channel = channel(address).ok_or_else(|| PeerError::Address {
+    auth: &ClientAuth,
+) -> Result<nm::node_manager_client::NodeManagerClient<AuthChannel>, PeerError> {
+    let channel = channel(address, auth).ok_or_else(|| PeerError::Address {
         node,
         address: address.to_string(),
     })?;
@@ -352,7 +362,7 @@ fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, 
 async fn deliver(
     node: NodeId,
     address: String,
-    mut client: nm::node_manager_client::NodeManagerClient<Channel>,
+    mut client: nm::node_manager_client::NodeManagerClient<AuthChannel>,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     inputs: mpsc::UnboundedSender<Input>,
 ) {
@@ -409,6 +419,7 @@ pub fn watch(
         let channels = vec![
             keys::HEARTBEATS_CHANNEL.to_string(),
             keys::NODE_EVENTS_CHANNEL.to_string(),
+            keys::SHARD_EVENTS_CHANNEL.to_string(),
         ];
         let mut subscription = loop {
             match gcs.subscribe(Target::Primary, channels.clone()).await {
@@ -447,7 +458,9 @@ pub fn watch(
                     None => return,
                 },
             };
-            let event = if notification.channel == keys::NODE_EVENTS_CHANNEL {
+            let event = if notification.channel == keys::SHARD_EVENTS_CHANNEL {
+                Event::GcsShardRestarted
+            } else if notification.channel == keys::NODE_EVENTS_CHANNEL {
                 let Some(NodeEvent::Dead(node)) = NodeEvent::parse(&notification.payload) else {
                     continue;
                 };

@@ -7,6 +7,7 @@
 //! list is written again (without persistence the primary comes back empty). SIGTERM stops
 //! every server. Readiness (`READY=1`) is sent only once every server answers.
 
+mod metrics;
 mod server;
 
 use std::net::TcpListener;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use metrics::ShardMetrics;
 pub use server::{RedisServer, Role};
 
 /// How long a starting redis-server may take to answer PING (loading a large append-only
@@ -55,6 +57,8 @@ pub enum ShardError {
         port: u16,
         reason: String,
     },
+    #[error("{0}")]
+    Metrics(#[from] rayd_metrics::MetricsError),
     #[error("cannot write the shard list into the primary: {0}")]
     Metadata(#[from] rayd_gcs::GcsError),
     #[error(
@@ -123,6 +127,22 @@ fn shard_ports(config: &RaydConfig) -> Result<Vec<u16>, ShardError> {
 }
 
 /// Writes the shard list and the cluster metadata into the primary, in one transaction.
+/// Announces on the primary that shard `index` restarted (empty, without persistence).
+async fn announce_restart(config: &RaydConfig, primary: &str, index: usize) {
+    let result = async {
+        let client = rayd_gcs::connect_server(primary, config.redis_password.as_deref()).await?;
+        let sent: Result<(), fred::error::Error> = client
+            .publish(keys::SHARD_EVENTS_CHANNEL, keys::shard_restart(index))
+            .await;
+        let _ = client.quit().await;
+        sent.map_err(rayd_gcs::GcsError::from)
+    }
+    .await;
+    if let Err(e) = result {
+        log::warn!(shard = index; "cannot announce the shard's restart: {e}");
+    }
+}
+
 async fn write_metadata(
     config: &RaydConfig,
     primary: &str,
@@ -155,6 +175,25 @@ async fn write_metadata(
     result.map_err(|e| ShardError::Metadata(e.into()))
 }
 
+/// Records where the supervisor serves `/metrics` in the GCS it runs (operators and
+/// tests find it there); a failure is logged, the supervisor serves regardless.
+async fn record_metrics_endpoint(
+    config: &RaydConfig,
+    primary: &str,
+    address: std::net::SocketAddr,
+) {
+    let recorded = async {
+        let gcs = rayd_gcs::GcsClient::connect(primary, config.redis_password.as_deref()).await?;
+        gcs.put_metrics_endpoint("rayd-redis-shard", address)
+            .await?;
+        gcs.quit().await;
+        Ok::<_, rayd_gcs::GcsError>(())
+    };
+    if let Err(e) = recorded.await {
+        log::warn!(error:% = e; "cannot record the metrics endpoint in the gcs");
+    }
+}
+
 /// A restart, reported by a server's supervising task.
 #[derive(Debug)]
 struct Restarted(Role);
@@ -167,7 +206,9 @@ async fn supervise(
     grace: Duration,
     stop: CancellationToken,
     restarts: mpsc::UnboundedSender<Restarted>,
+    metrics: ShardMetrics,
 ) -> Result<(), ShardError> {
+    metrics.up(server.role);
     let mut health = tokio::time::interval(health_interval);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut missed = 0;
@@ -180,6 +221,7 @@ async fn supervise(
             }
             how = server.exited() => {
                 log::warn!(role:% = server.role, port = server.port; "redis server exited ({how}); restarting");
+                metrics.down(server.role, format!("exited ({how}); restarting"));
                 let mut failures = 0;
                 while let Err(e) = server.start(&binary, START_TIMEOUT).await {
                     failures += 1;
@@ -193,13 +235,21 @@ async fn supervise(
                     }
                 }
                 missed = 0;
+                metrics.restarted(server.role);
+                metrics.up(server.role);
                 let _ = restarts.send(Restarted(server.role));
             }
             _ = health.tick() => {
+                let started = std::time::Instant::now();
                 if server.ping().await {
+                    metrics.ping(server.role, started.elapsed().as_secs_f64());
+                    if missed > 0 {
+                        metrics.up(server.role);
+                    }
                     missed = 0;
                 } else {
                     missed += 1;
+                    metrics.down(server.role, format!("missed {missed} health checks"));
                     if missed >= MAX_MISSED_PINGS {
                         log::warn!(role:% = server.role, missed; "redis server stopped answering; killing it");
                         server.kill();
@@ -219,6 +269,9 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
     for (i, port) in shard_ports(&config)?.into_iter().enumerate() {
         servers.push(RedisServer::new(Role::Shard(i), port, &config));
     }
+    if config.redis_password.is_none() {
+        log::warn!("no redis_password: the GCS is open to every client that reaches it (protected mode limits that to this machine)");
+    }
     for server in &servers {
         check_port_free(&config.node_ip_address, server)?;
         server.write_config(&config)?;
@@ -236,10 +289,23 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
     let shards: Vec<String> = servers[1..].iter().map(|s| s.address.clone()).collect();
     write_metadata(&config, &primary, &shards).await?;
     log::info!(primary = primary.as_str(), shards:? = shards; "gcs ready");
+    let stop = shutdown.graceful.child_token();
+    let health = rayd_metrics::Health::starting();
+    let metrics = ShardMetrics::new(health.clone());
+    if config.metrics_enabled {
+        let address = rayd_metrics::serve(
+            &config.node_ip_address,
+            config.redis_shard_metrics_port,
+            metrics.registry(),
+            health,
+            stop.clone(),
+        )
+        .await?;
+        record_metrics_endpoint(&config, &primary, address).await;
+    }
     notify_ready();
     notify_status(&format!("primary {primary}, {} shards", shards.len()));
 
-    let stop = shutdown.graceful.child_token();
     let (restarts_tx, mut restarts) = mpsc::unbounded_channel();
     let health = Duration::from_millis(config.health_check_interval_ms);
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -252,6 +318,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
             grace,
             stop.clone(),
             restarts_tx.clone(),
+            metrics.clone(),
         ));
     }
     let mut failure = None;
@@ -259,11 +326,13 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), ShardErro
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(Restarted(role)) = restarts.recv() => {
-                if role == Role::Primary {
+                match role {
                     // Without persistence the primary came back empty; with it, this is a no-op.
-                    if let Err(e) = write_metadata(&config, &primary, &shards).await {
+                    Role::Primary => if let Err(e) = write_metadata(&config, &primary, &shards).await {
                         log::error!("{e}");
-                    }
+                    },
+                    // Stores report the locations it held again.
+                    Role::Shard(index) => announce_restart(&config, &primary, index).await,
                 }
                 log::info!(role:% = role; "redis server restarted");
             }

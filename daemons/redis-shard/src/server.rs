@@ -88,7 +88,7 @@ impl RedisServer {
         };
         let mut text = format!(
             "# written by rayd-redis-shard for the {role}; rewritten at every start\n\
-             port {port}\nbind {bind}\nprotected-mode no\ndaemonize no\n\
+             port {port}\nbind {bind}\nprotected-mode yes\ndaemonize no\n\
              dir {dir}\nlogfile {log}\nsave \"\"\n",
             role = self.role,
             port = self.port,

@@ -1,6 +1,6 @@
 //! A driver's or worker's connection to rayd: IDs, submission, objects, functions.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ const WAIT_SLICE: Duration = Duration::from_millis(100);
 /// How long a worker waits for a function definition to appear in the GCS (the driver
 /// exports it before submitting, so only a lagging shard makes this wait at all).
 const FUNCTION_WAIT: Duration = Duration::from_secs(30);
+/// How often a driver checks that the shards still hold the functions it exported.
+const EXPORTED_CHECK: Duration = Duration::from_millis(500);
 
 /// How to connect.
 #[derive(Debug, Clone, Default)]
@@ -101,9 +103,14 @@ pub struct CoreWorker {
     plasma: PlasmaClient,
     plasma_socket: PathBuf,
     gcs: GcsClient,
+    /// The cluster's secret (none in an open cluster): function definitions are signed
+    /// and checked with it.
+    secret: Option<String>,
     runtime: tokio::runtime::Runtime,
     context: Mutex<Context>,
-    exported: Mutex<HashSet<FunctionId>>,
+    /// The definitions this process exported (drivers put them back when a shard that held
+    /// them restarted empty; see [`keep_exported`]).
+    exported: Arc<Mutex<HashMap<FunctionId, FunctionInfo>>>,
     functions: Mutex<HashMap<FunctionId, Arc<FunctionInfo>>>,
     inbox: Inbox,
     /// Workers: the small results of the running task, sent with its `TaskDone`.
@@ -182,6 +189,10 @@ impl CoreWorker {
             }
             None => Inbox::default(),
         };
+        let exported = Arc::default();
+        if !options.is_worker {
+            runtime.spawn(keep_exported(gcs.clone(), Arc::clone(&exported)));
+        }
         let core = Self {
             is_worker: options.is_worker,
             worker_id,
@@ -192,6 +203,7 @@ impl CoreWorker {
             plasma,
             plasma_socket: PathBuf::from(registered.plasma_socket),
             gcs,
+            secret: password,
             runtime,
             context: Mutex::new(Context {
                 job,
@@ -199,7 +211,7 @@ impl CoreWorker {
                 children: 0,
                 puts: 0,
             }),
-            exported: Mutex::default(),
+            exported,
             functions: Mutex::default(),
             inbox,
             results: Mutex::default(),
@@ -258,21 +270,25 @@ impl CoreWorker {
             .exported
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&id)
+            .contains_key(&id)
         {
             return Ok(());
         }
+        let mac = self.secret.as_deref().map_or_else(Vec::new, |secret| {
+            rayd_common::auth::function_mac(secret, id.as_bytes(), name, definition)
+        });
         let info = FunctionInfo {
             function_id: id,
             job_id: self.job_id(),
             name: name.to_string(),
             definition: definition.to_vec(),
+            mac,
         };
         self.runtime.block_on(self.gcs.put_function(&info))?;
         self.exported
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
+            .insert(id, info);
         Ok(())
     }
 
@@ -290,7 +306,7 @@ impl CoreWorker {
             let deadline = tokio::time::Instant::now() + FUNCTION_WAIT;
             loop {
                 if let Some(info) = self.gcs.function(id).await? {
-                    return Ok(info);
+                    return self.verified(info);
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err(CoreError::FunctionNotFound(id));
@@ -304,6 +320,27 @@ impl CoreWorker {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Arc::clone(&info));
         Ok(info)
+    }
+
+    /// `info` when its MAC verifies under the cluster's secret (any in an open cluster).
+    fn verified(&self, info: FunctionInfo) -> Result<FunctionInfo, CoreError> {
+        let Some(secret) = self.secret.as_deref() else {
+            return Ok(info);
+        };
+        if rayd_common::auth::function_mac_matches(
+            secret,
+            info.function_id.as_bytes(),
+            &info.name,
+            &info.definition,
+            &info.mac,
+        ) {
+            Ok(info)
+        } else {
+            Err(CoreError::FunctionForged {
+                id: info.function_id,
+                name: info.name,
+            })
+        }
     }
 
     /// Submits a task to the local raylet and returns its ID and its return objects' IDs
@@ -696,4 +733,47 @@ impl CoreWorker {
 fn layout_of(pickle: &[u8], buffers: &[&[u8]]) -> value::Layout {
     let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
     value::layout(pickle.len(), &lens)
+}
+
+/// Drivers: puts back the function definitions that a Redis shard lost when it restarted
+/// without persistence, so that the workers that wait for them find them. One key per
+/// shard is checked (the first function exported there): a restart loses all of them.
+async fn keep_exported(gcs: GcsClient, exported: Arc<Mutex<HashMap<FunctionId, FunctionInfo>>>) {
+    let shards = gcs.shard_addresses().len();
+    let mut tick = tokio::time::interval(EXPORTED_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut canaries: HashMap<usize, FunctionId> = HashMap::new();
+        for id in exported.lock().unwrap_or_else(|p| p.into_inner()).keys() {
+            canaries
+                .entry(rayd_gcs::keys::shard_index(id.as_bytes(), shards))
+                .or_insert(*id);
+        }
+        for (shard, canary) in canaries {
+            match gcs.function_exists(canary).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                // The shard is down or restarting: the next check tells.
+                Err(_) => continue,
+            }
+            let lost: Vec<FunctionInfo> = exported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|f| rayd_gcs::keys::shard_index(f.function_id.as_bytes(), shards) == shard)
+                .cloned()
+                .collect();
+            let mut put = 0;
+            for function in &lost {
+                match gcs.put_function(function).await {
+                    Ok(()) => put += 1,
+                    Err(e) => {
+                        log::warn!(function:% = function.function_id; "cannot export a function again: {e}")
+                    }
+                }
+            }
+            log::info!(shard, functions = put; "a gcs shard lost this driver's functions: exported them again");
+        }
+    }
 }

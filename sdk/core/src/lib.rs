@@ -48,6 +48,11 @@ pub enum CoreError {
     },
     #[error("function {0} is not in the GCS function table")]
     FunctionNotFound(rayd_common::id::FunctionId),
+    #[error("function {id} (`{name}`) in the GCS does not carry a valid MAC of the cluster's secret: refused to load it (written by a client without the secret, or altered)")]
+    FunctionForged {
+        id: rayd_common::id::FunctionId,
+        name: String,
+    },
     #[error("no raylet of the cluster at {redis_address} runs on {ip} (pass node_ip_address: this node's address as its raylet registered it)")]
     NoLocalRaylet { redis_address: String, ip: String },
     #[error("the raylet of this node ({ip}) listens on {socket}, which this user may not open ({reason}): on a node run by systemd, join group `rayd` (`sudo usermod -aG rayd $USER`, then log in again)")]

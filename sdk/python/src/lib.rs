@@ -629,15 +629,31 @@ impl CoreWorker {
         }
     }
 
+    /// Where the cluster's dashboard serves, if one runs.
+    fn webui_url(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        let (gcs, runtime) = self.0.gcs();
+        py.detach(|| runtime.block_on(gcs.webui_url()))
+            .map_err(|e| to_py_err(e.into()))
+    }
+
     /// The nodes of the cluster, as dicts.
     fn nodes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let (gcs, runtime) = self.0.gcs();
         let nodes = py
-            .detach(|| runtime.block_on(gcs.nodes()))
+            .detach(|| {
+                runtime.block_on(async {
+                    let mut nodes = Vec::new();
+                    for node in gcs.nodes().await? {
+                        let ports = gcs.metrics_ports(node.node_id).await?;
+                        nodes.push((node, ports));
+                    }
+                    Ok::<_, rayd_gcs::GcsError>(nodes)
+                })
+            })
             .map_err(|e| to_py_err(e.into()))?;
         nodes
             .into_iter()
-            .map(|n| {
+            .map(|(n, ports)| {
                 let d = PyDict::new(py);
                 d.set_item("NodeID", n.node_id.hex())?;
                 d.set_item("Alive", n.alive)?;
@@ -647,6 +663,10 @@ impl CoreWorker {
                 d.set_item("Resources", n.resources_total.clone())?;
                 d.set_item("AvailableResources", n.resources_available.clone())?;
                 d.set_item("LastHeartbeatMs", n.last_heartbeat_ms)?;
+                // The raylet's /metrics, as Ray reports its node's metrics agent.
+                let port = ports.get(rayd_gcs::RAYLET_METRICS_FIELD).copied();
+                d.set_item("MetricsExportPort", port)?;
+                d.set_item("MetricsPorts", ports)?;
                 Ok(d)
             })
             .collect()

@@ -37,6 +37,15 @@ def wait_for(condition, timeout=10.0, what="a condition"):
         time.sleep(0.01)
 
 
+def stop_cluster(cluster):
+    """Disconnects, stops every node of `cluster` and waits until each of its processes
+    (daemons, workers, redis-servers) is gone."""
+    ray.shutdown()
+    pids = [pid for node in cluster.list_all_nodes() for pid in node.all_pids()]
+    cluster.shutdown()
+    wait_for(lambda: not any(_alive(p) for p in pids), 15, "every process of the cluster to exit")
+
+
 def run_driver(address, body):
     """Runs `body` as another driver attached to the cluster at `address` (with os, ray,
     sys and time imported); returns the finished process."""
@@ -126,12 +135,20 @@ def rayd_node(*flags, command=(RAYD,)):
          "--num-cpus", "1", "--temp-dir", temp_dir, *flags],
         capture_output=True, text=True, timeout=120, env=env)
     pids = []
+    given = os.environ.get("RAYD_REDIS_PASSWORD_FILE")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         with open(os.path.join(temp_dir, "node.json")) as f:
-            pids = [p["pid"] for p in json.load(f)["processes"]]
+            state = json.load(f)
+        pids = [p["pid"] for p in state["processes"]]
+        # Drivers of the test attach with the head's secret, as an operator gives it.
+        os.environ["RAYD_REDIS_PASSWORD_FILE"] = state["redis_password_file"]
         yield port, started, temp_dir
     finally:
+        if given is None:
+            os.environ.pop("RAYD_REDIS_PASSWORD_FILE", None)
+        else:
+            os.environ["RAYD_REDIS_PASSWORD_FILE"] = given
         stopped = subprocess.run([*command, "stop", "--temp-dir", temp_dir], capture_output=True,
                                  text=True, timeout=60, env=env)
         wait_for(lambda: not any(_alive(p) for p in pids), 15, "the node's daemons to exit")

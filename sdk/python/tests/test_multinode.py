@@ -89,8 +89,8 @@ def test_cluster_adds_waits_for_removes_and_stops_nodes():
         assert ray.cluster_resources()["CPU"] == 4
         ray.shutdown()
         cluster.connected = False
-        # Plain `ray.init(redis_address=...)` attaches to the head too.
-        info = ray.init(redis_address=cluster.address)
+        # Plain `ray.init(redis_address=..., redis_password=...)` attaches to the head too.
+        info = ray.init(redis_address=cluster.address, redis_password=cluster.redis_password)
         assert info["node_ip_address"] == "127.0.0.2"
         ray.shutdown()
 

@@ -106,3 +106,19 @@ def test_a_full_disk_fails_the_put_naming_both_limits(ray_start, tmp_path):
         ray.shutdown()
     finally:
         subprocess.run(["umount", str(spill)])
+
+
+def test_an_object_larger_than_the_store_raises_object_store_full(ray_start):
+    ray_start(object_store_memory=100 * MB)
+    with pytest.raises(ray.exceptions.ObjectStoreFullError):
+        ray.put(np.zeros(150 * MB, dtype=np.uint8))
+    assert ray.get(ray.put("still fine")) == "still fine"
+
+
+def test_each_init_removes_its_driver_dir_at_shutdown(cleanup, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYD_TEMP_DIR", str(tmp_path))
+    for _ in range(2):
+        ray.init(num_cpus=1)
+        assert len(list(tmp_path.glob("driver_*"))) == 1
+        ray.shutdown()
+        assert list(tmp_path.glob("driver_*")) == []

@@ -454,6 +454,7 @@ def test_ray_command_line_translates_to_rayd():
     assert translate(["start", "--redis-address", "10.0.0.1:6379"])[0] == [
         "start", "--redis-address", "10.0.0.1:6379"]
     assert translate(["stop"]) == (["stop"], {}, [])
+    assert translate(["start", "--head", "--include-webui"]) == (["start", "--head", "--include-webui"], {}, [])
 
 
 def test_ray_start_and_stop_run_a_node(cleanup):

@@ -306,7 +306,7 @@ pub async fn pull(state: &Arc<State>, id: ObjectId, source: &str) -> Result<(), 
     drop(target);
     settle(result, writer, id).await?;
     state.with_store(|s| s.seal(client_id, id))?;
-    state.count_pull();
+    state.count_pull(total);
     log::debug!(object:% = id, bytes = total, source = source; "pulled an object");
     Ok(())
 }
@@ -347,6 +347,8 @@ struct Source {
     id: ObjectId,
     chunk: u64,
     limit: usize,
+    /// The cluster's token, sent with each pull.
+    token: Option<HeaderValue>,
 }
 
 impl Source {
@@ -368,6 +370,7 @@ impl Source {
             id,
             chunk: state.chunk_size,
             limit: usize::try_from(state.chunk_size).unwrap_or(usize::MAX) + (1 << 20),
+            token: state.token.clone(),
         })
     }
 
@@ -388,9 +391,13 @@ impl Source {
             offset,
             length,
         });
-        let request = http::Request::post(PULL_PATH)
+        let mut request = http::Request::post(PULL_PATH)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
-            .header(TE, HeaderValue::from_static("trailers"))
+            .header(TE, HeaderValue::from_static("trailers"));
+        if let Some(token) = &self.token {
+            request = request.header(rayd_common::auth::GRPC_HEADER, token.clone());
+        }
+        let request = request
             .body(Body::new(Full::new(message)))
             .map_err(|e| self.refused(Status::internal(e.to_string())))?;
         let transport = |e: tonic::transport::Error| self.refused(Status::from_error(e.into()));
@@ -650,6 +657,7 @@ mod tests {
             rayd_common::id::NodeId::random(),
             "127.0.0.1:1".into(),
             MIB,
+            None,
             None,
         )
         .unwrap();

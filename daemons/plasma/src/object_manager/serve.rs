@@ -70,6 +70,12 @@ async fn respond(
     state: Arc<State>,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
+    let presented = request
+        .headers()
+        .get(rayd_common::auth::GRPC_HEADER)
+        .map(HeaderValue::as_bytes);
+    let expected = state.token.as_ref().map(HeaderValue::as_bytes);
+    rayd_common::auth::check_token(expected, presented).map_err(Status::unauthenticated)?;
     if request.uri().path() != PULL_PATH {
         return Err(Status::unimplemented(format!(
             "no method {}",

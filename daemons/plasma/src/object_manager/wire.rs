@@ -617,4 +617,37 @@ mod tests {
         assert!(decode_request(Bytes::from_static(b"\0\0\0\0\x09abc")).is_err());
         assert!(decode_request(Bytes::from_static(b"\0\0\0\0\x02\xff\xff")).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The object manager's stream against any bytes in any frames (a fuzz target):
+        /// pieces or a clean error, never a panic; the decoder keeps no more than a prefix
+        /// or a varint of its own (payloads share the frames), and payloads never exceed
+        /// the message limit.
+        #[test]
+        fn any_stream_decodes_or_fails_cleanly(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cut in 1usize..600,
+            limit in 0usize..2048,
+        ) {
+            let mut decoder = ChunkDecoder::new(limit);
+            let mut payload = 0usize;
+            'feed: for frame in data.chunks(cut) {
+                decoder.feed(Bytes::copy_from_slice(frame));
+                loop {
+                    match decoder.next_piece() {
+                        Ok(Some(Piece::Payload(bytes))) => {
+                            payload += bytes.len();
+                            proptest::prop_assert!(payload <= limit);
+                        }
+                        Ok(Some(Piece::Start(_) | Piece::End { .. })) => payload = 0,
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                proptest::prop_assert!(decoder.scratch.len() <= PREFIX.max(MAX_VARINT));
+            }
+        }
+    }
 }

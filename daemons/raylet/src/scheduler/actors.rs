@@ -200,6 +200,11 @@ impl Actors {
         Some((actor.queue.drain(..).collect(), actor.worker))
     }
 
+    /// Every actor known here.
+    pub fn ids(&self) -> Vec<ActorId> {
+        self.actors.keys().copied().collect()
+    }
+
     /// The live actors of `job`.
     pub fn of_job(&self, job: JobId) -> Vec<ActorId> {
         self.actors

@@ -74,6 +74,12 @@ impl Dependencies {
         !self.local.contains(&id) && self.pulling.insert(id)
     }
 
+    /// The pull of `id` ended without bringing it (its task runs again instead): the next
+    /// `want` starts another.
+    pub fn pull_ended(&mut self, id: &ObjectId) {
+        self.pulling.remove(id);
+    }
+
     /// Whether a parked task waits for `id`.
     pub fn awaited(&self, id: &ObjectId) -> bool {
         self.waiters.contains_key(id)

@@ -81,8 +81,16 @@ pub enum Event {
     ObjectSealed(ObjectId),
     /// The object left the store (evicted or deleted).
     ObjectDeleted(ObjectId),
-    /// A pull found no copy of the object anywhere.
-    ObjectLost(ObjectId),
+    /// A pull found no copy of the object anywhere, and it cannot be rebuilt (`reason`).
+    ObjectLost {
+        id: ObjectId,
+        reason: String,
+    },
+    /// An object needed here was lost, and this node claimed the re-run of the task that
+    /// made it (lineage): the task runs again, its results replace the lost copies.
+    Rerun {
+        spec: common_pb::TaskSpec,
+    },
     /// A worker asked for by [`Effect::StartWorker`] runs as `pid`.
     WorkerSpawned {
         pid: u32,
@@ -113,10 +121,14 @@ pub enum Event {
         available: Amounts,
         queued: u64,
     },
-    /// Another node left.
+    /// Another node left, or was declared dead: the tasks forwarded there are redone
+    /// and the actors created there restarted (when their retries allow).
     NodeRemoved {
         node: NodeId,
     },
+    /// A GCS shard restarted empty: the actor entries of this node's actors are written
+    /// again (other nodes find the actors through them).
+    GcsShardRestarted,
     /// Another raylet forwarded a task to run here; `home` gets its results.
     TaskForwarded {
         spec: common_pb::TaskSpec,
@@ -256,6 +268,13 @@ pub struct Snapshot {
     pub available: Amounts,
     pub queued: u64,
     pub running: u64,
+    /// Of `queued`: waiting for arguments.
+    pub waiting: u64,
+    /// Of `queued`: arguments local, waiting for resources or a worker.
+    pub ready: u64,
+    /// Registered worker processes, and those of them idle.
+    pub workers: u64,
+    pub idle_workers: u64,
 }
 
 /// What the scheduler needs to know about its node.
@@ -302,6 +321,16 @@ pub struct Scheduler {
     /// Actors that live on another node (their creation was forwarded from here, or the
     /// GCS said where they are), with their job: their calls are forwarded there.
     remote_actors: HashMap<ActorId, (NodeId, JobId)>,
+    /// The creation tasks of the actors that this node created on another node, with the
+    /// restarts they have left: when that node dies, the actor is made again from them.
+    remote_creations: HashMap<ActorId, (Task, u32)>,
+    /// Calls to actors created from here (with restarts left) that could not reach the
+    /// actor's node, with the calls made after them, in order: they go to the actor
+    /// again when its node beats, or to the restarted actor when its node is dead.
+    suspended: HashMap<ActorId, Vec<Task>>,
+    /// Tasks running again to rebuild lost objects: their small results go into the
+    /// store too, where other nodes waiting for them find them.
+    reruns: std::collections::HashSet<TaskId>,
     /// Calls to actors whose node is being looked up, in order.
     locating: HashMap<ActorId, Vec<Task>>,
     /// Attempts of tasks retried after their worker died.
@@ -327,6 +356,9 @@ impl Scheduler {
             forwarded: HashMap::new(),
             global_scheduler: false,
             remote_actors: HashMap::new(),
+            remote_creations: HashMap::new(),
+            suspended: HashMap::new(),
+            reruns: std::collections::HashSet::new(),
             locating: HashMap::new(),
             retries: HashMap::new(),
             effects: Vec::new(),
@@ -341,10 +373,15 @@ impl Scheduler {
 
     /// The node's figures now.
     pub fn snapshot(&self) -> Snapshot {
+        let (workers, idle_workers) = self.pool.counts();
         Snapshot {
             available: self.resources.available().clone(),
             queued: (self.ready.len() + self.deps.parked()) as u64,
             running: self.pool.running() as u64,
+            waiting: self.deps.parked() as u64,
+            ready: self.ready.len() as u64,
+            workers: workers as u64,
+            idle_workers: idle_workers as u64,
         }
     }
 
@@ -372,7 +409,8 @@ impl Scheduler {
                 self.schedule();
             }
             Event::ObjectDeleted(id) => self.on_deleted(id),
-            Event::ObjectLost(id) => self.on_lost(id),
+            Event::ObjectLost { id, reason } => self.on_lost(id, &reason),
+            Event::Rerun { spec } => self.on_rerun(spec),
             Event::WorkerSpawned { pid } => {
                 log::debug!(pid; "started a worker");
                 self.pool.spawned(pid);
@@ -415,10 +453,13 @@ impl Scheduler {
                 if self.cluster.heartbeat(node, available, queued) && !self.ready.is_empty() {
                     self.schedule();
                 }
+                self.resume_calls(node);
             }
-            Event::NodeRemoved { node } => {
-                log::info!(node:% = node; "node left");
-                self.cluster.remove(&node);
+            Event::NodeRemoved { node } => self.on_node_dead(node),
+            Event::GcsShardRestarted => {
+                for id in self.actors.ids() {
+                    self.record_actor(id);
+                }
             }
             Event::TaskForwarded {
                 spec,
@@ -707,16 +748,181 @@ impl Scheduler {
 
     /// No copy of `id` is left: an error object takes its place, so that every task and
     /// `get` waiting for it raises `ObjectLostError` instead of waiting forever.
-    fn on_lost(&mut self, id: ObjectId) {
+    fn on_lost(&mut self, id: ObjectId, reason: &str) {
         if self.deps.is_local(&id) {
             return;
         }
         let message = format!(
-            "object {id} was lost: no copy is left in the cluster (evicted or its node died)"
+            "object {id} was lost: no copy is left in the cluster (evicted or its node died), and {reason}"
         );
         log::warn!("{message}");
         let metadata = value::error_metadata(value::ERROR_OBJECT_LOST);
         self.put_error(id, &metadata, &message);
+    }
+
+    /// This node claimed the re-run of a task whose objects were lost: it runs again like a
+    /// task submitted here by nobody (its results are kept for whoever waits for them).
+    fn on_rerun(&mut self, spec: common_pb::TaskSpec) {
+        match Task::from_spec(spec) {
+            Ok(task) => {
+                if self.pending_here(&task.id) {
+                    return;
+                }
+                log::warn!(task:% = task.id, attempt = task.spec.attempt;
+                    "rebuilding lost objects: running {} again from its lineage", task.spec.function_name);
+                self.reruns.insert(task.id);
+                // The pull that found the loss ended; the rebuilt copy is pulled anew
+                // when it is made on another node.
+                for id in task.return_ids() {
+                    self.deps.pull_ended(&id);
+                }
+                self.submit(task);
+            }
+            Err(refused) => {
+                let (spec, e) = *refused;
+                let metadata = value::error_metadata(value::ERROR_OBJECT_LOST);
+                let message = format!(
+                    "an object of task {} was lost, and its lineage is unusable: {e}",
+                    spec.function_name
+                );
+                for id in task::refused_return_ids(&spec) {
+                    self.put_error(id, &metadata, &message);
+                }
+            }
+        }
+    }
+
+    /// `node` died (or was declared dead): what it ran for this node is redone. Tasks go
+    /// again while their `max_retries` allow, actors created there from here are made
+    /// again while their `max_restarts` allow, and calls that were on their way to an
+    /// actor there fail with the actor (as in Ray, a call is not run twice).
+    fn on_node_dead(&mut self, node: NodeId) {
+        log::warn!(node:% = node; "node died: redoing what it ran for this node");
+        self.cluster.remove(&node);
+        let lost: Vec<TaskId> = self
+            .forwarded
+            .iter()
+            .filter(|(_, (at, _))| *at == Some(node))
+            .map(|(id, _)| *id)
+            .collect();
+        let lost: Vec<Task> = lost
+            .iter()
+            .filter_map(|id| self.forwarded.remove(id).map(|(_, task)| task))
+            .collect();
+        let actors: Vec<ActorId> = self
+            .remote_actors
+            .iter()
+            .filter(|(_, (at, _))| *at == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in actors {
+            self.remote_actor_lost(id, node);
+        }
+        for task in lost {
+            self.redo(task, node);
+        }
+        self.schedule();
+    }
+
+    /// `node` beats: the calls suspended for its actors go to them again, in order.
+    fn resume_calls(&mut self, node: NodeId) {
+        if self.suspended.is_empty() {
+            return;
+        }
+        let actors: Vec<ActorId> = self
+            .suspended
+            .keys()
+            .filter(|id| {
+                self.remote_actors
+                    .get(id)
+                    .is_some_and(|(at, _)| *at == node)
+            })
+            .copied()
+            .collect();
+        for id in actors {
+            for call in self.suspended.remove(&id).unwrap_or_default() {
+                self.forward(node, call);
+            }
+        }
+    }
+
+    /// A task forwarded to `node` was lost with it.
+    fn redo(&mut self, task: Task, node: NodeId) {
+        if self.jobs.has_ended(&task.job) {
+            self.set_state(task.id, TaskState::Cancelled);
+            return;
+        }
+        if task.is_actor_creation() {
+            // Made again with its actor (`remote_actor_lost`).
+            return;
+        }
+        if task.is_actor_call() {
+            let reason = format!(
+                "node {node}, where the actor of this call ({}) lived, died",
+                task.spec.function_name
+            );
+            self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason);
+            return;
+        }
+        let attempts = self.retries.entry(task.id).or_insert(0);
+        if *attempts < task.spec.max_retries {
+            *attempts += 1;
+            log::warn!(task:% = task.id, node:% = node, attempt = *attempts;
+                "node died running {}; retrying", task.spec.function_name);
+            self.make_ready(task, true);
+            return;
+        }
+        self.retries.remove(&task.id);
+        let message = format!(
+            "node {node} died running task {} ({}), and its max_retries ({}) are used up",
+            task.spec.function_name, task.id, task.spec.max_retries
+        );
+        log::warn!("{message}; its results become errors");
+        self.store_errors(&task, value::ERROR_WORKER_DIED, &message);
+        self.gcs(GcsWrite::Error {
+            job: task.job,
+            kind: "node_died",
+            message,
+        });
+    }
+
+    /// Actor `id` lived on `node`, which died. Created from here: it is made again (on
+    /// any node that can hold it) while its restarts allow, or is dead for good. Created
+    /// elsewhere: its next calls look it up again (its creator restarts it or says it is
+    /// dead).
+    fn remote_actor_lost(&mut self, id: ActorId, node: NodeId) {
+        self.remote_actors.remove(&id);
+        let Some((creation, restarts_left)) = self.remote_creations.remove(&id) else {
+            return;
+        };
+        if self.jobs.has_ended(&creation.job) {
+            return;
+        }
+        let task = self.actors.create(id, creation);
+        let suspended = self.suspended.remove(&id).unwrap_or_default();
+        if restarts_left == 0 {
+            let reason = format!(
+                "actor {id} ({}) died with node {node}, and it has no restarts left (max_restarts)",
+                task.spec.function_name
+            );
+            log::warn!("{reason}");
+            for call in &suspended {
+                self.store_errors(call, value::ERROR_ACTOR_DIED, &reason);
+            }
+            self.actors.kill(id, reason);
+            self.record_actor(id);
+            return;
+        }
+        for call in suspended {
+            self.actors.enqueue(id, call);
+        }
+        if let Some(actor) = self.actors.get_mut(&id) {
+            actor.restarts_left = restarts_left - 1;
+        }
+        log::warn!(actor:% = id, node:% = node, restarts_left = restarts_left - 1;
+            "actor's node died; restarting it");
+        self.record_actor(id);
+        self.make_ready(task, true);
     }
 
     fn is_driver(&self, conn: ConnId) -> bool {
@@ -747,6 +953,7 @@ impl Scheduler {
         results: Vec<pb::InlineObject>,
     ) {
         let mut to_drivers: HashMap<ConnId, Vec<pb::InlineObject>> = HashMap::new();
+        let rerun = !self.reruns.is_empty() && self.reruns.remove(&task);
         for object in results {
             let id = match ObjectId::from_slice(&object.object_id) {
                 Ok(id) if (1..=num_returns).any(|i| ObjectId::for_return(task, i) == id) => id,
@@ -764,6 +971,10 @@ impl Scheduler {
             }
             let object = Arc::new(object);
             if workers.is_empty() {
+                if rerun {
+                    // Other nodes may wait for the rebuilt copy: it goes where they look.
+                    self.promote(id, object.clone());
+                }
                 for (old, forgotten) in self.inline.insert(id, object) {
                     self.promote(old, forgotten);
                 }
@@ -990,6 +1201,14 @@ impl Scheduler {
             return;
         };
         self.remote_actors.insert(id, (node, creation.job));
+        let local = self.actors.remove(&id);
+        if creation.home.is_none() {
+            let restarts_left = local
+                .as_ref()
+                .map_or(creation.spec.max_restarts, |a| a.restarts_left);
+            self.remote_creations
+                .insert(id, (creation.clone(), restarts_left));
+        }
         // The actor table says where it goes (the node that runs it writes it too).
         self.gcs(GcsWrite::Actor(ActorInfo {
             actor_id: id,
@@ -998,7 +1217,7 @@ impl Scheduler {
             worker: None,
             state: ActorState::Pending.name().to_string(),
         }));
-        let queued = self.actors.remove(&id).map(|a| a.queue).unwrap_or_default();
+        let queued = local.map(|a| a.queue).unwrap_or_default();
         for call in queued {
             self.forward(node, call);
         }
@@ -1007,6 +1226,16 @@ impl Scheduler {
     /// A task could not be handed to `node`: it runs here, or goes elsewhere; an actor
     /// call fails (its actor is there); an actor's creation comes back here.
     fn forward_failed(&mut self, task: Task, node: NodeId) {
+        let restartable = actor_id_of(&task).filter(|id| {
+            self.remote_creations
+                .get(id)
+                .is_some_and(|(_, left)| *left > 0)
+        });
+        if let (true, Some(id)) = (task.is_actor_call(), restartable) {
+            // Its node may be dying: the call waits to know (see `suspended`).
+            self.suspended.entry(id).or_default().push(task);
+            return;
+        }
         if task.is_actor_call() {
             let reason = format!("cannot reach node {node}, where the actor of this call lives");
             self.store_errors(&task, value::ERROR_ACTOR_DIED, &reason);
@@ -1565,6 +1794,10 @@ impl Scheduler {
             log::warn!(task:% = task.id; "refusing an actor task without an actor id");
             return;
         };
+        if let Some(waiting) = self.suspended.get_mut(&id) {
+            waiting.push(task);
+            return;
+        }
         if self.actors.get(&id).is_none() {
             // It lives elsewhere: its calls go there, in order.
             if let Some((node, _)) = self.remote_actors.get(&id).copied() {

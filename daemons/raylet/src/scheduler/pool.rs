@@ -289,6 +289,16 @@ impl Pool {
             .count()
     }
 
+    /// Registered workers, and those of them idle.
+    pub fn counts(&self) -> (usize, usize) {
+        let idle = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Idle))
+            .count();
+        (self.workers.len(), idle)
+    }
+
     /// Workers running a task.
     pub fn running(&self) -> usize {
         self.workers

@@ -310,7 +310,10 @@ fn an_argument_that_cannot_be_had_becomes_an_object_lost_error() {
     let queued = with_object_arg(h.spec(&[("CPU", 1.0)]), arg);
     h.submit(driver, &queued);
     h.step(Event::ObjectDeleted(arg));
-    let out = h.step(Event::ObjectLost(arg));
+    let out = h.step(Event::ObjectLost {
+        id: arg,
+        reason: "its task cannot run again".into(),
+    });
     assert_eq!(out.error_puts(value::ERROR_OBJECT_LOST), vec![arg]);
     // The error object's seal lets the task run: it raises the error it finds.
     h.done(worker, &busy);
@@ -1252,5 +1255,127 @@ fn with_a_global_scheduler_up_tasks_to_place_elsewhere_go_through_it() {
         to_a_gpu_node(&out.forwards, id_of(&last)),
         "{:?}",
         out.forwards
+    );
+}
+
+#[test]
+fn tasks_forwarded_to_a_node_that_dies_are_redone_while_retries_allow_then_fail() {
+    let (mut h, nb, nc) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("B", 1.0)],
+        &[("CPU", 1.0), ("B", 1.0)],
+    );
+    let driver = h.driver();
+    let mut retried = h.spec(&[("B", 1.0)]);
+    retried.max_retries = 1;
+    let mut once = h.spec(&[("B", 1.0)]);
+    once.max_retries = 0;
+    let first = h.submit(driver, &retried).forwards[0].0;
+    let other = h.submit(driver, &once).forwards[0].0;
+    assert!([nb, nc].contains(&first) && [nb, nc].contains(&other));
+    // Both on one node: kill the one that has the retried task.
+    let out = h.step(Event::NodeRemoved { node: first });
+    let survivor = if first == nb { nc } else { nb };
+    assert!(
+        out.forwards.contains(&(survivor, id_of(&retried))),
+        "{out:?}"
+    );
+    if other == first {
+        assert_eq!(
+            out.error_puts(value::ERROR_WORKER_DIED),
+            vec![ObjectId::for_return(id_of(&once), 1)]
+        );
+        assert_eq!(out.errors, vec!["node_died"]);
+    }
+    // The retry's node dies too: no retries left, its result becomes an error.
+    let out = h.step(Event::NodeRemoved { node: survivor });
+    assert!(out
+        .error_puts(value::ERROR_WORKER_DIED)
+        .contains(&ObjectId::for_return(id_of(&retried), 1)));
+}
+
+#[test]
+fn an_actor_whose_node_dies_is_made_again_elsewhere_and_its_calls_in_flight_fail() {
+    let (mut h, nb, nc) = with_peers(
+        &[("CPU", 1.0)],
+        &[("CPU", 1.0), ("R", 1.0)],
+        &[("CPU", 1.0)],
+    );
+    let driver = h.driver();
+    let actor = ActorId::random();
+    let mut create = creation(&h, actor, &[("R", 1.0)]);
+    create.max_restarts = 1;
+    assert_eq!(
+        h.submit(driver, &create).forwards,
+        vec![(nb, id_of(&create))]
+    );
+    let in_flight = call(&h, actor);
+    h.submit(driver, &in_flight);
+    h.step(Event::RemoteTaskFinished {
+        task: id_of(&create),
+        node: nb,
+        results: Vec::new(),
+    });
+    // c learns it has R too; then b dies.
+    h.step(Event::NodeHeartbeat {
+        node: nc,
+        available: amounts(&[("CPU", 1.0), ("R", 1.0)]),
+        queued: 0,
+    });
+    h.s.cluster.add(nc, amounts(&[("CPU", 1.0), ("R", 1.0)]));
+    let out = h.step(Event::NodeRemoved { node: nb });
+    assert_eq!(
+        out.error_puts(value::ERROR_ACTOR_DIED),
+        vec![ObjectId::for_return(id_of(&in_flight), 1)],
+        "a call that was on its way is not run twice"
+    );
+    assert_eq!(out.forwards, vec![(nc, id_of(&create))], "made again on c");
+    let next = call(&h, actor);
+    assert_eq!(h.submit(driver, &next).forwards, vec![(nc, id_of(&next))]);
+    // c dies too: no restarts left, later calls fail at once.
+    h.step(Event::RemoteTaskFinished {
+        task: id_of(&create),
+        node: nc,
+        results: Vec::new(),
+    });
+    h.step(Event::NodeRemoved { node: nc });
+    let last = call(&h, actor);
+    let out = h.submit(driver, &last);
+    assert!(out.forwards.is_empty());
+    assert_eq!(
+        out.error_puts(value::ERROR_ACTOR_DIED),
+        vec![ObjectId::for_return(id_of(&last), 1)]
+    );
+}
+
+#[test]
+fn a_rerun_from_lineage_runs_once_and_puts_its_small_results_in_the_store() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let _driver = h.driver();
+    let (worker, _, _) = h.worker();
+    let spec = h.spec(&[("CPU", 1.0)]);
+    let out = h.step(Event::Rerun { spec: spec.clone() });
+    assert_eq!(out.assigned_ids(), vec![id_of(&spec)]);
+    // A second claim of the same task while it runs changes nothing.
+    assert!(h
+        .step(Event::Rerun { spec: spec.clone() })
+        .assigned
+        .is_empty());
+    let result = ObjectId::for_return(id_of(&spec), 1);
+    let out = h.message(
+        worker,
+        pb::client_message::Kind::TaskDone(pb::TaskDone {
+            task_id: spec.task_id.clone(),
+            results: vec![pb::InlineObject {
+                object_id: result.as_bytes().to_vec().into(),
+                data: b"again".to_vec().into(),
+                metadata: Vec::new().into(),
+            }],
+        }),
+    );
+    assert_eq!(
+        out.puts.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![result],
+        "other nodes find the rebuilt copy in the store"
     );
 }

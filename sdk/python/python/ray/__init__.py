@@ -48,7 +48,8 @@ ObjectRef = ObjectID
 
 
 def get_webui_url() -> Optional[str]:
-    """The dashboard's URL; None, as rayd has no dashboard yet."""
+    """The dashboard's URL (`ray.init(include_webui=True)`, `rayd start --include-webui`),
+    or None when the cluster runs none."""
     _worker.global_worker.check_connected()
     return (_worker.global_worker.info or {}).get("webui_url")
 

@@ -49,6 +49,7 @@ _FLAGS = {
     "redis_port": "--redis-port",
     "num_redis_shards": "--num-redis-shards",
     "node_ip_address": "--node-ip-address",
+    "include_webui": "--include-webui",
 }
 
 # How long a node may take to start, to appear in the node table, to stop.
@@ -239,8 +240,11 @@ class Cluster:
     def add_node(self, wait: bool = True, **node_args: Any) -> Node:
         """Starts a node (the head when there is none yet) and returns it. `node_args`:
         num_cpus, num_gpus, resources (dict), object_store_memory, object_manager_port,
-        node_manager_port, redis_port and num_redis_shards (head), node_ip_address."""
-        unknown = set(node_args) - set(_FLAGS) - {"node_manager_port"}
+        node_manager_port, redis_port and num_redis_shards (head), node_ip_address,
+        include_webui (head: the dashboard, on a free port), and `_system_config` (Ray's
+        name): a dict of any other config keys, e.g. `{"node_death_timeout_ms": 1000}`,
+        given to the node's daemons."""
+        unknown = set(node_args) - set(_FLAGS) - {"node_manager_port", "_system_config"}
         if unknown:
             raise TypeError(f"add_node() got unexpected arguments: {', '.join(sorted(unknown))}")
         head = self.head_node is None
@@ -255,12 +259,19 @@ class Cluster:
             raise ValueError("redis_port and num_redis_shards are the head's settings")
         args.setdefault("object_manager_port", 0)
         node_manager_port = args.pop("node_manager_port", 0)
+        system_config = args.pop("_system_config", None) or {}
         temp_dir = tempfile.mkdtemp(prefix="rayd-cluster-")
         node = Node(ip, temp_dir, head, args)
         command = [_rayd_binary(), "start", "--temp-dir", temp_dir, "--node-ip-address", ip]
         command += ["--head"] if head else ["--redis-address", self.address or ""]
+        if args.get("include_webui"):
+            # The dashboard takes a free port, as every other port here.
+            command += ["--webui-port", "0"]
         for key, value in args.items():
-            if value is None:
+            if value is None or value is False:
+                continue
+            if value is True:
+                command.append(_FLAGS[key])
                 continue
             if key == "resources":
                 value = json.dumps(value)
@@ -272,6 +283,8 @@ class Cluster:
                 # one, so that nodes and clusters on one machine never collide.
                 value = node_manager_port if key == "node_manager_port" else 0
                 env[f"RAYD_{key.upper()}"] = str(value)
+        for key, value in system_config.items():
+            env[f"RAYD_{key.upper()}"] = str(value)
         try:
             with open(node.log, "w") as log:
                 done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -288,6 +301,10 @@ class Cluster:
             node.redis_address = state["redis_address"]
             node.session_dir = state["session_dir"]
             node.processes = [(p["name"], p["pid"]) for p in state["processes"]]
+            if head and not self.redis_password and state.get("redis_password_file"):
+                # The secret the head generated: the other nodes and drivers need it.
+                with open(state["redis_password_file"]) as f:
+                    self.redis_password = f.read().strip()
         if done.returncode != 0 or not node.processes:
             self._stop(node, remove_dir=True)
             raise RuntimeError(f"rayd start failed ({done.returncode}) for {ip}:\n{output}")
@@ -311,12 +328,22 @@ class Cluster:
         self._stop(node, remove_dir=True, grace=STOP_GRACE_S if allow_graceful else 0.0)
         self.removed_nodes.append(node)
 
+    def kill_node(self, node: Node, remove_dir: bool = True) -> None:
+        """Kills `node` as a crash would: SIGKILL to its daemons and everything they
+        started, nothing told to anyone (the cluster must notice by itself). Its temp dir
+        (logs) stays when `remove_dir` is false."""
+        if node is self.head_node:
+            raise ValueError("kill_node is for nodes other than the head")
+        self.worker_nodes.remove(node)
+        self._stop(node, remove_dir=remove_dir, grace=0.0, gently=False)
+        self.removed_nodes.append(node)
+
     @staticmethod
-    def _stop(node: Node, remove_dir: bool, grace: float = STOP_GRACE_S) -> None:
+    def _stop(node: Node, remove_dir: bool, grace: float = STOP_GRACE_S, gently: bool = True) -> None:
         everything = node.all_pids()
         # Daemons in reverse start order, each given the grace period: the raylet first
         # (it stops its workers), the GCS last.
-        for pid in reversed(node.pids):
+        for pid in reversed(node.pids if gently else []):
             if not _alive(pid):
                 continue
             _signal(pid, signal.SIGTERM)
@@ -398,7 +425,8 @@ class Cluster:
 
 
 # Config keys of ports set to 0 (any free port) where this rayd has them.
-_ZERO_PORT_KEYS = ("node_manager_port", "global_scheduler_port")
+_ZERO_PORT_KEYS = ("node_manager_port", "global_scheduler_port", "raylet_metrics_port", "plasma_metrics_port",
+                   "global_scheduler_metrics_port", "redis_shard_metrics_port")
 
 _known_keys: Dict[str, bool] = {}
 

@@ -32,6 +32,8 @@ class Worker:
         # The Rust core (`ray._raylet.CoreWorker`) while connected (not in LOCAL_MODE).
         self.core: Any = None
         self.node: Optional[_raylet.LocalNode] = None
+        # The `driver_*` temp dir that `init` made for its local node (removed at shutdown).
+        self.owned_temp_dir: Optional[str] = None
         self.info: Optional[Dict[str, Any]] = None
         self.lock = threading.RLock()
         # Task-local state of a worker: the GPU and resource IDs of the current task.
@@ -82,17 +84,6 @@ def _node_config(required: bool = False) -> Dict[str, Any]:
         raise ValueError(f"{path}: cannot read the node's rayd configuration: {e}") from None
 
 
-def _same_address(a, b):
-    """Whether two host:port strings name the same server."""
-    (host_a, _, port_a), (host_b, _, port_b) = a.rpartition(":"), b.rpartition(":")
-    if port_a != port_b:
-        return False
-    try:
-        return _resolve(host_a.strip("[]")) == _resolve(host_b.strip("[]"))
-    except ValueError:
-        return host_a == host_b
-
-
 def _node_config_of(address):
     """The node's configuration when this machine is a deployed node of the cluster at
     `address`, else empty."""
@@ -101,21 +92,91 @@ def _node_config_of(address):
     return config if isinstance(redis_address, str) and _same_address(redis_address, address) else {}
 
 
+def _local_node_state():
+    """The record of the node started on this machine with `rayd start` (`node.json`)."""
+    temp_dir = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
+    path = os.path.join(temp_dir, "node.json")
+    with open(path) as f:
+        return json.load(f), path
+
+
 def _auto_address():
     """The GCS of a node started on this machine with `rayd start`, else that of the node
     a deployment configured (/etc/rayd/rayd.toml)."""
-    temp_dir = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
-    path = os.path.join(temp_dir, "node.json")
     try:
-        with open(path) as f:
-            return json.load(f)["redis_address"]
+        state, _ = _local_node_state()
+        return state["redis_address"]
     except (OSError, KeyError, ValueError) as e:
-        started = f"{path}: {e}"
+        started = str(e)
     redis_address = _node_config(required=True).get("redis_address")
     if isinstance(redis_address, str):
         return redis_address
     raise ConnectionError(f"address='auto': no rayd node started on this machine ({started}) and no "
                           f"deployed one ({os.environ.get('RAYD_CONFIG', _NODE_CONFIG)})")
+
+
+def _read_password_file(path):
+    try:
+        with open(path) as f:
+            password = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"redis_password_file: cannot read {path}: {e}") from None
+    if not password:
+        raise ValueError(f"redis_password_file: {path} is empty")
+    return password
+
+
+def _cluster_password(address, redis_password, redis_password_file):
+    """The secret to attach to the cluster at `address` with: the one given, else the one
+    in the given file, else `RAYD_REDIS_PASSWORD(_FILE)`, else the one of the node that
+    `rayd start` started on this machine for that cluster; None for an open cluster."""
+    if redis_password:
+        return redis_password
+    redis_password_file = redis_password_file or os.environ.get("RAYD_REDIS_PASSWORD_FILE")
+    if redis_password_file:
+        return _read_password_file(redis_password_file)
+    if os.environ.get("RAYD_REDIS_PASSWORD"):
+        return os.environ["RAYD_REDIS_PASSWORD"]
+    try:
+        state, _ = _local_node_state()
+        if _same_address(state.get("redis_address"), address) and state.get("redis_password_file"):
+            return _read_password_file(state["redis_password_file"])
+    except (OSError, ValueError):
+        pass
+    return _session_password(address)
+
+
+def _same_address(a, b):
+    """Whether two host:port addresses name the same server (`localhost` is 127.0.0.1)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    try:
+        (host_a, _, port_a), (host_b, _, port_b) = a.rpartition(":"), b.rpartition(":")
+        return port_a == port_b and _resolve(host_a.strip("[]")) == _resolve(host_b.strip("[]"))
+    except ValueError:
+        return False
+
+
+def _session_password(address):
+    """The secret of a local cluster that `ray.init()` started on this machine, from its
+    session's config (`rayd.toml`, mode 0600: readable by this user only)."""
+    import glob
+    import re
+    base = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
+    configs = glob.glob(os.path.join(base, "session_latest", "rayd.toml"))
+    configs += glob.glob(os.path.join(base, "driver_*", "session_latest", "rayd.toml"))
+    for path in configs:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        found = dict(re.findall(r'^(redis_address|redis_password) = "([^"]*)"$', text, re.M))
+        if _same_address(found.get("redis_address"), address) and found.get("redis_password"):
+            return found["redis_password"]
+    return None
 
 
 def _resolve(host):
@@ -155,9 +216,10 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
          redirect_output: bool = True, ignore_reinit_error: bool = False,
          num_custom_resource: Any = None, num_redis_shards: Optional[int] = None,
          redis_max_clients: Optional[int] = None, plasma_directory: Optional[str] = None,
-         huge_pages: bool = False, include_webui: bool = True, use_raylet: Optional[bool] = None,
+         huge_pages: bool = False, include_webui: Optional[bool] = None, use_raylet: Optional[bool] = None,
          address: Optional[str] = None, local_mode: bool = False, redis_password: Optional[str] = None,
          _temp_dir: Optional[str] = None, object_spilling_directory: Optional[str] = None,
+         _redis_password: Optional[str] = None, redis_password_file: Optional[str] = None,
          **unknown: Any) -> Optional[Dict[str, Any]]:
     """Starts a single-node cluster and connects to it, or attaches to a running cluster."""
     if unknown:
@@ -181,8 +243,13 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         # On a deployed node of this cluster, its configuration names the node's address
         # (where its raylet registered) and the cluster's password.
         deployed = _node_config_of(address) if address else {}
-        if redis_password is None and isinstance(deployed.get("redis_password"), str):
-            redis_password = deployed["redis_password"]
+        redis_password = redis_password or _redis_password
+        if address:
+            if not (redis_password or redis_password_file) and isinstance(deployed.get("redis_password"), str):
+                redis_password = deployed["redis_password"]
+            redis_password = _cluster_password(address, redis_password, redis_password_file)
+        elif redis_password_file:
+            redis_password = redis_password or _read_password_file(redis_password_file)
         common = dict(
             object_id_seed=object_id_seed,
             python_path=_python_path(),
@@ -215,22 +282,28 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         else:
             if resources is not None and ("CPU" in resources or "GPU" in resources):
                 raise ValueError("use num_cpus and num_gpus, not resources, for CPUs and GPUs")
+            # A temp dir of this driver's own goes when the node does (ray.shutdown()).
+            worker.owned_temp_dir = None if _temp_dir else _session_temp_dir()
             settings = {
                 **node_settings,
                 "node_ip_address": node_ip_address, "redis_password": redis_password,
-                "temp_dir": _temp_dir or _session_temp_dir(),
+                "temp_dir": _temp_dir or worker.owned_temp_dir,
+                # None: the `include_webui` key (RAYD_INCLUDE_WEBUI), off by default.
+                "include_webui": include_webui,
             }
             # Workers import what the driver imports; the daemons come with this package.
             os.environ["RAYD_WORKER_PYTHONPATH"] = os.pathsep.join(_python_path())
             bin_dir = os.path.join(sys.prefix, "bin")
             if os.path.exists(os.path.join(bin_dir, "rayd-raylet")):
                 os.environ.setdefault("RAYD_BIN_DIR", bin_dir)
-            worker.node = _raylet.start_local_node(settings)
             try:
+                worker.node = _raylet.start_local_node(settings)
                 worker.core = _raylet.CoreWorker(worker.node.raylet_socket, **common)
             except BaseException:
-                worker.node.stop()
-                worker.node = None
+                if worker.node is not None:
+                    worker.node.stop()
+                    worker.node = None
+                _remove_owned_temp_dir(worker)
                 raise
             address = worker.node.redis_address
         worker.mode = SCRIPT_MODE
@@ -241,9 +314,11 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
             "raylet_socket_name": worker.node.raylet_socket if worker.node else None,
             "object_store_address": worker.core.plasma_socket,
             "session_dir": worker.node.session_dir if worker.node else None,
-            "webui_url": None,
+            "webui_url": worker.core.webui_url(),
             "node_id": worker.core.node_id.hex(),
         }
+        if worker.info["webui_url"]:
+            print(f"View the rayd dashboard at {worker.info['webui_url']}", file=sys.stderr)
         atexit.register(shutdown)
         return worker.info
 
@@ -253,6 +328,13 @@ def _session_temp_dir():
     os.makedirs(base, exist_ok=True)
     import tempfile
     return tempfile.mkdtemp(prefix="driver_", dir=base)
+
+
+def _remove_owned_temp_dir(worker):
+    if worker.owned_temp_dir is not None:
+        import shutil
+        shutil.rmtree(worker.owned_temp_dir, ignore_errors=True)
+        worker.owned_temp_dir = None
 
 
 def connect_worker(core):
@@ -275,6 +357,7 @@ def shutdown() -> None:
         if worker.node is not None:
             worker.node.stop()
             worker.node = None
+        _remove_owned_temp_dir(worker)
         worker.mode = None
         worker.legacy_local_mode = False
         worker.info = None

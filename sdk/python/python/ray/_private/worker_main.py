@@ -50,6 +50,8 @@ class Executor:
         # The actor's methods by name, found on its class (descriptors, bound per call).
         self.methods: Dict[str, Any] = {}
         self.actor_error: Optional[exceptions.RayTaskError] = None
+        # The error of the task running now, for its span on the timeline.
+        self.task_error: Optional[str] = None
         # Checkpointing actors: every how many calls, and how many since the last one.
         self.checkpoint_interval: Optional[int] = None
         self.calls_since_checkpoint = 0
@@ -98,6 +100,8 @@ class Executor:
         return function
 
     def _push_error(self, task, kind, message):
+        if kind == "task":
+            self.task_error = message
         gcs.push_error_quietly(task["job_id"], kind, message, core=self.core)
 
     def _checkpoint_key(self, task):
@@ -139,10 +143,14 @@ class Executor:
     def execute(self, task):
         """Runs one task (recording its span on the timeline)."""
         start = time.time()
+        self.task_error = None
         try:
             self._execute(task)
         finally:
-            profiling.record_span("task", task["function_name"], task["task_id"].hex(), start, time.time())
+            # A task that raised carries its error on the timeline (the dashboard shows it).
+            extra = {"error": self.task_error} if self.task_error else None
+            profiling.record_span("task", task["function_name"], task["task_id"].hex(), start, time.time(),
+                                  extra)
 
     def _execute(self, task):
         """Runs one task; every failure becomes the task's error results."""

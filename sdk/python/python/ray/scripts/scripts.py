@@ -18,7 +18,7 @@ import sys
 # Flags of Ray 0.5 that rayd has no use for: accepted, and said to be ignored.
 _IGNORED_FLAGS = {"--no-ui": 0, "--use-raylet": 0, "--autoscaling-config": 1,
                   "--plasma-store-socket-name": 1, "--raylet-socket-name": 1,
-                  "--internal-config": 1, "--include-webui": 0}
+                  "--internal-config": 1}
 
 
 def _rayd():
@@ -54,6 +54,7 @@ def _start_parser():
     p.add_argument("--huge-pages", action="store_true")
     p.add_argument("--temp-dir")
     p.add_argument("--block", action="store_true")
+    p.add_argument("--include-webui", action="store_true", help="run the dashboard (head)")
     return p
 
 
@@ -90,6 +91,8 @@ def translate(argv):
             out += [f"--{name.replace('_', '-')}", str(value)]
     if args.block:
         out.append("--block")
+    if args.include_webui:
+        out.append("--include-webui")
     if args.redis_shard_ports is not None:
         ports = [p.strip() for p in args.redis_shard_ports.split(",") if p.strip()]
         env["RAYD_REDIS_SHARD_PORTS"] = ",".join(ports)
