@@ -10,7 +10,7 @@ PROFILE ?= debug
 CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
 BINARIES := rayd rayd-redis-shard rayd-global-scheduler rayd-plasma rayd-raylet rayd-worker rayd-dashboard
 
-.PHONY: all deps build build-python wheel run test test-rust test-python lint bench chaos clean
+.PHONY: all deps build build-python wheel deploy-test run test test-rust test-python lint bench chaos clean
 
 all: build
 
@@ -35,13 +35,27 @@ build-python: $(VENV)/.deps
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin develop --quiet $(CARGO_PROFILE_FLAG) -m sdk/python/Cargo.toml
 
 ## wheel: dist/rayd-*.whl, the SDK with every rayd binary (installed into the env's bin/):
-## `pip install dist/rayd-*.whl` plus a redis-server on PATH is all a machine needs.
+## `pip install dist/rayd-*.whl` plus a redis-server on PATH is all a machine needs. The
+## wheels it depends on go to dist/deps/ (an offline install: `pip install --no-index
+## --find-links dist/deps dist/rayd-*.whl`); scripts/check-wheel.sh checks what the
+## worker links (no build-machine RUNPATH).
 wheel: $(VENV)/.deps
-	$(CARGO) build --release --workspace --bins
+	RAYD_WORKER_RPATH='$$ORIGIN/../lib' $(CARGO) build --release --workspace --bins
 	rm -rf target/wheel-data && mkdir -p target/wheel-data/scripts
 	install -m 0755 $(addprefix target/release/,$(BINARIES)) target/wheel-data/scripts/
+	rm -f dist/rayd-*.whl
 	$(VENV)/bin/maturin build --release -m sdk/python/Cargo.toml --out dist
 	rm -rf target/wheel-data && mkdir -p target/wheel-data/scripts
+	rm -rf dist/deps && $(PYTHON) -m pip download --quiet --only-binary :all: --dest dist/deps dist/rayd-*.whl
+	rm -f dist/deps/rayd-*.whl
+	bash scripts/check-wheel.sh dist/rayd-*.whl
+
+## deploy-test: the operators' rollout, proven: three Debian 12 hosts booted with
+## systemd-nspawn (root; base cached in /var/tmp/rayd-lab), the wheel, the playbook twice,
+## then health, drivers, kill -9, restarts, watchdog and hardening checks (deploy/test/).
+## Not part of `make test`: it takes about ten minutes.
+deploy-test: wheel
+	bash deploy/test/run.sh 2>&1 | tee deploy/test/results/latest.log; exit $${PIPESTATUS[0]}
 
 ## run: build, then run every program of the seed document (examples/) on a fresh local
 ## cluster, and show `rayd start` / `rayd status` / `rayd stop` on a head node.

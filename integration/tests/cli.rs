@@ -116,6 +116,37 @@ fn start_status_stop_a_head() {
         text(&table)
     );
 
+    // Per daemon: the raylet's heartbeat and the store's report, each alive.
+    let daemons = report["nodes"][0]["daemons"].as_array().expect("daemons");
+    assert_eq!(daemons.len(), 2, "{daemons:?}");
+    assert!(daemons.iter().all(|d| d["alive"] == true), "{daemons:?}");
+    assert_eq!(report["nodes"][0]["state"], "alive");
+
+    // `rayd status | head`: the pipe closes before the table is written.
+    let mut piped = clean_command(&binary("rayd"))
+        .args([
+            "status",
+            "--temp-dir",
+            dir.path().to_str().unwrap_or_default(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run rayd status");
+    drop(piped.stdout.take());
+    let piped = piped.wait_with_output().expect("rayd status");
+    assert!(
+        matches!(piped.status.code(), Some(0 | 1)),
+        "{:?} {}",
+        piped.status,
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&piped.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+
     let again = rayd(&dir, &["start", "--head", "--redis-port", &port]);
     assert!(!again.status.success());
     assert!(text(&again).contains("already running"), "{}", text(&again));

@@ -23,6 +23,16 @@ use crate::shutdown::Shutdown;
 /// Exit code of a daemon that failed at run time.
 pub const EXIT_FAILURE: u8 = 1;
 
+/// Why a daemon's run ended, as its exit code says it: a configuration that lacks what
+/// this daemon needs exits 64 like an invalid one (systemd's `RestartPreventExitStatus=64`
+/// stops restarting it), any other failure 1.
+pub trait Failure: std::fmt::Display {
+    /// True when restarting cannot help: the configuration must change.
+    fn is_config(&self) -> bool {
+        false
+    }
+}
+
 /// The async runtime a daemon runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
@@ -48,7 +58,7 @@ pub fn main<F, Fut, E>(
 where
     F: FnOnce(RaydConfig, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    E: Failure,
 {
     let config = match startup(program, args, flags) {
         Startup::Run(config) => *config,
@@ -56,7 +66,10 @@ where
     };
     // validate() has accepted the level, so the filter exists.
     let level = rayd_config::log_level_filter(&config.log_level).unwrap_or(log::LevelFilter::Info);
-    if let Err(e) = crate::logging::init(program, None, level) {
+    // Before any thread starts: the watchdog's variables are removed from the environment so
+    // that children (workers) do not inherit them.
+    let watchdog = crate::shutdown::watchdog_interval();
+    if let Err(e) = crate::logging::init(program, config.node_id.as_deref(), level) {
         eprintln!("{program}: cannot set up logging: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -80,6 +93,9 @@ where
             }
         };
         let forced = shutdown.forced.clone();
+        if let Some(interval) = watchdog {
+            tokio::spawn(crate::shutdown::ping_watchdog(interval));
+        }
         tokio::select! {
             result = run(config, shutdown) => match result {
                 Ok(()) => {
@@ -88,7 +104,11 @@ where
                 }
                 Err(e) => {
                     log::error!("{e}");
-                    ExitCode::from(EXIT_FAILURE)
+                    ExitCode::from(if e.is_config() {
+                        u8::try_from(EXIT_CONFIG).unwrap_or(EXIT_FAILURE)
+                    } else {
+                        EXIT_FAILURE
+                    })
                 }
             },
             _ = forced.cancelled() => ExitCode::from(130),

@@ -4,7 +4,11 @@
 //! task holds a child token and drains when it fires. A second signal cancels the
 //! `forced` token, on which `main` exits at once. Readiness and status go to systemd when
 //! `NOTIFY_SOCKET` is set (also used by `rayd start` to learn that a daemon is serving);
-//! without it they are no-ops.
+//! without it they are no-ops. Under `WatchdogSec=` the daemon's event loop pings the
+//! watchdog ([`ping_watchdog`]), so that a hung daemon (a stuck loop, SIGSTOP) is killed and
+//! restarted by systemd.
+
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -63,4 +67,27 @@ pub fn notify_stopping() {
 /// Sets the one-line status that `systemctl status` shows.
 pub fn notify_status(status: &str) {
     notify(&[sd_notify::NotifyState::Status(status)]);
+}
+
+/// How often to ping systemd's watchdog: half of `WatchdogSec=`, when the service manager
+/// set one for this process. Removes the watchdog's variables from the environment so that
+/// child processes do not inherit them; call it before any other thread starts.
+pub fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(true, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
+
+/// Pings the watchdog every `interval`, forever: spawned on the daemon's own runtime, so
+/// the pings stop when its event loop stops turning.
+pub async fn ping_watchdog(interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        notify(&[sd_notify::NotifyState::Watchdog]);
+    }
 }

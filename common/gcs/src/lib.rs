@@ -20,8 +20,8 @@ pub use lineage::{Lineage, RerunClaim};
 pub use liveness::Standing;
 pub use schedulers::GlobalSchedulerInfo;
 pub use tables::{
-    ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo, StoreFigures,
-    TaskEntry,
+    now_ms, ActorInfo, ErrorInfo, FunctionInfo, Heartbeat, NodeEvent, NodeInfo, ObjectInfo,
+    StoreFigures, TaskEntry,
 };
 pub use views::{
     chrome_tracing, profile_key, ActorRow, ProfileEvent, TaskRow, METRICS_ENDPOINTS,

@@ -13,8 +13,8 @@ use crate::client::{GcsClient, GcsError};
 use crate::keys::{self, Table};
 use rayd_common::id::{ActorId, FunctionId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the clock of the GCS's timestamps.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -135,6 +135,10 @@ pub struct StoreFigures {
     /// Bytes restored from disk since the store started.
     #[serde(default)]
     pub spill_restored_bytes: u64,
+    /// When the store wrote these figures (ms since the Unix epoch): its heartbeat, for
+    /// `rayd status`. 0 from a store that predates it.
+    #[serde(default)]
+    pub reported_ms: u64,
 }
 
 /// A node's periodic report, published on `rayd:heartbeats`.

@@ -1,6 +1,11 @@
 //! `rayd status`: the cluster as the GCS sees it: its Redis servers and their health,
-//! the live global schedulers, and the registered nodes.
+//! the live global schedulers, and the registered nodes with the heartbeat age of each
+//! node's daemons. The cluster is healthy when every Redis server answers, a global
+//! scheduler is live, and every node the GCS holds alive still hears from its raylet and
+//! its store.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -13,6 +18,12 @@ use serde::Serialize;
 
 /// How long one server may take to answer before it counts as down.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Heartbeat intervals of the raylet a node may miss before it counts as gone ...
+const STALE_HEARTBEATS: u64 = 10;
+/// ... but never less than this (ms): a loaded machine delays heartbeats.
+const MIN_STALE_MS: u64 = 3000;
+/// A store that has not reported its figures (every 2 s) for this long (ms) is gone.
+const STORE_STALE_MS: u64 = 10_000;
 
 /// One Redis server of the GCS.
 #[derive(Debug, Serialize)]
@@ -26,12 +37,26 @@ struct Server {
     error: Option<String>,
 }
 
+/// One daemon of a node, as its heartbeats in the GCS show it.
+#[derive(Debug, Serialize, PartialEq)]
+struct Daemon {
+    name: &'static str,
+    /// Milliseconds since its last heartbeat; none before the first.
+    heartbeat_age_ms: Option<u64>,
+    alive: bool,
+}
+
 /// One node of the node table.
 #[derive(Debug, Serialize)]
 struct Node {
     node_id: String,
     address: String,
+    /// The GCS holds the node alive and each of its daemons is heard from.
     alive: bool,
+    /// `alive`; `dead` (the GCS marked it: stopped or declared dead); `unresponsive` (the
+    /// GCS holds it alive but a daemon fell silent).
+    state: &'static str,
+    daemons: Vec<Daemon>,
     resources_total: std::collections::BTreeMap<String, f64>,
     resources_available: std::collections::BTreeMap<String, f64>,
     running_tasks: u64,
@@ -49,6 +74,36 @@ struct GlobalScheduler {
     address: String,
     /// Since its last refresh.
     last_seen_ms_ago: u64,
+}
+
+/// The daemons of a node and its state, from the GCS's `alive` flag and the ages of the
+/// raylet's heartbeat and of the store's last report (none: not reported yet).
+fn node_health(
+    gcs_alive: bool,
+    raylet_age_ms: u64,
+    store_age_ms: Option<u64>,
+    stale_ms: u64,
+) -> (&'static str, Vec<Daemon>) {
+    let daemons = vec![
+        Daemon {
+            name: "raylet",
+            heartbeat_age_ms: Some(raylet_age_ms),
+            alive: gcs_alive && raylet_age_ms <= stale_ms,
+        },
+        Daemon {
+            name: "plasma",
+            heartbeat_age_ms: store_age_ms,
+            alive: gcs_alive && store_age_ms.is_none_or(|age| age <= STORE_STALE_MS),
+        },
+    ];
+    let state = if !gcs_alive {
+        "dead"
+    } else if daemons.iter().all(|d| d.alive) {
+        "alive"
+    } else {
+        "unresponsive"
+    };
+    (state, daemons)
 }
 
 #[derive(Debug, Serialize)]
@@ -95,7 +150,11 @@ async fn probe(role: String, address: String, password: Option<&str>) -> Server 
     }
 }
 
-async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status> {
+async fn gather(
+    address: &str,
+    password: Option<&str>,
+    heartbeat_interval_ms: u64,
+) -> anyhow::Result<Status> {
     let primary = tokio::time::timeout(ANSWER_TIMEOUT, connect_server(address, password))
         .await
         .with_context(|| format!("the GCS at {address} did not answer within {ANSWER_TIMEOUT:?}"))?
@@ -113,15 +172,14 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
     for (i, shard) in shards.iter().enumerate() {
         servers.push(probe(format!("shard {i}"), shard.clone(), password).await);
     }
-    let healthy = servers.iter().all(|s| s.healthy);
+    let servers_healthy = servers.iter().all(|s| s.healthy);
+    let stale_ms = (heartbeat_interval_ms * STALE_HEARTBEATS).max(MIN_STALE_MS);
     let mut nodes = Vec::new();
     let mut global_schedulers = Vec::new();
     let (mut webui_url, mut metrics_endpoints) = (None, Default::default());
-    if healthy {
+    if servers_healthy {
         let gcs = GcsClient::connect(address, password).await?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = rayd_gcs::now_ms();
         for scheduler in gcs.global_schedulers().await? {
             global_schedulers.push(GlobalScheduler {
                 id: scheduler.id,
@@ -130,15 +188,25 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
             });
         }
         for node in gcs.nodes().await? {
+            let heartbeat_age_ms = now_ms.saturating_sub(node.last_heartbeat_ms);
+            let store_age_ms = node
+                .store
+                .as_ref()
+                .filter(|store| store.reported_ms > 0)
+                .map(|store| now_ms.saturating_sub(store.reported_ms));
+            let (state, daemons) =
+                node_health(node.alive, heartbeat_age_ms, store_age_ms, stale_ms);
             nodes.push(Node {
                 node_id: node.node_id.hex(),
                 address: node.node_ip_address,
-                alive: node.alive,
+                alive: state == "alive",
+                state,
+                daemons,
                 resources_total: node.resources_total,
                 resources_available: node.resources_available,
                 running_tasks: node.running_tasks,
                 queued_tasks: node.queued_tasks,
-                heartbeat_age_ms: now_ms.saturating_sub(node.last_heartbeat_ms),
+                heartbeat_age_ms,
                 object_store: node.store,
             });
         }
@@ -146,6 +214,11 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
         metrics_endpoints = gcs.metrics_endpoints().await?;
         gcs.quit().await;
     }
+    // Nodes the GCS marked dead were stopped or declared dead: gone on purpose, or
+    // already reported; a node it holds alive whose daemons are silent is not.
+    let healthy = servers_healthy
+        && !global_schedulers.is_empty()
+        && nodes.iter().all(|n| n.state != "unresponsive");
     Ok(Status {
         redis_address: address.to_string(),
         version,
@@ -158,8 +231,11 @@ async fn gather(address: &str, password: Option<&str>) -> anyhow::Result<Status>
     })
 }
 
-fn print_table(status: &Status) {
-    println!(
+/// The status as the table people read.
+fn table(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "rayd cluster at {} (version {}): {}",
         status.redis_address,
         status.version.as_deref().unwrap_or("unknown"),
@@ -170,29 +246,35 @@ fn print_table(status: &Status) {
         }
     );
     if let Some(url) = &status.webui_url {
-        println!("dashboard: {url}");
+        let _ = writeln!(out, "dashboard: {url}");
     }
-    println!("\nGCS ({} Redis servers)", status.servers.len());
+    let _ = writeln!(out, "\nGCS ({} Redis servers)", status.servers.len());
     for s in &status.servers {
-        match &s.error {
-            None => println!(
+        let _ = match &s.error {
+            None => writeln!(
+                out,
                 "  {:<10} {:<22} ok    {:>7.2} ms  {} keys",
                 s.role,
                 s.address,
                 s.latency_ms.unwrap_or_default(),
                 s.keys.unwrap_or_default()
             ),
-            Some(e) => println!("  {:<10} {:<22} DOWN  {e}", s.role, s.address),
-        }
+            Some(e) => writeln!(out, "  {:<10} {:<22} DOWN  {e}", s.role, s.address),
+        };
     }
-    println!("\nglobal schedulers ({})", status.global_schedulers.len());
+    let _ = writeln!(
+        out,
+        "\nglobal schedulers ({})",
+        status.global_schedulers.len()
+    );
     for g in &status.global_schedulers {
-        println!(
+        let _ = writeln!(
+            out,
             "  {} {:<22} seen {} ms ago",
             g.id, g.address, g.last_seen_ms_ago
         );
     }
-    println!("\nnodes ({})", status.nodes.len());
+    let _ = writeln!(out, "\nnodes ({})", status.nodes.len());
     for n in &status.nodes {
         let resources: Vec<String> = n
             .resources_total
@@ -202,18 +284,32 @@ fn print_table(status: &Status) {
                 format!("{name} {available}/{total}")
             })
             .collect();
-        println!(
-            "  {} {:<15} {:<5} {} running, {} queued; {}; last heartbeat {:.1} s ago",
+        let _ = writeln!(
+            out,
+            "  {} {:<15} {:<5} {} running, {} queued; {}; heartbeats: {}",
             &n.node_id[..12],
             n.address,
-            if n.alive { "alive" } else { "dead" },
+            n.state,
             n.running_tasks,
             n.queued_tasks,
             resources.join(", "),
-            n.heartbeat_age_ms as f64 / 1000.0
+            n.daemons
+                .iter()
+                .map(|d| match d.heartbeat_age_ms {
+                    Some(age) => format!(
+                        "{} {:.1} s ago{}",
+                        d.name,
+                        age as f64 / 1000.0,
+                        if d.alive { "" } else { " (GONE)" }
+                    ),
+                    None => format!("{} not yet", d.name),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if let Some(store) = &n.object_store {
-            println!(
+            let _ = writeln!(
+        out,
                 "  {:12} object store: {} of {} used, {} objects, {} evictions; spilled: {} objects, {} on disk ({} written, {} restored)",
                 "",
                 mib(store.used_bytes),
@@ -228,11 +324,12 @@ fn print_table(status: &Status) {
         }
     }
     if !status.metrics_endpoints.is_empty() {
-        println!("\n/metrics and /health");
+        let _ = writeln!(out, "\n/metrics and /health");
         for (daemon, port) in &status.metrics_endpoints {
-            println!("  {daemon}:{port}");
+            let _ = writeln!(out, "  {daemon}:{port}");
         }
     }
+    out
 }
 
 fn mib(bytes: u64) -> String {
@@ -257,21 +354,55 @@ pub(crate) fn cluster_gcs(config: &RaydConfig) -> anyhow::Result<(String, Option
     Ok((address, password))
 }
 
-/// Runs `rayd status`; exits 1 when a server of the GCS is down.
+/// Runs `rayd status`; exits 1 when the cluster is not healthy.
 pub fn status(config: &RaydConfig, json: bool) -> anyhow::Result<ExitCode> {
     let (address, password) = cluster_gcs(config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let status = runtime.block_on(gather(&address, password.as_deref()))?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    let status = runtime.block_on(gather(
+        &address,
+        password.as_deref(),
+        config.heartbeat_interval_ms,
+    ))?;
+    let text = if json {
+        serde_json::to_string_pretty(&status)? + "\n"
     } else {
-        print_table(&status);
+        table(&status)
+    };
+    // `rayd status | head` closes the pipe early: not an error worth a word.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => {}
     }
     Ok(if status.healthy {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_alive_only_while_the_gcs_and_each_daemon_say_so() {
+        let (state, daemons) = node_health(true, 100, Some(1500), 3000);
+        assert_eq!(state, "alive");
+        assert!(daemons.iter().all(|d| d.alive));
+        // A store that has not reported yet is not counted as gone.
+        assert_eq!(node_health(true, 100, None, 3000).0, "alive");
+        let (state, daemons) = node_health(true, 5000, Some(1500), 3000);
+        assert_eq!(state, "unresponsive");
+        assert!(!daemons[0].alive && daemons[1].alive);
+        let (state, daemons) = node_health(true, 100, Some(STORE_STALE_MS + 1), 3000);
+        assert_eq!(state, "unresponsive");
+        assert!(daemons[0].alive && !daemons[1].alive);
+        let (state, daemons) = node_health(false, 100, Some(100), 3000);
+        assert_eq!(state, "dead");
+        assert!(daemons.iter().all(|d| !d.alive));
+    }
 }

@@ -42,6 +42,13 @@ pub enum DashboardError {
     Listen(#[from] MetricsError),
 }
 
+impl rayd_daemon::Failure for DashboardError {
+    /// A missing key: restarting with the same configuration cannot help.
+    fn is_config(&self) -> bool {
+        matches!(self, Self::NoRedisAddress)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct App {
     gcs: GcsClient,

@@ -70,6 +70,13 @@ pub enum SchedulerError {
     Subscription,
 }
 
+impl rayd_daemon::Failure for SchedulerError {
+    /// A missing key or an unusable value: restarting with the same configuration cannot help.
+    fn is_config(&self) -> bool {
+        matches!(self, Self::NoRedisAddress)
+    }
+}
+
 /// How long a node may stay silent before it is out of the view, for raylets that beat
 /// every `heartbeat_interval_ms`.
 pub fn stale_after_ms(heartbeat_interval_ms: u64) -> u64 {

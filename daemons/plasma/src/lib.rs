@@ -44,7 +44,8 @@ use crate::store::Store;
 const DEFAULT_MEMORY_SHARE: f64 = 0.3;
 /// How often the store's figures go to the log.
 const STATS_INTERVAL: Duration = Duration::from_secs(30);
-/// How often the store's figures go to the GCS node table (when they changed).
+/// How often the store's figures go to the GCS node table (also the store's heartbeat
+/// there, which `rayd status` shows).
 const FIGURES_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the store could not start or keep serving.
@@ -74,6 +75,13 @@ pub enum PlasmaError {
     Metrics(#[from] rayd_metrics::MetricsError),
     #[error("the client socket failed: {0}")]
     Serve(#[source] std::io::Error),
+}
+
+impl rayd_daemon::Failure for PlasmaError {
+    /// A missing key or an unusable value: restarting with the same configuration cannot help.
+    fn is_config(&self) -> bool {
+        matches!(self, Self::NodeId(_) | Self::Capacity(_))
+    }
 }
 
 /// Total RAM of the machine, from `/proc/meminfo`.
@@ -362,8 +370,8 @@ async fn record_metrics_port(
     }
 }
 
-/// Sends the store's figures to the GCS reporter every [`FIGURES_INTERVAL`] (when they
-/// changed) and logs them every [`STATS_INTERVAL`].
+/// Sends the store's figures to the GCS reporter every [`FIGURES_INTERVAL`] and logs them
+/// every [`STATS_INTERVAL`].
 async fn figures(
     state: std::sync::Arc<State>,
     report: tokio::sync::watch::Sender<StoreFigures>,
@@ -377,20 +385,16 @@ async fn figures(
             _ = cancel.cancelled() => return,
         }
         let s = state.stats();
-        report.send_if_modified(|current| {
-            let now = StoreFigures {
-                used_bytes: s.used_bytes,
-                capacity_bytes: s.capacity_bytes,
-                objects: s.objects,
-                evictions: s.evictions,
-                spilled_objects: s.spill.objects,
-                spilled_bytes: s.spill.bytes,
-                spill_written_bytes: s.spill.written_bytes,
-                spill_restored_bytes: s.spill.restored_bytes,
-            };
-            let changed = *current != now;
-            *current = now;
-            changed
+        report.send_replace(StoreFigures {
+            used_bytes: s.used_bytes,
+            capacity_bytes: s.capacity_bytes,
+            objects: s.objects,
+            evictions: s.evictions,
+            spilled_objects: s.spill.objects,
+            spilled_bytes: s.spill.bytes,
+            spill_written_bytes: s.spill.written_bytes,
+            spill_restored_bytes: s.spill.restored_bytes,
+            reported_ms: rayd_gcs::now_ms(),
         });
         if last_log.elapsed() < STATS_INTERVAL {
             continue;

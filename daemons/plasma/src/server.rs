@@ -50,9 +50,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
     } else if dir
         .metadata()
-        .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+        .is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
     {
-        log::warn!(directory:% = dir.display(); "the socket directory is open to other users; any of them can use the store");
+        // Group access is the operator's choice (the systemd units give it to group rayd).
+        log::warn!(directory:% = dir.display(); "the socket directory is open to every user; any of them can use the store");
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {

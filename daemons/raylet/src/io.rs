@@ -54,6 +54,8 @@ pub struct WorkerCommand {
     pub binary: PathBuf,
     pub raylet_socket: PathBuf,
     pub log_level: String,
+    /// Hex ID of the node, for the workers' log records (`RAYD_NODE_ID`).
+    pub node_id: String,
 }
 
 /// The scheduler with the means to carry out its effects.
@@ -254,6 +256,7 @@ impl Node {
                 &command.binary,
                 &command.raylet_socket,
                 &command.log_level,
+                &command.node_id,
                 &inputs,
             ) {
                 Ok(pid) => Event::WorkerSpawned { pid },

@@ -73,12 +73,19 @@ pub enum RayletError {
     },
 }
 
+impl rayd_daemon::Failure for RayletError {
+    /// A missing key or an unusable value: restarting with the same configuration cannot help.
+    fn is_config(&self) -> bool {
+        matches!(self, Self::NoRedisAddress | Self::NoWorkerBinary)
+    }
+}
+
 fn bind(path: &PathBuf) -> Result<UnixListener, RayletError> {
     let io = |source| RayletError::Socket {
         path: path.clone(),
         source,
     };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|dir| !dir.exists()) {
         std::fs::create_dir_all(dir).map_err(io)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
@@ -201,6 +208,7 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
         binary: worker_path,
         raylet_socket: socket.clone(),
         log_level: config.log_level.clone(),
+        node_id: node_id.hex(),
     };
     let tls = rayd_common::auth::Tls::from_optional_files(
         config.tls_cert_file.as_deref(),

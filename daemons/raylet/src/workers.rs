@@ -17,12 +17,14 @@ pub fn spawn_worker(
     binary: &Path,
     socket: &Path,
     log_level: &str,
+    node_id: &str,
     events: &mpsc::UnboundedSender<Input>,
 ) -> std::io::Result<u32> {
     let mut command = Command::new(binary);
     command
         .env("RAYD_RAYLET_SOCKET", socket)
         .env("RAYD_WORKER_LOG_LEVEL", log_level)
+        .env("RAYD_NODE_ID", node_id)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

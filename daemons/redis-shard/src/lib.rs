@@ -71,6 +71,13 @@ pub enum ShardError {
     },
 }
 
+impl rayd_daemon::Failure for ShardError {
+    /// A missing key or an unusable value: restarting with the same configuration cannot help.
+    fn is_config(&self) -> bool {
+        matches!(self, Self::RedisNotFound(_))
+    }
+}
+
 fn check_port_free(ip: &str, server: &RedisServer) -> Result<(), ShardError> {
     if port_is_free(ip, server.port)? {
         Ok(())

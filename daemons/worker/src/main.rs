@@ -7,7 +7,9 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|l| rayd_config::log_level_filter(&l))
         .unwrap_or(log::LevelFilter::Warn);
-    let _ = rayd_daemon::logging::init("rayd-worker", None, level);
+    // The raylet names its node, so that every journal entry carries RAYD_NODE_ID.
+    let node_id = std::env::var("RAYD_NODE_ID").ok();
+    let _ = rayd_daemon::logging::init("rayd-worker", node_id.as_deref(), level);
     match rayd_worker::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -53,8 +53,14 @@ pub enum CoreError {
         id: rayd_common::id::FunctionId,
         name: String,
     },
-    #[error("no raylet of the cluster at {redis_address} runs on {ip}")]
+    #[error("no raylet of the cluster at {redis_address} runs on {ip} (pass node_ip_address: this node's address as its raylet registered it)")]
     NoLocalRaylet { redis_address: String, ip: String },
+    #[error("the raylet of this node ({ip}) listens on {socket}, which this user may not open ({reason}): on a node run by systemd, join group `rayd` (`sudo usermod -aG rayd $USER`, then log in again)")]
+    RayletDenied {
+        ip: String,
+        socket: String,
+        reason: String,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

@@ -75,7 +75,8 @@ impl Drop for RayletConnection {
     }
 }
 
-/// The raylet socket of the node on `ip` in the cluster whose GCS is at `redis_address`.
+/// The raylet socket of the node on `ip` in the cluster whose GCS is at `redis_address`;
+/// when that node's socket is there but closed to this user, says so.
 pub fn find_local_raylet(
     redis_address: &str,
     password: Option<&str>,
@@ -85,18 +86,38 @@ pub fn find_local_raylet(
         .enable_all()
         .build()
         .map_err(CoreError::Runtime)?;
-    runtime.block_on(async {
+    let mut nodes = runtime.block_on(async {
         let gcs = GcsClient::connect(redis_address, password).await?;
         let nodes = gcs.nodes().await?;
         gcs.quit().await;
-        nodes
-            .into_iter()
-            .filter(|n| n.alive && n.node_ip_address == ip && Path::new(&n.raylet_socket).exists())
-            .max_by_key(|n| n.last_heartbeat_ms)
-            .map(|n| n.raylet_socket)
-            .ok_or_else(|| CoreError::NoLocalRaylet {
-                redis_address: redis_address.to_string(),
-                ip: ip.to_string(),
-            })
+        Ok::<_, CoreError>(nodes)
+    })?;
+    nodes.retain(|n| n.alive && n.node_ip_address == ip);
+    nodes.sort_by_key(|n| std::cmp::Reverse(n.last_heartbeat_ms));
+    let mut denied = None;
+    for node in nodes {
+        // Connecting needs search permission on the directories and write permission on
+        // the socket: what a user outside the daemons' group lacks.
+        match nix::unistd::access(
+            Path::new(&node.raylet_socket),
+            nix::unistd::AccessFlags::W_OK,
+        ) {
+            Ok(()) => return Ok(node.raylet_socket),
+            Err(e @ (nix::errno::Errno::EACCES | nix::errno::Errno::EPERM)) => {
+                denied.get_or_insert((node.raylet_socket, e.desc()));
+            }
+            Err(_) => {}
+        }
+    }
+    Err(match denied {
+        Some((socket, reason)) => CoreError::RayletDenied {
+            ip: ip.to_string(),
+            socket,
+            reason: reason.to_string(),
+        },
+        None => CoreError::NoLocalRaylet {
+            redis_address: redis_address.to_string(),
+            ip: ip.to_string(),
+        },
     })
 }

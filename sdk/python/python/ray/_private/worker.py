@@ -56,6 +56,42 @@ class Worker:
 global_worker = Worker()
 
 
+# Where a systemd deployment (deploy/ansible) writes the node's configuration.
+_NODE_CONFIG = "/etc/rayd/rayd.toml"
+
+
+def _node_config(required: bool = False) -> Dict[str, Any]:
+    """This machine's rayd configuration when a deployment wrote one (`RAYD_CONFIG`, else
+    /etc/rayd/rayd.toml): the node's address, its cluster's GCS and password. Empty when
+    there is none, or when it may not be read and is not `required`."""
+    path = os.environ.get("RAYD_CONFIG", _NODE_CONFIG)
+    if sys.version_info < (3, 11):
+        return {}
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except PermissionError as e:
+        if not required:
+            return {}
+        raise PermissionError(
+            f"{path}: this user may not read the node's rayd configuration ({e.strerror}): on a "
+            "node run by systemd, join group `rayd` (`sudo usermod -aG rayd $USER`, then log in "
+            "again), or pass the head's address and node_ip_address") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read the node's rayd configuration: {e}") from None
+
+
+def _node_config_of(address):
+    """The node's configuration when this machine is a deployed node of the cluster at
+    `address`, else empty."""
+    config = _node_config()
+    redis_address = config.get("redis_address")
+    return config if isinstance(redis_address, str) and _same_address(redis_address, address) else {}
+
+
 def _local_node_state():
     """The record of the node started on this machine with `rayd start` (`node.json`)."""
     temp_dir = os.environ.get("RAYD_TEMP_DIR", "/tmp/rayd")
@@ -65,12 +101,18 @@ def _local_node_state():
 
 
 def _auto_address():
-    """The GCS of a node started on this machine with `rayd start`."""
+    """The GCS of a node started on this machine with `rayd start`, else that of the node
+    a deployment configured (/etc/rayd/rayd.toml)."""
     try:
         state, _ = _local_node_state()
         return state["redis_address"]
     except (OSError, KeyError, ValueError) as e:
-        raise ConnectionError(f"address='auto': no rayd node started on this machine ({e})") from None
+        started = str(e)
+    redis_address = _node_config(required=True).get("redis_address")
+    if isinstance(redis_address, str):
+        return redis_address
+    raise ConnectionError(f"address='auto': no rayd node started on this machine ({started}) and no "
+                          f"deployed one ({os.environ.get('RAYD_CONFIG', _NODE_CONFIG)})")
 
 
 def _read_password_file(path):
@@ -160,8 +202,13 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
         address = address or redis_address
         if address == "auto":
             address = _auto_address()
+        # On a deployed node of this cluster, its configuration names the node's address
+        # (where its raylet registered) and the cluster's password.
+        deployed = _node_config_of(address) if address else {}
         redis_password = redis_password or _redis_password
         if address:
+            if not (redis_password or redis_password_file) and isinstance(deployed.get("redis_password"), str):
+                redis_password = deployed["redis_password"]
             redis_password = _cluster_password(address, redis_password, redis_password_file)
         elif redis_password_file:
             redis_password = redis_password or _read_password_file(redis_password_file)
@@ -186,7 +233,12 @@ def init(redis_address: Optional[str] = None, num_cpus: Optional[float] = None,
                 raise ValueError(
                     f"ray.init(address={address!r}) attaches to a running cluster, whose nodes are "
                     f"already configured: remove {', '.join(given)} (set them with `rayd start` on each node)")
-            ip = _resolve(node_ip_address) if node_ip_address else _local_ip_towards(address)
+            if node_ip_address:
+                ip = _resolve(node_ip_address)
+            elif isinstance(deployed.get("node_ip_address"), str):
+                ip = deployed["node_ip_address"]
+            else:
+                ip = _local_ip_towards(address)
             raylet_socket = _raylet.find_local_raylet(address, ip, redis_password)
             worker.core = _raylet.CoreWorker(raylet_socket, **common)
         else:
