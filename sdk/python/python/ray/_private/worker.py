@@ -149,6 +149,19 @@ def _resolve(host):
         raise ValueError(f"cannot resolve the host name {host!r}: {e}") from None
 
 
+def _same_address(a, b):
+    """Whether two host:port addresses name the same server (`localhost` is 127.0.0.1)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    try:
+        (host_a, _, port_a), (host_b, _, port_b) = a.rpartition(":"), b.rpartition(":")
+        return port_a == port_b and _resolve(host_a.strip("[]")) == _resolve(host_b.strip("[]"))
+    except ValueError:
+        return False
+
+
 def _local_ip_towards(address):
     """This machine's address on the way to `address` (host:port): the address its raylet
     registered with when it runs on the same network as the head. For a head on a loopback
