@@ -1796,7 +1796,6 @@ impl Scheduler {
         };
         // Every call has a task entry from its submission (its spec is not kept): a pull
         // elsewhere can tell a call under way from a result the GCS forgot.
-        self.set_state(task.id, TaskState::Waiting);
         if let Some(waiting) = self.suspended.get_mut(&id) {
             waiting.push(task);
             return;
