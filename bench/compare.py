@@ -4,11 +4,15 @@
     python3 bench/compare.py bench/results/latest.jsonl bench/results/noise-2.jsonl [--system ray]
 
 For each metric it prints both medians and the change, oriented like the main table
-(> 1 means the second run was better), plus the largest min–max spread inside either run.
+(> 1 means the second run was better), the largest min–max spread inside either run, and
+the two-sided p-value of a Mann-Whitney U test over the two runs' samples (how likely a
+difference at least this large is when both runs measure the same thing; with a few
+samples per side, only p < 0.05 says "changed").
 """
 
 import argparse
 import json
+import math
 import sys
 
 from run import fmt, md_table, merge, metric_order, text_table
@@ -27,8 +31,28 @@ def spread(entry):
     return entry["max"] / entry["min"]
 
 
+def mann_whitney_p(xs, ys):
+    """Two-sided p-value of the Mann-Whitney U test (normal approximation, ties averaged)."""
+    pooled = sorted([(v, 0) for v in xs] + [(v, 1) for v in ys])
+    ranks = [0.0] * len(pooled)
+    i = 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    n1, n2 = len(xs), len(ys)
+    u1 = sum(r for r, (_, side) in zip(ranks, pooled) if side == 0) - n1 * (n1 + 1) / 2
+    sd = math.sqrt(n1 * n2 * (n1 + n2 + 1) / 12)
+    if sd == 0:
+        return 1.0
+    return math.erfc(abs(u1 - n1 * n2 / 2) / sd / math.sqrt(2))
+
+
 def rows(first, second, system):
-    """(metric, unit, run A median, run B median, B vs A, widest in-run spread) rows."""
+    """(metric, unit, run A median, run B median, B vs A, widest in-run spread, p) rows."""
     a, b = merge(first), merge(second)
     out = []
     for name in metric_order(first):
@@ -42,7 +66,8 @@ def rows(first, second, system):
         else:
             change = 1.0
         out.append((name, unit, fmt(ea["median"], unit), fmt(eb["median"], unit),
-                    f"{change:.2f}×", f"{max(spread(ea), spread(eb)):.2f}×"))
+                    f"{change:.2f}×", f"{max(spread(ea), spread(eb)):.2f}×",
+                    f"{mann_whitney_p(ea['samples'], eb['samples']):.2f}"))
     return out
 
 
@@ -54,7 +79,8 @@ def main(argv=None):
     parser.add_argument("--system", default="ray")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
-    header = ("metric", "unit", "run A", "run B", "B vs A (>1: B better)", "max/min in a run")
+    header = ("metric", "unit", "run A", "run B", "B vs A (>1: B better)", "max/min in a run",
+              "p (U test)")
     table = rows(load(args.first), load(args.second), args.system)
     print(md_table(header, table) if args.markdown else text_table(header, table))
     return 0
