@@ -159,8 +159,55 @@ fn a_head_generates_a_secret_and_refuses_clients_without_it() {
         let mut raylet = nm::node_manager_client::NodeManagerClient::new(auth.wrap(channel));
         let with_token = raylet.forward_task(nm::ForwardTaskRequest::default()).await;
         assert!(!unauthenticated(with_token), "the token was refused");
+        peer_stream_refuses_bad_messages(&mut raylet).await;
         gcs.quit().await;
     });
+}
+
+/// A raylet's peer stream answers each malformed message with a refusal naming its
+/// cause, and keeps the stream open for the next one.
+async fn peer_stream_refuses_bad_messages(
+    raylet: &mut nm::node_manager_client::NodeManagerClient<rayd_common::auth::AuthChannel>,
+) {
+    use nm::peer_message::Body;
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let mut acks = raylet
+        .peer(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            receiver,
+        ))
+        .await
+        .expect("a stream with the token opens")
+        .into_inner();
+    let bad = [
+        (None, "an empty peer message"),
+        (
+            Some(Body::Forward(nm::ForwardTaskRequest::default())),
+            "no task spec",
+        ),
+        (
+            Some(Body::KillActor(nm::KillActorRequest {
+                actor_id: vec![1, 2, 3],
+                reason: String::new(),
+            })),
+            "actor_id",
+        ),
+        (
+            Some(Body::Finished(nm::TaskFinishedRequest::default())),
+            "task_id",
+        ),
+    ];
+    for (seq, (body, cause)) in (1..).zip(bad) {
+        sender
+            .send(nm::PeerMessage { seq, body })
+            .expect("the stream is open");
+        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .expect("an answer within 10 s")
+            .expect("the stream stays open")
+            .expect("an ack");
+        assert_eq!(ack.seq, seq);
+        assert!(ack.refused.contains(cause), "{seq}: {}", ack.refused);
+    }
 }
 
 #[test]

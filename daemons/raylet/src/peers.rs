@@ -3,7 +3,7 @@
 //! watcher that follows the other nodes through the GCS (their heartbeats and their
 //! joining and leaving) and tells the scheduler.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +24,14 @@ use crate::scheduler::Event;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the live global schedulers are read from the GCS (their entries live 5 s).
 const SCHEDULERS_INTERVAL: Duration = Duration::from_secs(1);
-/// How long one call to another raylet may take.
+/// How long one call to a global scheduler may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a raylet waits for more forwards before it acknowledges those it took.
+const ACK_DELAY: Duration = Duration::from_millis(10);
+/// How many forwards a raylet acknowledges at most at once.
+const ACK_BATCH: u32 = 256;
+/// How often an idle stream to another raylet is pinged, and how long a ping may take.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The node manager service: what other raylets send becomes events for the scheduler.
 #[derive(Debug)]
@@ -45,70 +51,133 @@ impl Service {
     }
 }
 
+fn forwarded(request: nm::ForwardTaskRequest) -> Result<Event, Status> {
+    let spec = request
+        .spec
+        .ok_or_else(|| Status::invalid_argument("no task spec"))?;
+    let home = node_id(&request.home_node_id, "home_node_id")?;
+    Ok(Event::TaskForwarded {
+        spec,
+        home,
+        hops: request.hops,
+        job: request.job,
+    })
+}
+
+/// The scheduler's event for one message of a peer's stream.
+fn event_of(body: Option<nm::peer_message::Body>) -> Result<Event, Status> {
+    use nm::peer_message::Body;
+    match body.ok_or_else(|| Status::invalid_argument("an empty peer message"))? {
+        Body::Forward(request) => forwarded(request),
+        Body::Finished(request) => Ok(Event::RemoteTaskFinished {
+            task: TaskId::from_slice(&request.task_id)
+                .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?,
+            node: node_id(&request.node_id, "node_id")?,
+            results: request.results,
+        }),
+        Body::KillActor(request) => Ok(Event::KillActor {
+            actor: ActorId::from_slice(&request.actor_id)
+                .map_err(|e| Status::invalid_argument(format!("actor_id: {e}")))?,
+            reason: request.reason,
+        }),
+        Body::Output(request) => Ok(Event::RemoteOutput {
+            job: JobId::from_slice(&request.job_id)
+                .map_err(|e| Status::invalid_argument(format!("job_id: {e}")))?,
+            pid: request.pid,
+            line: request.line,
+            stderr: request.stderr,
+        }),
+    }
+}
+
+type AckStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<nm::PeerAck, Status>> + Send + 'static>,
+>;
+
 #[tonic::async_trait]
 impl nm::node_manager_server::NodeManager for Service {
     async fn forward_task(
         &self,
         request: Request<nm::ForwardTaskRequest>,
     ) -> Result<Response<nm::ForwardTaskReply>, Status> {
-        let request = request.into_inner();
-        let spec = request
-            .spec
-            .ok_or_else(|| Status::invalid_argument("no task spec"))?;
-        let home = node_id(&request.home_node_id, "home_node_id")?;
-        self.deliver(Event::TaskForwarded {
-            spec,
-            home,
-            hops: request.hops,
-            job: request.job,
-        })?;
+        self.deliver(forwarded(request.into_inner())?)?;
         Ok(Response::new(nm::ForwardTaskReply {}))
     }
 
-    async fn task_finished(
-        &self,
-        request: Request<nm::TaskFinishedRequest>,
-    ) -> Result<Response<nm::TaskFinishedReply>, Status> {
-        let request = request.into_inner();
-        let task = TaskId::from_slice(&request.task_id)
-            .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?;
-        let node = node_id(&request.node_id, "node_id")?;
-        self.deliver(Event::RemoteTaskFinished {
-            task,
-            node,
-            results: request.results,
-        })?;
-        Ok(Response::new(nm::TaskFinishedReply {}))
-    }
+    type PeerStream = AckStream;
 
-    async fn kill_actor(
+    async fn peer(
         &self,
-        request: Request<nm::KillActorRequest>,
-    ) -> Result<Response<nm::KillActorReply>, Status> {
-        let request = request.into_inner();
-        let actor = ActorId::from_slice(&request.actor_id)
-            .map_err(|e| Status::invalid_argument(format!("actor_id: {e}")))?;
-        self.deliver(Event::KillActor {
-            actor,
-            reason: request.reason,
-        })?;
-        Ok(Response::new(nm::KillActorReply {}))
-    }
-
-    async fn worker_output(
-        &self,
-        request: Request<nm::WorkerOutputRequest>,
-    ) -> Result<Response<nm::WorkerOutputReply>, Status> {
-        let request = request.into_inner();
-        let job = JobId::from_slice(&request.job_id)
-            .map_err(|e| Status::invalid_argument(format!("job_id: {e}")))?;
-        self.deliver(Event::RemoteOutput {
-            job,
-            pid: request.pid,
-            line: request.line,
-            stderr: request.stderr,
-        })?;
-        Ok(Response::new(nm::WorkerOutputReply {}))
+        request: Request<tonic::Streaming<nm::PeerMessage>>,
+    ) -> Result<Response<AckStream>, Status> {
+        let mut inbound = request.into_inner();
+        let inputs = self.inputs.clone();
+        let (acks, outbound) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio_stream::StreamExt;
+            // Forwards are acknowledged together, ACK_DELAY after the last one or every
+            // ACK_BATCH: an ack per forward would wake the sender once more per task.
+            let mut taken: Option<u64> = None;
+            let mut since_ack = 0u32;
+            loop {
+                let next = match taken {
+                    None => inbound.next().await,
+                    Some(seq) => tokio::select! {
+                        next = inbound.next() => next,
+                        () = tokio::time::sleep(ACK_DELAY) => {
+                            if acks.send(Ok(nm::PeerAck { seq, refused: String::new() })).is_err() {
+                                return;
+                            }
+                            taken = None;
+                            since_ack = 0;
+                            continue;
+                        }
+                    },
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    None => return,
+                    Some(Err(status)) => {
+                        log::debug!("a peer's stream broke: {status}");
+                        return;
+                    }
+                };
+                let seq = message.seq;
+                let forward = matches!(message.body, Some(nm::peer_message::Body::Forward(_)));
+                let ack = match event_of(message.body) {
+                    Ok(event) => {
+                        if inputs.send(event.into()).is_err() {
+                            let _ = acks.send(Err(Status::unavailable("the raylet is stopping")));
+                            return;
+                        }
+                        if forward {
+                            taken = Some(seq);
+                            since_ack += 1;
+                        }
+                        (since_ack >= ACK_BATCH).then(|| nm::PeerAck {
+                            seq,
+                            refused: String::new(),
+                        })
+                    }
+                    // Acknowledges the forwards before it too.
+                    Err(status) => Some(nm::PeerAck {
+                        seq,
+                        refused: status.message().to_string(),
+                    }),
+                };
+                if let Some(ack) = ack {
+                    taken = None;
+                    since_ack = 0;
+                    if acks.send(Ok(ack)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream: AckStream = Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            outbound,
+        ));
+        Ok(Response::new(stream))
     }
 }
 
@@ -313,41 +382,46 @@ impl Peers {
     }
 }
 
-/// A connection (made on first use) to the gRPC server at `address` (`host:port`).
-fn channel(address: &str, auth: &ClientAuth) -> Option<AuthChannel> {
+/// An endpoint for the gRPC server at `address` (`host:port`), connected on first use.
+fn endpoint(address: &str, auth: &ClientAuth) -> Option<tonic::transport::Endpoint> {
     if address.is_empty() {
         return None;
     }
     let endpoint = auth.endpoint(address).ok()?;
-    Some(
-        auth.wrap(
-            endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(CALL_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        ),
-    )
+    Some(endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true))
 }
 
+/// A connection for single calls, each bounded by [`CALL_TIMEOUT`].
+fn channel(address: &str, auth: &ClientAuth) -> Option<AuthChannel> {
+    let endpoint = endpoint(address, auth)?;
+    Some(auth.wrap(endpoint.timeout(CALL_TIMEOUT).connect_lazy()))
+}
+
+/// A connection for a peer's long-lived stream: no deadline per call, but HTTP/2 pings,
+/// so that a peer that stops answering breaks the stream instead of stalling it.
 fn connect(
     node: NodeId,
     address: &str,
     auth: &ClientAuth,
 ) -> Result<nm::node_manager_client::NodeManagerClient<AuthChannel>, PeerError> {
-    let channel = channel(address, auth).ok_or_else(|| PeerError::Address {
+    let endpoint = endpoint(address, auth).ok_or_else(|| PeerError::Address {
         node,
         address: address.to_string(),
     })?;
-    Ok(nm::node_manager_client::NodeManagerClient::new(channel))
+    let channel = endpoint
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    Ok(nm::node_manager_client::NodeManagerClient::new(
+        auth.wrap(channel),
+    ))
 }
 
 /// Tells the scheduler (or the log) that `message` did not reach `node`.
 fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, error: String) {
     match message {
-        Outgoing::Forward { task, .. } => {
-            let _ = inputs.send(Event::ForwardFailed { task, node, error }.into());
-        }
+        Outgoing::Forward { task, .. } => forward_failed(inputs, node, task, error),
         Outgoing::Finished(_) => {
             log::warn!(node:% = node; "cannot report a finished task to its home: {error}");
         }
@@ -360,7 +434,83 @@ fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, 
     }
 }
 
-/// Sends what is queued for `node`, one call at a time, in order.
+fn forward_failed(
+    inputs: &mpsc::UnboundedSender<Input>,
+    node: NodeId,
+    task: TaskId,
+    error: String,
+) {
+    let _ = inputs.send(Event::ForwardFailed { task, node, error }.into());
+}
+
+/// One stream to a peer while it lasts: what was sent on it and not yet acknowledged.
+struct PeerStream {
+    sender: mpsc::UnboundedSender<nm::PeerMessage>,
+    next_seq: u64,
+    /// Forwards sent and not yet acknowledged, oldest first.
+    unacked: VecDeque<(u64, TaskId)>,
+    /// Other messages sent since the stream opened (they are never acknowledged).
+    others: u64,
+}
+
+impl PeerStream {
+    fn new(sender: mpsc::UnboundedSender<nm::PeerMessage>) -> Self {
+        Self {
+            sender,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            others: 0,
+        }
+    }
+
+    /// Puts `message` on the stream; gives it back when the stream is gone already.
+    fn push(&mut self, message: Outgoing) -> Result<(), Outgoing> {
+        use nm::peer_message::Body;
+        if self.sender.is_closed() {
+            return Err(message);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let body = match message {
+            Outgoing::Forward { task, request } => {
+                self.unacked.push_back((seq, task));
+                Body::Forward(*request)
+            }
+            Outgoing::Finished(request) => Body::Finished(request),
+            Outgoing::KillActor(request) => Body::KillActor(request),
+            Outgoing::Output(request) => Body::Output(request),
+        };
+        if !matches!(body, Body::Forward(_)) {
+            self.others += 1;
+        }
+        // Closed since the check: the message counts as sent on a stream that broke, and
+        // is failed with the others when the break is seen.
+        let _ = self.sender.send(nm::PeerMessage {
+            seq,
+            body: Some(body),
+        });
+        Ok(())
+    }
+
+    /// The peer took every message up to `ack.seq`, or refused that one.
+    fn acknowledged(&mut self, ack: &nm::PeerAck) -> Option<TaskId> {
+        let mut refused = None;
+        while let Some(&(seq, task)) = self.unacked.front() {
+            if seq > ack.seq {
+                break;
+            }
+            self.unacked.pop_front();
+            if seq == ack.seq && !ack.refused.is_empty() {
+                refused = Some(task);
+            }
+        }
+        refused
+    }
+}
+
+/// Sends what is queued for `node`, in order, on one stream at a time: a stream that
+/// breaks fails its unacknowledged forwards (the scheduler places them again) and the
+/// next message opens a new one.
 async fn deliver(
     node: NodeId,
     address: String,
@@ -368,22 +518,66 @@ async fn deliver(
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     inputs: mpsc::UnboundedSender<Input>,
 ) {
-    while let Some(message) = queue.recv().await {
-        let result = match &message {
-            Outgoing::Forward { request, .. } => {
-                client.forward_task((**request).clone()).await.map(|_| ())
-            }
-            Outgoing::Finished(request) => client.task_finished(request.clone()).await.map(|_| ()),
-            Outgoing::KillActor(request) => client.kill_actor(request.clone()).await.map(|_| ()),
-            Outgoing::Output(request) => client.worker_output(request.clone()).await.map(|_| ()),
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(message) => message,
+            None => match queue.recv().await {
+                Some(message) => message,
+                None => return,
+            },
         };
-        if let Err(status) = result {
-            let error = PeerError::Call {
-                node,
-                address: address.clone(),
-                status: Box::new(status),
-            };
-            fail(&inputs, node, message, error.to_string());
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut stream = PeerStream::new(sender);
+        if let Err(message) = stream.push(first) {
+            fail(&inputs, node, message, "the stream closed".into());
+            continue;
+        }
+        let call = client.peer(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            receiver,
+        ));
+        let error = match call.await {
+            Err(status) => status,
+            Ok(response) => {
+                let mut acks = response.into_inner();
+                loop {
+                    tokio::select! {
+                        message = queue.recv() => match message {
+                            // Forgotten (the node left): dropping the sender ends the stream.
+                            None => return,
+                            Some(message) => {
+                                if let Err(message) = stream.push(message) {
+                                    next = Some(message);
+                                    break Status::unavailable("the stream closed");
+                                }
+                            }
+                        },
+                        ack = acks.message() => match ack {
+                            Ok(Some(ack)) => {
+                                if let Some(task) = stream.acknowledged(&ack) {
+                                    forward_failed(&inputs, node, task, format!("node {node} refused it: {}", ack.refused));
+                                } else if !ack.refused.is_empty() {
+                                    log::warn!(node:% = node; "a node refused a message: {}", ack.refused);
+                                }
+                            }
+                            Ok(None) => break Status::unavailable("the node ended the stream"),
+                            Err(status) => break status,
+                        },
+                    }
+                }
+            }
+        };
+        let error = PeerError::Call {
+            node,
+            address: address.clone(),
+            status: Box::new(error),
+        }
+        .to_string();
+        for (_, task) in stream.unacked.drain(..) {
+            forward_failed(&inputs, node, task, error.clone());
+        }
+        if stream.others > 0 {
+            log::warn!(node:% = node, messages = stream.others; "messages to a node may be lost (results, kills, output): {error}");
         }
     }
 }
