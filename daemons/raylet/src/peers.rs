@@ -492,9 +492,10 @@ impl PeerStream {
         Ok(())
     }
 
-    /// The peer took every message up to `ack.seq`, or refused that one.
-    fn acknowledged(&mut self, ack: &nm::PeerAck) -> Option<TaskId> {
-        let mut refused = None;
+    /// The peer took every message up to `ack.seq`, or refused that one: the forwards it
+    /// took, and the one it refused.
+    fn acknowledged(&mut self, ack: &nm::PeerAck) -> (Vec<TaskId>, Option<TaskId>) {
+        let (mut taken, mut refused) = (Vec::new(), None);
         while let Some(&(seq, task)) = self.unacked.front() {
             if seq > ack.seq {
                 break;
@@ -502,9 +503,11 @@ impl PeerStream {
             self.unacked.pop_front();
             if seq == ack.seq && !ack.refused.is_empty() {
                 refused = Some(task);
+            } else {
+                taken.push(task);
             }
         }
-        refused
+        (taken, refused)
     }
 }
 
@@ -554,7 +557,11 @@ async fn deliver(
                         },
                         ack = acks.message() => match ack {
                             Ok(Some(ack)) => {
-                                if let Some(task) = stream.acknowledged(&ack) {
+                                let (taken, refused) = stream.acknowledged(&ack);
+                                if !taken.is_empty() {
+                                    let _ = inputs.send(Event::ForwardsTaken { node, tasks: taken }.into());
+                                }
+                                if let Some(task) = refused {
                                     forward_failed(&inputs, node, task, format!("node {node} refused it: {}", ack.refused));
                                 } else if !ack.refused.is_empty() {
                                     log::warn!(node:% = node; "a node refused a message: {}", ack.refused);

@@ -142,6 +142,11 @@ pub enum Event {
         node: NodeId,
         error: String,
     },
+    /// `node` took these tasks forwarded from here (its acknowledgement).
+    ForwardsTaken {
+        node: NodeId,
+        tasks: Vec<TaskId>,
+    },
     /// Whether a global scheduler is up (tasks to place elsewhere then go through it).
     GlobalScheduler {
         available: bool,
@@ -316,6 +321,9 @@ pub struct Scheduler {
     /// IDs and its submitter).
     /// (The node is unknown while a global scheduler places it.)
     forwarded: HashMap<TaskId, (Option<NodeId>, Task)>,
+    /// Tasks of other homes handed on from here (forwarded or spilled), until the next
+    /// node or a global scheduler took them: one that was not taken is placed again.
+    relayed: HashMap<TaskId, Task>,
     /// A global scheduler is up.
     global_scheduler: bool,
     /// Actors that live on another node (their creation was forwarded from here, or the
@@ -354,6 +362,7 @@ impl Scheduler {
             actors: Actors::default(),
             cluster: Cluster::default(),
             forwarded: HashMap::new(),
+            relayed: HashMap::new(),
             global_scheduler: false,
             remote_actors: HashMap::new(),
             remote_creations: HashMap::new(),
@@ -470,9 +479,14 @@ impl Scheduler {
             Event::ForwardFailed { task, node, error } => {
                 log::warn!(task:% = task, node:% = node; "cannot forward a task: {error}; it stays here");
                 self.cluster.refused(&node);
-                if let Some((_, task)) = self.forwarded.remove(&task) {
+                if let Some(task) = self.take_handed_on(&task) {
                     self.forward_failed(task, node);
                     self.schedule();
+                }
+            }
+            Event::ForwardsTaken { tasks, .. } => {
+                for task in tasks {
+                    self.relayed.remove(&task);
                 }
             }
             Event::RemoteTaskFinished {
@@ -497,10 +511,11 @@ impl Scheduler {
                 if let Some((placed, _)) = self.forwarded.get_mut(&task) {
                     *placed = Some(node);
                 }
+                self.relayed.remove(&task);
             }
             Event::SpillFailed { task, error } => {
                 log::warn!(task:% = task; "no global scheduler took a task: {error}; placing it here");
-                if let Some((_, task)) = self.forwarded.remove(&task) {
+                if let Some(task) = self.take_handed_on(&task) {
                     match self.cluster.place(&task.resources, false) {
                         Some(node) => self.forward(node, task),
                         None => self.make_ready(task, true),
@@ -1165,9 +1180,25 @@ impl Scheduler {
             hops: task.hops + 1,
             job,
         });
+        self.handed_on(None, task);
+    }
+
+    /// Keeps `task`, handed on to `node` (`None`: to a global scheduler), until it is known
+    /// to have arrived: its home keeps it until it finishes, a relay until it was taken.
+    fn handed_on(&mut self, node: Option<NodeId>, task: Task) {
         if task.home.is_none() {
-            self.forwarded.insert(task.id, (None, task));
+            self.forwarded.insert(task.id, (node, task));
+        } else {
+            self.relayed.insert(task.id, task);
         }
+    }
+
+    /// A task handed on from here that did not arrive.
+    fn take_handed_on(&mut self, id: &TaskId) -> Option<Task> {
+        self.forwarded
+            .remove(id)
+            .map(|(_, task)| task)
+            .or_else(|| self.relayed.remove(id))
     }
 
     /// Sends `task` to run on `node`, with the small arguments held here inlined; its
@@ -1189,9 +1220,7 @@ impl Scheduler {
         if task.is_actor_creation() {
             self.actor_moved(&task, node);
         }
-        if task.home.is_none() {
-            self.forwarded.insert(task.id, (Some(node), task));
-        }
+        self.handed_on(Some(node), task);
     }
 
     /// The creation of an actor was forwarded to `node`: the actor lives there, and the

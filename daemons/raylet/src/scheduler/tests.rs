@@ -1259,6 +1259,65 @@ fn with_a_global_scheduler_up_tasks_to_place_elsewhere_go_through_it() {
 }
 
 #[test]
+fn a_task_relayed_from_here_that_was_not_taken_is_placed_again() {
+    // Here: 1 CPU, taken. b and c: 1 CPU each. A task of another home arrives.
+    let (mut h, nb, nc) = with_peers(&[("CPU", 1.0)], &[("CPU", 1.0)], &[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (_worker, _, _) = h.worker();
+    let busy = h.spec(&[("CPU", 1.0)]);
+    h.submit(driver, &busy);
+    let home = NodeId::random();
+    let arrive = |h: &mut Harness, spec: &common_pb::TaskSpec| {
+        h.step(Event::TaskForwarded {
+            spec: spec.clone(),
+            home,
+            hops: 1,
+            job: None,
+        })
+    };
+    // Handed on to a node with room; that node's stream broke before it took it: the
+    // task is placed again (not lost), on the other node.
+    let relayed = h.spec(&[("CPU", 1.0)]);
+    let out = arrive(&mut h, &relayed);
+    assert_eq!(out.forwards.len(), 1, "{out:?}");
+    let first = out.forwards[0].0;
+    let out = h.step(Event::ForwardFailed {
+        task: id_of(&relayed),
+        node: first,
+        error: "the stream broke".into(),
+    });
+    let second = if first == nb { nc } else { nb };
+    assert_eq!(out.forwards, vec![(second, id_of(&relayed))]);
+    // Taken there: nothing of it is kept here.
+    h.step(Event::ForwardsTaken {
+        node: second,
+        tasks: vec![id_of(&relayed)],
+    });
+    assert!(h.s.relayed.is_empty());
+    // Spilled to a global scheduler that is gone: placed from this raylet's view.
+    h.step(Event::GlobalScheduler { available: true });
+    h.step(Event::NodeHeartbeat {
+        node: nb,
+        available: amounts(&[("CPU", 1.0)]),
+        queued: 0,
+    });
+    h.step(Event::NodeHeartbeat {
+        node: nc,
+        available: amounts(&[("CPU", 1.0)]),
+        queued: 0,
+    });
+    let spilled = h.spec(&[("CPU", 1.0)]);
+    let out = arrive(&mut h, &spilled);
+    assert_eq!(out.spills, vec![id_of(&spilled)], "{out:?}");
+    let out = h.step(Event::SpillFailed {
+        task: id_of(&spilled),
+        error: "unavailable".into(),
+    });
+    assert_eq!(out.forwards.len(), 1, "placed again: {out:?}");
+    assert_eq!(out.forwards[0].1, id_of(&spilled));
+}
+
+#[test]
 fn tasks_forwarded_to_a_node_that_dies_are_redone_while_retries_allow_then_fail() {
     let (mut h, nb, nc) = with_peers(
         &[("CPU", 1.0)],
