@@ -9,7 +9,7 @@
 //! - get latency of a sealed 100 MB object from another client (descriptor passing and
 //!   mapping, no copy);
 //! - transfer of an object between the two stores over loopback, in GB/s;
-//! - put and get of an object too large for the arena (a memfd of its own).
+//! - put and get of a 200 MB object (a memfd of its own, as every large object).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -148,8 +148,8 @@ fn small_objects(client: &PlasmaClient, reader: &PlasmaClient, seconds: f64) -> 
                 let mut builder = client.create(id, 100, 0)?;
                 builder.data_mut().fill(7);
                 let sealed = builder.seal()?;
-                // The seal of an object in the creator's lease needs no reply: another
-                // client's get waits until the store has read it.
+                // The put of a small object into the creator's lease needs no reply:
+                // another client's get waits until the store has read it.
                 let got = if remote_get {
                     reader.get_one(id, Some(Duration::from_secs(10)))?
                 } else {
@@ -173,8 +173,7 @@ fn small_objects(client: &PlasmaClient, reader: &PlasmaClient, seconds: f64) -> 
     Ok(())
 }
 
-/// Put and get of a large object (200 MB; the metric names are from when such objects
-/// got a memfd of their own, before the store became one arena).
+/// Put and get of a large object (200 MB), in a memfd of its own.
 fn own_segment(client: &PlasmaClient, reader: &PlasmaClient) -> Result<()> {
     let size = (MB100 * 2).min(client.small_object_max() as usize);
     let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
@@ -299,7 +298,7 @@ fn main() -> Result<()> {
         get_latency(&client, &reader)?;
         own_segment(&client, &reader)?;
     }
-    // Both land in the arena; the large one is written with pwrite on the pulling side.
+    // Both get segments of their own, written with pwrite on the pulling side.
     transfer(
         &a,
         &b,
