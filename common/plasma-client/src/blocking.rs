@@ -97,7 +97,6 @@ struct SegmentMap {
     fd: OwnedFd,
     size: u64,
     read_only: Option<Arc<Mapping>>,
-    writable: Option<Arc<Mapping>>,
 }
 
 impl SegmentMap {
@@ -227,7 +226,7 @@ impl PlasmaClient {
         )?;
         let (reply, fds) = io.receive()?;
         let mut tables = Tables::default();
-        register_segments(&mut tables, &reply.new_segments, fds, false)?;
+        register_segments(&mut tables, &reply.new_segments, fds);
         let connected = match reply.kind {
             Some(Rep::Connected(c)) => c,
             other => return Err(unexpected("connected", other)),
@@ -280,12 +279,7 @@ impl PlasmaClient {
         io.send(pending, Some(request))?;
         let (reply, fds) = io.receive()?;
         if !fds.is_empty() {
-            register_segments(
-                &mut lock(&self.inner.tables),
-                &reply.new_segments,
-                fds,
-                false,
-            )?;
+            register_segments(&mut lock(&self.inner.tables), &reply.new_segments, fds);
         }
         match reply.kind {
             Some(Rep::Error(e)) => Err(ClientError::from_reply(e)),
@@ -333,8 +327,7 @@ impl PlasmaClient {
             })),
         )?;
         let (reply, fds) = io.receive()?;
-        let mut tables = lock(&self.inner.tables);
-        register_segments(&mut tables, &reply.new_segments, fds, true)?;
+        drop(io);
         let location = match reply.kind {
             Some(Rep::Created(pb::Created {
                 location: Some(location),
@@ -342,18 +335,27 @@ impl PlasmaClient {
             Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
             other => return Err(unexpected("created", other)),
         };
-        let mapping = tables
-            .segments
-            .get(&location.segment)
-            .filter(|_| location.segment != ARENA_SEGMENT && location.offset == 0)
-            .and_then(|segment| segment.writable.clone())
+        // The segment's read-write descriptor is the builder's alone; the read-only one
+        // comes with the seal.
+        let (segment, fd) = reply
+            .new_segments
+            .into_iter()
+            .zip(fds)
+            .next()
+            .filter(|(segment, _)| {
+                segment.id == location.segment
+                    && segment.id != ARENA_SEGMENT
+                    && location.offset == 0
+                    && segment.size >= total
+            })
             .ok_or(ClientError::BadLocation(id))?;
-        if !mapping.contains(0, total) {
-            return Err(ClientError::BadLocation(id));
-        }
         Ok(ObjectBuilder {
             id,
-            memory: Some(Unsealed::Segment(mapping)),
+            memory: Some(Unsealed::Segment {
+                file: std::fs::File::from(fd),
+                len: segment.size,
+                mapping: None,
+            }),
             segment: location.segment,
             data_size,
             metadata_size,
@@ -521,12 +523,8 @@ impl PlasmaClient {
 
     /// Seals an object of a segment of its own, synchronously: once this returns, every
     /// client of the store sees the object sealed. The reply brings a read-only
-    /// descriptor of the segment in place of the writable one.
+    /// descriptor of the segment (the builder's writable one and its mapping went).
     fn seal_segment(&self, id: ObjectId, segment: u64) -> Result<Arc<Mapping>, ClientError> {
-        if let Some(s) = lock(&self.inner.tables).segments.get_mut(&segment) {
-            // The last writable mapping (the builder's went already).
-            s.writable = None;
-        }
         self.call(
             Req::Seal(pb::Seal {
                 object_id: id.as_bytes().to_vec(),
@@ -546,7 +544,6 @@ impl PlasmaClient {
             lock(&self.inner.tables).unsealed.remove(&id);
             return Ok(());
         }
-        lock(&self.inner.tables).segments.remove(&segment);
         self.call(
             Req::Abort(pb::Abort {
                 object_id: id.as_bytes().to_vec(),
@@ -564,9 +561,8 @@ impl PlasmaClient {
         metadata: &[u8],
     ) -> Result<ObjectBuffer, ClientError> {
         let mut builder = self.create(id, data.len() as u64, metadata.len() as u64)?;
-        let (d, m) = builder.buffers_mut();
-        d.copy_from_slice(data);
-        m.copy_from_slice(metadata);
+        builder.write_at(0, data)?;
+        builder.write_at(data.len() as u64, metadata)?;
         builder.seal()
     }
 
@@ -624,7 +620,7 @@ impl PlasmaClient {
             )?;
             let (reply, fds) = io.receive()?;
             let mut tables = lock(&self.inner.tables);
-            register_segments(&mut tables, &reply.new_segments, fds, false)?;
+            register_segments(&mut tables, &reply.new_segments, fds);
             let objects = match reply.kind {
                 Some(Rep::Objects(o)) if o.objects.len() == chunk.len() => o.objects,
                 Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
@@ -776,27 +772,16 @@ impl PlasmaClient {
     }
 }
 
-fn register_segments(
-    tables: &mut Tables,
-    segments: &[pb::Segment],
-    fds: Vec<OwnedFd>,
-    writable_own: bool,
-) -> Result<(), ClientError> {
+/// Keeps the read-only descriptors that came with a reply (mapped when first read).
+fn register_segments(tables: &mut Tables, segments: &[pb::Segment], fds: Vec<OwnedFd>) {
     for (segment, fd) in segments.iter().zip(fds) {
-        let mut map = SegmentMap {
+        let map = SegmentMap {
             fd,
             size: segment.size,
             read_only: None,
-            writable: None,
         };
-        if writable_own && segment.id != ARENA_SEGMENT {
-            let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-            // Populate: the creator is about to write every page.
-            map.writable = Some(Arc::new(Mapping::new(map.fd.as_fd(), len, true, true)?));
-        }
         tables.segments.insert(segment.id, map);
     }
-    Ok(())
 }
 
 fn unexpected(expected: &'static str, got: Option<Rep>) -> ClientError {

@@ -77,6 +77,8 @@ pub enum ClientError {
     Memory(#[from] MapError),
     #[error("the store sent an object outside its segment: {0}")]
     BadLocation(ObjectId),
+    #[error("cannot write object {0}: {1}")]
+    Write(ObjectId, #[source] std::io::Error),
 }
 
 impl ClientError {
@@ -197,8 +199,13 @@ impl Drop for ObjectBuffer {
 enum Unsealed {
     /// This client's memory: a small object, whose bytes go with its seal.
     Heap(Vec<u8>),
-    /// A writable mapping of the object's own segment, unmapped before the seal.
-    Segment(Arc<Mapping>),
+    /// The object's own segment: written with `pwrite`, or through a writable mapping
+    /// made when first asked for; both go before the seal.
+    Segment {
+        file: std::fs::File,
+        len: u64,
+        mapping: Option<Mapping>,
+    },
 }
 
 /// An object being created: writable by this client alone until sealed. Dropped
@@ -238,21 +245,78 @@ impl ObjectBuilder {
         self.buffers_mut().1
     }
 
-    /// Both at once: (data, metadata).
+    /// Both at once: (data, metadata). A large object's segment is mapped writable for
+    /// this (the page tables of a fresh mapping cost about a third of a memcpy; see
+    /// [`Self::write_at`] for the way without).
     pub fn buffers_mut(&mut self) -> (&mut [u8], &mut [u8]) {
         let total = self.data_size + self.metadata_size;
         let all: &mut [u8] = match self.memory.as_mut() {
             Some(Unsealed::Heap(bytes)) => bytes,
-            // SAFETY: this builder's creator is the object's only writer until the seal,
-            // the segment holds the object from offset 0 (checked at create), and
-            // `&mut self` makes this the only live slice of it.
-            Some(Unsealed::Segment(m)) => unsafe { m.slice_mut(0, total) }.unwrap_or_default(),
+            Some(Unsealed::Segment { file, len, mapping }) => {
+                if mapping.is_none() {
+                    let size = usize::try_from(*len).unwrap_or(usize::MAX);
+                    // The pages are allocated first: one that could not be had later would
+                    // be a SIGBUS on the write that touches it.
+                    let mapped = nix::fcntl::fallocate(
+                        &*file,
+                        nix::fcntl::FallocateFlags::empty(),
+                        0,
+                        i64::try_from(*len).unwrap_or(i64::MAX),
+                    )
+                    .map_err(|source| mapping::MapError { size, source })
+                    .and_then(|()| Mapping::new(std::os::fd::AsFd::as_fd(file), size, true, false));
+                    match mapped {
+                        Ok(m) => {
+                            m.prefault_for_write(0, total);
+                            *mapping = Some(m);
+                        }
+                        Err(e) => log::warn!(object:% = self.id, error:% = e; "cannot map an object to fill"),
+                    }
+                }
+                match mapping {
+                    // SAFETY: this builder's creator is the object's only writer until
+                    // the seal, the segment holds the object from offset 0 (checked at
+                    // create), and `&mut self` makes this the only live slice of it.
+                    Some(m) => unsafe { m.slice_mut(0, total) }.unwrap_or_default(),
+                    None => &mut [],
+                }
+            }
             None => &mut [],
         };
         let split = usize::try_from(self.data_size)
             .unwrap_or(usize::MAX)
             .min(all.len());
         all.split_at_mut(split)
+    }
+
+    /// Writes `bytes` at `offset` of the object (its data, then its metadata, as one
+    /// range). A large object's bytes go straight into its segment's file (`pwrite`):
+    /// one copy, and no page tables to build for a mapping that goes at the seal.
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ClientError> {
+        let total = self.data_size + self.metadata_size;
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|&end| end <= total)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "{} bytes at {offset} are outside object {} of {total} bytes",
+                    bytes.len(),
+                    self.id
+                ))
+            })?;
+        match self.memory.as_mut() {
+            Some(Unsealed::Heap(heap)) => {
+                heap[offset as usize..end as usize].copy_from_slice(bytes);
+                Ok(())
+            }
+            Some(Unsealed::Segment { file, .. }) => {
+                std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+                    .map_err(|e| ClientError::Write(self.id, e))
+            }
+            None => Err(ClientError::Invalid(
+                "the object was already sealed or aborted".into(),
+            )),
+        }
     }
 
     /// Seals the object: immutable and visible to every client from now on.
@@ -264,7 +328,7 @@ impl ObjectBuilder {
         // is refused while one exists.
         let bytes = match self.memory.take() {
             Some(Unsealed::Heap(bytes)) => Some(bytes),
-            Some(Unsealed::Segment(_)) | None => None,
+            Some(Unsealed::Segment { .. }) | None => None,
         };
         client.seal_object(
             self.id,

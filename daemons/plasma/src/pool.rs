@@ -11,8 +11,8 @@ use std::os::fd::OwnedFd;
 /// Objects from this size on take segments from the pool (smaller ones cost little to
 /// make on the spot).
 pub const POOL_MIN: u64 = 1 << 20;
-/// Pool segments are made in multiples of this.
-const GRANULE: u64 = 2 << 20;
+/// Pool segments are made in multiples of this, at least (see [`size_class`]).
+const GRANULE: u64 = 64 << 10;
 /// How many of the latest large creates the pool prepares for.
 const RECENT: usize = 4;
 /// Most bytes the pool holds.
@@ -43,7 +43,7 @@ impl Pool {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(size.div_ceil(GRANULE) * GRANULE);
+        self.recent.push_back(size_class(size));
         let index = self
             .entries
             .iter()
@@ -97,6 +97,14 @@ impl Pool {
     }
 }
 
+/// The size a segment for an object of `size` bytes is prepared in: rounded up by at
+/// most about 1/32, so that objects of nearly one size share one class and a taken
+/// segment is cut by little (the pages cut off were zeroed for nothing).
+fn size_class(size: u64) -> u64 {
+    let unit = (size.next_power_of_two() / 32).max(GRANULE);
+    size.div_ceil(unit) * unit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +123,9 @@ mod tests {
         );
         assert_eq!(pool.wanted(u64::MAX), None);
         assert!(pool.take(100_000_000).is_none());
-        let size = 100_000_000u64.div_ceil(GRANULE) * GRANULE;
+        let size = size_class(100_000_000);
+        assert!(size >= 100_000_000 && size - 100_000_000 < 100_000_000 / 32);
+        assert_eq!(size_class((1 << 20) + 200), (1 << 20) + (64 << 10));
         assert_eq!(pool.wanted(u64::MAX), Some(size));
         assert_eq!(pool.wanted(size - 1), None, "no room in the budget");
         pool.add(fd(), size);

@@ -100,14 +100,16 @@ impl State {
 
     /// Runs `f` on the store, then publishes the events it caused.
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
-        let (result, events) = {
+        let (result, events, dropped) = {
             let mut store = self.lock();
             let result = f(&mut store);
             if store.take_prefault_wanted() {
                 self.prefault.wake();
             }
-            (result, store.take_events())
+            (result, store.take_events(), store.take_dropped())
         };
+        // Segments of objects gone free their pages here, outside the lock.
+        drop(dropped);
         for event in events {
             if let Some(locations) = &self.locations {
                 if let Err(mpsc::error::TrySendError::Full(_)) = locations.try_send(event.clone()) {

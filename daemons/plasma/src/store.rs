@@ -322,6 +322,8 @@ pub struct Store {
     segment_bytes: u64,
     next_segment: u64,
     pool: Pool,
+    /// Segments of objects gone, to close outside the lock (freeing pages takes time).
+    dropped: Vec<Arc<Segment>>,
     objects: HashMap<ObjectId, Entry>,
     lru: BTreeMap<u64, ObjectId>,
     tick: u64,
@@ -360,6 +362,7 @@ impl Store {
             segment_bytes: 0,
             next_segment: ARENA_SEGMENT + 1,
             pool: Pool::default(),
+            dropped: Vec::new(),
             objects: HashMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
@@ -408,7 +411,11 @@ impl Store {
     }
 
     /// Creates an unsealed object in a segment of its own for `client` to fill, pinned by
-    /// it, spilling (or evicting) unpinned objects when it does not fit.
+    /// it, spilling (or evicting) unpinned objects when it does not fit. Its pages are
+    /// allocated when it comes from the pool; else the client's writes allocate them
+    /// (`pwrite`, which fails with an error where memory runs out), or the client
+    /// allocates them before it maps the segment, and the store's lock is not held while
+    /// they are zeroed.
     pub fn create(
         &mut self,
         client: ClientId,
@@ -420,7 +427,7 @@ impl Store {
             client,
             id,
             (data_size, metadata_size),
-            Want::Segment { reserve: true },
+            Want::Segment { reserve: false },
         )
     }
 
@@ -835,8 +842,12 @@ impl Store {
                 self.free_ranges(freed);
             }
             (Memory::Arena(offset), None) => self.arena.free(offset, total),
-            // Its pages go once no client maps it any more.
-            (Memory::Segment(segment), _) => self.segment_bytes -= segment.size(),
+            // Its pages go once no client maps it any more, and freeing them is left to
+            // whoever holds the lock, after it (see `take_dropped`).
+            (Memory::Segment(segment), _) => {
+                self.segment_bytes -= segment.size();
+                self.dropped.push(segment);
+            }
         }
     }
 
@@ -1096,6 +1107,12 @@ impl Store {
         if self.objects_bytes() + self.pool.bytes() + size <= self.layout.capacity {
             self.pool.add(fd, size);
         }
+    }
+
+    /// The segments of objects gone since the last call: dropped by the caller after it
+    /// let go of the store's lock.
+    pub fn take_dropped(&mut self) -> Vec<Arc<Segment>> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Whether more memory became worth preparing since the last call.
