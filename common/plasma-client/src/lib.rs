@@ -270,7 +270,9 @@ impl ObjectBuilder {
                             m.prefault_for_write(0, total);
                             *mapping = Some(m);
                         }
-                        Err(e) => log::warn!(object:% = self.id, error:% = e; "cannot map an object to fill"),
+                        Err(e) => {
+                            log::warn!(object:% = self.id, error:% = e; "cannot map an object to fill")
+                        }
                     }
                 }
                 match mapping {
