@@ -371,6 +371,34 @@ fn no_client_can_write_a_sealed_object_whatever_it_tries() {
 }
 
 #[test]
+fn a_store_backed_by_files_serves_small_and_large_objects_read_only() {
+    let dir = TestDir::new();
+    let files = dir.path().join("backing");
+    std::fs::create_dir(&files).unwrap();
+    let plasma = Plasma::start(
+        dir.path(),
+        "plasma",
+        64 * MIB,
+        &["--plasma-directory", files.to_str().unwrap()],
+    );
+    let client = client(&plasma);
+    let (small, large) = (ObjectId::random(), ObjectId::random());
+    put(&client, small, 1, 100);
+    put(&client, large, 2, 6 * MIB as usize);
+    let reader = PlasmaClient::connect(&plasma.socket, "reader").unwrap();
+    for (id, seed, size) in [(small, 1, 100), (large, 2, 6 * MIB as usize)] {
+        let buffer = reader.get_one(id, Some(WAIT)).unwrap().unwrap();
+        assert_eq!(buffer.data(), &pattern(seed, size)[..]);
+        assert!(buffer.is_read_only());
+    }
+    assert_eq!(
+        std::fs::read_dir(&files).unwrap().count(),
+        0,
+        "the files are unlinked"
+    );
+}
+
+#[test]
 fn get_times_out_on_a_missing_object_and_wakes_on_seal() {
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
