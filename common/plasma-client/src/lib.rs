@@ -249,8 +249,16 @@ impl ObjectBuilder {
     /// this (the page tables of a fresh mapping cost about a third of a memcpy; see
     /// [`Self::write_at`] for the way without).
     pub fn buffers_mut(&mut self) -> (&mut [u8], &mut [u8]) {
+        let split = usize::try_from(self.data_size).unwrap_or(usize::MAX);
+        let all = self.whole_mut();
+        let split = split.min(all.len());
+        all.split_at_mut(split)
+    }
+
+    /// The whole object (data, then metadata) to fill; empty when it cannot be mapped.
+    fn whole_mut(&mut self) -> &mut [u8] {
         let total = self.data_size + self.metadata_size;
-        let all: &mut [u8] = match self.memory.as_mut() {
+        match self.memory.as_mut() {
             Some(Unsealed::Heap(bytes)) => bytes,
             Some(Unsealed::Segment { file, len, mapping }) => {
                 if mapping.is_none() {
@@ -284,11 +292,7 @@ impl ObjectBuilder {
                 }
             }
             None => &mut [],
-        };
-        let split = usize::try_from(self.data_size)
-            .unwrap_or(usize::MAX)
-            .min(all.len());
-        all.split_at_mut(split)
+        }
     }
 
     /// Writes `bytes` at `offset` of the object (its data, then its metadata, as one
@@ -306,18 +310,34 @@ impl ObjectBuilder {
                     self.id
                 ))
             })?;
-        match self.memory.as_mut() {
+        let written = match self.memory.as_mut() {
             Some(Unsealed::Heap(heap)) => {
                 heap[offset as usize..end as usize].copy_from_slice(bytes);
-                Ok(())
+                return Ok(());
             }
             Some(Unsealed::Segment { file, .. }) => {
                 std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
-                    .map_err(|e| ClientError::Write(self.id, e))
             }
-            None => Err(ClientError::Invalid(
-                "the object was already sealed or aborted".into(),
-            )),
+            None => {
+                return Err(ClientError::Invalid(
+                    "the object was already sealed or aborted".into(),
+                ))
+            }
+        };
+        match written {
+            Ok(()) => Ok(()),
+            // Files of a hugetlbfs mount take no writes: through a mapping instead.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let id = self.id;
+                match self.whole_mut().get_mut(offset as usize..end as usize) {
+                    Some(target) => {
+                        target.copy_from_slice(bytes);
+                        Ok(())
+                    }
+                    None => Err(ClientError::Write(id, e)),
+                }
+            }
+            Err(e) => Err(ClientError::Write(self.id, e)),
         }
     }
 
