@@ -14,9 +14,9 @@ pub const POOL_MIN: u64 = 1 << 20;
 /// Pool segments are made in multiples of this, at least (see [`size_class`]).
 const GRANULE: u64 = 64 << 10;
 /// How many of the latest large creates the pool prepares for.
-const RECENT: usize = 4;
+const RECENT: usize = 2;
 /// Most bytes the pool holds.
-pub const POOL_MAX: u64 = 1 << 30;
+pub const POOL_MAX: u64 = 256 << 20;
 
 /// The prepared segments.
 #[derive(Debug, Default)]

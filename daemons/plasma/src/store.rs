@@ -292,9 +292,11 @@ impl Entry {
 #[derive(Debug, Clone, Copy)]
 enum Want {
     Arena,
-    /// A segment of its own, its pages allocated up front when `reserve` is set.
+    /// A segment of its own, its pages allocated up front when `reserve` is set; from
+    /// the pool when `pooled` is set (see [`crate::pool`]).
     Segment {
         reserve: bool,
+        pooled: bool,
     },
 }
 
@@ -427,7 +429,10 @@ impl Store {
             client,
             id,
             (data_size, metadata_size),
-            Want::Segment { reserve: false },
+            Want::Segment {
+                reserve: false,
+                pooled: true,
+            },
         )
     }
 
@@ -447,8 +452,11 @@ impl Store {
         let want = if size <= self.layout.arena_object_max {
             Want::Arena
         } else {
+            // Not from the pool: the pull's writes allocate pages without zeroing them,
+            // and preparing more for pulls would take a core from the transfer.
             Want::Segment {
                 reserve: size < PWRITE_MIN || !self.backing.takes_writes(),
+                pooled: false,
             }
         };
         self.create_object(client, id, (data_size, metadata_size), want)
@@ -645,7 +653,10 @@ impl Store {
         if size <= self.layout.arena_object_max {
             Want::Arena
         } else {
-            Want::Segment { reserve: true }
+            Want::Segment {
+                reserve: true,
+                pooled: true,
+            }
         }
     }
 
@@ -873,13 +884,17 @@ impl Store {
                 };
                 Ok(Some(Memory::Arena(offset)))
             }
-            Want::Segment { reserve } => {
+            Want::Segment { reserve, pooled } => {
                 let rounded = size.max(1).div_ceil(granularity) * granularity;
                 if self.objects_bytes() + rounded > self.layout.capacity {
                     return Ok(None);
                 }
-                let taken = self.pool.take(rounded);
-                self.prefault_wanted = true;
+                let taken = if pooled {
+                    self.prefault_wanted = true;
+                    self.pool.take(rounded)
+                } else {
+                    None
+                };
                 self.shed_pool(rounded);
                 let (fd, len) = match taken {
                     Some((fd, _)) => {
