@@ -80,16 +80,22 @@ pub fn layout(pickle_len: usize, buffer_lens: &[usize]) -> Layout {
     }
 }
 
-/// Writes the header, the pickle and the buffers into `dest` (exactly `layout.total`
-/// bytes long); padding is left as it is.
-pub fn write(dest: &mut [u8], layout: &Layout, pickle: &[u8], buffers: &[&[u8]]) {
+/// The header of a value laid out as `layout`: what comes before its pickle.
+pub fn header(layout: &Layout, pickle_len: usize, buffer_count: usize) -> Vec<u8> {
     let mut header = Vec::with_capacity(layout.pickle.start);
-    header.extend_from_slice(&(pickle.len() as u64).to_le_bytes());
-    header.extend_from_slice(&(buffers.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(pickle_len as u64).to_le_bytes());
+    header.extend_from_slice(&(buffer_count as u64).to_le_bytes());
     for range in &layout.buffers {
         header.extend_from_slice(&(range.start as u64).to_le_bytes());
         header.extend_from_slice(&(range.len() as u64).to_le_bytes());
     }
+    header
+}
+
+/// Writes the header, the pickle and the buffers into `dest` (exactly `layout.total`
+/// bytes long); padding is left as it is.
+pub fn write(dest: &mut [u8], layout: &Layout, pickle: &[u8], buffers: &[&[u8]]) {
+    let header = header(layout, pickle.len(), buffers.len());
     dest[..header.len()].copy_from_slice(&header);
     dest[layout.pickle.clone()].copy_from_slice(pickle);
     for (range, buffer) in layout.buffers.iter().zip(buffers) {

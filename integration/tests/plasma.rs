@@ -126,23 +126,150 @@ fn child_entry() {
             unsafe { ptr.write_volatile(0xff) };
             println!("CHILD:wrote");
         }
-        // Pins objects[0], starts creating a large and a small object, then waits to be
-        // killed.
+        // Pins objects[0], starts creating a large object, puts a small one into its
+        // lease and holds it, then waits to be killed.
         "creator" => {
             let pinned = client.get_one(objects[0], Some(WAIT)).unwrap().unwrap();
             let mut large = client.create(objects[1], 20 * MIB, 0).unwrap();
             large.data_mut()[..4].copy_from_slice(b"half");
-            let _small = client.create(objects[2], 100, 0).unwrap();
-            // The small object is in this client's lease: the store learns of it with
-            // the next write.
-            client.flush().unwrap();
+            let small = client.put(objects[2], &[1; 100], b"").unwrap();
             println!("CHILD:ready");
             let mut byte = [0u8];
             let _ = std::io::stdin().read(&mut byte);
-            drop((pinned, large));
+            drop((pinned, large, small));
+        }
+        // Gets every object, then tries every way to write the store's memory.
+        "attacker" => {
+            let held: Vec<_> = objects
+                .iter()
+                .map(|id| client.get_one(*id, Some(WAIT)).unwrap().unwrap())
+                .collect();
+            attack_store_memory();
+            drop(held);
+            println!("CHILD:refused");
+        }
+        // Puts a large object and, holding it, tries to write it as the attacker does.
+        "sealer" => {
+            let held = client
+                .put(objects[0], &pattern(5, 6 * MIB as usize), b"meta")
+                .unwrap();
+            attack_store_memory();
+            drop(held);
+            println!("CHILD:refused");
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Whether a system call's result says the kernel refused it (EPERM or EACCES).
+fn refused(result: isize, what: &str, path: &Path) {
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        result == -1 && matches!(errno, Some(libc::EPERM | libc::EACCES)),
+        "{what} of {} was not refused (result {result}, errno {errno:?})",
+        path.display()
+    );
+}
+
+/// Tries to write the store's memory every way this process has: each descriptor of it
+/// (mapped writable, written with `pwrite`, reopened read-write through `/proc/self/fd`
+/// and then mapped or written) and each mapping of it (`mprotect` to writable). Panics
+/// on the first way that works; checks that there was something to attack (the arena and
+/// at least one segment of its own, each a descriptor and a mapping).
+fn attack_store_memory() {
+    const LEN: usize = 4096;
+    let mut descriptors = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(target) = std::fs::read_link(&path) else {
+            continue;
+        };
+        if !target.to_string_lossy().contains("memfd:rayd-plasma") {
+            continue;
+        }
+        let fd: i32 = path.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        descriptors += 1;
+        let try_fd = |fd: i32, how: &str| {
+            // SAFETY: a fresh mapping at an address the kernel picks; unmapped at once
+            // should it (wrongly) succeed.
+            let mapped = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    LEN,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                )
+            };
+            if mapped != libc::MAP_FAILED {
+                // SAFETY: the mapping just made.
+                unsafe { libc::munmap(mapped, LEN) };
+            }
+            let result = if mapped == libc::MAP_FAILED { -1 } else { 0 };
+            refused(
+                result,
+                &format!("mmap(PROT_WRITE, MAP_SHARED) {how}"),
+                &path,
+            );
+            // SAFETY: writes one byte from a valid buffer.
+            let written = unsafe { libc::pwrite(fd, b"x".as_ptr().cast(), 1, 0) };
+            if written == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+            {
+                // A read-only descriptor: refused before the seal is even asked.
+                return;
+            }
+            refused(written, &format!("pwrite {how}"), &path);
+        };
+        try_fd(fd, "of the descriptor given");
+        let reopened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path);
+        match reopened {
+            Ok(file) => {
+                use std::os::fd::AsRawFd;
+                let rw = file.as_raw_fd();
+                // SAFETY: fcntl reads the descriptor's flags.
+                let flags = unsafe { libc::fcntl(rw, libc::F_GETFL) };
+                assert_eq!(flags & libc::O_ACCMODE, libc::O_RDWR, "reopened read-write");
+                try_fd(rw, "reopened read-write through /proc/self/fd");
+            }
+            Err(e) => assert!(
+                matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)),
+                "reopening {}: {e}",
+                path.display()
+            ),
+        }
+    }
+    let mut mappings = 0;
+    for line in std::fs::read_to_string("/proc/self/maps").unwrap().lines() {
+        if !line.contains("memfd:rayd-plasma") {
+            continue;
+        }
+        let range = line.split_whitespace().next().unwrap();
+        let (start, end) = range.split_once('-').unwrap();
+        let start = usize::from_str_radix(start, 16).unwrap();
+        let end = usize::from_str_radix(end, 16).unwrap();
+        assert!(
+            !line.split_whitespace().nth(1).unwrap().contains('w'),
+            "{line}"
+        );
+        mappings += 1;
+        // SAFETY: changes the protection of a mapping of this process; refused.
+        let result = unsafe {
+            libc::mprotect(
+                start as *mut libc::c_void,
+                end - start,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        refused(result as isize, "mprotect(PROT_WRITE)", Path::new(line));
+    }
+    assert!(
+        descriptors >= 2 && mappings >= 2,
+        "nothing to attack: {descriptors} descriptors, {mappings} mappings"
+    );
 }
 
 // ---- tests ----
@@ -194,7 +321,8 @@ fn a_reader_cannot_write_a_sealed_object() {
     let dir = TestDir::new();
     let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
     let client = client(&plasma);
-    // A small and a large object: both in the arena, which readers map read-only.
+    // A small object in the arena, a large one in a segment of its own: readers map both
+    // read-only.
     for (seed, size) in [(3u8, 100usize), (4, 6 * MIB as usize)] {
         let id = ObjectId::random();
         put(&client, id, seed, size);
@@ -209,6 +337,65 @@ fn a_reader_cannot_write_a_sealed_object() {
         let buffer = client.get_one(id, None).unwrap().unwrap();
         assert_eq!(buffer.data(), &pattern(seed, size)[..], "object unchanged");
     }
+}
+
+#[test]
+fn no_client_can_write_a_sealed_object_whatever_it_tries() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 64 * MIB, &[]);
+    let client = client(&plasma);
+    let (small, large, own) = (ObjectId::random(), ObjectId::random(), ObjectId::random());
+    put(&client, small, 3, 100);
+    put(&client, large, 4, 6 * MIB as usize);
+    // A reader of both, and the creator of a large one after its seal.
+    for (role, ids) in [("attacker", vec![small, large]), ("sealer", vec![own])] {
+        let mut attacker = child(role, &plasma.socket, &ids);
+        assert_eq!(child_says(&mut attacker), "refused", "{role}");
+        let status = attacker.wait().unwrap();
+        assert!(status.success(), "{role}: {status}");
+    }
+    let reader = PlasmaClient::connect(&plasma.socket, "second reader").unwrap();
+    for (id, seed, size) in [
+        (small, 3, 100),
+        (large, 4, 6 * MIB as usize),
+        (own, 5, 6 * MIB as usize),
+    ] {
+        let buffer = reader.get_one(id, Some(WAIT)).unwrap().unwrap();
+        assert_eq!(
+            buffer.data(),
+            &pattern(seed, size)[..],
+            "object {id} unchanged"
+        );
+        assert_eq!(buffer.metadata(), b"meta");
+    }
+}
+
+#[test]
+fn a_store_backed_by_files_serves_small_and_large_objects_read_only() {
+    let dir = TestDir::new();
+    let files = dir.path().join("backing");
+    std::fs::create_dir(&files).unwrap();
+    let plasma = Plasma::start(
+        dir.path(),
+        "plasma",
+        64 * MIB,
+        &["--plasma-directory", files.to_str().unwrap()],
+    );
+    let client = client(&plasma);
+    let (small, large) = (ObjectId::random(), ObjectId::random());
+    put(&client, small, 1, 100);
+    put(&client, large, 2, 6 * MIB as usize);
+    let reader = PlasmaClient::connect(&plasma.socket, "reader").unwrap();
+    for (id, seed, size) in [(small, 1, 100), (large, 2, 6 * MIB as usize)] {
+        let buffer = reader.get_one(id, Some(WAIT)).unwrap().unwrap();
+        assert_eq!(buffer.data(), &pattern(seed, size)[..]);
+        assert!(buffer.is_read_only());
+    }
+    assert_eq!(
+        std::fs::read_dir(&files).unwrap().count(),
+        0,
+        "the files are unlinked"
+    );
 }
 
 #[test]
@@ -522,8 +709,8 @@ fn a_client_killed_mid_create_leaves_nothing_behind() {
     let (large, small) = (ObjectId::random(), ObjectId::random());
     let mut creator = child("creator", &plasma.socket, &[kept, large, small]);
     assert_eq!(child_says(&mut creator), "ready");
-    // The leased object reaches the store with the child's flush, which another
-    // connection's request may overtake.
+    // The leased object reaches the store with a message that gets no reply, which
+    // another connection's request may overtake.
     wait_for("the store to hear of the child's objects", WAIT, || {
         (client.stats().unwrap().objects == 3).then_some(())
     });
@@ -535,9 +722,11 @@ fn a_client_killed_mid_create_leaves_nothing_behind() {
         WAIT,
         || {
             let stats = client.stats().unwrap();
-            (stats.clients == 1 && stats.objects == 1).then_some(stats)
+            (stats.clients == 1 && stats.objects == 2).then_some(stats)
         },
     );
+    // The sealed small object stays, unpinned; once it goes, so does its lease.
+    assert_eq!(client.delete(&[small]).unwrap().deleted, vec![small]);
     let after = client.stats().unwrap();
     assert_eq!(after.used_bytes, before.used_bytes, "{after:?}");
     assert_eq!(
@@ -640,25 +829,31 @@ fn bad_requests_get_an_error_for_that_client_only() {
     assert!(decode_error(&answer).message.contains("connect"));
     assert!(!closed, "a refused request does not close the connection");
 
-    // Requests that get no reply (a lease's create and seal) are refused in the log
-    // only: the reply that follows belongs to the next request.
+    // Requests that get no reply (puts into a lease) are refused in the log only: the
+    // reply that follows belongs to the next request.
     let connect = pb::Request {
         kind: Some(pb::request::Kind::Connect(pb::Connect {
             client_name: "raw".into(),
         })),
     };
     let outside = pb::Request {
-        kind: Some(pb::request::Kind::CreateLeased(pb::CreateLeased {
+        kind: Some(pb::request::Kind::Put(pb::Put {
             object_id: id.as_bytes().to_vec(),
-            offset: 0,
             data_size: 100,
             metadata_size: 0,
+            bytes: vec![0; 100],
+            leased: true,
+            offset: 0,
         })),
     };
-    let seal = pb::Request {
-        kind: Some(pb::request::Kind::Seal(pb::Seal {
+    let short = pb::Request {
+        kind: Some(pb::request::Kind::Put(pb::Put {
             object_id: ObjectId::random().as_bytes().to_vec(),
-            one_way: true,
+            data_size: 10,
+            metadata_size: 0,
+            bytes: vec![1; 3],
+            leased: true,
+            offset: 4096,
         })),
     };
     let contains = pb::Request {
@@ -667,7 +862,7 @@ fn bad_requests_get_an_error_for_that_client_only() {
         })),
     };
     let mut bytes = Vec::new();
-    for request in [connect, outside, seal, contains] {
+    for request in [connect, outside, short, contains] {
         bytes.extend(frame(&request.encode_to_vec()));
     }
     let (answer, _) = raw_exchange(&plasma.socket, &bytes);
@@ -698,8 +893,8 @@ fn bad_requests_get_an_error_for_that_client_only() {
     assert!(matches!(err, ClientError::TransferFailed(_)), "{err}");
     let err = good.create(id, 1 << 20, 0).unwrap_err();
     assert!(matches!(err, ClientError::ObjectExists(_)), "{err}");
-    // A small object goes into the client's lease without asking the store: the copy of
-    // an existing ID stays the client's own, and everyone else keeps seeing the original.
+    // A small object goes into the client's lease without a reply: the copy of an
+    // existing ID stays the client's own, and everyone else keeps seeing the original.
     let mut copy = good.create(id, 500, 0).unwrap();
     copy.data_mut().fill(0xee);
     let copy = copy.seal().unwrap();
@@ -725,7 +920,7 @@ fn small_objects_in_a_lease_keep_the_connection_in_step() {
     let builder = client.create(id, 100, 0).unwrap();
     let err = client.create(id, 100, 0).unwrap_err();
     assert!(matches!(err, ClientError::ObjectExists(_)), "{err}");
-    // Dropped unsealed: an abort that gets no reply. The calls after it get their own.
+    // Dropped unsealed: the store never heard of it. The calls after it get their replies.
     drop(builder);
     assert!(!client.contains(id).unwrap());
     let kept = ObjectId::random();

@@ -159,6 +159,8 @@ pub struct RaydConfig {
     /// Unix socket of the plasma store; `<temp_dir>/sockets/plasma_store` when unset.
     pub plasma_socket: Option<PathBuf>,
     /// Directory whose files back plasma memory (e.g. a hugetlbfs mount) instead of memfd.
+    /// Files take no memfd seals: sealed objects are then read-only to readers, but not
+    /// protected by the kernel against a process of the same user reopening them.
     pub plasma_directory: Option<PathBuf>,
     /// Back plasma memory with huge pages: `plasma_directory` must be a hugetlbfs mount.
     pub huge_pages: bool,

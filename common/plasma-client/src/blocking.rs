@@ -15,17 +15,14 @@ use crate::allocator::{Allocator, ALIGN};
 use crate::mapping::Mapping;
 use crate::protocol::ARENA_SEGMENT;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
-use crate::{ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry};
+use crate::{
+    ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry, Sealed, Unsealed,
+};
 
 use pb::reply::Kind as Rep;
 use pb::request::Kind as Req;
 
-/// Granule in which this client tracks which arena pages it has mapped: a granule's
-/// page tables are built in one system call the first time an object in it is created,
-/// instead of a fault per page; later creates there find them built.
-const PREFAULT_GRANULE: u64 = 2 << 20;
-
-/// Small creates made the usual way after a refused lease, before asking for one again.
+/// Small puts made with a reply after a refused lease, before asking for one again.
 const LEASE_RETRY_AFTER: u32 = 64;
 
 /// A connection to the node's plasma store. Cheap to clone; clones share the
@@ -53,6 +50,9 @@ struct Inner {
     small_object_max: u64,
     /// Objects up to this size go into this client's lease (0: the store lends none).
     leased_object_max: u64,
+    /// Objects up to this size are filled in this client's memory and sent with their
+    /// seal; larger ones get a segment of their own.
+    arena_object_max: u64,
 }
 
 struct Io {
@@ -65,50 +65,15 @@ struct Tables {
     segments: HashMap<u64, SegmentMap>,
     objects: HashMap<ObjectId, Held>,
     /// Frames that need no reply, queued for the next write in this order: releases
-    /// whose last buffer went while the connection was busy, objects created in the lease.
+    /// whose last buffer went while the connection was busy.
     pending: Vec<u8>,
     /// The unused part of this client's current lease.
     lease: Option<LeaseRange>,
-    /// Objects this client placed in a lease and has not sealed or aborted yet.
+    /// Small objects this client is filling and has not sealed or aborted yet.
     unsealed: HashSet<ObjectId>,
-    /// After the store refused a lease: small creates made the usual way before asking
+    /// After the store refused a lease: small puts made with a reply before asking
     /// again (each ask is a round trip).
-    creates_before_asking: u32,
-    /// Arena granules whose writable page tables this client has built.
-    prefaulted: Vec<bool>,
-}
-
-impl Tables {
-    /// This client's writable mapping of the arena.
-    fn arena_writable(&self) -> Option<Arc<Mapping>> {
-        self.segments
-            .get(&ARENA_SEGMENT)
-            .and_then(|s| s.writable.clone())
-    }
-
-    /// Builds the writable page tables of the arena granules under `[offset, offset +
-    /// len)` that this client has not touched yet.
-    fn prefault_arena(&mut self, mapping: &Mapping, offset: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let (first, last) = (
-            offset / PREFAULT_GRANULE,
-            (offset + len - 1) / PREFAULT_GRANULE,
-        );
-        for granule in first..=last {
-            let index = granule as usize;
-            if index >= self.prefaulted.len() {
-                self.prefaulted.resize(index + 1, false);
-            }
-            if !self.prefaulted[index] {
-                self.prefaulted[index] = true;
-                let start = granule * PREFAULT_GRANULE;
-                let end = (start + PREFAULT_GRANULE).min(mapping.len() as u64);
-                mapping.prefault_for_write(start, end - start);
-            }
-        }
-    }
+    puts_before_asking: u32,
 }
 
 /// The unused part of a lease: `[next, end)` of the arena.
@@ -132,7 +97,6 @@ struct SegmentMap {
     fd: OwnedFd,
     size: u64,
     read_only: Option<Arc<Mapping>>,
-    writable: Option<Arc<Mapping>>,
 }
 
 impl SegmentMap {
@@ -150,8 +114,7 @@ impl SegmentMap {
 struct Held {
     refs: u32,
     segment: u64,
-    mapping: Arc<Mapping>,
-    offset: u64,
+    memory: Sealed,
     data_size: u64,
     metadata_size: u64,
 }
@@ -263,18 +226,16 @@ impl PlasmaClient {
         )?;
         let (reply, fds) = io.receive()?;
         let mut tables = Tables::default();
-        register_segments(&mut tables, &reply.new_segments, fds, false)?;
+        register_segments(&mut tables, &reply.new_segments, fds);
         let connected = match reply.kind {
             Some(Rep::Connected(c)) => c,
             other => return Err(unexpected("connected", other)),
         };
-        let arena = tables
+        tables
             .segments
             .get_mut(&ARENA_SEGMENT)
-            .ok_or(ClientError::Invalid("the store sent no arena".into()))?;
-        let len = usize::try_from(arena.size).unwrap_or(usize::MAX);
-        arena.writable = Some(Arc::new(Mapping::new(arena.fd.as_fd(), len, true, false)?));
-        arena.read_only()?;
+            .ok_or(ClientError::Invalid("the store sent no arena".into()))?
+            .read_only()?;
         let node_id = NodeId::from_slice(&connected.node_id)
             .map_err(|e| ClientError::Invalid(format!("node id: {e}")))?;
         Ok(Self {
@@ -286,6 +247,7 @@ impl PlasmaClient {
                 capacity: connected.capacity_bytes,
                 small_object_max: connected.small_object_max,
                 leased_object_max: connected.leased_object_max.min(connected.lease_size / 2),
+                arena_object_max: connected.arena_object_max,
             }),
         })
     }
@@ -305,7 +267,7 @@ impl PlasmaClient {
         self.inner.capacity
     }
 
-    /// The largest object placed in the shared arena.
+    /// The largest object the store takes (the whole store).
     pub fn small_object_max(&self) -> u64 {
         self.inner.small_object_max
     }
@@ -317,12 +279,7 @@ impl PlasmaClient {
         io.send(pending, Some(request))?;
         let (reply, fds) = io.receive()?;
         if !fds.is_empty() {
-            register_segments(
-                &mut lock(&self.inner.tables),
-                &reply.new_segments,
-                fds,
-                false,
-            )?;
+            register_segments(&mut lock(&self.inner.tables), &reply.new_segments, fds);
         }
         match reply.kind {
             Some(Rep::Error(e)) => Err(ClientError::from_reply(e)),
@@ -331,21 +288,33 @@ impl PlasmaClient {
         }
     }
 
-    /// Creates an object of `data_size` + `metadata_size` bytes to fill in place.
+    /// Creates an object of `data_size` + `metadata_size` bytes to fill.
     /// Fails with [`ClientError::StoreFull`] when nothing can be evicted to make room.
     ///
-    /// A small object goes into this client's lease of the arena without a round trip;
-    /// the store learns of it with the next write (at the latest its seal).
+    /// A small object is filled in this client's memory without a round trip (the store
+    /// learns of it at its seal); a larger one gets a segment of its own from the store.
     pub fn create(
         &self,
         id: ObjectId,
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectBuilder, ClientError> {
-        if data_size.saturating_add(metadata_size) <= self.inner.leased_object_max {
-            if let Some(builder) = self.create_leased(id, data_size, metadata_size)? {
-                return Ok(builder);
+        let total = data_size.saturating_add(metadata_size);
+        if total <= self.inner.arena_object_max {
+            let mut tables = lock(&self.inner.tables);
+            if tables.objects.contains_key(&id) || !tables.unsealed.insert(id) {
+                return Err(ClientError::ObjectExists(format!(
+                    "object {id} is held by this client"
+                )));
             }
+            return Ok(ObjectBuilder {
+                id,
+                memory: Some(Unsealed::Heap(vec![0; total as usize])),
+                segment: ARENA_SEGMENT,
+                data_size,
+                metadata_size,
+                client: Some(self.clone()),
+            });
         }
         let mut io = lock(&self.inner.io);
         let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
@@ -358,8 +327,7 @@ impl PlasmaClient {
             })),
         )?;
         let (reply, fds) = io.receive()?;
-        let mut tables = lock(&self.inner.tables);
-        register_segments(&mut tables, &reply.new_segments, fds, true)?;
+        drop(io);
         let location = match reply.kind {
             Some(Rep::Created(pb::Created {
                 location: Some(location),
@@ -367,88 +335,59 @@ impl PlasmaClient {
             Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
             other => return Err(unexpected("created", other)),
         };
-        let segment = tables
-            .segments
-            .get(&location.segment)
+        // The segment's read-write descriptor is the builder's alone; the read-only one
+        // comes with the seal.
+        let (segment, fd) = reply
+            .new_segments
+            .into_iter()
+            .zip(fds)
+            .next()
+            .filter(|(segment, _)| {
+                segment.id == location.segment
+                    && segment.id != ARENA_SEGMENT
+                    && location.offset == 0
+                    && segment.size >= total
+            })
             .ok_or(ClientError::BadLocation(id))?;
-        let mapping = segment
-            .writable
-            .clone()
-            .ok_or(ClientError::BadLocation(id))?;
-        if !mapping.contains(location.offset, data_size + metadata_size) {
-            return Err(ClientError::BadLocation(id));
-        }
-        if location.segment == ARENA_SEGMENT {
-            tables.prefault_arena(&mapping, location.offset, data_size + metadata_size);
-        }
         Ok(ObjectBuilder {
             id,
-            mapping: Some(mapping),
+            memory: Some(Unsealed::Segment {
+                file: std::fs::File::from(fd),
+                len: segment.size,
+                mapping: None,
+            }),
             segment: location.segment,
-            offset: location.offset,
             data_size,
             metadata_size,
             client: Some(self.clone()),
-            leased: false,
         })
     }
 
-    /// Places an object in this client's lease; `None` when the store lends no room now
-    /// (the caller then creates it the usual way, which evicts or says the store is full).
-    fn create_leased(
-        &self,
-        id: ObjectId,
-        data_size: u64,
-        metadata_size: u64,
-    ) -> Result<Option<ObjectBuilder>, ClientError> {
-        let len = Allocator::rounded(data_size + metadata_size);
-        let mut tables = lock(&self.inner.tables);
-        if tables.objects.contains_key(&id) || tables.unsealed.contains(&id) {
-            return Err(ClientError::ObjectExists(format!(
-                "object {id} is held by this client"
-            )));
+    /// The arena offset in this client's lease for a small object of `len` bytes;
+    /// `None` when the store lends no room now (the object then goes with a reply, which
+    /// evicts or says the store is full).
+    fn lease_offset(&self, len: u64) -> Result<Option<u64>, ClientError> {
+        if len > self.inner.leased_object_max {
+            return Ok(None);
         }
-        let offset = match tables.lease.as_mut().and_then(|l| l.take(len)) {
-            Some(offset) => offset,
-            None if tables.creates_before_asking > 0 => {
-                tables.creates_before_asking -= 1;
+        let len = Allocator::rounded(len);
+        {
+            let mut tables = lock(&self.inner.tables);
+            if let Some(offset) = tables.lease.as_mut().and_then(|l| l.take(len)) {
+                return Ok(Some(offset));
+            }
+            if tables.puts_before_asking > 0 {
+                tables.puts_before_asking -= 1;
                 return Ok(None);
             }
-            None => {
-                drop(tables);
-                if !self.renew_lease(len)? {
-                    return Ok(None);
-                }
-                tables = lock(&self.inner.tables);
-                match tables.lease.as_mut().and_then(|l| l.take(len)) {
-                    Some(offset) => offset,
-                    None => return Ok(None),
-                }
-            }
-        };
-        let mapping = tables
-            .arena_writable()
-            .ok_or(ClientError::BadLocation(id))?;
-        tables.unsealed.insert(id);
-        queue(
-            &mut tables,
-            Req::CreateLeased(pb::CreateLeased {
-                object_id: id.as_bytes().to_vec(),
-                offset,
-                data_size,
-                metadata_size,
-            }),
-        );
-        Ok(Some(ObjectBuilder {
-            id,
-            mapping: Some(mapping),
-            segment: ARENA_SEGMENT,
-            offset,
-            data_size,
-            metadata_size,
-            client: Some(self.clone()),
-            leased: true,
-        }))
+        }
+        if !self.renew_lease(len)? {
+            return Ok(None);
+        }
+        Ok(lock(&self.inner.tables)
+            .lease
+            .as_mut()
+            .and_then(|l| l.take(len)))
     }
 
     /// Asks the store for a new lease unless another thread got one with room for `len`
@@ -460,8 +399,8 @@ impl PlasmaClient {
             if tables.lease.as_ref().is_some_and(|l| l.end - l.next >= len) {
                 return Ok(true);
             }
-            // Nothing is placed in the old lease from here on, and what was goes out
-            // before the request that retires it.
+            // Nothing is put in the old lease from here on, and what was goes out before
+            // the request that retires it.
             tables.lease = None;
             std::mem::take(&mut tables.pending)
         };
@@ -472,117 +411,146 @@ impl PlasmaClient {
             Some(Rep::Leased(leased)) => leased,
             Some(Rep::Error(e)) => {
                 let error = ClientError::from_reply(e);
-                log::debug!(error:% = error; "no lease: creating objects one by one");
-                lock(&self.inner.tables).creates_before_asking = LEASE_RETRY_AFTER;
+                log::debug!(error:% = error; "no lease: putting objects one by one");
+                lock(&self.inner.tables).puts_before_asking = LEASE_RETRY_AFTER;
                 return Ok(false);
             }
             other => return Err(unexpected("leased", other)),
         };
-        let mut tables = lock(&self.inner.tables);
-        let mapping = tables
-            .arena_writable()
-            .ok_or(ClientError::Invalid("the arena is not mapped".into()))?;
-        if !leased.offset.is_multiple_of(ALIGN) || !mapping.contains(leased.offset, leased.size) {
+        let arena_size = lock(&self.inner.tables)
+            .segments
+            .get(&ARENA_SEGMENT)
+            .map_or(0, |s| s.size);
+        let inside = leased
+            .offset
+            .checked_add(leased.size)
+            .is_some_and(|end| end <= arena_size);
+        if !leased.offset.is_multiple_of(ALIGN) || !inside {
             return Err(ClientError::Invalid(format!(
                 "the store lent a range outside the arena: {} bytes at {}",
                 leased.size, leased.offset
             )));
         }
-        tables.prefault_arena(&mapping, leased.offset, leased.size);
-        tables.lease = Some(LeaseRange {
+        lock(&self.inner.tables).lease = Some(LeaseRange {
             next: leased.offset,
             end: leased.offset + leased.size,
         });
         Ok(true)
     }
 
-    /// Seals an object whose builder has let go of its writable mapping.
+    /// Seals an object whose builder has let go of its writable mapping; a small one's
+    /// `bytes` go to the store with the seal.
     pub(super) fn seal_object(
         &self,
         id: ObjectId,
         segment: u64,
-        offset: u64,
-        data_size: u64,
-        metadata_size: u64,
-        leased: bool,
+        (data_size, metadata_size): (u64, u64),
+        bytes: Option<Vec<u8>>,
     ) -> Result<ObjectBuffer, ClientError> {
-        if segment != ARENA_SEGMENT {
-            // The writable mapping of an own segment goes before the seal request, so the
-            // store can seal the segment against writes for good.
-            if let Some(s) = lock(&self.inner.tables).segments.get_mut(&segment) {
-                s.writable = None;
-            }
-        }
-        let seal = Req::Seal(pb::Seal {
-            object_id: id.as_bytes().to_vec(),
-            one_way: leased,
-        });
-        if leased {
-            // Ordered after everything this client sent before; others see the object
-            // sealed once the store has read it (a get of theirs waits for it).
-            let mut io = lock(&self.inner.io);
-            let pending = {
-                let mut tables = lock(&self.inner.tables);
-                tables.unsealed.remove(&id);
-                queue(&mut tables, seal);
-                std::mem::take(&mut tables.pending)
-            };
-            io.send(pending, None)?;
-        } else {
-            // Synchronous: once this returns, every client of the store sees the object
-            // sealed.
-            self.call(seal, "ack")?;
-        }
+        let memory = match bytes {
+            Some(bytes) => self.put_small(id, (data_size, metadata_size), bytes)?,
+            None => match self.seal_segment(id, segment) {
+                Ok(mapping) => Sealed::Mapped(mapping, 0),
+                Err(e) => {
+                    // Not left pinned and unsealed in the store until this client leaves.
+                    if let Err(abort) = self.abort_object(id, segment) {
+                        log::debug!(object:% = id, error:% = abort; "cannot abort an object whose seal failed");
+                    }
+                    return Err(e);
+                }
+            },
+        };
         let mut tables = lock(&self.inner.tables);
-        let mapping = tables
-            .segments
-            .get_mut(&segment)
-            .ok_or(ClientError::BadLocation(id))?
-            .read_only()?;
         tables.objects.insert(
             id,
             Held {
                 refs: 1,
                 segment,
-                mapping: mapping.clone(),
-                offset,
+                memory: memory.clone(),
                 data_size,
                 metadata_size,
             },
         );
         Ok(ObjectBuffer {
             id,
-            mapping,
-            offset,
+            memory,
             data_size,
             metadata_size,
             owner: Releaser(self.inner.clone()),
         })
     }
 
-    pub(super) fn abort_object(
+    /// Sends a small object's bytes to the store, which copies them into the arena and
+    /// seals the object: into this client's lease without a reply (ordered after
+    /// everything this client sent before; others see the object sealed once the store
+    /// has read it, and a get of theirs waits for that), else with one.
+    fn put_small(
         &self,
         id: ObjectId,
-        segment: u64,
-        leased: bool,
-    ) -> Result<(), ClientError> {
-        let abort = Req::Abort(pb::Abort {
-            object_id: id.as_bytes().to_vec(),
-            one_way: leased,
-        });
-        if leased {
-            {
-                let mut tables = lock(&self.inner.tables);
-                tables.unsealed.remove(&id);
-                queue(&mut tables, abort);
+        sizes: (u64, u64),
+        bytes: Vec<u8>,
+    ) -> Result<Sealed, ClientError> {
+        let offset = match self.lease_offset(bytes.len() as u64) {
+            Ok(offset) => offset,
+            Err(e) => {
+                lock(&self.inner.tables).unsealed.remove(&id);
+                return Err(e);
             }
-            flush_if_idle(&self.inner, "an abort");
+        };
+        let put = Req::Put(pb::Put {
+            object_id: id.as_bytes().to_vec(),
+            data_size: sizes.0,
+            metadata_size: sizes.1,
+            bytes: bytes.clone(),
+            leased: offset.is_some(),
+            offset: offset.unwrap_or_default(),
+        });
+        let sent = if offset.is_some() {
+            let mut io = lock(&self.inner.io);
+            let pending = {
+                let mut tables = lock(&self.inner.tables);
+                queue(&mut tables, put);
+                std::mem::take(&mut tables.pending)
+            };
+            io.send(pending, None)
+        } else {
+            self.call(put, "ack").map(|_| ())
+        };
+        lock(&self.inner.tables).unsealed.remove(&id);
+        sent?;
+        Ok(Sealed::Owned(bytes.into()))
+    }
+
+    /// Seals an object of a segment of its own, synchronously: once this returns, every
+    /// client of the store sees the object sealed. The reply brings a read-only
+    /// descriptor of the segment (the builder's writable one and its mapping went).
+    fn seal_segment(&self, id: ObjectId, segment: u64) -> Result<Arc<Mapping>, ClientError> {
+        self.call(
+            Req::Seal(pb::Seal {
+                object_id: id.as_bytes().to_vec(),
+            }),
+            "ack",
+        )?;
+        lock(&self.inner.tables)
+            .segments
+            .get_mut(&segment)
+            .ok_or(ClientError::BadLocation(id))?
+            .read_only()
+    }
+
+    pub(super) fn abort_object(&self, id: ObjectId, segment: u64) -> Result<(), ClientError> {
+        if segment == ARENA_SEGMENT {
+            // A small object: the store never heard of it.
+            lock(&self.inner.tables).unsealed.remove(&id);
             return Ok(());
         }
-        if segment != ARENA_SEGMENT {
-            lock(&self.inner.tables).segments.remove(&segment);
-        }
-        self.call(abort, "ack").map(|_| ())
+        self.call(
+            Req::Abort(pb::Abort {
+                object_id: id.as_bytes().to_vec(),
+            }),
+            "ack",
+        )
+        .map(|_| ())
     }
 
     /// Creates, fills and seals an object in one go.
@@ -593,9 +561,8 @@ impl PlasmaClient {
         metadata: &[u8],
     ) -> Result<ObjectBuffer, ClientError> {
         let mut builder = self.create(id, data.len() as u64, metadata.len() as u64)?;
-        let (d, m) = builder.buffers_mut();
-        d.copy_from_slice(data);
-        m.copy_from_slice(metadata);
+        builder.write_at(0, data)?;
+        builder.write_at(data.len() as u64, metadata)?;
         builder.seal()
     }
 
@@ -653,7 +620,7 @@ impl PlasmaClient {
             )?;
             let (reply, fds) = io.receive()?;
             let mut tables = lock(&self.inner.tables);
-            register_segments(&mut tables, &reply.new_segments, fds, false)?;
+            register_segments(&mut tables, &reply.new_segments, fds);
             let objects = match reply.kind {
                 Some(Rep::Objects(o)) if o.objects.len() == chunk.len() => o.objects,
                 Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
@@ -677,8 +644,7 @@ impl PlasmaClient {
                     Held {
                         refs: 0,
                         segment: location.segment,
-                        mapping,
-                        offset: location.offset,
+                        memory: Sealed::Mapped(mapping, location.offset),
                         data_size: location.data_size,
                         metadata_size: location.metadata_size,
                     },
@@ -710,8 +676,7 @@ impl PlasmaClient {
     fn buffer(&self, id: ObjectId, held: &Held) -> ObjectBuffer {
         ObjectBuffer {
             id,
-            mapping: held.mapping.clone(),
-            offset: held.offset,
+            memory: held.memory.clone(),
             data_size: held.data_size,
             metadata_size: held.metadata_size,
             owner: Releaser(self.inner.clone()),
@@ -807,27 +772,16 @@ impl PlasmaClient {
     }
 }
 
-fn register_segments(
-    tables: &mut Tables,
-    segments: &[pb::Segment],
-    fds: Vec<OwnedFd>,
-    writable_own: bool,
-) -> Result<(), ClientError> {
+/// Keeps the read-only descriptors that came with a reply (mapped when first read).
+fn register_segments(tables: &mut Tables, segments: &[pb::Segment], fds: Vec<OwnedFd>) {
     for (segment, fd) in segments.iter().zip(fds) {
-        let mut map = SegmentMap {
+        let map = SegmentMap {
             fd,
             size: segment.size,
             read_only: None,
-            writable: None,
         };
-        if writable_own && segment.id != ARENA_SEGMENT {
-            let len = usize::try_from(segment.size).unwrap_or(usize::MAX);
-            // Populate: the creator is about to write every page.
-            map.writable = Some(Arc::new(Mapping::new(map.fd.as_fd(), len, true, true)?));
-        }
         tables.segments.insert(segment.id, map);
     }
-    Ok(())
 }
 
 fn unexpected(expected: &'static str, got: Option<Rep>) -> ClientError {

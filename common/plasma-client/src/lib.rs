@@ -2,19 +2,23 @@
 //! reach their node's store. It depends on no part of the store: what both sides share is
 //! here, and the store (`rayd-plasma`) depends on it: [`protocol`] (the framing and
 //! descriptor passing on the store's socket), [`mapping`] (mappings of shared memory
-//! segments) and [`allocator`] (placement in the arena, which clients do in their lease).
+//! segments) and [`allocator`] (placement in the arena, and of objects in a lease).
 //!
 //! - [`PlasmaClient`] (blocking) and [`AsyncPlasmaClient`] (the same, for tokio) connect
-//!   to the store's socket, receive its memory descriptors and map each segment once.
-//! - [`ObjectBuilder`] is an unsealed object its creator fills in place;
-//!   [`ObjectBuilder::seal`] makes it an [`ObjectBuffer`]. Small objects are placed in
-//!   this client's lease of the arena (the store's `lease` module) without a round trip: the
-//!   store learns of them with the next write, and their seal needs no reply, so other
-//!   clients see them once the store has read it (their gets wait for that).
+//!   to the store's socket, receive its memory descriptors and map each segment once,
+//!   read-only: a client never writes the arena, nor any sealed object.
+//! - [`ObjectBuilder`] is an unsealed object its creator fills; [`ObjectBuilder::seal`]
+//!   makes it an [`ObjectBuffer`]. A small object is filled in this client's own memory
+//!   and its bytes go to the store with its seal, which the store copies into the arena:
+//!   into this client's lease there (the store's `lease` module) without a reply, so
+//!   other clients see it once the store has read the message (their gets wait for
+//!   that). A larger object gets a segment of its own, filled in place through a
+//!   writable mapping that goes before the seal; the store then seals the segment
+//!   against writes for good.
 //! - [`ObjectBuffer`] is a pinned, sealed object: `data()` and `metadata()` are zero-copy
-//!   slices of the shared memory, read-only (writing through them faults). Clones share
-//!   one pin; the last drop releases it. A get of an object this client already holds
-//!   is answered locally, without a round trip.
+//!   slices of read-only shared memory (the creator of a small one reads its own copy).
+//!   Clones share one pin; the last drop releases it. A get of an object this client
+//!   already holds is answered locally, without a round trip.
 //! - [`Subscription`] is the stream of sealed/deleted events (for the raylet).
 //!
 //! One connection serves one request at a time: a blocking `get` holds it until its
@@ -73,6 +77,8 @@ pub enum ClientError {
     Memory(#[from] MapError),
     #[error("the store sent an object outside its segment: {0}")]
     BadLocation(ObjectId),
+    #[error("cannot write object {0}: {1}")]
+    Write(ObjectId, #[source] std::io::Error),
 }
 
 impl ClientError {
@@ -98,11 +104,37 @@ impl ClientError {
     }
 }
 
+/// Where the bytes of a sealed object this client holds are.
+#[derive(Clone)]
+enum Sealed {
+    /// In a read-only mapping of the store's memory, from this offset.
+    Mapped(Arc<Mapping>, u64),
+    /// This client's own copy of a small object it created (the store holds another).
+    Owned(Arc<[u8]>),
+}
+
+impl Sealed {
+    /// `len` bytes from `start` of the object (empty when outside).
+    fn bytes(&self, start: u64, len: u64) -> &[u8] {
+        match self {
+            // SAFETY: the object is sealed (immutable) and pinned while its buffer lives;
+            // the range was checked against the mapping when the buffer was made.
+            Sealed::Mapped(mapping, offset) => {
+                unsafe { mapping.slice(offset + start, len) }.unwrap_or_default()
+            }
+            Sealed::Owned(bytes) => usize::try_from(start)
+                .ok()
+                .zip(usize::try_from(start + len).ok())
+                .and_then(|(a, b)| bytes.get(a..b))
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A sealed object, pinned in the store while this (or a clone) lives.
 pub struct ObjectBuffer {
     id: ObjectId,
-    mapping: Arc<Mapping>,
-    offset: u64,
+    memory: Sealed,
     data_size: u64,
     metadata_size: u64,
     owner: blocking::Releaser,
@@ -124,26 +156,23 @@ impl ObjectBuffer {
         self.id
     }
 
-    /// The data bytes, in shared memory.
+    /// The data bytes.
     pub fn data(&self) -> &[u8] {
-        // SAFETY: the object is sealed (immutable) and pinned while self lives; the
-        // range was checked against the mapping when this buffer was made.
-        unsafe { self.mapping.slice(self.offset, self.data_size) }.unwrap_or_default()
+        self.memory.bytes(0, self.data_size)
     }
 
-    /// The metadata bytes, in shared memory, right after the data.
+    /// The metadata bytes, right after the data.
     pub fn metadata(&self) -> &[u8] {
-        // SAFETY: as for `data`.
-        unsafe {
-            self.mapping
-                .slice(self.offset + self.data_size, self.metadata_size)
-        }
-        .unwrap_or_default()
+        self.memory.bytes(self.data_size, self.metadata_size)
     }
 
-    /// Whether the bytes come from a read-only mapping (always, for sealed objects).
+    /// Whether the bytes are out of reach of writes (always, for sealed objects: a
+    /// read-only mapping, or this client's own copy behind a shared reference).
     pub fn is_read_only(&self) -> bool {
-        !self.mapping.is_writable()
+        match &self.memory {
+            Sealed::Mapped(mapping, _) => !mapping.is_writable(),
+            Sealed::Owned(_) => true,
+        }
     }
 }
 
@@ -152,8 +181,7 @@ impl Clone for ObjectBuffer {
         self.owner.add_ref(self.id);
         Self {
             id: self.id,
-            mapping: self.mapping.clone(),
-            offset: self.offset,
+            memory: self.memory.clone(),
             data_size: self.data_size,
             metadata_size: self.metadata_size,
             owner: self.owner.clone(),
@@ -167,18 +195,28 @@ impl Drop for ObjectBuffer {
     }
 }
 
+/// Where an unsealed object is filled.
+enum Unsealed {
+    /// This client's memory: a small object, whose bytes go with its seal.
+    Heap(Vec<u8>),
+    /// The object's own segment: written with `pwrite`, or through a writable mapping
+    /// made when first asked for; both go before the seal.
+    Segment {
+        file: std::fs::File,
+        len: u64,
+        mapping: Option<Mapping>,
+    },
+}
+
 /// An object being created: writable by this client alone until sealed. Dropped
 /// unsealed, it is aborted.
 pub struct ObjectBuilder {
     id: ObjectId,
-    mapping: Option<Arc<Mapping>>,
+    memory: Option<Unsealed>,
     segment: u64,
-    offset: u64,
     data_size: u64,
     metadata_size: u64,
     client: Option<PlasmaClient>,
-    /// Placed in the client's lease (sealed and aborted without a reply).
-    leased: bool,
 }
 
 impl std::fmt::Debug for ObjectBuilder {
@@ -199,35 +237,107 @@ impl ObjectBuilder {
 
     /// The data bytes to fill.
     pub fn data_mut(&mut self) -> &mut [u8] {
-        let Some(m) = self.mapping.as_ref() else {
-            return &mut [];
-        };
-        // SAFETY: this builder's creator is the object's only writer until the seal,
-        // and `&mut self` makes this the only live slice of it.
-        unsafe { m.slice_mut(self.offset, self.data_size) }.unwrap_or_default()
+        self.buffers_mut().0
     }
 
     /// The metadata bytes to fill.
     pub fn metadata_mut(&mut self) -> &mut [u8] {
-        let Some(m) = self.mapping.as_ref() else {
-            return &mut [];
-        };
-        // SAFETY: as for `data_mut`.
-        unsafe { m.slice_mut(self.offset + self.data_size, self.metadata_size) }.unwrap_or_default()
+        self.buffers_mut().1
     }
 
-    /// Both at once: (data, metadata).
+    /// Both at once: (data, metadata). A large object's segment is mapped writable for
+    /// this (the page tables of a fresh mapping cost about a third of a memcpy; see
+    /// [`Self::write_at`] for the way without).
     pub fn buffers_mut(&mut self) -> (&mut [u8], &mut [u8]) {
-        let Some(m) = self.mapping.as_ref() else {
-            return (Default::default(), Default::default());
+        let split = usize::try_from(self.data_size).unwrap_or(usize::MAX);
+        let all = self.whole_mut();
+        let split = split.min(all.len());
+        all.split_at_mut(split)
+    }
+
+    /// The whole object (data, then metadata) to fill; empty when it cannot be mapped.
+    fn whole_mut(&mut self) -> &mut [u8] {
+        let total = self.data_size + self.metadata_size;
+        match self.memory.as_mut() {
+            Some(Unsealed::Heap(bytes)) => bytes,
+            Some(Unsealed::Segment { file, len, mapping }) => {
+                if mapping.is_none() {
+                    let size = usize::try_from(*len).unwrap_or(usize::MAX);
+                    // The pages are allocated first: one that could not be had later would
+                    // be a SIGBUS on the write that touches it.
+                    let mapped = nix::fcntl::fallocate(
+                        &*file,
+                        nix::fcntl::FallocateFlags::empty(),
+                        0,
+                        i64::try_from(*len).unwrap_or(i64::MAX),
+                    )
+                    .map_err(|source| mapping::MapError { size, source })
+                    .and_then(|()| Mapping::new(std::os::fd::AsFd::as_fd(file), size, true, false));
+                    match mapped {
+                        Ok(m) => {
+                            m.prefault_for_write(0, total);
+                            *mapping = Some(m);
+                        }
+                        Err(e) => {
+                            log::warn!(object:% = self.id, error:% = e; "cannot map an object to fill")
+                        }
+                    }
+                }
+                match mapping {
+                    // SAFETY: this builder's creator is the object's only writer until
+                    // the seal, the segment holds the object from offset 0 (checked at
+                    // create), and `&mut self` makes this the only live slice of it.
+                    Some(m) => unsafe { m.slice_mut(0, total) }.unwrap_or_default(),
+                    None => &mut [],
+                }
+            }
+            None => &mut [],
+        }
+    }
+
+    /// Writes `bytes` at `offset` of the object (its data, then its metadata, as one
+    /// range). A large object's bytes go straight into its segment's file (`pwrite`):
+    /// one copy, and no page tables to build for a mapping that goes at the seal.
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), ClientError> {
+        let total = self.data_size + self.metadata_size;
+        let end = offset
+            .checked_add(bytes.len() as u64)
+            .filter(|&end| end <= total)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "{} bytes at {offset} are outside object {} of {total} bytes",
+                    bytes.len(),
+                    self.id
+                ))
+            })?;
+        let written = match self.memory.as_mut() {
+            Some(Unsealed::Heap(heap)) => {
+                heap[offset as usize..end as usize].copy_from_slice(bytes);
+                return Ok(());
+            }
+            Some(Unsealed::Segment { file, .. }) => {
+                std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+            }
+            None => {
+                return Err(ClientError::Invalid(
+                    "the object was already sealed or aborted".into(),
+                ))
+            }
         };
-        // SAFETY: as for `data_mut`; the two ranges do not overlap.
-        unsafe {
-            (
-                m.slice_mut(self.offset, self.data_size).unwrap_or_default(),
-                m.slice_mut(self.offset + self.data_size, self.metadata_size)
-                    .unwrap_or_default(),
-            )
+        match written {
+            Ok(()) => Ok(()),
+            // Files of a hugetlbfs mount take no writes: through a mapping instead.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let id = self.id;
+                match self.whole_mut().get_mut(offset as usize..end as usize) {
+                    Some(target) => {
+                        target.copy_from_slice(bytes);
+                        Ok(())
+                    }
+                    None => Err(ClientError::Write(id, e)),
+                }
+            }
+            Err(e) => Err(ClientError::Write(self.id, e)),
         }
     }
 
@@ -236,24 +346,24 @@ impl ObjectBuilder {
         let client = self.client.take().ok_or(ClientError::Invalid(
             "the object was already sealed or aborted".into(),
         ))?;
-        let id = self.id;
-        // The writable mapping of an own segment must go before the seal: the strict
-        // write seal needs it gone.
-        drop(self.mapping.take());
+        // The writable mapping of a segment goes before the seal: the store's write seal
+        // is refused while one exists.
+        let bytes = match self.memory.take() {
+            Some(Unsealed::Heap(bytes)) => Some(bytes),
+            Some(Unsealed::Segment { .. }) | None => None,
+        };
         client.seal_object(
-            id,
+            self.id,
             self.segment,
-            self.offset,
-            self.data_size,
-            self.metadata_size,
-            self.leased,
+            (self.data_size, self.metadata_size),
+            bytes,
         )
     }
 
     /// Gives the object up.
     pub fn abort(mut self) -> Result<(), ClientError> {
         match self.client.take() {
-            Some(client) => client.abort_object(self.id, self.segment, self.leased),
+            Some(client) => client.abort_object(self.id, self.segment),
             None => Ok(()),
         }
     }
@@ -262,7 +372,7 @@ impl ObjectBuilder {
 impl Drop for ObjectBuilder {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if let Err(e) = client.abort_object(self.id, self.segment, self.leased) {
+            if let Err(e) = client.abort_object(self.id, self.segment) {
                 log::debug!(object:% = self.id, error:% = e; "cannot abort a dropped unsealed object");
             }
         }

@@ -4,7 +4,7 @@
 //! its pins released.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +15,13 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::memory::MemoryError;
 use crate::object_manager;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError, MAX_IDS_PER_REQUEST};
 use crate::state::State;
-use crate::store::{ClientId, DeleteOutcome, ObjectView, StoreError, StoreEvent, ARENA_SEGMENT};
+use crate::store::{
+    ClientId, DeleteOutcome, Memory, ObjectView, StoreError, StoreEvent, ARENA_SEGMENT,
+};
 
 type Code = pb::error::Code;
 
@@ -45,13 +48,20 @@ impl From<StoreError> for Failure {
             StoreError::NotFound(_) => Code::ObjectNotFound,
             StoreError::Full { .. } => Code::StoreFull,
             StoreError::TooLarge { .. } => Code::TooLarge,
+            // The creator still maps its segment writable: its mistake.
+            StoreError::Memory {
+                source: MemoryError::StillWritable,
+                ..
+            } => Code::InvalidRequest,
             StoreError::Memory { .. } | StoreError::LeaseMemory(_) => Code::OutOfMemory,
             // The spill directory failed (a disk error), not the memory.
             StoreError::Restore { .. }
             | StoreError::Spill(_)
             | StoreError::OutsideMapping { .. } => Code::Internal,
             StoreError::NoRoomForLease { .. } => Code::StoreFull,
-            StoreError::NoLeases | StoreError::OutsideLease { .. } => Code::InvalidRequest,
+            StoreError::NoLeases | StoreError::OutsideLease { .. } | StoreError::BadPut { .. } => {
+                Code::InvalidRequest
+            }
             StoreError::AlreadySealed(_)
             | StoreError::NotSealed(_)
             | StoreError::NotCreator(_)
@@ -92,9 +102,13 @@ struct Answer {
     segments: Vec<SegmentToSend>,
 }
 
-/// The store has one segment, the arena (the protocol and clients still know others).
+/// A segment whose descriptor goes with a reply.
 enum SegmentToSend {
+    /// The arena, read-only.
     Arena,
+    /// An object's own segment: read-write to its creator before the seal, read-only to
+    /// readers (and to the creator at the seal).
+    Own { id: u64, size: u64, fd: OwnedFd },
 }
 
 impl Answer {
@@ -106,7 +120,8 @@ impl Answer {
     }
 }
 
-/// Where `view`'s bytes are: the arena, whose descriptor each client got when it connected.
+/// Where `view`'s bytes are: the arena, whose descriptor each client got when it
+/// connected, or a segment, whose descriptor goes with the reply.
 fn location(view: &ObjectView) -> pb::Location {
     let (segment, offset) = view.segment_offset();
     pb::Location {
@@ -256,6 +271,7 @@ impl Connection {
                         small_object_max: layout.small_object_max,
                         lease_size: layout.lease_size,
                         leased_object_max: layout.leased_object_max,
+                        arena_object_max: layout.arena_object_max,
                     }),
                     segments: vec![SegmentToSend::Arena],
                 }))
@@ -264,19 +280,20 @@ impl Connection {
                 let id = protocol::object_id(&create.object_id)?;
                 let view = state
                     .with_store(|s| s.create(client, id, create.data_size, create.metadata_size))?;
-                Ok(Some(Answer::plain(pb::reply::Kind::Created(pb::Created {
-                    location: Some(location(&view)),
-                }))))
-            }
-            Kind::Seal(seal) if seal.one_way => {
-                let id = protocol::object_id(&seal.object_id)?;
-                state.with_store(|s| s.seal_leased(client, id))?;
-                Ok(None)
+                Ok(Some(Answer {
+                    reply: pb::reply::Kind::Created(pb::Created {
+                        location: Some(location(&view)),
+                    }),
+                    segments: segment_of(&view)?.into_iter().collect(),
+                }))
             }
             Kind::Seal(seal) => {
                 let id = protocol::object_id(&seal.object_id)?;
-                state.with_store(|s| s.seal(client, id))?;
-                Ok(Some(Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
+                let view = state.with_store(|s| s.seal(client, id))?;
+                Ok(Some(Answer {
+                    reply: pb::reply::Kind::Ack(pb::Ack {}),
+                    segments: segment_of(&view)?.into_iter().collect(),
+                }))
             }
             Kind::Abort(abort) => {
                 let id = protocol::object_id(&abort.object_id)?;
@@ -290,18 +307,19 @@ impl Connection {
                     size,
                 }))))
             }
-            Kind::CreateLeased(create) => {
-                let id = protocol::object_id(&create.object_id)?;
+            Kind::Put(put) => {
+                let id = protocol::object_id(&put.object_id)?;
+                let lease_offset = put.leased.then_some(put.offset);
                 state.with_store(|s| {
-                    s.create_leased(
+                    s.put_small(
                         client,
                         id,
-                        create.offset,
-                        create.data_size,
-                        create.metadata_size,
+                        (put.data_size, put.metadata_size),
+                        &put.bytes,
+                        lease_offset,
                     )
                 })?;
-                Ok(None)
+                Ok(Some(Answer::plain(pb::reply::Kind::Ack(pb::Ack {}))))
             }
             Kind::Release(release) => {
                 let id = protocol::object_id(&release.object_id)?;
@@ -415,9 +433,14 @@ impl Connection {
                 location: view.as_ref().map(location),
             })
             .collect();
-        Ok(Answer::plain(pb::reply::Kind::Objects(pb::Objects {
-            objects,
-        })))
+        let mut segments = Vec::new();
+        for view in found.iter().flatten() {
+            segments.extend(segment_of(view)?);
+        }
+        Ok(Answer {
+            reply: pb::reply::Kind::Objects(pb::Objects { objects }),
+            segments,
+        })
     }
 
     /// Waits until one of `ids` may have been sealed (true) or the deadline passed
@@ -511,15 +534,16 @@ impl Connection {
         let mut new_segments = Vec::with_capacity(answer.segments.len());
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(answer.segments.len());
         for segment in &answer.segments {
-            match segment {
-                SegmentToSend::Arena => {
-                    new_segments.push(pb::Segment {
-                        id: ARENA_SEGMENT,
-                        size: state.arena_size,
-                    });
-                    fds.push(state.arena_fd.as_fd());
-                }
-            }
+            let (id, size, fd) = match segment {
+                SegmentToSend::Arena => (
+                    ARENA_SEGMENT,
+                    state.arena_size,
+                    state.arena_reader_fd.as_fd(),
+                ),
+                SegmentToSend::Own { id, size, fd } => (*id, *size, fd.as_fd()),
+            };
+            new_segments.push(pb::Segment { id, size });
+            fds.push(fd);
         }
         let reply = pb::Reply {
             new_segments,
@@ -547,11 +571,26 @@ impl Connection {
 fn is_one_way(kind: &pb::request::Kind) -> bool {
     use pb::request::Kind;
     match kind {
-        Kind::Release(_) | Kind::CreateLeased(_) => true,
-        Kind::Seal(seal) => seal.one_way,
-        Kind::Abort(abort) => abort.one_way,
+        Kind::Release(_) => true,
+        Kind::Put(put) => put.leased,
         _ => false,
     }
+}
+
+/// The descriptor of `view`'s own segment to send with a reply, if it has one.
+fn segment_of(view: &ObjectView) -> Result<Option<SegmentToSend>, Failure> {
+    let Memory::Segment(segment) = &view.memory else {
+        return Ok(None);
+    };
+    let fd = segment.dup_fd().map_err(|e| Failure {
+        code: Code::Internal,
+        message: format!("object {}: cannot share its memory: {e}", view.id),
+    })?;
+    Ok(Some(SegmentToSend::Own {
+        id: segment.id(),
+        size: segment.size(),
+        fd,
+    }))
 }
 
 fn parse_ids(raw: &[Vec<u8>]) -> Result<Vec<ObjectId>, Failure> {

@@ -1,6 +1,8 @@
-//! Arena leases: ranges of the arena handed to one client, which places its small
-//! objects there itself, so that creating one costs the client no round trip (it tells
-//! the store with a message that needs no answer).
+//! Arena leases: ranges of the arena reserved for one client's small objects, so that
+//! putting one costs the client no round trip: it picks the object's offset in its lease
+//! and sends the bytes in a message that needs no answer; the store checks the offset and
+//! copies the bytes in (clients never write the arena). A client's offsets in a lease only
+//! go up, so no object can be placed over an earlier one.
 //!
 //! A lease is a *block* of the arena. Its client has at most one current block; asking
 //! for a new one retires the old. The objects in a block count as its *live* ones until
@@ -8,11 +10,12 @@
 //! allocator once it is retired and has no live object left. A client that leaves has
 //! its current block retired.
 //!
-//! A client may place an object whose ID exists already (a duplicate put): its bytes
-//! then stay a *shadow*, private to that client, which counts as live in its block until
-//! the client releases it. Pure bookkeeping over offsets, like [`crate::allocator`].
+//! A client may put an object whose ID exists already (a duplicate put): the store keeps
+//! the original, and the client's copy (in its own memory) is a *shadow*, whose release
+//! the store takes without a pin. Pure bookkeeping over offsets, like
+//! [`crate::allocator`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rayd_common::id::ObjectId;
 
@@ -22,7 +25,7 @@ pub type ClientId = u64;
 
 /// Largest lease.
 pub const MAX_LEASE: u64 = 256 << 10;
-/// A client places objects up to this share of a lease itself.
+/// A client puts objects up to this share of a lease into it.
 pub const OBJECT_SHARE: u64 = 16;
 
 /// One lease.
@@ -33,6 +36,8 @@ struct Block {
     live: u32,
     /// Bytes of the live objects, alignment included.
     occupied: u64,
+    /// Where the next object may start.
+    next: u64,
     retired: bool,
 }
 
@@ -44,8 +49,8 @@ pub type Freed = (u64, u64);
 pub struct Leases {
     blocks: BTreeMap<u64, Block>,
     current: HashMap<ClientId, u64>,
-    /// Shadows: their block and length.
-    shadows: HashMap<(ClientId, ObjectId), (u64, u64)>,
+    /// Shadows.
+    shadows: HashSet<(ClientId, ObjectId)>,
 }
 
 impl Leases {
@@ -60,6 +65,7 @@ impl Leases {
                 size,
                 live: 0,
                 occupied: 0,
+                next: offset,
                 retired: false,
             },
         );
@@ -75,13 +81,16 @@ impl Leases {
         self.free_if_done(block)
     }
 
-    /// The lease of `client` that holds `[offset, offset + len)`.
-    pub fn block_of(&self, client: ClientId, offset: u64, len: u64) -> Option<u64> {
-        let (&start, block) = self.blocks.range(..=offset).next_back()?;
-        let inside = offset
-            .checked_add(len)
-            .is_some_and(|end| end <= start + block.size);
-        (block.owner == client && inside).then_some(start)
+    /// Places `[offset, offset + len)` in a lease of `client`: the block, when the range
+    /// lies in one and starts at or after everything placed there before.
+    pub fn place(&mut self, client: ClientId, offset: u64, len: u64) -> Option<u64> {
+        let (&start, block) = self.blocks.range_mut(..=offset).next_back()?;
+        let end = offset.checked_add(len)?;
+        if block.owner != client || offset < block.next || end > start + block.size {
+            return None;
+        }
+        block.next = end;
+        Some(start)
     }
 
     /// Counts one more live object of `len` bytes in `block`.
@@ -100,39 +109,25 @@ impl Leases {
         self.free_if_done(block)
     }
 
-    /// Records that `client`'s copy of `id` (`len` bytes in `block`) is a shadow (the
-    /// caller makes sure it has none yet).
-    pub fn add_shadow(&mut self, client: ClientId, id: ObjectId, block: u64, len: u64) {
-        if self.shadows.insert((client, id), (block, len)).is_none() {
-            self.add(block, len);
-        }
+    /// Records that `client`'s copy of `id` is a shadow.
+    pub fn add_shadow(&mut self, client: ClientId, id: ObjectId) {
+        self.shadows.insert((client, id));
     }
 
     /// Whether `client`'s copy of `id` is a shadow.
     pub fn has_shadow(&self, client: ClientId, id: ObjectId) -> bool {
-        self.shadows.contains_key(&(client, id))
+        self.shadows.contains(&(client, id))
     }
 
-    /// Drops `client`'s shadow of `id`; `None` when it has none, else what to free.
-    pub fn remove_shadow(&mut self, client: ClientId, id: ObjectId) -> Option<Option<Freed>> {
-        let (block, len) = self.shadows.remove(&(client, id))?;
-        Some(self.remove(block, len))
+    /// Drops `client`'s shadow of `id`; false when it has none.
+    pub fn remove_shadow(&mut self, client: ClientId, id: ObjectId) -> bool {
+        self.shadows.remove(&(client, id))
     }
 
     /// Everything `client` holds goes: its shadows and its current lease.
-    pub fn disconnect(&mut self, client: ClientId) -> Vec<Freed> {
-        let shadows: Vec<ObjectId> = self
-            .shadows
-            .keys()
-            .filter(|(owner, _)| *owner == client)
-            .map(|(_, id)| *id)
-            .collect();
-        let mut freed: Vec<Freed> = shadows
-            .into_iter()
-            .filter_map(|id| self.remove_shadow(client, id).flatten())
-            .collect();
-        freed.extend(self.retire(client));
-        freed
+    pub fn disconnect(&mut self, client: ClientId) -> Option<Freed> {
+        self.shadows.retain(|(owner, _)| *owner != client);
+        self.retire(client)
     }
 
     /// Bytes of leases that hold no object.
@@ -167,9 +162,15 @@ mod tests {
     fn a_block_is_freed_once_retired_and_empty() {
         let mut leases = Leases::default();
         assert_eq!(leases.grant(1, 0, 1024), None);
-        let block = leases.block_of(1, 64, 128).unwrap();
-        assert_eq!(leases.block_of(2, 64, 128), None, "another client's lease");
-        assert_eq!(leases.block_of(1, 1000, 64), None, "past the end");
+        assert_eq!(leases.place(2, 64, 128), None, "another client's lease");
+        assert_eq!(leases.place(1, 1000, 64), None, "past the end");
+        let block = leases.place(1, 64, 128).unwrap();
+        assert_eq!(
+            leases.place(1, 128, 64),
+            None,
+            "over the object placed before"
+        );
+        assert_eq!(leases.place(1, 0, 64), None, "before it");
         leases.add(block, 128);
         assert_eq!(leases.idle_bytes(), 1024 - 128);
         assert_eq!(leases.retire(1), None, "an object lives in it");
@@ -178,22 +179,14 @@ mod tests {
     }
 
     #[test]
-    fn shadows_keep_their_block_until_released_or_the_client_leaves() {
+    fn shadows_go_when_released_or_the_client_leaves() {
         let mut leases = Leases::default();
         let id = ObjectId::from_bytes([1; 20]);
         leases.grant(1, 4096, 1024);
-        leases.add_shadow(1, id, 4096, 64);
-        assert_eq!(
-            leases.grant(1, 8192, 1024),
-            None,
-            "the shadow keeps the first"
-        );
-        assert_eq!(
-            leases.retire(1),
-            Some((8192, 1024)),
-            "the new lease is empty"
-        );
-        assert_eq!(leases.remove_shadow(2, id), None, "not that client's");
-        assert_eq!(leases.disconnect(1), vec![(4096, 1024)]);
+        leases.add_shadow(1, id);
+        assert!(!leases.remove_shadow(2, id), "not that client's");
+        assert!(leases.has_shadow(1, id));
+        assert_eq!(leases.disconnect(1), Some((4096, 1024)));
+        assert!(!leases.has_shadow(1, id));
     }
 }

@@ -9,25 +9,33 @@
 //!   the socket (SCM_RIGHTS) and map them with `MAP_SHARED`, so the store and every
 //!   client see the same physical pages and nothing is copied between them.
 //! - Segment 0 is the *arena*: one file of the store's whole size, created at start,
-//!   holding every object. A client maps it once, twice over: writable (to fill objects
-//!   it created) and read-only (every slice of a sealed object is handed out from this
-//!   view, so a write through it faults). Segments of their own (sized exactly, sealed
-//!   with memfd seals) remain in the protocol and the client, but the store no longer
-//!   creates them.
+//!   holding the small objects (at most [`ARENA_OBJECT_MAX`] bytes). Only the store
+//!   writes it: it maps it writable once, then seals it with `F_SEAL_FUTURE_WRITE`
+//!   ([`seal_future_writes`]), after which every new writable mapping, `write` or
+//!   `pwrite` of it fails, for every process, the store included, and whatever
+//!   descriptor (a reopened `/proc/self/fd/N` too). Clients get a read-only descriptor
+//!   and map it read-only; a small object's bytes travel to the store in the message
+//!   that creates and seals it, and the store copies them in.
+//! - Every larger object is a segment of its own. Its creator gets the descriptor, maps
+//!   it writable, fills it and unmaps it; the seal then adds `F_SEAL_WRITE`
+//!   ([`seal_against_writes`]), which the kernel refuses while a writable mapping exists,
+//!   so from then on nobody can write it. Readers get a read-only descriptor
+//!   ([`reopen_read_only`]).
 //! - Pages are allocated (`fallocate`) before any client may touch them, never on first
 //!   touch: the arena's in granules of [`ARENA_RESERVE_GRANULE`], ahead of demand by a
 //!   background thread ([`crate::prefault`]) or at the latest when an object is first
-//!   placed in one (so a large arena costs nothing at start), and never given back. A
-//!   store that cannot get memory fails the create with an error instead of a client
-//!   dying of SIGBUS later. A segment never grows or shrinks (memfd seals
-//!   `F_SEAL_GROW | F_SEAL_SHRINK`), so a mapped range always stays backed.
-//! - Every object is in the arena: sealed objects are protected from readers by their
-//!   read-only mapping; a client that creates objects can write the arena and is trusted
-//!   not to scribble. ([`seal_against_writes`] and [`reopen_read_only`] are from when a
-//!   large object had a memfd of its own; the store no longer makes one.)
-//! - A client may hold a *lease*: a range of the arena in which it places its own small
-//!   objects (see [`crate::lease`]). The range stays allocated to the lease until the
-//!   client has moved on from it and no object in it remains.
+//!   placed in one, and never given back (the arena's seal refuses punching holes); a
+//!   segment's when it is made, or ahead of demand by the same thread (a pool of
+//!   segments, [`crate::pool`]). A store that cannot get memory fails the create with an
+//!   error instead of a client dying of SIGBUS later. A segment never grows or shrinks
+//!   once handed out (memfd seals `F_SEAL_GROW | F_SEAL_SHRINK`), so a mapped range
+//!   always stays backed.
+//! - Files of `plasma_directory` take no seals: there clients get read-only descriptors
+//!   and mappings, but a process of the same user can reopen the file for writing. The
+//!   kernel's guarantee holds with the default memfd backing only.
+//! - A client may hold a *lease*: a range of the arena in which the store places that
+//!   client's small objects, at offsets the client picks, without a reply (see
+//!   [`crate::lease`]).
 //! - A segment's memory goes back to the system when the store and every client have
 //!   closed its descriptor and unmapped it. Arena ranges are reused by the allocator once
 //!   their object is deleted, spilled or evicted; an object only ever leaves memory when
@@ -35,10 +43,11 @@
 //!
 //! # Synchronization
 //!
-//! Bytes of an unsealed object are written by its creator alone; sealing happens-after
-//! those writes (the seal request travels over the same socket after them), and readers
-//! receive the object's location only after the seal. So no two parties ever write the
-//! same bytes, and readers see complete objects.
+//! Bytes of an unsealed object are written by one party alone: the store (small objects,
+//! pulls, restores) or the creator of a segment; sealing happens-after those writes (the
+//! seal request travels over the same socket after them), and readers receive the
+//! object's location only after the seal. So no two parties ever write the same bytes,
+//! and readers see complete objects.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -75,6 +84,8 @@ pub enum MemoryError {
     Map(#[from] MapError),
     #[error("cannot seal a shared memory file: {0}")]
     Seal(#[source] nix::Error),
+    #[error("the object's memory is still mapped writable (unmap it before the seal)")]
+    StillWritable,
     #[error("plasma_directory {path} is unusable: {reason}")]
     Directory { path: PathBuf, reason: String },
 }
@@ -137,8 +148,21 @@ impl Backing {
 
     /// Creates a segment of at least `size` bytes (rounded up to the granularity), with
     /// all its pages allocated when `reserve` is set (else the caller reserves ranges with
-    /// [`reserve`] before handing them out). Returns the descriptor and the real size.
+    /// [`reserve_range`] before handing them out, or writes it with `pwrite`). Its size
+    /// is sealed. Returns the descriptor and the real size.
     pub fn create(&self, size: usize, reserve: bool) -> Result<(OwnedFd, usize), MemoryError> {
+        let (fd, size) = self.create_resizable(size, reserve)?;
+        let size = self.fix_size(fd.as_fd(), size)?;
+        Ok((fd, size))
+    }
+
+    /// [`Self::create`] without the size seals: a pool's segment, cut to an object's size
+    /// by [`Self::fix_size`] when it is taken.
+    pub fn create_resizable(
+        &self,
+        size: usize,
+        reserve: bool,
+    ) -> Result<(OwnedFd, usize), MemoryError> {
         let size = round_up(size.max(1), self.granularity());
         let fd = match self {
             Backing::Memfd => {
@@ -151,26 +175,43 @@ impl Backing {
             }
             Backing::Directory { path, .. } => create_file(path, size)?,
         };
-        let len = i64::try_from(size).map_err(|_| MemoryError::Create {
-            size,
-            source: nix::Error::EFBIG,
-        })?;
-        nix::unistd::ftruncate(&fd, len).map_err(|source| MemoryError::Create { size, source })?;
+        set_len(fd.as_fd(), size)?;
         // Allocate every page now: a page that cannot be had later would be a SIGBUS in
         // whichever process touches it first.
         if reserve {
             reserve_range(fd.as_fd(), 0, size)?;
         }
+        Ok((fd, size))
+    }
+
+    /// Cuts a segment made by [`Self::create_resizable`] to `size` bytes (rounded up to
+    /// the granularity) and seals its size; returns the real size.
+    pub fn fix_size(&self, fd: BorrowedFd<'_>, size: usize) -> Result<usize, MemoryError> {
+        let size = round_up(size.max(1), self.granularity());
+        set_len(fd, size)?;
         if matches!(self, Backing::Memfd) {
             fcntl(
-                &fd,
+                fd,
                 FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK),
             )
             .map_err(MemoryError::Seal)?;
         }
-        Ok((fd, size))
+        Ok(size)
     }
 }
+
+/// Sets a segment's length (pages past a new, shorter end are freed).
+fn set_len(fd: BorrowedFd<'_>, size: usize) -> Result<(), MemoryError> {
+    let len = i64::try_from(size).map_err(|_| MemoryError::Create {
+        size,
+        source: nix::Error::EFBIG,
+    })?;
+    nix::unistd::ftruncate(fd, len).map_err(|source| MemoryError::Create { size, source })
+}
+
+/// The largest object placed in the arena (copied there by the store); larger ones get
+/// segments of their own.
+pub const ARENA_OBJECT_MAX: u64 = 16 << 10;
 
 /// How much of the arena is reserved at once, the first time an object lands in it.
 pub const ARENA_RESERVE_GRANULE: usize = 8 << 20;
@@ -206,18 +247,27 @@ fn create_file(dir: &Path, size: usize) -> Result<OwnedFd, MemoryError> {
     Ok(fd)
 }
 
-/// Seals a memfd against writes, for good. Returns whether the strict seal
-/// (`F_SEAL_WRITE`) took; `false` means only new writes are refused
-/// (`F_SEAL_FUTURE_WRITE`) because a writable mapping still exists somewhere.
+/// Seals a segment against writes, for good (`F_SEAL_WRITE`): from now on no process
+/// can map it writable, write it, or make a read-only mapping of it writable. Refused
+/// ([`MemoryError::StillWritable`]) while a writable mapping of it exists anywhere.
+/// Returns false when the file takes no seals (files of `plasma_directory`).
 pub fn seal_against_writes(fd: BorrowedFd<'_>) -> Result<bool, MemoryError> {
     match fcntl(fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)) {
         Ok(_) => Ok(true),
-        Err(nix::Error::EBUSY) => {
-            let future_write = SealFlag::from_bits_retain(libc::F_SEAL_FUTURE_WRITE);
-            fcntl(fd, FcntlArg::F_ADD_SEALS(future_write)).map_err(MemoryError::Seal)?;
-            Ok(false)
-        }
-        // Files of plasma_directory take no seals; their readers get read-only descriptors.
+        Err(nix::Error::EBUSY) => Err(MemoryError::StillWritable),
+        Err(nix::Error::EINVAL) => Ok(false),
+        Err(e) => Err(MemoryError::Seal(e)),
+    }
+}
+
+/// Seals the arena against every *new* write (`F_SEAL_FUTURE_WRITE`, Linux 5.1): the
+/// writable mappings that exist (the store's) stay writable; new writable mappings,
+/// `write`/`pwrite` and hole punching fail for everyone; allocating pages with
+/// `fallocate` still works. Returns false when the file takes no seals.
+pub fn seal_future_writes(fd: BorrowedFd<'_>) -> Result<bool, MemoryError> {
+    let future_write = SealFlag::from_bits_retain(libc::F_SEAL_FUTURE_WRITE);
+    match fcntl(fd, FcntlArg::F_ADD_SEALS(future_write)) {
+        Ok(_) => Ok(true),
         Err(nix::Error::EINVAL) => Ok(false),
         Err(e) => Err(MemoryError::Seal(e)),
     }
@@ -276,24 +326,67 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_memfd_refuses_writable_mappings() {
+    fn a_sealed_memfd_refuses_writes_of_any_kind() {
         let (fd, size) = Backing::Memfd.create(4096, true).unwrap();
-        assert!(
-            seal_against_writes(fd.as_fd()).unwrap(),
-            "no mapping: strict seal"
-        );
+        let reader = Mapping::new(
+            reopen_read_only(fd.as_fd()).unwrap().as_fd(),
+            size,
+            false,
+            false,
+        )
+        .unwrap();
+        assert!(seal_against_writes(fd.as_fd()).unwrap());
         assert!(Mapping::new(fd.as_fd(), size, true, false).is_err());
+        assert_eq!(
+            nix::sys::uio::pwrite(fd.as_fd(), b"x", 0),
+            Err(nix::Error::EPERM)
+        );
+        // SAFETY: mprotect of a mapping this test owns; it fails, changing nothing.
+        let made_writable = unsafe {
+            libc::mprotect(
+                reader.as_ptr().cast(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        assert_eq!(made_writable, -1, "a read-only mapping stays read-only");
         let ro = reopen_read_only(fd.as_fd()).unwrap();
         assert!(Mapping::new(ro.as_fd(), size, true, false).is_err());
         assert!(Mapping::new(ro.as_fd(), size, false, false).is_ok());
     }
 
     #[test]
-    fn a_seal_with_a_live_writable_mapping_falls_back() {
+    fn a_seal_with_a_live_writable_mapping_is_refused() {
         let (fd, size) = Backing::Memfd.create(4096, true).unwrap();
-        let _writer = Mapping::new(fd.as_fd(), size, true, false).unwrap();
-        assert!(!seal_against_writes(fd.as_fd()).unwrap());
+        let writer = Mapping::new(fd.as_fd(), size, true, false).unwrap();
+        assert!(matches!(
+            seal_against_writes(fd.as_fd()),
+            Err(MemoryError::StillWritable)
+        ));
+        drop(writer);
+        assert!(seal_against_writes(fd.as_fd()).unwrap());
+    }
+
+    #[test]
+    fn a_future_write_seal_keeps_the_writable_mapping_and_fallocate() {
+        let (fd, size) = Backing::Memfd.create(1 << 20, false).unwrap();
+        let writer = Mapping::new(fd.as_fd(), size, true, false).unwrap();
+        assert!(seal_future_writes(fd.as_fd()).unwrap());
+        reserve_range(fd.as_fd(), 0, size).unwrap();
+        // SAFETY: only this test touches the segment.
+        unsafe { writer.slice_mut(0, 3).unwrap().copy_from_slice(b"abc") };
         assert!(Mapping::new(fd.as_fd(), size, true, false).is_err());
+        assert_eq!(
+            nix::sys::uio::pwrite(fd.as_fd(), b"x", 0),
+            Err(nix::Error::EPERM)
+        );
+        let punched = nix::fcntl::fallocate(
+            fd.as_fd(),
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        );
+        assert_eq!(punched, Err(nix::Error::EPERM));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Fresh memory prepared ahead of demand: one background thread allocates the pages of
 //! the arena (`fallocate`) a granule at a time, up to a bound past the highest byte handed
-//! out so far (see [`crate::store::Store::prefault_next`]), so that a create rarely waits
-//! for the kernel to zero fresh pages. It runs at the lowest CPU priority and without
-//! the store's lock, and sleeps until the store hands out more of the arena.
+//! out so far (see [`crate::store::Store::prefault_next`]), and makes the segments of
+//! the pool ([`crate::pool`], [`crate::store::Store::pool_wanted`]), so that a create
+//! rarely waits for the kernel to zero fresh pages. It runs at the lowest CPU priority
+//! and without the store's lock, and sleeps until the store hands out more memory.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -69,6 +70,18 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
                         break;
                     }
                     state.with_store(|s| s.prefault_done(index));
+                }
+                while let Some(size) = state.with_store(|s| s.pool_wanted()) {
+                    if state.prefault.stopping() {
+                        return;
+                    }
+                    match state.backing.create_resizable(size as usize, true) {
+                        Ok((fd, len)) => state.with_store(|s| s.pool_add(fd, len as u64)),
+                        Err(e) => {
+                            log::warn!(error:% = e; "cannot prepare a segment ahead of demand");
+                            break;
+                        }
+                    }
                 }
             }
         })

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rayd_common::id::{NodeId, ObjectId};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::memory::Mapping;
+use crate::memory::{Backing, Mapping};
 use crate::prefault;
 use crate::store::{Stats, Store, StoreEvent};
 
@@ -22,12 +22,15 @@ pub struct State {
     events: broadcast::Sender<StoreEvent>,
     locations: Option<mpsc::Sender<StoreEvent>>,
     dropped_locations: AtomicU64,
-    /// A descriptor of the arena owned here, so replies can attach it without the lock.
-    pub arena_fd: OwnedFd,
+    /// The arena's read-write descriptor (for `fallocate` ahead of demand).
+    arena_fd: OwnedFd,
+    /// A read-only descriptor of the arena, the one clients get (replies attach it
+    /// without the lock).
+    pub arena_reader_fd: OwnedFd,
     /// Size of the arena in bytes.
     pub arena_size: u64,
-    /// Whether the arena's file takes `pwrite` (not on hugetlbfs).
-    pub arena_takes_writes: bool,
+    /// Where segments come from.
+    pub backing: Backing,
     /// The daemon's writable mapping of the arena (transfers read and write through it).
     pub arena_map: Arc<Mapping>,
     /// This node.
@@ -64,16 +67,19 @@ impl State {
             .map_err(std::io::Error::other)?;
         let (arena, arena_size) = store.arena();
         let arena_fd = arena.try_clone_to_owned()?;
+        let arena_reader_fd =
+            crate::memory::reopen_read_only(arena).map_err(std::io::Error::other)?;
         let arena_map = store.arena_mapping();
-        let arena_takes_writes = store.takes_writes();
+        let backing = store.backing().clone();
         Ok(Arc::new(Self {
             store: Mutex::new(store),
             events: broadcast::channel(EVENT_BUFFER).0,
             locations,
             dropped_locations: AtomicU64::new(0),
             arena_fd,
+            arena_reader_fd,
             arena_size,
-            arena_takes_writes,
+            backing,
             arena_map,
             node_id,
             object_manager_address,
@@ -94,14 +100,16 @@ impl State {
 
     /// Runs `f` on the store, then publishes the events it caused.
     pub fn with_store<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
-        let (result, events) = {
+        let (result, events, dropped) = {
             let mut store = self.lock();
             let result = f(&mut store);
             if store.take_prefault_wanted() {
                 self.prefault.wake();
             }
-            (result, store.take_events())
+            (result, store.take_events(), store.take_dropped())
         };
+        // Segments of objects gone free their pages here, outside the lock.
+        drop(dropped);
         for event in events {
             if let Some(locations) = &self.locations {
                 if let Err(mpsc::error::TrySendError::Full(_)) = locations.try_send(event.clone()) {
@@ -138,7 +146,7 @@ impl State {
         sent
     }
 
-    /// The arena's descriptor.
+    /// The arena's read-write descriptor.
     pub fn arena_fd_borrowed(&self) -> BorrowedFd<'_> {
         self.arena_fd.as_fd()
     }

@@ -1,16 +1,21 @@
 //! The object table: which objects exist, where their bytes are, who pins them, and which
 //! leave memory when it runs short. Synchronous; the server holds it behind one mutex.
 //!
-//! Memory is one budget, `object_store_memory`, and one *arena* of that size (see
-//! [`crate::memory`] for what a segment is): every object, whatever its size, is placed
-//! in it by [`crate::allocator`], so any mix of objects fills the whole budget and an
+//! Memory is one budget, `object_store_memory`, shared by the *arena* (one file of
+//! that size, see [`crate::memory`], holding the small objects, placed by
+//! [`crate::allocator`] and written by the store alone) and the *segments* of their own
+//! that every larger object gets: any mix of objects fills the whole budget, and an
 //! object up to the whole store fits an empty one. The arena's pages are allocated
 //! (reserved) ahead of demand by a background thread ([`crate::prefault`]) and as
 //! objects first land in them, and never given back: a range freed by one object is
-//! ready memory for the next. Every client maps the arena once.
+//! ready memory for the next. The same thread prepares segments ahead of large creates
+//! ([`crate::pool`]), in room the budget has to spare. Every client maps the arena
+//! once, read-only.
 //!
-//! An object is created (pinned by its creator, writable by it alone), then sealed
-//! (immutable) or aborted. Every get pins a sealed object for that client until it
+//! An object is created (pinned by its creator, writable by it alone: a small one in
+//! the creator's own memory until the store copies it in, a large one in its segment),
+//! then sealed (immutable: the kernel refuses every write from then on) or aborted.
+//! Every get pins a sealed object for that client until it
 //! releases it; "a process is reading it" means exactly that it holds a pin. Sealed
 //! objects without pins sit in an LRU list. A create that does not fit frees memory from
 //! the front of that list until it fits: it *spills* the object to disk
@@ -30,18 +35,20 @@ use rayd_common::id::ObjectId;
 
 use crate::allocator::{Allocator, ALIGN};
 use crate::lease::{self, Freed, Leases};
-use crate::memory::{self, Backing, Mapping, MemoryError};
+use crate::memory::{self, Backing, Mapping, MemoryError, ARENA_OBJECT_MAX};
+use crate::pool::Pool;
+use crate::segment::Segment;
 use crate::spill::{Slot, Spill, SpillError, SpillStats};
 
 pub use crate::lease::ClientId;
 pub use crate::protocol::ARENA_SEGMENT;
-/// Pulled objects at least this large are written with `pwrite` (by
-/// [`crate::object_manager`]) rather than through the daemon's mapping of the arena, whose
-/// page tables cost more than the copy; their pages are not allocated up front.
+/// Pulled objects at least this large (in segments whose file takes writes) get no pages
+/// up front: [`crate::object_manager`] writes them with `pwrite`, which allocates the
+/// pages as it goes, and the store's lock is not held while they are zero-filled.
 pub const PWRITE_MIN: u64 = 8 << 20;
 /// How far past the highest byte handed out so far the arena's pages are reserved ahead
-/// of demand (at least; twice the largest object seen when that is more).
-pub const PREFAULT_AHEAD: u64 = 256 << 20;
+/// of demand (small objects only live there).
+pub const PREFAULT_AHEAD: u64 = 64 << 20;
 /// Smallest lease worth granting.
 const MIN_LEASE: u64 = 4 << 10;
 
@@ -95,12 +102,14 @@ pub enum StoreError {
     NoLeases,
     #[error("a lease: {0}")]
     LeaseMemory(#[source] MemoryError),
-    #[error("object {id} at arena offset {offset} ({size} bytes) is outside the client's leases")]
+    #[error("object {id} at arena offset {offset} ({size} bytes) is outside the client's leases, or over an object placed in it before")]
     OutsideLease {
         id: ObjectId,
         offset: u64,
         size: u64,
     },
+    #[error("object {id}: {reason}")]
+    BadPut { id: ObjectId, reason: String },
     #[error("object {id}: {source}")]
     Memory {
         id: ObjectId,
@@ -114,13 +123,14 @@ pub enum StoreError {
 pub struct Layout {
     pub capacity: u64,
     pub arena_size: u64,
-    /// The largest object (the whole arena; the name is from when large objects had
-    /// segments of their own, and clients still read it).
+    /// The largest object (the whole store).
     pub small_object_max: u64,
     /// Bytes of one lease (see [`crate::lease`]); 0 when the arena is too small to lend.
     pub lease_size: u64,
-    /// The largest object a client places in its lease itself.
+    /// The largest object a client puts into its lease.
     pub leased_object_max: u64,
+    /// The largest object placed in the arena (larger ones get segments of their own).
+    pub arena_object_max: u64,
 }
 
 impl Layout {
@@ -141,17 +151,26 @@ impl Layout {
             arena_size,
             small_object_max: arena_size,
             lease_size,
-            leased_object_max: lease_size / lease::OBJECT_SHARE,
+            leased_object_max: (lease_size / lease::OBJECT_SHARE).min(ARENA_OBJECT_MAX),
+            arena_object_max: ARENA_OBJECT_MAX,
         }
     }
+}
+
+/// Where a sealed object's bytes are, for a client to reach them.
+#[derive(Debug, Clone)]
+pub enum Memory {
+    /// At this offset of the arena, whose descriptor each client got when it connected.
+    Arena(u64),
+    /// From offset 0 of a segment of its own, whose descriptor goes with the reply.
+    Segment(Arc<Segment>),
 }
 
 /// What a client needs to reach an object's bytes.
 #[derive(Debug, Clone)]
 pub struct ObjectView {
     pub id: ObjectId,
-    /// Where its first byte is in the arena (every object is in the arena).
-    pub offset: u64,
+    pub memory: Memory,
     pub data_size: u64,
     pub metadata_size: u64,
 }
@@ -159,7 +178,10 @@ pub struct ObjectView {
 impl ObjectView {
     /// The segment ID and offset of the first byte.
     pub fn segment_offset(&self) -> (u64, u64) {
-        (ARENA_SEGMENT, self.offset)
+        match &self.memory {
+            Memory::Arena(offset) => (ARENA_SEGMENT, *offset),
+            Memory::Segment(segment) => (segment.id(), 0),
+        }
     }
 
     /// Data plus metadata bytes.
@@ -218,10 +240,17 @@ pub enum DeleteOutcome {
     NotFound,
 }
 
+/// Where an object's bytes are now.
+#[derive(Debug)]
+enum Place {
+    Memory(Memory),
+    /// On disk (see [`crate::spill`]).
+    Spilled(Slot),
+}
+
 #[derive(Debug)]
 struct Entry {
-    /// Where it is in the arena (stale while spilled).
-    offset: u64,
+    place: Place,
     data_size: u64,
     metadata_size: u64,
     sealed: bool,
@@ -230,16 +259,45 @@ struct Entry {
     /// Position in the LRU list while sealed, unpinned and in memory.
     lru_tick: Option<u64>,
     delete_pending: bool,
-    /// The lease block it was placed in by its creator (arena objects only).
+    /// The lease block it was put in (arena objects only).
     lease: Option<u64>,
-    /// Where it is on disk while spilled (its offset is then stale).
-    spilled: Option<Slot>,
 }
 
 impl Entry {
     fn total(&self) -> u64 {
         self.data_size + self.metadata_size
     }
+
+    fn view(&self, id: ObjectId) -> Option<ObjectView> {
+        match &self.place {
+            Place::Memory(memory) => Some(ObjectView {
+                id,
+                memory: memory.clone(),
+                data_size: self.data_size,
+                metadata_size: self.metadata_size,
+            }),
+            Place::Spilled(_) => None,
+        }
+    }
+
+    fn spilled(&self) -> Option<Slot> {
+        match self.place {
+            Place::Spilled(slot) => Some(slot),
+            Place::Memory(_) => None,
+        }
+    }
+}
+
+/// What memory a new object gets.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Arena,
+    /// A segment of its own, its pages allocated up front when `reserve` is set; from
+    /// the pool when `pooled` is set (see [`crate::pool`]).
+    Segment {
+        reserve: bool,
+        pooled: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -258,11 +316,16 @@ pub struct Store {
     /// Which granules of the arena have their pages allocated (see `memory`).
     arena_reserved: Vec<bool>,
     reserved_granules: usize,
-    /// The end of the highest range handed out so far, and the largest object created.
+    /// The end of the highest arena range handed out so far.
     high_water: u64,
-    largest_object: u64,
-    /// Set when more of the arena is worth reserving ahead of demand.
+    /// Set when more memory is worth preparing ahead of demand.
     prefault_wanted: bool,
+    /// Bytes of the segments of objects in memory.
+    segment_bytes: u64,
+    next_segment: u64,
+    pool: Pool,
+    /// Segments of objects gone, to close outside the lock (freeing pages takes time).
+    dropped: Vec<Arc<Segment>>,
     objects: HashMap<ObjectId, Entry>,
     lru: BTreeMap<u64, ObjectId>,
     tick: u64,
@@ -281,11 +344,13 @@ impl Store {
     /// Creates the store, spilling into `spill_dir`. The arena's pages are allocated as
     /// objects first land in them, or ahead of them in the background
     /// ([`Self::prefault_next`]): zero-filling 1 GiB up front took ~420 ms of every
-    /// `ray.init()`.
+    /// `ray.init()`. The store maps the arena writable, then seals it against every
+    /// other writer (see [`crate::memory`]).
     pub fn new(capacity: u64, backing: Backing, spill_dir: PathBuf) -> Result<Self, MemoryError> {
         let layout = Layout::for_capacity(capacity, backing.granularity() as u64);
         let (arena_fd, arena_size) = backing.create(layout.arena_size as usize, false)?;
         let arena_map = Arc::new(Mapping::new(arena_fd.as_fd(), arena_size, true, false)?);
+        memory::seal_future_writes(arena_fd.as_fd())?;
         Ok(Self {
             backing,
             layout,
@@ -295,8 +360,11 @@ impl Store {
             arena_reserved: vec![false; arena_size.div_ceil(memory::ARENA_RESERVE_GRANULE)],
             reserved_granules: 0,
             high_water: 0,
-            largest_object: 0,
             prefault_wanted: true,
+            segment_bytes: 0,
+            next_segment: ARENA_SEGMENT + 1,
+            pool: Pool::default(),
+            dropped: Vec::new(),
             objects: HashMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
@@ -321,9 +389,9 @@ impl Store {
         (self.arena_fd.as_fd(), self.arena.size())
     }
 
-    /// Whether the arena's file takes `pwrite` (see [`Backing::takes_writes`]).
-    pub fn takes_writes(&self) -> bool {
-        self.backing.takes_writes()
+    /// Where segments come from.
+    pub fn backing(&self) -> &Backing {
+        &self.backing
     }
 
     /// The store's own writable mapping of the arena.
@@ -344,8 +412,12 @@ impl Store {
         std::mem::take(&mut self.events)
     }
 
-    /// Creates an unsealed object, pinned by `client`, spilling (or evicting) unpinned
-    /// objects when it does not fit.
+    /// Creates an unsealed object in a segment of its own for `client` to fill, pinned by
+    /// it, spilling (or evicting) unpinned objects when it does not fit. Its pages are
+    /// allocated when it comes from the pool; else the client's writes allocate them
+    /// (`pwrite`, which fails with an error where memory runs out), or the client
+    /// allocates them before it maps the segment, and the store's lock is not held while
+    /// they are zeroed.
     pub fn create(
         &mut self,
         client: ClientId,
@@ -353,13 +425,22 @@ impl Store {
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectView, StoreError> {
-        self.create_object(client, id, (data_size, metadata_size), true)
+        self.create_object(
+            client,
+            id,
+            (data_size, metadata_size),
+            Want::Segment {
+                reserve: false,
+                pooled: true,
+            },
+        )
     }
 
-    /// [`Self::create`] for an object the store fills itself (a pull). One of at least
-    /// [`PWRITE_MIN`] bytes (where the backing takes writes) gets no pages up front:
-    /// the pull's `pwrite`s allocate them as they go, failing with an error where memory
-    /// runs out, and the store's lock is not held while a large range is zero-filled.
+    /// [`Self::create`] for an object the store fills itself (a pull): a small one in the
+    /// arena. A segment of at least [`PWRITE_MIN`] bytes (where the backing takes
+    /// writes) gets no pages up front: the pull's `pwrite`s allocate them as they go,
+    /// failing with an error where memory runs out, and the store's lock is not held
+    /// while a large range is zero-filled.
     pub fn create_pulled(
         &mut self,
         client: ClientId,
@@ -367,9 +448,18 @@ impl Store {
         data_size: u64,
         metadata_size: u64,
     ) -> Result<ObjectView, StoreError> {
-        let written =
-            data_size.saturating_add(metadata_size) >= PWRITE_MIN && self.backing.takes_writes();
-        self.create_object(client, id, (data_size, metadata_size), !written)
+        let size = data_size.saturating_add(metadata_size);
+        let want = if size <= self.layout.arena_object_max {
+            Want::Arena
+        } else {
+            // Not from the pool: the pull's writes allocate pages without zeroing them,
+            // and preparing more for pulls would take a core from the transfer.
+            Want::Segment {
+                reserve: size < PWRITE_MIN || !self.backing.takes_writes(),
+                pooled: false,
+            }
+        };
+        self.create_object(client, id, (data_size, metadata_size), want)
     }
 
     fn create_object(
@@ -377,12 +467,30 @@ impl Store {
         client: ClientId,
         id: ObjectId,
         (data_size, metadata_size): (u64, u64),
-        reserve: bool,
+        want: Want,
     ) -> Result<ObjectView, StoreError> {
         if self.objects.contains_key(&id) {
             return Err(StoreError::Exists(id));
         }
-        let size = data_size
+        let size = self.checked_size(id, data_size, metadata_size)?;
+        let memory = self.allocate(id, size, want)?;
+        self.insert_unsealed(client, id, memory.clone(), (data_size, metadata_size), None);
+        Ok(ObjectView {
+            id,
+            memory,
+            data_size,
+            metadata_size,
+        })
+    }
+
+    /// Data plus metadata bytes, refused when more than the store holds.
+    fn checked_size(
+        &self,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<u64, StoreError> {
+        data_size
             .checked_add(metadata_size)
             .filter(|&size| size <= self.arena.size())
             .ok_or(StoreError::TooLarge {
@@ -390,19 +498,7 @@ impl Store {
                 size: data_size.saturating_add(metadata_size),
                 pool: "store",
                 capacity: self.arena.size(),
-            })?;
-        if size > self.largest_object {
-            self.largest_object = size;
-            self.prefault_wanted = true;
-        }
-        let offset = self.allocate(id, size, reserve)?;
-        self.insert_unsealed(client, id, offset, (data_size, metadata_size), None);
-        Ok(ObjectView {
-            id,
-            offset,
-            data_size,
-            metadata_size,
-        })
+            })
     }
 
     /// Enters a new unsealed object, pinned by its creator.
@@ -410,14 +506,14 @@ impl Store {
         &mut self,
         client: ClientId,
         id: ObjectId,
-        offset: u64,
+        memory: Memory,
         (data_size, metadata_size): (u64, u64),
         lease: Option<u64>,
     ) {
         self.objects.insert(
             id,
             Entry {
-                offset,
+                place: Place::Memory(memory),
                 data_size,
                 metadata_size,
                 sealed: false,
@@ -426,7 +522,6 @@ impl Store {
                 lru_tick: None,
                 delete_pending: false,
                 lease,
-                spilled: None,
             },
         );
         self.pin_for(client, id);
@@ -442,13 +537,13 @@ impl Store {
             .or_default() += 1;
     }
 
-    /// Places `size` bytes in the arena, spilling or evicting unpinned objects until they
-    /// fit; their pages are allocated when `reserve` is set.
-    fn allocate(&mut self, id: ObjectId, size: u64, reserve: bool) -> Result<u64, StoreError> {
+    /// Memory for `size` bytes of object `id`, spilling or evicting unpinned objects until
+    /// it fits.
+    fn allocate(&mut self, id: ObjectId, size: u64, want: Want) -> Result<Memory, StoreError> {
         let mut spill_error = None;
         loop {
-            match self.allocate_free(size, reserve) {
-                Ok(Some(offset)) => return Ok(offset),
+            match self.allocate_free(size, want) {
+                Ok(Some(memory)) => return Ok(memory),
                 Ok(None) => {}
                 Err(source) => return Err(StoreError::Memory { id, source }),
             }
@@ -498,41 +593,80 @@ impl Store {
         true
     }
 
+    /// The bytes of a sealed object in memory, through the store's mappings.
+    fn mapped(
+        &self,
+        id: ObjectId,
+        memory: &Memory,
+        len: u64,
+    ) -> Result<(Arc<Mapping>, u64), StoreError> {
+        let (map, offset) = match memory {
+            Memory::Arena(offset) => (self.arena_map.clone(), *offset),
+            Memory::Segment(segment) => (
+                segment
+                    .read_map()
+                    .map_err(|source| StoreError::Memory { id, source })?,
+                0,
+            ),
+        };
+        if !map.contains(offset, len) {
+            return Err(StoreError::OutsideMapping {
+                id,
+                offset,
+                end: offset + len,
+            });
+        }
+        Ok((map, offset))
+    }
+
     /// Writes an unpinned sealed object to disk and frees its memory.
     fn spill_out(&mut self, id: ObjectId) -> Result<(), StoreError> {
-        let Some((offset, total)) = self.objects.get(&id).map(|e| (e.offset, e.total())) else {
+        let Some((memory, total)) = self
+            .objects
+            .get(&id)
+            .and_then(|e| Some((e.view(id)?.memory, e.total())))
+        else {
             return Ok(());
         };
-        let map = self.arena_map.clone();
+        let (map, offset) = self.mapped(id, &memory, total)?;
         // SAFETY: a sealed object is never written again, and this one is unpinned: no
         // client can get it while the store's lock is held.
-        let bytes = unsafe { map.slice(offset, total) }.ok_or(StoreError::OutsideMapping {
-            id,
-            offset,
-            end: offset + total,
-        })?;
+        let bytes = unsafe { map.slice(offset, total) }.unwrap_or_default();
         let slot = self.spill.write(bytes)?;
+        drop(map);
         log::debug!(object:% = id, bytes = total; "spilled object");
         let entry = self.objects.get_mut(&id).expect("checked above");
         if let Some(tick) = entry.lru_tick.take() {
             self.lru.remove(&tick);
         }
-        entry.spilled = Some(slot);
+        entry.place = Place::Spilled(slot);
         let lease = entry.lease.take();
         if let Some(spilled) = &mut self.spilled_meanwhile {
             spilled.push(id);
         }
-        self.free_memory(offset, total, lease);
+        self.free_memory(memory, total, lease);
         Ok(())
+    }
+
+    /// What memory an object of `size` bytes that the store fills itself gets.
+    fn want_for(&self, size: u64) -> Want {
+        if size <= self.layout.arena_object_max {
+            Want::Arena
+        } else {
+            Want::Segment {
+                reserve: true,
+                pooled: true,
+            }
+        }
     }
 
     /// Brings a spilled object back into memory (spilling others to make room).
     fn restore(&mut self, id: ObjectId) -> Result<(), StoreError> {
-        let Some(slot) = self.objects.get(&id).and_then(|e| e.spilled) else {
+        let Some(slot) = self.objects.get(&id).and_then(Entry::spilled) else {
             return Ok(());
         };
-        let offset = match self.allocate(id, slot.len, true) {
-            Ok(offset) => offset,
+        let memory = match self.allocate(id, slot.len, self.want_for(slot.len)) {
+            Ok(memory) => memory,
             // The disk is full: the object swaps places with others through the heap.
             Err(StoreError::Full {
                 disk_full: true, ..
@@ -544,22 +678,22 @@ impl Store {
             Err(StoreError::Full { .. }) => return self.restore_by_swap(id, slot),
             Err(e) => return Err(e),
         };
-        let map = self.arena_map.clone();
-        // SAFETY: the range was just allocated and no client knows of it yet.
-        let Some(target) = (unsafe { map.slice_mut(offset, slot.len) }) else {
-            self.arena.free(offset, slot.len);
-            return Err(StoreError::OutsideMapping {
-                id,
-                offset,
-                end: offset + slot.len,
-            });
-        };
-        if let Err(source) = self.spill.read(slot, target) {
-            self.arena.free(offset, slot.len);
-            return Err(StoreError::Restore { id, source });
+        let read = fill(&self.arena_map, id, &memory, slot.len, |target| {
+            self.spill.read(slot, target)
+        });
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                self.free_memory(memory, slot.len, None);
+                return Err(StoreError::Restore { id, source });
+            }
+            Err(e) => {
+                self.free_memory(memory, slot.len, None);
+                return Err(e);
+            }
         }
         self.spill.free(slot);
-        self.restored(id, offset);
+        self.restored(id, memory);
         Ok(())
     }
 
@@ -606,38 +740,31 @@ impl Store {
             .read(slot, &mut bytes)
             .map_err(|source| StoreError::Restore { id, source })?;
         self.spill.free(slot);
-        if let Some(entry) = self.objects.get_mut(&id) {
-            entry.spilled = None;
-        }
         self.spilled_meanwhile = Some(Vec::new());
-        let allocated = self.allocate(id, slot.len, true);
+        let allocated = self.allocate(id, slot.len, self.want_for(slot.len));
         let mut spilled_meanwhile = self.spilled_meanwhile.take().unwrap_or_default();
-        let placed = allocated.and_then(|offset| {
-            // SAFETY: the range was just allocated and no client knows of it yet.
-            match unsafe { self.arena_map.slice_mut(offset, slot.len) } {
-                Some(target) => {
-                    target.copy_from_slice(&bytes);
-                    Ok(offset)
-                }
-                None => {
-                    self.arena.free(offset, slot.len);
-                    Err(StoreError::OutsideMapping {
-                        id,
-                        offset,
-                        end: offset + slot.len,
-                    })
+        let placed = allocated.and_then(|memory| {
+            let copied = fill(&self.arena_map, id, &memory, slot.len, |target| {
+                target.copy_from_slice(&bytes);
+                Ok::<(), std::convert::Infallible>(())
+            });
+            match copied {
+                Ok(_) => Ok(memory),
+                Err(e) => {
+                    self.free_memory(memory, slot.len, None);
+                    Err(e)
                 }
             }
         });
         match placed {
-            Ok(offset) => {
-                self.restored(id, offset);
+            Ok(memory) => {
+                self.restored(id, memory);
                 Ok(())
             }
             Err(e) => match self.write_back(&bytes, &mut spilled_meanwhile) {
                 Ok(slot) => {
                     if let Some(entry) = self.objects.get_mut(&id) {
-                        entry.spilled = Some(slot);
+                        entry.place = Place::Spilled(slot);
                     }
                     Err(e)
                 }
@@ -678,33 +805,32 @@ impl Store {
     /// Brings a spilled, unpinned object back into free memory (spilling nothing), into
     /// the LRU list; logs why when it cannot.
     fn unspill(&mut self, id: ObjectId) {
-        let Some(slot) = self.objects.get(&id).and_then(|e| e.spilled) else {
+        let Some(slot) = self.objects.get(&id).and_then(Entry::spilled) else {
             return;
         };
-        let offset = match self.allocate_free(slot.len, true) {
-            Ok(Some(offset)) => offset,
+        let memory = match self.allocate_free(slot.len, self.want_for(slot.len)) {
+            Ok(Some(memory)) => memory,
             Ok(None) => return,
             Err(e) => {
                 log::warn!(object:% = id, error:% = e; "cannot bring a spilled object back");
                 return;
             }
         };
-        let map = self.arena_map.clone();
-        // SAFETY: the range was just allocated and no client knows of it yet.
-        let read = match unsafe { map.slice_mut(offset, slot.len) } {
-            Some(target) => self.spill.read(slot, target),
-            None => Err(SpillError::Io {
-                path: self.spill.dir().to_path_buf(),
-                source: std::io::Error::other("outside the arena's mapping"),
-            }),
+        let read = fill(&self.arena_map, id, &memory, slot.len, |target| {
+            self.spill.read(slot, target)
+        });
+        let failed = match read {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
         };
-        if let Err(e) = read {
-            log::warn!(object:% = id, error:% = e; "cannot bring a spilled object back");
-            self.arena.free(offset, slot.len);
+        if let Some(e) = failed {
+            log::warn!(object:% = id, error = e.as_str(); "cannot bring a spilled object back");
+            self.free_memory(memory, slot.len, None);
             return;
         }
         self.spill.free(slot);
-        self.restored(id, offset);
+        self.restored(id, memory);
         self.tick += 1;
         if let Some(entry) = self.objects.get_mut(&id) {
             entry.lru_tick = Some(self.tick);
@@ -712,28 +838,92 @@ impl Store {
         }
     }
 
-    fn restored(&mut self, id: ObjectId, offset: u64) {
+    fn restored(&mut self, id: ObjectId, memory: Memory) {
         log::debug!(object:% = id; "restored object");
         if let Some(entry) = self.objects.get_mut(&id) {
-            entry.spilled = None;
-            entry.offset = offset;
+            entry.place = Place::Memory(memory);
         }
     }
 
-    /// Frees the arena memory of an object at `offset`.
-    fn free_memory(&mut self, offset: u64, total: u64, lease: Option<u64>) {
-        match lease {
-            Some(block) => {
+    /// Frees the memory of an object of `total` bytes.
+    fn free_memory(&mut self, memory: Memory, total: u64, lease: Option<u64>) {
+        match (memory, lease) {
+            (Memory::Arena(_), Some(block)) => {
                 let freed = self.leases.remove(block, Allocator::rounded(total));
                 self.free_ranges(freed);
             }
-            None => self.arena.free(offset, total),
+            (Memory::Arena(offset), None) => self.arena.free(offset, total),
+            // Its pages go once no client maps it any more, and freeing them is left to
+            // whoever holds the lock, after it (see `take_dropped`).
+            (Memory::Segment(segment), _) => {
+                self.segment_bytes -= segment.size();
+                self.dropped.push(segment);
+            }
         }
+    }
+
+    /// Bytes of the objects in memory (and of the leases).
+    fn objects_bytes(&self) -> u64 {
+        self.arena.used() + self.segment_bytes
+    }
+
+    /// Places `size` bytes in free room of the budget (spilling nothing), in the arena or
+    /// a segment of their own, their pages allocated up front when asked; `None` when
+    /// the budget (or the arena) has no room.
+    fn allocate_free(&mut self, size: u64, want: Want) -> Result<Option<Memory>, MemoryError> {
+        let granularity = self.backing.granularity() as u64;
+        match want {
+            Want::Arena => {
+                let rounded = Allocator::rounded(size);
+                if self.objects_bytes() + rounded > self.layout.capacity {
+                    return Ok(None);
+                }
+                self.shed_pool(rounded);
+                let Some(offset) = self.allocate_arena(size, true)? else {
+                    return Ok(None);
+                };
+                Ok(Some(Memory::Arena(offset)))
+            }
+            Want::Segment { reserve, pooled } => {
+                let rounded = size.max(1).div_ceil(granularity) * granularity;
+                if self.objects_bytes() + rounded > self.layout.capacity {
+                    return Ok(None);
+                }
+                let taken = if pooled {
+                    self.prefault_wanted = true;
+                    self.pool.take(rounded)
+                } else {
+                    None
+                };
+                self.shed_pool(rounded);
+                let (fd, len) = match taken {
+                    Some((fd, _)) => {
+                        let len = self.backing.fix_size(fd.as_fd(), size as usize)?;
+                        (fd, len)
+                    }
+                    None => self.backing.create(size as usize, reserve)?,
+                };
+                let id = self.next_segment;
+                self.next_segment += 1;
+                self.segment_bytes += len as u64;
+                Ok(Some(Memory::Segment(Arc::new(Segment::new(
+                    id, fd, len as u64,
+                )))))
+            }
+        }
+    }
+
+    /// Drops prepared segments until `size` more bytes of objects fit the budget beside
+    /// them: prepared memory gives way to objects.
+    fn shed_pool(&mut self, size: u64) {
+        while self.objects_bytes() + self.pool.bytes() + size > self.layout.capacity
+            && self.pool.shed()
+        {}
     }
 
     /// Places `size` bytes in free arena room, its pages allocated when `reserve` is set;
     /// `None` when no free range is large enough.
-    fn allocate_free(&mut self, size: u64, reserve: bool) -> Result<Option<u64>, MemoryError> {
+    fn allocate_arena(&mut self, size: u64, reserve: bool) -> Result<Option<u64>, MemoryError> {
         let Some(offset) = self.arena.allocate(size) else {
             return Ok(None);
         };
@@ -751,8 +941,8 @@ impl Store {
         Ok(Some(offset))
     }
 
-    /// Grants `client` a new lease (retiring its current one): the arena range it places
-    /// objects of up to `leased_object_max` bytes in itself.
+    /// Grants `client` a new lease (retiring its current one): the arena range it puts
+    /// objects of up to `leased_object_max` bytes in.
     pub fn lease(&mut self, client: ClientId) -> Result<(u64, u64), StoreError> {
         let size = self.layout.lease_size;
         if size == 0 {
@@ -762,11 +952,13 @@ impl Store {
         self.free_ranges(freed);
         // Leases take free room only, never evicted room, and a quarter of the arena at
         // most: evicting an object in a lease frees nothing until its lease empties.
-        if self.leases.total_bytes() + size > self.arena.size() / 4 {
+        if self.leases.total_bytes() + size > self.arena.size() / 4
+            || self.objects_bytes() + size > self.layout.capacity
+        {
             return Err(StoreError::NoRoomForLease { size });
         }
         let offset = self
-            .allocate_free(size, true)
+            .allocate_arena(size, true)
             .map_err(StoreError::LeaseMemory)?
             .ok_or(StoreError::NoRoomForLease { size })?;
         let freed = self.leases.grant(client, offset, size);
@@ -774,39 +966,91 @@ impl Store {
         Ok((offset, size))
     }
 
-    /// Registers an unsealed object `client` placed at `offset` in one of its leases, as
-    /// [`Self::create`] would have. An ID that exists already makes the client's bytes a
-    /// shadow (see [`crate::lease`]).
-    pub fn create_leased(
+    /// Enters a small object whose bytes came with the request, sealed and pinned by
+    /// `client`: the store copies them into the arena, at `lease_offset` in one of the
+    /// client's leases or else wherever the allocator places them (spilling others when
+    /// need be). An ID that exists already makes the client's copy a shadow (see
+    /// [`crate::lease`]).
+    pub fn put_small(
         &mut self,
         client: ClientId,
         id: ObjectId,
-        offset: u64,
-        data_size: u64,
-        metadata_size: u64,
+        (data_size, metadata_size): (u64, u64),
+        bytes: &[u8],
+        lease_offset: Option<u64>,
     ) -> Result<(), StoreError> {
         let size = data_size.saturating_add(metadata_size);
-        let block = self
-            .leases
-            .block_of(client, offset, Allocator::rounded(size))
-            .filter(|_| offset.is_multiple_of(ALIGN))
-            .ok_or(StoreError::OutsideLease { id, offset, size })?;
+        if bytes.len() as u64 != size {
+            return Err(StoreError::BadPut {
+                id,
+                reason: format!(
+                    "{} bytes came for an object of {data_size} + {metadata_size} bytes",
+                    bytes.len()
+                ),
+            });
+        }
+        if size > self.layout.arena_object_max {
+            return Err(StoreError::BadPut {
+                id,
+                reason: format!(
+                    "{size} bytes are too many to send with the put (at most {})",
+                    self.layout.arena_object_max
+                ),
+            });
+        }
+        // Placed in the lease first: the client's offsets there only go up.
+        let block = match lease_offset {
+            Some(offset) => Some(
+                self.leases
+                    .place(client, offset, Allocator::rounded(size))
+                    .filter(|_| offset.is_multiple_of(ALIGN))
+                    .ok_or(StoreError::OutsideLease { id, offset, size })?,
+            ),
+            None => None,
+        };
         if let Some(existing) = self.objects.get(&id) {
-            // The same client creating an ID twice (or a copy twice) is its own mistake;
-            // a copy of another's object is a duplicate put.
+            // The same client creating an ID twice is its own mistake; a copy of
+            // another's object is a duplicate put.
             if (existing.creator == client && !existing.sealed)
                 || self.leases.has_shadow(client, id)
             {
                 return Err(StoreError::Exists(id));
             }
-            log::debug!(object:% = id, client = client; "a leased object exists already: the client keeps a private copy");
-            self.leases
-                .add_shadow(client, id, block, Allocator::rounded(size));
+            log::debug!(object:% = id, client = client; "a put object exists already: the client keeps a private copy");
+            self.leases.add_shadow(client, id);
             return Ok(());
         }
-        self.leases.add(block, Allocator::rounded(size));
-        self.insert_unsealed(client, id, offset, (data_size, metadata_size), Some(block));
-        Ok(())
+        let offset = match (lease_offset, block) {
+            (Some(offset), Some(block)) => {
+                self.leases.add(block, Allocator::rounded(size));
+                offset
+            }
+            _ => match self.allocate(id, size, Want::Arena)? {
+                Memory::Arena(offset) => offset,
+                Memory::Segment(_) => unreachable!("the arena was asked for"),
+            },
+        };
+        // SAFETY: the range is this object's alone (allocated just now, or placed in the
+        // client's lease after everything before) and no client knows of it yet.
+        match unsafe { self.arena_map.slice_mut(offset, size) } {
+            Some(target) => target.copy_from_slice(bytes),
+            None => {
+                self.free_memory(Memory::Arena(offset), size, block);
+                return Err(StoreError::OutsideMapping {
+                    id,
+                    offset,
+                    end: offset + size,
+                });
+            }
+        }
+        self.insert_unsealed(
+            client,
+            id,
+            Memory::Arena(offset),
+            (data_size, metadata_size),
+            block,
+        );
+        self.seal(client, id).map(|_| ())
     }
 
     fn free_ranges(&mut self, ranges: impl IntoIterator<Item = Freed>) {
@@ -837,14 +1081,16 @@ impl Store {
     }
 
     /// The next arena granule worth reserving ahead of demand, as (index, offset, len):
-    /// granules up to [`PREFAULT_AHEAD`] (or twice the largest object seen) past the
-    /// highest byte handed out so far. The caller reserves it without the store's lock
-    /// (see [`memory::reserve_range`]) and then calls [`Self::prefault_done`].
+    /// granules up to [`PREFAULT_AHEAD`] past the highest byte handed out so far. The
+    /// caller reserves it without the store's lock (see [`memory::reserve_range`]) and
+    /// then calls [`Self::prefault_done`].
     pub fn prefault_next(&self) -> Option<(usize, usize, usize)> {
         let granule = memory::ARENA_RESERVE_GRANULE;
         let arena_size = self.arena.size();
-        let ahead = PREFAULT_AHEAD.max(self.largest_object.saturating_mul(2));
-        let bound = self.high_water.saturating_add(ahead).min(arena_size) as usize;
+        let bound = self
+            .high_water
+            .saturating_add(PREFAULT_AHEAD)
+            .min(arena_size) as usize;
         let index = self.arena_reserved.iter().position(|reserved| !reserved)?;
         let start = index * granule;
         (start < bound).then(|| (index, start, granule.min(arena_size as usize - start)))
@@ -860,7 +1106,31 @@ impl Store {
         }
     }
 
-    /// Whether more of the arena became worth reserving since the last call.
+    /// The size of the next segment worth preparing for the pool (see [`crate::pool`]),
+    /// within the room the budget has to spare. The caller makes it without the store's
+    /// lock and hands it to [`Self::pool_add`].
+    pub fn pool_wanted(&self) -> Option<u64> {
+        let room = self
+            .layout
+            .capacity
+            .saturating_sub(self.objects_bytes() + self.pool.bytes());
+        self.pool.wanted(room)
+    }
+
+    /// Adds a prepared segment to the pool, unless the budget lost the room meanwhile.
+    pub fn pool_add(&mut self, fd: OwnedFd, size: u64) {
+        if self.objects_bytes() + self.pool.bytes() + size <= self.layout.capacity {
+            self.pool.add(fd, size);
+        }
+    }
+
+    /// The segments of objects gone since the last call: dropped by the caller after it
+    /// let go of the store's lock.
+    pub fn take_dropped(&mut self) -> Vec<Arc<Segment>> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Whether more memory became worth preparing since the last call.
     pub fn take_prefault_wanted(&mut self) -> bool {
         std::mem::take(&mut self.prefault_wanted)
     }
@@ -882,9 +1152,10 @@ impl Store {
         if let Some(tick) = entry.lru_tick {
             self.lru.remove(&tick);
         }
-        match entry.spilled {
-            Some(slot) => self.spill.free(slot),
-            None => self.free_memory(entry.offset, entry.total(), entry.lease),
+        let total = entry.total();
+        match entry.place {
+            Place::Spilled(slot) => self.spill.free(slot),
+            Place::Memory(memory) => self.free_memory(memory, total, entry.lease),
         }
         if entry.sealed {
             self.events.push(StoreEvent::Removed { id, evicted });
@@ -906,16 +1177,18 @@ impl Store {
         Ok(entry)
     }
 
-    /// Seals an object: immutable from now on, visible to gets. The creator keeps its pin.
+    /// Seals an object: immutable from now on (a segment is sealed against writes, which
+    /// the kernel refuses while a writable mapping of it exists), visible to gets. The
+    /// creator keeps its pin.
     pub fn seal(&mut self, client: ClientId, id: ObjectId) -> Result<ObjectView, StoreError> {
         let entry = self.entry_of_creator(client, id)?;
+        let view = entry.view(id).ok_or(StoreError::NotFound(id))?;
+        if let Memory::Segment(segment) = &view.memory {
+            segment
+                .seal()
+                .map_err(|source| StoreError::Memory { id, source })?;
+        }
         entry.sealed = true;
-        let view = ObjectView {
-            id,
-            offset: entry.offset,
-            data_size: entry.data_size,
-            metadata_size: entry.metadata_size,
-        };
         self.events.push(StoreEvent::Sealed {
             id,
             data_size: view.data_size,
@@ -924,23 +1197,9 @@ impl Store {
         Ok(view)
     }
 
-    /// Seals an object placed in a lease; a shadow (see [`crate::lease`]) stays as it is.
-    pub fn seal_leased(&mut self, client: ClientId, id: ObjectId) -> Result<(), StoreError> {
-        if self.leases.has_shadow(client, id) {
-            return Ok(());
-        }
-        self.seal(client, id).map(|_| ())
-    }
-
     /// Drops the client's shadow of `id`; false when it has none.
     fn drop_shadow(&mut self, client: ClientId, id: ObjectId) -> bool {
-        match self.leases.remove_shadow(client, id) {
-            Some(freed) => {
-                self.free_ranges(freed);
-                true
-            }
-            None => false,
-        }
+        self.leases.remove_shadow(client, id)
     }
 
     /// Drops an unsealed object its creator gives up on.
@@ -973,7 +1232,7 @@ impl Store {
     ) -> Result<Option<ObjectView>, StoreError> {
         match self.objects.get(&id) {
             Some(entry) if entry.sealed => {
-                if entry.spilled.is_some() {
+                if entry.spilled().is_some() {
                     self.restore(id)?;
                 }
             }
@@ -985,20 +1244,12 @@ impl Store {
         if let Some(tick) = entry.lru_tick.take() {
             self.lru.remove(&tick);
         }
+        let Some(view) = entry.view(id) else {
+            return Ok(None);
+        };
         entry.pins += 1;
-        *self
-            .clients
-            .entry(client)
-            .or_default()
-            .pins
-            .entry(id)
-            .or_default() += 1;
-        Ok(Some(ObjectView {
-            id,
-            offset: entry.offset,
-            data_size: entry.data_size,
-            metadata_size: entry.metadata_size,
-        }))
+        self.pin_for(client, id);
+        Ok(Some(view))
     }
 
     /// Drops one pin of `client` on `id`. Returns how many pins the client still holds.
@@ -1120,7 +1371,9 @@ impl Store {
             capacity_bytes: self.layout.capacity,
             // Leased room that holds no object yet counts as free here (arena_used_bytes
             // has it).
-            used_bytes: self.arena.used().saturating_sub(self.leases.idle_bytes()),
+            used_bytes: self
+                .objects_bytes()
+                .saturating_sub(self.leases.idle_bytes()),
             objects: self.objects.len() as u64,
             sealed_objects: self.objects.values().filter(|e| e.sealed).count() as u64,
             evictions: self.evictions,
@@ -1128,15 +1381,55 @@ impl Store {
             arena_bytes: self.arena.size(),
             arena_used_bytes: self.arena.used(),
             clients: self.clients.len() as u64,
-            reserved_bytes: (self.reserved_granules * memory::ARENA_RESERVE_GRANULE)
-                .min(self.arena.size() as usize) as u64,
+            reserved_bytes: ((self.reserved_granules * memory::ARENA_RESERVE_GRANULE)
+                .min(self.arena.size() as usize) as u64)
+                + self.pool.bytes(),
             spill: self.spill.stats(),
+        }
+    }
+}
+
+/// Writes `len` bytes of a new object of the store's own (a restore) through `write`,
+/// then seals a segment against writes. The outer error is the memory's, the inner
+/// one `write`'s.
+fn fill<E>(
+    arena_map: &Mapping,
+    id: ObjectId,
+    memory: &Memory,
+    len: u64,
+    write: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<Result<(), E>, StoreError> {
+    let outside = || StoreError::OutsideMapping {
+        id,
+        offset: 0,
+        end: len,
+    };
+    match memory {
+        Memory::Arena(offset) => {
+            // SAFETY: the range was just allocated and no client knows of it yet.
+            let target = unsafe { arena_map.slice_mut(*offset, len) }.ok_or_else(outside)?;
+            Ok(write(target))
+        }
+        Memory::Segment(segment) => {
+            let memory_error = |source| StoreError::Memory { id, source };
+            let map = segment.write_map().map_err(memory_error)?;
+            // SAFETY: the segment was just made and no client knows of it yet.
+            let target = unsafe { map.slice_mut(0, len) }.ok_or_else(outside)?;
+            let written = write(target);
+            // The strict seal needs the writable mapping gone.
+            drop(map);
+            if written.is_ok() {
+                segment.seal().map_err(memory_error)?;
+            }
+            Ok(written)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     const MIB: u64 = 1 << 20;
@@ -1165,12 +1458,56 @@ mod tests {
         store.release(client, id(n)).unwrap();
     }
 
+    /// Puts a small object of `size` bytes through the arena, as a client without a
+    /// lease does.
+    fn put_small(store: &mut Store, client: ClientId, id: ObjectId, size: u64) {
+        let bytes = vec![7; size as usize];
+        store
+            .put_small(client, id, (size, 0), &bytes, None)
+            .unwrap();
+    }
+
+    /// Fills the unsealed object of `view` with `byte`, as its creator would.
+    fn fill_view(store: &Store, view: &ObjectView, byte: u8) {
+        let len = view.total_size();
+        match &view.memory {
+            // SAFETY: the creator alone writes its unsealed object.
+            Memory::Arena(offset) => unsafe { store.arena_map.slice_mut(*offset, len) }
+                .unwrap()
+                .fill(byte),
+            Memory::Segment(segment) => {
+                let map = segment.write_map().unwrap();
+                // SAFETY: as above.
+                unsafe { map.slice_mut(0, len) }.unwrap().fill(byte);
+            }
+        }
+    }
+
+    /// The bytes of the sealed object of `view`.
+    fn read_view(store: &Store, view: &ObjectView) -> Vec<u8> {
+        let (map, offset) = store
+            .mapped(view.id, &view.memory, view.total_size())
+            .unwrap();
+        // SAFETY: sealed and pinned.
+        unsafe { map.slice(offset, view.total_size()) }
+            .unwrap()
+            .to_vec()
+    }
+
+    /// Pages allocated to a segment.
+    fn allocated(segment: &Segment) -> i64 {
+        nix::sys::stat::fstat(segment.dup_fd().unwrap())
+            .unwrap()
+            .st_blocks
+            * 512
+    }
+
     #[test]
     fn arena_pages_are_reserved_on_first_use() {
         let (mut store, _dir) = store();
         assert!(store.arena_reserved.iter().all(|reserved| !reserved));
         let client = store.connect();
-        store.create(client, id(1), 100, 0).unwrap();
+        put_small(&mut store, client, id(1), 100);
         assert!(store.arena_reserved[0]);
     }
 
@@ -1178,13 +1515,106 @@ mod tests {
     fn a_large_pulled_object_gets_no_pages_up_front() {
         let (mut store, _dir) = store();
         let client = store.connect();
-        store.create_pulled(client, id(1), 16 * MIB, 0).unwrap();
-        assert!(store.arena_reserved.iter().all(|reserved| !reserved));
-        store.create_pulled(client, id(2), MIB, 0).unwrap();
+        let view = store.create_pulled(client, id(1), 16 * MIB, 0).unwrap();
+        let Memory::Segment(segment) = &view.memory else {
+            panic!("a large object has a segment of its own")
+        };
+        assert_eq!(allocated(segment), 0);
+        let view = store.create_pulled(client, id(2), MIB, 0).unwrap();
+        let Memory::Segment(segment) = &view.memory else {
+            panic!("a large object has a segment of its own")
+        };
+        assert_eq!(allocated(segment), MIB as i64, "written through a mapping");
+        let view = store.create_pulled(client, id(3), 100, 0).unwrap();
+        assert!(matches!(view.memory, Memory::Arena(_)), "a small one");
+        assert!(store.arena_reserved[0]);
+    }
+
+    #[test]
+    fn a_segment_is_sealed_against_writes_once_its_writer_unmapped_it() {
+        let (mut store, _dir) = store();
+        let client = store.connect();
+        let view = store.create(client, id(1), MIB, 0).unwrap();
+        let Memory::Segment(segment) = view.memory.clone() else {
+            panic!("a segment of its own")
+        };
+        let writer = segment.write_map().unwrap();
+        let err = store.seal(client, id(1)).unwrap_err();
         assert!(
-            store.arena_reserved[2],
-            "a small one is written through a mapping"
+            matches!(
+                err,
+                StoreError::Memory {
+                    source: MemoryError::StillWritable,
+                    ..
+                }
+            ),
+            "{err}"
         );
+        assert!(!store.contains(&id(1)), "still unsealed");
+        drop(writer);
+        store.seal(client, id(1)).unwrap();
+        assert!(
+            segment.write_map().is_err(),
+            "no writable mapping after the seal"
+        );
+        let reader = segment.dup_fd().unwrap();
+        assert!(Mapping::new(reader.as_fd(), MIB as usize, true, false).is_err());
+        let reopened = nix::fcntl::open(
+            format!("/proc/self/fd/{}", reader.as_raw_fd()).as_str(),
+            nix::fcntl::OFlag::O_RDWR,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        assert!(Mapping::new(reopened.as_fd(), MIB as usize, true, false).is_err());
+        assert_eq!(
+            nix::sys::uio::pwrite(&reopened, b"x", 0),
+            Err(nix::Error::EPERM),
+            "not even reopened read-write"
+        );
+    }
+
+    #[test]
+    fn the_arena_takes_no_writes_but_the_stores() {
+        let (mut store, _dir) = store();
+        let client = store.connect();
+        let fd = store.arena_fd.as_fd();
+        assert_eq!(nix::sys::uio::pwrite(fd, b"x", 0), Err(nix::Error::EPERM));
+        assert!(Mapping::new(fd, 4096, true, false).is_err());
+        // Pages are still allocated ahead of demand under the seal.
+        memory::reserve_range(fd, 0, memory::ARENA_RESERVE_GRANULE).unwrap();
+        put_small(&mut store, client, id(1), 100);
+        let view = store.get(client, id(1)).unwrap();
+        assert_eq!(read_view(&store, &view), vec![7; 100]);
+    }
+
+    #[test]
+    fn a_large_create_takes_a_prepared_segment_and_prepared_ones_give_way() {
+        let (mut store, _dir) = store();
+        let c = store.connect();
+        assert_eq!(store.pool_wanted(), None);
+        put(&mut store, c, 1, 10 * MIB);
+        let size = store.pool_wanted().expect("the size asked for lately");
+        assert!(size >= 10 * MIB);
+        let (fd, len) = store.backing.create_resizable(size as usize, true).unwrap();
+        store.pool_add(fd, len as u64);
+        assert_eq!(store.pool_wanted(), None);
+        let view = store.create(c, id(2), 10 * MIB, 0).unwrap();
+        let Memory::Segment(segment) = &view.memory else {
+            panic!("a segment of its own")
+        };
+        assert_eq!(segment.size(), 10 * MIB, "cut to the object's size");
+        assert_eq!(allocated(segment), 10 * MIB as i64, "its pages were ready");
+        assert_eq!(store.pool.bytes(), 0);
+        // Prepared memory counts against the budget, and objects come first.
+        let (fd, len) = store
+            .backing
+            .create_resizable(20 * MIB as usize, true)
+            .unwrap();
+        store.pool_add(fd, len as u64);
+        assert_eq!(store.pool.bytes(), 20 * MIB);
+        store.create(c, id(3), 40 * MIB, 0).unwrap();
+        assert_eq!(store.pool.bytes(), 0, "shed for the object");
+        assert_eq!(store.stats().spill.objects, 0, "nothing spilled for it");
     }
 
     #[test]
@@ -1206,26 +1636,37 @@ mod tests {
         let (offset, size) = store.lease(a).unwrap();
         assert_eq!(size, lease);
         assert_eq!(store.stats().used_bytes, 0, "an empty lease holds nothing");
-        store.create_leased(a, id(1), offset, 100, 0).unwrap();
-        assert!(store.get(b, id(1)).is_none(), "unsealed");
-        store.seal_leased(a, id(1)).unwrap();
+        store
+            .put_small(a, id(1), (100, 0), &[1; 100], Some(offset))
+            .unwrap();
         assert_eq!(store.stats().used_bytes, 128);
         let view = store.get(b, id(1)).unwrap();
-        assert_eq!(view.offset, offset);
+        assert!(matches!(view.memory, Memory::Arena(at) if at == offset));
+        assert_eq!(read_view(&store, &view), vec![1; 100]);
         assert!(matches!(
-            store.create_leased(b, id(2), offset + 128, 10, 0),
+            store.put_small(b, id(2), (10, 0), &[2; 10], Some(offset + 128)),
+            Err(StoreError::OutsideLease { .. })
+        ));
+        assert!(
+            matches!(
+                store.put_small(a, id(2), (10, 0), &[2; 10], Some(offset)),
+                Err(StoreError::OutsideLease { .. })
+            ),
+            "over the first object"
+        );
+        assert!(matches!(
+            store.put_small(a, id(2), (100, 0), &[2; 100], Some(offset + size - 64)),
             Err(StoreError::OutsideLease { .. })
         ));
         assert!(matches!(
-            store.create_leased(a, id(2), offset + size - 64, 100, 0),
-            Err(StoreError::OutsideLease { .. })
+            store.put_small(a, id(2), (100, 0), &[2; 10], Some(offset + 128)),
+            Err(StoreError::BadPut { .. })
         ));
+        assert_eq!(read_view(&store, &view), vec![1; 100], "unchanged");
         // A new lease retires the first, which stays while its object does.
         let (second, _) = store.lease(a).unwrap();
         assert_ne!(second, offset);
-        store.create_leased(a, id(3), second, 64, 0).unwrap();
         store.disconnect(a);
-        assert!(!store.exists(&id(3)), "unsealed: aborted with its client");
         assert_eq!(
             store.stats().arena_used_bytes,
             lease,
@@ -1238,13 +1679,15 @@ mod tests {
     }
 
     #[test]
-    fn a_leased_copy_of_an_existing_object_stays_private() {
+    fn a_small_copy_of_an_existing_object_stays_private() {
         let (mut store, _dir) = store();
         let (a, b) = (store.connect(), store.connect());
-        put(&mut store, a, 1, 100);
+        put_small(&mut store, a, id(1), 100);
+        store.release(a, id(1)).unwrap();
         let (offset, _) = store.lease(b).unwrap();
-        store.create_leased(b, id(1), offset, 100, 0).unwrap();
-        store.seal_leased(b, id(1)).unwrap();
+        store
+            .put_small(b, id(1), (100, 0), &[9; 100], Some(offset))
+            .unwrap();
         assert_eq!(store.list().len(), 1);
         assert_eq!(
             store.list()[0].pins,
@@ -1254,6 +1697,12 @@ mod tests {
         assert_eq!(store.release(b, id(1)).unwrap(), 0);
         store.disconnect(b);
         assert_eq!(store.stats().arena_used_bytes, 128, "the original alone");
+        let view = store.get(a, id(1)).unwrap();
+        assert_eq!(
+            read_view(&store, &view),
+            vec![7; 100],
+            "the original's bytes"
+        );
     }
 
     #[test]
@@ -1315,11 +1764,7 @@ mod tests {
         let c = store.connect();
         for n in 1..=4 {
             let view = store.create(c, put_id(n), 16 * MIB, 0).unwrap();
-            let offset = view.offset;
-            // SAFETY: the creator alone writes its unsealed object.
-            unsafe { store.arena_map.slice_mut(offset, 16 * MIB) }
-                .unwrap()
-                .fill(n);
+            fill_view(&store, &view, n);
             store.seal(c, put_id(n)).unwrap();
             store.release(c, put_id(n)).unwrap();
         }
@@ -1332,9 +1777,7 @@ mod tests {
         assert!(store.contains(&put_id(3)), "a spilled object is still here");
         store.release(c, put_id(2)).unwrap();
         let view = store.get(c, put_id(3)).unwrap();
-        let offset = view.offset;
-        // SAFETY: sealed and pinned.
-        let bytes = unsafe { store.arena_map.slice(offset, 16 * MIB) }.unwrap();
+        let bytes = read_view(&store, &view);
         assert!(bytes.iter().all(|&b| b == 3), "restored intact");
         let stats = store.stats();
         assert_eq!(stats.evictions, 0);
@@ -1386,11 +1829,7 @@ mod tests {
     /// Creates `id` of `size` bytes filled with `byte`, sealed, still pinned by `client`.
     fn filled(store: &mut Store, client: ClientId, id: ObjectId, size: u64, byte: u8) {
         let view = store.create(client, id, size, 0).unwrap();
-        let offset = view.offset;
-        // SAFETY: the creator alone writes its unsealed object.
-        unsafe { store.arena_map.slice_mut(offset, size) }
-            .unwrap()
-            .fill(byte);
+        fill_view(store, &view, byte);
         store.seal(client, id).unwrap();
     }
 
@@ -1422,9 +1861,7 @@ mod tests {
         // Once a task result is unpinned it makes room (dropped: the disk takes nothing).
         store.release(c, id(2)).unwrap();
         let view = store.try_get(c, put_id(1)).unwrap().expect("restored");
-        let offset = view.offset;
-        // SAFETY: sealed and pinned.
-        let bytes = unsafe { store.arena_map.slice(offset, 32 * MIB) }.unwrap();
+        let bytes = read_view(&store, &view);
         assert!(bytes.iter().all(|&b| b == 1), "restored intact");
     }
 
@@ -1471,10 +1908,12 @@ mod tests {
         assert_eq!(store.stats().reserved_bytes, PREFAULT_AHEAD);
         // An object moves the highest byte handed out: reserving resumes up to the new bound.
         let c = store.connect();
-        store.create_pulled(c, id(1), 100 * MIB, 0).unwrap();
+        store.take_prefault_wanted();
+        put_small(&mut store, c, id(1), 100);
         assert!(store.take_prefault_wanted());
         let bound = store.high_water + PREFAULT_AHEAD;
         assert!(bound > PREFAULT_AHEAD && bound < 1 << 30);
+        assert!(bound.div_ceil(granule) > PREFAULT_AHEAD / granule);
         assert_eq!(
             prefault(&mut store),
             bound.div_ceil(granule) - PREFAULT_AHEAD / granule
@@ -1489,7 +1928,8 @@ mod tests {
     fn a_disconnect_aborts_and_unpins() {
         let (mut store, _dir) = store();
         let (a, b) = (store.connect(), store.connect());
-        put(&mut store, a, 1, 10);
+        put_small(&mut store, a, id(1), 10);
+        store.release(a, id(1)).unwrap();
         store.get(b, id(1)).unwrap();
         store.create(b, id(2), 2 * MIB, 0).unwrap();
         store.create(b, id(3), 10, 0).unwrap();

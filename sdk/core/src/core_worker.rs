@@ -445,9 +445,15 @@ impl CoreWorker {
             Err(ClientError::ObjectExists(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let (data, meta) = builder.buffers_mut();
-        value::write(data, layout, pickle, buffers);
-        meta.copy_from_slice(metadata);
+        // Written part by part: a large object's parts go straight into its segment's
+        // file, without a mapping to build.
+        let header = value::header(layout, pickle.len(), buffers.len());
+        builder.write_at(0, &header)?;
+        builder.write_at(layout.pickle.start as u64, pickle)?;
+        for (range, buffer) in layout.buffers.iter().zip(buffers) {
+            builder.write_at(range.start as u64, buffer)?;
+        }
+        builder.write_at(layout.total as u64, metadata)?;
         builder.seal()?;
         Ok(())
     }

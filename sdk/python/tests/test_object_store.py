@@ -122,3 +122,68 @@ def test_each_init_removes_its_driver_dir_at_shutdown(cleanup, tmp_path, monkeyp
         assert len(list(tmp_path.glob("driver_*"))) == 1
         ray.shutdown()
         assert list(tmp_path.glob("driver_*")) == []
+
+
+_ATTACK = r"""
+import ctypes, errno, mmap
+values = [ray.get(ray.ObjectID(bytes.fromhex(h))) for h in sys.argv[1:]]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+def refused(what, call, allowed):
+    try:
+        call()
+    except OSError as e:
+        assert e.errno in allowed, f"{what}: {e}"
+        return
+    raise AssertionError(f"{what} was not refused")
+
+def write_map(fd):
+    return mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+fds = maps = 0
+for name in os.listdir("/proc/self/fd"):
+    path = f"/proc/self/fd/{name}"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        continue
+    if "memfd:rayd-plasma" not in target:
+        continue
+    fds += 1
+    fd = int(name)
+    # The descriptor given is read-only; reopened read-write, the seals refuse writes.
+    refused(f"mmap(PROT_WRITE) of {target}", lambda: write_map(fd), (errno.EACCES, errno.EPERM))
+    refused(f"pwrite of {target}", lambda: os.pwrite(fd, b"x", 0),
+            (errno.EBADF, errno.EPERM))
+    rw = os.open(path, os.O_RDWR)
+    refused(f"mmap(PROT_WRITE) of {target} reopened", lambda: write_map(rw), (errno.EPERM,))
+    refused(f"pwrite of {target} reopened", lambda: os.pwrite(rw, b"x", 0), (errno.EPERM,))
+    os.close(rw)
+for line in open("/proc/self/maps"):
+    if "memfd:rayd-plasma" not in line:
+        continue
+    maps += 1
+    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+    if libc.mprotect(start, end - start, mmap.PROT_READ | mmap.PROT_WRITE) == 0:
+        raise AssertionError(f"mprotect made {line.strip()} writable")
+print("REFUSED", fds, maps, sum(int(v.sum()) for v in values))
+"""
+
+
+def test_no_driver_can_write_another_drivers_sealed_objects(shared_cluster):
+    small = np.arange(100, dtype=np.uint8)
+    large = np.arange(10 * MB // 8, dtype=np.int64)
+    refs = [ray.put(small), ray.put(large)]
+    address = ray._private.worker.global_worker.info["redis_address"]
+    program = f"import os, ray, sys, time\nray.init(redis_address={address!r})\n" + _ATTACK
+    out = subprocess.run([sys.executable, "-c", program] + [r.hex() for r in refs],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    words = out.stdout.split()
+    assert words[0] == "REFUSED", out.stdout
+    fds, maps, total = (int(w) for w in words[1:4])
+    assert fds >= 2 and maps >= 2, f"nothing attacked: {out.stdout}"
+    assert total == int(small.sum()) + int(large.sum())
+    assert np.array_equal(ray.get(refs[0]), small)
+    assert np.array_equal(ray.get(refs[1]), large)

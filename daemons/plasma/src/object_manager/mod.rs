@@ -14,7 +14,6 @@
 mod serve;
 pub mod wire;
 
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,7 @@ use wire::{ChunkDecoder, ChunkStart, Piece};
 
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::{ClientId, ObjectView, StoreError, StoreEvent, PWRITE_MIN};
+use crate::store::{ClientId, Memory, ObjectView, StoreError, StoreEvent};
 
 /// The path of the `Pull` method.
 const PULL_PATH: &str = "/rayd.objectmanager.v1.ObjectManager/Pull";
@@ -117,10 +116,11 @@ impl Drop for TransferPin {
     }
 }
 
-/// How a pull writes into the arena: through the daemon's mapping of it (small objects, or
-/// an arena whose file takes no `pwrite`, e.g. hugetlbfs, whose pages were reserved at
-/// create), or, for a large object, into the arena's file, which one blocking thread per
-/// pull fills with `pwrite` ([`SegmentWriter`]).
+/// How a pull writes its object: a small one through the daemon's mapping of the arena;
+/// one in a segment of its own into the segment's file, which one blocking thread per
+/// pull fills with `pwrite` ([`SegmentWriter`]), or, where the file takes no `pwrite`
+/// (hugetlbfs, whose pages were reserved at create), through a writable mapping of the
+/// segment that goes before the seal.
 #[derive(Clone)]
 enum Destination {
     Mapped(Arc<Mapping>),
@@ -135,15 +135,23 @@ impl Destination {
         pin: &Arc<TransferPin>,
     ) -> Result<(Self, u64, Option<SegmentWriter>), TransferError> {
         let id = view.id;
-        Ok(
-            if view.total_size() < PWRITE_MIN || !state.arena_takes_writes {
-                (Self::Mapped(state.arena_map.clone()), view.offset, None)
-            } else {
-                let (queue, writer) = SegmentWriter::start(state.arena_fd.as_fd(), pin.clone())
+        Ok(match &view.memory {
+            Memory::Arena(offset) => (Self::Mapped(state.arena_map.clone()), *offset, None),
+            Memory::Segment(segment) if !state.backing.takes_writes() => {
+                let mapping = segment.write_map().map_err(|e| TransferError::Write {
+                    id,
+                    error: std::io::Error::other(e),
+                })?;
+                (Self::Mapped(Arc::new(mapping)), 0, None)
+            }
+            Memory::Segment(segment) => {
+                let (queue, writer) = segment
+                    .dup_fd()
+                    .and_then(|fd| SegmentWriter::start(fd, pin.clone()))
                     .map_err(|error| TransferError::Write { id, error })?;
-                (Self::Own(queue), view.offset, Some(writer))
-            },
-        )
+                (Self::Own(queue), 0, Some(writer))
+            }
+        })
     }
 
     /// Writes all of `bytes` at `offset` of the segment (or hands them to its writer).
@@ -207,14 +215,14 @@ impl SegmentWriter {
     /// Starts the thread; it stops once every queue handle is gone (or a write fails),
     /// and it keeps the object pinned until then.
     fn start(
-        segment: std::os::fd::BorrowedFd<'_>,
+        segment: std::os::fd::OwnedFd,
         pin: Arc<TransferPin>,
     ) -> Result<(WriterQueue, Self), std::io::Error> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, u64, _)>();
         let room = Arc::new(tokio::sync::Semaphore::new(WriterQueue::BYTES as usize));
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let room_left = room.clone();
-        let file = std::fs::File::from(segment.try_clone_to_owned()?);
+        let file = std::fs::File::from(segment);
         std::thread::Builder::new()
             .name("rayd-pull-write".into())
             .spawn(move || {
@@ -738,16 +746,18 @@ mod tests {
     #[tokio::test]
     async fn chunks_cut_anywhere_land_in_the_object() {
         let (state, _spill) = state();
-        let bytes = pattern(100_000);
+        let bytes = pattern(10_000);
         let (target, writer, view) = new_target(&state, bytes.len() as u64);
         assert!(writer.is_none(), "a small object lands in the arena");
-        let mut frames = chunk_frames(&bytes, 30_000);
+        let mut frames = chunk_frames(&bytes, 3_000);
         frames.push(trailers("0", None, None));
         target
             .receive(stream(frames), 0, bytes.len() as u64)
             .await
             .unwrap();
-        let offset = view.offset;
+        let Memory::Arena(offset) = view.memory else {
+            panic!("not in the arena")
+        };
         // SAFETY: the object is written and no one else writes it.
         let landed = unsafe { state.arena_map.slice(offset, bytes.len() as u64) }.unwrap();
         assert!(landed == &bytes[..], "the bytes differ");
@@ -794,8 +804,12 @@ mod tests {
         let end = bytes.len() as u64;
         let (target, writer, view) = new_target(&state, end);
         assert!(writer.is_some(), "a large object is written with pwrite");
-        // Sealed against new writes, the arena refuses the writer's first `pwrite`.
-        assert!(!memory::seal_against_writes(state.arena_fd.as_fd()).unwrap());
+        // Sealed against writes, its segment refuses the writer's first `pwrite`.
+        let Memory::Segment(segment) = &view.memory else {
+            panic!("not in a segment of its own")
+        };
+        let fd = segment.dup_fd().unwrap();
+        assert!(memory::seal_against_writes(std::os::fd::AsFd::as_fd(&fd)).unwrap());
         let mut frames = chunk_frames(&bytes, MIB as usize);
         frames.push(trailers("0", None, None));
         let result = target.receive(stream(frames), 0, end).await;

@@ -24,7 +24,7 @@ use super::wire::{self, ChunkStart};
 use super::{TransferPin, CHUNKS_IN_FLIGHT, MIN_CHUNK, PULL_PATH, STALL_TIMEOUT};
 use crate::memory::{Mapping, MemoryError};
 use crate::state::State;
-use crate::store::ObjectView;
+use crate::store::{Memory, ObjectView};
 
 /// A frame of a response body.
 type FrameResult = Result<Frame<Bytes>, Infallible>;
@@ -121,7 +121,10 @@ impl AsRef<[u8]> for ChunkOwner {
 
 /// The bytes of a sealed object, mapped read-only, and their offset in the mapping.
 fn map_object(state: &State, view: &ObjectView) -> Result<(Arc<Mapping>, u64), MemoryError> {
-    Ok((state.arena_map.clone(), view.offset))
+    match &view.memory {
+        Memory::Arena(offset) => Ok((state.arena_map.clone(), *offset)),
+        Memory::Segment(segment) => Ok((segment.read_map()?, 0)),
+    }
 }
 
 /// Pins the object of `request` and starts sending its range: the frames come out of

@@ -1,0 +1,142 @@
+//! Segments prepared ahead of demand: a few files whose pages are allocated already, so
+//! that a large create takes one and cuts it to size instead of waiting for the kernel to
+//! zero fresh pages (a sealed segment cannot be reused: its memory goes with it). The
+//! background thread of [`crate::prefault`] makes them, one at a time, in the sizes of the
+//! latest large creates, as long as the budget has room; a create that needs the room
+//! sheds them first. Pure bookkeeping; the store holds it under its lock.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+
+/// Objects from this size on take segments from the pool (smaller ones cost little to
+/// make on the spot).
+pub const POOL_MIN: u64 = 1 << 20;
+/// Pool segments are made in multiples of this, at least (see [`size_class`]).
+const GRANULE: u64 = 64 << 10;
+/// How many of the latest large creates the pool prepares for.
+const RECENT: usize = 2;
+/// Most bytes the pool holds.
+pub const POOL_MAX: u64 = 256 << 20;
+
+/// The prepared segments.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Segments and their sizes.
+    entries: Vec<(OwnedFd, u64)>,
+    bytes: u64,
+    /// Sizes (rounded up to the granule) of the latest large creates.
+    recent: VecDeque<u64>,
+}
+
+impl Pool {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Takes the smallest segment of at least `size` bytes, and notes the size as one to
+    /// prepare for.
+    pub fn take(&mut self, size: u64) -> Option<(OwnedFd, u64)> {
+        if size < POOL_MIN {
+            return None;
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(size_class(size));
+        let index = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, len))| *len >= size)
+            .min_by_key(|(_, (_, len))| *len)
+            .map(|(i, _)| i)?;
+        let entry = self.entries.swap_remove(index);
+        self.bytes -= entry.1;
+        Some(entry)
+    }
+
+    /// The size of the next segment worth preparing, given `room` bytes left in the
+    /// budget: one of each recent size for each time it was asked for lately.
+    pub fn wanted(&self, room: u64) -> Option<u64> {
+        let mut recent: Vec<u64> = self.recent.iter().copied().collect();
+        recent.sort_unstable();
+        let mut have: Vec<u64> = self.entries.iter().map(|(_, len)| *len).collect();
+        have.sort_unstable();
+        // A size asked for more often than prepared.
+        let mut have = have.into_iter().peekable();
+        for size in recent {
+            while have.next_if(|&len| len < size).is_some() {}
+            if have.next_if_eq(&size).is_none() {
+                return (size <= room && self.bytes + size <= POOL_MAX).then_some(size);
+            }
+        }
+        None
+    }
+
+    /// Adds a prepared segment of `size` bytes.
+    pub fn add(&mut self, fd: OwnedFd, size: u64) {
+        self.entries.push((fd, size));
+        self.bytes += size;
+    }
+
+    /// Drops the largest segment (its memory goes back to the system); false when empty.
+    pub fn shed(&mut self) -> bool {
+        let Some(index) = self
+            .entries
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (_, len))| *len)
+            .map(|(i, _)| i)
+        else {
+            return false;
+        };
+        let (_, len) = self.entries.swap_remove(index);
+        self.bytes -= len;
+        true
+    }
+}
+
+/// The size a segment for an object of `size` bytes is prepared in: rounded up by at
+/// most about 1/32, so that objects of nearly one size share one class and a taken
+/// segment is cut by little (the pages cut off were zeroed for nothing).
+fn size_class(size: u64) -> u64 {
+    let unit = (size.next_power_of_two() / 32).max(GRANULE);
+    size.div_ceil(unit) * unit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> OwnedFd {
+        OwnedFd::from(tempfile::tempfile().unwrap())
+    }
+
+    #[test]
+    fn the_pool_prepares_the_sizes_asked_for_lately() {
+        let mut pool = Pool::default();
+        assert_eq!(pool.wanted(u64::MAX), None, "nothing asked for yet");
+        assert!(
+            pool.take(100 << 10).is_none(),
+            "small ones are made on the spot"
+        );
+        assert_eq!(pool.wanted(u64::MAX), None);
+        assert!(pool.take(100_000_000).is_none());
+        let size = size_class(100_000_000);
+        assert!(size >= 100_000_000 && size - 100_000_000 < 100_000_000 / 32);
+        assert_eq!(size_class((1 << 20) + 200), (1 << 20) + (64 << 10));
+        assert_eq!(pool.wanted(u64::MAX), Some(size));
+        assert_eq!(pool.wanted(size - 1), None, "no room in the budget");
+        pool.add(fd(), size);
+        assert_eq!(pool.wanted(u64::MAX), None, "one per create");
+        let (_, len) = pool.take(99_000_000).unwrap();
+        assert_eq!((len, pool.bytes()), (size, 0));
+        assert_eq!(pool.wanted(u64::MAX), Some(size), "asked for twice now");
+        pool.add(fd(), size);
+        pool.add(fd(), 4 << 20);
+        assert!(pool.take(200_000_000).is_none(), "none large enough");
+        assert!(pool.shed());
+        assert_eq!(pool.bytes(), 4 << 20, "the largest went first");
+    }
+}
