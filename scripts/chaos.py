@@ -259,6 +259,12 @@ def run(tasks: int, period_s: float, seed_value: int = 1) -> Dict[str, Any]:
             "baseline_wrong": baseline["wrong"], "baseline_hangs": baseline["hangs"]})
         temp_dirs = [n.temp_dir for n in cluster.list_all_nodes() + cluster.removed_nodes]
     finally:
+        keep = os.environ.get("RAYD_CHAOS_KEEP_LOGS")
+        if keep:
+            # For a post-mortem: every node's logs, before the cluster takes its dirs away.
+            for i, node in enumerate(cluster.list_all_nodes() + cluster.removed_nodes):
+                if node.logs_dir and os.path.isdir(node.logs_dir):
+                    shutil.copytree(node.logs_dir, os.path.join(keep, f"node{i}"), dirs_exist_ok=True)
         cluster.shutdown()
         for node in cluster.removed_nodes:
             shutil.rmtree(node.temp_dir, ignore_errors=True)

@@ -52,25 +52,17 @@ impl nm::node_manager_server::NodeManager for Recorder {
         Ok(Response::new(nm::ForwardTaskReply {}))
     }
 
-    async fn task_finished(
-        &self,
-        _request: Request<nm::TaskFinishedRequest>,
-    ) -> Result<Response<nm::TaskFinishedReply>, Status> {
-        Ok(Response::new(nm::TaskFinishedReply {}))
-    }
+    type PeerStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<nm::PeerAck, Status>> + Send + 'static>,
+    >;
 
-    async fn kill_actor(
+    async fn peer(
         &self,
-        _request: Request<nm::KillActorRequest>,
-    ) -> Result<Response<nm::KillActorReply>, Status> {
-        Ok(Response::new(nm::KillActorReply {}))
-    }
-
-    async fn worker_output(
-        &self,
-        _request: Request<nm::WorkerOutputRequest>,
-    ) -> Result<Response<nm::WorkerOutputReply>, Status> {
-        Ok(Response::new(nm::WorkerOutputReply {}))
+        _request: Request<tonic::Streaming<nm::PeerMessage>>,
+    ) -> Result<Response<Self::PeerStream>, Status> {
+        Err(Status::unimplemented(
+            "a global scheduler only forwards tasks",
+        ))
     }
 }
 
@@ -428,6 +420,45 @@ async fn a_task_goes_where_its_argument_bytes_are() {
         Some(b.id),
         "never back to the node that spilled it"
     );
+}
+
+#[tokio::test]
+async fn a_task_its_spiller_could_run_goes_only_where_there_is_room_now() {
+    let cluster = cluster().await;
+    let a = FakeRaylet::start(&cluster.gcs, &[("CPU", 1.0)]).await;
+    let b = FakeRaylet::start(&cluster.gcs, &[("CPU", 1.0)]).await;
+    let _scheduler = cluster.scheduler(1000);
+    let mut client = cluster.client().await;
+    let from_a = || {
+        let mut request = task(&[("CPU", 1.0)], &[]);
+        request.from_node_id = a.id.as_bytes().to_vec();
+        request
+    };
+    assert_eq!(spill(&mut client, from_a()).await.ok(), Some(b.id));
+    // b's CPU is taken now (until its next heartbeat): a's queue is as short as b's.
+    let error = spill(&mut client, from_a())
+        .await
+        .expect_err("no room elsewhere");
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(
+        error
+            .message()
+            .contains("waits on the node that spilled it"),
+        "{}",
+        error.message()
+    );
+    // A spiller that could never run it: where there is room, then the shorter queue.
+    let from_elsewhere = || {
+        let mut request = task(&[("CPU", 1.0)], &[]);
+        request.from_node_id = NodeId::random().as_bytes().to_vec();
+        request
+    };
+    assert_eq!(spill(&mut client, from_elsewhere()).await.ok(), Some(a.id));
+    assert!(
+        spill(&mut client, from_elsewhere()).await.is_ok(),
+        "no room: a queue"
+    );
+    assert_eq!(a.received().len() + b.received().len(), 3);
 }
 
 #[tokio::test]

@@ -110,6 +110,20 @@ impl View {
         }
     }
 
+    /// Whether `node` could ever run a task of `request` (its total covers it).
+    pub fn could_run(&self, node: &NodeId, request: &Amounts) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|v| covers(&v.total, request))
+    }
+
+    /// Whether `node` has room for a task of `request` now, as far as this view knows.
+    pub fn has_room(&self, node: &NodeId, request: &Amounts) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|v| covers(&v.available, request))
+    }
+
     /// The node manager address of `node`.
     pub fn address(&self, node: &NodeId) -> Option<&str> {
         self.nodes.get(node).map(|v| v.address.as_str())

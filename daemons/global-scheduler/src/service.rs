@@ -178,16 +178,19 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
         let function = spec.function_name.clone();
         let local_bytes = self.local_bytes(spec).await;
         forward.hops = forward.hops.saturating_add(1);
-        // Not back to the node that spilled it.
-        let mut tried: HashSet<NodeId> = NodeId::from_slice(&forward.from_node_id)
-            .into_iter()
-            .collect();
+        // Not back to the node that spilled it; and when that node could run it itself,
+        // only to a node with room now: a queue elsewhere is no shorter than its own.
+        let spiller = NodeId::from_slice(&forward.from_node_id).ok();
+        let mut tried: HashSet<NodeId> = spiller.into_iter().collect();
+        let room_only = spiller.is_some_and(|n| self.view().could_run(&n, &request));
         loop {
             let (node, address) = {
                 let mut view = self.view();
                 let ranked = view.rank(&request, &local_bytes, now_ms());
                 let node = match ranked {
-                    Ok(nodes) => nodes.into_iter().find(|n| !tried.contains(n)),
+                    Ok(nodes) => nodes
+                        .into_iter()
+                        .find(|n| !tried.contains(n) && (!room_only || view.has_room(n, &request))),
                     Err(Unplaceable::Infeasible) => {
                         self.metrics.unplaced.inc();
                         return Err(Status::failed_precondition(format!(
@@ -200,6 +203,13 @@ impl gs::global_scheduler_server::GlobalScheduler for Service {
                 };
                 let Some(node) = node else {
                     self.metrics.unplaced.inc();
+                    if room_only {
+                        return Err(Status::unavailable(format!(
+                            "no other node has room for task {task} ({function}, needs {}) \
+                             now: it waits on the node that spilled it",
+                            describe(&request)
+                        )));
+                    }
                     return Err(Status::unavailable(format!(
                         "no node took task {task} ({function}, needs {}): those that could run \
                          it are silent or refused it",

@@ -516,7 +516,11 @@ impl Scheduler {
             Event::SpillFailed { task, error } => {
                 log::warn!(task:% = task; "no global scheduler took a task: {error}; placing it here");
                 if let Some(task) = self.take_handed_on(&task) {
-                    match self.cluster.place(&task.resources, false) {
+                    // A task this node can run waits here unless another node has room
+                    // now (a heartbeat spills it again when one has); one it can never run
+                    // goes to a node that can.
+                    let wait_here = self.resources.feasible(&task.resources);
+                    match self.cluster.place(&task.resources, wait_here) {
                         Some(node) => self.forward(node, task),
                         None => self.make_ready(task, true),
                     }
