@@ -51,6 +51,11 @@ impl Segment {
         self.fd().try_clone()
     }
 
+    /// Lends its descriptor to `f` (read-write before the seal, read-only after it).
+    pub fn with_fd<R>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R) -> R {
+        f(self.fd().as_fd())
+    }
+
     /// Seals it against writes for good (refused while a writable mapping of it exists)
     /// and keeps a read-only descriptor in place of the read-write one.
     pub fn seal(&self) -> Result<(), MemoryError> {

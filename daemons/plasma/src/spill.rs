@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,8 @@ use nix::fcntl::FallocateFlags;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Spilled objects start on multiples of this, so that holes free whole blocks.
 const SLOT_ALIGN: u64 = 4096;
+/// The buffer of a copy between descriptors where the kernel copies none itself.
+const COPY_BUFFER: usize = 4 << 20;
 
 /// Why an object could not be spilled.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +124,25 @@ impl Spill {
 
     /// Writes `bytes` to the end of the file in one go.
     pub fn write(&mut self, bytes: &[u8]) -> Result<Slot, SpillError> {
-        let len = bytes.len() as u64;
+        self.append(bytes.len() as u64, |file, offset| {
+            file.write_all_at(bytes, offset)
+        })
+    }
+
+    /// Writes the first `len` bytes of the file `from` (an object's own segment) to the
+    /// end of the file, without mapping them: a fresh mapping costs a page fault per page.
+    pub fn write_from(&mut self, from: BorrowedFd<'_>, len: u64) -> Result<Slot, SpillError> {
+        self.append(len, |file, offset| {
+            copy_range(from, 0, file.as_fd(), offset, len)
+        })
+    }
+
+    /// Appends `len` bytes that `copy` writes at the offset it is given.
+    fn append(
+        &mut self,
+        len: u64,
+        copy: impl FnOnce(&File, u64) -> io::Result<()>,
+    ) -> Result<Slot, SpillError> {
         let offset = self.end;
         let dir = self.dir.clone();
         let file = self.file()?;
@@ -137,7 +157,7 @@ impl Spill {
                 });
             }
         }
-        if let Err(source) = file.write_all_at(bytes, offset) {
+        if let Err(source) = copy(file, offset) {
             // Whatever part of it was written goes again.
             let _ = punch(file, offset, len);
             return Err(if source.raw_os_error() == Some(libc::ENOSPC) {
@@ -155,6 +175,18 @@ impl Spill {
         self.stats.bytes += len;
         self.stats.written_bytes += len;
         Ok(Slot { offset, len })
+    }
+
+    /// Reads the object in `slot` into the file `into` (an object's own segment, not yet
+    /// sealed) from its start, without mapping it.
+    pub fn read_to(&mut self, slot: Slot, into: BorrowedFd<'_>) -> Result<(), SpillError> {
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| self.io_error(io::Error::other("no spill file")))?;
+        copy_range(file.as_fd(), slot.offset, into, 0, slot.len).map_err(|e| self.io_error(e))?;
+        self.stats.restored_bytes += slot.len;
+        Ok(())
     }
 
     /// Reads the object in `slot` into `into` (exactly its length).
@@ -199,6 +231,85 @@ impl Spill {
     }
 }
 
+/// Copies `len` bytes from `from` at `from_offset` to `to` at `to_offset`: in the kernel
+/// (`copy_file_range`) where it can, else through one reused buffer.
+fn copy_range(
+    from: BorrowedFd<'_>,
+    from_offset: u64,
+    to: BorrowedFd<'_>,
+    to_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let too_big = || io::Error::from_raw_os_error(libc::EFBIG);
+    let (mut src, mut dst) = (
+        i64::try_from(from_offset).map_err(|_| too_big())?,
+        i64::try_from(to_offset).map_err(|_| too_big())?,
+    );
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both descriptors are open for the call; the offsets are ours.
+        let copied = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                &mut src,
+                to.as_raw_fd(),
+                &mut dst,
+                chunk,
+                0,
+            )
+        };
+        match copied {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            n if n > 0 => left -= n as u64,
+            _ => {
+                let error = io::Error::last_os_error();
+                return match error.raw_os_error() {
+                    // Between file systems (a memfd and a disk), or not offered here.
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                        if left == len =>
+                    {
+                        copy_buffered(from, from_offset, to, to_offset, len)
+                    }
+                    _ => Err(error),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+fn copy_buffered(
+    from: BorrowedFd<'_>,
+    mut from_offset: u64,
+    to: BorrowedFd<'_>,
+    mut to_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let chunk = usize::try_from(len).map_or(COPY_BUFFER, |len| len.min(COPY_BUFFER));
+    let mut buffer = vec![0u8; chunk];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(chunk, |left| left.min(chunk));
+        let read = nix::sys::uio::pread(from, &mut buffer[..n], from_offset as i64)?;
+        if read == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        let mut written = 0;
+        while written < read {
+            written += nix::sys::uio::pwrite(
+                to,
+                &buffer[written..read],
+                (to_offset + written as u64) as i64,
+            )?;
+        }
+        from_offset += read as u64;
+        to_offset += read as u64;
+        left -= read as u64;
+    }
+    Ok(())
+}
+
 /// Frees the blocks of `[offset, offset + len)` in `file`, keeping its size.
 fn punch(file: &File, offset: u64, len: u64) -> nix::Result<()> {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
@@ -215,6 +326,35 @@ fn punch(file: &File, offset: u64, len: u64) -> nix::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_goes_to_disk_and_back_without_a_mapping() {
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::new(dir.path().join("spill"));
+        spill.write(&[1u8; 100]).unwrap();
+        // More than one buffer's worth, and not a multiple of it.
+        let len = COPY_BUFFER as u64 * 2 + 12_345;
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let (segment, _) = crate::memory::Backing::Memfd
+            .create(len as usize, true)
+            .unwrap();
+        nix::sys::uio::pwrite(segment.as_fd(), &bytes, 0).unwrap();
+        let slot = spill.write_from(segment.as_fd(), len).unwrap();
+        assert_eq!(slot.len, len);
+        assert_eq!(slot.offset, SLOT_ALIGN);
+        let mut back = vec![0u8; len as usize];
+        spill.read(slot, &mut back).unwrap();
+        assert!(back == bytes, "written as it was");
+        let (restored, _) = crate::memory::Backing::Memfd
+            .create(len as usize, true)
+            .unwrap();
+        spill.read_to(slot, restored.as_fd()).unwrap();
+        let mut back = vec![0u8; len as usize];
+        nix::sys::uio::pread(restored.as_fd(), &mut back, 0).unwrap();
+        assert!(back == bytes, "read back as it was");
+        assert_eq!(spill.stats().restored_bytes, 2 * len);
+    }
 
     #[test]
     fn objects_round_trip_and_their_space_is_freed() {

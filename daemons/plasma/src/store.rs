@@ -628,12 +628,20 @@ impl Store {
         else {
             return Ok(());
         };
-        let (map, offset) = self.mapped(id, &memory, total)?;
-        // SAFETY: a sealed object is never written again, and this one is unpinned: no
-        // client can get it while the store's lock is held.
-        let bytes = unsafe { map.slice(offset, total) }.unwrap_or_default();
-        let slot = self.spill.write(bytes)?;
-        drop(map);
+        let slot = match &memory {
+            // Copied file to file: a mapping of a segment would be new, a fault per page.
+            Memory::Segment(segment) => {
+                let spill = &mut self.spill;
+                segment.with_fd(|fd| spill.write_from(fd, total))?
+            }
+            Memory::Arena(_) => {
+                let (map, offset) = self.mapped(id, &memory, total)?;
+                // SAFETY: a sealed object is never written again, and this one is
+                // unpinned: no client can get it while the store's lock is held.
+                let bytes = unsafe { map.slice(offset, total) }.unwrap_or_default();
+                self.spill.write(bytes)?
+            }
+        };
         log::debug!(object:% = id, bytes = total; "spilled object");
         let entry = self.objects.get_mut(&id).expect("checked above");
         if let Some(tick) = entry.lru_tick.take() {
@@ -678,9 +686,22 @@ impl Store {
             Err(StoreError::Full { .. }) => return self.restore_by_swap(id, slot),
             Err(e) => return Err(e),
         };
-        let read = fill(&self.arena_map, id, &memory, slot.len, |target| {
-            self.spill.read(slot, target)
-        });
+        let read = match &memory {
+            // Read file to file, then sealed: no mapping to build.
+            Memory::Segment(segment) => {
+                let spill = &mut self.spill;
+                match segment.with_fd(|fd| spill.read_to(slot, fd)) {
+                    Ok(()) => segment
+                        .seal()
+                        .map(Ok)
+                        .map_err(|source| StoreError::Memory { id, source }),
+                    Err(e) => Ok(Err(e)),
+                }
+            }
+            Memory::Arena(_) => fill(&self.arena_map, id, &memory, slot.len, |target| {
+                self.spill.read(slot, target)
+            }),
+        };
         match read {
             Ok(Ok(())) => {}
             Ok(Err(source)) => {
