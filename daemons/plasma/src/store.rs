@@ -1252,7 +1252,9 @@ impl Store {
         id: ObjectId,
     ) -> Result<Option<ObjectView>, StoreError> {
         match self.objects.get(&id) {
-            Some(entry) if entry.sealed => {
+            // A freed object waiting for its readers to let go is gone for new ones:
+            // pinned again and again by them, it would never go.
+            Some(entry) if entry.sealed && !entry.delete_pending => {
                 if entry.spilled().is_some() {
                     self.restore(id)?;
                 }
@@ -1316,9 +1318,11 @@ impl Store {
         self.lru.insert(self.tick, id);
     }
 
-    /// Whether `id` is here and sealed.
+    /// Whether `id` is here and sealed (and not freed, waiting for its readers to go).
     pub fn contains(&self, id: &ObjectId) -> bool {
-        self.objects.get(id).is_some_and(|e| e.sealed)
+        self.objects
+            .get(id)
+            .is_some_and(|e| e.sealed && !e.delete_pending)
     }
 
     /// Whether `id` is here, sealed or not.
@@ -1747,8 +1751,13 @@ mod tests {
         let view = store.get(b, id(1)).unwrap();
         assert_eq!((view.data_size, view.metadata_size), (100, 10));
         assert_eq!(store.delete(id(1)), DeleteOutcome::Deferred);
+        assert!(
+            store.get(a, id(1)).is_none(),
+            "freed: no new reader gets it"
+        );
+        assert!(!store.contains(&id(1)));
         store.release(a, id(1)).unwrap();
-        assert!(store.contains(&id(1)), "b still pins it");
+        assert!(store.exists(&id(1)), "b still pins it");
         store.release(b, id(1)).unwrap();
         assert!(!store.exists(&id(1)), "deleted with its last pin");
         assert_eq!(store.stats().used_bytes, 0);
