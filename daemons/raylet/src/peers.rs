@@ -546,8 +546,14 @@ async fn deliver(
                 loop {
                     tokio::select! {
                         message = queue.recv() => match message {
-                            // Forgotten (the node left): dropping the sender ends the stream.
-                            None => return,
+                            // Forgotten (the node left): dropping the sender ends the stream,
+                            // and what it had not acknowledged is placed again.
+                            None => {
+                                for (_, task) in stream.unacked.drain(..) {
+                                    forward_failed(&inputs, node, task, format!("node {node} left"));
+                                }
+                                return;
+                            }
                             Some(message) => {
                                 if let Err(message) = stream.push(message) {
                                     next = Some(message);

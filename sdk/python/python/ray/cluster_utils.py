@@ -351,7 +351,11 @@ class Cluster:
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
         everything += [p for p in node.all_pids() if p not in everything]
-        for pid in everything:
+        # The daemons in reverse start order first: a raylet that outlived its store by a
+        # moment would see the store die and mark its node dead itself, which a crash
+        # does not do.
+        daemons = [p for p in reversed(node.pids) if p in everything]
+        for pid in daemons + [p for p in everything if p not in daemons]:
             if _alive(pid):
                 _signal(pid, signal.SIGKILL)
         deadline = time.monotonic() + grace + 5.0
