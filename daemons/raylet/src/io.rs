@@ -22,7 +22,7 @@ use crate::lineage::{Progress, Recovery};
 use crate::metrics::RayletMetrics;
 use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
-use crate::workers::spawn_worker;
+use crate::workers::Spawner;
 
 /// How long the node of an actor is looked for in the GCS before its calls fail.
 const LOCATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -66,7 +66,7 @@ pub struct Node {
     inputs: mpsc::UnboundedSender<Input>,
     writes: mpsc::UnboundedSender<GcsWrite>,
     puts: std::sync::mpsc::Sender<(ObjectId, Arc<pb::InlineObject>)>,
-    worker: WorkerCommand,
+    workers: Spawner,
     gcs: GcsClient,
     plasma: PlasmaClient,
     node_id: NodeId,
@@ -89,13 +89,14 @@ impl Node {
     ) -> std::io::Result<Self> {
         let node_id = plasma.node_id();
         let puts = spawn_putter(plasma.clone())?;
+        let workers = Spawner::new(worker, inputs.clone())?;
         Ok(Self {
             scheduler,
             conns: HashMap::new(),
             inputs,
             writes,
             puts,
-            worker,
+            workers,
             gcs,
             plasma,
             node_id,
@@ -247,25 +248,7 @@ impl Node {
     }
 
     fn start_worker(&self) {
-        let command = self.worker.clone();
-        let inputs = self.inputs.clone();
-        let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let _runtime = handle.enter();
-            let event = match spawn_worker(
-                &command.binary,
-                &command.raylet_socket,
-                &command.log_level,
-                &command.node_id,
-                &inputs,
-            ) {
-                Ok(pid) => Event::WorkerSpawned { pid },
-                Err(e) => Event::WorkerSpawnFailed {
-                    error: format!("{}: {e}", command.binary.display()),
-                },
-            };
-            let _ = inputs.send(event.into());
-        });
+        self.workers.start();
     }
 
     /// Finds the node of `actor` in the GCS actor table, waiting a while for its entry

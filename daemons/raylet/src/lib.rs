@@ -5,6 +5,7 @@
 //! schedules tasks onto a pool of `rayd-worker` processes (see [`scheduler`]), registers
 //! the node in the GCS and sends heartbeats. Redis is never waited on while scheduling.
 
+mod beats;
 mod connection;
 mod gcs;
 pub mod io;
@@ -286,34 +287,53 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
 
     // Cancelled when a heartbeat finds the node declared dead.
     let declared_dead = tokio_util::sync::CancellationToken::new();
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_interval_ms));
+    let interval = Duration::from_millis(config.heartbeat_interval_ms);
+    let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut beats = beats::BeatTimer::new(interval, std::time::Instant::now());
     let result = loop {
-        tokio::select! {
+        let early = beats.early();
+        let beat_now = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             _ = declared_dead.cancelled() => break Err(RayletError::DeclaredDead),
             _ = plasma_gone.cancelled() => break Err(RayletError::PlasmaGone),
             event = events.recv() => match event {
-                Some(input) => node.handle(input),
+                Some(input) => {
+                    node.handle(input);
+                    beats.observe(node.scheduler.available(), std::time::Instant::now());
+                    false
+                }
                 None => break Err(RayletError::PlasmaGone),
             },
             _ = heartbeat.tick() => {
                 node.handle(Event::Tick.into());
-                let snapshot = node.scheduler.snapshot();
-                node.metrics.observe(&snapshot);
-                let beat = Heartbeat {
-                    node_id: node_id.hex(),
-                    resources_available: snapshot.available,
-                    queue_length: snapshot.queued,
-                    running: snapshot.running,
-                    time_ms: now_ms(),
-                };
-                let mut entry = info.clone();
-                entry.resources_available = beat.resources_available.clone();
-                let metrics = (node.metrics.gcs_round_trip.clone(), gcs_health.clone());
-                tokio::spawn(send_heartbeat(gcs.clone(), beat, entry, declared_dead.clone(), metrics));
+                true
             }
+            _ = tokio::time::sleep_until(early.unwrap_or_else(std::time::Instant::now).into()), if early.is_some() => true,
+        };
+        if !beat_now {
+            continue;
         }
+        let snapshot = node.scheduler.snapshot();
+        node.metrics.observe(&snapshot);
+        beats.sent(&snapshot.available, std::time::Instant::now());
+        let beat = Heartbeat {
+            node_id: node_id.hex(),
+            resources_available: snapshot.available,
+            queue_length: snapshot.queued,
+            running: snapshot.running,
+            time_ms: now_ms(),
+        };
+        let mut entry = info.clone();
+        entry.resources_available = beat.resources_available.clone();
+        let metrics = (node.metrics.gcs_round_trip.clone(), gcs_health.clone());
+        tokio::spawn(send_heartbeat(
+            gcs.clone(),
+            beat,
+            entry,
+            declared_dead.clone(),
+            metrics,
+        ));
     };
     notify_stopping();
     if matches!(result, Err(RayletError::DeclaredDead)) {

@@ -9,11 +9,61 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use crate::io::Input;
+use crate::io::{Input, WorkerCommand};
 use crate::scheduler::Event;
 
+/// Starts workers from one thread that lives as long as the raylet.
+///
+/// A worker's parent-death signal fires when the *thread* that forked it ends, not its
+/// process. Workers were started from tokio's blocking pool, whose threads end after 10 s
+/// without work: every worker was killed 10 s after the last worker start, whatever it was
+/// running (its task was retried; an actor restarted or died).
+#[derive(Debug)]
+pub struct Spawner {
+    starts: std::sync::mpsc::Sender<()>,
+}
+
+impl Spawner {
+    /// Starts the thread; each [`Self::start`] then starts one worker, whose pid (or why
+    /// it could not start) comes back on `inputs`.
+    pub fn new(
+        command: WorkerCommand,
+        inputs: mpsc::UnboundedSender<Input>,
+    ) -> std::io::Result<Self> {
+        let (starts, requests) = std::sync::mpsc::channel::<()>();
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("worker-spawner".into())
+            .spawn(move || {
+                // The child's pipes and its wait are tokio's.
+                let _runtime = runtime.enter();
+                for () in requests {
+                    let event = match spawn_worker(
+                        &command.binary,
+                        &command.raylet_socket,
+                        &command.log_level,
+                        &command.node_id,
+                        &inputs,
+                    ) {
+                        Ok(pid) => Event::WorkerSpawned { pid },
+                        Err(e) => Event::WorkerSpawnFailed {
+                            error: format!("{}: {e}", command.binary.display()),
+                        },
+                    };
+                    let _ = inputs.send(event.into());
+                }
+            })?;
+        Ok(Self { starts })
+    }
+
+    /// Starts one worker (off the caller's thread: a fork and exec take milliseconds).
+    pub fn start(&self) {
+        let _ = self.starts.send(());
+    }
+}
+
 /// Starts a worker that connects to the raylet at `socket`; returns its pid.
-pub fn spawn_worker(
+fn spawn_worker(
     binary: &Path,
     socket: &Path,
     log_level: &str,

@@ -90,3 +90,21 @@ def test_the_tasks_of_a_driver_that_died_are_cancelled(shared_cluster, tmp_path)
     start = time.monotonic()
     assert ray.get([tiny.remote(i) for i in range(4)], timeout=20) == [0, 1, 2, 3]
     assert time.monotonic() - start < 15
+
+
+def test_a_task_outlives_the_ten_seconds_of_an_idle_spawning_thread(ray_start, tmp_path):
+    """Workers were started from tokio's blocking pool, whose threads end after 10 s without
+    work, and a worker's parent-death signal fires when the thread that started it ends: a
+    task running 10 s after the last worker start was killed and retried. It runs once."""
+    ray_start(num_cpus=1)
+    attempts = tmp_path / "attempts"
+
+    @ray.remote
+    def long_task(path):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(11)
+        return os.getpid()
+
+    pid = ray.get(long_task.remote(str(attempts)), timeout=60)
+    assert attempts.read_text().split() == [str(pid)], "the task was killed and run again"

@@ -380,6 +380,11 @@ impl Scheduler {
         self.effects.drain(..)
     }
 
+    /// The node's free resources now.
+    pub fn available(&self) -> &Amounts {
+        self.resources.available()
+    }
+
     /// The node's figures now.
     pub fn snapshot(&self) -> Snapshot {
         let (workers, idle_workers) = self.pool.counts();
