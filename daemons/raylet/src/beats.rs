@@ -5,7 +5,10 @@
 //! after a heartbeat stayed unknown for up to an interval (100 ms by default): six 1 s tasks
 //! on three 1-CPU nodes took 2.1-2.3 s, the tasks waiting on the submitting node starting
 //! only at the next heartbeat of the nodes that had finished. An early heartbeat tells them
-//! within a few milliseconds. Early heartbeats are at least a quarter interval apart, so a
+//! within a few milliseconds. A task forwarded here counts the same: the node that sent it
+//! (or the global scheduler) charged this node's view with it until the next heartbeat, so
+//! the resources it asked for are watched as if exhausted. Early heartbeats are at least a
+//! quarter interval apart, so a
 //! node whose short tasks free and take its CPUs thousands of times a second sends a few
 //! dozen a second, not one per task.
 
@@ -16,8 +19,9 @@ use rayd_common::resources::Amounts;
 /// The heartbeat schedule's state (pure: the caller sends, and says when it did).
 #[derive(Debug)]
 pub struct BeatTimer {
-    /// Resources at or below zero in the last heartbeat sent.
-    exhausted: Vec<String>,
+    /// Resources at or below zero in the last heartbeat sent, and those asked for by tasks
+    /// forwarded here since.
+    watched: Vec<String>,
     last: Instant,
     min_gap: Duration,
     /// When the early heartbeat now due goes (not before `last + min_gap`).
@@ -28,7 +32,7 @@ impl BeatTimer {
     /// A schedule whose periodic heartbeats are `interval` apart.
     pub fn new(interval: Duration, now: Instant) -> Self {
         Self {
-            exhausted: Vec::new(),
+            watched: Vec::new(),
             last: now,
             min_gap: interval / 4,
             early: None,
@@ -37,7 +41,7 @@ impl BeatTimer {
 
     /// Records a heartbeat sent at `now` reporting `available`.
     pub fn sent(&mut self, available: &Amounts, now: Instant) {
-        self.exhausted = available
+        self.watched = available
             .iter()
             .filter(|(_, amount)| **amount <= 0.0)
             .map(|(name, _)| name.clone())
@@ -46,14 +50,23 @@ impl BeatTimer {
         self.early = None;
     }
 
+    /// Records a task forwarded here, asking for `resources`: other views count them taken.
+    pub fn forwarded<'a>(&mut self, resources: impl IntoIterator<Item = &'a String>) {
+        for name in resources {
+            if !self.watched.contains(name) {
+                self.watched.push(name.clone());
+            }
+        }
+    }
+
     /// Looks at the node's free resources after an event: an early heartbeat becomes due
-    /// when one the last heartbeat reported exhausted is free again.
+    /// when a watched one is free.
     pub fn observe(&mut self, available: &Amounts, now: Instant) {
-        if self.early.is_some() || self.exhausted.is_empty() {
+        if self.early.is_some() || self.watched.is_empty() {
             return;
         }
         let freed = self
-            .exhausted
+            .watched
             .iter()
             .any(|name| available.get(name).is_some_and(|amount| *amount > 0.0));
         if freed {
@@ -102,6 +115,19 @@ mod tests {
         timer.sent(&amounts(0.0, 1.0), start);
         timer.observe(&amounts(1.0, 1.0), start + Duration::from_millis(3));
         assert_eq!(timer.early(), Some(start + Duration::from_millis(25)));
+    }
+
+    #[test]
+    fn room_after_a_forwarded_task_is_reported_early() {
+        let start = Instant::now();
+        let mut timer = BeatTimer::new(INTERVAL, start);
+        timer.sent(&amounts(1.0, 1.0), start);
+        timer.forwarded(&["CPU".to_string()]);
+        timer.observe(&amounts(0.0, 1.0), start + Duration::from_millis(30));
+        assert_eq!(timer.early(), None, "the forwarded task holds the CPU");
+        let done = start + Duration::from_millis(60);
+        timer.observe(&amounts(1.0, 1.0), done);
+        assert_eq!(timer.early(), Some(done));
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), RayletErr
             _ = plasma_gone.cancelled() => break Err(RayletError::PlasmaGone),
             event = events.recv() => match event {
                 Some(input) => {
+                    if let io::Input::Event(Event::TaskForwarded { spec, .. }) = &input {
+                        beats.forwarded(spec.resources.keys());
+                    }
                     node.handle(input);
                     beats.observe(node.scheduler.available(), std::time::Instant::now());
                     false
