@@ -1385,3 +1385,102 @@ fn a_client_that_stalls_inside_a_frame_is_dropped_and_costs_nothing() {
         &pattern(2, 1000)[..]
     );
 }
+
+/// Mappings in this process of `len` bytes of the store's memory files.
+fn store_mappings_of(len: u64) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("rayd-plasma"))
+        .filter(|line| {
+            let range = line.split_whitespace().next().unwrap_or("");
+            let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
+            let start = u64::from_str_radix(start, 16).unwrap_or(0);
+            let end = u64::from_str_radix(end, 16).unwrap_or(0);
+            end - start == len
+        })
+        .count()
+}
+
+#[test]
+fn a_large_object_read_again_is_served_without_the_store_until_it_leaves_memory() {
+    let dir = TestDir::new();
+    let spill = dir.path().join("spill");
+    let plasma = spilling_store(&dir, 64 * MIB, &spill);
+    let reader = client(&plasma);
+    let writer = client(&plasma);
+    // With its 4 bytes of metadata, each object takes exactly 8 MiB: eight fill the store.
+    const OBJ: usize = 8 * MIB as usize - 4;
+    let id = ObjectId::random();
+    put(&writer, id, 1, OBJ);
+    drop(reader.get_one(id, Some(Duration::ZERO)).unwrap().unwrap());
+    wait_for("the reader's release", WAIT, || {
+        (writer
+            .list()
+            .unwrap()
+            .iter()
+            .any(|o| o.id == id && o.pins == 0))
+        .then_some(())
+    });
+
+    // Retained: a get again needs no answer from the store (stopped meanwhile)...
+    let store = nix::unistd::Pid::from_raw(plasma.daemon.pid() as i32);
+    nix::sys::signal::kill(store, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let getter = reader.clone();
+    std::thread::spawn(move || tx.send(getter.get_one(id, Some(Duration::ZERO))));
+    let again = rx.recv_timeout(Duration::from_secs(5));
+    nix::sys::signal::kill(store, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let again = again
+        .expect("the get waited for the stopped store")
+        .unwrap()
+        .expect("the retained object");
+    assert_eq!(again.data(), &pattern(1, OBJ)[..]);
+    // ...and the store pins it again for the reader.
+    wait_for("the reader's pin", WAIT, || {
+        (writer
+            .list()
+            .unwrap()
+            .iter()
+            .any(|o| o.id == id && o.pins == 1))
+        .then_some(())
+    });
+    drop(again);
+
+    // Freed by another client: gone for the reader too, and unmapped by both clients,
+    // which retained it, without asking them anything.
+    assert_eq!(
+        store_mappings_of(8 * MIB),
+        2,
+        "the reader's and the writer's"
+    );
+    // (Deferred when the reader's release is still on its way.)
+    let report = writer.delete(&[id]).unwrap();
+    assert_eq!([report.deleted, report.deferred].concat(), vec![id]);
+    wait_for("the revoked mappings to go", WAIT, || {
+        (store_mappings_of(8 * MIB) == 0).then_some(())
+    });
+    assert!(reader.get_one(id, Some(Duration::ZERO)).unwrap().is_none());
+
+    // Spilled while retained: read again from disk, right.
+    let ids: Vec<ObjectId> = (0..9).map(|_| ObjectId::random()).collect();
+    put(&writer, ids[0], 0, OBJ);
+    drop(
+        reader
+            .get_one(ids[0], Some(Duration::ZERO))
+            .unwrap()
+            .unwrap(),
+    );
+    for (i, id) in ids.iter().enumerate().skip(1) {
+        put(&writer, *id, i as u8, OBJ);
+    }
+    assert!(
+        writer.stats().unwrap().spilled_objects >= 1,
+        "the first went to disk"
+    );
+    let back = reader
+        .get_one(ids[0], Some(Duration::ZERO))
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.data(), &pattern(0, OBJ)[..]);
+}

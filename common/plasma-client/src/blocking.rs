@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rayd_common::id::{NodeId, ObjectId};
@@ -13,8 +13,9 @@ use rayd_common::proto::plasma::v1 as pb;
 
 use crate::allocator::{Allocator, ALIGN};
 use crate::mapping::Mapping;
-use crate::protocol::ARENA_SEGMENT;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError};
+use crate::protocol::{ARENA_SEGMENT, REVOCATION_SEGMENT};
+use crate::retention::{Counter, Retained};
 use crate::{
     ClientError, DeleteReport, ObjectBuffer, ObjectBuilder, ObjectEntry, Sealed, Unsealed,
 };
@@ -24,6 +25,10 @@ use pb::request::Kind as Req;
 
 /// Small puts made with a reply after a refused lease, before asking for one again.
 const LEASE_RETRY_AFTER: u32 = 64;
+
+/// How often the retention thread looks at the revocation counter while this client
+/// retains objects: the longest a retained object's pages outlive its end in the store.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// A connection to the node's plasma store. Cheap to clone; clones share the
 /// connection.
@@ -53,6 +58,114 @@ struct Inner {
     /// Objects up to this size are filled in this client's memory and sent with their
     /// seal; larger ones get a segment of their own.
     arena_object_max: u64,
+    /// This client's revocation counter; `None` when the store keeps no page (nothing
+    /// is retained then).
+    revocations: Option<Counter>,
+    /// The thread that forgets retained objects the store revoked while this client
+    /// asks nothing (started at the first retained object).
+    sweeper: OnceLock<Option<std::thread::Thread>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Its thread waits for objects to watch: it finds the client gone and ends.
+        if let Some(Some(thread)) = self.sweeper.get() {
+            thread.unpark();
+        }
+    }
+}
+
+impl Inner {
+    /// Bytes this client retains at most: a quarter of the store.
+    fn retain_max(&self) -> u64 {
+        self.capacity / 4
+    }
+
+    /// Whether this client keeps `held`'s mapping after its last buffer goes.
+    fn retains(&self, held: &Held) -> bool {
+        held.segment != ARENA_SEGMENT
+            && self.revocations.is_some()
+            && held.data_size + held.metadata_size <= self.retain_max()
+            && matches!(held.memory, Sealed::Mapped(..))
+    }
+
+    /// The retention thread, started when first needed (`None` when it cannot start).
+    fn sweeper(&self) -> Option<&std::thread::Thread> {
+        self.sweeper.get().and_then(Option::as_ref)
+    }
+
+    /// Forgets everything retained when the store revoked any of it since the last look.
+    fn check_revocations(&self, tables: &mut Tables) {
+        let Some(counter) = &self.revocations else {
+            return;
+        };
+        if tables.retained.revoked(counter.read()) {
+            let gone = tables.retained.drain();
+            forget(tables, gone);
+        }
+    }
+}
+
+/// Takes `ids` (retained objects) out of the tables, unmapping them, and tells the store.
+fn forget(tables: &mut Tables, ids: Vec<ObjectId>) {
+    if ids.is_empty() {
+        return;
+    }
+    for id in &ids {
+        if let Some(held) = tables.objects.remove(id) {
+            tables.segments.remove(&held.segment);
+        }
+    }
+    queue(
+        tables,
+        Req::Forget(pb::Forget {
+            object_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        }),
+    );
+}
+
+/// Forgets `id` if it is retained: an object made again here (a lost task result rebuilt)
+/// is held anew.
+fn forget_retained(tables: &mut Tables, id: ObjectId) {
+    if tables.retained.take(id) {
+        forget(tables, vec![id]);
+    }
+}
+
+/// Starts the thread that watches the revocation counter for `inner` while it retains
+/// objects, so that an idle client does not keep revoked objects' pages for long; false
+/// when it cannot run.
+fn start_sweeper(inner: &Arc<Inner>) -> bool {
+    inner.sweeper.get_or_init(|| {
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        std::thread::Builder::new()
+            .name("plasma-retained".into())
+            .spawn(move || sweep(weak))
+            .map_err(|e| log::debug!("cannot start the retention thread: {e}"))
+            .ok()
+            .map(|handle| handle.thread().clone())
+    });
+    inner.sweeper().is_some()
+}
+
+fn sweep(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let idle = {
+            let mut tables = lock(&inner.tables);
+            inner.check_revocations(&mut tables);
+            tables.retained.is_empty()
+        };
+        flush_if_idle(&inner, "forgotten objects");
+        drop(inner);
+        if idle {
+            std::thread::park();
+        } else {
+            std::thread::park_timeout(SWEEP_EVERY);
+        }
+    }
 }
 
 struct Io {
@@ -74,6 +187,8 @@ struct Tables {
     /// After the store refused a lease: small puts made with a reply before asking
     /// again (each ask is a round trip).
     puts_before_asking: u32,
+    /// Objects released but kept mapped (their `Held` stays, with no buffer).
+    retained: Retained,
 }
 
 /// The unused part of a lease: `[next, end)` of the arena.
@@ -113,6 +228,8 @@ impl SegmentMap {
 
 struct Held {
     refs: u32,
+    /// Released and kept mapped (see [`crate::retention`]); `refs` is 0.
+    retained: bool,
     segment: u64,
     memory: Sealed,
     data_size: u64,
@@ -144,6 +261,28 @@ impl Releaser {
             if held.refs > 0 {
                 return;
             }
+            if self.0.retains(held) && start_sweeper(&self.0) {
+                held.retained = true;
+                let size = held.data_size + held.metadata_size;
+                tables.retained.add(id, size);
+                queue(
+                    &mut tables,
+                    Req::Release(pb::Release {
+                        object_id: id.as_bytes().to_vec(),
+                        retain: true,
+                    }),
+                );
+                let max = self.0.retain_max();
+                let excess: Vec<ObjectId> =
+                    std::iter::from_fn(|| tables.retained.pop_excess(max)).collect();
+                forget(&mut tables, excess);
+                drop(tables);
+                if let Some(thread) = self.0.sweeper() {
+                    thread.unpark();
+                }
+                flush_if_idle(&self.0, "a release");
+                return;
+            }
             let segment = held.segment;
             tables.objects.remove(&id);
             if segment != ARENA_SEGMENT {
@@ -154,6 +293,7 @@ impl Releaser {
                 &mut tables,
                 Req::Release(pb::Release {
                     object_id: id.as_bytes().to_vec(),
+                    retain: false,
                 }),
             );
         }
@@ -238,6 +378,15 @@ impl PlasmaClient {
             .read_only()?;
         let node_id = NodeId::from_slice(&connected.node_id)
             .map_err(|e| ClientError::Invalid(format!("node id: {e}")))?;
+        let revocations = match tables.segments.remove(&REVOCATION_SEGMENT) {
+            Some(mut page) if connected.revocation_segment == REVOCATION_SEGMENT => {
+                Counter::new(page.read_only()?, connected.revocation_slot)
+            }
+            _ => None,
+        };
+        if let Some(counter) = &revocations {
+            tables.retained.revoked(counter.read());
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 io: Mutex::new(io),
@@ -248,6 +397,8 @@ impl PlasmaClient {
                 small_object_max: connected.small_object_max,
                 leased_object_max: connected.leased_object_max.min(connected.lease_size / 2),
                 arena_object_max: connected.arena_object_max,
+                revocations,
+                sweeper: OnceLock::new(),
             }),
         })
     }
@@ -302,6 +453,7 @@ impl PlasmaClient {
         let total = data_size.saturating_add(metadata_size);
         if total <= self.inner.arena_object_max {
             let mut tables = lock(&self.inner.tables);
+            forget_retained(&mut tables, id);
             if tables.objects.contains_key(&id) || !tables.unsealed.insert(id) {
                 return Err(ClientError::ObjectExists(format!(
                     "object {id} is held by this client"
@@ -317,7 +469,11 @@ impl PlasmaClient {
             });
         }
         let mut io = lock(&self.inner.io);
-        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        let pending = {
+            let mut tables = lock(&self.inner.tables);
+            forget_retained(&mut tables, id);
+            std::mem::take(&mut tables.pending)
+        };
         io.send(
             pending,
             Some(Req::Create(pb::Create {
@@ -465,6 +621,7 @@ impl PlasmaClient {
             id,
             Held {
                 refs: 1,
+                retained: false,
                 segment,
                 memory: memory.clone(),
                 data_size,
@@ -580,11 +737,23 @@ impl PlasmaClient {
         let mut asked = HashSet::new();
         let pending = {
             let mut tables = lock(&self.inner.tables);
+            self.inner.check_revocations(&mut tables);
             for id in ids {
                 match tables.objects.get_mut(id) {
                     Some(held) => {
+                        let reused = std::mem::take(&mut held.retained);
                         held.refs += 1;
                         result.push(Some(self.buffer(*id, held)));
+                        if reused {
+                            // Read again without asking: the store pins it again.
+                            tables.retained.take(*id);
+                            queue(
+                                &mut tables,
+                                Req::Reuse(pb::Reuse {
+                                    object_id: id.as_bytes().to_vec(),
+                                }),
+                            );
+                        }
                     }
                     None => {
                         // The store pins once per ID it returns: ask once per ID.
@@ -643,6 +812,7 @@ impl PlasmaClient {
                     id,
                     Held {
                         refs: 0,
+                        retained: false,
                         segment: location.segment,
                         memory: Sealed::Mapped(mapping, location.offset),
                         data_size: location.data_size,

@@ -29,6 +29,7 @@ mod blocking;
 pub mod mapping;
 mod nonblocking;
 pub mod protocol;
+mod retention;
 mod subscription;
 
 use std::sync::Arc;

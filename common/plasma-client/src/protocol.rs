@@ -21,6 +21,9 @@ use rayd_common::id::ObjectId;
 
 /// ID of the arena segment: the one segment every client maps at connect.
 pub const ARENA_SEGMENT: u64 = 0;
+
+/// The segment ID of the revocation page (no object segment gets it: they count up from 1).
+pub const REVOCATION_SEGMENT: u64 = u64::MAX;
 /// Largest frame a client may send: requests are small.
 pub const MAX_REQUEST_FRAME: usize = 1 << 20;
 /// Largest frame the store sends (a listing of many objects).

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::memory::MemoryError;
 use crate::object_manager;
 use crate::protocol::{self, FrameReader, Outgoing, ProtocolError, MAX_IDS_PER_REQUEST};
+use crate::revocations::Revocations;
 use crate::state::State;
 use crate::store::{
     ClientId, DeleteOutcome, Memory, ObjectView, StoreError, StoreEvent, ARENA_SEGMENT,
@@ -106,6 +107,8 @@ struct Answer {
 enum SegmentToSend {
     /// The arena, read-only.
     Arena,
+    /// The revocation page, read-only.
+    Revocations,
     /// An object's own segment: read-write to its creator before the seal, read-only to
     /// readers (and to the creator at the seal).
     Own { id: u64, size: u64, fd: OwnedFd },
@@ -272,8 +275,10 @@ impl Connection {
                         lease_size: layout.lease_size,
                         leased_object_max: layout.leased_object_max,
                         arena_object_max: layout.arena_object_max,
+                        revocation_segment: protocol::REVOCATION_SEGMENT,
+                        revocation_slot: Revocations::slot(client),
                     }),
-                    segments: vec![SegmentToSend::Arena],
+                    segments: vec![SegmentToSend::Arena, SegmentToSend::Revocations],
                 }))
             }
             Kind::Create(create) => {
@@ -323,7 +328,25 @@ impl Connection {
             }
             Kind::Release(release) => {
                 let id = protocol::object_id(&release.object_id)?;
-                state.with_store(|s| s.release(client, id))?;
+                if release.retain {
+                    state.with_store(|s| s.release_retained(client, id))?;
+                } else {
+                    state.with_store(|s| s.release(client, id))?;
+                }
+                Ok(None)
+            }
+            Kind::Reuse(reuse) => {
+                let id = protocol::object_id(&reuse.object_id)?;
+                state.with_store(|s| s.reuse(client, id));
+                Ok(None)
+            }
+            Kind::Forget(forget) => {
+                let ids = parse_ids(&forget.object_ids)?;
+                state.with_store(|s| {
+                    for id in ids {
+                        s.forget(client, id);
+                    }
+                });
                 Ok(None)
             }
             Kind::Get(get) => self.get(get).await.map(Some),
@@ -540,6 +563,11 @@ impl Connection {
                     state.arena_size,
                     state.arena_reader_fd.as_fd(),
                 ),
+                SegmentToSend::Revocations => (
+                    protocol::REVOCATION_SEGMENT,
+                    state.revocations_size,
+                    state.revocations_reader_fd.as_fd(),
+                ),
                 SegmentToSend::Own { id, size, fd } => (*id, *size, fd.as_fd()),
             };
             new_segments.push(pb::Segment { id, size });
@@ -571,7 +599,7 @@ impl Connection {
 fn is_one_way(kind: &pb::request::Kind) -> bool {
     use pb::request::Kind;
     match kind {
-        Kind::Release(_) => true,
+        Kind::Release(_) | Kind::Reuse(_) | Kind::Forget(_) => true,
         Kind::Put(put) => put.leased,
         _ => false,
     }

@@ -21,6 +21,7 @@ pub mod object_manager;
 pub mod pool;
 pub mod prefault;
 mod relocate;
+pub mod revocations;
 pub mod segment;
 pub mod server;
 pub mod spill;

@@ -29,6 +29,9 @@ pub struct State {
     pub arena_reader_fd: OwnedFd,
     /// Size of the arena in bytes.
     pub arena_size: u64,
+    /// A read-only descriptor of the revocation page, and its size.
+    pub revocations_reader_fd: OwnedFd,
+    pub revocations_size: u64,
     /// Where segments come from.
     pub backing: Backing,
     /// The daemon's writable mapping of the arena (transfers read and write through it).
@@ -70,6 +73,9 @@ impl State {
         let arena_reader_fd =
             crate::memory::reopen_read_only(arena).map_err(std::io::Error::other)?;
         let arena_map = store.arena_mapping();
+        let revocations_reader_fd = crate::memory::reopen_read_only(store.revocations().fd())
+            .map_err(std::io::Error::other)?;
+        let revocations_size = store.revocations().size();
         let backing = store.backing().clone();
         Ok(Arc::new(Self {
             store: Mutex::new(store),
@@ -79,6 +85,8 @@ impl State {
             arena_fd,
             arena_reader_fd,
             arena_size,
+            revocations_reader_fd,
+            revocations_size,
             backing,
             arena_map,
             node_id,

@@ -37,6 +37,7 @@ use crate::allocator::{Allocator, ALIGN};
 use crate::lease::{self, Freed, Leases};
 use crate::memory::{self, Backing, Mapping, MemoryError, ARENA_OBJECT_MAX};
 use crate::pool::Pool;
+use crate::revocations::Revocations;
 use crate::segment::Segment;
 use crate::spill::{Slot, Spill, SpillError, SpillStats};
 
@@ -303,6 +304,9 @@ enum Want {
 #[derive(Debug, Default)]
 struct ClientState {
     pins: HashMap<ObjectId, u32>,
+    /// Objects the client released but keeps mapped (see [`crate::revocations`]), by the
+    /// ID of their segment.
+    retained: HashMap<u64, ObjectId>,
 }
 
 /// The object table of one node.
@@ -338,6 +342,7 @@ pub struct Store {
     spill: Spill,
     /// While a swap allocates: the objects it spilled (see [`Self::restore_by_swap`]).
     spilled_meanwhile: Option<Vec<ObjectId>>,
+    revocations: Revocations,
 }
 
 impl Store {
@@ -351,6 +356,7 @@ impl Store {
         let (arena_fd, arena_size) = backing.create(layout.arena_size as usize, false)?;
         let arena_map = Arc::new(Mapping::new(arena_fd.as_fd(), arena_size, true, false)?);
         memory::seal_future_writes(arena_fd.as_fd())?;
+        let revocations = Revocations::new(&backing)?;
         Ok(Self {
             backing,
             layout,
@@ -376,6 +382,7 @@ impl Store {
             leases: Leases::default(),
             spill: Spill::new(spill_dir),
             spilled_meanwhile: None,
+            revocations,
         })
     }
 
@@ -387,6 +394,11 @@ impl Store {
     /// The arena's descriptor and size, sent to every client on connect.
     pub fn arena(&self) -> (BorrowedFd<'_>, u64) {
         (self.arena_fd.as_fd(), self.arena.size())
+    }
+
+    /// The revocation page (see [`crate::revocations`]).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Where segments come from.
@@ -878,6 +890,7 @@ impl Store {
             // whoever holds the lock, after it (see `take_dropped`).
             (Memory::Segment(segment), _) => {
                 self.segment_bytes -= segment.size();
+                self.revoke(segment.id());
                 self.dropped.push(segment);
             }
         }
@@ -1301,6 +1314,91 @@ impl Store {
         Ok(left)
     }
 
+    /// [`Self::release`] of the client's last pin on `id`, keeping its mapping: the object
+    /// is retained by the client while it stays in memory and readable (see
+    /// [`crate::revocations`]). Only objects in a segment of their own are retained
+    /// (the arena's ranges are reused); one that cannot be (gone, freed, in the arena) is
+    /// revoked at once. A client without a pin on it (its reuse came too late) is no
+    /// error: it releases a buffer it read from its mapping.
+    pub fn release_retained(&mut self, client: ClientId, id: ObjectId) -> Result<(), StoreError> {
+        match self.release(client, id) {
+            Ok(0) | Err(StoreError::NotPinned(_)) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let segment = match self.objects.get(&id) {
+            Some(Entry {
+                place: Place::Memory(Memory::Segment(segment)),
+                sealed: true,
+                delete_pending: false,
+                ..
+            }) => segment.id(),
+            _ => {
+                self.revocations.bump(Revocations::slot(client));
+                return Ok(());
+            }
+        };
+        if let Some(state) = self.clients.get_mut(&client) {
+            state.retained.insert(segment, id);
+        }
+        Ok(())
+    }
+
+    /// The client serves a get of `id` from its retained mapping: pinned again, unless
+    /// it left memory (or was freed) meanwhile, which the client learns from its
+    /// revocation counter.
+    pub fn reuse(&mut self, client: ClientId, id: ObjectId) {
+        let segment = match self.objects.get(&id) {
+            Some(Entry {
+                place: Place::Memory(Memory::Segment(segment)),
+                delete_pending: false,
+                ..
+            }) => segment.id(),
+            // No segment has this ID: nothing retained matches it.
+            _ => ARENA_SEGMENT,
+        };
+        let retained = self
+            .clients
+            .get_mut(&client)
+            .and_then(|state| state.retained.remove(&segment));
+        let Some(entry) = self.objects.get_mut(&id).filter(|_| retained == Some(id)) else {
+            // Revoked already (the client was told), or a late reuse: the client's
+            // retained view is out of date either way.
+            self.revocations.bump(Revocations::slot(client));
+            return;
+        };
+        if let Some(tick) = entry.lru_tick.take() {
+            self.lru.remove(&tick);
+        }
+        entry.pins += 1;
+        self.pin_for(client, id);
+    }
+
+    /// The client unmapped `id`, which it retained.
+    pub fn forget(&mut self, client: ClientId, id: ObjectId) {
+        let Some(Entry {
+            place: Place::Memory(Memory::Segment(segment)),
+            ..
+        }) = self.objects.get(&id)
+        else {
+            return;
+        };
+        if let Some(state) = self.clients.get_mut(&client) {
+            if state.retained.get(&segment.id()) == Some(&id) {
+                state.retained.remove(&segment.id());
+            }
+        }
+    }
+
+    /// `segment` leaves memory or readers: the clients that retained it are told.
+    fn revoke(&mut self, segment: u64) {
+        for (client, state) in &mut self.clients {
+            if state.retained.remove(&segment).is_some() {
+                self.revocations.bump(Revocations::slot(*client));
+            }
+        }
+    }
+
     fn unpin(&mut self, id: ObjectId, count: u32) {
         let Some(entry) = self.objects.get_mut(&id) else {
             return;
@@ -1337,6 +1435,11 @@ impl Store {
         };
         if entry.pins > 0 || !entry.sealed {
             entry.delete_pending = true;
+            // Gone for new readers now: those that retained it must ask again.
+            if let Place::Memory(Memory::Segment(segment)) = &entry.place {
+                let segment = segment.id();
+                self.revoke(segment);
+            }
             return DeleteOutcome::Deferred;
         }
         self.remove(id, false);
@@ -1728,6 +1831,45 @@ mod tests {
             vec![7; 100],
             "the original's bytes"
         );
+    }
+
+    #[test]
+    fn a_retained_object_is_revoked_when_it_leaves_memory_or_is_freed() {
+        let (mut store, _dir) = store();
+        let (a, b) = (store.connect(), store.connect());
+        let counter = |store: &Store, client| store.revocations.read(Revocations::slot(client));
+        put(&mut store, a, 1, MIB);
+        put(&mut store, a, 2, MIB);
+        for n in [1, 2] {
+            store.get(b, id(n)).unwrap();
+            store.release_retained(b, id(n)).unwrap();
+        }
+        assert_eq!(
+            store.list().iter().map(|o| o.pins).sum::<u32>(),
+            0,
+            "no pins"
+        );
+        assert_eq!(counter(&store, b), 0);
+        // Read again from b's mapping: pinned again, no revocation.
+        store.reuse(b, id(1));
+        assert_eq!(store.list()[0].pins, 1);
+        assert_eq!(counter(&store, b), 0);
+        // Freed while b retains it: b is told, a (which retains nothing) is not.
+        assert_eq!(store.delete(id(2)), DeleteOutcome::Deleted);
+        assert_eq!((counter(&store, b), counter(&store, a)), (1, 0));
+        // A late reuse of the freed object is answered with a revocation too.
+        store.reuse(b, id(2));
+        assert_eq!(counter(&store, b), 2);
+        // Spilled while retained.
+        store.release_retained(b, id(1)).unwrap();
+        store.spill_out(id(1)).unwrap();
+        assert_eq!(counter(&store, b), 3);
+        // What cannot be retained (an arena object) is revoked at once.
+        put_small(&mut store, a, id(3), 100);
+        store.get(b, id(3)).unwrap();
+        store.release_retained(b, id(3)).unwrap();
+        assert_eq!(counter(&store, b), 4);
+        assert_eq!(counter(&store, a), 0);
     }
 
     #[test]

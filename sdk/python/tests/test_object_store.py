@@ -187,3 +187,16 @@ def test_no_driver_can_write_another_drivers_sealed_objects(shared_cluster):
     assert total == int(small.sum()) + int(large.sum())
     assert np.array_equal(ray.get(refs[0]), small)
     assert np.array_equal(ray.get(refs[1]), large)
+
+
+def test_a_large_object_read_again_then_freed_is_gone(shared_cluster):
+    """Gets of a large object after the first are served from the driver's retained mapping
+    (see the store's revocation page); a free still takes it away from this driver."""
+    object_id = ray.put(np.arange(2**20, dtype=np.float64))
+    for _ in range(3):
+        value = ray.get(object_id)
+        assert value[-1] == 2**20 - 1 and not value.flags.writeable
+        del value
+    ray.internal.free([object_id])
+    wait_for(lambda: ray.wait([object_id], timeout=0) == ([], [object_id]), timeout=10,
+             what="the freed object to be gone")
