@@ -279,7 +279,8 @@ impl Releaser {
             let Some(held) = tables.objects.get_mut(&id) else {
                 return;
             };
-            held.refs -= 1;
+            // Never below 0: a buffer is made only with a reference counted.
+            held.refs = held.refs.saturating_sub(1);
             if held.refs > 0 {
                 return;
             }
@@ -765,22 +766,8 @@ impl PlasmaClient {
                 self.inner.wake_sweeper();
             }
             for id in ids {
-                match tables.objects.get_mut(id) {
-                    Some(held) => {
-                        let reused = std::mem::take(&mut held.retained);
-                        held.refs += 1;
-                        result.push(Some(self.buffer(*id, held)));
-                        if reused {
-                            // Read again without asking: the store pins it again.
-                            tables.retained.take(*id);
-                            queue(
-                                &mut tables,
-                                Req::Reuse(pb::Reuse {
-                                    object_id: id.as_bytes().to_vec(),
-                                }),
-                            );
-                        }
-                    }
+                match self.hold(&mut tables, *id) {
+                    Some(buffer) => result.push(Some(buffer)),
                     None => {
                         // The store pins once per ID it returns: ask once per ID.
                         if asked.insert(*id) {
@@ -834,6 +821,18 @@ impl PlasmaClient {
                 if !mapping.contains(location.offset, location.data_size + location.metadata_size) {
                     return Err(ClientError::BadLocation(id));
                 }
+                if tables.objects.contains_key(&id) {
+                    // Held meanwhile (sealed or got by another thread, or retained): the
+                    // entry stays, and the pin the store took for this get goes back.
+                    queue(
+                        &mut tables,
+                        Req::Release(pb::Release {
+                            object_id: id.as_bytes().to_vec(),
+                            retain: false,
+                        }),
+                    );
+                    continue;
+                }
                 tables.objects.insert(
                     id,
                     Held {
@@ -849,15 +848,30 @@ impl PlasmaClient {
         }
         let mut tables = lock(&self.inner.tables);
         for (slot, id) in result.iter_mut().zip(ids) {
-            if slot.is_some() {
-                continue;
-            }
-            if let Some(held) = tables.objects.get_mut(id) {
-                held.refs += 1;
-                *slot = Some(self.buffer(*id, held));
+            if slot.is_none() {
+                *slot = self.hold(&mut tables, *id);
             }
         }
         Ok(result)
+    }
+
+    /// A new buffer of `id` if this client holds it; one read again from its retained
+    /// mapping is pinned again by the store (`Reuse`).
+    fn hold(&self, tables: &mut Tables, id: ObjectId) -> Option<ObjectBuffer> {
+        let held = tables.objects.get_mut(&id)?;
+        let reused = std::mem::take(&mut held.retained);
+        held.refs += 1;
+        let buffer = self.buffer(id, held);
+        if reused {
+            tables.retained.take(id);
+            queue(
+                tables,
+                Req::Reuse(pb::Reuse {
+                    object_id: id.as_bytes().to_vec(),
+                }),
+            );
+        }
+        Some(buffer)
     }
 
     /// One object, or `None` when it was not sealed within `timeout`.

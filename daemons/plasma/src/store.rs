@@ -1318,12 +1318,18 @@ impl Store {
     /// is retained by the client while it stays in memory and readable (see
     /// [`crate::revocations`]). Only objects in a segment of their own are retained
     /// (the arena's ranges are reused); one that cannot be (gone, freed, in the arena) is
-    /// revoked at once. A client without a pin on it (its reuse came too late) is no
-    /// error: it releases a buffer it read from its mapping.
+    /// revoked at once. A client without a pin on it (its `Reuse` came after the object
+    /// left memory) is no error: it releases a buffer it read from its old mapping, which
+    /// it must not keep (the object may be back in another segment, or rebuilt
+    /// differently), so that is revoked too.
     pub fn release_retained(&mut self, client: ClientId, id: ObjectId) -> Result<(), StoreError> {
         match self.release(client, id) {
-            Ok(0) | Err(StoreError::NotPinned(_)) => {}
+            Ok(0) => {}
             Ok(_) => return Ok(()),
+            Err(StoreError::NotPinned(_)) => {
+                self.revocations.bump(Revocations::slot(client));
+                return Ok(());
+            }
             Err(e) => return Err(e),
         }
         let segment = match self.objects.get(&id) {
@@ -1870,6 +1876,30 @@ mod tests {
         store.release_retained(b, id(3)).unwrap();
         assert_eq!(counter(&store, b), 4);
         assert_eq!(counter(&store, a), 0);
+    }
+
+    #[test]
+    fn a_buffer_read_after_its_object_left_memory_is_not_retained_again() {
+        let (mut store, _dir) = store();
+        let (a, b) = (store.connect(), store.connect());
+        let counter = |store: &Store| store.revocations.read(Revocations::slot(b));
+        put(&mut store, a, 1, MIB);
+        store.get(b, id(1)).unwrap();
+        store.release_retained(b, id(1)).unwrap();
+        // b serves a get from its mapping while the store spills the object: its Reuse
+        // comes too late.
+        store.spill_out(id(1)).unwrap();
+        store.reuse(b, id(1));
+        let told = counter(&store);
+        assert!(told >= 1);
+        // Back in memory, in another segment, for another reader.
+        store.get(a, id(1)).unwrap();
+        store.release(a, id(1)).unwrap();
+        // b's buffer (of the old segment) goes: not retained, told again.
+        store.release_retained(b, id(1)).unwrap();
+        assert_eq!(counter(&store), told + 1);
+        assert!(store.clients[&b].retained.is_empty());
+        assert_eq!(store.list()[0].pins, 0);
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! after a heartbeat stayed unknown for up to an interval (100 ms by default): six 1 s tasks
 //! on three 1-CPU nodes took 2.1-2.3 s, the tasks waiting on the submitting node starting
 //! only at the next heartbeat of the nodes that had finished. An early heartbeat tells them
-//! within a few milliseconds. A task forwarded here counts the same: the node that sent it
-//! (or the global scheduler) charged this node's view with it until the next heartbeat, so
-//! the resources it asked for are watched as if exhausted. Early heartbeats are at least a
-//! quarter interval apart, so a
+//! within a few milliseconds. A task forwarded here that leaves a resource exhausted counts
+//! the same: the node that sent it (or the global scheduler) charged this node's view with
+//! it until the next heartbeat (a forwarded task that leaves room changes nothing others
+//! need to hear early). Early heartbeats are at least a quarter interval apart, so a
 //! node whose short tasks free and take its CPUs thousands of times a second sends a few
 //! dozen a second, not one per task.
 
@@ -19,9 +19,11 @@ use rayd_common::resources::Amounts;
 /// The heartbeat schedule's state (pure: the caller sends, and says when it did).
 #[derive(Debug)]
 pub struct BeatTimer {
-    /// Resources at or below zero in the last heartbeat sent, and those asked for by tasks
-    /// forwarded here since.
+    /// Resources at or below zero in the last heartbeat sent, and those that tasks
+    /// forwarded here since exhausted.
     watched: Vec<String>,
+    /// Resources asked for by the task forwarded by the event being handled.
+    charged: Vec<String>,
     last: Instant,
     min_gap: Duration,
     /// When the early heartbeat now due goes (not before `last + min_gap`).
@@ -33,6 +35,7 @@ impl BeatTimer {
     pub fn new(interval: Duration, now: Instant) -> Self {
         Self {
             watched: Vec::new(),
+            charged: Vec::new(),
             last: now,
             min_gap: interval / 4,
             early: None,
@@ -52,16 +55,18 @@ impl BeatTimer {
 
     /// Records a task forwarded here, asking for `resources`: other views count them taken.
     pub fn forwarded<'a>(&mut self, resources: impl IntoIterator<Item = &'a String>) {
-        for name in resources {
-            if !self.watched.contains(name) {
-                self.watched.push(name.clone());
-            }
-        }
+        self.charged.extend(resources.into_iter().cloned());
     }
 
     /// Looks at the node's free resources after an event: an early heartbeat becomes due
     /// when a watched one is free.
     pub fn observe(&mut self, available: &Amounts, now: Instant) {
+        for name in std::mem::take(&mut self.charged) {
+            let exhausted = available.get(&name).is_none_or(|amount| *amount <= 0.0);
+            if exhausted && !self.watched.contains(&name) {
+                self.watched.push(name);
+            }
+        }
         if self.early.is_some() || self.watched.is_empty() {
             return;
         }
@@ -128,6 +133,17 @@ mod tests {
         let done = start + Duration::from_millis(60);
         timer.observe(&amounts(1.0, 1.0), done);
         assert_eq!(timer.early(), Some(done));
+    }
+
+    #[test]
+    fn a_forwarded_task_that_leaves_room_brings_no_early_heartbeat() {
+        let start = Instant::now();
+        let mut timer = BeatTimer::new(INTERVAL, start);
+        timer.sent(&amounts(2.0, 1.0), start);
+        timer.forwarded(&["CPU".to_string()]);
+        timer.observe(&amounts(1.0, 1.0), start + Duration::from_millis(30));
+        timer.observe(&amounts(2.0, 1.0), start + Duration::from_millis(60));
+        assert_eq!(timer.early(), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::scheduler::Event;
 #[derive(Debug)]
 pub struct Spawner {
     starts: std::sync::mpsc::Sender<()>,
+    inputs: mpsc::UnboundedSender<Input>,
 }
 
 impl Spawner {
@@ -32,6 +33,7 @@ impl Spawner {
     ) -> std::io::Result<Self> {
         let (starts, requests) = std::sync::mpsc::channel::<()>();
         let runtime = tokio::runtime::Handle::current();
+        let events = inputs.clone();
         std::thread::Builder::new()
             .name("worker-spawner".into())
             .spawn(move || {
@@ -43,22 +45,26 @@ impl Spawner {
                         &command.raylet_socket,
                         &command.log_level,
                         &command.node_id,
-                        &inputs,
+                        &events,
                     ) {
                         Ok(pid) => Event::WorkerSpawned { pid },
                         Err(e) => Event::WorkerSpawnFailed {
                             error: format!("{}: {e}", command.binary.display()),
                         },
                     };
-                    let _ = inputs.send(event.into());
+                    let _ = events.send(event.into());
                 }
             })?;
-        Ok(Self { starts })
+        Ok(Self { starts, inputs })
     }
 
     /// Starts one worker (off the caller's thread: a fork and exec take milliseconds).
     pub fn start(&self) {
-        let _ = self.starts.send(());
+        if self.starts.send(()).is_err() {
+            // The thread is gone (it panicked): the start fails visibly, not silently.
+            let error = "the worker-spawner thread is gone".to_string();
+            let _ = self.inputs.send(Event::WorkerSpawnFailed { error }.into());
+        }
     }
 }
 
