@@ -9,6 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rayd_common::process::{find_rayd_binary, log_tail};
@@ -22,8 +23,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const MIMALLOC_EAGER_COMMIT: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
 
 /// Starts the rayd binary `name` with `args`, output appended to `<logs>/<name>.log`, and
-/// waits for its READY=1. An `attached` daemon gets SIGTERM when the calling thread's
-/// process exits (`ray.init()`'s node lives as long as its driver).
+/// waits for its READY=1. An `attached` daemon gets SIGTERM when this process exits
+/// (`ray.init()`'s node lives as long as its driver).
 pub fn launch(
     name: &str,
     args: &[String],
@@ -86,7 +87,12 @@ pub fn launch(
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(LaunchError::io("start", &binary))?;
+    let spawned = if attached {
+        spawn_from_lasting_thread(command)
+    } else {
+        command.spawn()
+    };
+    let mut child = spawned.map_err(LaunchError::io("start", &binary))?;
 
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut buf = [0u8; 4096];
@@ -123,4 +129,36 @@ pub fn launch(
     };
     drop(notify_dir);
     result.map(|()| child)
+}
+
+/// Spawns `command` from a thread that lives as long as this process. A parent-death signal
+/// fires when the *thread* that forked the child ends, not its process: `ray.init()` called
+/// on a thread that then finished (a thread pool's, say) had its whole node stopped under
+/// the still-running driver.
+fn spawn_from_lasting_thread(mut command: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static LAUNCHER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
+        let (jobs, requests) = mpsc::channel::<Job>();
+        // Never joined: the sender above is never dropped, so it ends with the process.
+        std::thread::Builder::new()
+            .name("rayd-launcher".into())
+            .spawn(move || {
+                for (mut command, reply) in requests {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .ok()
+            .map(|_| jobs)
+    });
+    let Some(jobs) = launcher else {
+        // No thread to spare: the daemon is tied to this one, as before.
+        return command.spawn();
+    };
+    let (reply, spawned) = mpsc::channel();
+    jobs.send((command, reply))
+        .map_err(|_| std::io::Error::other("the launcher thread is gone"))?;
+    spawned
+        .recv()
+        .map_err(|_| std::io::Error::other("the launcher thread is gone"))?
 }

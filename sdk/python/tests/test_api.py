@@ -383,3 +383,30 @@ def test_wrong_number_of_returns_is_a_task_error(shared_cluster):
     a, b = one.remote()
     with pytest.raises(exceptions.RayTaskError, match="num_returns"):
         ray.get(a)
+
+
+def test_a_node_started_on_a_thread_outlives_the_thread(cleanup):
+    """ray.init() on a thread that then ends (a thread pool's, say): the node lives as long
+    as the driver. Its daemons' parent-death signal fired when the thread that started
+    them ended, which stopped the node under the running driver."""
+    import threading
+
+    from conftest import _alive
+    from ray._private import worker as _worker
+
+    thread = threading.Thread(target=lambda: ray.init(num_cpus=1))
+    thread.start()
+    thread.join()
+    pids = _worker.global_worker.node.pids()
+    assert pids
+    # Watched for a second: a stopping node would be gone well within it.
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        assert all(_alive(p) for p in pids), "a daemon of the node ended with the thread"
+        time.sleep(0.02)
+
+    @ray.remote
+    def one():
+        return 1
+
+    assert ray.get(one.remote(), timeout=30) == 1
