@@ -204,6 +204,13 @@ impl Node {
                     };
                     self.peers.send(home, Outgoing::Finished(request));
                 }
+                Effect::TaskMoved { home, task, node } => {
+                    let request = nm::TaskMovedRequest {
+                        task_id: task.as_bytes().to_vec(),
+                        node_id: node.as_bytes().to_vec(),
+                    };
+                    self.peers.send(home, Outgoing::Moved(request));
+                }
                 Effect::KillRemoteActor {
                     node,
                     actor,

@@ -75,6 +75,11 @@ fn event_of(body: Option<nm::peer_message::Body>) -> Result<Event, Status> {
             node: node_id(&request.node_id, "node_id")?,
             results: request.results,
         }),
+        Body::Moved(request) => Ok(Event::TaskMoved {
+            task: TaskId::from_slice(&request.task_id)
+                .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))?,
+            node: node_id(&request.node_id, "node_id")?,
+        }),
         Body::KillActor(request) => Ok(Event::KillActor {
             actor: ActorId::from_slice(&request.actor_id)
                 .map_err(|e| Status::invalid_argument(format!("actor_id: {e}")))?,
@@ -220,6 +225,8 @@ pub enum Outgoing {
     KillActor(nm::KillActorRequest),
     /// A worker's line for the driver there.
     Output(nm::WorkerOutputRequest),
+    /// A task of that home was handed on from here.
+    Moved(nm::TaskMovedRequest),
 }
 
 /// The other raylets: their node manager addresses (learned by the watcher) and a queue
@@ -428,6 +435,9 @@ fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, 
         Outgoing::KillActor(_) => {
             log::warn!(node:% = node; "cannot ask a node to kill an actor: {error}");
         }
+        Outgoing::Moved(_) => {
+            log::warn!(node:% = node; "cannot tell a task's home where it went: {error}");
+        }
         Outgoing::Output(request) => {
             log::info!(node:% = node, pid = request.pid; "worker (its driver's node cannot be reached: {error}): {}", request.line);
         }
@@ -479,6 +489,7 @@ impl PeerStream {
             Outgoing::Finished(request) => Body::Finished(request),
             Outgoing::KillActor(request) => Body::KillActor(request),
             Outgoing::Output(request) => Body::Output(request),
+            Outgoing::Moved(request) => Body::Moved(request),
         };
         if !matches!(body, Body::Forward(_)) {
             self.others += 1;
@@ -643,8 +654,11 @@ pub fn watch(
             }
         };
         let mut known: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+        // Nodes whose death this raylet heard of (or that were dead before it came).
+        let mut gone: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
         match gcs.nodes().await {
             Ok(nodes) => {
+                gone.extend(nodes.iter().filter(|n| !n.alive).map(|n| n.node_id));
                 for node in nodes.into_iter().filter(|n| n.alive && n.node_id != own) {
                     peers.learn(node.node_id, node.node_manager_address.clone());
                     known.insert(node.node_id);
@@ -659,9 +673,26 @@ pub fn watch(
             }
             Err(e) => log::warn!("cannot read the node table: {e}"),
         }
+        let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        reconcile.tick().await;
         loop {
             let notification = tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = reconcile.tick() => {
+                    for node in missed_deaths(&gcs, &mut gone).await {
+                        if node == own {
+                            continue;
+                        }
+                        known.remove(&node);
+                        log::warn!(node:% = node; "the node table says a node died that no event announced");
+                        peers.forget(&node);
+                        if inputs.send(Event::NodeRemoved { node }.into()).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 n = subscription.next() => match n {
                     Some(n) => n,
                     None => return,
@@ -677,6 +708,7 @@ pub fn watch(
                     continue;
                 }
                 known.remove(&node);
+                gone.insert(node);
                 peers.forget(&node);
                 Event::NodeRemoved { node }
             } else {
@@ -720,4 +752,30 @@ pub fn watch(
             }
         }
     });
+}
+
+/// How often the node table is read for deaths that no event announced.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// The nodes that the node table says are dead and that are not in `gone` yet (added).
+/// Redis pub/sub delivers at most once (a message published while a subscriber reconnects
+/// is lost): a node whose death event was missed kept, in this raylet's view, the tasks
+/// placed on it, and their drivers waited for ever. Nodes absent from the table are left
+/// alone (a GCS restarted empty lists none until they register again).
+async fn missed_deaths(
+    gcs: &GcsClient,
+    gone: &mut std::collections::HashSet<NodeId>,
+) -> Vec<NodeId> {
+    let nodes = match gcs.nodes().await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            log::debug!("cannot read the node table: {e}");
+            return Vec::new();
+        }
+    };
+    nodes
+        .into_iter()
+        .filter(|n| !n.alive && gone.insert(n.node_id))
+        .map(|n| n.node_id)
+        .collect()
 }

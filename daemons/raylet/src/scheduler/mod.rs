@@ -27,7 +27,7 @@ pub mod task;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,6 +185,11 @@ pub enum Event {
         node: NodeId,
         results: Vec<pb::InlineObject>,
     },
+    /// A task forwarded from here was handed on to `node` by the node it went to.
+    TaskMoved {
+        task: TaskId,
+        node: NodeId,
+    },
 }
 
 /// What the scheduler asks the I/O layer to do.
@@ -238,6 +243,12 @@ pub enum Effect {
         node: NodeId,
         actor: ActorId,
         reason: String,
+    },
+    /// Tell a task's home (another node) that it was handed on from here to `node`.
+    TaskMoved {
+        home: NodeId,
+        task: TaskId,
+        node: NodeId,
     },
     /// Tell a task's home (another node) that it finished here, with its small results.
     ReturnResults {
@@ -324,6 +335,9 @@ pub struct Scheduler {
     /// Tasks of other homes handed on from here (forwarded or spilled), until the next
     /// node or a global scheduler took them: one that was not taken is placed again.
     relayed: HashMap<TaskId, Task>,
+    /// Nodes declared dead (IDs are never reused): a task reported handed on to one of
+    /// them is redone at once.
+    departed: HashSet<NodeId>,
     /// A global scheduler is up.
     global_scheduler: bool,
     /// Actors that live on another node (their creation was forwarded from here, or the
@@ -363,6 +377,7 @@ impl Scheduler {
             cluster: Cluster::default(),
             forwarded: HashMap::new(),
             relayed: HashMap::new(),
+            departed: HashSet::new(),
             global_scheduler: false,
             remote_actors: HashMap::new(),
             remote_creations: HashMap::new(),
@@ -499,6 +514,7 @@ impl Scheduler {
                 node,
                 results,
             } => self.on_remote_finished(task, node, results),
+            Event::TaskMoved { task, node } => self.on_moved(task, node),
             Event::KillActor { actor, reason } => self.kill_actor(actor, reason),
             Event::RemoteOutput {
                 job,
@@ -513,10 +529,11 @@ impl Scheduler {
                 self.global_scheduler = available;
             }
             Event::Spilled { task, node } => {
-                if let Some((placed, _)) = self.forwarded.get_mut(&task) {
-                    *placed = Some(node);
+                // (The node may have died before this reply came.)
+                self.on_moved(task, node);
+                if let Some(home) = self.relayed.remove(&task).and_then(|t| t.home) {
+                    self.effects.push(Effect::TaskMoved { home, task, node });
                 }
-                self.relayed.remove(&task);
             }
             Event::SpillFailed { task, error } => {
                 log::warn!(task:% = task; "no global scheduler took a task: {error}; placing it here");
@@ -823,6 +840,7 @@ impl Scheduler {
     fn on_node_dead(&mut self, node: NodeId) {
         log::warn!(node:% = node; "node died: redoing what it ran for this node");
         self.cluster.remove(&node);
+        self.departed.insert(node);
         let lost: Vec<TaskId> = self
             .forwarded
             .iter()
@@ -846,6 +864,20 @@ impl Scheduler {
             self.redo(task, node);
         }
         self.schedule();
+    }
+
+    /// A task forwarded from here was placed on `node` (by a global scheduler, or handed
+    /// on by a relay): it is redone if `node` dies, or now if it is dead already. (Where two relays' reports cross, the
+    /// later one read wins: the task may be a hop further than recorded.)
+    fn on_moved(&mut self, task: TaskId, node: NodeId) {
+        if self.departed.contains(&node) {
+            if let Some((_, lost)) = self.forwarded.remove(&task) {
+                self.redo(lost, node);
+                self.schedule();
+            }
+        } else if let Some((placed, _)) = self.forwarded.get_mut(&task) {
+            *placed = Some(node);
+        }
     }
 
     /// `node` beats: the calls suspended for its actors go to them again, in order.
@@ -1226,6 +1258,14 @@ impl Scheduler {
             hops: task.hops + 1,
             job,
         });
+        if let Some(home) = task.home {
+            // A relay: the home redoes the task if `node` dies, so it must know.
+            self.effects.push(Effect::TaskMoved {
+                home,
+                task: task.id,
+                node,
+            });
+        }
         if task.is_actor_creation() {
             self.actor_moved(&task, node);
         }

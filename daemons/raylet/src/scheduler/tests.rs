@@ -43,6 +43,8 @@ struct Out {
     forwards: Vec<(NodeId, TaskId)>,
     /// (home, task, number of small results) of every report to a task's home.
     returned: Vec<(NodeId, TaskId, usize)>,
+    /// (home, task, node) of every report to a task's home that it was handed on.
+    moved: Vec<(NodeId, TaskId, NodeId)>,
     stopped_pulls: Vec<ObjectId>,
     locate: Vec<ActorId>,
     /// (node, line) of every worker line sent to its driver's node.
@@ -140,6 +142,7 @@ impl Harness {
                     task,
                     results,
                 } => out.returned.push((home, task, results.len())),
+                Effect::TaskMoved { home, task, node } => out.moved.push((home, task, node)),
                 Effect::Gcs(GcsWrite::State(task, state)) => out.states.push((task, state)),
                 Effect::Gcs(GcsWrite::Task(entry)) => {
                     let state = match entry.state.as_str() {
@@ -1315,6 +1318,51 @@ fn a_task_relayed_from_here_that_was_not_taken_is_placed_again() {
     });
     assert_eq!(out.forwards.len(), 1, "placed again: {out:?}");
     assert_eq!(out.forwards[0].1, id_of(&spilled));
+}
+
+#[test]
+fn a_relay_tells_the_home_and_the_home_redoes_the_task_when_that_node_dies() {
+    // The relay: its CPU taken, a task of another home arrives and goes on to b.
+    let (mut h, nb, nc) = with_peers(&[("CPU", 1.0)], &[("CPU", 1.0)], &[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (_worker, _, _) = h.worker();
+    let busy = h.spec(&[("CPU", 1.0)]);
+    h.submit(driver, &busy);
+    let home = NodeId::random();
+    let relayed = h.spec(&[("CPU", 1.0)]);
+    let out = h.step(Event::TaskForwarded {
+        spec: relayed.clone(),
+        home,
+        hops: 1,
+        job: None,
+    });
+    let to = out.forwards[0].0;
+    assert_eq!(out.moved, vec![(home, id_of(&relayed), to)]);
+
+    // The home: its task went to b, which handed it on to c; c dies.
+    let (mut h, nb2, nc2) = with_peers(&[("CPU", 1.0)], &[("B", 1.0)], &[("B", 1.0)]);
+    let _ = (nb, nc);
+    let driver = h.driver();
+    let mut task = h.spec(&[("B", 1.0)]);
+    task.max_retries = 1;
+    let first = h.submit(driver, &task).forwards[0].0;
+    let next = if first == nb2 { nc2 } else { nb2 };
+    h.step(Event::TaskMoved {
+        task: id_of(&task),
+        node: next,
+    });
+    let out = h.step(Event::NodeRemoved { node: next });
+    assert_eq!(out.forwards, vec![(first, id_of(&task))], "redone: {out:?}");
+    // A report of a move to a node already dead: redone at once.
+    let mut late = h.spec(&[("B", 1.0)]);
+    late.max_retries = 1;
+    let went = h.submit(driver, &late).forwards[0].0;
+    assert_eq!(went, first);
+    let out = h.step(Event::TaskMoved {
+        task: id_of(&late),
+        node: next,
+    });
+    assert_eq!(out.forwards, vec![(first, id_of(&late))], "redone: {out:?}");
 }
 
 #[test]
