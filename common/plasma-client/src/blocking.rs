@@ -509,10 +509,11 @@ impl PlasmaClient {
         )?;
         let (reply, fds) = io.receive()?;
         drop(io);
-        let location = match reply.kind {
+        let (location, prepared) = match reply.kind {
             Some(Rep::Created(pb::Created {
                 location: Some(location),
-            })) => location,
+                prepared,
+            })) => (location, prepared),
             Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
             other => return Err(unexpected("created", other)),
         };
@@ -536,6 +537,7 @@ impl PlasmaClient {
                 file: std::fs::File::from(fd),
                 len: segment.size,
                 mapping: None,
+                prepared,
             }),
             segment: location.segment,
             data_size,

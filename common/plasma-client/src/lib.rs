@@ -12,9 +12,9 @@
 //!   and its bytes go to the store with its seal, which the store copies into the arena:
 //!   into this client's lease there (the store's `lease` module) without a reply, so
 //!   other clients see it once the store has read the message (their gets wait for
-//!   that). A larger object gets a segment of its own, filled in place through a
-//!   writable mapping that goes before the seal; the store then seals the segment
-//!   against writes for good.
+//!   that). A larger object gets a segment of its own, filled with `pwrite` (by two
+//!   threads for a large one, see [`fill`]) or in place through a writable mapping that
+//!   goes before the seal; the store then seals the segment against writes for good.
 //! - [`ObjectBuffer`] is a pinned, sealed object: `data()` and `metadata()` are zero-copy
 //!   slices of read-only shared memory (the creator of a small one reads its own copy).
 //!   Clones share one pin; the last drop releases it. A get of an object this client
@@ -26,6 +26,7 @@
 
 pub mod allocator;
 mod blocking;
+mod fill;
 pub mod mapping;
 mod nonblocking;
 pub mod protocol;
@@ -206,6 +207,8 @@ enum Unsealed {
         file: std::fs::File,
         len: u64,
         mapping: Option<Mapping>,
+        /// Its pages are allocated already (see [`fill::write_all_at`]).
+        prepared: bool,
     },
 }
 
@@ -261,19 +264,21 @@ impl ObjectBuilder {
         let total = self.data_size + self.metadata_size;
         match self.memory.as_mut() {
             Some(Unsealed::Heap(bytes)) => bytes,
-            Some(Unsealed::Segment { file, len, mapping }) => {
+            Some(Unsealed::Segment {
+                file,
+                len,
+                mapping,
+                prepared,
+            }) => {
                 if mapping.is_none() {
                     let size = usize::try_from(*len).unwrap_or(usize::MAX);
                     // The pages are allocated first: one that could not be had later would
                     // be a SIGBUS on the write that touches it.
-                    let mapped = nix::fcntl::fallocate(
-                        &*file,
-                        nix::fcntl::FallocateFlags::empty(),
-                        0,
-                        i64::try_from(*len).unwrap_or(i64::MAX),
-                    )
-                    .map_err(|source| mapping::MapError { size, source })
-                    .and_then(|()| Mapping::new(std::os::fd::AsFd::as_fd(file), size, true, false));
+                    let mapped = fill::allocate(file, prepared)
+                        .map_err(|source| mapping::MapError { size, source })
+                        .and_then(|()| {
+                            Mapping::new(std::os::fd::AsFd::as_fd(file), size, true, false)
+                        });
                     match mapped {
                         Ok(m) => {
                             m.prefault_for_write(0, total);
@@ -316,8 +321,8 @@ impl ObjectBuilder {
                 heap[offset as usize..end as usize].copy_from_slice(bytes);
                 return Ok(());
             }
-            Some(Unsealed::Segment { file, .. }) => {
-                std::os::unix::fs::FileExt::write_all_at(file, bytes, offset)
+            Some(Unsealed::Segment { file, prepared, .. }) => {
+                fill::write_all_at(file, offset, bytes, prepared)
             }
             None => {
                 return Err(ClientError::Invalid(

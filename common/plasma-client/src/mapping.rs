@@ -101,20 +101,35 @@ impl Mapping {
     /// Builds the page tables of `[offset, offset + len)` for writing in one system
     /// call (instead of a fault per page); a hint, so failures are ignored.
     pub fn prefault_for_write(&self, offset: u64, len: u64) {
-        if !self.writable || !self.contains(offset, len) || len == 0 {
-            return;
+        let _ = self.populate_for_write(offset, len);
+    }
+
+    /// Faults in the pages of `[offset, offset + len)` for writing, or says why not (a
+    /// page the file cannot have, where memory ran out, is an error here rather than a
+    /// SIGBUS on the write that would touch it).
+    pub fn populate_for_write(&self, offset: u64, len: u64) -> Result<(), nix::Error> {
+        if !self.writable || !self.contains(offset, len) {
+            return Err(nix::Error::EINVAL);
+        }
+        if len == 0 {
+            return Ok(());
         }
         let page = page_size() as u64;
         let start = offset - offset % page;
         let end = (offset + len).min(self.len as u64);
         // SAFETY: the range lies inside this mapping (checked above); MADV_POPULATE_WRITE
         // only faults pages in, as writing them would, and changes no contents.
-        unsafe {
+        let rc = unsafe {
             libc::madvise(
                 self.as_ptr().add(start as usize).cast(),
                 (end - start) as usize,
                 libc::MADV_POPULATE_WRITE,
-            );
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(nix::Error::last())
         }
     }
 

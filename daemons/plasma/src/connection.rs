@@ -285,9 +285,14 @@ impl Connection {
                 let id = protocol::object_id(&create.object_id)?;
                 let view = state
                     .with_store(|s| s.create(client, id, create.data_size, create.metadata_size))?;
+                let prepared = match &view.memory {
+                    Memory::Segment(segment) => segment.prepared(),
+                    Memory::Arena(_) => true,
+                };
                 Ok(Some(Answer {
                     reply: pb::reply::Kind::Created(pb::Created {
                         location: Some(location(&view)),
+                        prepared,
                     }),
                     segments: segment_of(&view)?.into_iter().collect(),
                 }))

@@ -16,20 +16,22 @@
 //!   descriptor (a reopened `/proc/self/fd/N` too). Clients get a read-only descriptor
 //!   and map it read-only; a small object's bytes travel to the store in the message
 //!   that creates and seals it, and the store copies them in.
-//! - Every larger object is a segment of its own. Its creator gets the descriptor, maps
-//!   it writable, fills it and unmaps it; the seal then adds `F_SEAL_WRITE`
-//!   ([`seal_against_writes`]), which the kernel refuses while a writable mapping exists,
-//!   so from then on nobody can write it. Readers get a read-only descriptor
-//!   ([`reopen_read_only`]).
-//! - Pages are allocated (`fallocate`) before any client may touch them, never on first
-//!   touch: the arena's in granules of [`ARENA_RESERVE_GRANULE`], ahead of demand by a
-//!   background thread ([`crate::prefault`]) or at the latest when an object is first
-//!   placed in one, and never given back (the arena's seal refuses punching holes); a
-//!   segment's when it is made, or ahead of demand by the same thread (a pool of
-//!   segments, [`crate::pool`]). A store that cannot get memory fails the create with an
-//!   error instead of a client dying of SIGBUS later. A segment never grows or shrinks
-//!   once handed out (memfd seals `F_SEAL_GROW | F_SEAL_SHRINK`), so a mapped range
-//!   always stays backed.
+//! - Every larger object is a segment of its own. Its creator gets the descriptor and
+//!   fills it (`pwrite`, and for a large one also a helper thread's writable mapping,
+//!   unmapped before the seal: see `rayd_plasma_client`'s `fill`); the seal then adds
+//!   `F_SEAL_WRITE` ([`seal_against_writes`]), which the kernel refuses while a
+//!   writable mapping exists, so from then on nobody can write it. Readers get a
+//!   read-only descriptor ([`reopen_read_only`]).
+//! - Pages are allocated (`fallocate`) before anyone maps them, never on first touch
+//!   through a mapping: the arena's in granules of [`ARENA_RESERVE_GRANULE`], ahead of
+//!   demand by a background thread ([`crate::prefault`]) or at the latest when an object
+//!   is first placed in one, and never given back (the arena's seal refuses punching
+//!   holes); a segment's ahead of demand by the same thread (a pool of segments,
+//!   [`crate::pool`]), or else by its creator before it maps any of it, or by the
+//!   `pwrite`s that fill it. Where memory runs out, the create, the `fallocate` or the
+//!   `pwrite` fails with an error instead of a process dying of SIGBUS later. A segment
+//!   never grows or shrinks once handed out (memfd seals `F_SEAL_GROW | F_SEAL_SHRINK`),
+//!   so a mapped range always stays backed.
 //! - Files of `plasma_directory` take no seals: there clients get read-only descriptors
 //!   and mappings, but a process of the same user can reopen the file for writing. The
 //!   kernel's guarantee holds with the default memfd backing only.

@@ -2,8 +2,8 @@
 //! that a large create takes one and cuts it to size instead of waiting for the kernel to
 //! zero fresh pages (a sealed segment cannot be reused: its memory goes with it). The
 //! background thread of [`crate::prefault`] makes them, one at a time, in the sizes of the
-//! latest large creates, as long as the budget has room; a create that needs the room
-//! sheds them first. Pure bookkeeping; the store holds it under its lock.
+//! latest large creates (in a large store, one of [`POOL_START`] before any), as long as
+//! the budget has room; a create that needs the room sheds them first. Pure bookkeeping; the store holds it under its lock.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -17,6 +17,12 @@ const GRANULE: u64 = 64 << 10;
 const RECENT: usize = 2;
 /// Most bytes the pool holds.
 pub const POOL_MAX: u64 = 256 << 20;
+/// The size the pool prepares from the start, before any large create: the first large
+/// put of a session then finds memory ready too. Only for stores of at least
+/// [`START_MIN_CAPACITY`] bytes, where it is a small part of the budget.
+pub const POOL_START: u64 = 128 << 20;
+/// See [`POOL_START`].
+pub const START_MIN_CAPACITY: u64 = 1 << 30;
 
 /// The prepared segments.
 #[derive(Debug, Default)]
@@ -29,6 +35,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// An empty pool for a store of `capacity` bytes, which prepares [`POOL_START`]
+    /// bytes ahead of the first large create where the store is large enough.
+    pub fn for_capacity(capacity: u64) -> Self {
+        let mut pool = Self::default();
+        if capacity >= START_MIN_CAPACITY {
+            pool.recent.push_back(POOL_START);
+        }
+        pool
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -111,6 +127,21 @@ mod tests {
 
     fn fd() -> OwnedFd {
         OwnedFd::from(tempfile::tempfile().unwrap())
+    }
+
+    #[test]
+    fn a_large_store_prepares_a_segment_before_any_create() {
+        assert_eq!(
+            Pool::for_capacity(START_MIN_CAPACITY - 1).wanted(u64::MAX),
+            None
+        );
+        let mut pool = Pool::for_capacity(START_MIN_CAPACITY);
+        assert_eq!(pool.wanted(u64::MAX), Some(POOL_START));
+        pool.add(fd(), POOL_START);
+        assert_eq!(pool.wanted(u64::MAX), None);
+        let (_, len) = pool.take(100 << 20).unwrap();
+        assert_eq!(len, POOL_START, "a smaller create takes it (and cuts it)");
+        assert_eq!(pool.wanted(u64::MAX), Some(100 << 20), "then its own size");
     }
 
     #[test]

@@ -16,19 +16,29 @@ pub struct Segment {
     /// after it (for readers).
     fd: Mutex<OwnedFd>,
     size: u64,
+    /// Whether its pages were allocated when it was made (see [`Self::prepared`]).
+    prepared: bool,
     /// The store's read-only mapping (spills, transfers), made when first needed.
     map: OnceLock<Arc<Mapping>>,
 }
 
 impl Segment {
-    /// Wraps a segment of `size` bytes under protocol ID `id`.
-    pub fn new(id: u64, fd: OwnedFd, size: u64) -> Self {
+    /// Wraps a segment of `size` bytes under protocol ID `id`, its pages allocated
+    /// already when `prepared`.
+    pub fn new(id: u64, fd: OwnedFd, size: u64, prepared: bool) -> Self {
         Self {
             id,
             fd: Mutex::new(fd),
             size,
+            prepared,
             map: OnceLock::new(),
         }
+    }
+
+    /// Whether its pages were allocated when it was made (a pool segment, or one
+    /// reserved at once): its creator's writes then allocate none.
+    pub fn prepared(&self) -> bool {
+        self.prepared
     }
 
     /// Its ID in the protocol (never the arena's, never reused).

@@ -326,6 +326,9 @@ pub struct Store {
     prefault_wanted: bool,
     /// Bytes of the segments of objects in memory.
     segment_bytes: u64,
+    /// Unsealed objects in segments of their own: fills in progress, during which the
+    /// pool prepares nothing (see [`Self::filling`]).
+    filling: usize,
     next_segment: u64,
     pool: Pool,
     /// Segments of objects gone, to close outside the lock (freeing pages takes time).
@@ -368,8 +371,9 @@ impl Store {
             high_water: 0,
             prefault_wanted: true,
             segment_bytes: 0,
+            filling: 0,
             next_segment: ARENA_SEGMENT + 1,
-            pool: Pool::default(),
+            pool: Pool::for_capacity(layout.capacity),
             dropped: Vec::new(),
             objects: HashMap::new(),
             lru: BTreeMap::new(),
@@ -522,6 +526,9 @@ impl Store {
         (data_size, metadata_size): (u64, u64),
         lease: Option<u64>,
     ) {
+        if matches!(memory, Memory::Segment(_)) {
+            self.filling += 1;
+        }
         self.objects.insert(
             id,
             Entry {
@@ -930,6 +937,7 @@ impl Store {
                     None
                 };
                 self.shed_pool(rounded);
+                let prepared = reserve || taken.is_some();
                 let (fd, len) = match taken {
                     Some((fd, _)) => {
                         let len = self.backing.fix_size(fd.as_fd(), size as usize)?;
@@ -941,7 +949,7 @@ impl Store {
                 self.next_segment += 1;
                 self.segment_bytes += len as u64;
                 Ok(Some(Memory::Segment(Arc::new(Segment::new(
-                    id, fd, len as u64,
+                    id, fd, len as u64, prepared,
                 )))))
             }
         }
@@ -1140,6 +1148,22 @@ impl Store {
         }
     }
 
+    /// Whether an object is being filled in a segment of its own. The pool prepares
+    /// nothing meanwhile: preparing memory would take a core and memory bandwidth from
+    /// the fill, which uses both (see `rayd_plasma_client`'s `fill`); a create that finds
+    /// no segment ready has its creator allocate the pages at once, which costs no more.
+    pub fn filling(&self) -> bool {
+        self.filling > 0
+    }
+
+    /// A fill ended (sealed, or its object dropped): the pool may prepare again.
+    fn fill_ended(&mut self) {
+        self.filling = self.filling.saturating_sub(1);
+        if self.filling == 0 {
+            self.prefault_wanted = true;
+        }
+    }
+
     /// The size of the next segment worth preparing for the pool (see [`crate::pool`]),
     /// within the room the budget has to spare. The caller makes it without the store's
     /// lock and hands it to [`Self::pool_add`].
@@ -1187,6 +1211,9 @@ impl Store {
             self.lru.remove(&tick);
         }
         let total = entry.total();
+        if !entry.sealed && matches!(entry.place, Place::Memory(Memory::Segment(_))) {
+            self.fill_ended();
+        }
         match entry.place {
             Place::Spilled(slot) => self.spill.free(slot),
             Place::Memory(memory) => self.free_memory(memory, total, entry.lease),
@@ -1223,6 +1250,9 @@ impl Store {
                 .map_err(|source| StoreError::Memory { id, source })?;
         }
         entry.sealed = true;
+        if matches!(view.memory, Memory::Segment(_)) {
+            self.fill_ended();
+        }
         self.events.push(StoreEvent::Sealed {
             id,
             data_size: view.data_size,
@@ -1738,6 +1768,7 @@ mod tests {
         };
         assert_eq!(segment.size(), 10 * MIB, "cut to the object's size");
         assert_eq!(allocated(segment), 10 * MIB as i64, "its pages were ready");
+        assert!(segment.prepared(), "and its creator is told so");
         assert_eq!(store.pool.bytes(), 0);
         // Prepared memory counts against the budget, and objects come first.
         let (fd, len) = store
@@ -1749,6 +1780,32 @@ mod tests {
         store.create(c, id(3), 40 * MIB, 0).unwrap();
         assert_eq!(store.pool.bytes(), 0, "shed for the object");
         assert_eq!(store.stats().spill.objects, 0, "nothing spilled for it");
+    }
+
+    #[test]
+    fn the_pool_waits_while_an_object_is_filled() {
+        let (mut store, _dir) = store();
+        let c = store.connect();
+        assert!(!store.filling());
+        let view = store.create(c, id(1), 10 * MIB, 0).unwrap();
+        let Memory::Segment(segment) = &view.memory else {
+            panic!("a segment of its own")
+        };
+        assert!(
+            !segment.prepared(),
+            "none was ready: its creator allocates the pages"
+        );
+        assert!(store.filling());
+        store.create(c, id(2), 10 * MIB, 0).unwrap();
+        store.seal(c, id(1)).unwrap();
+        assert!(store.filling(), "one fill is still going on");
+        store.take_prefault_wanted();
+        store.abort(c, id(2)).unwrap();
+        assert!(!store.filling());
+        assert!(store.take_prefault_wanted(), "the pool thread is woken");
+        // Small objects (the arena) are no fill of a segment.
+        put_small(&mut store, c, id(3), 100);
+        assert!(!store.filling());
     }
 
     #[test]
