@@ -1,7 +1,7 @@
 //! Filling a large object's segment with two threads at once.
 //!
-//! A segment is a memfd of 4 KiB pages (this host's shared memory takes no huge pages),
-//! and every way into them costs per page: `pwrite` looks up and locks each page, a
+//! A segment is a memfd, of 4 KiB pages where the host's `shmem_enabled` is `never` (the
+//! default on many hosts), and every way into such pages costs per page: `pwrite` looks up and locks each page, a
 //! writable mapping faults each one in. One thread writing 100 MB into allocated pages
 //! reaches about 4.3 GB/s with `pwrite`, 0.55x a plain memcpy. Two threads writing one
 //! file with `pwrite` gain nothing: the kernel serializes writes to a file on its inode
@@ -19,6 +19,9 @@
 //!
 //! Chunks start at page boundaries of the file, so the two threads never write one page:
 //! a `pwrite` of part of a page that was never written zeroes the rest of that page.
+//! (With huge pages, a write fault marks the page written under its lock before any
+//! `pwrite` of it could zero the rest.) Backings that take no `pwrite` (hugetlbfs) fail
+//! the first chunk, and the caller falls back to a mapping.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -41,12 +44,11 @@ fn has_spare_cpu() -> bool {
     *SPARE.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
-/// Allocates every page of the segment `file` unless `prepared` says they are (and then
-/// sets it). Allocating pages that are already costs about as much as allocating them
-/// (100 MB: ~20 ms), hence the flag.
-pub fn allocate(file: &File, prepared: &mut bool) -> nix::Result<()> {
+/// Allocates every page of the segment `file`, `len` bytes long, unless `prepared` says
+/// they are allocated already (and then sets it). Allocating pages that are allocated
+/// already costs about as much as allocating them (100 MB: ~20 ms), hence the flag.
+pub fn allocate(file: &File, len: u64, prepared: &mut bool) -> nix::Result<()> {
     if !*prepared {
-        let len = file.metadata().map_or(0, |m| m.len());
         let len = i64::try_from(len).map_err(|_| nix::Error::EFBIG)?;
         nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len)?;
         *prepared = true;
@@ -64,6 +66,14 @@ impl Claims {
             c.0 += 1;
             c.0 - 1
         })
+    }
+
+    /// Returns chunk `i`, the last one `back` handed out, unwritten.
+    fn give_back(&self, i: u64) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if c.1 == i {
+            c.1 += 1;
+        }
     }
 
     fn back(&self) -> Option<u64> {
@@ -112,11 +122,14 @@ impl Cuts {
     }
 }
 
-/// Writes `bytes` at `offset` of `file`, a segment the caller alone writes: with the
-/// helper thread where it pays (its pages allocated first, see [`allocate`]), else with
-/// one `pwrite`.
+/// Writes `bytes` at `offset` of `file`, a segment of `len` bytes the caller alone
+/// writes: with the helper thread where it pays (its pages allocated first, see
+/// [`allocate`]), else with one `pwrite`. The first chunk is written before the helper
+/// starts, so a file that takes no `pwrite` (hugetlbfs: EINVAL, which the caller answers
+/// by mapping the object) costs no thread and no mapping.
 pub fn write_all_at(
     file: &File,
+    len: u64,
     offset: u64,
     bytes: &[u8],
     prepared: &mut bool,
@@ -124,68 +137,92 @@ pub fn write_all_at(
     if bytes.len() < PARALLEL_MIN || !has_spare_cpu() {
         return file.write_all_at(bytes, offset);
     }
-    allocate(file, prepared)?;
+    allocate(file, len, prepared)?;
     let cuts = Cuts::new(offset, bytes.len() as u64);
     let claims = Claims(Mutex::new((0, cuts.count())));
+    // Set by either thread when it is done or failed: the other one stops claiming.
     let done = AtomicBool::new(false);
     let pwrite = |i: u64| file.write_all_at(&bytes[cuts.range(i)], offset + cuts.start(i));
+    if let Some(first) = claims.front() {
+        pwrite(first)?;
+    }
     std::thread::scope(|scope| {
         let helper = std::thread::Builder::new()
             .name("plasma-fill".into())
-            .spawn_scoped(scope, || help(file, &cuts, bytes, &claims, &done, &pwrite));
+            .spawn_scoped(scope, || {
+                let result = help(file, len, &cuts, bytes, &claims, &done, &pwrite);
+                done.store(true, Ordering::Relaxed);
+                result
+            });
         let mut result = Ok(());
-        while let Some(i) = claims.front() {
+        while !done.load(Ordering::Relaxed) {
+            let Some(i) = claims.front() else { break };
             if let Err(e) = pwrite(i) {
                 result = Err(e);
                 break;
             }
         }
         done.store(true, Ordering::Relaxed);
-        match helper {
-            Ok(helper) => result.and(helper.join().unwrap_or_else(|_| {
+        let helped = match helper {
+            Ok(helper) => helper.join().unwrap_or_else(|_| {
                 Err(std::io::Error::other(
                     "the thread filling an object panicked",
                 ))
-            })),
-            // No thread to be had: this thread writes it all.
-            Err(_) => result.and_then(|()| {
-                while let Some(i) = claims.back() {
-                    pwrite(i)?;
-                }
-                Ok(())
             }),
+            Err(_) => Ok(()),
+        };
+        result?;
+        helped?;
+        // Left by a helper that stopped early (or never started): written here.
+        while let Some(i) = claims.back() {
+            pwrite(i)?;
         }
+        Ok(())
     })
 }
 
-/// The helper: chunks from the back, through a writable mapping; a chunk whose pages
-/// cannot be faulted in (memory ran out) is written with `pwrite`, which fails cleanly
-/// where a write through the mapping would be a SIGBUS.
+/// The helper: chunks from the back, through a writable mapping of the whole segment
+/// (its length a multiple of the backing's page size, as unmapping a hugetlbfs mapping
+/// needs). A chunk whose pages cannot be faulted in (memory ran out) is written with
+/// `pwrite`, which fails cleanly where a write through the mapping would be a SIGBUS; a
+/// kernel without `MADV_POPULATE_WRITE` (before 5.14) makes the helper stop.
 fn help(
     file: &File,
+    len: u64,
     cuts: &Cuts,
     bytes: &[u8],
     claims: &Claims,
     done: &AtomicBool,
     pwrite: &(dyn Fn(u64) -> std::io::Result<()> + Sync),
 ) -> std::io::Result<()> {
-    let end = cuts.offset + cuts.len;
-    let Ok(mapping) = Mapping::new(file.as_fd(), end as usize, true, false) else {
+    let Ok(size) = usize::try_from(len) else {
+        return Ok(());
+    };
+    let Ok(mapping) = Mapping::new(file.as_fd(), size, true, false) else {
         return Ok(());
     };
     while !done.load(Ordering::Relaxed) {
         let Some(i) = claims.back() else { break };
         let range = cuts.range(i);
         let at = cuts.offset + range.start as u64;
-        let len = range.len() as u64;
-        if mapping.populate_for_write(at, len).is_err() {
-            pwrite(i)?;
-            continue;
+        let chunk = range.len() as u64;
+        match mapping.populate_for_write(at, chunk) {
+            Ok(()) => {}
+            Err(nix::Error::EINVAL) => {
+                // Not this kernel's (or not inside the mapping): the caller writes it.
+                claims.give_back(i);
+                break;
+            }
+            Err(_) => {
+                pwrite(i)?;
+                continue;
+            }
         }
-        // SAFETY: the chunk lies inside the mapping (it ends at most at `end`), its pages
-        // were just faulted in, and no one else writes it: the caller owns the unsealed
-        // object and the claims hand each chunk to one thread.
-        match unsafe { mapping.slice_mut(at, len) } {
+        // SAFETY: the chunk lies inside the mapping (populating it succeeded, which it
+        // does only inside), its pages were just faulted in, and no one else writes it:
+        // the caller owns the unsealed object and the claims hand each chunk to one
+        // thread.
+        match unsafe { mapping.slice_mut(at, chunk) } {
             Some(target) => target.copy_from_slice(&bytes[range]),
             None => pwrite(i)?,
         }
@@ -238,8 +275,9 @@ mod tests {
             file.set_len(offset + len as u64 + 100).unwrap();
             file.write_all_at(&[0xAB; 100], offset + len as u64)
                 .unwrap();
+            let size = offset + len as u64 + 100;
             let mut prepared = offset > 0;
-            write_all_at(&file, offset, &bytes, &mut prepared).unwrap();
+            write_all_at(&file, size, offset, &bytes, &mut prepared).unwrap();
             assert!(prepared);
             let mut back = vec![0; len + 100];
             file.read_exact_at(&mut back, offset).unwrap();

@@ -13,7 +13,7 @@
 //!   into this client's lease there (the store's `lease` module) without a reply, so
 //!   other clients see it once the store has read the message (their gets wait for
 //!   that). A larger object gets a segment of its own, filled with `pwrite` (by two
-//!   threads for a large one, see [`fill`]) or in place through a writable mapping that
+//!   threads for a large one, see the `fill` module) or in place through a writable mapping that
 //!   goes before the seal; the store then seals the segment against writes for good.
 //! - [`ObjectBuffer`] is a pinned, sealed object: `data()` and `metadata()` are zero-copy
 //!   slices of read-only shared memory (the creator of a small one reads its own copy).
@@ -274,7 +274,7 @@ impl ObjectBuilder {
                     let size = usize::try_from(*len).unwrap_or(usize::MAX);
                     // The pages are allocated first: one that could not be had later would
                     // be a SIGBUS on the write that touches it.
-                    let mapped = fill::allocate(file, prepared)
+                    let mapped = fill::allocate(file, *len, prepared)
                         .map_err(|source| mapping::MapError { size, source })
                         .and_then(|()| {
                             Mapping::new(std::os::fd::AsFd::as_fd(file), size, true, false)
@@ -321,9 +321,12 @@ impl ObjectBuilder {
                 heap[offset as usize..end as usize].copy_from_slice(bytes);
                 return Ok(());
             }
-            Some(Unsealed::Segment { file, prepared, .. }) => {
-                fill::write_all_at(file, offset, bytes, prepared)
-            }
+            Some(Unsealed::Segment {
+                file,
+                len,
+                prepared,
+                ..
+            }) => fill::write_all_at(file, *len, offset, bytes, prepared),
             None => {
                 return Err(ClientError::Invalid(
                     "the object was already sealed or aborted".into(),

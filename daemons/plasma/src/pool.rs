@@ -2,8 +2,9 @@
 //! that a large create takes one and cuts it to size instead of waiting for the kernel to
 //! zero fresh pages (a sealed segment cannot be reused: its memory goes with it). The
 //! background thread of [`crate::prefault`] makes them, one at a time, in the sizes of the
-//! latest large creates (in a large store, one of [`POOL_START`] before any), as long as
-//! the budget has room; a create that needs the room sheds them first. Pure bookkeeping; the store holds it under its lock.
+//! latest large creates (in a large store, one of [`POOL_START`] before any), as long
+//! as the budget has room; a create that needs the room sheds them first. Pure
+//! bookkeeping; the store holds it under its lock.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -32,6 +33,8 @@ pub struct Pool {
     bytes: u64,
     /// Sizes (rounded up to the granule) of the latest large creates.
     recent: VecDeque<u64>,
+    /// `recent` holds only [`POOL_START`], no create's size: the first create replaces it.
+    seeded: bool,
 }
 
 impl Pool {
@@ -41,6 +44,7 @@ impl Pool {
         let mut pool = Self::default();
         if capacity >= START_MIN_CAPACITY {
             pool.recent.push_back(POOL_START);
+            pool.seeded = true;
         }
         pool
     }
@@ -55,6 +59,9 @@ impl Pool {
     pub fn take(&mut self, size: u64) -> Option<(OwnedFd, u64)> {
         if size < POOL_MIN {
             return None;
+        }
+        if std::mem::take(&mut self.seeded) {
+            self.recent.clear();
         }
         if self.recent.len() == RECENT {
             self.recent.pop_front();
@@ -142,6 +149,8 @@ mod tests {
         let (_, len) = pool.take(100 << 20).unwrap();
         assert_eq!(len, POOL_START, "a smaller create takes it (and cuts it)");
         assert_eq!(pool.wanted(u64::MAX), Some(100 << 20), "then its own size");
+        pool.add(fd(), 100 << 20);
+        assert_eq!(pool.wanted(u64::MAX), None, "and no other");
     }
 
     #[test]

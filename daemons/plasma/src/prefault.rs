@@ -4,71 +4,15 @@
 //! the pool ([`crate::pool`], [`crate::store::Store::pool_wanted`]), so that a create
 //! rarely waits for the kernel to zero fresh pages. It runs at the lowest CPU priority
 //! and without the store's lock, and sleeps until the store hands out more memory. It
-//! prepares no segment while a client fills one ([`crate::store::Store::filling`]): the
-//! store's process has a scheduling group of its own (autogroups), so its low priority
-//! does not keep it from taking a core from the fill.
+//! starts no segment while one is being filled, by a client or a pull
+//! ([`crate::store::Store::filling`]): the store's process has a scheduling group of its
+//! own (autogroups), so its low priority does not keep it from taking a core from the
+//! fill.
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use std::os::fd::{AsFd, OwnedFd};
-
 use crate::memory;
 use crate::state::State;
-
-/// Bytes of a pool segment prepared at a time: between two, the thread gives way to a
-/// fill that started meanwhile.
-const POOL_GRANULE: usize = 8 << 20;
-
-/// A pool segment being prepared: its file, the size the pool asked for, its length,
-/// and how many bytes of it are ready.
-#[derive(Debug)]
-struct Preparing {
-    fd: OwnedFd,
-    wanted: u64,
-    len: usize,
-    ready: usize,
-}
-
-/// Prepares the segments the pool wants, a granule at a time, until it wants no more,
-/// the store is filling an object (the end of every fill wakes the thread again), or the
-/// thread should stop.
-fn prepare_pool(
-    state: &State,
-    preparing: &mut Option<Preparing>,
-) -> Result<(), memory::MemoryError> {
-    loop {
-        if state.prefault.stopping() || state.with_store(|s| s.filling()) {
-            return Ok(());
-        }
-        // Asked again each time: a segment half made before a pause is dropped when the
-        // pool no longer wants its size (the budget lost the room, or other sizes came).
-        let Some(wanted) = state.with_store(|s| s.pool_wanted()) else {
-            *preparing = None;
-            return Ok(());
-        };
-        let mut segment = match preparing.take() {
-            Some(segment) if segment.wanted == wanted => segment,
-            _ => {
-                let (fd, len) = state.backing.create_resizable(wanted as usize, false)?;
-                Preparing {
-                    fd,
-                    wanted,
-                    len,
-                    ready: 0,
-                }
-            }
-        };
-        let len = POOL_GRANULE.min(segment.len - segment.ready);
-        memory::reserve_range(segment.fd.as_fd(), segment.ready, len)?;
-        segment.ready += len;
-        if segment.ready == segment.len {
-            let Preparing { fd, len, .. } = segment;
-            state.with_store(|s| s.pool_add(fd, len as u64));
-        } else {
-            *preparing = Some(segment);
-        }
-    }
-}
 
 /// The thread's wakeup: set when there may be work, or when it should stop.
 #[derive(Debug, Default)]
@@ -117,8 +61,6 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
             unsafe {
                 libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
             }
-            // A segment being prepared, kept across the pauses of `prepare_pool`.
-            let mut preparing = None;
             while state.prefault.wait() {
                 while let Some((index, offset, len)) =
                     state.with_store(|s| s.prefault_next())
@@ -133,9 +75,20 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
                     }
                     state.with_store(|s| s.prefault_done(index));
                 }
-                if let Err(e) = prepare_pool(&state, &mut preparing) {
-                    log::warn!(error:% = e; "cannot prepare a segment ahead of demand");
-                    preparing = None;
+                // The end of every fill wakes the thread again.
+                while let Some(size) =
+                    state.with_store(|s| (!s.filling()).then(|| s.pool_wanted()).flatten())
+                {
+                    if state.prefault.stopping() {
+                        return;
+                    }
+                    match state.backing.create_resizable(size as usize, true) {
+                        Ok((fd, len)) => state.with_store(|s| s.pool_add(fd, len as u64)),
+                        Err(e) => {
+                            log::warn!(error:% = e; "cannot prepare a segment ahead of demand");
+                            break;
+                        }
+                    }
                 }
             }
         })

@@ -326,8 +326,8 @@ pub struct Store {
     prefault_wanted: bool,
     /// Bytes of the segments of objects in memory.
     segment_bytes: u64,
-    /// Unsealed objects in segments of their own: fills in progress, during which the
-    /// pool prepares nothing (see [`Self::filling`]).
+    /// Unsealed objects in segments of their own: fills in progress (a client's or a
+    /// pull's), during which the pool starts no segment (see [`Self::filling`]).
     filling: usize,
     next_segment: u64,
     pool: Pool,
@@ -1148,16 +1148,18 @@ impl Store {
         }
     }
 
-    /// Whether an object is being filled in a segment of its own. The pool prepares
-    /// nothing meanwhile: preparing memory would take a core and memory bandwidth from
-    /// the fill, which uses both (see `rayd_plasma_client`'s `fill`); a create that finds
-    /// no segment ready has its creator allocate the pages at once, which costs no more.
+    /// Whether an object is being filled in a segment of its own, by a client or a pull.
+    /// The pool starts no segment meanwhile: preparing memory would take a core and
+    /// memory bandwidth from the fill, which uses both (see `rayd_plasma_client`'s
+    /// `fill`); a create that finds no segment ready has its creator allocate the pages
+    /// at once, which costs no more.
     pub fn filling(&self) -> bool {
         self.filling > 0
     }
 
     /// A fill ended (sealed, or its object dropped): the pool may prepare again.
     fn fill_ended(&mut self) {
+        debug_assert!(self.filling > 0, "a fill ended that never began");
         self.filling = self.filling.saturating_sub(1);
         if self.filling == 0 {
             self.prefault_wanted = true;
