@@ -1,6 +1,7 @@
-//! Segments prepared ahead of demand: a few files whose pages are allocated already, so
-//! that a large create takes one and cuts it to size instead of waiting for the kernel to
-//! zero fresh pages (a sealed segment cannot be reused: its memory goes with it). The
+//! Segments prepared ahead of demand: a few files whose pages are allocated (and, made
+//! while the store was idle, written once) already, so that a large create takes one and
+//! cuts it to size instead of waiting for the kernel to provide fresh pages (a sealed
+//! segment cannot be reused: its memory goes with it). The
 //! background thread of [`crate::prefault`] makes them, one at a time, in the sizes of the
 //! latest large creates (in a large store, one of [`POOL_START`] before any), as long
 //! as the budget has room; a create that needs the room sheds them first. Pure

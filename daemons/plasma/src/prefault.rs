@@ -5,9 +5,12 @@
 //! rarely waits for the kernel to zero fresh pages. It runs at the lowest CPU priority
 //! and without the store's lock, and sleeps until the store hands out more memory. It
 //! starts no segment while one is being filled, by a client or a pull
-//! ([`crate::store::Store::filling`]): the store's process has a scheduling group of its
-//! own (autogroups), so its low priority does not keep it from taking a core from the
-//! fill.
+//! ([`crate::store::Store::filling`]), and when a fill begins while it makes one, it only
+//! allocates the rest of it instead of also touching it (see
+//! [`crate::memory::Backing::prepare`]): the store's process has a scheduling group of
+//! its own (autogroups), so its low priority does not keep it from taking a core from
+//! the fill. A program that puts large objects back to back thus still finds every
+//! other segment allocated ahead (the thread makes the next one during a fill).
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -82,7 +85,9 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
                     if state.prefault.stopping() {
                         return;
                     }
-                    match state.backing.create_resizable(size as usize, true) {
+                    let idle =
+                        || !state.prefault.stopping() && !state.with_store(|s| s.filling());
+                    match state.backing.prepare(size as usize, idle) {
                         Ok((fd, len)) => state.with_store(|s| s.pool_add(fd, len as u64)),
                         Err(e) => {
                             log::warn!(error:% = e; "cannot prepare a segment ahead of demand");

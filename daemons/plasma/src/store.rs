@@ -1761,7 +1761,7 @@ mod tests {
         put(&mut store, c, 1, 10 * MIB);
         let size = store.pool_wanted().expect("the size asked for lately");
         assert!(size >= 10 * MIB);
-        let (fd, len) = store.backing.create_resizable(size as usize, true).unwrap();
+        let (fd, len) = store.backing.prepare(size as usize, || true).unwrap();
         store.pool_add(fd, len as u64);
         assert_eq!(store.pool_wanted(), None);
         let view = store.create(c, id(2), 10 * MIB, 0).unwrap();
