@@ -293,11 +293,10 @@ impl Entry {
 #[derive(Debug, Clone, Copy)]
 enum Want {
     Arena,
-    /// A segment of its own, its pages allocated up front when `reserve` is set; from
-    /// the pool when `pooled` is set (see [`crate::pool`]).
+    /// A segment of its own: from the pool where one is ready (see [`crate::pool`]),
+    /// else a new one, its pages allocated up front when `reserve` is set.
     Segment {
         reserve: bool,
-        pooled: bool,
     },
 }
 
@@ -445,18 +444,17 @@ impl Store {
             client,
             id,
             (data_size, metadata_size),
-            Want::Segment {
-                reserve: false,
-                pooled: true,
-            },
+            Want::Segment { reserve: false },
         )
     }
 
     /// [`Self::create`] for an object the store fills itself (a pull): a small one in the
-    /// arena. A segment of at least [`PWRITE_MIN`] bytes (where the backing takes
-    /// writes) gets no pages up front: the pull's `pwrite`s allocate them as they go,
-    /// failing with an error where memory runs out, and the store's lock is not held
-    /// while a large range is zero-filled.
+    /// arena. A larger one takes a prepared segment from the pool where one is ready (and
+    /// the pool then prepares its size too, for a node that pulls objects of one size
+    /// again and again). Else a segment of at least [`PWRITE_MIN`] bytes (where the
+    /// backing takes writes) gets no pages up front: the pull's `pwrite`s allocate them
+    /// as they go, failing with an error where memory runs out, and the store's lock is
+    /// not held while a large range is zero-filled.
     pub fn create_pulled(
         &mut self,
         client: ClientId,
@@ -468,11 +466,8 @@ impl Store {
         let want = if size <= self.layout.arena_object_max {
             Want::Arena
         } else {
-            // Not from the pool: the pull's writes allocate pages without zeroing them,
-            // and preparing more for pulls would take a core from the transfer.
             Want::Segment {
                 reserve: size < PWRITE_MIN || !self.backing.takes_writes(),
-                pooled: false,
             }
         };
         self.create_object(client, id, (data_size, metadata_size), want)
@@ -680,10 +675,7 @@ impl Store {
         if size <= self.layout.arena_object_max {
             Want::Arena
         } else {
-            Want::Segment {
-                reserve: true,
-                pooled: true,
-            }
+            Want::Segment { reserve: true }
         }
     }
 
@@ -925,17 +917,13 @@ impl Store {
                 };
                 Ok(Some(Memory::Arena(offset)))
             }
-            Want::Segment { reserve, pooled } => {
+            Want::Segment { reserve } => {
                 let rounded = size.max(1).div_ceil(granularity) * granularity;
                 if self.objects_bytes() + rounded > self.layout.capacity {
                     return Ok(None);
                 }
-                let taken = if pooled {
-                    self.prefault_wanted = true;
-                    self.pool.take(rounded)
-                } else {
-                    None
-                };
+                self.prefault_wanted = true;
+                let taken = self.pool.take(rounded);
                 self.shed_pool(rounded);
                 let prepared = reserve || taken.is_some();
                 let (fd, len) = match taken {
@@ -1678,7 +1666,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_pulled_object_gets_no_pages_up_front() {
+    fn a_large_pulled_object_gets_no_pages_up_front_unless_the_pool_has_them() {
         let (mut store, _dir) = store();
         let client = store.connect();
         let view = store.create_pulled(client, id(1), 16 * MIB, 0).unwrap();
@@ -1694,6 +1682,21 @@ mod tests {
         let view = store.create_pulled(client, id(3), 100, 0).unwrap();
         assert!(matches!(view.memory, Memory::Arena(_)), "a small one");
         assert!(store.arena_reserved[0]);
+
+        // The pool prepares the sizes pulled lately, and the next such pull takes one.
+        let mut sizes = Vec::new();
+        while let Some(size) = store.pool_wanted() {
+            let (fd, len) = store.backing.prepare(size as usize, || true).unwrap();
+            store.pool_add(fd, len as u64);
+            sizes.push(size);
+        }
+        assert!(sizes.iter().any(|&size| size >= 16 * MIB), "{sizes:?}");
+        let view = store.create_pulled(client, id(4), 16 * MIB, 0).unwrap();
+        let Memory::Segment(segment) = &view.memory else {
+            panic!("a large object has a segment of its own")
+        };
+        assert!(segment.prepared(), "from the pool");
+        assert_eq!(allocated(segment), 16 * MIB as i64);
     }
 
     #[test]

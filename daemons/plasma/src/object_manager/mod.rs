@@ -174,7 +174,8 @@ impl Destination {
 /// The thread that writes a pull's pieces into a large object's range of the arena, in the
 /// order they arrive. Written with `pwrite`, not through a mapping: building the page
 /// tables of a fresh 500 MB range took longer than the copy, and the writes allocate
-/// its pages as they go (see [`crate::store::Store::create_pulled`]). One writer, not
+/// its pages as they go where the pool had none ready (see
+/// [`crate::store::Store::create_pulled`]). One writer, not
 /// one per stream: writers of one file take turns at its lock (spinning for it), and a
 /// runtime worker blocked in a write reads no socket. A thread of its own, not one of
 /// the runtime's blocking pool, which a busy node can have in use to the last thread.
