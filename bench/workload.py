@@ -356,6 +356,20 @@ def put_rate(size=100 * MB, n=3):
     return n * size / total / GB
 
 
+def put_paced(size=100 * MB, n=5, pause=0.3):
+    """GB/s of ``ray.put`` of a ``size``-byte array ``pause`` seconds after the previous one
+    (mean of n): a program that computes between its puts, so that a store may prepare
+    memory in the pauses (``put_100mb`` puts back to back)."""
+    array = big_array(size)
+    total = 0.0
+    for _ in range(n):
+        time.sleep(pause)
+        seconds, ref = timed(lambda: ray.put(array))
+        total += seconds
+        del ref
+    return n * size / total / GB
+
+
 def get_big(size=100 * MB, n=20):
     """Mean latency (µs) of ``ray.get`` of a stored ``size``-byte array, and zero-copy
     evidence."""
@@ -613,6 +627,7 @@ SESSION_METRICS = {
     "small_put_get": (small_put_get, "ops/s", "higher"),
     "memcpy_100mb": (memcpy_rate, "GB/s", "higher"),
     "put_100mb": (put_rate, "GB/s", "higher"),
+    "put_100mb_paced": (put_paced, "GB/s", "higher"),
     "get_100mb": (get_big, "us", "lower"),
     "memcpy_1gb": (memcpy_1gb, "GB/s", "higher"),
     "put_1gb": (put_1gb, "GB/s", "higher"),
