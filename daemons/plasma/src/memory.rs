@@ -65,6 +65,19 @@ pub use rayd_plasma_client::mapping::{page_size, MapError, Mapping};
 
 /// Magic number of hugetlbfs in `statfs.f_type`.
 const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+/// Magic number of tmpfs (and of memfds, which live in an internal tmpfs) in
+/// `statfs.f_type`.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Whether `fd` is a file of shared memory (tmpfs, or a memfd) rather than of a disk.
+fn is_shared_memory(fd: BorrowedFd<'_>) -> bool {
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|stat| {
+        // f_type is a long on some targets and an int on others.
+        #[allow(clippy::useless_conversion)]
+        let kind = i64::from(stat.filesystem_type().0);
+        kind == TMPFS_MAGIC
+    })
+}
 
 /// Why shared memory could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -188,26 +201,26 @@ impl Backing {
     }
 
     /// A pool's segment of at least `size` bytes, made ready for a fill off the hot path:
-    /// every page allocated and, while `idle` says so, also written once (with zeros).
-    /// Allocating alone leaves two costs to the first write of each page: a mapping's
-    /// fault zeroes a page that was only allocated, and a virtual machine whose host takes
-    /// back the guest's free memory (free page reporting) faults in the host on first
-    /// touch, at about 0.4 GB/s where this was measured (see `docs/decisions.md`).
-    /// Writing costs ~40 ms per 100 MB against ~28 ms for `fallocate` alone, so once
-    /// `idle` says no (it is asked every [`ZEROS_CHUNK`] bytes), the rest is only
-    /// allocated. Hugetlbfs takes no `write`; there `fallocate` zeroes the huge pages it
-    /// allocates, which is the same.
+    /// every page allocated and, in shared memory and while `idle` says so, also written
+    /// once (with zeros). Allocating alone leaves two costs to the first write of each
+    /// page: a mapping's fault zeroes a page that was only allocated, and a virtual machine
+    /// whose host takes back the guest's free memory (free page reporting) faults in the
+    /// host on first touch, at about 0.4 GB/s where this was measured (see
+    /// `docs/decisions.md`). Writing costs ~40 ms per 100 MB against ~28 ms for
+    /// `fallocate` alone, so once `idle` says no (it is asked every [`ZEROS_CHUNK`] bytes),
+    /// the rest is only allocated. Elsewhere only `fallocate`: hugetlbfs takes no `write`
+    /// (and its `fallocate` zeroes the huge pages), and a `plasma_directory` on a disk
+    /// would write the zeros to the disk too.
     pub fn prepare(
         &self,
         size: usize,
         idle: impl FnMut() -> bool,
     ) -> Result<(OwnedFd, usize), MemoryError> {
         let (fd, size) = self.create_resizable(size, false)?;
-        let touched = match self {
-            Backing::Directory {
-                huge_pages: true, ..
-            } => 0,
-            _ => write_zeros(fd.as_fd(), size, idle)?,
+        let touched = if is_shared_memory(fd.as_fd()) {
+            write_zeros(fd.as_fd(), size, idle)?
+        } else {
+            0
         };
         if touched < size {
             reserve_range(fd.as_fd(), touched, size - touched)?;
@@ -370,7 +383,14 @@ mod tests {
         let size = 2 * ZEROS_CHUNK + 5000;
         let allocated =
             |fd: &OwnedFd| nix::sys::stat::fstat(fd.as_fd()).unwrap().st_blocks as usize * 512;
-        let (fd, len) = Backing::Memfd.prepare(size, || true).unwrap();
+        let mut asked = 0;
+        let (fd, len) = Backing::Memfd
+            .prepare(size, || {
+                asked += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(asked, 3, "written in chunks: two whole ones and the rest");
         assert!(len >= size);
         assert!(allocated(&fd) >= len, "every page allocated");
         let mut bytes = vec![1u8; len];
@@ -389,6 +409,17 @@ mod tests {
             .unwrap();
         assert_eq!(asked, 2, "asked between chunks, until busy");
         assert!(allocated(&fd) >= len, "the rest allocated all the same");
+
+        // A directory on a disk gets its pages allocated, never zeros written.
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Backing::Directory {
+            path: dir.path().to_path_buf(),
+            huge_pages: false,
+        };
+        if !is_shared_memory(create_file(dir.path(), 4096).unwrap().as_fd()) {
+            let (fd, len) = disk.prepare(size, || panic!("no zeros on a disk")).unwrap();
+            assert!(allocated(&fd) >= len);
+        }
     }
 
     #[test]

@@ -55,8 +55,10 @@ impl Pool {
         self.bytes
     }
 
-    /// Takes the smallest segment of at least `size` bytes, and notes the size as one to
-    /// prepare for.
+    /// Takes the smallest segment of at least `size` bytes and at most twice that (a
+    /// small object cutting a large segment would waste the work that prepared it and
+    /// leave the next large create without one), and notes the size as one to prepare
+    /// for.
     pub fn take(&mut self, size: u64) -> Option<(OwnedFd, u64)> {
         if size < POOL_MIN {
             return None;
@@ -72,7 +74,7 @@ impl Pool {
             .entries
             .iter()
             .enumerate()
-            .filter(|(_, (_, len))| *len >= size)
+            .filter(|(_, (_, len))| *len >= size && *len / 2 <= size)
             .min_by_key(|(_, (_, len))| *len)
             .map(|(i, _)| i)?;
         let entry = self.entries.swap_remove(index);
@@ -177,6 +179,12 @@ mod tests {
         pool.add(fd(), size);
         pool.add(fd(), 4 << 20);
         assert!(pool.take(200_000_000).is_none(), "none large enough");
+        assert!(
+            pool.take((2 << 20) - 1).is_none(),
+            "none small enough: a 4 MiB segment is not cut for under 2 MiB"
+        );
+        assert!(pool.take(2 << 20).is_some());
+        pool.add(fd(), 4 << 20);
         assert!(pool.shed());
         assert_eq!(pool.bytes(), 4 << 20, "the largest went first");
     }

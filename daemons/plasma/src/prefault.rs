@@ -10,8 +10,10 @@
 //! [`crate::memory::Backing::prepare`]): the store's process has a scheduling group of
 //! its own (autogroups), so its low priority does not keep it from taking a core from
 //! the fill. A program that puts large objects back to back thus still finds every
-//! other segment allocated ahead (the thread makes the next one during a fill).
+//! other segment allocated ahead (a segment begun between two fills is finished during
+//! the second, only allocated).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::memory;
@@ -85,8 +87,10 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
                     if state.prefault.stopping() {
                         return;
                     }
-                    let idle =
-                        || !state.prefault.stopping() && !state.with_store(|s| s.filling());
+                    let fills = state.with_store(|s| s.fills());
+                    let idle = || {
+                        !state.prefault.stopping() && fills.load(Ordering::Relaxed) == 0
+                    };
                     match state.backing.prepare(size as usize, idle) {
                         Ok((fd, len)) => state.with_store(|s| s.pool_add(fd, len as u64)),
                         Err(e) => {

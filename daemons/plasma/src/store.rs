@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
@@ -44,8 +45,9 @@ use crate::spill::{Slot, Spill, SpillError, SpillStats};
 pub use crate::lease::ClientId;
 pub use crate::protocol::ARENA_SEGMENT;
 /// Pulled objects at least this large (in segments whose file takes writes) get no pages
-/// up front: [`crate::object_manager`] writes them with `pwrite`, which allocates the
-/// pages as it goes, and the store's lock is not held while they are zero-filled.
+/// up front unless they take a prepared segment from the pool: [`crate::object_manager`]
+/// writes them with `pwrite`, which allocates the pages as it goes, and the store's lock
+/// is not held while they are zero-filled.
 pub const PWRITE_MIN: u64 = 8 << 20;
 /// How far past the highest byte handed out so far the arena's pages are reserved ahead
 /// of demand (small objects only live there).
@@ -326,8 +328,9 @@ pub struct Store {
     /// Bytes of the segments of objects in memory.
     segment_bytes: u64,
     /// Unsealed objects in segments of their own: fills in progress (a client's or a
-    /// pull's), during which the pool starts no segment (see [`Self::filling`]).
-    filling: usize,
+    /// pull's), during which the pool starts no segment (see [`Self::filling`]). Shared
+    /// so that the pool's thread reads it between chunks without the store's lock.
+    filling: Arc<AtomicUsize>,
     next_segment: u64,
     pool: Pool,
     /// Segments of objects gone, to close outside the lock (freeing pages takes time).
@@ -370,7 +373,7 @@ impl Store {
             high_water: 0,
             prefault_wanted: true,
             segment_bytes: 0,
-            filling: 0,
+            filling: Arc::default(),
             next_segment: ARENA_SEGMENT + 1,
             pool: Pool::for_capacity(layout.capacity),
             dropped: Vec::new(),
@@ -449,9 +452,9 @@ impl Store {
     }
 
     /// [`Self::create`] for an object the store fills itself (a pull): a small one in the
-    /// arena. A larger one takes a prepared segment from the pool where one is ready (and
-    /// the pool then prepares its size too, for a node that pulls objects of one size
-    /// again and again). Else a segment of at least [`PWRITE_MIN`] bytes (where the
+    /// arena. One of [`crate::pool::POOL_MIN`] bytes or more takes a prepared segment
+    /// from the pool where one is ready (and the pool then prepares its size too, for a
+    /// node that pulls objects of one size again and again). Else a segment of at least [`PWRITE_MIN`] bytes (where the
     /// backing takes writes) gets no pages up front: the pull's `pwrite`s allocate them
     /// as they go, failing with an error where memory runs out, and the store's lock is
     /// not held while a large range is zero-filled.
@@ -522,7 +525,7 @@ impl Store {
         lease: Option<u64>,
     ) {
         if matches!(memory, Memory::Segment(_)) {
-            self.filling += 1;
+            self.filling.fetch_add(1, Ordering::Relaxed);
         }
         self.objects.insert(
             id,
@@ -1142,14 +1145,22 @@ impl Store {
     /// `fill`); a create that finds no segment ready has its creator allocate the pages
     /// at once, which costs no more.
     pub fn filling(&self) -> bool {
-        self.filling > 0
+        self.filling.load(Ordering::Relaxed) > 0
+    }
+
+    /// The count behind [`Self::filling`], to read without the store's lock.
+    pub fn fills(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.filling)
     }
 
     /// A fill ended (sealed, or its object dropped): the pool may prepare again.
     fn fill_ended(&mut self) {
-        debug_assert!(self.filling > 0, "a fill ended that never began");
-        self.filling = self.filling.saturating_sub(1);
-        if self.filling == 0 {
+        // Only the store, under its lock, changes the count.
+        let before = self.filling.load(Ordering::Relaxed);
+        debug_assert!(before > 0, "a fill ended that never began");
+        self.filling
+            .store(before.saturating_sub(1), Ordering::Relaxed);
+        if before <= 1 {
             self.prefault_wanted = true;
         }
     }
@@ -1678,7 +1689,7 @@ mod tests {
         let Memory::Segment(segment) = &view.memory else {
             panic!("a large object has a segment of its own")
         };
-        assert_eq!(allocated(segment), MIB as i64, "written through a mapping");
+        assert_eq!(allocated(segment), MIB as i64, "allocated up front");
         let view = store.create_pulled(client, id(3), 100, 0).unwrap();
         assert!(matches!(view.memory, Memory::Arena(_)), "a small one");
         assert!(store.arena_reserved[0]);

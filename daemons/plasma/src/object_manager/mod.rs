@@ -171,7 +171,7 @@ impl Destination {
     }
 }
 
-/// The thread that writes a pull's pieces into a large object's range of the arena, in the
+/// The thread that writes a pull's pieces into a large object's segment, in the
 /// order they arrive. Written with `pwrite`, not through a mapping: building the page
 /// tables of a fresh 500 MB range took longer than the copy, and the writes allocate
 /// its pages as they go where the pool had none ready (see
