@@ -99,7 +99,11 @@ def test_the_api_reads_the_cluster_and_refuses_writes(cluster):
 
 def test_rayd_timeline_writes_the_jobs_chrome_trace(cluster, tmp_path):
     head = cluster[0]
-    expected = ray.timeline()
+    # Workers send their events in batches: wait until every task of the fixture has its span
+    # (the actor's creation and 3 calls, 6 naps, 1 failure), so both readings below see the
+    # same table.
+    expected = wait_for(lambda: (t := ray.timeline()) and sum(e["ph"] == "X" for e in t) == 11 and t,
+                        10, "a span for each of the fixture's eleven tasks")
     out = tmp_path / "trace.json"
     # The cluster's secret, as an operator gives it.
     env = {**os.environ, "RAYD_REDIS_PASSWORD": head.redis_password}
