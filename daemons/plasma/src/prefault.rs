@@ -5,7 +5,8 @@
 //! rarely waits for the kernel to zero fresh pages. It runs at the lowest CPU priority
 //! and without the store's lock, and sleeps until the store hands out more memory. It
 //! starts no segment while one is being filled, by a client or a pull
-//! ([`crate::store::Store::filling`]), and when a fill begins while it makes one, it only
+//! ([`crate::store::Store::filling`]), or while another node pulls from this one
+//! ([`crate::state::State::serving`]), and when either begins while it makes one, it only
 //! allocates the rest of it instead of also touching it (see
 //! [`crate::memory::Backing::prepare`]): the store's process has a scheduling group of
 //! its own (autogroups), so its low priority does not keep it from taking a core from
@@ -81,15 +82,20 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
                     state.with_store(|s| s.prefault_done(index));
                 }
                 // The end of every fill wakes the thread again.
-                while let Some(size) =
-                    state.with_store(|s| (!s.filling()).then(|| s.pool_wanted()).flatten())
-                {
+                // The end of every pull served from here too.
+                while let Some(size) = state.with_store(|s| {
+                    (!s.filling() && !state.serving())
+                        .then(|| s.pool_wanted())
+                        .flatten()
+                }) {
                     if state.prefault.stopping() {
                         return;
                     }
                     let fills = state.with_store(|s| s.fills());
                     let idle = || {
-                        !state.prefault.stopping() && fills.load(Ordering::Relaxed) == 0
+                        !state.prefault.stopping()
+                            && fills.load(Ordering::Relaxed) == 0
+                            && !state.serving()
                     };
                     match state.backing.prepare(size as usize, idle) {
                         Ok((fd, len)) => state.with_store(|s| s.pool_add(fd, len as u64)),

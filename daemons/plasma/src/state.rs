@@ -2,7 +2,7 @@
 //! of its events to subscribers, waiting gets and the GCS reporter.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rayd_common::id::{NodeId, ObjectId};
@@ -51,6 +51,25 @@ pub struct State {
     pulled_bytes: AtomicU64,
     /// Wakes the thread that prepares arena memory ahead of demand.
     pub prefault: prefault::Signal,
+    /// Pulls by other nodes this object manager is serving now (see [`Self::serving`]).
+    serving: AtomicUsize,
+}
+
+/// A pull being served, counted in [`State::serving`] while it lives.
+pub struct Serving(Arc<State>);
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Serving")
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+        // The pool's thread may have held back for this transfer.
+        self.0.prefault.wake();
+    }
 }
 
 impl State {
@@ -97,7 +116,21 @@ impl State {
             pulls: AtomicU64::new(0),
             pulled_bytes: AtomicU64::new(0),
             prefault: prefault::Signal::default(),
+            serving: AtomicUsize::new(0),
         }))
+    }
+
+    /// Counts a pull served from here until the guard goes.
+    pub fn begin_serving(self: &Arc<Self>) -> Serving {
+        self.serving.fetch_add(1, Ordering::Relaxed);
+        Serving(Arc::clone(self))
+    }
+
+    /// Whether another node is pulling from here now. The pool's thread starts no segment
+    /// meanwhile, as during a fill: sending takes a core (checksums, the socket's copy),
+    /// which zeros written beside it took from the transfer where nodes share a machine.
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed) > 0
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {

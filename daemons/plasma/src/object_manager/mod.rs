@@ -799,6 +799,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_pool_waits_while_another_node_pulls_from_here() {
+        let (state, _spill) = state();
+        let client = state.with_store(|s| s.connect());
+        let id = ObjectId::random();
+        let bytes = pattern(1000);
+        state
+            .with_store(|s| s.put_small(client, id, (1000, 0), &bytes, None))
+            .unwrap();
+        assert!(!state.serving());
+        let request = PullRequest {
+            object_id: id.as_bytes().to_vec(),
+            offset: 0,
+            length: 0,
+            chunk_size: 0,
+        };
+        let mut frames = serve::start(state.clone(), request).unwrap();
+        assert!(state.serving(), "a pull is being served");
+        while frames.recv().await.is_some() {}
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state.serving() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the served pull never ended"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_failed_write_is_the_error_a_pull_reports() {
         let (state, _spill) = state();
         let bytes = pattern(40 * MIB as usize);

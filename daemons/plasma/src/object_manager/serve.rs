@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 use super::wire::{self, ChunkStart};
 use super::{TransferPin, CHUNKS_IN_FLIGHT, MIN_CHUNK, PULL_PATH, STALL_TIMEOUT};
 use crate::memory::{Mapping, MemoryError};
-use crate::state::State;
+use crate::state::{Serving, State};
 use crate::store::{Memory, ObjectView};
 
 /// A frame of a response body.
@@ -129,7 +129,10 @@ fn map_object(state: &State, view: &ObjectView) -> Result<(Arc<Mapping>, u64), M
 
 /// Pins the object of `request` and starts sending its range: the frames come out of
 /// the returned channel, the last one the trailers with the status.
-fn start(state: Arc<State>, request: PullRequest) -> Result<mpsc::Receiver<FrameResult>, Status> {
+pub(super) fn start(
+    state: Arc<State>,
+    request: PullRequest,
+) -> Result<mpsc::Receiver<FrameResult>, Status> {
     let id = ObjectId::from_slice(&request.object_id)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let chunk = match request.chunk_size {
@@ -166,6 +169,7 @@ fn start(state: Arc<State>, request: PullRequest) -> Result<mpsc::Receiver<Frame
         data_size: view.data_size,
         metadata_size: view.metadata_size,
         pin: Arc::new(pin),
+        _serving: state.begin_serving(),
     };
     // Each chunk is two frames.
     let (tx, rx) = mpsc::channel(2 * CHUNKS_IN_FLIGHT);
@@ -188,6 +192,8 @@ struct Chunks {
     data_size: u64,
     metadata_size: u64,
     pin: Arc<TransferPin>,
+    /// Holds the pool back while the range is sent.
+    _serving: Serving,
 }
 
 impl Chunks {
