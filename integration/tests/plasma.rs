@@ -1403,6 +1403,51 @@ fn store_mappings_of(len: u64) -> usize {
 }
 
 #[test]
+fn a_retained_object_got_and_released_again_and_again_costs_the_store_no_message() {
+    let dir = TestDir::new();
+    let spill = dir.path().join("spill");
+    let plasma = spilling_store(&dir, 64 * MIB, &spill);
+    let reader = client(&plasma);
+    let id = ObjectId::random();
+    put(&reader, id, 7, 8 * MIB as usize);
+    drop(reader.get_one(id, Some(Duration::ZERO)).unwrap().unwrap());
+    // With the store stopped, messages would fill the socket (a few thousand of them)
+    // and the loop would block: a get takes back the release still unsent instead (a
+    // release and a `Reuse` go only every 100 ms).
+    let store = nix::unistd::Pid::from_raw(plasma.daemon.pid() as i32);
+    nix::sys::signal::kill(store, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let getter = reader.clone();
+    std::thread::spawn(move || {
+        let mut last = Ok(None);
+        for _ in 0..100_000 {
+            last = getter
+                .get_one(id, Some(Duration::ZERO))
+                .map(|b| b.map(|b| b.data()[0]));
+        }
+        tx.send(last)
+    });
+    let done = rx.recv_timeout(Duration::from_secs(20));
+    nix::sys::signal::kill(store, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let first = done
+        .expect("the gets waited for the stopped store")
+        .unwrap()
+        .expect("the retained object");
+    assert_eq!(first, pattern(7, 1)[0]);
+    // The last release reaches the store: the retention thread sends it (asked by
+    // another client, since a request of the reader's own would carry it).
+    let other = client(&plasma);
+    wait_for("the last release", WAIT, || {
+        (other
+            .list()
+            .unwrap()
+            .iter()
+            .any(|o| o.id == id && o.pins == 0))
+        .then_some(())
+    });
+}
+
+#[test]
 fn a_large_object_read_again_is_served_without_the_store_until_it_leaves_memory() {
     let dir = TestDir::new();
     let spill = dir.path().join("spill");
@@ -1471,6 +1516,9 @@ fn a_large_object_read_again_is_served_without_the_store_until_it_leaves_memory(
             .unwrap()
             .unwrap(),
     );
+    // The release of a retained object waits for the next write: sent now, so that the
+    // store may spill the object at once.
+    reader.flush().unwrap();
     for (i, id) in ids.iter().enumerate().skip(1) {
         put(&writer, *id, i as u8, OBJ);
     }

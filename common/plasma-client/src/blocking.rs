@@ -123,6 +123,20 @@ fn forget(tables: &mut Tables, ids: Vec<ObjectId>) {
         return;
     }
     for id in &ids {
+        // The store sees the release of an object before it is forgotten (not to be
+        // retained: if the object went meanwhile, that would revoke the others).
+        if let Some(i) = tables.deferred.iter().position(|d| d == id) {
+            tables.deferred.swap_remove(i);
+            queue(
+                tables,
+                Req::Release(pb::Release {
+                    object_id: id.as_bytes().to_vec(),
+                    retain: false,
+                }),
+            );
+        }
+    }
+    for id in &ids {
         if let Some(held) = tables.objects.remove(id) {
             let segment = tables.segments.remove(&held.segment);
             tables.unmap.push((held, segment));
@@ -170,10 +184,11 @@ fn sweep(weak: Weak<Inner>) {
         let (idle, unmap) = {
             let mut tables = lock(&inner.tables);
             inner.check_revocations(&mut tables);
-            (
-                tables.retained.is_empty(),
-                std::mem::take(&mut tables.unmap),
-            )
+            // Deferred releases are of retained objects: while any is left, the thread
+            // looks again within SWEEP_EVERY and sends them (flush_if_idle below).
+            let idle = tables.retained.is_empty();
+            tables.sweeper_parked = idle;
+            (idle, std::mem::take(&mut tables.unmap))
         };
         drop(unmap);
         flush_if_idle(&inner, "forgotten objects");
@@ -198,6 +213,12 @@ struct Tables {
     /// Frames that need no reply, queued for the next write in this order: releases
     /// whose last buffer went while the connection was busy.
     pending: Vec<u8>,
+    /// Retained objects whose release has not gone to the store yet: they go after
+    /// `pending`, with the next write or the retention thread's next look, and a get of
+    /// one meanwhile takes its release back instead of sending a `Reuse`.
+    deferred: Vec<ObjectId>,
+    /// The retention thread is parked until woken (nothing was retained when it looked).
+    sweeper_parked: bool,
     /// The unused part of this client's current lease.
     lease: Option<LeaseRange>,
     /// Small objects this client is filling and has not sealed or aborted yet.
@@ -252,6 +273,10 @@ struct Held {
     refs: u32,
     /// Released and kept mapped (see [`crate::retention`]); `refs` is 0.
     retained: bool,
+    /// When the store last pinned it for a get served from the kept mapping (`Reuse`):
+    /// until [`SWEEP_EVERY`] after, its releases wait for the next write (see
+    /// [`Tables::deferred`]).
+    reused_at: Option<Instant>,
     segment: u64,
     memory: Sealed,
     data_size: u64,
@@ -286,22 +311,39 @@ impl Releaser {
             }
             if self.0.retains(held) && start_sweeper(&self.0) {
                 held.retained = true;
+                // An object read again and again from the kept mapping: its release
+                // waits for the next write, and a get of it meanwhile takes it back, so
+                // neither goes (each message wakes the store, which cost such a get most
+                // of its time). Only for SWEEP_EVERY after its last `Reuse`, so that the
+                // store sees it unpinned that often and may spill or free it; a first
+                // release (after a get from the store) goes at once, like any other.
+                let defer = held.reused_at.is_some_and(|at| at.elapsed() < SWEEP_EVERY);
                 let size = held.data_size + held.metadata_size;
                 tables.retained.add(id, size);
-                queue(
-                    &mut tables,
-                    Req::Release(pb::Release {
-                        object_id: id.as_bytes().to_vec(),
-                        retain: true,
-                    }),
-                );
+                if defer {
+                    tables.deferred.push(id);
+                } else {
+                    queue(&mut tables, retained_release(id));
+                }
                 let max = self.0.retain_max();
                 let excess: Vec<ObjectId> =
                     std::iter::from_fn(|| tables.retained.pop_excess(max)).collect();
                 forget(&mut tables, excess);
+                // The retention thread sends a deferred release, and looks again every
+                // SWEEP_EVERY while anything is retained; it is woken only when it sleeps
+                // for good. What was forgotten here it unmaps at its next look, not now:
+                // unmapping takes the process's memory map lock, which would stall the
+                // gets that follow (a 1 GB get 15 -> 170-300 µs), and the objects stay in
+                // the store whatever their mappings here.
+                let wake = std::mem::take(&mut tables.sweeper_parked);
+                let send = !tables.pending.is_empty();
                 drop(tables);
-                self.0.wake_sweeper();
-                flush_if_idle(&self.0, "a release");
+                if wake {
+                    self.0.wake_sweeper();
+                }
+                if send {
+                    flush_if_idle(&self.0, "a release");
+                }
                 return;
             }
             let segment = held.segment;
@@ -322,6 +364,25 @@ impl Releaser {
     }
 }
 
+/// The release of an object this client keeps mapped.
+fn retained_release(id: ObjectId) -> Req {
+    Req::Release(pb::Release {
+        object_id: id.as_bytes().to_vec(),
+        retain: true,
+    })
+}
+
+/// Everything queued for the store, deferred releases last, for the next write.
+fn take_pending(tables: &mut Tables) -> Vec<u8> {
+    let mut bytes = std::mem::take(&mut tables.pending);
+    for id in std::mem::take(&mut tables.deferred) {
+        bytes.extend(protocol::encode_frame(&pb::Request {
+            kind: Some(retained_release(id)),
+        }));
+    }
+    bytes
+}
+
 /// Queues a request that needs no reply for the next write.
 fn queue(tables: &mut Tables, request: Req) {
     tables.pending.extend(protocol::encode_frame(&pb::Request {
@@ -333,7 +394,7 @@ fn queue(tables: &mut Tables, request: Req) {
 /// them before its next request instead.
 fn flush_if_idle(inner: &Inner, what: &str) {
     if let Ok(mut io) = inner.io.try_lock() {
-        let pending = std::mem::take(&mut lock(&inner.tables).pending);
+        let pending = take_pending(&mut lock(&inner.tables));
         if let Err(e) = io.send(pending, None) {
             log::debug!(error:% = e; "cannot send {what} to the plasma store");
         }
@@ -447,7 +508,7 @@ impl PlasmaClient {
     /// One request and its reply, after the queued releases.
     fn call(&self, request: Req, expected: &'static str) -> Result<Rep, ClientError> {
         let mut io = lock(&self.inner.io);
-        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        let pending = take_pending(&mut lock(&self.inner.tables));
         io.send(pending, Some(request))?;
         let (reply, fds) = io.receive()?;
         if !fds.is_empty() {
@@ -497,7 +558,7 @@ impl PlasmaClient {
             if forget_retained(&mut tables, id) {
                 self.inner.wake_sweeper();
             }
-            std::mem::take(&mut tables.pending)
+            take_pending(&mut tables)
         };
         io.send(
             pending,
@@ -585,7 +646,7 @@ impl PlasmaClient {
             // Nothing is put in the old lease from here on, and what was goes out before
             // the request that retires it.
             tables.lease = None;
-            std::mem::take(&mut tables.pending)
+            take_pending(&mut tables)
         };
         io.send(pending, Some(Req::Lease(pb::Lease {})))?;
         let (reply, fds) = io.receive()?;
@@ -649,6 +710,7 @@ impl PlasmaClient {
             Held {
                 refs: 1,
                 retained: false,
+                reused_at: None,
                 segment,
                 memory: memory.clone(),
                 data_size,
@@ -694,7 +756,7 @@ impl PlasmaClient {
             let pending = {
                 let mut tables = lock(&self.inner.tables);
                 queue(&mut tables, put);
-                std::mem::take(&mut tables.pending)
+                take_pending(&mut tables)
             };
             io.send(pending, None)
         } else {
@@ -779,7 +841,7 @@ impl PlasmaClient {
                     }
                 }
             }
-            std::mem::take(&mut tables.pending)
+            take_pending(&mut tables)
         };
         if missing.is_empty() {
             io.send(pending, None)?;
@@ -840,6 +902,7 @@ impl PlasmaClient {
                     Held {
                         refs: 0,
                         retained: false,
+                        reused_at: None,
                         segment: location.segment,
                         memory: Sealed::Mapped(mapping, location.offset),
                         data_size: location.data_size,
@@ -866,12 +929,21 @@ impl PlasmaClient {
         let buffer = self.buffer(id, held);
         if reused {
             tables.retained.take(id);
-            queue(
-                tables,
-                Req::Reuse(pb::Reuse {
-                    object_id: id.as_bytes().to_vec(),
-                }),
-            );
+            match tables.deferred.iter().position(|d| *d == id) {
+                // The store never saw it released: its pin still stands.
+                Some(i) => {
+                    tables.deferred.swap_remove(i);
+                }
+                None => {
+                    held.reused_at = Some(Instant::now());
+                    queue(
+                        tables,
+                        Req::Reuse(pb::Reuse {
+                            object_id: id.as_bytes().to_vec(),
+                        }),
+                    );
+                }
+            }
         }
         Some(buffer)
     }
@@ -979,7 +1051,7 @@ impl PlasmaClient {
     /// Sends any releases still queued (they also go with the next request).
     pub fn flush(&self) -> Result<(), ClientError> {
         let mut io = lock(&self.inner.io);
-        let pending = std::mem::take(&mut lock(&self.inner.tables).pending);
+        let pending = take_pending(&mut lock(&self.inner.tables));
         io.send(pending, None)
     }
 }
