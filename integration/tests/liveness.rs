@@ -164,6 +164,9 @@ async fn reruns_of_a_task_are_claimed_by_one_node_at_a_time_and_bounded() {
     let lineage = client.lineage(task).await.expect("read").expect("lineage");
     assert_eq!((lineage.reruns, lineage.rerun_node), (0, None));
     assert_eq!(&lineage.spec[..], &[1, 2, 3]);
+    // When the state was written: a claim waits a moment after a run ends.
+    let age = rayd_gcs::now_ms().abs_diff(lineage.updated_ms);
+    assert!(age < 60_000, "updated {age} ms from now");
     let (a, b) = (NodeId::random(), NodeId::random());
     // Two nodes found the loss at once: the first claim wins, the second is told who.
     let (first, second) = tokio::join!(

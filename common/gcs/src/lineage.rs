@@ -26,6 +26,9 @@ pub struct Lineage {
     pub reruns: u32,
     /// The node that claimed the last re-run.
     pub rerun_node: Option<NodeId>,
+    /// When `state` was last written, by the writer's clock (ms since the epoch; 0 when
+    /// unknown).
+    pub updated_ms: u64,
 }
 
 /// The outcome of a claim to re-run a task.
@@ -70,6 +73,7 @@ type LineageFields = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 impl GcsClient {
@@ -85,11 +89,18 @@ impl GcsClient {
 
     /// The lineage of `task`, if the task table has an entry for it.
     pub async fn lineage(&self, task: TaskId) -> Result<Option<Lineage>, GcsError> {
-        let (spec, state, node, reruns, rerun_node): LineageFields = self
+        let (spec, state, node, reruns, rerun_node, updated_ms): LineageFields = self
             .shard_for(task.as_bytes())
             .hmget(
                 keys::key(Table::Task, &task),
-                vec!["spec", "state", "node", "reruns", "rerun_node"],
+                vec![
+                    "spec",
+                    "state",
+                    "node",
+                    "reruns",
+                    "rerun_node",
+                    "updated_ms",
+                ],
             )
             .await?;
         // An entry with a state and no spec: an actor method call (its spec is not kept).
@@ -105,6 +116,10 @@ impl GcsClient {
                 Some(n) => n.parse().map_err(|e| malformed("task reruns", e))?,
             },
             rerun_node: node_of(rerun_node)?,
+            updated_ms: match updated_ms {
+                None => 0,
+                Some(ms) => ms.parse().map_err(|e| malformed("task updated_ms", e))?,
+            },
         }))
     }
 

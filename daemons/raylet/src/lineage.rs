@@ -27,6 +27,23 @@ fn settled(state: &str) -> bool {
     matches!(state, "finished" | "failed" | "cancelled" | "")
 }
 
+/// How long after a run ends its results may still be on their way to the object table:
+/// the runner's raylet writes the task's state, its store writes the results' locations,
+/// and under load the state can come first by much more than their few milliseconds of
+/// batching.
+const RESULTS_SETTLE_MS: u64 = 3_000;
+
+/// Whether the run recorded in `lineage` ended less than [`RESULTS_SETTLE_MS`] before
+/// `now_ms`: its results may not be located yet, so finding none does not mean they were
+/// lost. (A writer clock that is ahead by more than that counts as long ago: the re-run
+/// is then not held back, as before this check.)
+fn just_ended(lineage: &rayd_gcs::Lineage, now_ms: u64) -> bool {
+    !lineage.state.is_empty()
+        && lineage.updated_ms > 0
+        && lineage.updated_ms + RESULTS_SETTLE_MS > now_ms
+        && lineage.updated_ms < now_ms + RESULTS_SETTLE_MS
+}
+
 async fn alive(gcs: &GcsClient, node: Option<NodeId>) -> Result<bool, GcsError> {
     match node {
         None => Ok(false),
@@ -108,6 +125,11 @@ pub async fn recover(gcs: &GcsClient, own: NodeId, id: ObjectId) -> Result<Recov
     if !settled(&lineage.state) && alive(gcs, in_charge(&lineage)).await? {
         return Ok(Recovery::Wait);
     }
+    // A run that ended a moment ago on a live node (a re-run this node waited for, most
+    // often) has its copies on their way: claiming now would run the task once more.
+    if just_ended(&lineage, rayd_gcs::now_ms()) && alive(gcs, lineage.node).await? {
+        return Ok(Recovery::Wait);
+    }
     Ok(
         match gcs
             .claim_rerun(task, lineage.reruns, own, spec.max_retries)
@@ -126,4 +148,43 @@ pub async fn recover(gcs: &GcsClient, own: NodeId, id: ObjectId) -> Result<Recov
             )),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(state: &str, updated_ms: u64) -> rayd_gcs::Lineage {
+        rayd_gcs::Lineage {
+            spec: Default::default(),
+            state: state.into(),
+            node: Some(NodeId::random()),
+            reruns: 1,
+            rerun_node: None,
+            updated_ms,
+        }
+    }
+
+    #[test]
+    fn a_run_counts_as_just_ended_only_within_the_settling_time() {
+        let now = 1_000_000_000;
+        assert!(just_ended(&ended("finished", now - 10), now));
+        assert!(just_ended(
+            &ended("failed", now - RESULTS_SETTLE_MS + 1),
+            now
+        ));
+        assert!(!just_ended(
+            &ended("finished", now - RESULTS_SETTLE_MS),
+            now
+        ));
+        // A writer's clock a little ahead still holds the claim back; far ahead does not.
+        assert!(just_ended(&ended("finished", now + 500), now));
+        assert!(!just_ended(
+            &ended("finished", now + RESULTS_SETTLE_MS),
+            now
+        ));
+        // No time or no state written: nothing to wait for.
+        assert!(!just_ended(&ended("finished", 0), now));
+        assert!(!just_ended(&ended("", now), now));
+    }
 }
