@@ -151,7 +151,7 @@ fn child_entry() {
         // Puts a large object and, holding it, tries to write it as the attacker does.
         "sealer" => {
             let held = client
-                .put(objects[0], &pattern(5, 6 * MIB as usize), b"meta")
+                .put(objects[0], &pattern(5, SEALED_LARGE), b"meta")
                 .unwrap();
             attack_store_memory();
             drop(held);
@@ -160,6 +160,10 @@ fn child_entry() {
         other => panic!("unknown role {other}"),
     }
 }
+
+/// A large object of the sealing tests: large enough to be made of several files (see
+/// `rayd_plasma_client::parts`), each of which must refuse writes.
+const SEALED_LARGE: usize = 12 * MIB as usize;
 
 /// Whether a system call's result says the kernel refused it (EPERM or EACCES).
 fn refused(result: isize, what: &str, path: &Path) {
@@ -346,7 +350,7 @@ fn no_client_can_write_a_sealed_object_whatever_it_tries() {
     let client = client(&plasma);
     let (small, large, own) = (ObjectId::random(), ObjectId::random(), ObjectId::random());
     put(&client, small, 3, 100);
-    put(&client, large, 4, 6 * MIB as usize);
+    put(&client, large, 4, SEALED_LARGE);
     // A reader of both, and the creator of a large one after its seal.
     for (role, ids) in [("attacker", vec![small, large]), ("sealer", vec![own])] {
         let mut attacker = child(role, &plasma.socket, &ids);
@@ -357,8 +361,8 @@ fn no_client_can_write_a_sealed_object_whatever_it_tries() {
     let reader = PlasmaClient::connect(&plasma.socket, "second reader").unwrap();
     for (id, seed, size) in [
         (small, 3, 100),
-        (large, 4, 6 * MIB as usize),
-        (own, 5, 6 * MIB as usize),
+        (large, 4, SEALED_LARGE),
+        (own, 5, SEALED_LARGE),
     ] {
         let buffer = reader.get_one(id, Some(WAIT)).unwrap().unwrap();
         assert_eq!(
@@ -384,9 +388,9 @@ fn a_store_backed_by_files_serves_small_and_large_objects_read_only() {
     let client = client(&plasma);
     let (small, large) = (ObjectId::random(), ObjectId::random());
     put(&client, small, 1, 100);
-    put(&client, large, 2, 6 * MIB as usize);
+    put(&client, large, 2, SEALED_LARGE);
     let reader = PlasmaClient::connect(&plasma.socket, "reader").unwrap();
-    for (id, seed, size) in [(small, 1, 100), (large, 2, 6 * MIB as usize)] {
+    for (id, seed, size) in [(small, 1, 100), (large, 2, SEALED_LARGE)] {
         let buffer = reader.get_one(id, Some(WAIT)).unwrap().unwrap();
         assert_eq!(buffer.data(), &pattern(seed, size)[..]);
         assert!(buffer.is_read_only());
@@ -1388,18 +1392,23 @@ fn a_client_that_stalls_inside_a_frame_is_dropped_and_costs_nothing() {
 
 /// Mappings in this process of `len` bytes of the store's memory files.
 fn store_mappings_of(len: u64) -> usize {
-    std::fs::read_to_string("/proc/self/maps")
+    // A segment of several files shows as one line per file: its mappings are counted
+    // by their bytes.
+    let parts = rayd_plasma_client::parts::split(len, rayd_plasma_client::parts::count_for(len));
+    let bytes: u64 = std::fs::read_to_string("/proc/self/maps")
         .unwrap()
         .lines()
         .filter(|line| line.contains("rayd-plasma"))
-        .filter(|line| {
+        .map(|line| {
             let range = line.split_whitespace().next().unwrap_or("");
             let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
             let start = u64::from_str_radix(start, 16).unwrap_or(0);
             let end = u64::from_str_radix(end, 16).unwrap_or(0);
-            end - start == len
+            end - start
         })
-        .count()
+        .filter(|size| parts.contains(size))
+        .sum();
+    (bytes / len) as usize
 }
 
 #[test]

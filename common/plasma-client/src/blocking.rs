@@ -252,8 +252,8 @@ impl LeaseRange {
 }
 
 struct SegmentMap {
-    fd: OwnedFd,
-    size: u64,
+    /// Its files end to end, each with its length (one, unless it is made of parts).
+    files: Vec<(OwnedFd, u64)>,
     read_only: Option<Arc<Mapping>>,
 }
 
@@ -262,8 +262,12 @@ impl SegmentMap {
         if let Some(mapping) = &self.read_only {
             return Ok(mapping.clone());
         }
-        let len = usize::try_from(self.size).unwrap_or(usize::MAX);
-        let mapping = Arc::new(Mapping::new(self.fd.as_fd(), len, false, false)?);
+        let parts: Vec<_> = self
+            .files
+            .iter()
+            .map(|(fd, len)| (fd.as_fd(), usize::try_from(*len).unwrap_or(usize::MAX)))
+            .collect();
+        let mapping = Arc::new(Mapping::of_parts(&parts, false, false)?);
         self.read_only = Some(mapping.clone());
         Ok(mapping)
     }
@@ -419,7 +423,9 @@ impl Io {
     fn receive(&mut self) -> Result<(pb::Reply, Vec<OwnedFd>), ClientError> {
         let body = self.reader.read_frame_blocking(self.stream.as_fd())?;
         let reply: pb::Reply = protocol::decode("reply", &body)?;
-        let fds = self.reader.take_fds(reply.new_segments.len())?;
+        let fds = self
+            .reader
+            .take_fds(protocol::fds_of(&reply.new_segments))?;
         Ok((reply, fds))
     }
 }
@@ -578,24 +584,30 @@ impl PlasmaClient {
             Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
             other => return Err(unexpected("created", other)),
         };
-        // The segment's read-write descriptor is the builder's alone; the read-only one
-        // comes with the seal.
-        let (segment, fd) = reply
+        // The segment's read-write descriptors are the builder's alone; the read-only ones
+        // come with the seal.
+        let segment = reply
             .new_segments
-            .into_iter()
-            .zip(fds)
-            .next()
-            .filter(|(segment, _)| {
-                segment.id == location.segment
+            .first()
+            .filter(|segment| {
+                reply.new_segments.len() == 1
+                    && segment.id == location.segment
                     && segment.id != ARENA_SEGMENT
                     && location.offset == 0
                     && segment.size >= total
             })
             .ok_or(ClientError::BadLocation(id))?;
+        let files = files_of(segment, &mut fds.into_iter());
+        if files.is_empty() {
+            return Err(ClientError::BadLocation(id));
+        }
         Ok(ObjectBuilder {
             id,
             memory: Some(Unsealed::Segment {
-                file: std::fs::File::from(fd),
+                files: files
+                    .into_iter()
+                    .map(|(fd, len)| (std::fs::File::from(fd), len))
+                    .collect(),
                 len: segment.size,
                 mapping: None,
                 prepared,
@@ -664,7 +676,7 @@ impl PlasmaClient {
         let arena_size = lock(&self.inner.tables)
             .segments
             .get(&ARENA_SEGMENT)
-            .map_or(0, |s| s.size);
+            .map_or(0, |s| s.files.iter().map(|(_, len)| len).sum());
         let inside = leased
             .offset
             .checked_add(leased.size)
@@ -1058,14 +1070,39 @@ impl PlasmaClient {
 
 /// Keeps the read-only descriptors that came with a reply (mapped when first read).
 fn register_segments(tables: &mut Tables, segments: &[pb::Segment], fds: Vec<OwnedFd>) {
-    for (segment, fd) in segments.iter().zip(fds) {
-        let map = SegmentMap {
-            fd,
-            size: segment.size,
-            read_only: None,
-        };
-        tables.segments.insert(segment.id, map);
+    let mut fds = fds.into_iter();
+    for segment in segments {
+        let files = files_of(segment, &mut fds);
+        // A segment whose parts do not add up is left out: its objects' locations then
+        // name no segment this client knows, and their gets fail as such.
+        if !files.is_empty() {
+            let map = SegmentMap {
+                files,
+                read_only: None,
+            };
+            tables.segments.insert(segment.id, map);
+        }
     }
+}
+
+/// The files of `segment`, taken from the reply's descriptors (one per part), each with
+/// its length; none when its parts do not describe it.
+fn files_of(segment: &pb::Segment, fds: &mut impl Iterator<Item = OwnedFd>) -> Vec<(OwnedFd, u64)> {
+    let sizes = if segment.parts.is_empty() {
+        vec![segment.size]
+    } else {
+        segment.parts.clone()
+    };
+    let files: Vec<(OwnedFd, u64)> = fds
+        .by_ref()
+        .take(sizes.len())
+        .zip(sizes.iter().copied())
+        .collect();
+    if files.len() < sizes.len() || (sizes.len() > 1 && !crate::parts::valid(&sizes, segment.size))
+    {
+        return Vec::new();
+    }
+    files
 }
 
 fn unexpected(expected: &'static str, got: Option<Rep>) -> ClientError {

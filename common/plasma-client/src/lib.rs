@@ -2,7 +2,8 @@
 //! reach their node's store. It depends on no part of the store: what both sides share is
 //! here, and the store (`rayd-plasma`) depends on it: [`protocol`] (the framing and
 //! descriptor passing on the store's socket), [`mapping`] (mappings of shared memory
-//! segments) and [`allocator`] (placement in the arena, and of objects in a lease).
+//! segments), [`parts`] (large segments made of several files) and [`allocator`]
+//! (placement in the arena, and of objects in a lease).
 //!
 //! - [`PlasmaClient`] (blocking) and [`AsyncPlasmaClient`] (the same, for tokio) connect
 //!   to the store's socket, receive its memory descriptors and map each segment once,
@@ -12,9 +13,10 @@
 //!   and its bytes go to the store with its seal, which the store copies into the arena:
 //!   into this client's lease there (the store's `lease` module) without a reply, so
 //!   other clients see it once the store has read the message (their gets wait for
-//!   that). A larger object gets a segment of its own, filled with `pwrite` (by two
-//!   threads for a large one, see the `fill` module) or in place through a writable mapping that
-//!   goes before the seal; the store then seals the segment against writes for good.
+//!   that). A larger object gets a segment of its own, filled with `pwrite` (a large one
+//!   is made of several files, written by a thread each: see [`parts`]) or in place
+//!   through a writable mapping that goes before the seal; the store then seals the
+//!   segment against writes for good.
 //! - [`ObjectBuffer`] is a pinned, sealed object: `data()` and `metadata()` are zero-copy
 //!   slices of read-only shared memory (the creator of a small one reads its own copy).
 //!   Clones share one pin; the last drop releases it. A get of an object this client
@@ -26,9 +28,9 @@
 
 pub mod allocator;
 mod blocking;
-mod fill;
 pub mod mapping;
 mod nonblocking;
+pub mod parts;
 pub mod protocol;
 mod retention;
 mod subscription;
@@ -204,10 +206,12 @@ enum Unsealed {
     /// The object's own segment: written with `pwrite`, or through a writable mapping
     /// made when first asked for; both go before the seal.
     Segment {
-        file: std::fs::File,
+        /// Its files end to end, each with its length (see [`parts`]).
+        files: Vec<(std::fs::File, u64)>,
         len: u64,
         mapping: Option<Mapping>,
-        /// Its pages are allocated already (see [`fill::write_all_at`]).
+        /// Its pages are allocated already (its creator need not allocate them before
+        /// it maps them, see [`mapping::allocate`]).
         prepared: bool,
     },
 }
@@ -265,7 +269,7 @@ impl ObjectBuilder {
         match self.memory.as_mut() {
             Some(Unsealed::Heap(bytes)) => bytes,
             Some(Unsealed::Segment {
-                file,
+                files,
                 len,
                 mapping,
                 prepared,
@@ -274,10 +278,25 @@ impl ObjectBuilder {
                     let size = usize::try_from(*len).unwrap_or(usize::MAX);
                     // The pages are allocated first: one that could not be had later would
                     // be a SIGBUS on the write that touches it.
-                    let mapped = fill::allocate(file, *len, prepared)
+                    let allocated = if *prepared {
+                        Ok(())
+                    } else {
+                        files
+                            .iter()
+                            .try_for_each(|(file, part)| mapping::allocate(file, *part))
+                    };
+                    *prepared = true;
+                    let mapped = allocated
                         .map_err(|source| mapping::MapError { size, source })
                         .and_then(|()| {
-                            Mapping::new(std::os::fd::AsFd::as_fd(file), size, true, false)
+                            let parts: Vec<_> = files
+                                .iter()
+                                .map(|(file, part)| {
+                                    let part = usize::try_from(*part).unwrap_or(usize::MAX);
+                                    (std::os::fd::AsFd::as_fd(file), part)
+                                })
+                                .collect();
+                            Mapping::of_parts(&parts, true, false)
                         });
                     match mapped {
                         Ok(m) => {
@@ -321,12 +340,11 @@ impl ObjectBuilder {
                 heap[offset as usize..end as usize].copy_from_slice(bytes);
                 return Ok(());
             }
-            Some(Unsealed::Segment {
-                file,
-                len,
-                prepared,
-                ..
-            }) => fill::write_all_at(file, *len, offset, bytes, prepared),
+            Some(Unsealed::Segment { files, .. }) => {
+                let files: Vec<(&std::fs::File, u64)> =
+                    files.iter().map(|(file, part)| (file, *part)).collect();
+                parts::write_all_at(&files, offset, bytes)
+            }
             None => {
                 return Err(ClientError::Invalid(
                     "the object was already sealed or aborted".into(),

@@ -28,6 +28,14 @@ pub fn page_size() -> usize {
     usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
+/// Allocates every page of the segment file `file`, `len` bytes long, before it is
+/// mapped writable: a page that could not be had later would be a SIGBUS on the write
+/// that touches it, where this fails cleanly.
+pub fn allocate(file: &std::fs::File, len: u64) -> nix::Result<()> {
+    let len = i64::try_from(len).map_err(|_| nix::Error::EFBIG)?;
+    nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::empty(), 0, len)
+}
+
 /// A `MAP_SHARED` mapping of a whole segment, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
@@ -76,6 +84,75 @@ impl Mapping {
             len,
             writable,
         })
+    }
+
+    /// Maps the files of a segment made of parts (see [`crate::parts`]) end to end, as one
+    /// range: each part at the offset where the ones before it end. Every part but the
+    /// last must be a whole number of pages long.
+    pub fn of_parts(
+        parts: &[(BorrowedFd<'_>, usize)],
+        writable: bool,
+        populate: bool,
+    ) -> Result<Self, MapError> {
+        if let [(fd, len)] = parts {
+            return Self::new(*fd, *len, writable, populate);
+        }
+        let len: usize = parts.iter().map(|(_, len)| len).sum();
+        let invalid = MapError {
+            size: len,
+            source: nix::Error::EINVAL,
+        };
+        let page = page_size();
+        let Some(size) = NonZeroUsize::new(len) else {
+            return Err(invalid);
+        };
+        if parts.is_empty()
+            || parts[..parts.len() - 1]
+                .iter()
+                .any(|(_, len)| *len == 0 || len % page != 0)
+        {
+            return Err(invalid);
+        }
+        // The range is reserved first (no access, no memory), then each part replaces its
+        // share of it: nothing else can be mapped in between.
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks aliases nothing.
+        let base = unsafe {
+            nix::sys::mman::mmap_anonymous(
+                None,
+                size,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|source| MapError { size: len, source })?;
+        let mapping = Self {
+            ptr: base.cast(),
+            len,
+            writable,
+        };
+        let prot = if writable {
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+        } else {
+            ProtFlags::PROT_READ
+        };
+        let mut flags = MapFlags::MAP_SHARED | MapFlags::MAP_FIXED;
+        if populate {
+            flags |= MapFlags::MAP_POPULATE;
+        }
+        let mut at = 0;
+        for (fd, part_len) in parts {
+            let Some(part_size) = NonZeroUsize::new(*part_len) else {
+                return Err(invalid);
+            };
+            let address = NonZeroUsize::new(mapping.ptr.as_ptr() as usize + at);
+            // SAFETY: the target lies inside the range reserved above, which this value
+            // owns and no Rust object aliases; the file is never shrunk while mapped (as
+            // in `new`).
+            unsafe { mmap(address, part_size, prot, flags, *fd, 0) }
+                .map_err(|source| MapError { size: len, source })?;
+            at += part_len;
+        }
+        Ok(mapping)
     }
 
     /// The first byte.

@@ -3,8 +3,8 @@
 //! A frame is a little-endian `u32` length and that many bytes of one protobuf message
 //! (`rayd.plasma.v1.Request` from clients; `Reply`, or `Event` after `Subscribe`, from
 //! the store). File descriptors travel as SCM_RIGHTS attached to the frame's bytes: a
-//! reply lists its `new_segments`, and exactly that many descriptors arrive with it, in
-//! order. A frame carrying many descriptors is sent in pieces of at most
+//! reply lists its `new_segments`, and one descriptor per file of each arrives with it,
+//! in order ([`fds_of`]). A frame carrying many descriptors is sent in pieces of at most
 //! [`MAX_FDS_PER_SEND`] descriptors each, because the kernel hands one piece's
 //! descriptors to one `recvmsg`, whose control buffer here has room for that many.
 //!
@@ -34,6 +34,11 @@ pub const MAX_FDS_PER_SEND: usize = 64;
 pub const MAX_IDS_PER_REQUEST: usize = 10_000;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 << 10;
+
+/// How many descriptors come with `segments`: one per file of each.
+pub fn fds_of(segments: &[crate::pb::Segment]) -> usize {
+    segments.iter().map(|s| s.parts.len().max(1)).sum()
+}
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +304,13 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let files: Vec<std::fs::File> = (0..150).map(|_| tempfile::tempfile().unwrap()).collect();
         let reply = pb::Reply {
-            new_segments: (0..150).map(|i| pb::Segment { id: i, size: 1 }).collect(),
+            new_segments: (0..150)
+                .map(|i| pb::Segment {
+                    id: i,
+                    size: 1,
+                    parts: Vec::new(),
+                })
+                .collect(),
             kind: Some(pb::reply::Kind::Ack(pb::Ack {})),
         };
         let fds = files.iter().map(|f| f.as_fd()).collect();

@@ -109,9 +109,14 @@ enum SegmentToSend {
     Arena,
     /// The revocation page, read-only.
     Revocations,
-    /// An object's own segment: read-write to its creator before the seal, read-only to
-    /// readers (and to the creator at the seal).
-    Own { id: u64, size: u64, fd: OwnedFd },
+    /// An object's own segment (its files, end to end): read-write to its creator before
+    /// the seal, read-only to readers (and to the creator at the seal).
+    Own {
+        id: u64,
+        size: u64,
+        parts: Vec<u64>,
+        fds: Vec<OwnedFd>,
+    },
 }
 
 impl Answer {
@@ -562,21 +567,31 @@ impl Connection {
         let mut new_segments = Vec::with_capacity(answer.segments.len());
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(answer.segments.len());
         for segment in &answer.segments {
-            let (id, size, fd) = match segment {
-                SegmentToSend::Arena => (
-                    ARENA_SEGMENT,
-                    state.arena_size,
-                    state.arena_reader_fd.as_fd(),
-                ),
-                SegmentToSend::Revocations => (
-                    protocol::REVOCATION_SEGMENT,
-                    state.revocations_size,
-                    state.revocations_reader_fd.as_fd(),
-                ),
-                SegmentToSend::Own { id, size, fd } => (*id, *size, fd.as_fd()),
+            let (id, size) = match segment {
+                SegmentToSend::Arena => {
+                    fds.push(state.arena_reader_fd.as_fd());
+                    (ARENA_SEGMENT, state.arena_size)
+                }
+                SegmentToSend::Revocations => {
+                    fds.push(state.revocations_reader_fd.as_fd());
+                    (protocol::REVOCATION_SEGMENT, state.revocations_size)
+                }
+                SegmentToSend::Own {
+                    id,
+                    size,
+                    fds: files,
+                    ..
+                } => {
+                    fds.extend(files.iter().map(AsFd::as_fd));
+                    (*id, *size)
+                }
             };
-            new_segments.push(pb::Segment { id, size });
-            fds.push(fd);
+            // One file: no parts listed (what clients before parts expect).
+            let parts = match segment {
+                SegmentToSend::Own { parts, .. } if parts.len() > 1 => parts.clone(),
+                _ => Vec::new(),
+            };
+            new_segments.push(pb::Segment { id, size, parts });
         }
         let reply = pb::Reply {
             new_segments,
@@ -615,14 +630,15 @@ fn segment_of(view: &ObjectView) -> Result<Option<SegmentToSend>, Failure> {
     let Memory::Segment(segment) = &view.memory else {
         return Ok(None);
     };
-    let fd = segment.dup_fd().map_err(|e| Failure {
+    let fds = segment.dup_fds().map_err(|e| Failure {
         code: Code::Internal,
         message: format!("object {}: cannot share its memory: {e}", view.id),
     })?;
     Ok(Some(SegmentToSend::Own {
         id: segment.id(),
         size: segment.size(),
-        fd,
+        parts: segment.parts().to_vec(),
+        fds,
     }))
 }
 

@@ -16,9 +16,11 @@
 //!   descriptor (a reopened `/proc/self/fd/N` too). Clients get a read-only descriptor
 //!   and map it read-only; a small object's bytes travel to the store in the message
 //!   that creates and seals it, and the store copies them in.
-//! - Every larger object is a segment of its own. Its creator gets the descriptor and
-//!   fills it (`pwrite`, and for a large one also a helper thread's writable mapping,
-//!   unmapped before the seal: see `rayd_plasma_client`'s `fill`); the seal then adds
+//! - Every larger object is a segment of its own, a large one made of several files end
+//!   to end ([`Backing::parts_for`], `rayd_plasma_client::parts`), so that several
+//!   threads can write it at once. Its creator gets the descriptors and fills them
+//!   (`pwrite`, a thread per file, or through a writable mapping unmapped before the
+//!   seal); the seal then adds
 //!   `F_SEAL_WRITE` ([`seal_against_writes`]), which the kernel refuses while a
 //!   writable mapping exists, so from then on nobody can write it. Readers get a
 //!   read-only descriptor ([`reopen_read_only`]).
@@ -198,6 +200,68 @@ impl Backing {
             reserve_range(fd.as_fd(), 0, size)?;
         }
         Ok((fd, size))
+    }
+
+    /// How many files a segment of `size` bytes is made of: several for a large one
+    /// where files take `pwrite` (hugetlbfs files are only mapped, by one thread).
+    pub fn parts_for(&self, size: usize) -> usize {
+        if self.takes_writes() {
+            rayd_plasma_client::parts::count_for(size as u64)
+        } else {
+            1
+        }
+    }
+
+    /// The sizes of the files of a segment of `size` bytes (rounded up to the
+    /// granularity) made of `count` files.
+    fn shares(&self, size: usize, count: usize) -> Vec<usize> {
+        let size = round_up(size.max(1), self.granularity());
+        rayd_plasma_client::parts::split(size as u64, count)
+            .into_iter()
+            .map(|share| share as usize)
+            .collect()
+    }
+
+    /// [`Self::create`] for a whole segment: its files end to end, each with its real size.
+    pub fn create_parts(
+        &self,
+        size: usize,
+        reserve: bool,
+    ) -> Result<Vec<(OwnedFd, usize)>, MemoryError> {
+        self.shares(size, self.parts_for(size))
+            .into_iter()
+            .map(|share| self.create(share, reserve))
+            .collect()
+    }
+
+    /// [`Self::prepare`] for a whole segment: its files end to end, each with its size.
+    pub fn prepare_parts(
+        &self,
+        size: usize,
+        mut idle: impl FnMut() -> bool,
+    ) -> Result<Vec<(OwnedFd, usize)>, MemoryError> {
+        self.shares(size, self.parts_for(size))
+            .into_iter()
+            .map(|share| self.prepare(share, &mut idle))
+            .collect()
+    }
+
+    /// [`Self::fix_size`] for a pool segment's files: cuts them to hold `size` bytes,
+    /// shared as evenly as whole pages allow (files left without a share are dropped),
+    /// and returns each with its real size.
+    pub fn fix_parts(
+        &self,
+        fds: Vec<OwnedFd>,
+        size: usize,
+    ) -> Result<Vec<(OwnedFd, usize)>, MemoryError> {
+        let shares = self.shares(size, fds.len());
+        fds.into_iter()
+            .zip(shares)
+            .map(|(fd, share)| {
+                let len = self.fix_size(fd.as_fd(), share)?;
+                Ok((fd, len))
+            })
+            .collect()
     }
 
     /// A pool's segment of at least `size` bytes, made ready for a fill off the hot path:

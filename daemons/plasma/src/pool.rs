@@ -29,8 +29,8 @@ pub const START_MIN_CAPACITY: u64 = 1 << 30;
 /// The prepared segments.
 #[derive(Debug, Default)]
 pub struct Pool {
-    /// Segments and their sizes.
-    entries: Vec<(OwnedFd, u64)>,
+    /// Segments (their files) and their sizes.
+    entries: Vec<(Vec<OwnedFd>, u64)>,
     bytes: u64,
     /// Sizes (rounded up to the granule) of the latest large creates.
     recent: VecDeque<u64>,
@@ -59,7 +59,7 @@ impl Pool {
     /// small object cutting a large segment would waste the work that prepared it and
     /// leave the next large create without one), and notes the size as one to prepare
     /// for.
-    pub fn take(&mut self, size: u64) -> Option<(OwnedFd, u64)> {
+    pub fn take(&mut self, size: u64) -> Option<(Vec<OwnedFd>, u64)> {
         if size < POOL_MIN {
             return None;
         }
@@ -100,9 +100,9 @@ impl Pool {
         None
     }
 
-    /// Adds a prepared segment of `size` bytes.
-    pub fn add(&mut self, fd: OwnedFd, size: u64) {
-        self.entries.push((fd, size));
+    /// Adds a prepared segment of `size` bytes (its files, end to end).
+    pub fn add(&mut self, files: Vec<OwnedFd>, size: u64) {
+        self.entries.push((files, size));
         self.bytes += size;
     }
 
@@ -135,8 +135,8 @@ fn size_class(size: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn fd() -> OwnedFd {
-        OwnedFd::from(tempfile::tempfile().unwrap())
+    fn fd() -> Vec<OwnedFd> {
+        vec![OwnedFd::from(tempfile::tempfile().unwrap())]
     }
 
     #[test]

@@ -97,8 +97,12 @@ pub fn spawn(state: Arc<State>) -> std::io::Result<std::thread::JoinHandle<()>> 
                             && fills.load(Ordering::Relaxed) == 0
                             && !state.serving()
                     };
-                    match state.backing.prepare(size as usize, idle) {
-                        Ok((fd, len)) => state.with_store(|s| s.pool_add(fd, len as u64)),
+                    match state.backing.prepare_parts(size as usize, idle) {
+                        Ok(parts) => {
+                            let len = parts.iter().map(|(_, len)| *len as u64).sum();
+                            let files = parts.into_iter().map(|(fd, _)| fd).collect();
+                            state.with_store(|s| s.pool_add(files, len));
+                        }
                         Err(e) => {
                             log::warn!(error:% = e; "cannot prepare a segment ahead of demand");
                             break;

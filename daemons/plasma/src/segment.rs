@@ -1,9 +1,10 @@
 //! An object's own segment as the store holds it (see [`crate::memory`]): written by one
 //! party before its seal, sealed against writes for good at the seal, read by everyone
-//! through a read-only descriptor after it. The store keeps one descriptor per segment
+//! through read-only descriptors after it. A large one is made of several files end to
+//! end (see [`rayd_plasma_client::parts`]). The store keeps one descriptor per file
 //! (read-write until the seal, read-only after it), and hands out duplicates.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::memory::{self, Mapping, MemoryError};
@@ -12,9 +13,11 @@ use crate::memory::{self, Mapping, MemoryError};
 #[derive(Debug)]
 pub struct Segment {
     id: u64,
-    /// Read-write until the seal (for the creator and the store's own writes), read-only
-    /// after it (for readers).
-    fd: Mutex<OwnedFd>,
+    /// Its files, end to end: read-write until the seal (for the creator and the store's
+    /// own writes), read-only after it (for readers).
+    fds: Mutex<Vec<OwnedFd>>,
+    /// Their lengths, in the same order.
+    parts: Vec<u64>,
     size: u64,
     /// Whether its pages were allocated when it was made (see [`Self::prepared`]).
     prepared: bool,
@@ -23,13 +26,15 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Wraps a segment of `size` bytes under protocol ID `id`, its pages allocated
-    /// already when `prepared`.
-    pub fn new(id: u64, fd: OwnedFd, size: u64, prepared: bool) -> Self {
+    /// Wraps a segment made of `parts` (files and their lengths, end to end) under
+    /// protocol ID `id`, its pages allocated already when `prepared`.
+    pub fn new(id: u64, parts: Vec<(OwnedFd, u64)>, prepared: bool) -> Self {
+        let (fds, parts): (Vec<OwnedFd>, Vec<u64>) = parts.into_iter().unzip();
         Self {
             id,
-            fd: Mutex::new(fd),
-            size,
+            fds: Mutex::new(fds),
+            size: parts.iter().sum(),
+            parts,
             prepared,
             map: OnceLock::new(),
         }
@@ -51,27 +56,43 @@ impl Segment {
         self.size
     }
 
-    fn fd(&self) -> MutexGuard<'_, OwnedFd> {
-        self.fd.lock().unwrap_or_else(|e| e.into_inner())
+    /// The lengths of its files, end to end.
+    pub fn parts(&self) -> &[u64] {
+        &self.parts
     }
 
-    /// A duplicate of its descriptor: read-write before the seal (for the creator and
+    fn fds(&self) -> MutexGuard<'_, Vec<OwnedFd>> {
+        self.fds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Duplicates of its descriptors: read-write before the seal (for the creator and
     /// the store's own writes), read-only after it.
-    pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
-        self.fd().try_clone()
+    pub fn dup_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.fds().iter().map(OwnedFd::try_clone).collect()
     }
 
-    /// Lends its descriptor to `f` (read-write before the seal, read-only after it).
-    pub fn with_fd<R>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> R) -> R {
-        f(self.fd().as_fd())
+    /// Lends its files, each with its length, to `f` (read-write before the seal,
+    /// read-only after it).
+    pub fn with_parts<R>(&self, f: impl FnOnce(&[(BorrowedFd<'_>, u64)]) -> R) -> R {
+        let fds = self.fds();
+        let parts: Vec<_> = fds
+            .iter()
+            .map(AsFd::as_fd)
+            .zip(self.parts.iter().copied())
+            .collect();
+        f(&parts)
     }
 
     /// Seals it against writes for good (refused while a writable mapping of it exists)
-    /// and keeps a read-only descriptor in place of the read-write one.
+    /// and keeps read-only descriptors in place of the read-write ones.
     pub fn seal(&self) -> Result<(), MemoryError> {
-        let mut fd = self.fd();
-        memory::seal_against_writes(fd.as_fd())?;
-        *fd = memory::reopen_read_only(fd.as_fd())?;
+        let mut fds = self.fds();
+        for fd in fds.iter() {
+            memory::seal_against_writes(fd.as_fd())?;
+        }
+        for fd in fds.iter_mut() {
+            *fd = memory::reopen_read_only(fd.as_fd())?;
+        }
         Ok(())
     }
 
@@ -80,16 +101,22 @@ impl Segment {
         if let Some(map) = self.map.get() {
             return Ok(map.clone());
         }
-        let map = Arc::new(Mapping::new(self.fd().as_fd(), self.len(), false, false)?);
+        let map = Arc::new(self.map_parts(false, false)?);
         Ok(self.map.get_or_init(|| map).clone())
     }
 
     /// A writable mapping for the store's own writes before the seal (dropped before it).
     pub fn write_map(&self) -> Result<Mapping, MemoryError> {
-        Ok(Mapping::new(self.fd().as_fd(), self.len(), true, true)?)
+        self.map_parts(true, true)
     }
 
-    fn len(&self) -> usize {
-        usize::try_from(self.size).unwrap_or(usize::MAX)
+    fn map_parts(&self, writable: bool, populate: bool) -> Result<Mapping, MemoryError> {
+        self.with_parts(|parts| {
+            let parts: Vec<_> = parts
+                .iter()
+                .map(|(fd, len)| (*fd, usize::try_from(*len).unwrap_or(usize::MAX)))
+                .collect();
+            Ok(Mapping::of_parts(&parts, writable, populate)?)
+        })
     }
 }

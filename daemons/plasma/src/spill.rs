@@ -129,11 +129,18 @@ impl Spill {
         })
     }
 
-    /// Writes the first `len` bytes of the file `from` (an object's own segment) to the
-    /// end of the file, without mapping them: a fresh mapping costs a page fault per page.
-    pub fn write_from(&mut self, from: BorrowedFd<'_>, len: u64) -> Result<Slot, SpillError> {
+    /// Writes the first `len` bytes of an object's own segment, made of the files `from`
+    /// end to end (each with its length), to the end of the file, without mapping them:
+    /// a fresh mapping costs a page fault per page.
+    pub fn write_from(
+        &mut self,
+        from: &[(BorrowedFd<'_>, u64)],
+        len: u64,
+    ) -> Result<Slot, SpillError> {
         self.append(len, |file, offset| {
-            copy_range(from, 0, file.as_fd(), offset, len)
+            for_each_piece(from, len, |part, at, within, n| {
+                copy_range(part, at, file.as_fd(), offset + within, n)
+            })
         })
     }
 
@@ -179,12 +186,19 @@ impl Spill {
 
     /// Reads the object in `slot` into the file `into` (an object's own segment, not yet
     /// sealed) from its start, without mapping it.
-    pub fn read_to(&mut self, slot: Slot, into: BorrowedFd<'_>) -> Result<(), SpillError> {
+    pub fn read_to(
+        &mut self,
+        slot: Slot,
+        into: &[(BorrowedFd<'_>, u64)],
+    ) -> Result<(), SpillError> {
         let file = self
             .file
             .as_ref()
             .ok_or_else(|| self.io_error(io::Error::other("no spill file")))?;
-        copy_range(file.as_fd(), slot.offset, into, 0, slot.len).map_err(|e| self.io_error(e))?;
+        for_each_piece(into, slot.len, |part, at, within, n| {
+            copy_range(file.as_fd(), slot.offset + within, part, at, n)
+        })
+        .map_err(|e| self.io_error(e))?;
         self.stats.restored_bytes += slot.len;
         Ok(())
     }
@@ -233,6 +247,21 @@ impl Spill {
 
 /// Copies `len` bytes from `from` at `from_offset` to `to` at `to_offset`: in the kernel
 /// (`copy_file_range`) where it can, else through one reused buffer.
+/// Calls `f` for each file of a segment made of `parts` (end to end) that holds some of
+/// its first `len` bytes: the file, the offset in it, the offset in the object, and how
+/// many bytes.
+fn for_each_piece(
+    parts: &[(BorrowedFd<'_>, u64)],
+    len: u64,
+    mut f: impl FnMut(BorrowedFd<'_>, u64, u64, u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let sizes: Vec<u64> = parts.iter().map(|(_, size)| *size).collect();
+    for (index, at, bytes) in rayd_plasma_client::parts::pieces(&sizes, 0, len) {
+        f(parts[index].0, at, bytes.start as u64, bytes.len() as u64)?;
+    }
+    Ok(())
+}
+
 fn copy_range(
     from: BorrowedFd<'_>,
     from_offset: u64,
@@ -336,22 +365,37 @@ mod tests {
         // More than one buffer's worth, and not a multiple of it.
         let len = COPY_BUFFER as u64 * 2 + 12_345;
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let (segment, _) = crate::memory::Backing::Memfd
-            .create(len as usize, true)
-            .unwrap();
-        nix::sys::uio::pwrite(segment.as_fd(), &bytes, 0).unwrap();
-        let slot = spill.write_from(segment.as_fd(), len).unwrap();
+        // A segment of two files, the first a whole number of pages.
+        let sizes = rayd_plasma_client::parts::split(len, 2);
+        assert_eq!(sizes.len(), 2);
+        let files = || {
+            sizes
+                .iter()
+                .map(|&size| {
+                    let (fd, _) = crate::memory::Backing::Memfd
+                        .create(size as usize, true)
+                        .unwrap();
+                    (fd, size)
+                })
+                .collect::<Vec<_>>()
+        };
+        fn lent(files: &[(std::os::fd::OwnedFd, u64)]) -> Vec<(BorrowedFd<'_>, u64)> {
+            files.iter().map(|(fd, size)| (fd.as_fd(), *size)).collect()
+        }
+        let segment = files();
+        nix::sys::uio::pwrite(segment[0].0.as_fd(), &bytes[..sizes[0] as usize], 0).unwrap();
+        nix::sys::uio::pwrite(segment[1].0.as_fd(), &bytes[sizes[0] as usize..], 0).unwrap();
+        let slot = spill.write_from(&lent(&segment), len).unwrap();
         assert_eq!(slot.len, len);
         assert_eq!(slot.offset, SLOT_ALIGN);
         let mut back = vec![0u8; len as usize];
         spill.read(slot, &mut back).unwrap();
         assert!(back == bytes, "written as it was");
-        let (restored, _) = crate::memory::Backing::Memfd
-            .create(len as usize, true)
-            .unwrap();
-        spill.read_to(slot, restored.as_fd()).unwrap();
+        let restored = files();
+        spill.read_to(slot, &lent(&restored)).unwrap();
         let mut back = vec![0u8; len as usize];
-        nix::sys::uio::pread(restored.as_fd(), &mut back, 0).unwrap();
+        nix::sys::uio::pread(restored[0].0.as_fd(), &mut back[..sizes[0] as usize], 0).unwrap();
+        nix::sys::uio::pread(restored[1].0.as_fd(), &mut back[sizes[0] as usize..], 0).unwrap();
         assert!(back == bytes, "read back as it was");
         assert_eq!(spill.stats().restored_bytes, 2 * len);
     }

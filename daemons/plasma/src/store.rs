@@ -649,7 +649,7 @@ impl Store {
             // Copied file to file: a mapping of a segment would be new, a fault per page.
             Memory::Segment(segment) => {
                 let spill = &mut self.spill;
-                segment.with_fd(|fd| spill.write_from(fd, total))?
+                segment.with_parts(|parts| spill.write_from(parts, total))?
             }
             Memory::Arena(_) => {
                 let (map, offset) = self.mapped(id, &memory, total)?;
@@ -704,7 +704,7 @@ impl Store {
             // Read file to file, then sealed: no mapping to build.
             Memory::Segment(segment) => {
                 let spill = &mut self.spill;
-                match segment.with_fd(|fd| spill.read_to(slot, fd)) {
+                match segment.with_parts(|parts| spill.read_to(slot, parts)) {
                     Ok(()) => segment
                         .seal()
                         .map(Ok)
@@ -929,19 +929,19 @@ impl Store {
                 let taken = self.pool.take(rounded);
                 self.shed_pool(rounded);
                 let prepared = reserve || taken.is_some();
-                let (fd, len) = match taken {
-                    Some((fd, _)) => {
-                        let len = self.backing.fix_size(fd.as_fd(), size as usize)?;
-                        (fd, len)
-                    }
-                    None => self.backing.create(size as usize, reserve)?,
+                let parts = match taken {
+                    Some((files, _)) => self.backing.fix_parts(files, size as usize)?,
+                    None => self.backing.create_parts(size as usize, reserve)?,
                 };
+                let parts: Vec<(OwnedFd, u64)> = parts
+                    .into_iter()
+                    .map(|(fd, len)| (fd, len as u64))
+                    .collect();
                 let id = self.next_segment;
                 self.next_segment += 1;
-                self.segment_bytes += len as u64;
-                Ok(Some(Memory::Segment(Arc::new(Segment::new(
-                    id, fd, len as u64, prepared,
-                )))))
+                let segment = Segment::new(id, parts, prepared);
+                self.segment_bytes += segment.size();
+                Ok(Some(Memory::Segment(Arc::new(segment))))
             }
         }
     }
@@ -1141,9 +1141,9 @@ impl Store {
 
     /// Whether an object is being filled in a segment of its own, by a client or a pull.
     /// The pool starts no segment meanwhile: preparing memory would take a core and
-    /// memory bandwidth from the fill, which uses both (see `rayd_plasma_client`'s
-    /// `fill`); a create that finds no segment ready has its creator allocate the pages
-    /// at once, which costs no more.
+    /// memory bandwidth from the fill, which uses both (a thread per file, see
+    /// `rayd_plasma_client::parts`); a create that finds no segment ready has its
+    /// creator's writes allocate the pages.
     pub fn filling(&self) -> bool {
         self.filling.load(Ordering::Relaxed) > 0
     }
@@ -1177,9 +1177,9 @@ impl Store {
     }
 
     /// Adds a prepared segment to the pool, unless the budget lost the room meanwhile.
-    pub fn pool_add(&mut self, fd: OwnedFd, size: u64) {
+    pub fn pool_add(&mut self, files: Vec<OwnedFd>, size: u64) {
         if self.objects_bytes() + self.pool.bytes() + size <= self.layout.capacity {
-            self.pool.add(fd, size);
+            self.pool.add(files, size);
         }
     }
 
@@ -1661,10 +1661,19 @@ mod tests {
 
     /// Pages allocated to a segment.
     fn allocated(segment: &Segment) -> i64 {
-        nix::sys::stat::fstat(segment.dup_fd().unwrap())
+        segment
+            .dup_fds()
             .unwrap()
-            .st_blocks
-            * 512
+            .into_iter()
+            .map(|fd| nix::sys::stat::fstat(fd).unwrap().st_blocks * 512)
+            .sum()
+    }
+
+    /// Has the pool prepare a segment of `size` bytes, as its thread does.
+    fn prepare(store: &mut Store, size: u64) {
+        let parts = store.backing.prepare_parts(size as usize, || true).unwrap();
+        let len = parts.iter().map(|(_, len)| *len as u64).sum();
+        store.pool_add(parts.into_iter().map(|(fd, _)| fd).collect(), len);
     }
 
     #[test]
@@ -1697,8 +1706,7 @@ mod tests {
         // The pool prepares the sizes pulled lately, and the next such pull takes one.
         let mut sizes = Vec::new();
         while let Some(size) = store.pool_wanted() {
-            let (fd, len) = store.backing.prepare(size as usize, || true).unwrap();
-            store.pool_add(fd, len as u64);
+            prepare(&mut store, size);
             sizes.push(size);
         }
         assert!(sizes.iter().any(|&size| size >= 16 * MIB), "{sizes:?}");
@@ -1737,7 +1745,7 @@ mod tests {
             segment.write_map().is_err(),
             "no writable mapping after the seal"
         );
-        let reader = segment.dup_fd().unwrap();
+        let [reader] = <[_; 1]>::try_from(segment.dup_fds().unwrap()).unwrap();
         assert!(Mapping::new(reader.as_fd(), MIB as usize, true, false).is_err());
         let reopened = nix::fcntl::open(
             format!("/proc/self/fd/{}", reader.as_raw_fd()).as_str(),
@@ -1775,8 +1783,7 @@ mod tests {
         put(&mut store, c, 1, 10 * MIB);
         let size = store.pool_wanted().expect("the size asked for lately");
         assert!(size >= 10 * MIB);
-        let (fd, len) = store.backing.prepare(size as usize, || true).unwrap();
-        store.pool_add(fd, len as u64);
+        prepare(&mut store, size);
         assert_eq!(store.pool_wanted(), None);
         let view = store.create(c, id(2), 10 * MIB, 0).unwrap();
         let Memory::Segment(segment) = &view.memory else {
@@ -1791,7 +1798,7 @@ mod tests {
             .backing
             .create_resizable(20 * MIB as usize, true)
             .unwrap();
-        store.pool_add(fd, len as u64);
+        store.pool_add(vec![fd], len as u64);
         assert_eq!(store.pool.bytes(), 20 * MIB);
         store.create(c, id(3), 40 * MIB, 0).unwrap();
         assert_eq!(store.pool.bytes(), 0, "shed for the object");

@@ -14,7 +14,6 @@
 mod serve;
 pub mod wire;
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,8 +145,15 @@ impl Destination {
             }
             Memory::Segment(segment) => {
                 let (queue, writer) = segment
-                    .dup_fd()
-                    .and_then(|fd| SegmentWriter::start(fd, pin.clone()))
+                    .dup_fds()
+                    .and_then(|fds| {
+                        let files = fds
+                            .into_iter()
+                            .map(std::fs::File::from)
+                            .zip(segment.parts().iter().copied())
+                            .collect();
+                        SegmentWriter::start(files, pin.clone())
+                    })
                     .map_err(|error| TransferError::Write { id, error })?;
                 (Self::Own(queue), 0, Some(writer))
             }
@@ -171,22 +177,27 @@ impl Destination {
     }
 }
 
-/// The thread that writes a pull's pieces into a large object's segment, in the
-/// order they arrive. Written with `pwrite`, not through a mapping: building the page
-/// tables of a fresh 500 MB range took longer than the copy, and the writes allocate
-/// its pages as they go where the pool had none ready (see
-/// [`crate::store::Store::create_pulled`]). One writer, not
-/// one per stream: writers of one file take turns at its lock (spinning for it), and a
-/// runtime worker blocked in a write reads no socket. A thread of its own, not one of
-/// the runtime's blocking pool, which a busy node can have in use to the last thread.
-struct SegmentWriter(tokio::sync::oneshot::Receiver<std::io::Result<()>>);
+/// The threads that write a pull's pieces into a large object's segment, one per file
+/// of it (see `rayd_plasma_client::parts`: writes to one file take turns at its lock,
+/// writes to two run at once), each writing its file's pieces in the order they arrive.
+/// Written with `pwrite`, not through a mapping: building the page tables of a fresh
+/// 500 MB range took longer than the copy, and the writes allocate its pages as they go
+/// where the pool had none ready (see [`crate::store::Store::create_pulled`]). Not one
+/// per stream: writers of one file spin for its lock, and a runtime worker blocked in a
+/// write reads no socket. Threads of their own, not the runtime's blocking pool, which a
+/// busy node can have in use to the last thread.
+struct SegmentWriter(Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>);
+
+/// Bytes for one file of a segment, where they go in it, and the room they take.
+type QueuedPiece = (Bytes, u64, tokio::sync::OwnedSemaphorePermit);
 
 /// The queue to a [`SegmentWriter`], bounded by bytes: HTTP/2 returns flow-control credit
 /// as soon as a frame is read, so without this bound a fast source could queue any
 /// amount of memory here.
 #[derive(Clone)]
 struct WriterQueue {
-    tx: mpsc::UnboundedSender<(Bytes, u64, tokio::sync::OwnedSemaphorePermit)>,
+    /// One per file, with the file's length.
+    txs: Vec<(u64, mpsc::UnboundedSender<QueuedPiece>)>,
     room: Arc<tokio::sync::Semaphore>,
 }
 
@@ -196,59 +207,80 @@ impl WriterQueue {
     /// What a piece counts for at least, so that tiny frames cannot queue without bound.
     const MIN_PIECE: u32 = 4 << 10;
 
-    /// Queues `bytes` for `offset`, once there is room.
+    /// Queues `bytes` for `offset` of the segment, once there is room: each part of
+    /// them to the writer of the file it falls in.
     async fn push(&self, bytes: Bytes, offset: u64) -> std::io::Result<()> {
         let stopped = || std::io::Error::other("the segment's writer stopped (see its error)");
-        let weight = u32::try_from(bytes.len())
-            .unwrap_or(u32::MAX)
-            .clamp(Self::MIN_PIECE, Self::BYTES);
-        let permit = self
-            .room
-            .clone()
-            .acquire_many_owned(weight)
-            .await
-            .map_err(|_| stopped())?;
-        self.tx.send((bytes, offset, permit)).map_err(|_| stopped())
+        let sizes: Vec<u64> = self.txs.iter().map(|(len, _)| *len).collect();
+        for (index, at, range) in
+            rayd_plasma_client::parts::pieces(&sizes, offset, bytes.len() as u64)
+        {
+            let weight = u32::try_from(range.len())
+                .unwrap_or(u32::MAX)
+                .clamp(Self::MIN_PIECE, Self::BYTES);
+            let permit = self
+                .room
+                .clone()
+                .acquire_many_owned(weight)
+                .await
+                .map_err(|_| stopped())?;
+            self.txs[index]
+                .1
+                .send((bytes.slice(range), at, permit))
+                .map_err(|_| stopped())?;
+        }
+        Ok(())
     }
 }
 
 impl SegmentWriter {
-    /// Starts the thread; it stops once every queue handle is gone (or a write fails),
-    /// and it keeps the object pinned until then.
+    /// Starts the threads, one per file (with its length); they stop once every queue
+    /// handle is gone (or a write fails), and they keep the object pinned until then.
     fn start(
-        segment: std::os::fd::OwnedFd,
+        files: Vec<(std::fs::File, u64)>,
         pin: Arc<TransferPin>,
     ) -> Result<(WriterQueue, Self), std::io::Error> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, u64, _)>();
         let room = Arc::new(tokio::sync::Semaphore::new(WriterQueue::BYTES as usize));
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let room_left = room.clone();
-        let file = std::fs::File::from(segment);
-        std::thread::Builder::new()
-            .name("rayd-pull-write".into())
-            .spawn(move || {
-                let mut written = Ok(());
-                while let Some((bytes, offset, _permit)) = rx.blocking_recv() {
-                    written = file.write_all_at(&bytes, offset);
-                    if written.is_err() {
-                        break;
+        let mut txs = Vec::with_capacity(files.len());
+        let mut done = Vec::with_capacity(files.len());
+        for (file, len) in files {
+            let (tx, mut rx) = mpsc::unbounded_channel::<QueuedPiece>();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let room_left = room.clone();
+            let pin = pin.clone();
+            std::thread::Builder::new()
+                .name("rayd-pull-write".into())
+                .spawn(move || {
+                    let mut written = Ok(());
+                    while let Some((bytes, offset, _permit)) = rx.blocking_recv() {
+                        written = std::os::unix::fs::FileExt::write_all_at(&file, &bytes, offset);
+                        if written.is_err() {
+                            break;
+                        }
                     }
-                }
-                // Senders waiting for room see the writer gone.
-                room_left.close();
-                // Unpinned before the pull hears that the writes are over: a failed
-                // pull's object is gone by the time it reports.
-                drop(pin);
-                let _ = done_tx.send(written);
-            })?;
-        Ok((WriterQueue { tx, room }, Self(done)))
+                    // Senders waiting for room see the writer gone.
+                    room_left.close();
+                    // Unpinned before the pull hears that the writes are over: a failed
+                    // pull's object is gone by the time it reports.
+                    drop(pin);
+                    let _ = done_tx.send(written);
+                })?;
+            txs.push((len, tx));
+            done.push(done_rx);
+        }
+        Ok((WriterQueue { txs, room }, Self(done)))
     }
 
     /// Waits until every queued piece is written (the queue handles must be gone).
     async fn finish(self) -> std::io::Result<()> {
-        self.0
-            .await
-            .unwrap_or_else(|_| Err(std::io::Error::other("the segment's writer died")))
+        let mut result = Ok(());
+        for done in self.0 {
+            let written = done
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("the segment's writer died")));
+            result = result.and(written);
+        }
+        result
     }
 }
 
@@ -838,8 +870,9 @@ mod tests {
         let Memory::Segment(segment) = &view.memory else {
             panic!("not in a segment of its own")
         };
-        let fd = segment.dup_fd().unwrap();
-        assert!(memory::seal_against_writes(std::os::fd::AsFd::as_fd(&fd)).unwrap());
+        for fd in segment.dup_fds().unwrap() {
+            assert!(memory::seal_against_writes(std::os::fd::AsFd::as_fd(&fd)).unwrap());
+        }
         let mut frames = chunk_frames(&bytes, MIB as usize);
         frames.push(trailers("0", None, None));
         let result = target.receive(stream(frames), 0, end).await;
