@@ -433,6 +433,7 @@ impl Io {
 impl PlasmaClient {
     /// Connects to the store at `socket`; `name` identifies this client in its log.
     pub fn connect(socket: impl AsRef<Path>, name: &str) -> Result<Self, ClientError> {
+        crate::raise_descriptor_limit();
         let path = socket.as_ref();
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.display().to_string(),
@@ -1098,8 +1099,7 @@ fn files_of(segment: &pb::Segment, fds: &mut impl Iterator<Item = OwnedFd>) -> V
         .take(sizes.len())
         .zip(sizes.iter().copied())
         .collect();
-    if files.len() < sizes.len() || (sizes.len() > 1 && !crate::parts::valid(&sizes, segment.size))
-    {
+    if files.len() < sizes.len() || !crate::parts::valid(&sizes, segment.size) {
         return Vec::new();
     }
     files

@@ -41,6 +41,30 @@ use rayd_common::id::ObjectId;
 use rayd_common::proto::plasma::v1 as pb;
 
 pub use blocking::PlasmaClient;
+
+/// Raises this process's soft limit on open descriptors to the hard one (once): every
+/// object in a segment of its own holds one descriptor per file of it, in the store and
+/// in each client that holds it.
+pub fn raise_descriptor_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+                && limit.rlim_cur < limit.rlim_max
+            {
+                limit.rlim_cur = limit.rlim_max;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    log::warn!(limit = limit.rlim_max; "cannot raise the limit on open descriptors");
+                }
+            }
+        }
+    });
+}
 pub use nonblocking::AsyncPlasmaClient;
 pub use pb::StoreStats;
 pub use subscription::{Event, EventKind, Subscription};
@@ -285,7 +309,9 @@ impl ObjectBuilder {
                             .iter()
                             .try_for_each(|(file, part)| mapping::allocate(file, *part))
                     };
-                    *prepared = true;
+                    if allocated.is_ok() {
+                        *prepared = true;
+                    }
                     let mapped = allocated
                         .map_err(|source| mapping::MapError { size, source })
                         .and_then(|()| {

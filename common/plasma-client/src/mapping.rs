@@ -97,21 +97,35 @@ impl Mapping {
         if let [(fd, len)] = parts {
             return Self::new(*fd, *len, writable, populate);
         }
-        let len: usize = parts.iter().map(|(_, len)| len).sum();
-        let invalid = MapError {
-            size: len,
+        let total = parts
+            .iter()
+            .try_fold(0usize, |sum, (_, len)| sum.checked_add(*len));
+        let page = page_size();
+        let invalid = |size| MapError {
+            size,
             source: nix::Error::EINVAL,
         };
-        let page = page_size();
-        let Some(size) = NonZeroUsize::new(len) else {
-            return Err(invalid);
+        // Aligned for huge pages where the range is large enough to hold one (see
+        // `parts::HUGE_ALIGN`): the range reserved has room to be moved up to a boundary.
+        let len = total.ok_or(invalid(usize::MAX))?;
+        let align = if len >= crate::parts::HUGE_ALIGN as usize {
+            (crate::parts::HUGE_ALIGN as usize).max(page)
+        } else {
+            page
+        };
+        let Some(size) = len
+            .checked_add(align)
+            .and_then(|reserved| NonZeroUsize::new(reserved - page))
+            .filter(|_| len > 0)
+        else {
+            return Err(invalid(len));
         };
         if parts.is_empty()
             || parts[..parts.len() - 1]
                 .iter()
                 .any(|(_, len)| *len == 0 || len % page != 0)
         {
-            return Err(invalid);
+            return Err(invalid(len));
         }
         // The range is reserved first (no access, no memory), then each part replaces its
         // share of it: nothing else can be mapped in between.
@@ -125,8 +139,20 @@ impl Mapping {
             )
         }
         .map_err(|source| MapError { size: len, source })?;
+        // The reservation's slack before the aligned start and past the range's last page
+        // goes back at once.
+        let start = (base.as_ptr() as usize).next_multiple_of(align);
+        let end = start + len.next_multiple_of(page);
+        let reserved_end = base.as_ptr() as usize + size.get().next_multiple_of(page);
+        for (from, to) in [(base.as_ptr() as usize, start), (end, reserved_end)] {
+            if let (Some(at), true) = (NonNull::new(from as *mut libc::c_void), to > from) {
+                // SAFETY: the slack lies inside the reservation just made, which nothing
+                // else refers to.
+                let _ = unsafe { munmap(at, to - from) };
+            }
+        }
         let mapping = Self {
-            ptr: base.cast(),
+            ptr: NonNull::new(start as *mut u8).ok_or(invalid(len))?,
             len,
             writable,
         };
@@ -142,7 +168,7 @@ impl Mapping {
         let mut at = 0;
         for (fd, part_len) in parts {
             let Some(part_size) = NonZeroUsize::new(*part_len) else {
-                return Err(invalid);
+                return Err(invalid(len));
             };
             let address = NonZeroUsize::new(mapping.ptr.as_ptr() as usize + at);
             // SAFETY: the target lies inside the range reserved above, which this value

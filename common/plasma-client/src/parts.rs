@@ -19,6 +19,11 @@ use crate::mapping::page_size;
 /// thread costs more than it saves).
 pub const SPLIT_MIN: u64 = 8 << 20;
 
+/// The inner parts of a large segment end on multiples of this, and readers map the
+/// parts into a range that starts on one: where the host has shmem huge pages on, each
+/// part's huge pages then line up with the range's, as in a mapping of one file.
+pub const HUGE_ALIGN: u64 = 2 << 20;
+
 /// Whether this machine has a second CPU to write a second part (asked once).
 pub fn has_spare_cpu() -> bool {
     static SPARE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -35,11 +40,17 @@ pub fn count_for(size: u64) -> usize {
 }
 
 /// The sizes of `count` parts that hold `size` bytes end to end: as even as whole pages
-/// allow, every part but the last a whole number of pages.
+/// (whole [`HUGE_ALIGN`] units, from [`SPLIT_MIN`] on) allow, every part but the last a
+/// whole number of them.
 pub fn split(size: u64, count: usize) -> Vec<u64> {
     let page = page_size() as u64;
+    let unit = if size >= SPLIT_MIN {
+        HUGE_ALIGN.max(page)
+    } else {
+        page
+    };
     let count = count.max(1) as u64;
-    let share = size.div_ceil(count).next_multiple_of(page);
+    let share = size.div_ceil(count).next_multiple_of(unit);
     let mut sizes = Vec::with_capacity(count as usize);
     let mut left = size;
     for _ in 1..count {
@@ -231,6 +242,13 @@ mod tests {
             }
         }
         assert_eq!(split(100 << 20, 2), vec![50 << 20, 50 << 20]);
+        let sizes = split(100_000_000, 2);
+        assert_eq!(
+            sizes[0] % HUGE_ALIGN,
+            0,
+            "large parts end on huge-page boundaries"
+        );
+        assert!(valid(&sizes, 100_000_000));
         assert_eq!(split(page + 1, 2), vec![page, 1]);
         assert!(
             !valid(&[page + 1, page], 2 * page + 1),
@@ -256,7 +274,7 @@ mod tests {
     #[test]
     fn a_write_across_parts_lands_in_each_file_where_the_mapping_shows_it() {
         let page = page_size() as u64;
-        let sizes = split(2 * SPLIT_MIN + 3 * page + 5, 2);
+        let sizes = split(3 * SPLIT_MIN + 3 * page + 5, 2);
         let files: Vec<File> = sizes
             .iter()
             .map(|&size| {
@@ -275,6 +293,11 @@ mod tests {
             .map(|(f, &s)| (std::os::fd::AsFd::as_fd(f), s as usize))
             .collect();
         let mapping = crate::mapping::Mapping::of_parts(&fds, false, false).unwrap();
+        assert_eq!(
+            mapping.as_ptr() as u64 % HUGE_ALIGN,
+            0,
+            "on a huge-page boundary"
+        );
         // SAFETY: nothing writes the files any more.
         let seen = unsafe { mapping.slice(7, total - 7) }.unwrap();
         assert!(seen == &bytes[..], "the mapping shows the bytes written");

@@ -586,7 +586,7 @@ impl Connection {
                     (*id, *size)
                 }
             };
-            // One file: no parts listed (what clients before parts expect).
+            // Parts are listed only for a segment of several files.
             let parts = match segment {
                 SegmentToSend::Own { parts, .. } if parts.len() > 1 => parts.clone(),
                 _ => Vec::new(),

@@ -155,25 +155,6 @@ pub fn node_id(config: &RaydConfig) -> Result<NodeId, PlasmaError> {
     }
 }
 
-/// Raises the soft limit on open descriptors to the hard one: every object in a segment
-/// of its own holds one descriptor here.
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct given, nothing else.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                log::warn!(limit = limit.rlim_max; "cannot raise the limit on open descriptors");
-            }
-        }
-    }
-}
-
 /// Keeps freed heap memory in the process instead of handing it back to the system at
 /// once. A transfer allocates and frees a buffer per chunk (HTTP/2 frames, gRPC
 /// messages); with glibc's defaults the heap top was trimmed and faulted back in (pages
@@ -198,7 +179,7 @@ pub fn tune_allocator() {
 /// Runs the store until `shutdown`: the client socket, the object manager, the GCS
 /// reporter and the periodic figures in the log.
 pub async fn run(config: RaydConfig, shutdown: Shutdown) -> Result<(), PlasmaError> {
-    raise_descriptor_limit();
+    rayd_plasma_client::raise_descriptor_limit();
     let node = node_id(&config)?;
     let capacity = capacity(&config)?;
     let backing = match &config.plasma_directory {

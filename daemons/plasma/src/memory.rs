@@ -22,8 +22,8 @@
 //!   (`pwrite`, a thread per file, or through a writable mapping unmapped before the
 //!   seal); the seal then adds
 //!   `F_SEAL_WRITE` ([`seal_against_writes`]), which the kernel refuses while a
-//!   writable mapping exists, so from then on nobody can write it. Readers get a
-//!   read-only descriptor ([`reopen_read_only`]).
+//!   writable mapping exists, so from then on nobody can write it. Readers get
+//!   read-only descriptors ([`reopen_read_only`]).
 //! - Pages are allocated (`fallocate`) before anyone maps them, never on first touch
 //!   through a mapping: the arena's in granules of [`ARENA_RESERVE_GRANULE`], ahead of
 //!   demand by a background thread ([`crate::prefault`]) or at the latest when an object

@@ -90,9 +90,13 @@ impl Segment {
         for fd in fds.iter() {
             memory::seal_against_writes(fd.as_fd())?;
         }
-        for fd in fds.iter_mut() {
-            *fd = memory::reopen_read_only(fd.as_fd())?;
-        }
+        // All swapped or none: a seal tried again needs the writable descriptors (adding
+        // a seal through a read-only one is refused).
+        let read_only = fds
+            .iter()
+            .map(|fd| memory::reopen_read_only(fd.as_fd()))
+            .collect::<Result<Vec<_>, _>>()?;
+        *fds = read_only;
         Ok(())
     }
 

@@ -245,8 +245,6 @@ impl Spill {
     }
 }
 
-/// Copies `len` bytes from `from` at `from_offset` to `to` at `to_offset`: in the kernel
-/// (`copy_file_range`) where it can, else through one reused buffer.
 /// Calls `f` for each file of a segment made of `parts` (end to end) that holds some of
 /// its first `len` bytes: the file, the offset in it, the offset in the object, and how
 /// many bytes.
@@ -256,12 +254,20 @@ fn for_each_piece(
     mut f: impl FnMut(BorrowedFd<'_>, u64, u64, u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let sizes: Vec<u64> = parts.iter().map(|(_, size)| *size).collect();
+    let size: u64 = sizes.iter().sum();
+    if size < len {
+        return Err(io::Error::other(format!(
+            "{len} bytes do not fit a segment of {size} bytes"
+        )));
+    }
     for (index, at, bytes) in rayd_plasma_client::parts::pieces(&sizes, 0, len) {
         f(parts[index].0, at, bytes.start as u64, bytes.len() as u64)?;
     }
     Ok(())
 }
 
+/// Copies `len` bytes from `from` at `from_offset` to `to` at `to_offset`: in the kernel
+/// (`copy_file_range`) where it can, else through one reused buffer.
 fn copy_range(
     from: BorrowedFd<'_>,
     from_offset: u64,

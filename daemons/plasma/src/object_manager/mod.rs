@@ -212,6 +212,16 @@ impl WriterQueue {
     async fn push(&self, bytes: Bytes, offset: u64) -> std::io::Result<()> {
         let stopped = || std::io::Error::other("the segment's writer stopped (see its error)");
         let sizes: Vec<u64> = self.txs.iter().map(|(len, _)| *len).collect();
+        let size: u64 = sizes.iter().sum();
+        if offset.saturating_add(bytes.len() as u64) > size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at {offset} are past the segment's {size} bytes",
+                    bytes.len()
+                ),
+            ));
+        }
         for (index, at, range) in
             rayd_plasma_client::parts::pieces(&sizes, offset, bytes.len() as u64)
         {
