@@ -130,6 +130,14 @@ impl ClientError {
     pub fn is_store_full(&self) -> bool {
         matches!(self, Self::StoreFull(_) | Self::TooLarge(_))
     }
+
+    /// Whether the connection to the store is gone (the store stopped or died).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::Protocol(protocol::ProtocolError::Closed | protocol::ProtocolError::Io(_))
+        )
+    }
 }
 
 /// Where the bytes of a sealed object this client holds are.

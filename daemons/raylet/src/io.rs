@@ -453,10 +453,18 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             }
         };
         if info.locations.contains(&own) {
-            // Here already: its seal reaches the scheduler through the store's events.
-            return PullEnd::Here;
+            // Here already (its seal reaches the scheduler through the store's events),
+            // unless the entry is behind: the store removed it (freed, or gone with a
+            // spill that failed) and the removal has not reached the GCS yet. Trusted, such
+            // an entry would end the pull with nothing here, and a `get` would wait for
+            // good.
+            let store = plasma.clone();
+            match tokio::task::spawn_blocking(move || store.contains(id)).await {
+                Ok(Ok(false)) => {}
+                _ => return PullEnd::Here,
+            }
         }
-        for node in info.locations {
+        for node in info.locations.into_iter().filter(|node| *node != own) {
             let Ok(Some(entry)) = gcs.node(node).await else {
                 continue;
             };

@@ -707,11 +707,21 @@ impl CoreWorker {
     /// Drops objects from this node's store (`ray.internal.free`); returns how many were
     /// there. An object in use stays until its last reader releases it.
     pub fn free(&self, ids: &[ObjectId]) -> Result<usize, CoreError> {
-        let report = self.plasma.delete(ids)?;
-        // The store announces the removal on its event stream, but later (a deferred one
-        // when its last pin goes): a `wait` right after must not find the object here still.
-        self.inbox.forget(&report.deleted);
-        self.inbox.forget(&report.deferred);
+        // Forgotten before the store is asked: the store announces the removal on its event
+        // stream (a deferred one when its last pin goes), and until then a seal announced
+        // is from before the free. Forgotten after the reply, the announcement could come
+        // first, and the object's next seal (its lost-object error, say) would be taken
+        // for a stale one, leaving a `get` waiting.
+        self.inbox.forget(ids);
+        let report = match self.plasma.delete(ids) {
+            Ok(report) => report,
+            Err(e) => {
+                self.inbox.unforget(ids);
+                return Err(e.into());
+            }
+        };
+        // No removal comes for what the store did not have.
+        self.inbox.unforget(&report.not_found);
         Ok(report.deleted.len() + report.deferred.len())
     }
 

@@ -198,5 +198,8 @@ def test_a_large_object_read_again_then_freed_is_gone(shared_cluster):
         assert value[-1] == 2**20 - 1 and not value.flags.writeable
         del value
     ray.internal.free([object_id])
-    wait_for(lambda: ray.wait([object_id], timeout=0) == ([], [object_id]), timeout=10,
-             what="the freed object to be gone")
+    # Not served from the kept mapping again: asked for, the object is found lost (a
+    # ray.put leaves no lineage to make it again) or, while the GCS's object table does
+    # not list the removal yet, not found at all.
+    with pytest.raises((ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError)):
+        ray.get(object_id, timeout=5)

@@ -85,6 +85,11 @@ impl Known {
         self.freed.insert(id);
     }
 
+    /// Ends [`Self::free`]'s wait for the removal of `id`, which will not be announced.
+    pub fn unfree(&mut self, id: &ObjectId) {
+        self.freed.remove(id);
+    }
+
     /// Records a seal the store's stream announced; true when a waiter wants it.
     pub fn seal_announced(&mut self, id: ObjectId) -> bool {
         if self.freed.contains(&id) {

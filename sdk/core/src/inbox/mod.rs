@@ -205,9 +205,25 @@ impl Inbox {
     /// Forgets objects this process removed from the store (`ray.internal.free`), and
     /// their seals the store's stream may still announce.
     pub fn forget(&self, ids: &[ObjectId]) {
+        // Not following the store yet: the stream, once followed, announces only seals
+        // made after it began, none of them stale (and no removal to end a wait for).
+        let following = self.shared.following.load(Ordering::Acquire);
         let mut known = self.shared.known();
         for id in ids {
-            known.free(*id);
+            if following {
+                known.free(*id);
+            } else {
+                known.delete(id);
+            }
+        }
+    }
+
+    /// Undoes [`Self::forget`] for `ids`, whose removal the store will not announce (it
+    /// did not have them, or the delete failed).
+    pub fn unforget(&self, ids: &[ObjectId]) {
+        let mut known = self.shared.known();
+        for id in ids {
+            known.unfree(id);
         }
     }
 
@@ -606,9 +622,20 @@ mod tests {
                 metadata_size: 0,
             }))
         };
+        let ready = |inbox: &Inbox| inbox.wait(&[id], 1, Some(Duration::ZERO)).expect("wait");
+        // Freed before the store's stream was followed: every seal it announces later is
+        // newer than the free (the stream starts with what happens after it began).
+        inbox.insert_sealed(id);
+        inbox.forget(&[id]);
+        assert_eq!(ready(&inbox), vec![false]);
+        assert!(inbox
+            .shared
+            .on_store_event(socket, event(EventKind::Sealed)));
+        assert_eq!(ready(&inbox), vec![true], "made again after the free");
+        // Freed while followed: a seal announced until the removal is from before.
+        inbox.shared.following.store(true, Ordering::Release);
         inbox.insert_sealed(id); // found in the store before its seal was announced
         inbox.forget(&[id]);
-        let ready = |inbox: &Inbox| inbox.wait(&[id], 1, Some(Duration::ZERO)).expect("wait");
         assert_eq!(ready(&inbox), vec![false]);
         assert!(inbox
             .shared
