@@ -241,7 +241,28 @@ async fn tables_round_trip() {
     client.put_actor(&actor).await.expect("put actor");
     assert_eq!(
         client.actor(actor.actor_id).await.expect("read"),
-        Some(actor)
+        Some(actor.clone())
+    );
+    // The placer's `pending`, landing after the `alive` of the node that runs the actor,
+    // does not take it back; on another node (a restart elsewhere) it is written.
+    let pending = ActorInfo {
+        worker: None,
+        state: "pending".into(),
+        ..actor.clone()
+    };
+    client.put_actor(&pending).await.expect("put actor");
+    assert_eq!(
+        client.actor(actor.actor_id).await.expect("read"),
+        Some(actor.clone())
+    );
+    let elsewhere = ActorInfo {
+        node: Some(NodeId::random()),
+        ..pending
+    };
+    client.put_actor(&elsewhere).await.expect("put actor");
+    assert_eq!(
+        client.actor(actor.actor_id).await.expect("read"),
+        Some(elsewhere)
     );
 
     let definition = b"pickled function".to_vec();

@@ -236,6 +236,15 @@ for i, key in ipairs(KEYS) do \
 end \
 return #KEYS";
 
+/// KEYS: the actor's entry, its events channel. ARGV: job, node, worker, updated_ms. Writes
+/// a `pending` entry unless the actor is alive on that node already.
+const PUT_PENDING_ACTOR_SCRIPT: &str = "local cur = redis.call('HMGET', KEYS[1], 'state', 'node') \
+if cur[1] == 'alive' and cur[2] == ARGV[2] then return 0 end \
+redis.call('HSET', KEYS[1], 'job', ARGV[1], 'node', ARGV[2], 'worker', ARGV[3], \
+    'state', 'pending', 'updated_ms', ARGV[4]) \
+redis.call('PUBLISH', KEYS[2], 'pending') \
+return 1";
+
 impl GcsClient {
     // ---- nodes (primary) ----
 
@@ -494,6 +503,9 @@ impl GcsClient {
 
     /// Writes an actor's entry and announces its state.
     pub async fn put_actor(&self, actor: &ActorInfo) -> Result<(), GcsError> {
+        if actor.state == "pending" {
+            return self.put_pending_actor(actor).await;
+        }
         let pipeline = self.shard_for(actor.actor_id.as_bytes()).pipeline();
         let _: () = pipeline
             .hset(
@@ -520,6 +532,29 @@ impl GcsClient {
             )
             .await?;
         let _: Value = pipeline.all().await?;
+        Ok(())
+    }
+
+    /// [`Self::put_actor`] of a `pending` entry, which the raylet that placed the actor
+    /// writes: the node running it writes `alive` separately, and the placer's write can
+    /// land later; it then does not take the actor back to `pending` on that node.
+    async fn put_pending_actor(&self, actor: &ActorInfo) -> Result<(), GcsError> {
+        let _: Value = self
+            .shard_for(actor.actor_id.as_bytes())
+            .eval(
+                PUT_PENDING_ACTOR_SCRIPT,
+                vec![
+                    keys::key(Table::Actor, &actor.actor_id),
+                    keys::events_channel(Table::Actor, &actor.actor_id),
+                ],
+                vec![
+                    actor.job_id.hex(),
+                    id_text(actor.node),
+                    id_text(actor.worker),
+                    now_ms().to_string(),
+                ],
+            )
+            .await?;
         Ok(())
     }
 

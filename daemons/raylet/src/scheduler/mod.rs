@@ -775,7 +775,7 @@ impl Scheduler {
             return;
         }
         let taken = self.ready.take_dependents(&id);
-        let needed = !taken.is_empty() || self.actors.awaits(&id);
+        let needed = !taken.is_empty() || self.actors.awaits(&id) || self.inline.has_interest(&id);
         for task in taken {
             log::info!(task:% = task.id, object:% = id; "an argument of a queued task left the store; the task waits for it again");
             let missing = self.deps.missing(&task);
@@ -1085,6 +1085,12 @@ impl Scheduler {
             if !self.deps.is_local(&id) {
                 self.inline.add_interest(id, conn);
                 self.pull_unless_made_here(id);
+            } else if driver {
+                // A driver asks for what this node's store holds as far as the scheduler
+                // heard: the store removed it (a free) and its notice is on the way. Noted,
+                // so that the removal has it asked for (and found lost) instead of leaving
+                // the driver waiting.
+                self.inline.add_interest(id, conn);
             }
         }
         if !ready.is_empty() {

@@ -324,6 +324,25 @@ fn an_argument_that_cannot_be_had_becomes_an_object_lost_error() {
     assert_eq!(out.assigned_ids(), vec![id_of(&queued)]);
 }
 
+/// A driver that frees an object and asks for it again can reach the raylet before the
+/// store's notice of the removal: the removal then has the object asked for (to be found
+/// lost), instead of leaving the driver waiting.
+#[test]
+fn a_driver_asking_for_an_object_the_store_is_removing_has_it_asked_for() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let id = ObjectId::for_put(TaskId::random_task(), 1);
+    h.step(Event::ObjectSealed(id));
+    let out = h.message(
+        driver,
+        pb::client_message::Kind::Fetch(pb::Fetch {
+            object_ids: vec![id.as_bytes().to_vec()],
+        }),
+    );
+    assert!(out.pulls.is_empty(), "here as far as the raylet heard");
+    assert_eq!(h.step(Event::ObjectDeleted(id)).pulls, vec![id]);
+}
+
 #[test]
 fn an_evicted_object_nobody_needs_is_not_pulled() {
     let mut h = Harness::new(&[("CPU", 1.0)]);
