@@ -212,11 +212,30 @@ def check_rayd_profile(system, allow_debug):
 # The rounds.
 
 
+# What the warm-up runs: the rows that write hundreds of MB into memory no process here
+# touched yet. On a VM, the first touch of guest memory is the host's page fault, and whichever
+# system ran first in round 1 paid it (rayd's first 100 MB put: 0.9-1.8 GB/s in four runs of
+# round 1, against 3-4 GB/s in rounds 2 and 3).
+WARMUP_METRICS = "memcpy_100mb,put_100mb,memcpy_1gb,put_1gb"
+
+
+def warm_up(live, args, log_dir):
+    """Runs each system's memory rows once, both systems, and drops what they measured."""
+    for system in live:
+        note(f"warm-up: {system.name}")
+        run_isolated([system.python, WORKLOAD, "--system", system.name, "--only", WARMUP_METRICS,
+                      "--metric-timeout", str(args.metric_timeout)], args.timeout,
+                     os.path.join(log_dir, f"{system.name}-warmup.log"))
+
+
 def run_rounds(systems, args, log_dir):
-    """Runs the workload ``args.rounds`` times per available system, alternating the order.
-    Returns every raw line, each tagged with its round."""
+    """Runs the workload ``args.rounds`` times per available system, alternating the order,
+    after a warm-up (``--no-warmup`` skips it). Returns every raw line, each tagged with its
+    round."""
     raw = []
     live = [s for s in systems if not s.unavailable]
+    if not args.no_warmup:
+        warm_up(live, args, log_dir)
     extra = ["--reps", str(args.reps), "--metric-timeout", str(args.metric_timeout)]
     if args.only:
         extra += ["--only", args.only]
@@ -526,6 +545,8 @@ def parse_args(argv):
     parser.add_argument("--plasma-bench", default=PLASMA_BENCH,
                         help="the plasma micro-benchmark binary (run when it exists)")
     parser.add_argument("--no-plasma", action="store_true", help="skip rayd-plasma-bench")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the discarded first run of each system's memory rows")
     parser.add_argument("--allow-debug", action="store_true",
                         help="measure rayd even when its daemons are a debug build")
     parser.add_argument("--timeout", type=int, default=900,

@@ -28,6 +28,8 @@ pub const ERROR_WORKER_DIED: &str = "WORKER_DIED";
 pub const ERROR_ACTOR_DIED: &str = "ACTOR_DIED";
 /// Error kind: the object has no copy left (`ObjectLostError`).
 pub const ERROR_OBJECT_LOST: &str = "OBJECT_LOST";
+/// Error kind: a program freed the object and no copy is left (`ObjectFreedError`).
+pub const ERROR_OBJECT_FREED: &str = "OBJECT_FREED";
 /// Error kind: the raylet refused the task's spec (e.g. a resource amount that is not a
 /// finite, non-negative number).
 pub const ERROR_INVALID_TASK: &str = "INVALID_TASK";

@@ -75,7 +75,7 @@ async fn a_write_is_visible_to_a_second_client() {
     expected.sort();
     assert_eq!((info.size, info.locations), (42, expected));
     writer
-        .remove_object_location(object, a)
+        .remove_object_location(object, a, false)
         .await
         .expect("remove");
     let info = reader
@@ -83,7 +83,17 @@ async fn a_write_is_visible_to_a_second_client() {
         .await
         .expect("read")
         .expect("object known");
-    assert_eq!(info.locations, vec![b]);
+    assert_eq!((info.locations, info.freed), (vec![b], false));
+    writer
+        .remove_object_location(object, b, true)
+        .await
+        .expect("remove");
+    let info = reader
+        .object_info(object)
+        .await
+        .expect("read")
+        .expect("object known");
+    assert_eq!((info.locations, info.freed), (vec![], true));
     assert_eq!(
         reader.object_info(ObjectId::random()).await.expect("read"),
         None

@@ -157,6 +157,9 @@ pub struct Heartbeat {
 pub struct ObjectInfo {
     pub size: u64,
     pub locations: Vec<NodeId>,
+    /// A copy was removed by `ray.internal.free`: with none left, the object is not
+    /// rebuilt (`ObjectFreedError`).
+    pub freed: bool,
 }
 
 /// A task in the task table: its spec (the lineage) and where it stands.
@@ -372,16 +375,22 @@ impl GcsClient {
         Ok(())
     }
 
-    /// Records that `node` no longer holds `object`, and announces it.
+    /// Records that `node` no longer holds `object` (`freed`: a program freed it there),
+    /// and announces it.
     pub async fn remove_object_location(
         &self,
         object: ObjectId,
         node: NodeId,
+        freed: bool,
     ) -> Result<(), GcsError> {
+        let key = keys::key(Table::Object, &object);
         let pipeline = self.shard_for(object.as_bytes()).pipeline();
-        let _: () = pipeline
-            .hdel(keys::key(Table::Object, &object), format!("node:{node}"))
-            .await?;
+        if freed {
+            let _: () = pipeline
+                .hset(&key, [("freed".to_string(), now_ms().to_string())])
+                .await?;
+        }
+        let _: () = pipeline.hdel(key, format!("node:{node}")).await?;
         let _: () = pipeline
             .publish(
                 keys::events_channel(Table::Object, &object),
@@ -416,6 +425,7 @@ impl GcsClient {
         Ok(Some(ObjectInfo {
             size: parsed(&fields, "size")?,
             locations,
+            freed: fields.contains_key("freed"),
         }))
     }
 

@@ -140,7 +140,7 @@ async fn write(gcs: &GcsClient, node: NodeId, batch: &mut Vec<StoreEvent>) {
                 gcs.add_object_location(id, node, data_size + metadata_size)
                     .await
             }
-            StoreEvent::Removed { id, .. } => gcs.remove_object_location(id, node).await,
+            StoreEvent::Removed { id, freed } => gcs.remove_object_location(id, node, freed).await,
         };
         result
     });

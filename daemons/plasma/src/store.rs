@@ -203,7 +203,8 @@ pub enum StoreEvent {
     },
     Removed {
         id: ObjectId,
-        evicted: bool,
+        /// A client deleted it (`ray.internal.free`), not the store to make room.
+        freed: bool,
     },
 }
 
@@ -809,7 +810,7 @@ impl Store {
                     if self.objects.remove(&id).is_some() {
                         self.evictions += 1;
                         self.evicted_bytes += slot.len;
-                        self.events.push(StoreEvent::Removed { id, evicted: true });
+                        self.events.push(StoreEvent::Removed { id, freed: false });
                     }
                     Err(e)
                 }
@@ -1201,10 +1202,11 @@ impl Store {
             self.evicted_bytes += entry.total();
         }
         log::debug!(object:% = id; "evicting object");
-        self.remove(id, true);
+        self.remove(id, false);
     }
 
-    fn remove(&mut self, id: ObjectId, evicted: bool) {
+    /// Drops `id`; `freed` when a client's delete is why.
+    fn remove(&mut self, id: ObjectId, freed: bool) {
         let Some(entry) = self.objects.remove(&id) else {
             return;
         };
@@ -1220,7 +1222,7 @@ impl Store {
             Place::Memory(memory) => self.free_memory(memory, total, entry.lease),
         }
         if entry.sealed {
-            self.events.push(StoreEvent::Removed { id, evicted });
+            self.events.push(StoreEvent::Removed { id, freed });
         }
     }
 
@@ -1445,7 +1447,8 @@ impl Store {
             return;
         }
         if entry.delete_pending || !entry.sealed {
-            self.remove(id, false);
+            let freed = entry.delete_pending;
+            self.remove(id, freed);
             return;
         }
         self.tick += 1;
@@ -1479,7 +1482,7 @@ impl Store {
             }
             return DeleteOutcome::Deferred;
         }
-        self.remove(id, false);
+        self.remove(id, true);
         DeleteOutcome::Deleted
     }
 

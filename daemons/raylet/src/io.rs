@@ -308,6 +308,7 @@ impl Node {
                 PullEnd::Here => return,
                 PullEnd::Rerun(spec) => Event::Rerun { spec: *spec },
                 PullEnd::Lost(reason) => Event::ObjectLost { id, reason },
+                PullEnd::Freed => Event::ObjectFreed(id),
             };
             let _ = inputs.send(event.into());
         });
@@ -342,11 +343,17 @@ enum PullEnd {
     Rerun(Box<rayd_common::proto::common::v1::TaskSpec>),
     /// It was lost for good: why.
     Lost(String),
+    /// A program freed it (`ray.internal.free`) and no copy is left.
+    Freed,
 }
 
 /// How long a pull that waits for another node's re-run looks again on its own (the
 /// re-running node may die too).
 const RERUN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the object table may list this node for an object its store does not have
+/// (the store's report of the removal is on its way) before the pull goes on without it.
+const BEHIND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the task of an object never made may stay stranded on a dead node before
 /// it is rebuilt from here: its home, when alive, redoes it at once (and the task's entry
@@ -361,7 +368,7 @@ const STRANDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// that cost about 15% of actor call throughput.)
 const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Waits for news of `id`'s locations (a copy added), at most `limit` when given; the
+/// Waits for news of `id`'s locations (a copy added or removed), at most `limit` when given; the
 /// subscription is made on first use and kept.
 async fn object_news(
     gcs: &GcsClient,
@@ -402,6 +409,7 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
     let mut subscription = None;
     let mut stranded_since = None;
     let mut unknown_since = None;
+    let mut behind_since = None;
     loop {
         let info = match gcs.object_info(id).await {
             Ok(info) => info,
@@ -452,18 +460,19 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
                 Ok(Recovery::Wait) | Err(_) => continue,
             }
         };
+        // Here already (its seal reaches the scheduler through the store's events),
+        // unless the entry is behind: the store removed it (freed, or gone with a spill
+        // that failed) and the removal has not reached the GCS yet. Trusted, such an entry
+        // would end the pull with nothing here, and a `get` would wait for good.
+        let mut behind = false;
         if info.locations.contains(&own) {
-            // Here already (its seal reaches the scheduler through the store's events),
-            // unless the entry is behind: the store removed it (freed, or gone with a
-            // spill that failed) and the removal has not reached the GCS yet. Trusted, such
-            // an entry would end the pull with nothing here, and a `get` would wait for
-            // good.
             let store = plasma.clone();
             match tokio::task::spawn_blocking(move || store.contains(id)).await {
-                Ok(Ok(false)) => {}
+                Ok(Ok(false)) => behind = true,
                 _ => return PullEnd::Here,
             }
         }
+        let freed = info.freed;
         for node in info.locations.into_iter().filter(|node| *node != own) {
             let Ok(Some(entry)) = gcs.node(node).await else {
                 continue;
@@ -479,6 +488,17 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
                 Ok(Err(e)) => log::warn!(object:% = id, node:% = node; "pull failed: {e}"),
                 Err(e) => log::warn!(object:% = id; "pull task failed: {e}"),
             }
+        }
+        // The removal's record (whether it was a free) is on its way; a store that cannot
+        // reach the GCS leaves it behind for good.
+        let since = behind.then(|| *behind_since.get_or_insert_with(std::time::Instant::now));
+        if since.is_some_and(|since| since.elapsed() < BEHIND_GRACE) {
+            object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;
+            continue;
+        }
+        if freed {
+            // Freed on purpose: not made again, as in Ray.
+            return PullEnd::Freed;
         }
         match crate::lineage::recover(&gcs, own, id).await {
             Ok(Recovery::Rerun(spec)) => return PullEnd::Rerun(spec),

@@ -519,14 +519,18 @@ impl CoreWorker {
         found: &mut [Option<Object>],
     ) -> Result<(), CoreError> {
         let started = self.inbox.follow_store(&self.plasma_socket)?;
-        let fetch = self.inbox.to_fetch(ids);
-        if !fetch.is_empty() {
-            self.raylet
-                .send(pb::client_message::Kind::Fetch(pb::Fetch {
-                    object_ids: fetch.iter().map(|id| id.as_bytes().to_vec()).collect(),
-                }))?;
-        }
+        self.fetch(&self.inbox.to_fetch(ids))?;
         self.lookup(ids, found, started)
+    }
+
+    /// Asks the raylet for `ids` (none: no message).
+    fn fetch(&self, ids: &[ObjectId]) -> Result<(), CoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.raylet.send(pb::client_message::Kind::Fetch(pb::Fetch {
+            object_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        }))
     }
 
     /// The objects `ids`, waiting up to `timeout` (forever when `None`); absent ones are
@@ -570,6 +574,8 @@ impl CoreWorker {
                 if let Err(e) = self.lookup(ids, &mut found, false) {
                     break Err(e);
                 }
+            } else if let Err(e) = self.fetch(&self.inbox.dropped_of(&wanted)) {
+                break Err(e);
             }
         };
         if self.is_worker {
@@ -624,6 +630,9 @@ impl CoreWorker {
             };
             if enough(&ready) || deadline.is_some_and(|d| Instant::now() >= d) || interrupted() {
                 break Ok(ready);
+            }
+            if let Err(e) = self.fetch(&self.inbox.dropped_of(ids)) {
+                break Err(e);
             }
         };
         if self.is_worker {

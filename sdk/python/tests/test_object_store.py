@@ -198,9 +198,8 @@ def test_a_large_object_read_again_then_freed_is_gone(shared_cluster):
         assert value[-1] == 2**20 - 1 and not value.flags.writeable
         del value
     ray.internal.free([object_id])
-    # Not served from the kept mapping again: asked for, the object is found lost (a
-    # ray.put leaves no lineage to make it again), even when the raylet's view or the GCS's
-    # object table has not heard of the removal yet; in a narrow race that remains, it is
-    # not found at all (see docs/decisions.md).
-    with pytest.raises((ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError)):
-        ray.get(object_id, timeout=5)
+    # Not served from the kept mapping again: asked for, it raises Ray's error for a freed
+    # object, even when the raylet's view or the GCS's object table has not heard of the
+    # removal yet (see docs/decisions.md).
+    with pytest.raises(ray.exceptions.ObjectFreedError):
+        ray.get(object_id, timeout=30)

@@ -372,11 +372,12 @@ def test_free_drops_an_object_from_the_store(shared_cluster):
     object_id = ray.put(np.ones(2**20, dtype=np.uint8))
     assert ray.wait([object_id], timeout=0)[0] == [object_id]
     ray.internal.free([object_id])
-    # Gone from the store: asked for again, it is found lost (a ray.put leaves no lineage
-    # to make it again), as a freed object raises an error in Ray; in a narrow race with
-    # the store's removal notice it is not found at all (see docs/decisions.md).
-    with pytest.raises((ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError)):
-        ray.get(object_id, timeout=5)
+    # Gone from the store: asked for again, it raises Ray's error for a freed object,
+    # which is an ObjectLostError too.
+    with pytest.raises(ray.exceptions.ObjectFreedError) as raised:
+        ray.get(object_id, timeout=30)
+    assert isinstance(raised.value, ray.exceptions.ObjectLostError)
+    assert "freed" in str(raised.value)
     assert ray.internal.free is internal_api.free
     with pytest.raises(TypeError):
         ray.internal.free(["not an id"])

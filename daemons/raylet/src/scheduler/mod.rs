@@ -86,6 +86,8 @@ pub enum Event {
         id: ObjectId,
         reason: String,
     },
+    /// A pull found no copy of the object anywhere, and a program had freed it.
+    ObjectFreed(ObjectId),
     /// An object needed here was lost, and this node claimed the re-run of the task that
     /// made it (lineage): the task runs again, its results replace the lost copies.
     Rerun {
@@ -439,6 +441,7 @@ impl Scheduler {
             }
             Event::ObjectDeleted(id) => self.on_deleted(id),
             Event::ObjectLost { id, reason } => self.on_lost(id, &reason),
+            Event::ObjectFreed(id) => self.on_freed(id),
             Event::Rerun { spec } => self.on_rerun(spec),
             Event::WorkerSpawned { pid } => {
                 log::debug!(pid; "started a worker");
@@ -798,6 +801,19 @@ impl Scheduler {
         );
         log::warn!("{message}");
         let metadata = value::error_metadata(value::ERROR_OBJECT_LOST);
+        self.put_error(id, &metadata, &message);
+    }
+
+    /// No copy of `id` is left since a program freed it: an error object takes its place
+    /// (`ObjectFreedError`), as for a lost one.
+    fn on_freed(&mut self, id: ObjectId) {
+        if self.deps.is_local(&id) {
+            return;
+        }
+        log::info!(object:% = id; "a freed object was asked for");
+        let metadata = value::error_metadata(value::ERROR_OBJECT_FREED);
+        let message =
+            format!("object {id} was freed (ray.internal.free) and no copy is left in the cluster");
         self.put_error(id, &metadata, &message);
     }
 

@@ -302,6 +302,20 @@ fn a_queued_tasks_argument_evicted_sends_it_back_to_waiting_and_is_fetched_again
 }
 
 #[test]
+fn a_freed_object_asked_for_becomes_an_object_freed_error_unless_a_copy_came_back() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let (freed, back) = (
+        ObjectId::for_put(TaskId::random_task(), 1),
+        ObjectId::for_put(TaskId::random_task(), 2),
+    );
+    let out = h.step(Event::ObjectFreed(freed));
+    assert_eq!(out.error_puts(value::ERROR_OBJECT_FREED), vec![freed]);
+    h.step(Event::ObjectSealed(back));
+    let out = h.step(Event::ObjectFreed(back));
+    assert!(out.error_puts(value::ERROR_OBJECT_FREED).is_empty());
+}
+
+#[test]
 fn an_argument_that_cannot_be_had_becomes_an_object_lost_error() {
     let mut h = Harness::new(&[("CPU", 1.0)]);
     let driver = h.driver();

@@ -12,6 +12,9 @@ use crate::InlineCache;
 /// Bytes of small objects kept for later `get`s; beyond this the oldest are forgotten (the
 /// raylet still has them, or has put them into plasma).
 const INLINE_CACHE_BYTES: usize = 64 << 20;
+/// Objects this process deleted that are remembered for [`Known::dropped_of`]; beyond this
+/// the set starts again (a `get` of an object deleted long ago needs no second fetch).
+const DROPPED_MAX: usize = 4096;
 
 #[derive(Debug)]
 pub(super) struct Known {
@@ -22,6 +25,8 @@ pub(super) struct Known {
     expected: HashSet<ObjectId>,
     /// Objects this process deleted whose removal the store's stream has not announced.
     freed: HashSet<ObjectId>,
+    /// Objects this process deleted, until a copy of one is sealed again.
+    dropped: HashSet<ObjectId>,
     /// The socket of the store whose event stream ended.
     pub store_closed: Option<String>,
     /// Objects that waiters for all of their IDs block on (how many waiters each): only
@@ -41,6 +46,7 @@ impl Default for Known {
             inline: InlineCache::new(INLINE_CACHE_BYTES),
             expected: HashSet::new(),
             freed: HashSet::new(),
+            dropped: HashSet::new(),
             store_closed: None,
             watched: HashMap::new(),
             general: 0,
@@ -67,6 +73,7 @@ impl Known {
     /// Records `id` sealed in the store; true when a waiter wants it.
     pub fn seal(&mut self, id: ObjectId) -> bool {
         self.freed.remove(&id);
+        self.dropped.remove(&id);
         self.expected.remove(&id);
         self.sealed.insert(id);
         self.awaited(&id)
@@ -78,16 +85,38 @@ impl Known {
         self.freed.remove(id);
     }
 
-    /// Forgets `id`, which this process just deleted from the store: until the store's
-    /// stream announces the removal, a seal it announces of `id` is from before (stale).
-    pub fn free(&mut self, id: ObjectId) {
+    /// Forgets `id`, which this process just deleted from the store. When `following` the
+    /// store's stream, a seal it announces of `id` before the removal is from before
+    /// (stale).
+    pub fn free(&mut self, id: ObjectId, following: bool) {
         self.sealed.remove(&id);
-        self.freed.insert(id);
+        if following {
+            self.freed.insert(id);
+        }
+        if self.dropped.len() >= DROPPED_MAX {
+            self.dropped.clear();
+        }
+        self.dropped.insert(id);
     }
 
-    /// Ends [`Self::free`]'s wait for the removal of `id`, which will not be announced.
+    /// Undoes [`Self::free`] for `id`, whose removal will not be announced.
     pub fn unfree(&mut self, id: &ObjectId) {
         self.freed.remove(id);
+        self.dropped.remove(id);
+    }
+
+    /// Of `ids`, those this process deleted and that are not here again. The raylet may
+    /// have taken a fetch of one for satisfied by its seal from before the delete (its own
+    /// news of the store come on another stream than this process's fetch), and then
+    /// waits for nothing: a waiter asks it again.
+    pub fn dropped_of(&self, ids: &[ObjectId]) -> Vec<ObjectId> {
+        if self.dropped.is_empty() {
+            return Vec::new();
+        }
+        ids.iter()
+            .filter(|id| self.dropped.contains(id) && !self.ready(id))
+            .copied()
+            .collect()
     }
 
     /// Records a seal the store's stream announced; true when a waiter wants it.
@@ -210,6 +239,25 @@ mod tests {
         }
         assert_eq!(known.take_inline(&[first], &mut [None], true), vec![0]);
         assert_eq!(known.to_fetch(&[first]), vec![first]);
+    }
+
+    #[test]
+    fn a_deleted_object_is_asked_for_again_until_a_copy_is_sealed() {
+        let mut known = Known::default();
+        let (freed, kept, other) = (ObjectId::random(), ObjectId::random(), ObjectId::random());
+        known.seal(freed);
+        known.free(freed, true);
+        known.free(kept, false);
+        // The store's stale seal (before the removal) does not make it ready again.
+        assert!(!known.seal_announced(freed));
+        assert_eq!(known.dropped_of(&[freed, other]), vec![freed]);
+        known.delete(&freed);
+        assert_eq!(known.dropped_of(&[freed, kept, other]), vec![freed, kept]);
+        // A new copy (an error object, or the value put again) ends it.
+        assert!(!known.seal_announced(freed));
+        assert!(known.ready(&freed));
+        known.unfree(&kept);
+        assert!(known.dropped_of(&[freed, kept, other]).is_empty());
     }
 
     #[test]

@@ -210,12 +210,14 @@ impl Inbox {
         let following = self.shared.following.load(Ordering::Acquire);
         let mut known = self.shared.known();
         for id in ids {
-            if following {
-                known.free(*id);
-            } else {
-                known.delete(id);
-            }
+            known.free(*id, following);
         }
+    }
+
+    /// Of `ids`, those this process deleted and that are not here again: a waiter asks
+    /// the raylet for them again (see `Known::dropped_of`).
+    pub fn dropped_of(&self, ids: &[ObjectId]) -> Vec<ObjectId> {
+        self.shared.known().dropped_of(ids)
     }
 
     /// Undoes [`Self::forget`] for `ids`, whose removal the store will not announce (it

@@ -25,6 +25,10 @@ class ObjectLostError(RayError):
     """An object is gone from every node and cannot be rebuilt."""
 
 
+class ObjectFreedError(ObjectLostError):
+    """An object was freed by the program (`ray.internal.free`) and no copy is left."""
+
+
 class GetTimeoutError(RayError, TimeoutError):
     """`ray.get` did not get every object within its timeout."""
 
@@ -125,6 +129,7 @@ __all__ = [
     "RayletConnectionError",
     "ObjectStoreFullError",
     "ObjectLostError",
+    "ObjectFreedError",
     "GetTimeoutError",
     "RayWorkerError",
     "RayActorError",

@@ -24,6 +24,7 @@ META_ERROR_TASK = META_ERROR_PREFIX + b"TASK"
 META_ERROR_WORKER_DIED = META_ERROR_PREFIX + b"WORKER_DIED"
 META_ERROR_ACTOR_DIED = META_ERROR_PREFIX + b"ACTOR_DIED"
 META_ERROR_OBJECT_LOST = META_ERROR_PREFIX + b"OBJECT_LOST"
+META_ERROR_OBJECT_FREED = META_ERROR_PREFIX + b"OBJECT_FREED"
 
 # Types that plain pickle serializes correctly and faster than cloudpickle.
 _PLAIN_TYPES = (int, float, bool, str, bytes, type(None), complex)
@@ -123,6 +124,8 @@ def deserialize_object(metadata, buffer, pickle_range, buffer_ranges):
         raise exceptions.RayActorError(bytes(view).decode("utf-8", "replace"))
     if metadata == META_ERROR_OBJECT_LOST:
         raise exceptions.ObjectLostError(bytes(view).decode("utf-8", "replace"))
+    if metadata == META_ERROR_OBJECT_FREED:
+        raise exceptions.ObjectFreedError(bytes(view).decode("utf-8", "replace"))
     if metadata.startswith(META_ERROR_PREFIX):
         raise exceptions.RaySystemError(
             f"{metadata[len(META_ERROR_PREFIX):].decode()}: {bytes(view).decode('utf-8', 'replace')}")
