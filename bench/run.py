@@ -216,16 +216,24 @@ def check_rayd_profile(system, allow_debug):
 # touched yet. On a VM, the first touch of guest memory is the host's page fault, and whichever
 # system ran first in round 1 paid it (rayd's first 100 MB put: 0.9-1.8 GB/s in four runs of
 # round 1, against 3-4 GB/s in rounds 2 and 3).
-WARMUP_METRICS = "memcpy_100mb,put_100mb,memcpy_1gb,put_1gb"
+WARMUP_METRICS = ["memcpy_100mb", "put_100mb", "memcpy_1gb", "put_1gb"]
 
 
 def warm_up(live, args, log_dir):
-    """Runs each system's memory rows once, both systems, and drops what they measured."""
+    """Runs each system's memory rows that this run measures once, and drops the figures."""
+    only = set(filter(None, args.only.split(",")))
+    skip = set(filter(None, args.skip.split(",")))
+    rows = [m for m in WARMUP_METRICS if (not only or m in only) and m not in skip]
+    if not rows:
+        return
     for system in live:
         note(f"warm-up: {system.name}")
-        run_isolated([system.python, WORKLOAD, "--system", system.name, "--only", WARMUP_METRICS,
-                      "--metric-timeout", str(args.metric_timeout)], args.timeout,
-                     os.path.join(log_dir, f"{system.name}-warmup.log"))
+        code, _, _ = run_isolated(
+            [system.python, WORKLOAD, "--system", system.name, "--only", ",".join(rows),
+             "--metric-timeout", str(args.metric_timeout)], args.timeout,
+            os.path.join(log_dir, f"{system.name}-warmup.log"))
+        if code != 0:
+            note(f"  {system.name}: warm-up {'timed out' if code is None else f'exit {code}'}")
 
 
 def run_rounds(systems, args, log_dir):
@@ -495,7 +503,9 @@ def markdown_report(merged, raw, systems, machine, vers, args, started, elapsed)
                f"Python {vers['rayd_python']}, numpy {vers['rayd_numpy']}); Ray "
                f"{vers['ray_version']} (Python {vers['ray_python']}, numpy {vers['ray_numpy']}).")
     out.append(f"Run: {args.rounds} alternating rounds × {args.reps} repetition(s) per system, "
-               f"each in a loopback-only network namespace; {elapsed:.0f} s in all. "
+               "each in a loopback-only network namespace"
+               f"{'' if args.no_warmup else ', after a discarded warm-up run of the memory rows'}"
+               f"; {elapsed:.0f} s in all. "
                "Cells: median [min–max] over all samples.")
     for s in systems:
         if s.unavailable:

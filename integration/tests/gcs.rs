@@ -84,6 +84,21 @@ async fn a_write_is_visible_to_a_second_client() {
         .expect("read")
         .expect("object known");
     assert_eq!((info.locations, info.freed), (vec![b], false));
+    // Freed on a node while another still lists a copy: not freed.
+    writer
+        .add_object_location(object, a, 42)
+        .await
+        .expect("write");
+    writer
+        .remove_object_location(object, a, true)
+        .await
+        .expect("remove");
+    let info = reader
+        .object_info(object)
+        .await
+        .expect("read")
+        .expect("object known");
+    assert_eq!((info.locations, info.freed), (vec![b], false));
     writer
         .remove_object_location(object, b, true)
         .await
@@ -94,6 +109,29 @@ async fn a_write_is_visible_to_a_second_client() {
         .expect("read")
         .expect("object known");
     assert_eq!((info.locations, info.freed), (vec![], true));
+    // A copy made again is not freed.
+    writer
+        .add_object_location(object, b, 42)
+        .await
+        .expect("write");
+    let info = reader
+        .object_info(object)
+        .await
+        .expect("read")
+        .expect("object known");
+    assert_eq!((info.locations, info.freed), (vec![b], false));
+    // The mark of a free whose seal was never recorded is an entry of its own.
+    let unrecorded = ObjectId::random();
+    writer
+        .remove_object_location(unrecorded, a, true)
+        .await
+        .expect("remove");
+    let info = reader
+        .object_info(unrecorded)
+        .await
+        .expect("read")
+        .expect("object known");
+    assert_eq!((info.size, info.locations, info.freed), (0, vec![], true));
     assert_eq!(
         reader.object_info(ObjectId::random()).await.expect("read"),
         None

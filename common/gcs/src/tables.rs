@@ -157,8 +157,8 @@ pub struct Heartbeat {
 pub struct ObjectInfo {
     pub size: u64,
     pub locations: Vec<NodeId>,
-    /// A copy was removed by `ray.internal.free`: with none left, the object is not
-    /// rebuilt (`ObjectFreedError`).
+    /// The last copy listed was removed by `ray.internal.free` (and none was made since):
+    /// the object is not rebuilt (`ObjectFreedError`).
     pub freed: bool,
 }
 
@@ -241,6 +241,21 @@ return #KEYS";
 
 /// KEYS: the actor's entry, its events channel. ARGV: job, node, worker, updated_ms. Writes
 /// a `pending` entry unless the actor is alive on that node already.
+/// Removes a node's copy of an object that a program freed there, and marks the object
+/// freed when no other copy is listed (another node's copy can still be pulled, and when
+/// it goes too, the object is rebuilt or lost as any other). KEYS: the entry, the
+/// channel; ARGV: the node's field, the time, the announcement.
+const REMOVE_FREED_COPY_SCRIPT: &str = "redis.call('HDEL', KEYS[1], ARGV[1]) \
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do \
+    if string.sub(field, 1, 5) == 'node:' then \
+        redis.call('PUBLISH', KEYS[2], ARGV[3]) \
+        return 0 \
+    end \
+end \
+redis.call('HSET', KEYS[1], 'freed', ARGV[2]) \
+redis.call('PUBLISH', KEYS[2], ARGV[3]) \
+return 1";
+
 const PUT_PENDING_ACTOR_SCRIPT: &str = "local cur = redis.call('HMGET', KEYS[1], 'state', 'node') \
 if cur[1] == 'alive' and cur[2] == ARGV[2] then return 0 end \
 redis.call('HSET', KEYS[1], 'job', ARGV[1], 'node', ARGV[2], 'worker', ARGV[3], \
@@ -355,16 +370,19 @@ impl GcsClient {
         node: NodeId,
         size: u64,
     ) -> Result<(), GcsError> {
+        let key = keys::key(Table::Object, &object);
         let pipeline = self.shard_for(object.as_bytes()).pipeline();
         let _: () = pipeline
             .hset(
-                keys::key(Table::Object, &object),
+                &key,
                 [
                     ("size".to_string(), size.to_string()),
                     (format!("node:{node}"), now_ms().to_string()),
                 ],
             )
             .await?;
+        // A copy made again (a re-run, a put of the same ID) is not freed.
+        let _: () = pipeline.hdel(key, "freed").await?;
         let _: () = pipeline
             .publish(
                 keys::events_channel(Table::Object, &object),
@@ -375,8 +393,9 @@ impl GcsClient {
         Ok(())
     }
 
-    /// Records that `node` no longer holds `object` (`freed`: a program freed it there),
-    /// and announces it.
+    /// Records that `node` no longer holds `object`, and announces it. `freed`: a program
+    /// freed it there; with no other copy listed, the object is marked freed (see
+    /// [`ObjectInfo::freed`]).
     pub async fn remove_object_location(
         &self,
         object: ObjectId,
@@ -384,19 +403,22 @@ impl GcsClient {
         freed: bool,
     ) -> Result<(), GcsError> {
         let key = keys::key(Table::Object, &object);
-        let pipeline = self.shard_for(object.as_bytes()).pipeline();
+        let channel = keys::events_channel(Table::Object, &object);
+        let announcement = format!("removed {node}");
         if freed {
-            let _: () = pipeline
-                .hset(&key, [("freed".to_string(), now_ms().to_string())])
+            let _: Value = self
+                .shard_for(object.as_bytes())
+                .eval(
+                    REMOVE_FREED_COPY_SCRIPT,
+                    vec![key, channel],
+                    vec![format!("node:{node}"), now_ms().to_string(), announcement],
+                )
                 .await?;
+            return Ok(());
         }
+        let pipeline = self.shard_for(object.as_bytes()).pipeline();
         let _: () = pipeline.hdel(key, format!("node:{node}")).await?;
-        let _: () = pipeline
-            .publish(
-                keys::events_channel(Table::Object, &object),
-                format!("removed {node}"),
-            )
-            .await?;
+        let _: () = pipeline.publish(channel, announcement).await?;
         let _: Value = pipeline.all().await?;
         Ok(())
     }
@@ -423,7 +445,13 @@ impl GcsClient {
         }
         locations.sort();
         Ok(Some(ObjectInfo {
-            size: parsed(&fields, "size")?,
+            // An entry may hold only the mark of a free whose object's seal was never
+            // recorded (its report failed, or its shard restarted empty).
+            size: if fields.contains_key("size") {
+                parsed(&fields, "size")?
+            } else {
+                0
+            },
             locations,
             freed: fields.contains_key("freed"),
         }))

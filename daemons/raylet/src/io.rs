@@ -124,7 +124,9 @@ impl Node {
                 }
                 let closed = match &event {
                     Event::Disconnected { conn } => Some(*conn),
-                    Event::ObjectSealed(id) | Event::ObjectLost { id, .. } => {
+                    Event::ObjectSealed(id)
+                    | Event::ObjectLost { id, .. }
+                    | Event::ObjectFreed(id) => {
                         if let Some(pull) = self.pulls.remove(id) {
                             pull.abort();
                         }
@@ -351,8 +353,9 @@ enum PullEnd {
 /// re-running node may die too).
 const RERUN_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How long the object table may list this node for an object its store does not have
-/// (the store's report of the removal is on its way) before the pull goes on without it.
+/// How long the object table may list copies that are not there (this node's, or a live
+/// node's that the pull could not get: the store's report of the removal is on its way)
+/// before the pull goes on without them.
 const BEHIND_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the task of an object never made may stay stranded on a dead node before
@@ -472,7 +475,7 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
                 _ => return PullEnd::Here,
             }
         }
-        let freed = info.freed;
+        let mut freed = info.freed;
         for node in info.locations.into_iter().filter(|node| *node != own) {
             let Ok(Some(entry)) = gcs.node(node).await else {
                 continue;
@@ -480,6 +483,11 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
             if !entry.alive {
                 continue;
             }
+            // A live copy failed to come: its removal may be on its way to the table (or
+            // the failure passes); not freed, whatever the mark says, until the table
+            // catches up.
+            freed = false;
+            behind = true;
             let plasma = plasma.clone();
             let source = entry.object_manager_address.clone();
             match tokio::task::spawn_blocking(move || plasma.pull(id, &source)).await {
@@ -489,8 +497,9 @@ async fn pull(gcs: GcsClient, plasma: PlasmaClient, own: NodeId, id: ObjectId) -
                 Err(e) => log::warn!(object:% = id; "pull task failed: {e}"),
             }
         }
-        // The removal's record (whether it was a free) is on its way; a store that cannot
-        // reach the GCS leaves it behind for good.
+        // The table lists copies that are not there: the removals' records (whether they
+        // were frees) are on their way; a store that cannot reach the GCS leaves them
+        // behind for good.
         let since = behind.then(|| *behind_since.get_or_insert_with(std::time::Instant::now));
         if since.is_some_and(|since| since.elapsed() < BEHIND_GRACE) {
             object_news(&gcs, id, &mut subscription, Some(RERUN_RECHECK)).await;

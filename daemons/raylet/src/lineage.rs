@@ -54,11 +54,10 @@ async fn alive(gcs: &GcsClient, node: Option<NodeId>) -> Result<bool, GcsError> 
 /// Whether `id`, of which no copy was ever seen, is stranded: the node in charge of the
 /// task that makes it (running it, or holding its small result in memory) is dead. The
 /// task's home redoes such a task when it is alive; a stranded object that stays so for
-/// a while (its home died too) is rebuilt like a lost one.
+/// a while (its home died too) is rebuilt like a lost one. A `ray.put` of a task is
+/// stranded the same way: its node died before its store reported the copy (a `get` of it
+/// waited for good, as for one still to come); a driver's has no lineage.
 pub async fn stranded(gcs: &GcsClient, id: ObjectId) -> Result<Progress, GcsError> {
-    if id.is_put() {
-        return Ok(Progress::UnderWay);
-    }
     let Some(lineage) = gcs.lineage(id.task_id()).await? else {
         return Ok(Progress::NoLineage);
     };
@@ -72,7 +71,7 @@ pub async fn stranded(gcs: &GcsClient, id: ObjectId) -> Result<Progress, GcsErro
 /// How the making of an object never seen stands (see [`stranded`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// Its task is in the hands of a live node (or it is a `ray.put` to come).
+    /// Its task is in the hands of a live node (a `ray.put` of it may still be to come).
     UnderWay,
     /// The node in charge of its task is dead.
     Stranded,

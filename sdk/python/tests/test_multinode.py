@@ -398,3 +398,41 @@ def test_a_task_gets_the_large_result_of_its_child_on_another_node(three_nodes):
         return _where(), int(array.sum())
 
     assert ray.get(parent.remote(), timeout=60) == ("127.0.0.3", 7 * 5 * 1000 * 1000)
+
+
+def test_a_free_drops_this_nodes_copy_only_and_the_last_copy_freed_raises(three_nodes):
+    """`ray.internal.free` drops the copy in this node's store: a copy another node pulled
+    is still there to be got; freed there too (no copy left), the object raises
+    ObjectFreedError on any node, and is not rebuilt."""
+    array = np.arange(2 * 1000 * 1000, dtype=np.int64)  # 16 MB: through the stores
+    ref = ray.put(array)
+
+    @ray.remote(resources={"node2": 1})
+    def total(a):
+        return int(a.sum())
+
+    @ray.remote(resources={"node2": 1})
+    def free_here(refs):
+        ray.internal.free(refs)
+        return True
+
+    @ray.remote(resources={"node3": 1})
+    def get_there(refs):
+        try:
+            ray.get(refs[0], timeout=60)
+            return "got it"
+        except ray.exceptions.ObjectFreedError as e:
+            return "freed: " + str(e)
+
+    assert ray.get(total.remote(ref), timeout=60) == int(array.sum())  # node 2 has a copy
+    ray.internal.free([ref])
+    again = ray.get(ref, timeout=60)  # pulled back from node 2
+    assert np.array_equal(again, array)
+    del again
+    # Freed on both nodes: no copy left anywhere.
+    ray.internal.free([ref])
+    assert ray.get(free_here.remote([ref]), timeout=60) is True
+    answer = ray.get(get_there.remote([ref]), timeout=90)
+    assert answer.startswith("freed: ") and "ray.internal.free" in answer, answer
+    with pytest.raises(ray.exceptions.ObjectFreedError):
+        ray.get(ref, timeout=60)

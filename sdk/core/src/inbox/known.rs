@@ -1,6 +1,6 @@
 //! What has arrived and who waits for it: the state behind the inbox's lock, without I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
@@ -13,8 +13,8 @@ use crate::InlineCache;
 /// raylet still has them, or has put them into plasma).
 const INLINE_CACHE_BYTES: usize = 64 << 20;
 /// Objects this process deleted that are remembered for [`Known::dropped_of`]; beyond this
-/// the set starts again (a `get` of an object deleted long ago needs no second fetch).
-const DROPPED_MAX: usize = 4096;
+/// the oldest are forgotten (a `get` of an object deleted long ago needs no second fetch).
+const DROPPED_MAX: usize = 65_536;
 
 #[derive(Debug)]
 pub(super) struct Known {
@@ -25,8 +25,10 @@ pub(super) struct Known {
     expected: HashSet<ObjectId>,
     /// Objects this process deleted whose removal the store's stream has not announced.
     freed: HashSet<ObjectId>,
-    /// Objects this process deleted, until a copy of one is sealed again.
+    /// Objects this process deleted, until a copy of one is sealed again, and the order
+    /// they were deleted in (entries of objects sealed since are skipped when met).
     dropped: HashSet<ObjectId>,
+    dropped_order: VecDeque<ObjectId>,
     /// The socket of the store whose event stream ended.
     pub store_closed: Option<String>,
     /// Objects that waiters for all of their IDs block on (how many waiters each): only
@@ -47,6 +49,7 @@ impl Default for Known {
             expected: HashSet::new(),
             freed: HashSet::new(),
             dropped: HashSet::new(),
+            dropped_order: VecDeque::new(),
             store_closed: None,
             watched: HashMap::new(),
             general: 0,
@@ -93,10 +96,17 @@ impl Known {
         if following {
             self.freed.insert(id);
         }
-        if self.dropped.len() >= DROPPED_MAX {
-            self.dropped.clear();
+        if self.dropped.insert(id) {
+            self.dropped_order.push_back(id);
         }
-        self.dropped.insert(id);
+        while self.dropped.len() > DROPPED_MAX || self.dropped_order.len() > 2 * DROPPED_MAX {
+            match self.dropped_order.pop_front() {
+                Some(old) => {
+                    self.dropped.remove(&old);
+                }
+                None => break,
+            }
+        }
     }
 
     /// Undoes [`Self::free`] for `id`, whose removal will not be announced.
