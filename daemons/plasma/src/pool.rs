@@ -3,7 +3,7 @@
 //! cuts it to size instead of waiting for the kernel to provide fresh pages (a sealed
 //! segment cannot be reused: its memory goes with it). The
 //! background thread of [`crate::prefault`] makes them, one at a time, in the sizes of the
-//! latest large creates (in a large store, one of [`POOL_START`] before any), as long
+//! latest large creates (in a large store, one or two of [`POOL_START`] before any), as long
 //! as the budget has room; a create that needs the room sheds them first. Pure
 //! bookkeeping; the store holds it under its lock.
 
@@ -25,6 +25,9 @@ pub const POOL_MAX: u64 = 256 << 20;
 pub const POOL_START: u64 = 128 << 20;
 /// See [`POOL_START`].
 pub const START_MIN_CAPACITY: u64 = 1 << 30;
+/// Stores of at least this many bytes prepare two segments of [`POOL_START`] from the
+/// start, so that two large puts back to back find memory ready.
+pub const START_TWO_CAPACITY: u64 = 4 << 30;
 
 /// The prepared segments.
 #[derive(Debug, Default)]
@@ -46,6 +49,9 @@ impl Pool {
         if capacity >= START_MIN_CAPACITY {
             pool.recent.push_back(POOL_START);
             pool.seeded = true;
+        }
+        if capacity >= START_TWO_CAPACITY {
+            pool.recent.push_back(POOL_START);
         }
         pool
     }
@@ -154,6 +160,24 @@ mod tests {
         assert_eq!(pool.wanted(u64::MAX), Some(100 << 20), "then its own size");
         pool.add(fd(), 100 << 20);
         assert_eq!(pool.wanted(u64::MAX), None, "and no other");
+    }
+
+    #[test]
+    fn a_store_of_four_gib_prepares_two_segments_before_any_create() {
+        let mut pool = Pool::for_capacity(START_TWO_CAPACITY);
+        assert_eq!(pool.wanted(u64::MAX), Some(POOL_START));
+        pool.add(fd(), POOL_START);
+        assert_eq!(pool.wanted(u64::MAX), Some(POOL_START));
+        pool.add(fd(), POOL_START);
+        assert_eq!(pool.wanted(u64::MAX), None);
+        // Two puts back to back each find one.
+        assert!(pool.take(100 << 20).is_some());
+        assert!(pool.take(100 << 20).is_some());
+        // Room in the budget still bounds it.
+        assert_eq!(
+            Pool::for_capacity(START_TWO_CAPACITY).wanted(POOL_START - 1),
+            None
+        );
     }
 
     #[test]
