@@ -371,8 +371,8 @@ const STRANDED_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// that cost about 15% of actor call throughput.)
 const UNKNOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Waits for news of `id`'s locations (a copy added or removed), at most `limit` when given; the
-/// subscription is made on first use and kept.
+/// Waits for news of `id`'s locations (a copy added or removed), at most `limit` when
+/// given; the subscription is made on first use and kept.
 async fn object_news(
     gcs: &GcsClient,
     id: ObjectId,
