@@ -731,6 +731,8 @@ impl CoreWorker {
         };
         // No removal comes for what the store did not have.
         self.inbox.unforget(&report.not_found);
+        // What a reader still holds goes when it lets go; new readers get none of it.
+        self.inbox.freed_in_use(&report.deferred);
         Ok(report.deleted.len() + report.deferred.len())
     }
 

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -201,5 +202,23 @@ def test_a_large_object_read_again_then_freed_is_gone(shared_cluster):
     # Not served from the kept mapping again: asked for, it raises Ray's error for a freed
     # object, even when the raylet's view or the GCS's object table has not heard of the
     # removal yet (see docs/decisions.md).
+    with pytest.raises(ray.exceptions.ObjectFreedError):
+        ray.get(object_id, timeout=30)
+
+
+def test_an_object_freed_while_its_value_is_held_raises_at_once_and_the_value_stays(shared_cluster):
+    """The store keeps an object freed while a reader holds it until the reader lets go,
+    and serves it to no one meanwhile: a get of it then raises instead of waiting for
+    the holder (here the getter itself)."""
+    object_id = ray.put(np.arange(2**20, dtype=np.float64))
+    held = ray.get(object_id)
+    ray.internal.free([object_id])
+    started = time.monotonic()
+    with pytest.raises(ray.exceptions.ObjectFreedError):
+        ray.get(object_id, timeout=30)
+    assert time.monotonic() - started < 5
+    assert ray.wait([object_id], timeout=0)[0] == [object_id]  # ready: as its error
+    assert held[-1] == 2**20 - 1  # the held value is intact
+    del held
     with pytest.raises(ray.exceptions.ObjectFreedError):
         ray.get(object_id, timeout=30)

@@ -29,6 +29,10 @@ pub(super) struct Known {
     /// they were deleted in (entries of objects sealed since are skipped when met).
     dropped: HashSet<ObjectId>,
     dropped_order: VecDeque<ObjectId>,
+    /// Objects this process deleted while a reader still held them (the store removes
+    /// them when the last lets go, and serves them to no one meanwhile): the error a `get`
+    /// of one raises until then.
+    freed_in_use: HashMap<ObjectId, Arc<pb::InlineObject>>,
     /// The socket of the store whose event stream ended.
     pub store_closed: Option<String>,
     /// Objects that waiters for all of their IDs block on (how many waiters each): only
@@ -50,6 +54,7 @@ impl Default for Known {
             freed: HashSet::new(),
             dropped: HashSet::new(),
             dropped_order: VecDeque::new(),
+            freed_in_use: HashMap::new(),
             store_closed: None,
             watched: HashMap::new(),
             general: 0,
@@ -60,7 +65,7 @@ impl Default for Known {
 
 impl Known {
     pub fn ready(&self, id: &ObjectId) -> bool {
-        self.inline.contains(id) || self.sealed.contains(id)
+        self.inline.contains(id) || self.sealed.contains(id) || self.freed_in_use.contains_key(id)
     }
 
     /// Whether the arrival of `id` concerns a waiter.
@@ -77,6 +82,7 @@ impl Known {
     pub fn seal(&mut self, id: ObjectId) -> bool {
         self.freed.remove(&id);
         self.dropped.remove(&id);
+        self.freed_in_use.remove(&id);
         self.expected.remove(&id);
         self.sealed.insert(id);
         self.awaited(&id)
@@ -86,6 +92,8 @@ impl Known {
     pub fn delete(&mut self, id: &ObjectId) {
         self.sealed.remove(id);
         self.freed.remove(id);
+        // Gone now: a `get` asks the raylet, which finds it freed (or another copy).
+        self.freed_in_use.remove(id);
     }
 
     /// Forgets `id`, which this process just deleted from the store. When `following` the
@@ -113,6 +121,20 @@ impl Known {
     pub fn unfree(&mut self, id: &ObjectId) {
         self.freed.remove(id);
         self.dropped.remove(id);
+    }
+
+    /// `id`, which this process freed, stays in the store until a reader lets go of it
+    /// (it is served to no one meanwhile): until its removal is announced, it is ready
+    /// as the error `error` (with `metadata`).
+    pub fn freed_in_use(&mut self, id: ObjectId, metadata: Vec<u8>, error: String) {
+        self.freed_in_use.insert(
+            id,
+            Arc::new(pb::InlineObject {
+                object_id: id.as_bytes().to_vec().into(),
+                data: error.into_bytes().into(),
+                metadata: metadata.into(),
+            }),
+        );
     }
 
     /// Of `ids`, those this process deleted and that are not here again. The raylet may
@@ -169,7 +191,7 @@ impl Known {
             if slot.is_some() {
                 continue;
             }
-            match self.inline.get(id) {
+            match self.inline.get(id).or_else(|| self.freed_in_use.get(id)) {
                 Some(object) => *slot = Some(Object::Inline(Arc::clone(object))),
                 // An expected result is announced when sealed, once the store is followed.
                 None if !seals_seen || self.sealed.contains(id) || !self.expected.contains(id) => {
@@ -268,6 +290,26 @@ mod tests {
         assert!(known.ready(&freed));
         known.unfree(&kept);
         assert!(known.dropped_of(&[freed, kept, other]).is_empty());
+    }
+
+    #[test]
+    fn an_object_freed_while_held_is_its_error_until_its_removal() {
+        let mut known = Known::default();
+        let id = ObjectId::random();
+        known.seal(id);
+        known.free(id, true);
+        known.freed_in_use(id, b"ERROR:OBJECT_FREED".to_vec(), "freed".into());
+        assert!(known.ready(&id));
+        let mut found = vec![None];
+        assert!(known.take_inline(&[id], &mut found, true).is_empty());
+        assert_eq!(
+            found[0].as_ref().map(|o| o.data().to_vec()),
+            Some(b"freed".to_vec())
+        );
+        // Removed: the raylet is asked (it finds it freed, or a copy elsewhere).
+        known.delete(&id);
+        assert!(!known.ready(&id));
+        assert_eq!(known.dropped_of(&[id]), vec![id]);
     }
 
     #[test]

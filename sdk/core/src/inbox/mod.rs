@@ -214,6 +214,23 @@ impl Inbox {
         }
     }
 
+    /// Objects this process freed that stay in the store while a reader holds them: a
+    /// `get` of one raises `ObjectFreedError` until the store removes it.
+    pub fn freed_in_use(&self, ids: &[ObjectId]) {
+        let metadata = crate::value::error_metadata(crate::value::ERROR_OBJECT_FREED);
+        let mut known = self.shared.known();
+        for id in ids {
+            known.freed_in_use(
+                *id,
+                metadata.clone(),
+                format!(
+                    "object {id} was freed (ray.internal.free); a reader still holds it, and it \
+                     is served to no one else"
+                ),
+            );
+        }
+    }
+
     /// Of `ids`, those this process deleted and that are not here again: a waiter asks
     /// the raylet for them again (see `Known::dropped_of`).
     pub fn dropped_of(&self, ids: &[ObjectId]) -> Vec<ObjectId> {

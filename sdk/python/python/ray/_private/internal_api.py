@@ -5,10 +5,10 @@ from ray._private import worker as _worker
 
 def free(object_ids, local_only=False, delete_creating_tasks=False):
     """Drops objects from the object store of this node now, instead of waiting for
-    eviction. An object that a reader still maps goes when the reader releases it (a get of
-    it meanwhile waits for that). Getting a freed object afterwards raises
-    `ray.exceptions.ObjectFreedError` when no other node has a copy (it is not rebuilt).
-    Returns nothing."""
+    eviction. An object that a reader still maps goes when the reader releases it. Getting a
+    freed object afterwards raises `ray.exceptions.ObjectFreedError` when no other node has
+    a copy (it is not rebuilt); a get of it by another process while a reader still holds it
+    waits for that reader. Returns nothing."""
     worker = _worker.global_worker
     worker.check_connected()
     if isinstance(object_ids, _worker.ObjectID):
