@@ -399,8 +399,8 @@ def memcpy_1gb():
 
 
 def put_1gb():
-    # One put per repetition: rayd frees no object before its store is full (no reference
-    # counting yet), so more would measure spilling on a small machine.
+    # One put per repetition: on a small machine, more would measure spilling (before rayd
+    # freed puts whose references went, they all stayed until the store was full).
     return put_rate(GB, 1)
 
 
@@ -631,8 +631,8 @@ SESSION_METRICS = {
     "memcpy_1gb": (memcpy_1gb, "GB/s", "higher"),
     "put_1gb": (put_1gb, "GB/s", "higher"),
     "get_1gb": (get_1gb, "us", "lower"),
-    # After the 1 GB rows, so that their objects (never freed by rayd) do not push those
-    # rows towards spilling on a smaller machine.
+    # After the 1 GB rows, where it has always been (rayd used to free no put, and their
+    # objects pushed the rows after them towards spilling on a smaller machine).
     "put_100mb_paced": (put_paced, "GB/s", "higher"),
     "task_40mb_arg": (array_task, "ms", "lower"),
     "tree_reduce_seed": (tree_reduce, "ms", "lower"),

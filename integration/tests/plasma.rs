@@ -1541,3 +1541,37 @@ fn a_large_object_read_again_is_served_without_the_store_until_it_leaves_memory(
         .unwrap();
     assert_eq!(back.data(), &pattern(0, OBJ)[..]);
 }
+
+#[test]
+fn a_quiet_delete_needs_no_reply_and_waits_for_the_readers() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 256 * MIB, &[]);
+    let owner = client(&plasma);
+    let reader = client(&plasma);
+    let small = ObjectId::random();
+    let large = ObjectId::random();
+    let held = ObjectId::random();
+    put(&owner, small, 0, 1000);
+    put(&owner, large, 1, 6 * MIB as usize);
+    put(&owner, held, 2, 6 * MIB as usize);
+    let value = reader.get_one(held, Some(WAIT)).unwrap().unwrap();
+
+    owner.delete_quietly(&[small, large, held, ObjectId::random()]);
+    // The owner's next request gets its own reply: the deletes were answered by nothing.
+    assert!(!owner.contains(small).unwrap());
+    assert!(!owner.contains(large).unwrap());
+    assert!(!owner.contains(held).unwrap(), "gone for new readers");
+    let listing = owner.list().unwrap();
+    assert_eq!(
+        listing.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![held],
+        "only the object a reader holds is left"
+    );
+    assert_eq!(value.data(), &pattern(2, 6 * MIB as usize)[..]);
+    drop(value);
+    reader.flush().unwrap();
+    wait_for("the held object to go with its reader's pin", WAIT, || {
+        let stats = owner.stats().unwrap();
+        (stats.objects == 0 && stats.used_bytes == 0).then_some(())
+    });
+}

@@ -1006,6 +1006,7 @@ impl PlasmaClient {
             let reply = self.call(
                 Req::Delete(pb::Delete {
                     object_ids: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                    quiet: false,
                 }),
                 "deleted",
             )?;
@@ -1017,6 +1018,24 @@ impl PlasmaClient {
             report.not_found.extend(parse(deleted.not_found)?);
         }
         Ok(report)
+    }
+
+    /// Deletes objects without waiting for a reply (their owner's last reference went):
+    /// sent now unless another thread uses the connection, else with its next request.
+    pub fn delete_quietly(&self, ids: &[ObjectId]) {
+        {
+            let mut tables = lock(&self.inner.tables);
+            for chunk in ids.chunks(protocol::MAX_IDS_PER_REQUEST) {
+                queue(
+                    &mut tables,
+                    Req::Delete(pb::Delete {
+                        object_ids: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                        quiet: true,
+                    }),
+                );
+            }
+        }
+        flush_if_idle(&self.inner, "deletes");
     }
 
     /// Every object in the store.

@@ -621,6 +621,7 @@ fn is_one_way(kind: &pb::request::Kind) -> bool {
     match kind {
         Kind::Release(_) | Kind::Reuse(_) | Kind::Forget(_) => true,
         Kind::Put(put) => put.leased,
+        Kind::Delete(delete) => delete.quiet,
         _ => false,
     }
 }

@@ -100,7 +100,8 @@ pub struct CoreWorker {
     node_ip_address: String,
     redis_address: String,
     raylet: RayletConnection,
-    plasma: PlasmaClient,
+    /// Shared with [`crate::refs`], which frees this process's puts through it.
+    plasma: Arc<PlasmaClient>,
     plasma_socket: PathBuf,
     gcs: GcsClient,
     /// The cluster's secret (none in an open cluster): function definitions are signed
@@ -161,10 +162,11 @@ impl CoreWorker {
         } else {
             "driver"
         };
-        let plasma = PlasmaClient::connect(
+        let plasma = Arc::new(PlasmaClient::connect(
             &registered.plasma_socket,
             &format!("{name} {}", std::process::id()),
-        )?;
+        )?);
+        crate::refs::attach(&plasma);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rayd-core")
@@ -423,6 +425,7 @@ impl CoreWorker {
     ) -> Result<ObjectId, CoreError> {
         let id = self.next_put_id();
         self.store(id, &layout_of(pickle, buffers), metadata, pickle, buffers)?;
+        crate::refs::put(id);
         Ok(id)
     }
 

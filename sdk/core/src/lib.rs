@@ -10,6 +10,7 @@ mod core_worker;
 mod inbox;
 mod object;
 mod raylet_client;
+pub mod refs;
 
 pub use rayd_common::inline::{InlineCache, INLINE_RESULT_MAX};
 pub use rayd_common::value;

@@ -17,7 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 use rayd_common::id::{ActorId, FunctionId, ObjectId, TaskId};
 use rayd_config::{Overrides, RaydConfig};
-use rayd_core::{value, ActorCall, ConnectOptions, CoreError, Object, TaskArgValue, TaskOptions};
+use rayd_core::{
+    refs, value, ActorCall, ConnectOptions, CoreError, Object, TaskArgValue, TaskOptions,
+};
 use rayd_gcs::{GcsReply, Server};
 
 /// Submitting a task or reading a result allocates a few small buffers; glibc's malloc
@@ -92,16 +94,38 @@ fn id_from(bytes: &[u8]) -> PyResult<ObjectId> {
     ObjectId::from_slice(bytes).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
-/// An object's ID: 20 bytes, printed as hex.
+/// An object's ID: 20 bytes, printed as hex. Each one is a handle counted by
+/// [`rayd_core::refs`]: a `ray.put` of this process goes from the store with its last
+/// handle, unless its ID left the process (a task's argument, or pickled).
 #[pyclass(name = "ObjectID", module = "ray._raylet", frozen, eq, hash, subclass)]
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PyObjectId(ObjectId);
+
+impl PyObjectId {
+    /// A new handle of `id`.
+    fn handle(id: ObjectId) -> Self {
+        refs::referenced(&id);
+        Self(id)
+    }
+}
+
+impl Clone for PyObjectId {
+    fn clone(&self) -> Self {
+        Self::handle(self.0)
+    }
+}
+
+impl Drop for PyObjectId {
+    fn drop(&mut self) {
+        refs::released(&self.0);
+    }
+}
 
 #[pymethods]
 impl PyObjectId {
     #[new]
     fn new(id: &[u8]) -> PyResult<Self> {
-        id_from(id).map(Self)
+        id_from(id).map(Self::handle)
     }
 
     /// The raw 20 bytes.
@@ -125,12 +149,12 @@ impl PyObjectId {
 
     #[staticmethod]
     fn nil() -> Self {
-        Self(ObjectId::NIL)
+        Self::handle(ObjectId::NIL)
     }
 
     #[staticmethod]
     fn from_random() -> Self {
-        Self(ObjectId::random())
+        Self::handle(ObjectId::random())
     }
 
     fn __repr__(&self) -> String {
@@ -150,6 +174,9 @@ impl PyObjectId {
         slf: &Bound<'py, Self>,
     ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let py = slf.py();
+        // Pickled, the ID may reach any process: this one can no longer tell when the
+        // object is no longer needed.
+        refs::shared(&slf.get().0);
         Ok((
             slf.get_type().into_any(),
             (PyBytes::new(py, slf.get().0.as_bytes()),),
@@ -479,7 +506,7 @@ impl CoreWorker {
         let slices = held.iter().map(as_slice).collect::<PyResult<Vec<_>>>()?;
         self.0
             .put(metadata, pickle, &slices)
-            .map(PyObjectId)
+            .map(PyObjectId::handle)
             .map_err(to_py_err)
     }
 
@@ -594,7 +621,7 @@ impl CoreWorker {
                 match &arg.value {
                     Some(Value::Inline(bytes)) => args.append(PyBytes::new(py, bytes))?,
                     Some(Value::ObjectId(bytes)) => {
-                        args.append(Py::new(py, PyObjectId(id_from(bytes)?))?)?
+                        args.append(Py::new(py, PyObjectId::handle(id_from(bytes)?))?)?
                     }
                     None => args.append(py.None())?,
                 }
@@ -692,6 +719,7 @@ impl CoreWorker {
         let mut values = Vec::with_capacity(args.len());
         for arg in args.iter() {
             if let Ok(object) = arg.cast::<PyObjectId>() {
+                refs::shared(&object.get().0);
                 values.push(TaskArgValue::Object(object.get().0));
             } else {
                 let bytes = arg.cast::<PyBytes>().map_err(|_| {
@@ -703,7 +731,7 @@ impl CoreWorker {
         let (task, ids) = py
             .detach(|| self.0.submit_task(id, name, values, kwarg_names, &options))
             .map_err(to_py_err)?;
-        Ok((task, ids.into_iter().map(PyObjectId).collect()))
+        Ok((task, ids.into_iter().map(PyObjectId::handle).collect()))
     }
 }
 

@@ -222,3 +222,43 @@ def test_an_object_freed_while_its_value_is_held_raises_at_once_and_the_value_st
     del held
     with pytest.raises(ray.exceptions.ObjectFreedError):
         ray.get(object_id, timeout=30)
+
+
+def test_a_put_goes_from_the_store_with_its_last_reference_unless_it_was_passed_on(shared_cluster):
+    """As in Ray, a `ray.put` goes from the store when the last ObjectRef of it in the
+    process that made it goes (a value read from it stays intact and keeps its memory until
+    it goes too). One whose ID left the process, as a task's argument or pickled, stays:
+    another process may hold it, and rayd counts no references across processes."""
+    state = ray.global_state
+
+    def listed(hex_id):
+        return bool((state.object_table(hex_id) or {}).get("Locations"))
+
+    @ray.remote
+    def total(x):
+        return float(np.sum(ray.get(x[0]) if isinstance(x, list) else x))
+
+    array = np.arange(2**20, dtype=np.float64)
+    dropped = ray.put(array)
+    copy = ray.ObjectRef(dropped.binary())  # a second handle of the same object
+    as_argument = ray.put(array)
+    pickled = ray.put(array)
+    held = ray.get(ray.put(array))  # the put's only handle goes at once; its value stays
+    hex_ids = [r.hex() for r in (dropped, as_argument, pickled)]
+    assert ray.get(total.remote(as_argument)) == ray.get(total.remote([pickled])) == array.sum()
+    wait_for(lambda: all(listed(h) for h in hex_ids), 10, "the puts in the object table")
+    del dropped, as_argument, pickled
+
+    # A marker put after the drops is listed after their removals would have been: the
+    # store reports its changes in order.
+    marker = ray.put(array)
+    wait_for(lambda: listed(marker.hex()), 10, "the marker in the object table")
+    assert all(listed(h) for h in hex_ids), "an object went while a handle of it was left"
+    assert held[-1] == 2**20 - 1
+
+    del copy
+    wait_for(lambda: not listed(hex_ids[0]), 10, "the put without handles to leave the store")
+    marker = ray.put(array)
+    wait_for(lambda: listed(marker.hex()), 10, "the second marker in the object table")
+    assert listed(hex_ids[1]) and listed(hex_ids[2]), "a put passed on was freed"
+    assert held[-1] == 2**20 - 1 and np.array_equal(held, array)
