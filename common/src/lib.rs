@@ -5,7 +5,8 @@
 //! generated from `common/proto/`; their gRPC client and server code only with the `grpc`
 //! feature), [`framing`] (length-prefixed messages on Unix sockets), [`value`] (how a
 //! serialized value is laid out in an object), [`inline`] (small objects held in memory)
-//! and [`process`] (finding, signalling and stopping child processes).
+//! [`process`] (finding, signalling and stopping child processes) and [`recent`] (bounded
+//! sets of recent facts).
 //!
 //! Everything above depends on this crate: `rayd-config`, `rayd-gcs`, `rayd-daemon`,
 //! `rayd-launcher`, `rayd-plasma-client`, the daemons and the SDK.
@@ -16,5 +17,6 @@ pub mod id;
 pub mod inline;
 pub mod process;
 pub mod proto;
+pub mod recent;
 pub mod resources;
 pub mod value;

@@ -225,6 +225,15 @@ impl Node {
                     self.peers.send(node, Outgoing::KillActor(request));
                 }
                 Effect::LocateActor { actor } => self.locate(actor),
+                Effect::FreeElsewhere { ids } => self.free_elsewhere(ids),
+                Effect::DeleteHere { ids } => {
+                    let plasma = self.plasma.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = plasma.delete(&ids) {
+                            log::warn!(objects = ids.len(); "cannot drop freed objects from the store: {e}");
+                        }
+                    });
+                }
                 Effect::ForwardOutput {
                     home,
                     job,
@@ -258,6 +267,35 @@ impl Node {
 
     fn start_worker(&self) {
         self.workers.start();
+    }
+
+    /// Asks every other node that the GCS lists with a copy of one of `ids` to drop it.
+    fn free_elsewhere(&self, ids: Vec<ObjectId>) {
+        let gcs = self.gcs.clone();
+        let peers = self.peers.clone();
+        let own = self.node_id;
+        tokio::spawn(async move {
+            let mut by_node: HashMap<NodeId, Vec<Vec<u8>>> = HashMap::new();
+            for id in ids {
+                match gcs.object_info(id).await {
+                    Ok(Some(info)) => {
+                        for node in info.locations.into_iter().filter(|n| *n != own) {
+                            by_node
+                                .entry(node)
+                                .or_default()
+                                .push(id.as_bytes().to_vec());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::warn!(object:% = id; "cannot look up the copies of a freed object: {e}")
+                    }
+                }
+            }
+            for (node, object_ids) in by_node {
+                peers.send(node, Outgoing::Free(nm::FreeObjectsRequest { object_ids }));
+            }
+        });
     }
 
     /// Finds the node of `actor` in the GCS actor table, waiting a while for its entry

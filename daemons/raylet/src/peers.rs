@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rayd_common::auth::{AuthChannel, ClientAuth, ServerAuth};
-use rayd_common::id::{ActorId, JobId, NodeId, TaskId};
+use rayd_common::id::{ActorId, JobId, NodeId, ObjectId, TaskId};
 use rayd_common::proto::globalscheduler::v1 as gs;
 use rayd_common::proto::nodemanager::v1 as nm;
 use rayd_gcs::{keys, GcsClient, Heartbeat, NodeEvent, Target};
@@ -85,6 +85,15 @@ fn event_of(body: Option<nm::peer_message::Body>) -> Result<Event, Status> {
                 .map_err(|e| Status::invalid_argument(format!("actor_id: {e}")))?,
             reason: request.reason,
         }),
+        Body::Free(request) => request
+            .object_ids
+            .iter()
+            .map(|bytes| {
+                ObjectId::from_slice(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("object_ids: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Event::FreeObjects),
         Body::Output(request) => Ok(Event::RemoteOutput {
             job: JobId::from_slice(&request.job_id)
                 .map_err(|e| Status::invalid_argument(format!("job_id: {e}")))?,
@@ -227,6 +236,8 @@ pub enum Outgoing {
     Output(nm::WorkerOutputRequest),
     /// A task of that home was handed on from here.
     Moved(nm::TaskMovedRequest),
+    /// Objects freed by a program here: that node's copies go too.
+    Free(nm::FreeObjectsRequest),
 }
 
 /// The other raylets: their node manager addresses (learned by the watcher) and a queue
@@ -438,6 +449,9 @@ fn fail(inputs: &mpsc::UnboundedSender<Input>, node: NodeId, message: Outgoing, 
         Outgoing::Moved(_) => {
             log::warn!(node:% = node; "cannot tell a task's home where it went: {error}");
         }
+        Outgoing::Free(request) => {
+            log::warn!(node:% = node, objects = request.object_ids.len(); "cannot ask a node to drop freed objects: {error}");
+        }
         Outgoing::Output(request) => {
             log::info!(node:% = node, pid = request.pid; "worker (its driver's node cannot be reached: {error}): {}", request.line);
         }
@@ -490,6 +504,7 @@ impl PeerStream {
             Outgoing::KillActor(request) => Body::KillActor(request),
             Outgoing::Output(request) => Body::Output(request),
             Outgoing::Moved(request) => Body::Moved(request),
+            Outgoing::Free(request) => Body::Free(request),
         };
         if !matches!(body, Body::Forward(_)) {
             self.others += 1;

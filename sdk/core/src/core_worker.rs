@@ -718,7 +718,7 @@ impl CoreWorker {
 
     /// Drops objects from this node's store (`ray.internal.free`); returns how many were
     /// there. An object in use stays until its last reader releases it.
-    pub fn free(&self, ids: &[ObjectId]) -> Result<usize, CoreError> {
+    pub fn free(&self, ids: &[ObjectId], local_only: bool) -> Result<usize, CoreError> {
         // Forgotten before the store is asked: the store announces the removal on its event
         // stream (a deferred one when its last pin goes), and until then a seal announced
         // is from before the free. Forgotten after the reply, the announcement could come
@@ -736,6 +736,13 @@ impl CoreWorker {
         self.inbox.unforget(&report.not_found);
         // What a reader still holds goes when it lets go; new readers get none of it.
         self.inbox.freed_in_use(&report.deferred);
+        // After this node's delete, on the same connection as the fetches that may
+        // follow: the raylet notes the objects freed before it sees them.
+        if !local_only && !ids.is_empty() {
+            self.raylet.send(pb::client_message::Kind::Free(pb::Free {
+                object_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            }))?;
+        }
         Ok(report.deleted.len() + report.deferred.len())
     }
 

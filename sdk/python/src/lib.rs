@@ -482,10 +482,18 @@ impl CoreWorker {
         self.0.gcs().0.shard_addresses().len()
     }
 
-    /// Drops objects from this node's store; returns how many were there.
-    fn free(&self, py: Python<'_>, ids: Vec<Bound<'_, PyObjectId>>) -> PyResult<usize> {
+    /// Drops objects from this node's store, and unless `local_only` from every other
+    /// node's; returns how many this node's store had.
+    #[pyo3(signature = (ids, local_only=false))]
+    fn free(
+        &self,
+        py: Python<'_>,
+        ids: Vec<Bound<'_, PyObjectId>>,
+        local_only: bool,
+    ) -> PyResult<usize> {
         let ids: Vec<ObjectId> = ids.iter().map(|i| i.get().0).collect();
-        py.detach(|| self.0.free(&ids)).map_err(to_py_err)
+        py.detach(|| self.0.free(&ids, local_only))
+            .map_err(to_py_err)
     }
 
     /// Kills an actor now (`ray.kill`): no restart; its pending calls fail.

@@ -400,10 +400,10 @@ def test_a_task_gets_the_large_result_of_its_child_on_another_node(three_nodes):
     assert ray.get(parent.remote(), timeout=60) == ("127.0.0.3", 7 * 5 * 1000 * 1000)
 
 
-def test_a_free_drops_this_nodes_copy_only_and_the_last_copy_freed_raises(three_nodes):
-    """`ray.internal.free` drops the copy in this node's store: a copy another node pulled
-    is still there to be got; freed there too (no copy left), the object raises
-    ObjectFreedError on any node, and is not rebuilt."""
+def test_a_local_free_drops_this_nodes_copy_only_and_the_last_copy_freed_raises(three_nodes):
+    """`ray.internal.free(..., local_only=True)` drops the copy in this node's store: a copy
+    another node pulled is still there to be got; freed there too (no copy left), the
+    object raises ObjectFreedError on any node, and is not rebuilt."""
     array = np.arange(2 * 1000 * 1000, dtype=np.int64)  # 16 MB: through the stores
     ref = ray.put(array)
 
@@ -413,7 +413,7 @@ def test_a_free_drops_this_nodes_copy_only_and_the_last_copy_freed_raises(three_
 
     @ray.remote(resources={"node2": 1})
     def free_here(refs):
-        ray.internal.free(refs)
+        ray.internal.free(refs, local_only=True)
         return True
 
     @ray.remote(resources={"node3": 1})
@@ -425,14 +425,48 @@ def test_a_free_drops_this_nodes_copy_only_and_the_last_copy_freed_raises(three_
             return "freed: " + str(e)
 
     assert ray.get(total.remote(ref), timeout=60) == int(array.sum())  # node 2 has a copy
-    ray.internal.free([ref])
+    ray.internal.free([ref], local_only=True)
     again = ray.get(ref, timeout=60)  # pulled back from node 2
     assert np.array_equal(again, array)
     del again
     # Freed on both nodes: no copy left anywhere.
-    ray.internal.free([ref])
+    ray.internal.free([ref], local_only=True)
     assert ray.get(free_here.remote([ref]), timeout=60) is True
     answer = ray.get(get_there.remote([ref]), timeout=90)
     assert answer.startswith("freed: ") and "ray.internal.free" in answer, answer
     with pytest.raises(ray.exceptions.ObjectFreedError):
         ray.get(ref, timeout=60)
+
+
+def test_a_free_drops_the_copies_on_every_node(three_nodes):
+    """`ray.internal.free` (Ray's default, not `local_only`) drops the copies every node
+    holds: a get right after raises ObjectFreedError instead of pulling the object back
+    from a node that still had a copy, on this node and on the others."""
+    array = np.arange(2 * 1000 * 1000, dtype=np.int64)  # 16 MB: through the stores
+    ref = ray.put(array)
+    state = ray.global_state
+    node2 = [n["NodeID"] for n in ray.nodes() if "node2" in n["Resources"]]
+    assert len(node2) == 1
+
+    @ray.remote(resources={"node2": 1})
+    def total(a):
+        return int(a.sum())
+
+    @ray.remote(resources={"node3": 1})
+    def get_there(refs):
+        try:
+            ray.get(refs[0], timeout=60)
+            return "got it"
+        except ray.exceptions.ObjectFreedError:
+            return "freed"
+
+    def locations():
+        return (state.object_table(ref.hex()) or {}).get("Locations") or []
+
+    assert ray.get(total.remote(ref), timeout=60) == int(array.sum())
+    wait_for(lambda: len(locations()) == 2, 30, "copies on this node and node 2")
+    ray.internal.free([ref])
+    with pytest.raises(ray.exceptions.ObjectFreedError):
+        ray.get(ref, timeout=60)
+    wait_for(lambda: node2[0] not in locations(), 30, "node 2 to drop its copy")
+    assert ray.get(get_there.remote([ref]), timeout=90) == "freed"

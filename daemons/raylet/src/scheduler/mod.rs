@@ -35,6 +35,7 @@ use rayd_common::framing;
 use rayd_common::id::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rayd_common::proto::common::v1 as common_pb;
 use rayd_common::proto::raylet::v1 as pb;
+use rayd_common::recent::RecentSet;
 use rayd_common::value;
 use rayd_gcs::{ActorInfo, TaskEntry};
 
@@ -57,6 +58,8 @@ const MAX_CPU_FREE_WORKERS: usize = 32;
 
 /// Most raylets a task is forwarded through before it stays where it is.
 const MAX_HOPS: u32 = 3;
+/// Objects freed everywhere that the scheduler remembers (see `Scheduler::freed`).
+const FREED_MAX: usize = 65_536;
 
 /// How long a pool worker beyond the node's usual pool stays idle before it is told to
 /// exit.
@@ -192,6 +195,8 @@ pub enum Event {
         task: TaskId,
         node: NodeId,
     },
+    /// A program on another node freed these objects: this node's copies go too.
+    FreeObjects(Vec<ObjectId>),
 }
 
 /// What the scheduler asks the I/O layer to do.
@@ -214,6 +219,11 @@ pub enum Effect {
     Pull { id: ObjectId },
     /// The object became local by another way: the pull can stop.
     StopPull { id: ObjectId },
+    /// A program here freed these objects: have the other nodes that hold copies drop
+    /// them.
+    FreeElsewhere { ids: Vec<ObjectId> },
+    /// Drop these objects from this node's store (a program on another node freed them).
+    DeleteHere { ids: Vec<ObjectId> },
     /// Hand a task to another node's raylet (answered by `ForwardFailed` when it cannot).
     Forward {
         node: NodeId,
@@ -359,6 +369,10 @@ pub struct Scheduler {
     locating: HashMap<ActorId, Vec<Task>>,
     /// Attempts of tasks retried after their worker died.
     retries: HashMap<TaskId, u32>,
+    /// Objects a program freed everywhere (`ray.internal.free`), here or on another node:
+    /// a pull of one ends as freed at once, instead of finding a copy on a node that has
+    /// not dropped its own yet.
+    freed: RecentSet<ObjectId>,
     effects: Vec<Effect>,
     /// The time of the event being handled.
     now: Instant,
@@ -387,6 +401,7 @@ impl Scheduler {
             reruns: std::collections::HashSet::new(),
             locating: HashMap::new(),
             retries: HashMap::new(),
+            freed: RecentSet::new(FREED_MAX),
             effects: Vec::new(),
             now,
         }
@@ -442,6 +457,12 @@ impl Scheduler {
             Event::ObjectDeleted(id) => self.on_deleted(id),
             Event::ObjectLost { id, reason } => self.on_lost(id, &reason),
             Event::ObjectFreed(id) => self.on_freed(id),
+            Event::FreeObjects(ids) => {
+                for id in &ids {
+                    self.freed.insert(*id);
+                }
+                self.effects.push(Effect::DeleteHere { ids });
+            }
             Event::Rerun { spec } => self.on_rerun(spec),
             Event::WorkerSpawned { pid } => {
                 log::debug!(pid; "started a worker");
@@ -582,6 +603,7 @@ impl Scheduler {
             Kind::SubmitTask(spec) => self.on_submit(conn, spec),
             Kind::TaskDone(done) => self.on_task_done(conn, done),
             Kind::Fetch(fetch) => self.on_fetch(conn, &fetch.object_ids),
+            Kind::Free(free) => self.on_free(conn, &free.object_ids),
             Kind::Blocked(_) => self.on_blocked(conn, true),
             Kind::Unblocked(_) => self.on_blocked(conn, false),
             Kind::KillActor(kill) => match ActorId::from_slice(&kill.actor_id) {
@@ -684,7 +706,34 @@ impl Scheduler {
             return;
         }
         if self.deps.want(id) {
+            self.pull(id);
+        }
+    }
+
+    /// Gets `id` from another node, unless a program freed it everywhere.
+    fn pull(&mut self, id: ObjectId) {
+        if self.freed.contains(&id) {
+            self.on_freed(id);
+        } else {
             self.effects.push(Effect::Pull { id });
+        }
+    }
+
+    /// A program here freed objects from this node's store, and wants them gone from the
+    /// other nodes too.
+    fn on_free(&mut self, conn: ConnId, ids: &[Vec<u8>]) {
+        let mut freed = Vec::with_capacity(ids.len());
+        for bytes in ids {
+            match ObjectId::from_slice(bytes) {
+                Ok(id) => {
+                    self.freed.insert(id);
+                    freed.push(id);
+                }
+                Err(_) => log::warn!(conn; "ignoring a free of a malformed object id"),
+            }
+        }
+        if !freed.is_empty() {
+            self.effects.push(Effect::FreeElsewhere { ids: freed });
         }
     }
 
@@ -753,7 +802,7 @@ impl Scheduler {
             if (expected || self.deps.awaited(&id) || self.inline.has_interest(&id))
                 && self.deps.want(id)
             {
-                self.effects.push(Effect::Pull { id });
+                self.pull(id);
             }
         }
         self.schedule();
@@ -786,7 +835,7 @@ impl Scheduler {
             self.deps.park(task, missing);
         }
         if needed && self.deps.want(id) {
-            self.effects.push(Effect::Pull { id });
+            self.pull(id);
         }
     }
 

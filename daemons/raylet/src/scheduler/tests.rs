@@ -53,6 +53,10 @@ struct Out {
     spills: Vec<TaskId>,
     /// (node, actor) of every kill asked of another node.
     remote_kills: Vec<(NodeId, ActorId)>,
+    /// Objects whose copies on other nodes are to go.
+    freed_elsewhere: Vec<ObjectId>,
+    /// Objects to go from this node's store.
+    deleted_here: Vec<ObjectId>,
 }
 
 impl Out {
@@ -132,6 +136,8 @@ impl Harness {
                 Effect::Put { id, object } => out.puts.push((id, object.metadata.to_vec())),
                 Effect::Pull { id } => out.pulls.push(id),
                 Effect::StopPull { id } => out.stopped_pulls.push(id),
+                Effect::FreeElsewhere { ids } => out.freed_elsewhere.extend(ids),
+                Effect::DeleteHere { ids } => out.deleted_here.extend(ids),
                 Effect::LocateActor { actor } => out.locate.push(actor),
                 Effect::ForwardOutput { home, line, .. } => out.output_home.push((home, line)),
                 Effect::Spill { spec, .. } => out.spills.push(id_of(&spec)),
@@ -355,6 +361,46 @@ fn a_driver_asking_for_an_object_the_store_is_removing_has_it_asked_for() {
     );
     assert!(out.pulls.is_empty(), "here as far as the raylet heard");
     assert_eq!(h.step(Event::ObjectDeleted(id)).pulls, vec![id]);
+}
+
+/// `ray.internal.free` without `local_only`: the other nodes' copies go too, and the
+/// raylet does not pull the object back from a node that has not dropped its copy yet.
+#[test]
+fn an_object_freed_everywhere_is_not_pulled_back() {
+    let mut h = Harness::new(&[("CPU", 1.0)]);
+    let driver = h.driver();
+    let (freed, kept) = (
+        ObjectId::for_put(TaskId::random_task(), 1),
+        ObjectId::for_put(TaskId::random_task(), 2),
+    );
+    let out = h.message(
+        driver,
+        pb::client_message::Kind::Free(pb::Free {
+            object_ids: vec![freed.as_bytes().to_vec(), b"malformed".to_vec()],
+        }),
+    );
+    assert_eq!(out.freed_elsewhere, vec![freed]);
+    let out = h.message(
+        driver,
+        pb::client_message::Kind::Fetch(pb::Fetch {
+            object_ids: vec![freed.as_bytes().to_vec(), kept.as_bytes().to_vec()],
+        }),
+    );
+    assert_eq!(out.pulls, vec![kept], "only what was not freed is pulled");
+    assert_eq!(out.error_puts(value::ERROR_OBJECT_FREED), vec![freed]);
+
+    // Freed by a program on another node: dropped here, and not pulled either.
+    let remote = ObjectId::for_put(TaskId::random_task(), 3);
+    let out = h.step(Event::FreeObjects(vec![remote]));
+    assert_eq!(out.deleted_here, vec![remote]);
+    let out = h.message(
+        driver,
+        pb::client_message::Kind::Fetch(pb::Fetch {
+            object_ids: vec![remote.as_bytes().to_vec()],
+        }),
+    );
+    assert!(out.pulls.is_empty());
+    assert_eq!(out.error_puts(value::ERROR_OBJECT_FREED), vec![remote]);
 }
 
 #[test]

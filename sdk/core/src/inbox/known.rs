@@ -1,10 +1,11 @@
 //! What has arrived and who waits for it: the state behind the inbox's lock, without I/O.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rayd_common::id::ObjectId;
 use rayd_common::proto::raylet::v1 as pb;
+use rayd_common::recent::RecentSet;
 
 use crate::object::Object;
 use crate::InlineCache;
@@ -25,10 +26,8 @@ pub(super) struct Known {
     expected: HashSet<ObjectId>,
     /// Objects this process deleted whose removal the store's stream has not announced.
     freed: HashSet<ObjectId>,
-    /// Objects this process deleted, until a copy of one is sealed again, and the order
-    /// they were deleted in (entries of objects sealed since are skipped when met).
-    dropped: HashSet<ObjectId>,
-    dropped_order: VecDeque<ObjectId>,
+    /// Objects this process deleted, until a copy of one is sealed again.
+    dropped: RecentSet<ObjectId>,
     /// Objects this process deleted while a reader still held them (the store removes
     /// them when the last lets go, and serves them to no one meanwhile): the error a `get`
     /// of one raises until then.
@@ -52,8 +51,7 @@ impl Default for Known {
             inline: InlineCache::new(INLINE_CACHE_BYTES),
             expected: HashSet::new(),
             freed: HashSet::new(),
-            dropped: HashSet::new(),
-            dropped_order: VecDeque::new(),
+            dropped: RecentSet::new(DROPPED_MAX),
             freed_in_use: HashMap::new(),
             store_closed: None,
             watched: HashMap::new(),
@@ -104,17 +102,7 @@ impl Known {
         if following {
             self.freed.insert(id);
         }
-        if self.dropped.insert(id) {
-            self.dropped_order.push_back(id);
-        }
-        while self.dropped.len() > DROPPED_MAX || self.dropped_order.len() > 2 * DROPPED_MAX {
-            match self.dropped_order.pop_front() {
-                Some(old) => {
-                    self.dropped.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.dropped.insert(id);
     }
 
     /// Undoes [`Self::free`] for `id`, whose removal will not be announced.

@@ -4,10 +4,11 @@ from ray._private import worker as _worker
 
 
 def free(object_ids, local_only=False, delete_creating_tasks=False):
-    """Drops objects from the object store of this node now, instead of waiting for
-    eviction. An object that a reader still maps goes when the reader releases it. Getting a
-    freed object afterwards raises `ray.exceptions.ObjectFreedError` when no other node has
-    a copy (it is not rebuilt); a get of it by another process while a reader still holds it
+    """Drops objects from the object stores now, instead of waiting for eviction: from
+    every node's (the copies the object table lists), or with `local_only` from this node's
+    only. An object that a reader still maps goes when the reader releases it. Getting a
+    freed object afterwards raises `ray.exceptions.ObjectFreedError` when no copy is left
+    (it is not rebuilt); a get of it by another process while a reader still holds it
     waits for that reader. Returns nothing."""
     worker = _worker.global_worker
     worker.check_connected()
@@ -21,4 +22,4 @@ def free(object_ids, local_only=False, delete_creating_tasks=False):
         for object_id in ids:
             worker.local_objects.pop(object_id, None)
         return
-    worker.core.free(ids)
+    worker.core.free(ids, local_only=bool(local_only))
