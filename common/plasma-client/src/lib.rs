@@ -131,12 +131,19 @@ impl ClientError {
         matches!(self, Self::StoreFull(_) | Self::TooLarge(_))
     }
 
-    /// Whether the connection to the store is gone (the store stopped or died).
-    pub fn is_connection_lost(&self) -> bool {
-        matches!(
-            self,
-            Self::Protocol(protocol::ProtocolError::Closed | protocol::ProtocolError::Io(_))
-        )
+    /// Whether the store is gone (it stopped or died): its connection broke, or its
+    /// socket is missing or refuses connections.
+    pub fn is_store_gone(&self) -> bool {
+        match self {
+            Self::Protocol(protocol::ProtocolError::Closed | protocol::ProtocolError::Io(_)) => {
+                true
+            }
+            Self::Connect { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -459,4 +466,19 @@ pub struct ObjectEntry {
     pub metadata_size: u64,
     pub sealed: bool,
     pub pins: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_store_socket_counts_as_the_store_gone() {
+        let dir = std::env::temp_dir().join(format!("rayd-no-store-{}", std::process::id()));
+        let missing = Subscription::connect(dir.join("plasma_store")).unwrap_err();
+        assert!(missing.is_store_gone(), "{missing}");
+        let lost = ClientError::Protocol(ProtocolError::Closed);
+        assert!(lost.is_store_gone());
+        assert!(!ClientError::Invalid("a bad request".into()).is_store_gone());
+    }
 }

@@ -44,8 +44,9 @@ fn to_py_err(error: CoreError) -> PyErr {
     let class = match &error {
         CoreError::Plasma(e) if e.is_store_full() => "ObjectStoreFullError",
         // The node's daemons went away: a `get` that wakes as the raylet stops (its tasks'
-        // results turned to errors) may find the store gone first.
-        CoreError::Plasma(e) if e.is_connection_lost() => "RayletConnectionError",
+        // results turned to errors) may find the store gone first, and one that starts
+        // while the node stops may find its socket gone.
+        CoreError::Plasma(e) if e.is_store_gone() => "RayletConnectionError",
         CoreError::RayletConnect { .. }
         | CoreError::Raylet(_)
         | CoreError::RayletClosed
