@@ -363,6 +363,13 @@ impl CoreWorker {
                 context.job,
             )
         };
+        let object_args: Vec<ObjectId> = args
+            .iter()
+            .filter_map(|arg| match arg {
+                TaskArgValue::Object(id) => Some(*id),
+                TaskArgValue::Inline(_) => None,
+            })
+            .collect();
         let args = args
             .into_iter()
             .map(|arg| common_pb::TaskArg {
@@ -403,6 +410,8 @@ impl CoreWorker {
             .map(|i| ObjectId::for_return(task, i))
             .collect();
         // Before sending: the results may come back before `send` returns.
+        let rerunnable = options.actor.as_ref().is_some_and(|a| a.creation);
+        crate::refs::submitted(&object_args, &returns, rerunnable);
         self.inbox.expect(&returns);
         self.raylet
             .send(pb::client_message::Kind::SubmitTask(spec))?;

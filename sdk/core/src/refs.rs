@@ -1,16 +1,19 @@
 //! The references this process holds to the objects it put itself, so that an object
-//! goes from the store when the last of them goes, as in Ray.
+//! goes from the store when nothing here needs it any more, as in Ray.
 //!
-//! Only a `ray.put` whose ID never left this process is freed this way: once its ID is
-//! passed to a task (or an actor), or pickled into anything (a value, another object, a
-//! copy), another process may hold it, and without distributed reference counting
-//! nothing here can tell when that one lets go; such an object stays until the store
-//! spills or evicts it, as every object did before. Task results are not tracked either
-//! (their task may still be running, or may be run again from its lineage).
+//! A `ray.put` of this process is needed while a handle of it (an `ObjectID`) lives here,
+//! and while a task it was passed to (as a top-level argument) may still need it: until
+//! each of that task's results has arrived here and no handle of the result is left (a
+//! result whose handles remain may have to be made again from its lineage, which needs
+//! the argument). A put whose ID was pickled (into a value, another object, a copy), or
+//! passed to an actor's creation (a restart runs it again) or to a task without results,
+//! may be needed anywhere for any time: without distributed reference counting nothing
+//! here can tell when that ends, so such a put stays until the store spills or evicts it,
+//! as every object did before. So does a task result pickled or passed on.
 //!
 //! The language binding tells the registry about every handle it makes or drops
 //! ([`referenced`], [`released`]); IDs it does not track cost one atomic load, or one
-//! map lookup while any put is tracked.
+//! map lookup while anything is tracked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,86 +22,239 @@ use std::sync::{Arc, Mutex, Weak};
 use rayd_common::id::ObjectId;
 use rayd_plasma_client::PlasmaClient;
 
+#[derive(Debug)]
+enum Kind {
+    /// A `ray.put` of this process: freed when nothing holds it.
+    Put {
+        /// Results of tasks it was passed to that still hold it.
+        holders: u32,
+    },
+    /// A result of a task that took puts of this process: it holds them until it has
+    /// arrived and its last handle went.
+    Result { arrived: bool, holds: Vec<ObjectId> },
+}
+
+#[derive(Debug)]
+struct Entry {
+    /// Handles alive in this process.
+    handles: u32,
+    kind: Kind,
+}
+
 #[derive(Default)]
 struct Registry {
-    /// Handles alive in this process, per tracked put.
-    handles: HashMap<ObjectId, u32>,
+    entries: HashMap<ObjectId, Entry>,
     /// The store connection of the core worker that made the puts (gone with it).
     store: Weak<PlasmaClient>,
 }
 
+impl Registry {
+    /// Drops `id`'s entry when nothing holds it any more; returns the puts to free.
+    fn settle(&mut self, id: ObjectId, free: &mut Vec<ObjectId>) {
+        let done = matches!(
+            self.entries.get(&id),
+            Some(Entry {
+                handles: 0,
+                kind: Kind::Put { holders: 0 } | Kind::Result { arrived: true, .. },
+            })
+        );
+        if !done {
+            return;
+        }
+        match self.entries.remove(&id).map(|e| e.kind) {
+            Some(Kind::Put { .. }) => free.push(id),
+            Some(Kind::Result { holds, .. }) => {
+                for put in holds {
+                    if let Some(Entry {
+                        kind: Kind::Put { holders },
+                        ..
+                    }) = self.entries.get_mut(&put)
+                    {
+                        *holders = holders.saturating_sub(1);
+                        self.settle(put, free);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
-/// How many puts are tracked: the fast path for everything else.
+/// How many objects are tracked: the fast path for everything else.
 static TRACKED: AtomicUsize = AtomicUsize::new(0);
 
-fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
-    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    let registry = registry.get_or_insert_with(Registry::default);
-    let result = f(registry);
-    TRACKED.store(registry.handles.len(), Ordering::Relaxed);
+/// Runs `f` on the registry, then frees the puts it settled.
+fn with<R>(f: impl FnOnce(&mut Registry, &mut Vec<ObjectId>) -> R) -> R {
+    let mut free = Vec::new();
+    let (result, store) = {
+        let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = registry.get_or_insert_with(Registry::default);
+        let result = f(registry, &mut free);
+        TRACKED.store(registry.entries.len(), Ordering::Relaxed);
+        let store = (!free.is_empty())
+            .then(|| registry.store.upgrade())
+            .flatten();
+        (result, store)
+    };
+    if let Some(store) = store {
+        store.delete_quietly(&free);
+    }
     result
 }
 
-/// A core worker starts: its puts are freed through `store`. Puts of an earlier core
+/// Whether anything is tracked (else every call here returns at once).
+pub(crate) fn tracking() -> bool {
+    TRACKED.load(Ordering::Relaxed) > 0
+}
+
+/// A core worker starts: its puts are freed through `store`. Objects of an earlier core
 /// worker of this process are forgotten (their store may be gone).
 pub(crate) fn attach(store: &Arc<PlasmaClient>) {
-    with(|r| {
-        r.handles.clear();
+    with(|r, _| {
+        r.entries.clear();
         r.store = Arc::downgrade(store);
     });
 }
 
 /// `id` was just put by this process: its first handle is about to be made.
 pub(crate) fn put(id: ObjectId) {
-    with(|r| {
-        r.handles.insert(id, 0);
+    with(|r, _| {
+        r.entries.insert(
+            id,
+            Entry {
+                handles: 0,
+                kind: Kind::Put { holders: 0 },
+            },
+        );
     });
 }
 
-/// A handle of `id` was made (a put's, a copy, or one made from its bytes).
+/// A task is about to be submitted with `args` (its top-level object arguments) and
+/// `results`; `rerunnable` when the task may run again after its results arrived (an
+/// actor's creation, run again at each restart).
+pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: bool) {
+    if !tracking() || args.is_empty() {
+        return;
+    }
+    with(|r, _| {
+        // A result passed on may have to be made again while that task waits for it: it
+        // keeps the puts its own task took.
+        for id in args {
+            if matches!(
+                r.entries.get(id),
+                Some(Entry {
+                    kind: Kind::Result { .. },
+                    ..
+                })
+            ) {
+                r.entries.remove(id);
+            }
+        }
+        let puts: Vec<ObjectId> = args
+            .iter()
+            .filter(|id| {
+                matches!(
+                    r.entries.get(id),
+                    Some(Entry {
+                        kind: Kind::Put { .. },
+                        ..
+                    })
+                )
+            })
+            .copied()
+            .collect();
+        if puts.is_empty() {
+            return;
+        }
+        if results.is_empty() || rerunnable {
+            // Nothing tells when such a task no longer needs them.
+            for put in &puts {
+                r.entries.remove(put);
+            }
+            return;
+        }
+        for put in &puts {
+            if let Some(Entry {
+                kind: Kind::Put { holders },
+                ..
+            }) = r.entries.get_mut(put)
+            {
+                *holders += results.len() as u32;
+            }
+        }
+        for result in results {
+            r.entries.insert(
+                *result,
+                Entry {
+                    handles: 0,
+                    kind: Kind::Result {
+                        arrived: false,
+                        holds: puts.clone(),
+                    },
+                },
+            );
+        }
+    });
+}
+
+/// A result of a task submitted here arrived (its task will not run again unless it is
+/// lost).
+pub(crate) fn arrived(id: &ObjectId) {
+    if !tracking() {
+        return;
+    }
+    with(|r, free| {
+        if let Some(Entry {
+            kind: Kind::Result { arrived, .. },
+            ..
+        }) = r.entries.get_mut(id)
+        {
+            *arrived = true;
+            r.settle(*id, free);
+        }
+    });
+}
+
+/// A handle of `id` was made (a put's, a result's, a copy, or one made from its bytes).
 pub fn referenced(id: &ObjectId) {
-    if TRACKED.load(Ordering::Relaxed) == 0 {
+    if !tracking() {
         return;
     }
-    with(|r| {
-        if let Some(count) = r.handles.get_mut(id) {
-            *count += 1;
+    with(|r, _| {
+        if let Some(entry) = r.entries.get_mut(id) {
+            entry.handles += 1;
         }
     });
 }
 
-/// A handle of `id` went; the object is freed when it was the last one.
+/// A handle of `id` went; what nothing needs any more is freed.
 pub fn released(id: &ObjectId) {
-    if TRACKED.load(Ordering::Relaxed) == 0 {
+    if !tracking() {
         return;
     }
-    let store = with(|r| {
-        let count = r.handles.get_mut(id)?;
-        *count = count.saturating_sub(1);
-        if *count > 0 {
-            return None;
+    with(|r, free| {
+        if let Some(entry) = r.entries.get_mut(id) {
+            entry.handles = entry.handles.saturating_sub(1);
+            r.settle(*id, free);
         }
-        r.handles.remove(id);
-        r.store.upgrade()
     });
-    if let Some(store) = store {
-        store.delete_quietly(std::slice::from_ref(id));
-    }
 }
 
-/// `id` left this process (a task's argument, or pickled): it is never freed from here.
+/// `id` was pickled, so it may be held anywhere: a put is never freed from here, and a
+/// result keeps the puts its task took.
 pub fn shared(id: &ObjectId) {
-    if TRACKED.load(Ordering::Relaxed) == 0 {
+    if !tracking() {
         return;
     }
-    with(|r| {
-        r.handles.remove(id);
+    with(|r, _| {
+        r.entries.remove(id);
     });
 }
 
-/// Whether `id` is a put of this process that would be freed with its last handle.
+/// Whether `id` is tracked (a put of this process, or a result that holds one).
 pub fn is_tracked(id: &ObjectId) -> bool {
-    TRACKED.load(Ordering::Relaxed) > 0 && with(|r| r.handles.contains_key(id))
+    tracking() && with(|r, _| r.entries.contains_key(id))
 }
 
 #[cfg(test)]
@@ -107,29 +263,76 @@ mod tests {
 
     // The registry is one per process: its cases run in one test, in order.
     #[test]
-    fn handles_are_counted_and_shared_ids_are_forgotten() {
-        let a = ObjectId::random();
-        let b = ObjectId::random();
-        let other = ObjectId::random();
+    fn puts_go_with_their_last_handle_and_the_results_of_the_tasks_they_were_passed_to() {
+        let (a, b, other) = (ObjectId::random(), ObjectId::random(), ObjectId::random());
         put(a);
         referenced(&a);
         referenced(&a); // a copy
         referenced(&other);
-        assert!(is_tracked(&a));
-        assert!(!is_tracked(&other));
+        assert!(is_tracked(&a) && !is_tracked(&other));
         released(&a);
         assert!(is_tracked(&a), "one handle is left");
         released(&a);
-        assert!(
-            !is_tracked(&a),
-            "the last handle went: freed (no store here)"
-        );
+        assert!(!is_tracked(&a), "the last handle went: freed");
 
+        // Pickled: never freed from here.
         put(b);
         referenced(&b);
         shared(&b);
-        assert!(!is_tracked(&b), "passed on: never freed from here");
         released(&b);
-        assert_eq!(TRACKED.load(Ordering::Relaxed), 0);
+        assert!(!is_tracked(&b));
+
+        // Passed to a task: held until its result arrived and has no handle left.
+        let (arg, result) = (ObjectId::random(), ObjectId::random());
+        put(arg);
+        referenced(&arg);
+        submitted(&[arg, other], &[result], false);
+        referenced(&result);
+        released(&arg);
+        assert!(is_tracked(&arg), "its task's result has not arrived");
+        arrived(&result);
+        assert!(is_tracked(&arg), "its task's result still has a handle");
+        released(&result);
+        assert!(!is_tracked(&arg) && !is_tracked(&result));
+
+        // A result dropped before it arrived (the task may not have run yet).
+        let (arg, result) = (ObjectId::random(), ObjectId::random());
+        put(arg);
+        referenced(&arg);
+        submitted(&[arg], &[result], false);
+        referenced(&result);
+        released(&result);
+        released(&arg);
+        assert!(is_tracked(&arg), "the task may not have run");
+        arrived(&result);
+        assert!(!is_tracked(&arg));
+
+        // A result passed on keeps its arguments for good; so does an actor's creation.
+        let (arg, result, creation_arg) =
+            (ObjectId::random(), ObjectId::random(), ObjectId::random());
+        put(arg);
+        referenced(&arg);
+        submitted(&[arg], &[result], false);
+        referenced(&result);
+        shared(&result);
+        released(&arg);
+        put(creation_arg);
+        referenced(&creation_arg);
+        submitted(&[creation_arg], &[ObjectId::random()], true);
+        released(&creation_arg);
+        assert!(!is_tracked(&creation_arg), "never freed: no longer counted");
+        assert!(is_tracked(&arg), "held by a result that was passed on");
+
+        // A result passed to another task: it keeps its own task's puts for good.
+        let (arg, result) = (ObjectId::random(), ObjectId::random());
+        put(arg);
+        referenced(&arg);
+        submitted(&[arg], &[result], false);
+        referenced(&result);
+        submitted(&[result], &[ObjectId::random()], false);
+        released(&arg);
+        arrived(&result);
+        released(&result);
+        assert!(is_tracked(&arg));
     }
 }

@@ -728,7 +728,6 @@ impl CoreWorker {
         let mut values = Vec::with_capacity(args.len());
         for arg in args.iter() {
             if let Ok(object) = arg.cast::<PyObjectId>() {
-                refs::shared(&object.get().0);
                 values.push(TaskArgValue::Object(object.get().0));
             } else {
                 let bytes = arg.cast::<PyBytes>().map_err(|_| {

@@ -224,15 +224,22 @@ def test_an_object_freed_while_its_value_is_held_raises_at_once_and_the_value_st
         ray.get(object_id, timeout=30)
 
 
-def test_a_put_goes_from_the_store_with_its_last_reference_unless_it_was_passed_on(shared_cluster):
+def test_a_put_goes_from_the_store_when_nothing_here_needs_it(shared_cluster):
     """As in Ray, a `ray.put` goes from the store when the last ObjectRef of it in the
     process that made it goes (a value read from it stays intact and keeps its memory until
-    it goes too). One whose ID left the process, as a task's argument or pickled, stays:
-    another process may hold it, and rayd counts no references across processes."""
+    it goes too), and not before the tasks it was passed to are done with it: their results
+    have arrived and have no ObjectRef left (a result may be made again from its lineage).
+    One whose ID was pickled stays: another process may hold it, and rayd counts no
+    references across processes."""
     state = ray.global_state
 
     def listed(hex_id):
         return bool((state.object_table(hex_id) or {}).get("Locations"))
+
+    def marker_listed():
+        # The store reports its changes in order: a put after a removal is listed after it.
+        marker = ray.put(array)
+        wait_for(lambda: listed(marker.hex()), 10, "a marker put in the object table")
 
     @ray.remote
     def total(x):
@@ -242,23 +249,48 @@ def test_a_put_goes_from_the_store_with_its_last_reference_unless_it_was_passed_
     dropped = ray.put(array)
     copy = ray.ObjectRef(dropped.binary())  # a second handle of the same object
     as_argument = ray.put(array)
+    held_by_result = ray.put(array)
     pickled = ray.put(array)
     held = ray.get(ray.put(array))  # the put's only handle goes at once; its value stays
-    hex_ids = [r.hex() for r in (dropped, as_argument, pickled)]
+    result = total.remote(held_by_result)
     assert ray.get(total.remote(as_argument)) == ray.get(total.remote([pickled])) == array.sum()
-    wait_for(lambda: all(listed(h) for h in hex_ids), 10, "the puts in the object table")
-    del dropped, as_argument, pickled
+    assert ray.get(result) == array.sum()
+    hex_ids = {name: ref.hex() for name, ref in
+               [("dropped", dropped), ("as_argument", as_argument),
+                ("held_by_result", held_by_result), ("pickled", pickled)]}
+    wait_for(lambda: all(listed(h) for h in hex_ids.values()), 10, "the puts in the object table")
+    del dropped, as_argument, held_by_result, pickled
 
-    # A marker put after the drops is listed after their removals would have been: the
-    # store reports its changes in order.
-    marker = ray.put(array)
-    wait_for(lambda: listed(marker.hex()), 10, "the marker in the object table")
-    assert all(listed(h) for h in hex_ids), "an object went while a handle of it was left"
+    wait_for(lambda: not listed(hex_ids["as_argument"]), 10,
+             "a put whose task is done with it to leave the store")
+    marker_listed()
+    assert listed(hex_ids["dropped"]), "an object went while a handle of it was left"
+    assert listed(hex_ids["held_by_result"]), "an argument went while its task's result was held"
     assert held[-1] == 2**20 - 1
 
-    del copy
-    wait_for(lambda: not listed(hex_ids[0]), 10, "the put without handles to leave the store")
-    marker = ray.put(array)
-    wait_for(lambda: listed(marker.hex()), 10, "the second marker in the object table")
-    assert listed(hex_ids[1]) and listed(hex_ids[2]), "a put passed on was freed"
+    del copy, result
+    wait_for(lambda: not listed(hex_ids["dropped"]) and not listed(hex_ids["held_by_result"]), 10,
+             "the puts nothing needs to leave the store")
+    marker_listed()
+    assert listed(hex_ids["pickled"]), "a pickled put was freed"
     assert held[-1] == 2**20 - 1 and np.array_equal(held, array)
+
+
+def test_large_arguments_go_from_the_store_when_their_tasks_are_done(shared_cluster):
+    """The SDK puts a large argument into the store for its task; like Ray, it frees it once
+    the task's result has arrived and was dropped, so a loop of such calls does not fill the
+    store (before, 20 calls left 20 copies of the argument there)."""
+    state = ray.global_state
+
+    def stored():
+        return sum(1 for entry in state.object_table().values() if entry["Locations"])
+
+    @ray.remote
+    def total(a):
+        return float(a.sum())
+
+    array = np.ones(2**20)  # 8 MB: put into the store, not inlined
+    before = stored()
+    for _ in range(20):
+        assert ray.get(total.remote(array)) == array.size
+    wait_for(lambda: stored() <= before + 1, 10, "the arguments to leave the store")

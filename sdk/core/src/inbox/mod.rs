@@ -102,6 +102,9 @@ impl Shared {
                     known.wakeups += 1;
                     self.wake();
                 }
+                drop(known);
+                crate::refs::arrived(&event.id);
+                return true;
             }
             Ok(Some(event)) => known.delete(&event.id),
             Ok(None) => {}
@@ -116,10 +119,24 @@ impl Shared {
     }
 
     fn insert_inline(&self, objects: Vec<pb::InlineObject>) {
-        let mut known = self.known();
-        if known.insert_inline(objects) {
-            known.wakeups += 1;
-            self.changed.notify_all();
+        // Results that hold puts of this process (see `crate::refs`); none most often.
+        let ids: Vec<ObjectId> = if crate::refs::tracking() {
+            objects
+                .iter()
+                .filter_map(|o| ObjectId::from_slice(&o.object_id).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        {
+            let mut known = self.known();
+            if known.insert_inline(objects) {
+                known.wakeups += 1;
+                self.changed.notify_all();
+            }
+        }
+        for id in &ids {
+            crate::refs::arrived(id);
         }
     }
 }
@@ -200,6 +217,7 @@ impl Inbox {
     /// Marks an object found sealed by asking the store directly (sealed before following).
     pub fn insert_sealed(&self, id: ObjectId) {
         self.shared.known().seal(id);
+        crate::refs::arrived(&id);
     }
 
     /// Forgets objects this process removed from the store (`ray.internal.free`), and
