@@ -725,8 +725,9 @@ impl CoreWorker {
             .block_on(self.gcs.command(server, name, args))?)
     }
 
-    /// Drops objects from this node's store (`ray.internal.free`); returns how many were
-    /// there. An object in use stays until its last reader releases it.
+    /// Drops objects from this node's store (`ray.internal.free`), and unless `local_only`
+    /// has the raylet drop the other nodes' copies; returns how many this node's store
+    /// had. An object in use stays until its last reader releases it.
     pub fn free(&self, ids: &[ObjectId], local_only: bool) -> Result<usize, CoreError> {
         // Forgotten before the store is asked: the store announces the removal on its event
         // stream (a deferred one when its last pin goes), and until then a seal announced

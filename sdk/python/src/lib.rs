@@ -96,8 +96,8 @@ fn id_from(bytes: &[u8]) -> PyResult<ObjectId> {
 }
 
 /// An object's ID: 20 bytes, printed as hex. Each one is a handle counted by
-/// [`rayd_core::refs`]: a `ray.put` of this process goes from the store with its last
-/// handle, unless its ID left the process (a task's argument, or pickled).
+/// [`rayd_core::refs`]: a `ray.put` of this process goes from the store when nothing here
+/// needs it any more (no handle left, the tasks it was passed to done, never pickled).
 #[pyclass(name = "ObjectID", module = "ray._raylet", frozen, eq, hash, subclass)]
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct PyObjectId(ObjectId);
