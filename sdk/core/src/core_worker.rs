@@ -99,9 +99,11 @@ pub struct CoreWorker {
     node_id: NodeId,
     node_ip_address: String,
     redis_address: String,
-    raylet: RayletConnection,
-    /// Shared with [`crate::refs`], which frees this process's puts through it.
+    raylet: Arc<RayletConnection>,
     plasma: Arc<PlasmaClient>,
+    /// Both connections, lent to [`crate::refs`], which frees this process's puts through
+    /// them (for as long as this core worker lives).
+    _releaser: Arc<crate::refs::Releaser>,
     plasma_socket: PathBuf,
     gcs: GcsClient,
     /// The cluster's secret (none in an open cluster): function definitions are signed
@@ -125,7 +127,7 @@ impl CoreWorker {
     /// Registers with the raylet at `options.raylet_socket`, then connects to the node's
     /// plasma store and the cluster's GCS.
     pub fn connect(options: &ConnectOptions) -> Result<Self, CoreError> {
-        let raylet = RayletConnection::connect(&options.raylet_socket)?;
+        let raylet = Arc::new(RayletConnection::connect(&options.raylet_socket)?);
         let worker_id = WorkerId::random();
         let job = match options.object_id_seed {
             Some(seed) => JobId::from_seed(seed),
@@ -166,7 +168,11 @@ impl CoreWorker {
             &registered.plasma_socket,
             &format!("{name} {}", std::process::id()),
         )?);
-        crate::refs::attach(&plasma);
+        let releaser = Arc::new(crate::refs::Releaser {
+            plasma: Arc::clone(&plasma),
+            raylet: Arc::clone(&raylet),
+        });
+        crate::refs::attach(&releaser);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rayd-core")
@@ -203,6 +209,7 @@ impl CoreWorker {
             redis_address: registered.redis_address,
             raylet,
             plasma,
+            _releaser: releaser,
             plasma_socket: PathBuf::from(registered.plasma_socket),
             gcs,
             secret: password,

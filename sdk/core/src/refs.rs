@@ -20,7 +20,34 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use rayd_common::id::ObjectId;
+use rayd_common::proto::raylet::v1 as pb;
 use rayd_plasma_client::PlasmaClient;
+
+use crate::raylet_client::RayletConnection;
+
+/// Where the objects nothing here needs go: this node's store, and, for puts passed to
+/// tasks (which may have pulled copies to other nodes), the raylet, which has the other
+/// nodes drop their copies (as `ray.internal.free` does).
+#[derive(Debug)]
+pub(crate) struct Releaser {
+    pub plasma: Arc<PlasmaClient>,
+    pub raylet: Arc<RayletConnection>,
+}
+
+impl Releaser {
+    fn release(&self, here: &[ObjectId], everywhere: &[ObjectId]) {
+        self.plasma.delete_quietly(here);
+        if everywhere.is_empty() {
+            return;
+        }
+        let free = pb::Free {
+            object_ids: everywhere.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        };
+        if let Err(e) = self.raylet.send(pb::client_message::Kind::Free(free)) {
+            log::debug!(objects = everywhere.len(); "cannot have other nodes drop freed objects: {e}");
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -28,6 +55,8 @@ enum Kind {
     Put {
         /// Results of tasks it was passed to that still hold it.
         holders: u32,
+        /// Whether it was passed to a task (its copies may be on other nodes).
+        passed: bool,
     },
     /// A result of a task that took puts of this process: it holds them until it has
     /// arrived and its last handle went.
@@ -44,29 +73,42 @@ struct Entry {
 #[derive(Default)]
 struct Registry {
     entries: HashMap<ObjectId, Entry>,
-    /// The store connection of the core worker that made the puts (gone with it).
-    store: Weak<PlasmaClient>,
+    /// The connections of the core worker that made the puts (gone with it).
+    releaser: Weak<Releaser>,
+}
+
+/// The puts settled by one call: those to drop from this node's store, and those of them
+/// whose copies elsewhere go too.
+#[derive(Default)]
+struct Freed {
+    here: Vec<ObjectId>,
+    everywhere: Vec<ObjectId>,
 }
 
 impl Registry {
-    /// Drops `id`'s entry when nothing holds it any more; returns the puts to free.
-    fn settle(&mut self, id: ObjectId, free: &mut Vec<ObjectId>) {
+    /// Drops `id`'s entry when nothing holds it any more, noting the puts to free.
+    fn settle(&mut self, id: ObjectId, free: &mut Freed) {
         let done = matches!(
             self.entries.get(&id),
             Some(Entry {
                 handles: 0,
-                kind: Kind::Put { holders: 0 } | Kind::Result { arrived: true, .. },
+                kind: Kind::Put { holders: 0, .. } | Kind::Result { arrived: true, .. },
             })
         );
         if !done {
             return;
         }
         match self.entries.remove(&id).map(|e| e.kind) {
-            Some(Kind::Put { .. }) => free.push(id),
+            Some(Kind::Put { passed, .. }) => {
+                free.here.push(id);
+                if passed {
+                    free.everywhere.push(id);
+                }
+            }
             Some(Kind::Result { holds, .. }) => {
                 for put in holds {
                     if let Some(Entry {
-                        kind: Kind::Put { holders },
+                        kind: Kind::Put { holders, .. },
                         ..
                     }) = self.entries.get_mut(&put)
                     {
@@ -85,20 +127,20 @@ static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static TRACKED: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on the registry, then frees the puts it settled.
-fn with<R>(f: impl FnOnce(&mut Registry, &mut Vec<ObjectId>) -> R) -> R {
-    let mut free = Vec::new();
-    let (result, store) = {
+fn with<R>(f: impl FnOnce(&mut Registry, &mut Freed) -> R) -> R {
+    let mut free = Freed::default();
+    let (result, releaser) = {
         let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
         let registry = registry.get_or_insert_with(Registry::default);
         let result = f(registry, &mut free);
         TRACKED.store(registry.entries.len(), Ordering::Relaxed);
-        let store = (!free.is_empty())
-            .then(|| registry.store.upgrade())
+        let releaser = (!free.here.is_empty())
+            .then(|| registry.releaser.upgrade())
             .flatten();
-        (result, store)
+        (result, releaser)
     };
-    if let Some(store) = store {
-        store.delete_quietly(&free);
+    if let Some(releaser) = releaser {
+        releaser.release(&free.here, &free.everywhere);
     }
     result
 }
@@ -108,12 +150,12 @@ pub(crate) fn tracking() -> bool {
     TRACKED.load(Ordering::Relaxed) > 0
 }
 
-/// A core worker starts: its puts are freed through `store`. Objects of an earlier core
-/// worker of this process are forgotten (their store may be gone).
-pub(crate) fn attach(store: &Arc<PlasmaClient>) {
+/// A core worker starts: its puts are freed through `releaser`. Objects of an earlier
+/// core worker of this process are forgotten (their store may be gone).
+pub(crate) fn attach(releaser: &Arc<Releaser>) {
     with(|r, _| {
         r.entries.clear();
-        r.store = Arc::downgrade(store);
+        r.releaser = Arc::downgrade(releaser);
     });
 }
 
@@ -124,7 +166,10 @@ pub(crate) fn put(id: ObjectId) {
             id,
             Entry {
                 handles: 0,
-                kind: Kind::Put { holders: 0 },
+                kind: Kind::Put {
+                    holders: 0,
+                    passed: false,
+                },
             },
         );
     });
@@ -176,11 +221,12 @@ pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: boo
         }
         for put in &puts {
             if let Some(Entry {
-                kind: Kind::Put { holders },
+                kind: Kind::Put { holders, passed },
                 ..
             }) = r.entries.get_mut(put)
             {
                 *holders += results.len() as u32;
+                *passed = true;
             }
         }
         for result in results {

@@ -470,3 +470,25 @@ def test_a_free_drops_the_copies_on_every_node(three_nodes):
         ray.get(ref, timeout=60)
     wait_for(lambda: node2[0] not in locations(), 30, "node 2 to drop its copy")
     assert ray.get(get_there.remote([ref]), timeout=90) == "freed"
+
+
+def test_a_put_passed_to_a_task_on_another_node_goes_from_every_node_when_done(three_nodes):
+    """A `ray.put` passed to a task that ran on another node (which pulled a copy) goes
+    from both stores once nothing needs it: the task's result arrived and was dropped, and
+    the driver dropped the put."""
+    array = np.arange(2 * 1000 * 1000, dtype=np.int64)  # 16 MB: through the stores
+    ref = ray.put(array)
+    hex_id = ref.hex()
+    state = ray.global_state
+
+    @ray.remote(resources={"node2": 1})
+    def total(a):
+        return int(a.sum())
+
+    def locations():
+        return (state.object_table(hex_id) or {}).get("Locations") or []
+
+    assert ray.get(total.remote(ref), timeout=60) == int(array.sum())
+    wait_for(lambda: len(locations()) == 2, 30, "copies on this node and node 2")
+    del ref
+    wait_for(lambda: not locations(), 30, "both copies to go")
