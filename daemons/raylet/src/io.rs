@@ -24,6 +24,10 @@ use crate::peers::{Outgoing, Peers};
 use crate::scheduler::{ConnId, Effect, Event, GcsWrite, Scheduler};
 use crate::workers::Spawner;
 
+/// Object IDs in one `Free` to another raylet at most (20 bytes each: far under gRPC's
+/// 4 MiB message limit).
+const FREE_BATCH: usize = 10_000;
+
 /// How long the node of an actor is looked for in the GCS before its calls fail.
 const LOCATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -225,7 +229,7 @@ impl Node {
                     self.peers.send(node, Outgoing::KillActor(request));
                 }
                 Effect::LocateActor { actor } => self.locate(actor),
-                Effect::FreeElsewhere { ids } => self.free_elsewhere(ids),
+                Effect::FreeElsewhere { ids, all_nodes } => self.free_elsewhere(ids, all_nodes),
                 Effect::DeleteHere { ids } => {
                     let plasma = self.plasma.clone();
                     tokio::task::spawn_blocking(move || {
@@ -269,10 +273,25 @@ impl Node {
         self.workers.start();
     }
 
-    /// Asks every other node that the GCS lists with a copy of one of `ids` to drop it.
-    fn free_elsewhere(&self, ids: Vec<ObjectId>) {
-        let gcs = self.gcs.clone();
+    /// Asks every other node (`all_nodes`), or each that the GCS lists with a copy of one
+    /// of `ids`, to drop them.
+    fn free_elsewhere(&self, ids: Vec<ObjectId>, all_nodes: bool) {
         let peers = self.peers.clone();
+        if all_nodes {
+            let nodes = peers.nodes();
+            for chunk in ids.chunks(FREE_BATCH) {
+                let object_ids: Vec<Vec<u8>> =
+                    chunk.iter().map(|id| id.as_bytes().to_vec()).collect();
+                for node in &nodes {
+                    let request = nm::FreeObjectsRequest {
+                        object_ids: object_ids.clone(),
+                    };
+                    peers.send(*node, Outgoing::Free(request));
+                }
+            }
+            return;
+        }
+        let gcs = self.gcs.clone();
         let own = self.node_id;
         tokio::spawn(async move {
             let mut by_node: HashMap<NodeId, Vec<Vec<u8>>> = HashMap::new();
@@ -293,7 +312,12 @@ impl Node {
                 }
             }
             for (node, object_ids) in by_node {
-                peers.send(node, Outgoing::Free(nm::FreeObjectsRequest { object_ids }));
+                for chunk in object_ids.chunks(FREE_BATCH) {
+                    let request = nm::FreeObjectsRequest {
+                        object_ids: chunk.to_vec(),
+                    };
+                    peers.send(node, Outgoing::Free(request));
+                }
             }
         });
     }

@@ -306,6 +306,12 @@ impl Peers {
         (up != was_up).then_some(up)
     }
 
+    /// The other nodes known here (heard from, and not gone).
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let peers = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        peers.keys().copied().collect()
+    }
+
     /// Hands a task to a global scheduler (the first that takes it); the scheduler core
     /// hears where it went, or that none took it.
     pub fn spill(&self, task: TaskId, request: nm::ForwardTaskRequest) {

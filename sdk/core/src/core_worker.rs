@@ -755,10 +755,14 @@ impl CoreWorker {
         self.inbox.freed_in_use(&report.deferred);
         // After this node's delete, on the same connection as the fetches that may
         // follow: the raylet notes the objects freed before it sees them.
-        if !local_only && !ids.is_empty() {
-            self.raylet.send(pb::client_message::Kind::Free(pb::Free {
-                object_ids: ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
-            }))?;
+        if !local_only {
+            // In frames far under the raylet's limit, however many IDs.
+            for chunk in ids.chunks(100_000) {
+                self.raylet.send(pb::client_message::Kind::Free(pb::Free {
+                    object_ids: chunk.iter().map(|id| id.as_bytes().to_vec()).collect(),
+                    all_nodes: true,
+                }))?;
+            }
         }
         Ok(report.deleted.len() + report.deferred.len())
     }

@@ -42,6 +42,7 @@ impl Releaser {
         }
         let free = pb::Free {
             object_ids: everywhere.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            all_nodes: false,
         };
         if let Err(e) = self.raylet.send(pb::client_message::Kind::Free(free)) {
             log::debug!(objects = everywhere.len(); "cannot have other nodes drop freed objects: {e}");

@@ -492,3 +492,41 @@ def test_a_put_passed_to_a_task_on_another_node_goes_from_every_node_when_done(t
     wait_for(lambda: len(locations()) == 2, 30, "copies on this node and node 2")
     del ref
     wait_for(lambda: not locations(), 30, "both copies to go")
+
+
+def test_a_freed_object_a_reader_still_holds_is_freed_for_every_node(three_nodes):
+    """An object freed while a reader holds it stays in its store until the reader lets go,
+    served to no one. `ray.internal.free` tells every node, so a task on a node that never
+    had a copy raises ObjectFreedError at once, instead of trying to pull the copy no one
+    is served (and ending with ObjectLostError after the pull's grace); so does another
+    driver on the reader's own node, instead of waiting for the reader."""
+    cluster, nodes = three_nodes
+    array = np.arange(2 * 1000 * 1000, dtype=np.int64)  # 16 MB: through the stores
+    ref = ray.put(array)
+    held = ray.get(ref)
+
+    @ray.remote(resources={"node3": 1})
+    def get_there(refs):
+        try:
+            ray.get(refs[0], timeout=60)
+            return "got it"
+        except ray.exceptions.ObjectFreedError:
+            return "freed"
+        except ray.exceptions.ObjectLostError:
+            return "lost"
+
+    ray.internal.free([ref])
+    started = time.monotonic()
+    assert ray.get(get_there.remote([ref]), timeout=90) == "freed"
+    assert time.monotonic() - started < 4  # under the pull's 5 s grace
+    other = run_driver(cluster, nodes[0], (
+        f"ref = ray.ObjectRef(bytes.fromhex({ref.hex()!r}))\n"
+        "try:\n"
+        "    ray.get(ref, timeout=30)\n"
+        "    print('got it')\n"
+        "except ray.exceptions.ObjectFreedError:\n"
+        "    print('freed')\n"
+        "except ray.exceptions.GetTimeoutError:\n"
+        "    print('waited')\n"))
+    assert other.stdout.strip().splitlines()[-1:] == ["freed"], other.stdout + other.stderr
+    assert np.array_equal(held, array)

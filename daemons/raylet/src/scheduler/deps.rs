@@ -80,6 +80,11 @@ impl Dependencies {
         self.pulling.remove(id);
     }
 
+    /// Whether `id` is being pulled.
+    pub fn is_pulling(&self, id: &ObjectId) -> bool {
+        self.pulling.contains(id)
+    }
+
     /// Whether a parked task waits for `id`.
     pub fn awaited(&self, id: &ObjectId) -> bool {
         self.waiters.contains_key(id)

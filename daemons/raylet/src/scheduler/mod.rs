@@ -219,9 +219,9 @@ pub enum Effect {
     Pull { id: ObjectId },
     /// The object became local by another way: the pull can stop.
     StopPull { id: ObjectId },
-    /// A program here freed these objects: have the other nodes that hold copies drop
-    /// them.
-    FreeElsewhere { ids: Vec<ObjectId> },
+    /// A program here freed these objects: have the other nodes drop them (every node,
+    /// or those that the object table lists with a copy).
+    FreeElsewhere { ids: Vec<ObjectId>, all_nodes: bool },
     /// Drop these objects from this node's store (a program on another node freed them).
     DeleteHere { ids: Vec<ObjectId> },
     /// Hand a task to another node's raylet (answered by `ForwardFailed` when it cannot).
@@ -458,9 +458,7 @@ impl Scheduler {
             Event::ObjectLost { id, reason } => self.on_lost(id, &reason),
             Event::ObjectFreed(id) => self.on_freed(id),
             Event::FreeObjects(ids) => {
-                for id in &ids {
-                    self.freed.insert(*id);
-                }
+                self.note_freed(&ids);
                 self.effects.push(Effect::DeleteHere { ids });
             }
             Event::Rerun { spec } => self.on_rerun(spec),
@@ -603,7 +601,7 @@ impl Scheduler {
             Kind::SubmitTask(spec) => self.on_submit(conn, spec),
             Kind::TaskDone(done) => self.on_task_done(conn, done),
             Kind::Fetch(fetch) => self.on_fetch(conn, &fetch.object_ids),
-            Kind::Free(free) => self.on_free(conn, &free.object_ids),
+            Kind::Free(free) => self.on_free(conn, &free.object_ids, free.all_nodes),
             Kind::Blocked(_) => self.on_blocked(conn, true),
             Kind::Unblocked(_) => self.on_blocked(conn, false),
             Kind::KillActor(kill) => match ActorId::from_slice(&kill.actor_id) {
@@ -721,19 +719,30 @@ impl Scheduler {
 
     /// A program here freed objects from this node's store, and wants them gone from the
     /// other nodes too.
-    fn on_free(&mut self, conn: ConnId, ids: &[Vec<u8>]) {
+    fn on_free(&mut self, conn: ConnId, ids: &[Vec<u8>], all_nodes: bool) {
         let mut freed = Vec::with_capacity(ids.len());
         for bytes in ids {
             match ObjectId::from_slice(bytes) {
-                Ok(id) => {
-                    self.freed.insert(id);
-                    freed.push(id);
-                }
+                Ok(id) => freed.push(id),
                 Err(_) => log::warn!(conn; "ignoring a free of a malformed object id"),
             }
         }
         if !freed.is_empty() {
-            self.effects.push(Effect::FreeElsewhere { ids: freed });
+            self.note_freed(&freed);
+            self.effects.push(Effect::FreeElsewhere {
+                ids: freed,
+                all_nodes,
+            });
+        }
+    }
+
+    /// Remembers `ids` as freed everywhere; a pull of one under way ends as freed now.
+    fn note_freed(&mut self, ids: &[ObjectId]) {
+        for id in ids {
+            self.freed.insert(*id);
+            if self.deps.is_pulling(id) {
+                self.on_freed(*id);
+            }
         }
     }
 
@@ -860,10 +869,8 @@ impl Scheduler {
             return;
         }
         log::info!(object:% = id; "a freed object was asked for");
-        let metadata = value::error_metadata(value::ERROR_OBJECT_FREED);
-        let message =
-            format!("object {id} was freed (ray.internal.free) and no copy is left in the cluster");
-        self.put_error(id, &metadata, &message);
+        let object = freed_error(id);
+        self.promote(id, Arc::new(object));
     }
 
     /// This node claimed the re-run of a task whose objects were lost: it runs again like a
@@ -1150,6 +1157,11 @@ impl Scheduler {
             if !self.deps.is_local(&id) {
                 self.inline.add_interest(id, conn);
                 self.pull_unless_made_here(id);
+            } else if driver && self.freed.contains(&id) {
+                // Freed everywhere, yet still here: a reader holds it, and the store serves
+                // it to no one until the reader lets go (it cannot hold the error object
+                // under the same ID before then). The driver gets the error itself.
+                ready.push(freed_error(id));
             } else if driver {
                 // A driver asks for what this node's store holds as far as the scheduler
                 // heard: the store removed it (a free) and its notice is on the way. Noted,
@@ -2155,5 +2167,17 @@ impl Scheduler {
         self.actors
             .get(id)
             .is_some_and(|a| !matches!(a.state, ActorState::Dead(_)))
+    }
+}
+
+/// The error object that stands for `id` once a program freed it and no copy is left
+/// (`ObjectFreedError`).
+fn freed_error(id: ObjectId) -> pb::InlineObject {
+    let message =
+        format!("object {id} was freed (ray.internal.free) and no copy is left in the cluster");
+    pb::InlineObject {
+        object_id: id.as_bytes().to_vec().into(),
+        data: message.into_bytes().into(),
+        metadata: value::error_metadata(value::ERROR_OBJECT_FREED).into(),
     }
 }

@@ -136,7 +136,7 @@ impl Harness {
                 Effect::Put { id, object } => out.puts.push((id, object.metadata.to_vec())),
                 Effect::Pull { id } => out.pulls.push(id),
                 Effect::StopPull { id } => out.stopped_pulls.push(id),
-                Effect::FreeElsewhere { ids } => out.freed_elsewhere.extend(ids),
+                Effect::FreeElsewhere { ids, .. } => out.freed_elsewhere.extend(ids),
                 Effect::DeleteHere { ids } => out.deleted_here.extend(ids),
                 Effect::LocateActor { actor } => out.locate.push(actor),
                 Effect::ForwardOutput { home, line, .. } => out.output_home.push((home, line)),
@@ -377,6 +377,7 @@ fn an_object_freed_everywhere_is_not_pulled_back() {
         driver,
         pb::client_message::Kind::Free(pb::Free {
             object_ids: vec![freed.as_bytes().to_vec(), b"malformed".to_vec()],
+            all_nodes: true,
         }),
     );
     assert_eq!(out.freed_elsewhere, vec![freed]);
@@ -401,6 +402,36 @@ fn an_object_freed_everywhere_is_not_pulled_back() {
     );
     assert!(out.pulls.is_empty());
     assert_eq!(out.error_puts(value::ERROR_OBJECT_FREED), vec![remote]);
+
+    // Freed while a reader holds it: still here, but served to no one. A driver that asks
+    // gets the error itself.
+    let held = ObjectId::for_put(TaskId::random_task(), 4);
+    h.step(Event::ObjectSealed(held));
+    h.message(
+        driver,
+        pb::client_message::Kind::Free(pb::Free {
+            object_ids: vec![held.as_bytes().to_vec()],
+            all_nodes: true,
+        }),
+    );
+    let out = h.message(
+        driver,
+        pb::client_message::Kind::Fetch(pb::Fetch {
+            object_ids: vec![held.as_bytes().to_vec()],
+        }),
+    );
+    let errors: Vec<_> = out
+        .other
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            pb::server_message::Kind::ObjectsReady(ready) => Some(ready.objects.clone()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|o| value::error_kind(&o.metadata) == Some(value::ERROR_OBJECT_FREED))
+        .map(|o| ObjectId::from_slice(&o.object_id).unwrap())
+        .collect();
+    assert_eq!(errors, vec![held]);
 }
 
 #[test]
