@@ -123,6 +123,22 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Stops tracking `id`, which may now be needed anywhere for any time: a result's puts
+    /// then are too (it may be made again from them), so they stop being tracked as well.
+    fn give_up(&mut self, id: &ObjectId) {
+        if let Some(Entry {
+            kind: Kind::Result { holds, .. },
+            ..
+        }) = self.entries.remove(id)
+        {
+            for put in holds {
+                self.entries.remove(&put);
+            }
+        }
+    }
+}
+
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 /// How many objects are tracked: the fast path for everything else.
 static TRACKED: AtomicUsize = AtomicUsize::new(0);
@@ -194,7 +210,7 @@ pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: boo
                     ..
                 })
             ) {
-                r.entries.remove(id);
+                r.give_up(id);
             }
         }
         let puts: Vec<ObjectId> = args
@@ -294,9 +310,7 @@ pub fn shared(id: &ObjectId) {
     if !tracking() {
         return;
     }
-    with(|r, _| {
-        r.entries.remove(id);
-    });
+    with(|r, _| r.give_up(id));
 }
 
 /// Whether `id` is tracked (a put of this process, or a result that holds one).
@@ -368,7 +382,10 @@ mod tests {
         submitted(&[creation_arg], &[ObjectId::random()], true);
         released(&creation_arg);
         assert!(!is_tracked(&creation_arg), "never freed: no longer counted");
-        assert!(is_tracked(&arg), "held by a result that was passed on");
+        assert!(
+            !is_tracked(&arg),
+            "held for good by a result passed on: no longer counted"
+        );
 
         // A result passed to another task: it keeps its own task's puts for good.
         let (arg, result) = (ObjectId::random(), ObjectId::random());
@@ -377,9 +394,13 @@ mod tests {
         submitted(&[arg], &[result], false);
         referenced(&result);
         submitted(&[result], &[ObjectId::random()], false);
+        assert!(
+            !is_tracked(&arg) && !is_tracked(&result),
+            "never freed: no longer counted"
+        );
         released(&arg);
         arrived(&result);
         released(&result);
-        assert!(is_tracked(&arg));
+        assert_eq!(TRACKED.load(Ordering::Relaxed), 0, "nothing left behind");
     }
 }
