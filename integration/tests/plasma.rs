@@ -1575,3 +1575,41 @@ fn a_quiet_delete_needs_no_reply_and_waits_for_the_readers() {
         (stats.objects == 0 && stats.used_bytes == 0).then_some(())
     });
 }
+
+#[test]
+fn a_get_of_an_object_freed_while_a_reader_holds_it_is_answered_as_freed_at_once() {
+    let dir = TestDir::new();
+    let plasma = Plasma::start(dir.path(), "plasma", 256 * MIB, &[]);
+    let owner = client(&plasma);
+    let reader = client(&plasma);
+    let other = client(&plasma);
+    let held = ObjectId::random();
+    let kept = ObjectId::random();
+    put(&owner, held, 1, 6 * MIB as usize);
+    put(&owner, kept, 2, 1000);
+    let value = reader.get_one(held, Some(WAIT)).unwrap().unwrap();
+    owner.delete(&[held]).unwrap();
+
+    // A get that waits for an absent object ends at once for the freed one, with the
+    // others found as usual.
+    let started = Instant::now();
+    let got = other.get_or_freed(&[held, kept], Some(WAIT)).unwrap();
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "the get waited for the freed object"
+    );
+    assert_eq!(got.freed, vec![held]);
+    assert!(got.objects[0].is_none(), "served to no one");
+    assert_eq!(
+        got.objects[1].as_ref().unwrap().data(),
+        &pattern(2, 1000)[..]
+    );
+    // Once the reader lets go, the object is simply absent.
+    assert_eq!(value.data(), &pattern(1, 6 * MIB as usize)[..]);
+    drop(value);
+    reader.flush().unwrap();
+    wait_for("the freed object to go with its reader's pin", WAIT, || {
+        let got = other.get_or_freed(&[held], Some(Duration::ZERO)).unwrap();
+        (got.freed.is_empty() && got.objects[0].is_none()).then_some(())
+    });
+}

@@ -37,6 +37,15 @@ pub struct PlasmaClient {
     inner: Arc<Inner>,
 }
 
+/// What a get found ([`PlasmaClient::get_or_freed`]).
+#[derive(Debug)]
+pub struct Got {
+    /// One per ID asked for, in order: the sealed object, or `None` when absent.
+    pub objects: Vec<Option<ObjectBuffer>>,
+    /// The absent ones that a program freed while a reader held them.
+    pub freed: Vec<ObjectId>,
+}
+
 impl std::fmt::Debug for PlasmaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PlasmaClient")
@@ -833,7 +842,18 @@ impl PlasmaClient {
         ids: &[ObjectId],
         timeout: Option<Duration>,
     ) -> Result<Vec<Option<ObjectBuffer>>, ClientError> {
+        Ok(self.get_or_freed(ids, timeout)?.objects)
+    }
+
+    /// [`Self::get`], also naming the absent objects that a program freed while a reader
+    /// held them (the store serves them to no one, and a get does not wait for them).
+    pub fn get_or_freed(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+    ) -> Result<Got, ClientError> {
         let mut io = lock(&self.inner.io);
+        let mut freed = Vec::new();
         let mut result: Vec<Option<ObjectBuffer>> = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         let mut asked = HashSet::new();
@@ -858,7 +878,10 @@ impl PlasmaClient {
         };
         if missing.is_empty() {
             io.send(pending, None)?;
-            return Ok(result);
+            return Ok(Got {
+                objects: result,
+                freed,
+            });
         }
         // The store takes at most MAX_IDS_PER_REQUEST IDs a request: more go in several,
         // under one deadline.
@@ -885,6 +908,11 @@ impl PlasmaClient {
                 Some(Rep::Error(e)) => return Err(ClientError::from_reply(e)),
                 other => return Err(unexpected("objects", other)),
             };
+            for (asked_id, object) in chunk.iter().zip(&objects) {
+                if object.freed && object.location.is_none() {
+                    freed.push(*asked_id);
+                }
+            }
             for location in objects.into_iter().filter_map(|o| o.location) {
                 let id = protocol::object_id(&location.object_id)?;
                 if !asked.contains(&id) {
@@ -930,7 +958,10 @@ impl PlasmaClient {
                 *slot = self.hold(&mut tables, *id);
             }
         }
-        Ok(result)
+        Ok(Got {
+            objects: result,
+            freed,
+        })
     }
 
     /// A new buffer of `id` if this client holds it; one read again from its retained

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use rayd_common::id::ObjectId;
 use rayd_common::proto::plasma::v1 as pb;
 
-pub use blocking::PlasmaClient;
+pub use blocking::{Got, PlasmaClient};
 
 /// Raises this process's soft limit on open descriptors to the hard one (once): every
 /// object in a segment of its own holds one descriptor per file of it, in the store and

@@ -423,17 +423,20 @@ impl Connection {
         // Subscribe before looking, so a seal between the look and the wait is not missed.
         let mut events = self.state.subscribe();
         let mut found: Vec<Option<ObjectView>> = vec![None; ids.len()];
+        // Freed while a reader holds them: answered as such, not waited for (they only go).
+        let mut freed = vec![false; ids.len()];
         loop {
             let client = self.client;
             let looked = self.state.with_store(|s| {
                 let mut missing = 0;
-                for (slot, id) in found.iter_mut().zip(&ids) {
-                    if slot.is_none() {
+                for ((slot, freed), id) in found.iter_mut().zip(freed.iter_mut()).zip(&ids) {
+                    if slot.is_none() && !*freed {
                         match s.try_get(client, *id) {
                             Ok(view) => *slot = view,
                             Err(e) => return Err(e),
                         }
-                        missing += usize::from(slot.is_none());
+                        *freed = slot.is_none() && s.freed_in_use(id);
+                        missing += usize::from(slot.is_none() && !*freed);
                     }
                 }
                 Ok(missing)
@@ -462,8 +465,10 @@ impl Connection {
         }
         let objects = found
             .iter()
-            .map(|view| pb::MaybeLocation {
+            .zip(freed)
+            .map(|(view, freed)| pb::MaybeLocation {
                 location: view.as_ref().map(location),
+                freed,
             })
             .collect();
         let mut segments = Vec::new();

@@ -1463,6 +1463,14 @@ impl Store {
             .is_some_and(|e| e.sealed && !e.delete_pending)
     }
 
+    /// Whether `id` was freed while readers held it: it stays until they let go, served
+    /// to no one, and does not come back under this ID.
+    pub fn freed_in_use(&self, id: &ObjectId) -> bool {
+        self.objects
+            .get(id)
+            .is_some_and(|e| e.sealed && e.delete_pending)
+    }
+
     /// Whether `id` is here, sealed or not.
     pub fn exists(&self, id: &ObjectId) -> bool {
         self.objects.contains_key(id)

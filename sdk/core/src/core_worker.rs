@@ -518,12 +518,19 @@ impl CoreWorker {
             return Ok(());
         }
         let wanted: Vec<ObjectId> = ask_store.iter().map(|i| ids[*i]).collect();
-        let buffers = self.plasma.get(&wanted, Some(Duration::ZERO))?;
-        for (i, buffer) in ask_store.into_iter().zip(buffers) {
+        let got = self.plasma.get_or_freed(&wanted, Some(Duration::ZERO))?;
+        for (i, buffer) in ask_store.into_iter().zip(got.objects) {
             if let Some(buffer) = buffer {
                 self.inbox.insert_sealed(ids[i]);
                 found[i] = Some(Object::Plasma(buffer));
             }
+        }
+        if !got.freed.is_empty() {
+            // Freed (by any process) while a reader here holds it: no copy will be served
+            // until the reader lets go, and then none is left. Waiting would last as long
+            // as the reader.
+            self.inbox.freed_in_use(&got.freed);
+            self.inbox.take_inline(ids, found, false);
         }
         Ok(())
     }

@@ -111,7 +111,7 @@ impl Known {
         self.dropped.remove(id);
     }
 
-    /// `id`, which this process freed, stays in the store until a reader lets go of it
+    /// `id`, freed by this process or another, stays in the store until a reader lets go of it
     /// (it is served to no one meanwhile): until its removal is announced, it is ready
     /// as the error `error` (with `metadata`).
     pub fn freed_in_use(&mut self, id: ObjectId, metadata: Vec<u8>, error: String) {

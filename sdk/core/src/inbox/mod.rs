@@ -232,8 +232,8 @@ impl Inbox {
         }
     }
 
-    /// Objects this process freed that stay in the store while a reader holds them: a
-    /// `get` of one raises `ObjectFreedError` until the store removes it.
+    /// Objects freed (by this process or another) that stay in the store while a reader
+    /// holds them: a `get` of one raises `ObjectFreedError` until the store removes it.
     pub fn freed_in_use(&self, ids: &[ObjectId]) {
         let metadata = crate::value::error_metadata(crate::value::ERROR_OBJECT_FREED);
         let mut known = self.shared.known();
