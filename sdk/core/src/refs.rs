@@ -1,15 +1,20 @@
-//! The references this process holds to the objects it put itself, so that an object
-//! goes from the store when nothing here needs it any more, as in Ray.
+//! The references this process holds to the objects it made itself (its puts, and the
+//! results of the tasks it submitted), so that an object goes from the stores when nothing
+//! here needs it any more, as in Ray.
 //!
 //! A `ray.put` of this process is needed while a handle of it (an `ObjectID`) lives here,
 //! and while a task it was passed to (as a top-level argument) may still need it: until
 //! each of that task's results has arrived here and no handle of the result is left (a
 //! result whose handles remain may have to be made again from its lineage, which needs
-//! the argument). A put whose ID was pickled (into a value, another object, a copy), or
-//! passed to an actor's creation (a restart runs it again) or to a task without results,
-//! may be needed anywhere for any time: without distributed reference counting nothing
-//! here can tell when that ends, so such a put stays until the store spills or evicts it,
-//! as every object did before. So does a task result pickled or passed on.
+//! the argument). A task's result that arrived here through the store goes when its last
+//! handle does, from this node's store and from every other node's. A put whose ID was
+//! pickled (into a value, another object, a copy), or passed to an actor's creation (a
+//! restart runs it again) or to a task without results, may be needed anywhere for any
+//! time: without distributed reference counting nothing here can tell when that ends, so
+//! such a put stays until the store spills or evicts it, as every object did before. So
+//! does a task result pickled or passed on, and one whose last handle went before it
+//! arrived here, unless it holds puts (nothing here tells when, or whether, it will
+//! arrive: counting it until then could keep its entry for good).
 //!
 //! The language binding tells the registry about every handle it makes or drops
 //! ([`referenced`], [`released`]); IDs it does not track cost one atomic load, or one
@@ -26,8 +31,8 @@ use rayd_plasma_client::PlasmaClient;
 use crate::raylet_client::RayletConnection;
 
 /// Where the objects nothing here needs go: this node's store, and, for puts passed to
-/// tasks (which may have pulled copies to other nodes), the raylet, which has the other
-/// nodes drop their copies (as `ray.internal.free` does).
+/// tasks (which may have pulled copies to other nodes) and task results, the raylet,
+/// which has the other nodes drop their copies (as `ray.internal.free` does).
 #[derive(Debug)]
 pub(crate) struct Releaser {
     pub plasma: Arc<PlasmaClient>,
@@ -59,9 +64,17 @@ enum Kind {
         /// Whether it was passed to a task (its copies may be on other nodes).
         passed: bool,
     },
-    /// A result of a task that took puts of this process: it holds them until it has
-    /// arrived and its last handle went.
-    Result { arrived: bool, holds: Vec<ObjectId> },
+    /// A result of a task this process submitted: it holds the puts its task took until
+    /// it has arrived and its last handle went, and then goes itself if it came through
+    /// the store.
+    Result {
+        arrived: bool,
+        /// It arrived through this node's store (not only inline, in a message).
+        in_store: bool,
+        /// Its first handle was made: before that, no handle does not mean no need.
+        claimed: bool,
+        holds: Vec<ObjectId>,
+    },
 }
 
 #[derive(Debug)]
@@ -71,15 +84,21 @@ struct Entry {
     kind: Kind,
 }
 
+fn holds_puts(entry: &Entry) -> bool {
+    matches!(&entry.kind, Kind::Result { holds, .. } if !holds.is_empty())
+}
+
 #[derive(Default)]
 struct Registry {
     entries: HashMap<ObjectId, Entry>,
+    /// How many of the entries are results that hold puts.
+    holding: usize,
     /// The connections of the core worker that made the puts (gone with it).
     releaser: Weak<Releaser>,
 }
 
-/// The puts settled by one call: those to drop from this node's store, and those of them
-/// whose copies elsewhere go too.
+/// The objects settled by one call: those to drop from this node's store, and those of
+/// them whose copies elsewhere go too.
 #[derive(Default)]
 struct Freed {
     here: Vec<ObjectId>,
@@ -87,26 +106,60 @@ struct Freed {
 }
 
 impl Registry {
-    /// Drops `id`'s entry when nothing holds it any more, noting the puts to free.
+    fn insert(&mut self, id: ObjectId, entry: Entry) {
+        if holds_puts(&entry) {
+            self.holding += 1;
+        }
+        if let Some(earlier) = self.entries.insert(id, entry) {
+            self.holding -= usize::from(holds_puts(&earlier));
+        }
+    }
+
+    fn remove(&mut self, id: &ObjectId) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.holding -= usize::from(holds_puts(&entry));
+        Some(entry)
+    }
+
+    /// Drops `id`'s entry when nothing holds it any more, noting the objects to free.
     fn settle(&mut self, id: ObjectId, free: &mut Freed) {
-        let done = matches!(
-            self.entries.get(&id),
-            Some(Entry {
-                handles: 0,
-                kind: Kind::Put { holders: 0, .. } | Kind::Result { arrived: true, .. },
-            })
-        );
+        let Some(entry) = self.entries.get(&id) else {
+            return;
+        };
+        let done = entry.handles == 0
+            && match &entry.kind {
+                Kind::Put { holders, .. } => *holders == 0,
+                // Not arrived: its puts wait for it, and its first handle may be coming.
+                Kind::Result {
+                    arrived,
+                    claimed,
+                    holds,
+                    ..
+                } => *arrived || (*claimed && holds.is_empty()),
+            };
         if !done {
             return;
         }
-        match self.entries.remove(&id).map(|e| e.kind) {
+        match self.remove(&id).map(|e| e.kind) {
             Some(Kind::Put { passed, .. }) => {
                 free.here.push(id);
                 if passed {
                     free.everywhere.push(id);
                 }
             }
-            Some(Kind::Result { holds, .. }) => {
+            Some(Kind::Result {
+                arrived,
+                in_store,
+                claimed,
+                holds,
+            }) => {
+                // One that came inline only is in no store of this node, and its copy on
+                // the node that ran it (if any) is that node's to keep while a worker
+                // there reads it.
+                if arrived && in_store && claimed {
+                    free.here.push(id);
+                    free.everywhere.push(id);
+                }
                 for put in holds {
                     if let Some(Entry {
                         kind: Kind::Put { holders, .. },
@@ -130,10 +183,10 @@ impl Registry {
         if let Some(Entry {
             kind: Kind::Result { holds, .. },
             ..
-        }) = self.entries.remove(id)
+        }) = self.remove(id)
         {
             for put in holds {
-                self.entries.remove(&put);
+                self.remove(&put);
             }
         }
     }
@@ -142,6 +195,9 @@ impl Registry {
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 /// How many objects are tracked: the fast path for everything else.
 static TRACKED: AtomicUsize = AtomicUsize::new(0);
+/// How many tracked results hold puts: while none does, a result that arrives in a
+/// message (in no store here) settles nothing, and its arrival is not worth the lock.
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs `f` on the registry, then frees the puts it settled.
 fn with<R>(f: impl FnOnce(&mut Registry, &mut Freed) -> R) -> R {
@@ -151,6 +207,13 @@ fn with<R>(f: impl FnOnce(&mut Registry, &mut Freed) -> R) -> R {
         let registry = registry.get_or_insert_with(Registry::default);
         let result = f(registry, &mut free);
         TRACKED.store(registry.entries.len(), Ordering::Relaxed);
+        HOLDING.store(registry.holding, Ordering::Relaxed);
+        #[cfg(test)]
+        tests::FREED.lock().unwrap().extend(
+            free.here
+                .iter()
+                .map(|id| (*id, free.everywhere.contains(id))),
+        );
         let releaser = (!free.here.is_empty())
             .then(|| registry.releaser.upgrade())
             .flatten();
@@ -172,6 +235,7 @@ pub(crate) fn tracking() -> bool {
 pub(crate) fn attach(releaser: &Arc<Releaser>) {
     with(|r, _| {
         r.entries.clear();
+        r.holding = 0;
         r.releaser = Arc::downgrade(releaser);
     });
 }
@@ -179,7 +243,7 @@ pub(crate) fn attach(releaser: &Arc<Releaser>) {
 /// `id` was just put by this process: its first handle is about to be made.
 pub(crate) fn put(id: ObjectId) {
     with(|r, _| {
-        r.entries.insert(
+        r.insert(
             id,
             Entry {
                 handles: 0,
@@ -196,7 +260,8 @@ pub(crate) fn put(id: ObjectId) {
 /// `results`; `rerunnable` when the task may run again after its results arrived (an
 /// actor's creation, run again at each restart).
 pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: bool) {
-    if !tracking() || args.is_empty() {
+    let tracks_results = !results.is_empty() && !rerunnable;
+    if !tracks_results && (!tracking() || args.is_empty()) {
         return;
     }
     with(|r, _| {
@@ -226,13 +291,10 @@ pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: boo
             })
             .copied()
             .collect();
-        if puts.is_empty() {
-            return;
-        }
-        if results.is_empty() || rerunnable {
+        if !tracks_results {
             // Nothing tells when such a task no longer needs them.
             for put in &puts {
-                r.entries.remove(put);
+                r.remove(put);
             }
             return;
         }
@@ -247,12 +309,14 @@ pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: boo
             }
         }
         for result in results {
-            r.entries.insert(
+            r.insert(
                 *result,
                 Entry {
                     handles: 0,
                     kind: Kind::Result {
                         arrived: false,
+                        in_store: false,
+                        claimed: false,
                         holds: puts.clone(),
                     },
                 },
@@ -262,21 +326,40 @@ pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: boo
 }
 
 /// A result of a task submitted here arrived (its task will not run again unless it is
-/// lost).
-pub(crate) fn arrived(id: &ObjectId) {
+/// lost): `in_store` when through this node's store.
+pub(crate) fn arrived(id: &ObjectId, in_store: bool) {
+    arrived_all(std::slice::from_ref(id), in_store);
+}
+
+/// [`arrived`] for each of `ids`, in one go.
+pub(crate) fn arrived_all(ids: &[ObjectId], in_store: bool) {
     if !tracking() {
         return;
     }
     with(|r, free| {
-        if let Some(Entry {
-            kind: Kind::Result { arrived, .. },
-            ..
-        }) = r.entries.get_mut(id)
-        {
-            *arrived = true;
-            r.settle(*id, free);
+        for id in ids {
+            if let Some(Entry {
+                kind:
+                    Kind::Result {
+                        arrived,
+                        in_store: stored,
+                        ..
+                    },
+                ..
+            }) = r.entries.get_mut(id)
+            {
+                *arrived = true;
+                *stored |= in_store;
+                r.settle(*id, free);
+            }
         }
     });
+}
+
+/// Whether a result that arrives in a message may settle anything (it holds puts): else
+/// its arrival need not be told (its entry goes with its last handle).
+pub(crate) fn awaits_messages() -> bool {
+    HOLDING.load(Ordering::Relaxed) > 0
 }
 
 /// A handle of `id` was made (a put's, a result's, a copy, or one made from its bytes).
@@ -287,6 +370,9 @@ pub fn referenced(id: &ObjectId) {
     with(|r, _| {
         if let Some(entry) = r.entries.get_mut(id) {
             entry.handles += 1;
+            if let Kind::Result { claimed, .. } = &mut entry.kind {
+                *claimed = true;
+            }
         }
     });
 }
@@ -313,7 +399,7 @@ pub fn shared(id: &ObjectId) {
     with(|r, _| r.give_up(id));
 }
 
-/// Whether `id` is tracked (a put of this process, or a result that holds one).
+/// Whether `id` is tracked (a put of this process, or a result of a task it submitted).
 pub fn is_tracked(id: &ObjectId) -> bool {
     tracking() && with(|r, _| r.entries.contains_key(id))
 }
@@ -321,6 +407,13 @@ pub fn is_tracked(id: &ObjectId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the registry freed: (object, from every node too).
+    pub(super) static FREED: Mutex<Vec<(ObjectId, bool)>> = Mutex::new(Vec::new());
+
+    fn freed() -> Vec<(ObjectId, bool)> {
+        std::mem::take(&mut *FREED.lock().unwrap())
+    }
 
     // The registry is one per process: its cases run in one test, in order.
     #[test]
@@ -334,7 +427,12 @@ mod tests {
         released(&a);
         assert!(is_tracked(&a), "one handle is left");
         released(&a);
-        assert!(!is_tracked(&a), "the last handle went: freed");
+        assert!(!is_tracked(&a), "the last handle went");
+        assert_eq!(
+            freed(),
+            vec![(a, false)],
+            "freed here only: never passed on"
+        );
 
         // Pickled: never freed from here.
         put(b);
@@ -342,6 +440,7 @@ mod tests {
         shared(&b);
         released(&b);
         assert!(!is_tracked(&b));
+        assert_eq!(freed(), vec![]);
 
         // Passed to a task: held until its result arrived and has no handle left.
         let (arg, result) = (ObjectId::random(), ObjectId::random());
@@ -351,10 +450,35 @@ mod tests {
         referenced(&result);
         released(&arg);
         assert!(is_tracked(&arg), "its task's result has not arrived");
-        arrived(&result);
+        arrived(&result, true);
         assert!(is_tracked(&arg), "its task's result still has a handle");
         released(&result);
         assert!(!is_tracked(&arg) && !is_tracked(&result));
+        assert_eq!(
+            freed(),
+            vec![(result, true), (arg, true)],
+            "the result and its argument, from every node"
+        );
+
+        // A result that came inline only is in no store here.
+        let result = ObjectId::random();
+        submitted(&[], &[result], false);
+        referenced(&result);
+        arrived(&result, false);
+        released(&result);
+        assert!(!is_tracked(&result));
+        assert_eq!(freed(), vec![]);
+
+        // A result that arrived before its first handle was made is not freed by that.
+        let result = ObjectId::random();
+        submitted(&[], &[result], false);
+        released(&result);
+        assert!(is_tracked(&result), "its handle is coming");
+        arrived(&result, true);
+        assert!(!is_tracked(&result), "no longer counted");
+        referenced(&result);
+        released(&result);
+        assert_eq!(freed(), vec![]);
 
         // A result dropped before it arrived (the task may not have run yet).
         let (arg, result) = (ObjectId::random(), ObjectId::random());
@@ -365,8 +489,13 @@ mod tests {
         released(&result);
         released(&arg);
         assert!(is_tracked(&arg), "the task may not have run");
-        arrived(&result);
+        arrived(&result, true);
         assert!(!is_tracked(&arg));
+        assert_eq!(
+            freed(),
+            vec![(result, true), (arg, true)],
+            "the result too: counted until it arrived, for its argument's sake"
+        );
 
         // A result passed on keeps its arguments for good; so does an actor's creation.
         let (arg, result, creation_arg) =
@@ -393,14 +522,18 @@ mod tests {
         referenced(&arg);
         submitted(&[arg], &[result], false);
         referenced(&result);
-        submitted(&[result], &[ObjectId::random()], false);
+        let next = ObjectId::random();
+        submitted(&[result], &[next], false);
         assert!(
             !is_tracked(&arg) && !is_tracked(&result),
             "never freed: no longer counted"
         );
         released(&arg);
-        arrived(&result);
+        arrived(&result, true);
         released(&result);
+        referenced(&next);
+        released(&next);
+        assert_eq!(freed(), vec![]);
         assert_eq!(TRACKED.load(Ordering::Relaxed), 0, "nothing left behind");
     }
 }

@@ -494,6 +494,28 @@ def test_a_put_passed_to_a_task_on_another_node_goes_from_every_node_when_done(t
     wait_for(lambda: not locations(), 30, "both copies to go")
 
 
+def test_a_large_result_made_on_another_node_goes_from_every_node_with_its_last_handle(three_nodes):
+    """A task's result made on node 2 and read by the driver on node 1 (which pulled a copy)
+    goes from both stores when the driver drops its last ObjectRef of it, as in Ray."""
+    state = ray.global_state
+
+    @ray.remote(resources={"node2": 1})
+    def make():
+        return np.arange(2 * 1000 * 1000, dtype=np.int64)  # 16 MB: through the stores
+
+    ref = make.remote()
+    hex_id = ref.hex()
+
+    def locations():
+        return (state.object_table(hex_id) or {}).get("Locations") or []
+
+    value = ray.get(ref, timeout=60)
+    assert value[-1] == 2 * 1000 * 1000 - 1
+    wait_for(lambda: len(locations()) == 2, 30, "copies on node 2 and this node")
+    del value, ref
+    wait_for(lambda: not locations(), 30, "both copies to go")
+
+
 def test_a_freed_object_a_reader_still_holds_is_freed_for_every_node(three_nodes):
     """An object freed while a reader holds it stays in its store until the reader lets go,
     served to no one. `ray.internal.free` tells every node, so a task on a node that never

@@ -276,6 +276,51 @@ def test_a_put_goes_from_the_store_when_nothing_here_needs_it(shared_cluster):
     assert held[-1] == 2**20 - 1 and np.array_equal(held, array)
 
 
+def test_a_task_result_goes_from_the_store_with_its_last_handle(shared_cluster):
+    """As in Ray, a task's result in the store goes when the process that submitted the task
+    drops its last ObjectRef of it (a value read from it stays intact until it goes too);
+    one still referenced, or passed to another task, stays. So a loop of tasks returning
+    large arrays does not fill the store (before, every result stayed until the store
+    spilled or evicted it)."""
+    state = ray.global_state
+
+    def listed(hex_id):
+        return bool((state.object_table(hex_id) or {}).get("Locations"))
+
+    def stored():
+        return sum(1 for entry in state.object_table().values() if entry["Locations"])
+
+    @ray.remote
+    def make(n):
+        return np.full(n, 7.0)
+
+    @ray.remote
+    def total(a):
+        return float(a.sum())
+
+    n = 2**20  # 8 MB: through the store, not inlined
+    kept, dropped, passed = make.remote(n), make.remote(n), make.remote(n)
+    value = ray.get(dropped)
+    assert ray.get(total.remote(passed)) == ray.get(kept).sum() == 7.0 * n
+    hex_ids = {"kept": kept.hex(), "dropped": dropped.hex(), "passed": passed.hex()}
+    wait_for(lambda: all(listed(h) for h in hex_ids.values()), 10, "the results in the object table")
+    del dropped, passed
+    assert value[-1] == 7.0 and value.sum() == 7.0 * n, "a value read from a freed result changed"
+    del value
+    wait_for(lambda: not listed(hex_ids["dropped"]), 10, "a dropped result to leave the store")
+    # The store reports its changes in order: a put after the removal is listed after it.
+    marker = ray.put(np.ones(n))
+    wait_for(lambda: listed(marker.hex()), 10, "a marker put in the object table")
+    assert listed(hex_ids["kept"]), "a result went while a handle of it was left"
+    assert listed(hex_ids["passed"]), "a result passed to a task went"
+    del marker
+
+    before = stored()
+    for _ in range(20):
+        assert ray.get(make.remote(n))[-1] == 7.0
+    wait_for(lambda: stored() <= before + 1, 10, "the results to leave the store")
+
+
 def test_large_arguments_go_from_the_store_when_their_tasks_are_done(shared_cluster):
     """The SDK puts a large argument into the store for its task; like Ray, it frees it once
     the task's result has arrived and was dropped, so a loop of such calls does not fill the

@@ -103,7 +103,7 @@ impl Shared {
                     self.wake();
                 }
                 drop(known);
-                crate::refs::arrived(&event.id);
+                crate::refs::arrived(&event.id, true);
                 return true;
             }
             Ok(Some(event)) => known.delete(&event.id),
@@ -120,7 +120,7 @@ impl Shared {
 
     fn insert_inline(&self, objects: Vec<pb::InlineObject>) {
         // Results that hold puts of this process (see `crate::refs`); none most often.
-        let ids: Vec<ObjectId> = if crate::refs::tracking() {
+        let ids: Vec<ObjectId> = if crate::refs::awaits_messages() {
             objects
                 .iter()
                 .filter_map(|o| ObjectId::from_slice(&o.object_id).ok())
@@ -135,9 +135,7 @@ impl Shared {
                 self.changed.notify_all();
             }
         }
-        for id in &ids {
-            crate::refs::arrived(id);
-        }
+        crate::refs::arrived_all(&ids, false);
     }
 }
 
@@ -217,7 +215,7 @@ impl Inbox {
     /// Marks an object found sealed by asking the store directly (sealed before following).
     pub fn insert_sealed(&self, id: ObjectId) {
         self.shared.known().seal(id);
-        crate::refs::arrived(&id);
+        crate::refs::arrived(&id, true);
     }
 
     /// Forgets objects this process removed from the store (`ray.internal.free`), and
