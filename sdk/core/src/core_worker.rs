@@ -353,7 +353,8 @@ impl CoreWorker {
     }
 
     /// Submits a task to the local raylet and returns its ID and its return objects' IDs
-    /// at once.
+    /// at once. Each returned ID comes with one handle counted already (`refs::submitted`):
+    /// the caller's first handle of it must not count itself again.
     pub fn submit_task(
         &self,
         function_id: FunctionId,
@@ -420,8 +421,10 @@ impl CoreWorker {
         let rerunnable = options.actor.as_ref().is_some_and(|a| a.creation);
         crate::refs::submitted(&object_args, &returns, rerunnable);
         self.inbox.expect(&returns);
-        self.raylet
-            .send(pb::client_message::Kind::SubmitTask(spec))?;
+        if let Err(e) = self.raylet.send(pb::client_message::Kind::SubmitTask(spec)) {
+            crate::refs::withdrawn(&returns);
+            return Err(e);
+        }
         Ok((task, returns))
     }
 

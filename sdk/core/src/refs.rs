@@ -71,8 +71,6 @@ enum Kind {
         arrived: bool,
         /// It arrived through this node's store (not only inline, in a message).
         in_store: bool,
-        /// Its first handle was made: before that, no handle does not mean no need.
-        claimed: bool,
         holds: Vec<ObjectId>,
     },
 }
@@ -129,13 +127,8 @@ impl Registry {
         let done = entry.handles == 0
             && match &entry.kind {
                 Kind::Put { holders, .. } => *holders == 0,
-                // Not arrived: its puts wait for it, and its first handle may be coming.
-                Kind::Result {
-                    arrived,
-                    claimed,
-                    holds,
-                    ..
-                } => *arrived || (*claimed && holds.is_empty()),
+                // Not arrived: its puts wait for it.
+                Kind::Result { arrived, holds, .. } => *arrived || holds.is_empty(),
             };
         if !done {
             return;
@@ -150,13 +143,12 @@ impl Registry {
             Some(Kind::Result {
                 arrived,
                 in_store,
-                claimed,
                 holds,
             }) => {
                 // One that came inline only is in no store of this node, and its copy on
                 // the node that ran it (if any) is that node's to keep while a worker
                 // there reads it.
-                if arrived && in_store && claimed {
+                if arrived && in_store {
                     free.here.push(id);
                     free.everywhere.push(id);
                 }
@@ -258,7 +250,10 @@ pub(crate) fn put(id: ObjectId) {
 
 /// A task is about to be submitted with `args` (its top-level object arguments) and
 /// `results`; `rerunnable` when the task may run again after its results arrived (an
-/// actor's creation, run again at each restart).
+/// actor's creation, run again at each restart). Each result's first handle is counted
+/// here, before the task can finish (its result could arrive, and seem unneeded, before
+/// the submitter made the handle): the handle the submitter makes of each result takes
+/// that count over, without calling [`referenced`].
 pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: bool) {
     let tracks_results = !results.is_empty() && !rerunnable;
     if !tracks_results && (!tracking() || args.is_empty()) {
@@ -312,15 +307,36 @@ pub(crate) fn submitted(args: &[ObjectId], results: &[ObjectId], rerunnable: boo
             r.insert(
                 *result,
                 Entry {
-                    handles: 0,
+                    handles: 1,
                     kind: Kind::Result {
                         arrived: false,
                         in_store: false,
-                        claimed: false,
                         holds: puts.clone(),
                     },
                 },
             );
+        }
+    });
+}
+
+/// A task whose `results` [`submitted`] counted could not be submitted: no handle of them
+/// will be made, and the puts they hold are not needed for them.
+pub(crate) fn withdrawn(results: &[ObjectId]) {
+    if !tracking() {
+        return;
+    }
+    with(|r, free| {
+        for id in results {
+            if let Some(Entry {
+                handles,
+                kind: Kind::Result { arrived, .. },
+            }) = r.entries.get_mut(id)
+            {
+                // Never made: settled as if it arrived inline (nothing of it to free).
+                *handles = 0;
+                *arrived = true;
+                r.settle(*id, free);
+            }
         }
     });
 }
@@ -370,9 +386,6 @@ pub fn referenced(id: &ObjectId) {
     with(|r, _| {
         if let Some(entry) = r.entries.get_mut(id) {
             entry.handles += 1;
-            if let Kind::Result { claimed, .. } = &mut entry.kind {
-                *claimed = true;
-            }
         }
     });
 }
@@ -446,8 +459,7 @@ mod tests {
         let (arg, result) = (ObjectId::random(), ObjectId::random());
         put(arg);
         referenced(&arg);
-        submitted(&[arg, other], &[result], false);
-        referenced(&result);
+        submitted(&[arg, other], &[result], false); // counts the handle made of `result`
         released(&arg);
         assert!(is_tracked(&arg), "its task's result has not arrived");
         arrived(&result, true);
@@ -463,29 +475,35 @@ mod tests {
         // A result that came inline only is in no store here.
         let result = ObjectId::random();
         submitted(&[], &[result], false);
-        referenced(&result);
         arrived(&result, false);
         released(&result);
         assert!(!is_tracked(&result));
         assert_eq!(freed(), vec![]);
 
-        // A result that arrived before its first handle was made is not freed by that.
+        // A result that arrives before its handle is made is not taken for unneeded.
         let result = ObjectId::random();
         submitted(&[], &[result], false);
-        released(&result);
-        assert!(is_tracked(&result), "its handle is coming");
         arrived(&result, true);
-        assert!(!is_tracked(&result), "no longer counted");
-        referenced(&result);
-        released(&result);
+        assert!(is_tracked(&result), "its handle is counted already");
         assert_eq!(freed(), vec![]);
+        released(&result);
+        assert_eq!(freed(), vec![(result, true)]);
+
+        // A task that could not be submitted: its put is freed with its last handle.
+        let (arg, result) = (ObjectId::random(), ObjectId::random());
+        put(arg);
+        referenced(&arg);
+        submitted(&[arg], &[result], false);
+        withdrawn(&[result]);
+        assert!(!is_tracked(&result));
+        released(&arg);
+        assert_eq!(freed(), vec![(arg, true)]);
 
         // A result dropped before it arrived (the task may not have run yet).
         let (arg, result) = (ObjectId::random(), ObjectId::random());
         put(arg);
         referenced(&arg);
         submitted(&[arg], &[result], false);
-        referenced(&result);
         released(&result);
         released(&arg);
         assert!(is_tracked(&arg), "the task may not have run");
@@ -503,7 +521,6 @@ mod tests {
         put(arg);
         referenced(&arg);
         submitted(&[arg], &[result], false);
-        referenced(&result);
         shared(&result);
         released(&arg);
         put(creation_arg);
@@ -521,7 +538,6 @@ mod tests {
         put(arg);
         referenced(&arg);
         submitted(&[arg], &[result], false);
-        referenced(&result);
         let next = ObjectId::random();
         submitted(&[result], &[next], false);
         assert!(
@@ -531,7 +547,6 @@ mod tests {
         released(&arg);
         arrived(&result, true);
         released(&result);
-        referenced(&next);
         released(&next);
         assert_eq!(freed(), vec![]);
         assert_eq!(TRACKED.load(Ordering::Relaxed), 0, "nothing left behind");

@@ -108,6 +108,12 @@ impl PyObjectId {
         refs::referenced(&id);
         Self(id)
     }
+
+    /// The first handle of a result of a task just submitted, counted already at the
+    /// submission (see `refs::submitted`).
+    fn adopt(id: ObjectId) -> Self {
+        Self(id)
+    }
 }
 
 impl Clone for PyObjectId {
@@ -739,7 +745,7 @@ impl CoreWorker {
         let (task, ids) = py
             .detach(|| self.0.submit_task(id, name, values, kwarg_names, &options))
             .map_err(to_py_err)?;
-        Ok((task, ids.into_iter().map(PyObjectId::handle).collect()))
+        Ok((task, ids.into_iter().map(PyObjectId::adopt).collect()))
     }
 }
 
